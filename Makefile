@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# One thread count for every run, so timings and results are comparable between runs.
+export OMP_NUM_THREADS ?= 2
+# The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test lab lint unit notebooks clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+## run: execute every notebook in order, in place (figures go to figures/)
+run: $(INSTALLED)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 $(NOTEBOOKS)
+
+## test: ruff, the unit tests and nbval over the notebooks
+test: $(INSTALLED)
+	$(BIN)/ruff check ptqlib tests benchmarks conftest.py
+	$(BIN)/pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg
+
+## lab: open JupyterLab in the project's environment
+lab: $(INSTALLED)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) artifacts results docs/_build

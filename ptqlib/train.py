@@ -1,0 +1,143 @@
+"""Training the FP32 baseline, saving it, and the cached baseline later notebooks reuse.
+
+Training is plain mini-batch Adam on cross-entropy. It is deterministic on the CPU:
+the weights are initialised and the batches shuffled from generators seeded by ``seed``,
+without touching the caller's global random state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ptqlib.checkpoints import load_checkpoint, save_checkpoint
+from ptqlib.data import MNIST, REPO_ROOT
+from ptqlib.evaluate import accuracy
+from ptqlib.models import SimpleNet
+
+ARTIFACTS_DIR = REPO_ROOT / "artifacts"
+DEFAULT_EPOCHS = 10
+DEFAULT_SEED = 0
+BATCH_SIZE = 64
+LEARNING_RATE = 1e-3
+
+
+@dataclass
+class TrainResult:
+    """The trained model, one row of metrics per epoch, and the wall-clock training time."""
+
+    model: SimpleNet
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train(
+    data: MNIST,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a fresh SimpleNet on ``data.train`` for ``epochs`` epochs.
+
+    Each epoch records the mean training loss, the training accuracy over the epoch and
+    the test accuracy (when ``data.test`` is loaded). ``progress`` shows a tqdm bar.
+    """
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"epochs: expected a positive whole number, got {epochs!r}")
+    if data.train is None:
+        raise ValueError("data: the train split is not loaded; call load_mnist() with 'train'")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SimpleNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    loss_function = nn.CrossEntropyLoss()
+    loader = data.train.loader(batch_size=BATCH_SIZE, shuffle=True, seed=seed)
+
+    result = TrainResult(model)
+    start = time.perf_counter()
+    bar = tqdm(range(1, epochs + 1), desc="training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, labels in loader:
+            optimizer.zero_grad()
+            logits = model(images)
+            loss = loss_function(logits, labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(labels)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            seen += len(labels)
+        row = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen}
+        if data.test is not None:
+            row["test_accuracy"] = accuracy(model, data.test)
+        result.history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}")
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
+
+
+def save_fp32(model: SimpleNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save an FP32 SimpleNet checkpoint (its state_dict and ``meta``) atomically."""
+    payload = {"kind": "fp32", "state_dict": model.state_dict(), "meta": meta or {}}
+    return save_checkpoint(payload, path)
+
+
+def load_fp32(path: str | os.PathLike) -> tuple[SimpleNet, dict]:
+    """Load an FP32 checkpoint into a new SimpleNet; return the model (in eval mode) and meta."""
+    payload = load_checkpoint(path, expected_kind="fp32")
+    model = SimpleNet()
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} does not hold a SimpleNet (784-128-64-10): {str(error).splitlines()[0]}"
+        ) from error
+    return model.eval(), payload.get("meta", {})
+
+
+def load_or_train_baseline(
+    data: MNIST,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    artifacts_dir: str | os.PathLike = ARTIFACTS_DIR,
+    progress: bool = True,
+) -> tuple[SimpleNet, dict]:
+    """The trained FP32 baseline, from ``artifacts/`` if a valid checkpoint for the same
+    epochs, seed and data is there, otherwise trained now and saved for next time.
+
+    Returns the model and its meta (data source, accuracy, training time...).
+    """
+    fingerprint = data.fingerprint()
+    path = Path(artifacts_dir) / f"simplenet_fp32_e{epochs}_s{seed}_{fingerprint}.pt"
+    if path.is_file():
+        try:
+            model, meta = load_fp32(path)
+            if meta.get("data_fingerprint") == fingerprint:
+                return model, meta
+        except ValueError:
+            pass  # a corrupt or stale cache entry is simply trained again and overwritten
+    result = train(data, epochs=epochs, seed=seed, progress=progress)
+    meta = training_meta(result, data, epochs, seed)
+    save_fp32(result.model, path, meta)
+    return result.model, meta
+
+
+def training_meta(result: TrainResult, data: MNIST, epochs: int, seed: int) -> dict:
+    """What a checkpoint records about how its model was trained."""
+    return {
+        "epochs": epochs,
+        "seed": seed,
+        "data_source": data.source,
+        "data_fingerprint": data.fingerprint(),
+        "n_train": len(data.train),
+        "train_seconds": round(result.seconds, 2),
+        "history": result.history,
+    }
