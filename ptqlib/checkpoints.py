@@ -10,9 +10,7 @@ interrupted save never leaves half a checkpoint behind.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +44,12 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+    except Exception as error:  # garbage input fails in many ways deep inside the unpickler
+        # torch's own message suggests weights_only=False, which would run pickled code
+        # from an untrusted file: name the problem instead.
         raise ValueError(
-            f"{path} is not a readable checkpoint (corrupt, truncated or not a torch file): "
-            f"{first_line}"
+            f"{path} is not a readable ptqlib checkpoint: corrupt, truncated, or not a file "
+            f"written by torch.save with plain tensors ({type(error).__name__})"
         ) from error
     if not isinstance(payload, dict) or payload.get("kind") not in KINDS:
         raise ValueError(

@@ -128,7 +128,7 @@ def load_mnist(
     if _holds_idx_files(directory):
         data = _load_idx_directory(directory, splits, f"IDX files in {_display(directory)}")
     else:
-        failure = _torchvision_download(directory) if download else "download disabled"
+        failure = _torchvision_download(directory) if download else "download not attempted"
         if failure is None:
             data = _load_idx_directory(directory, splits, "torchvision's download")
         else:
@@ -205,9 +205,11 @@ def read_idx(path: Path, expected_magic: int) -> torch.Tensor:
     N big-endian int32 sizes, then the bytes.
     """
     try:
-        raw = path.read_bytes()
         if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
+            with gzip.open(path, "rb") as file:  # raises on a truncated stream
+                raw = file.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
         raise ValueError(f"{path}: cannot be read or decompressed ({error})") from error
     if len(raw) < 4:
@@ -264,7 +266,7 @@ def _torchvision_download(directory: Path) -> str | None:
             for train in (True, False):
                 TorchvisionMNIST(root=str(directory), train=train, download=True)
     except Exception as error:  # no network, DNS failure, HTTP error: all mean "offline"
-        return f"download failed: {type(error).__name__}"
+        return f"MNIST could not be downloaded: {type(error).__name__}"
     return None
 
 
@@ -291,7 +293,9 @@ def _load_offline_sample(splits: tuple[str, ...], reason: str) -> MNIST:
         train_indices.append(of_class[OFFLINE_TEST_PER_CLASS:])
 
     def split_of(indices: list[torch.Tensor]) -> MNISTSplit:
-        chosen = torch.cat(indices).sort().values
+        # The CSV is sorted by class: mix the classes, so any prefix is a fair sample.
+        chosen = torch.cat(indices)
+        chosen = chosen[torch.randperm(len(chosen), generator=generator)]
         return MNISTSplit(normalise(pixels[chosen]), labels[chosen])
 
     return MNIST(

@@ -17,7 +17,10 @@ def predict(model: nn.Module, split: MNISTSplit, batch_size: int = 1024) -> torc
     """The predicted class (argmax of the logits) for every image of ``split``."""
     model.eval()
     return torch.cat(
-        [model(split.images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(split), batch_size)]
+        [
+            model(split.images[i : i + batch_size]).argmax(dim=1)
+            for i in range(0, len(split), batch_size)
+        ]
     )
 
 

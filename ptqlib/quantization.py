@@ -60,14 +60,21 @@ def quant_range(
         quant_min, quant_max = info.min, info.max
     else:
         if not (isinstance(quant_min, int) and isinstance(quant_max, int)):
-            raise TypeError(f"quant_min/quant_max: expected integers, got {quant_min!r}, {quant_max!r}")
+            raise TypeError(
+                f"quant_min/quant_max: expected integers, got {quant_min!r}, {quant_max!r}"
+            )
         if quant_min >= quant_max:
-            raise ValueError(f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})")
+            raise ValueError(
+                f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})"
+            )
         if not quant_min <= 0 <= quant_max:
-            raise ValueError(f"the range {quant_min}..{quant_max} must include 0")
+            raise ValueError(
+                f"quant_min/quant_max: the range {quant_min}..{quant_max} must include 0"
+            )
         if quant_min < info.min or quant_max > info.max:
             raise ValueError(
-                f"the range {quant_min}..{quant_max} does not fit in {dtype} ({info.min}..{info.max})"
+                f"quant_min/quant_max: the range {quant_min}..{quant_max} does not fit in "
+                f"{dtype} ({info.min}..{info.max})"
             )
     if reduce_range:
         quant_min, quant_max = quant_min // 2, quant_max // 2
@@ -128,7 +135,9 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.numel() == 0:
-        raise ValueError(f"{name}: the tensor is empty (shape {tuple(x.shape)}); nothing to quantize")
+        raise ValueError(
+            f"{name}: the tensor is empty (shape {tuple(x.shape)}); nothing to quantize"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a float tensor, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
@@ -160,11 +169,17 @@ def qparams_from_range(
     min_val = torch.as_tensor(min_val, dtype=torch.float32)
     max_val = torch.as_tensor(max_val, dtype=torch.float32)
     if min_val.shape != max_val.shape:
-        raise ValueError(f"min_val {tuple(min_val.shape)} and max_val {tuple(max_val.shape)} differ in shape")
+        raise ValueError(
+            f"min_val {tuple(min_val.shape)} and max_val {tuple(max_val.shape)} differ in shape"
+        )
     if not bool(torch.isfinite(min_val).all() and torch.isfinite(max_val).all()):
         raise ValueError("min_val/max_val: the range must be finite (no NaN or Inf)")
     if bool((min_val > max_val).any()):
         raise ValueError(f"min_val must not exceed max_val, got {min_val} > {max_val}")
+    if min_val.dim() > 1:
+        raise ValueError(
+            f"min_val/max_val: expected numbers or 1-d tensors, got shape {tuple(min_val.shape)}"
+        )
     if (axis is None) != (min_val.dim() == 0):
         raise ValueError("axis: give it exactly when min_val/max_val hold one value per channel")
     customised = quant_min is not None
@@ -185,6 +200,12 @@ def qparams_from_range(
             zero_point = torch.full_like(min_val, middle, dtype=torch.int64)
     else:
         scale = torch.max((max_pos - min_neg) / float(quant_max - quant_min), eps)
+        if not bool(torch.isfinite(scale).all()):
+            # torch.ao returns an infinite scale here; dequantize would then give NaN.
+            raise ValueError(
+                f"min_val/max_val: the range [{min_val}, {max_val}] is too wide; its width "
+                "overflows float32 (use a symmetric scheme or a narrower range)"
+            )
         zero_point = quant_min - torch.round(min_neg / scale).to(torch.int64)
         zero_point = torch.clamp(zero_point, quant_min, quant_max)
     return QParams(scale, zero_point, quant_min, quant_max, dtype, axis)
@@ -197,7 +218,8 @@ def _broadcast(values: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch
     axis = normalise_axis(axis, x.dim())
     if x.shape[axis] != values.numel():
         raise ValueError(
-            f"x has {x.shape[axis]} channels along axis {axis} but the qparams have {values.numel()}"
+            f"x has {x.shape[axis]} channels along axis {axis} but the qparams have "
+            f"{values.numel()}"
         )
     shape = [1] * x.dim()
     shape[axis] = -1
@@ -213,12 +235,19 @@ def quantize(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     check_finite(x, "x")
     inverse_scale = 1.0 / _broadcast(qparams.scale, x, qparams.axis)
     zero_point = _broadcast(qparams.zero_point, x, qparams.axis)
-    q = torch.round(x.float() * inverse_scale).to(torch.int64) + zero_point
+    # Add Z and clamp while still in float32, as PyTorch does: converting a huge x / S
+    # (say 1e20) to an integer first would overflow and land on the wrong end of the range.
+    # The float sum is exact wherever it matters: |round(x / S)| < 2^24 inside the range.
+    q = torch.round(x.float() * inverse_scale) + zero_point
     return q.clamp(qparams.quant_min, qparams.quant_max).to(qparams.dtype)
 
 
 def dequantize(q: torch.Tensor, qparams: QParams) -> torch.Tensor:
     """r = S * (q - Z), in float32."""
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q: expected a torch.Tensor of integers, got {type(q).__name__}")
+    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
+        raise TypeError(f"q: expected an integer tensor (the output of quantize), got {q.dtype}")
     scale = _broadcast(qparams.scale, q, qparams.axis)
     zero_point = _broadcast(qparams.zero_point, q, qparams.axis)
     return (q.to(torch.int64) - zero_point).to(torch.float32) * scale
@@ -229,8 +258,21 @@ def fake_quantize(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     return dequantize(quantize(x, qparams), qparams)
 
 
+def _check_same_shape(reference: torch.Tensor, approximation: torch.Tensor) -> None:
+    # Broadcasting would silently compare every element with every other one.
+    for name, tensor in (("reference", reference), ("approximation", approximation)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if reference.shape != approximation.shape:
+        raise ValueError(
+            f"approximation: shape {tuple(approximation.shape)} differs from the reference's "
+            f"{tuple(reference.shape)}"
+        )
+
+
 def mse(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     """Mean squared error between a tensor and its (de)quantized approximation."""
+    _check_same_shape(reference, approximation)
     return float(((reference.float() - approximation.float()) ** 2).mean())
 
 
@@ -239,6 +281,7 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
 
     Higher is better; each extra bit adds about 6 dB. An exact copy gives infinity.
     """
+    _check_same_shape(reference, approximation)
     signal = float((reference.double() ** 2).sum())
     noise = float(((reference.double() - approximation.double()) ** 2).sum())
     if noise == 0.0:

@@ -1,0 +1,134 @@
+"""The command line: ``python -m ptqlib <command>``.
+
+Every command reports problems as one line on stderr and a non-zero exit status (2),
+never as a Python traceback: errors are raised as ValueError / TypeError / OSError by
+the library, and caught here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ptqlib.data import load_mnist
+from ptqlib.train import ARTIFACTS_DIR, DEFAULT_EPOCHS, DEFAULT_SEED
+
+EXIT_ERROR = 2
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like the commands' own errors."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="python -m ptqlib",
+        description="Post-training quantization of SimpleNet on MNIST, from scratch.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data_help = (
+        "directory with the MNIST IDX files (default: $PTQLIB_DATA_DIR, else the repository's "
+        "data/; without them MNIST is downloaded, or the offline sample is used)"
+    )
+
+    train = commands.add_parser("train", help="train the FP32 SimpleNet and save a checkpoint")
+    train.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=DEFAULT_EPOCHS,
+        help=f"passes over the training split (default {DEFAULT_EPOCHS})",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
+    )
+    train.add_argument("--data-dir", help=data_help)
+    train.add_argument(
+        "--out",
+        default=str(ARTIFACTS_DIR / "simplenet_fp32.pt"),
+        help="where to write the checkpoint (default artifacts/simplenet_fp32.pt)",
+    )
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="test accuracy of an FP32 or INT8 checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by ptqlib")
+    evaluate.add_argument("--data-dir", help=data_help)
+    evaluate.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes)",
+    )
+    evaluate.set_defaults(handler=run_evaluate)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ptqlib.evaluate import accuracy
+    from ptqlib.train import save_fp32, train, training_meta
+
+    data = load_mnist(args.data_dir)
+    result = train(data, epochs=args.epochs, seed=args.seed)
+    meta = training_meta(result, data, args.epochs, args.seed)
+    path = save_fp32(result.model, args.out, meta)
+    print(
+        f"trained {args.epochs} epochs in {result.seconds:.1f} s; "
+        f"test accuracy {accuracy(result.model, data.test):.2%}; saved {path}"
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ptqlib.evaluate import accuracy
+    from ptqlib.train import load_fp32
+
+    model, _ = load_fp32(args.checkpoint)
+    data = load_mnist(args.data_dir, splits=("test",), verbose=not args.json)
+    if args.json:
+        print(data.describe(), file=sys.stderr)
+    result = {
+        "checkpoint": args.checkpoint,
+        "kind": "fp32",
+        "accuracy": round(accuracy(model, data.test), 6),
+        "n_test": len(data.test),
+        "data_source": data.source,
+        "size_bytes": Path(args.checkpoint).stat().st_size,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['kind']} checkpoint {args.checkpoint}: test accuracy "
+            f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130

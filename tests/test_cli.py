@@ -1,0 +1,73 @@
+"""The command line, run as a user runs it: a subprocess, checking exit codes and output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args, env_data_dir=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "ptqlib", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def fp32_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    empty = folder / "empty-data"
+    empty.mkdir()
+    path = folder / "fp32.pt"
+    result = run_cli("train", "--epochs", "2", "--data-dir", str(empty), "--out", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "offline sample" in result.stdout and "saved" in result.stdout
+    return path, empty
+
+
+def test_evaluate_json(fp32_checkpoint):
+    path, data_dir = fp32_checkpoint
+    result = run_cli("evaluate", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout holds exactly one JSON object
+    assert report["kind"] == "fp32" and report["n_test"] == 1000
+    assert 0.8 < report["accuracy"] <= 1.0
+    assert report["size_bytes"] == path.stat().st_size
+
+
+def test_help_documents_every_option():
+    for command, options in {
+        "train": ["--epochs", "--seed", "--data-dir", "--out"],
+        "evaluate": ["--checkpoint", "--data-dir", "--json"],
+    }.items():
+        text = run_cli(command, "--help").stdout
+        assert all(option in text for option in options), command
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data-dir", "/no/such/dir"], "does not exist"),
+        (["train", "--epochs", "zero"], "expected a whole number"),
+        (["evaluate", "--checkpoint", "/no/such/file.pt"], "does not exist"),
+        (["evaluate"], "--checkpoint"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(args, message):
+    result = run_cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    result = run_cli("evaluate", "--checkpoint", str(tmp_path / "notes.pt"))
+    assert result.returncode == 2
+    assert "not a readable ptqlib checkpoint" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from ptqlib.data import (
+    MNIST_MEAN,
+    MNIST_STD,
+    calibration_images,
+    load_mnist,
+    normalise,
+)
+from tests.conftest import write_idx_split
+
+
+def test_reads_flat_idx_files(tmp_path, capsys):
+    images, labels, _ = write_idx_split(tmp_path, "train")
+    write_idx_split(tmp_path, "t10k", n=10)
+    data = load_mnist(tmp_path, download=False)
+    assert data.train.images.shape == (20, 1, 28, 28)
+    assert data.train.images.dtype == torch.float32
+    assert torch.equal(data.train.labels, labels.long())
+    assert torch.allclose(data.train.images, normalise(images))
+    assert len(data.test) == 10
+    assert "IDX files in" in capsys.readouterr().out  # the one line naming the source
+
+
+def test_reads_gzipped_torchvision_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx_split(raw, "t10k", n=12, compress=True)
+    data = load_mnist(tmp_path, splits=("test",), download=False, verbose=False)
+    assert len(data.test) == 12 and data.train is None
+
+
+def test_test_split_needs_only_t10k_files(tmp_path):
+    write_idx_split(tmp_path, "t10k")
+    assert len(load_mnist(tmp_path, splits=("test",), verbose=False).test) == 20
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_mnist(tmp_path, verbose=False)
+
+
+def test_normalisation_uses_mnist_statistics():
+    pixels = torch.tensor([[[0, 255]]], dtype=torch.uint8)
+    expected = torch.tensor([-MNIST_MEAN / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD])
+    assert torch.allclose(normalise(pixels).flatten(), expected)
+
+
+def test_env_variable_names_the_directory(tmp_path, monkeypatch):
+    write_idx_split(tmp_path, "t10k", n=7)
+    monkeypatch.setenv("PTQLIB_DATA_DIR", str(tmp_path))
+    assert len(load_mnist(splits=("test",), verbose=False).test) == 7
+
+
+def test_missing_named_directory_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "absent", verbose=False)
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda data: b"\x00\x00\x08\x99" + data[4:], "wrong magic number"),
+        (lambda data: data[:-100], "wrong length"),
+        (lambda data: data[:2], "too short"),
+    ],
+)
+def test_corrupt_idx_file_names_the_file(tmp_path, corrupt, message):
+    _, _, paths = write_idx_split(tmp_path, "t10k")
+    path = paths["images"]
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(ValueError, match=message) as error:
+        load_mnist(tmp_path, splits=("test",), verbose=False)
+    assert path.name in str(error.value)
+
+
+def test_broken_gzip_is_an_error_not_a_fallback(tmp_path):
+    _, _, paths = write_idx_split(tmp_path, "t10k", compress=True)
+    data = paths["labels"].read_bytes()
+    paths["labels"].write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="decompress") as error:
+        load_mnist(tmp_path, splits=("test",), verbose=False)
+    assert paths["labels"].name in str(error.value)
+
+
+def test_label_count_mismatch(tmp_path):
+    write_idx_split(tmp_path, "t10k", n=20)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, _, five = write_idx_split(other, "t10k", n=5)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(five["labels"].read_bytes())
+    with pytest.raises(ValueError, match="20 images but .* 5 labels"):
+        load_mnist(tmp_path, splits=("test",), verbose=False)
+
+
+def test_offline_sample_is_stratified_and_deterministic(offline_data, tmp_path):
+    assert (len(offline_data.train), len(offline_data.test)) == (4000, 1000)
+    assert torch.equal(torch.bincount(offline_data.test.labels), torch.full((10,), 100))
+    assert torch.equal(torch.bincount(offline_data.train.labels), torch.full((10,), 400))
+    again = load_mnist(tmp_path, download=False, verbose=False)
+    assert again.fingerprint() == offline_data.fingerprint()
+    assert "offline sample" in offline_data.describe()
+    # The two parts are disjoint: no test image is also a training image.
+    train_rows = {row.numpy().tobytes() for row in offline_data.train.images.flatten(1)}
+    assert not any(
+        row.numpy().tobytes() in train_rows for row in offline_data.test.images.flatten(1)
+    )
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        load_mnist(splits=("validation",))
+
+
+def test_calibration_images_balanced_and_seeded(offline_data):
+    images = calibration_images(offline_data.train, 25, seed=3)
+    assert images.shape == (25, 1, 28, 28)
+    assert torch.equal(images, calibration_images(offline_data.train, 25, seed=3))
+    assert not torch.equal(images, calibration_images(offline_data.train, 25, seed=4))
+    # Class balance: find each chosen image's label.
+    index = {
+        row.numpy().tobytes(): int(label)
+        for row, label in zip(
+            offline_data.train.images.flatten(1), offline_data.train.labels, strict=True
+        )
+    }
+    counts = torch.bincount(
+        torch.tensor([index[row.numpy().tobytes()] for row in images.flatten(1)])
+    )
+    assert counts.tolist() == [3, 3, 3, 3, 3, 2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, 10**6])
+def test_calibration_images_bad_n(offline_data, n):
+    with pytest.raises(ValueError, match="n:"):
+        calibration_images(offline_data.train, n)
