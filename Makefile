@@ -21,6 +21,8 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 $(NOTEBOOKS)
+	# Keep only the final state of each progress bar (tqdm redraws its line with \r).
+	$(BIN)/jupyter nbconvert --coalesce-streams --inplace $(NOTEBOOKS)
 
 ## test: ruff, the unit tests and nbval over the notebooks
 test: $(INSTALLED)
