@@ -1,10 +1,18 @@
-"""Measuring a model: accuracy, per-class accuracy, the confusion matrix.
+"""Measuring a model: accuracy, agreement, size on disk and latency.
 
 Every function takes any model that maps a batch of images ``[N, 1, 28, 28]`` to
 logits ``[N, 10]``: the FP32 SimpleNet and the INT8 models alike.
 """
 
 from __future__ import annotations
+
+import contextlib
+import io
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,3 +47,86 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch
     """Accuracy of each class 0-9: the diagonal of the confusion matrix over its row sums."""
     matrix = confusion_matrix(predictions, labels)
     return matrix.diagonal().float() / matrix.sum(dim=1).clamp(min=1).float()
+
+
+def agreement(predictions: torch.Tensor, reference: torch.Tensor) -> float:
+    """The fraction of images on which two models predict the same class."""
+    return float((predictions == reference).float().mean())
+
+
+def saved_size_bytes(payload: object) -> int:
+    """Bytes that ``torch.save(payload)`` writes: the size on disk of a state_dict or checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getbuffer().nbytes
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Time for one forward pass of a batch: the median over repeats and the quartiles (ms)."""
+
+    batch_size: int
+    threads: int
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    repeats: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / (self.median_ms / 1000.0)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run torch's CPU kernels on ``threads`` threads, restoring the old count afterwards."""
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected a positive whole number, got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def compare_latency(
+    models: dict[str, nn.Module],
+    batch_size: int,
+    threads: int = 2,
+    repeats: int = 21,
+    min_seconds_per_repeat: float = 0.02,
+    seed: int = 0,
+) -> dict[str, Latency]:
+    """Latency of each model on the same random batch, measured interleaved.
+
+    After warm-up calls, each repeat times enough back-to-back calls to last at least
+    ``min_seconds_per_repeat`` and records the time per call. The models take turns
+    repeat by repeat, so a slow moment of the machine hurts them all alike and their
+    ratio stays honest. Reported: median and quartiles over ``repeats``.
+    """
+    if batch_size < 1 or repeats < 3:
+        raise ValueError(f"batch_size >= 1 and repeats >= 3 expected, got {batch_size}, {repeats}")
+    images = torch.randn(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch_threads(threads):
+        calls = {}
+        for name, model in models.items():
+            model.eval()
+            start = time.perf_counter()
+            for _ in range(3):  # warm-up: first calls allocate and pick kernels
+                model(images)
+            per_call = (time.perf_counter() - start) / 3
+            calls[name] = max(1, math.ceil(min_seconds_per_repeat / max(per_call, 1e-7)))
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                for _ in range(calls[name]):
+                    model(images)
+                times[name].append((time.perf_counter() - start) / calls[name] * 1000.0)
+    results = {}
+    for name, samples in times.items():
+        q1, median, q3 = statistics.quantiles(samples, n=4)
+        results[name] = Latency(batch_size, threads, median, q1, q3, repeats)
+    return results
