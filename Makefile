@@ -9,24 +9,30 @@ export OMP_NUM_THREADS ?= 2
 # The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lab lint unit notebooks clean
+.PHONY: run test lab lint unit notebooks docs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $(INSTALLED)
 
-## run: execute every notebook in order, in place (figures go to figures/)
+## run: execute every notebook in order, in place (figures go to figures/), then build the docs
 run: $(INSTALLED)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 $(NOTEBOOKS)
 	# Keep only the final state of each progress bar (tqdm redraws its line with \r).
 	$(BIN)/jupyter nbconvert --coalesce-streams --inplace $(NOTEBOOKS)
+	$(MAKE) docs
+
+## docs: render the executed notebooks (not re-run) and docs/*.md into a static HTML site
+docs: $(INSTALLED)
+	$(BIN)/sphinx-build -b html -c docs . docs/_build/html
+	@echo "Open docs/_build/html/index.html in a browser."
 
 ## test: ruff, the unit tests and nbval over the notebooks
 test: $(INSTALLED)
-	$(BIN)/ruff check ptqlib tests benchmarks conftest.py
+	$(BIN)/ruff check ptqlib tests benchmarks docs conftest.py
 	$(BIN)/pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
 

@@ -1,0 +1,287 @@
+"""A real browser opens the built site: headless Chromium, driven over the DevTools protocol.
+
+The site is served from 127.0.0.1 by Python's own HTTP server. Chromium loads the home
+page and the first notebook's page; for each it takes a screenshot, and the test checks
+that the browser logged no console error, no uncaught exception and no failed request,
+that nothing was requested from another host (the site must work offline), that the
+expected heading is shown, that every image decoded, and that math is laid out as MathML.
+
+Chromium is driven through ``--remote-debugging-pipe``: the DevTools protocol as
+NUL-terminated JSON messages on file descriptors 3 (commands) and 4 (replies and events),
+so the test needs nothing beyond the standard library. It needs Debian's ``chromium``
+package; without it the test is skipped locally, but fails in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_docs import NOTEBOOKS, REPO_ROOT, Site, build_site
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# Flags for a quiet, offline, throwaway browser: no sandbox (CI runs as root), no GPU,
+# and none of the background services that would phone home.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--window-size=1280,900",
+    "--remote-debugging-pipe",
+]
+TIMEOUT_SECONDS = 60
+
+
+class DevToolsPipe:
+    """A minimal DevTools-protocol client over Chromium's --remote-debugging-pipe."""
+
+    def __init__(self, chromium: str, user_data_dir: Path, log_file: Path) -> None:
+        commands_read, commands_write = _pipe_above_10()
+        replies_read, replies_write = _pipe_above_10()
+        self.log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+        argv = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
+        # Chromium reads commands on fd 3 and writes replies on fd 4; its output goes to
+        # the log. Our pipe ends sit at fd >= 10, so these moves cannot clobber each other.
+        self.pid = os.posix_spawn(
+            chromium,
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, self.log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, self.log_fd, 2),
+                (os.POSIX_SPAWN_DUP2, commands_read, 3),
+                (os.POSIX_SPAWN_DUP2, replies_write, 4),
+            ],
+        )
+        os.close(commands_read)
+        os.close(replies_write)
+        self.commands = os.fdopen(commands_write, "wb", buffering=0)
+        self.replies = os.fdopen(replies_read, "rb", buffering=0)
+        self.buffer = b""
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _read_message(self) -> dict:
+        while b"\0" not in self.buffer:
+            chunk = self.replies.read(65536)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe (see chromium.log)")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session_id: str | None = None, **params) -> dict:
+        """Send one command and return its result; events that arrive meanwhile are kept."""
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session_id:
+            message["sessionId"] = session_id
+        self.commands.write(json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read_message()
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method} failed: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for_event(self, method: str, session_id: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while not any(
+            event.get("method") == method and event.get("sessionId") == session_id
+            for event in self.events
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {method} event within {TIMEOUT_SECONDS} s")
+            self.events.append(self._read_message())
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, OSError):
+            pass
+        self.commands.close()
+        self.replies.close()
+        deadline = time.monotonic() + 10
+        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.1)
+        os.close(self.log_fd)
+
+
+def _pipe_above_10() -> tuple[int, int]:
+    """A pipe whose two ends are file descriptors >= 10, closed on exec unless moved."""
+    read_end, write_end = os.pipe()
+    moved = (fcntl.fcntl(read_end, fcntl.F_DUPFD_CLOEXEC, 10),
+             fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, 10))  # fmt: skip
+    os.close(read_end)
+    os.close(write_end)
+    return moved
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        pass  # keep the test output clean; failed requests show up in the browser's log
+
+
+@pytest.fixture(scope="module")
+def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    site: Site = build_site(tmp_path_factory.getbasetemp() / "docs_site")
+    handler = functools.partial(QuietHandler, directory=str(site.html_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevToolsPipe]:
+    if CHROMIUM is None:
+        if IN_CI:
+            pytest.fail("chromium is not installed: .ci/run must install Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    pipe = DevToolsPipe(CHROMIUM, profile, profile.parent / "chromium.log")
+    yield pipe
+    pipe.close()
+
+
+def visit(browser: DevToolsPipe, url: str, screenshot: Path) -> dict:
+    """Load ``url`` in a fresh tab; return what the page shows and what went wrong."""
+    target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+    session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        browser.send(f"{domain}.enable", session)
+    browser.events.clear()
+    browser.send("Page.navigate", session, url=url)
+    browser.wait_for_event("Page.loadEventFired", session)
+    # The theme's scripts run after "load"; give late errors a moment to arrive.
+    time.sleep(1.0)
+    facts = browser.send(
+        "Runtime.evaluate", session, expression=PAGE_FACTS_JS, returnByValue=True
+    )["result"]["value"]
+    png = base64.b64decode(browser.send("Page.captureScreenshot", session, format="png")["data"])
+    screenshot.write_bytes(png)
+    facts["screenshot_bytes"] = len(png)
+    facts["problems"] = problems_in(
+        [event for event in browser.events if event.get("sessionId") == session], url
+    )
+    browser.send("Target.closeTarget", targetId=target)
+    return facts
+
+
+# Runs inside the page: the heading, and whether images and math were really rendered.
+PAGE_FACTS_JS = """
+(() => {
+  const h1 = document.querySelector("article h1");  // not the print-only copy above it
+  const heading = h1 ? h1.cloneNode(true) : null;
+  if (heading) heading.querySelectorAll(".headerlink").forEach((a) => a.remove());
+  const images = Array.from(document.querySelectorAll("article img"));
+  const maths = Array.from(document.querySelectorAll("article math"));
+  const hidden = Array.from(document.querySelectorAll("article details.hide"));
+  return {
+    title: document.title,
+    heading: heading ? heading.textContent.trim() : null,
+    images: images.length,
+    broken_images: images.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.src),
+    maths: maths.length,
+    unrendered_maths: maths.filter((m) => m.getBoundingClientRect().width === 0).length,
+    folded: hidden.length,
+    unfolded: hidden.filter((d) => d.open).length,
+    navigation_links: document.querySelectorAll("nav.bd-docs-nav a").length,
+  };
+})()
+"""
+
+
+def problems_in(events: list[dict], url: str) -> list[str]:
+    """Console errors, exceptions, failed or off-site requests among the page's events."""
+    origin = re.match(r"https?://[^/]+", url).group(0)
+    problems = []
+    for event in events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            texts = [str(arg.get("value", arg.get("description", ""))) for arg in params["args"]]
+            problems.append("console error: " + " ".join(texts))
+        elif method == "Runtime.exceptionThrown":
+            problems.append("exception: " + params["exceptionDetails"].get("text", ""))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            entry = params["entry"]
+            problems.append(f"log error: {entry.get('text')} {entry.get('url', '')}")
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            problems.append(f"failed request: {params.get('errorText')}")
+        elif method == "Network.requestWillBeSent":
+            requested = params["request"]["url"]
+            if not requested.startswith((origin + "/", "data:", "about:", "blob:")):
+                problems.append(f"off-site request: {requested}")
+    return problems
+
+
+def first_heading(notebook: Path) -> str:
+    """The text of the notebook's first "# " heading, without Markdown emphasis or code marks."""
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return re.sub(r"[*`]", "", line[2:]).strip()
+    raise AssertionError(f"{notebook.name} has no '# ' title")
+
+
+def home_title() -> str:
+    first_line = (REPO_ROOT / "docs" / "index.md").read_text(encoding="utf-8").splitlines()[0]
+    return first_line.removeprefix("# ").strip()
+
+
+def test_home_page_in_chromium(browser, site_url, tmp_path):
+    facts = visit(browser, f"{site_url}/docs/index.html", tmp_path / "home.png")
+    assert not facts["problems"], "\n".join(facts["problems"])
+    assert facts["heading"] == home_title()
+    assert facts["navigation_links"] >= len(NOTEBOOKS) + 1  # notebooks + glossary in the nav
+    assert facts["screenshot_bytes"] > 20_000, "the screenshot looks blank"
+
+
+def test_first_notebook_page_in_chromium(browser, site_url, tmp_path):
+    assert NOTEBOOKS, "notebooks/ holds no .ipynb file"
+    notebook = NOTEBOOKS[0]
+    facts = visit(browser, f"{site_url}/notebooks/{notebook.stem}.html", tmp_path / "page.png")
+    assert not facts["problems"], "\n".join(facts["problems"])
+    assert facts["heading"] == first_heading(notebook)
+    assert facts["broken_images"] == []
+    assert facts["unrendered_maths"] == 0
+    assert facts["unfolded"] == 0, "a solution cell is shown unfolded"
+    assert facts["screenshot_bytes"] > 20_000, "the screenshot looks blank"
+
+
+def test_glossary_math_is_laid_out(browser, site_url, tmp_path):
+    facts = visit(browser, f"{site_url}/docs/glossary.html", tmp_path / "glossary.png")
+    assert not facts["problems"], "\n".join(facts["problems"])
+    assert facts["heading"] == "Glossary"
+    assert facts["maths"] >= 20 and facts["unrendered_maths"] == 0
