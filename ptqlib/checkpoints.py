@@ -63,6 +63,7 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
         )
     if expected_kind is not None and payload["kind"] != expected_kind:
         raise ValueError(
-            f"{path} holds a {payload['kind']} model, but a {expected_kind} model is needed here"
+            f"{path} is an {payload['kind'].upper()} checkpoint, but an "
+            f"{expected_kind.upper()} checkpoint is needed here"
         )
     return payload

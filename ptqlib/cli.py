@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 
 from ptqlib.data import load_mnist
+from ptqlib.observers import OBSERVERS
 from ptqlib.train import ARTIFACTS_DIR, DEFAULT_EPOCHS, DEFAULT_SEED
 
 EXIT_ERROR = 2
+# Activations get one scale per tensor: every observer except the per-channel one.
+ACTIVATION_OBSERVERS = sorted(name for name in OBSERVERS if not name.startswith("per_channel"))
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -77,6 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes)",
     )
     evaluate.set_defaults(handler=run_evaluate)
+
+    quantize = commands.add_parser(
+        "quantize", help="calibrate an FP32 checkpoint and write the INT8 model"
+    )
+    quantize.add_argument("--checkpoint", required=True, help="the FP32 checkpoint to quantize")
+    quantize.add_argument("--out", required=True, help="where to write the INT8 checkpoint")
+    quantize.add_argument(
+        "--observer",
+        default="histogram",
+        choices=ACTIVATION_OBSERVERS,
+        help="activation observer (default histogram)",
+    )
+    quantize.add_argument(
+        "--calib",
+        type=positive_int,
+        default=1000,
+        help="number of class-balanced training images to calibrate on (default 1000)",
+    )
+    quantize.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per layer instead of one per output channel",
+    )
+    quantize.add_argument("--data-dir", help=data_help)
+    quantize.set_defaults(handler=run_quantize)
     return parser
 
 
@@ -96,16 +124,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ptqlib.convert import load_model
     from ptqlib.evaluate import accuracy
-    from ptqlib.train import load_fp32
 
-    model, _ = load_fp32(args.checkpoint)
-    data = load_mnist(args.data_dir, splits=("test",), verbose=not args.json)
-    if args.json:
-        print(data.describe(), file=sys.stderr)
+    model, kind, _ = load_model(args.checkpoint)
+    data = load_mnist(args.data_dir, splits=("test",), verbose=False)
+    # With --json, stdout holds only the JSON object; the data line goes to stderr.
+    print(data.describe(), file=sys.stderr if args.json else sys.stdout)
     result = {
         "checkpoint": args.checkpoint,
-        "kind": "fp32",
+        "kind": kind,
         "accuracy": round(accuracy(model, data.test), 6),
         "n_test": len(data.test),
         "data_source": data.source,
@@ -115,9 +143,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"{result['kind']} checkpoint {args.checkpoint}: test accuracy "
+            f"loaded an {kind.upper()} checkpoint ({result['size_bytes']:,} bytes): test accuracy "
             f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
         )
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from ptqlib.convert import quantize_checkpoint
+
+    result = quantize_checkpoint(
+        args.checkpoint,
+        args.out,
+        observer=args.observer,
+        calib=args.calib,
+        per_channel=not args.per_tensor,
+        data_dir=args.data_dir,
+    )
+    print(
+        f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
+        f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+    )
     return 0
 
 

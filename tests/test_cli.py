@@ -39,10 +39,48 @@ def test_evaluate_json(fp32_checkpoint):
     assert report["size_bytes"] == path.stat().st_size
 
 
+def test_quantize_then_evaluate_int8(fp32_checkpoint, tmp_path):
+    path, data_dir = fp32_checkpoint
+    out = tmp_path / "int8.pt"
+    result = run_cli(
+        "quantize",
+        "--checkpoint",
+        str(path),
+        "--out",
+        str(out),
+        "--calib",
+        "200",
+        "--observer",
+        "minmax",
+        "--data-dir",
+        str(data_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and "smaller than FP32" in result.stdout
+    result = run_cli("evaluate", "--checkpoint", str(out), "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kind"] == "int8" and report["size_bytes"] == out.stat().st_size
+    assert report["size_bytes"] * 3.5 < path.stat().st_size
+    assert 0.8 < report["accuracy"] <= 1.0
+    text = run_cli("evaluate", "--checkpoint", str(out), "--data-dir", str(data_dir)).stdout
+    assert "loaded an INT8 checkpoint" in text
+    result = run_cli("quantize", "--checkpoint", str(out), "--out", str(tmp_path / "again.pt"))
+    assert result.returncode == 2 and "is an INT8 checkpoint, but an FP32" in result.stderr
+
+
 def test_help_documents_every_option():
     for command, options in {
         "train": ["--epochs", "--seed", "--data-dir", "--out"],
         "evaluate": ["--checkpoint", "--data-dir", "--json"],
+        "quantize": [
+            "--checkpoint",
+            "--out",
+            "--observer",
+            "--calib",
+            "--per-tensor",
+            "--data-dir",
+        ],
     }.items():
         text = run_cli(command, "--help").stdout
         assert all(option in text for option in options), command
@@ -56,6 +94,8 @@ def test_help_documents_every_option():
         (["evaluate", "--checkpoint", "/no/such/file.pt"], "does not exist"),
         (["evaluate"], "--checkpoint"),
         (["frobnicate"], "invalid choice"),
+        (["quantize", "--checkpoint", "x.pt", "--out", "y.pt", "--observer", "magic"], "invalid"),
+        (["quantize", "--checkpoint", "x.pt", "--out", "y.pt", "--calib", "-3"], "positive"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(args, message):

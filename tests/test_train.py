@@ -101,7 +101,7 @@ def test_foreign_torch_file_and_kind_mismatch(tmp_path):
     with pytest.raises(ValueError, match="not a ptqlib checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     save_checkpoint({"kind": "int8"}, tmp_path / "int8.pt")
-    with pytest.raises(ValueError, match="holds a int8 model"):
+    with pytest.raises(ValueError, match="is an INT8 checkpoint, but an FP32"):
         load_fp32(tmp_path / "int8.pt")
 
 
