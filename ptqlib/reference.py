@@ -11,10 +11,15 @@ the calls that raise them (see :func:`deprecated_api`).
 from __future__ import annotations
 
 import contextlib
+import copy
+import platform
 import warnings
 from collections.abc import Iterator
 
 import torch
+from torch import nn
+
+from ptqlib.checkpoints import saved_size_bytes
 
 TORCH_DTYPES = {torch.uint8: torch.quint8, torch.int8: torch.qint8}
 
@@ -61,8 +66,8 @@ def torch_quantize(
                 x, float(scale), int(zero_point), torch_dtype(dtype)
             )
         else:
-            quantized = torch.quantize_per_channel(
-                x, scale.double(), zero_point.long(), axis, torch_dtype(dtype)
+            quantized = torch.quantize_per_channel(  # torch wants a non-negative axis
+                x, scale.double(), zero_point.long(), axis % x.dim(), torch_dtype(dtype)
             )
         return quantized.int_repr()
 
@@ -82,3 +87,213 @@ def torch_observer(name: str, dtype: torch.dtype = torch.uint8, symmetric: bool 
         return observer_class(
             dtype=torch_dtype(dtype), qscheme=torch_qscheme(symmetric, per_channel), **kwargs
         )
+
+
+# --- eager-mode post-training quantization of a whole model ------------------------------------
+
+
+class EagerQuantModel(nn.Module):
+    """A float Sequential (e.g. SimpleNet) between a QuantStub and a DeQuantStub.
+
+    torch.ao's eager mode needs the stubs to know where float tensors become quantized
+    ones and back. ``body`` is a copy of the float model: the original is never changed.
+    """
+
+    def __init__(self, model: nn.Sequential) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
+        with deprecated_api():
+            from torch.ao.quantization import DeQuantStub, QuantStub
+
+            self.quant = QuantStub()
+            self.dequant = DeQuantStub()
+        self.body = copy.deepcopy(model).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.body(self.quant(x)))
+
+
+def default_quantized_engine() -> str:
+    """The quantized engine for this CPU: ``x86`` (FBGEMM) on Intel/AMD, ``qnnpack`` on ARM."""
+    is_arm = platform.machine().lower() in ("arm64", "aarch64")
+    return "qnnpack" if is_arm else "x86"
+
+
+def eager_qconfig(reduce_range: bool = False, per_channel: bool = True):
+    """The QConfig that matches ptqlib's min/max calibration.
+
+    Activations: ``MinMaxObserver``, uint8, affine (per tensor). Weights:
+    ``PerChannelMinMaxObserver`` (or ``MinMaxObserver`` when ``per_channel`` is False),
+    int8, symmetric. ``reduce_range`` uses 0..127 for activations, as torch's default
+    x86 QConfig does.
+    """
+    with deprecated_api():
+        from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig
+
+        activation = MinMaxObserver.with_args(
+            dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=reduce_range
+        )
+        if per_channel:
+            weight = PerChannelMinMaxObserver.with_args(
+                dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0
+            )
+        else:
+            weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        return QConfig(activation=activation, weight=weight)
+
+
+def linear_relu_pairs(model: nn.Sequential) -> list[list[str]]:
+    """Names of every Linear directly followed by a ReLU, the pairs eager mode can fuse."""
+    children = list(model.named_children())
+    return [
+        [name, next_name]
+        for (name, module), (next_name, next_module) in zip(children, children[1:], strict=False)
+        if isinstance(module, nn.Linear) and isinstance(next_module, nn.ReLU)
+    ]
+
+
+@torch.no_grad()
+def torch_eager_ptq(
+    model: nn.Sequential,
+    calibration_images: torch.Tensor,
+    batch_size: int = 100,
+    reduce_range: bool = False,
+    per_channel: bool = True,
+    engine: str | None = None,
+) -> EagerQuantModel:
+    """PyTorch's own eager-mode PTQ of ``model``: stubs, fuse Linear+ReLU, prepare,
+    calibrate on ``calibration_images`` (in batches of ``batch_size``), convert.
+
+    The quantized engine is set explicitly (``x86`` here, ``qnnpack`` on ARM; or
+    ``engine``), because the quantized kernels it selects decide how the integer
+    arithmetic is done. Returns the converted model (its linears are
+    ``torch.ao.nn.quantized`` modules holding qint8 weights).
+    """
+    if not isinstance(calibration_images, torch.Tensor) or calibration_images.numel() == 0:
+        raise ValueError("calibration_images: expected a non-empty tensor of images")
+    engine = engine or default_quantized_engine()
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ValueError(
+            f"engine: {engine!r} is not available here; "
+            f"expected one of {torch.backends.quantized.supported_engines}"
+        )
+    torch.backends.quantized.engine = engine
+    wrapped = EagerQuantModel(model)
+    with deprecated_api():
+        from torch.ao import quantization
+
+        prefixed = [[f"body.{a}", f"body.{b}"] for a, b in linear_relu_pairs(wrapped.body)]
+        if prefixed:
+            wrapped = quantization.fuse_modules(wrapped, prefixed)
+        wrapped.qconfig = eager_qconfig(reduce_range, per_channel)
+        prepared = quantization.prepare(wrapped)
+        for start in range(0, len(calibration_images), batch_size):
+            prepared(calibration_images[start : start + batch_size])
+        return quantization.convert(prepared)
+
+
+@torch.no_grad()
+def torch_quantized_logits(
+    quantized_model: EagerQuantModel, images: torch.Tensor
+) -> tuple[torch.Tensor, float, int]:
+    """The quantized logits before the DeQuantStub: their integers (``int_repr()``, a
+    plain uint8 tensor), their scale and their zero-point."""
+    with deprecated_api():
+        logits = quantized_model.body(quantized_model.quant(images))
+        return logits.int_repr(), float(logits.q_scale()), int(logits.q_zero_point())
+
+
+def torch_linear_weights(quantized_model: EagerQuantModel) -> dict[str, dict[str, torch.Tensor]]:
+    """For every quantized linear of the converted model: its int8 weights (``int_repr()``),
+    weight scales and zero-points (per channel or per tensor) and its float bias."""
+    result = {}
+    with deprecated_api():
+        for name, module in quantized_model.body.named_children():
+            if not hasattr(module, "weight") or not callable(module.weight):
+                continue
+            weight = module.weight()
+            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                scale = weight.q_per_channel_scales().float()
+                zero_point = weight.q_per_channel_zero_points()
+            else:
+                scale = torch.tensor(weight.q_scale(), dtype=torch.float32)
+                zero_point = torch.tensor(weight.q_zero_point())
+            bias = module.bias()
+            result[name] = {
+                "weight": weight.int_repr(),
+                "scale": scale,
+                "zero_point": zero_point,
+                "bias": bias.detach().clone() if bias is not None else None,
+            }
+    return result
+
+
+def torch_state_dict_bytes(quantized_model: nn.Module) -> int:
+    """Bytes of ``quantized_model``'s saved state_dict, in the same file format as
+    ptqlib's checkpoints (:func:`ptqlib.checkpoints.saved_size_bytes`), so sizes compare."""
+    with deprecated_api():
+        return saved_size_bytes(quantized_model.state_dict())
+
+
+def torch_calibrate(
+    model: nn.Module,
+    images: torch.Tensor,
+    activation_observer: str = "HistogramObserver",
+    weight_observer: str = "PerChannelMinMaxObserver",
+    batch_size: int = 100,
+    activation_kwargs: dict | None = None,
+    weight_kwargs: dict | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, nn.Module]]:
+    """:func:`ptqlib.calibrate.calibrate` with torch.ao's observers at the same points.
+
+    Same hooks, same batches, same keys ("input", every Linear/ReLU output, every
+    "<linear>.weight"); observers named by their torch.ao class. Activations default to
+    uint8 affine, weights to int8 symmetric (the kwargs override them; per-channel
+    observers default to ch_axis=0 as in torch.ao). Returns ``(qparams, observers)``:
+    ``qparams[key] = (scale, zero_point)`` as torch.ao computes them (shape [1] per tensor).
+    """
+    from ptqlib.calibrate import observe  # here, so that ptqlib.calibrate never needs torch.ao
+
+    activation_settings = {"dtype": torch.uint8, "symmetric": False, **(activation_kwargs or {})}
+    weight_settings = {"dtype": torch.int8, "symmetric": True, **(weight_kwargs or {})}
+    with deprecated_api():
+        observers = observe(
+            model,
+            images,
+            lambda: torch_observer(activation_observer, **activation_settings),
+            lambda: torch_observer(weight_observer, **weight_settings),
+            batch_size=batch_size,
+            progress=progress,
+        )
+        qparams = {name: observer.calculate_qparams() for name, observer in observers.items()}
+    return qparams, observers
+
+
+def torch_histogram_range(observer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipping range ``(min, max)`` a torch.ao HistogramObserver chooses from its data.
+
+    It is the result of its (private) L2 search ``_non_linear_param_search``, from which
+    ``calculate_qparams`` computes the qparams.
+    """
+    if observer.min_val > observer.max_val:
+        raise ValueError("observer: it has seen no data yet")
+    with deprecated_api():
+        return observer._non_linear_param_search()
+
+
+@torch.no_grad()
+def torch_layer_outputs(
+    quantized_model: EagerQuantModel, images: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The integers (``int_repr()``, plain uint8) of the quantized input and of the output
+    of every child of the converted model, by name (``"input"``, ``"flatten"``, ``"fc1"``...)."""
+    outputs = {}
+    with deprecated_api():
+        x = quantized_model.quant(images)
+        outputs["input"] = x.int_repr()
+        for name, module in quantized_model.body.named_children():
+            x = module(x)
+            outputs[name] = x.int_repr()
+    return outputs
