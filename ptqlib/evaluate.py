@@ -7,7 +7,6 @@ logits ``[N, 10]``: the FP32 SimpleNet and the INT8 models alike.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import statistics
 import time
@@ -52,13 +51,6 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch
 def agreement(predictions: torch.Tensor, reference: torch.Tensor) -> float:
     """The fraction of images on which two models predict the same class."""
     return float((predictions == reference).float().mean())
-
-
-def saved_size_bytes(payload: object) -> int:
-    """Bytes that ``torch.save(payload)`` writes: the size on disk of a state_dict or checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getbuffer().nbytes
 
 
 @dataclass(frozen=True)

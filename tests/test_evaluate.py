@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ptqlib.evaluate import agreement, compare_latency, saved_size_bytes, torch_threads
+from ptqlib.checkpoints import saved_size_bytes
+from ptqlib.evaluate import agreement, compare_latency, torch_threads
 from ptqlib.models import SimpleNet
 
 
