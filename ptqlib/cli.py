@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ptqlib.data import load_mnist
 from ptqlib.observers import OBSERVERS
+from ptqlib.pipeline import BATCH_SIZES
 from ptqlib.train import ARTIFACTS_DIR, DEFAULT_EPOCHS, DEFAULT_SEED
 
 EXIT_ERROR = 2
@@ -105,7 +106,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("--data-dir", help=data_help)
     quantize.set_defaults(handler=run_quantize)
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="baseline -> calibrate -> INT8 with ptqlib and torch.ao -> accuracy, size, latency",
+    )
+    add_comparison_options(pipeline, data_help)
+    pipeline.add_argument(
+        "--out", default="results", help="folder for results.json and results.md (default results/)"
+    )
+    pipeline.set_defaults(handler=run_pipeline)
+
+    bench = commands.add_parser(
+        "bench", help="the latency table of FP32, ptqlib INT8 and torch.ao INT8 on this machine"
+    )
+    add_comparison_options(bench, data_help)
+    bench.add_argument(
+        "--batch-sizes",
+        type=positive_int,
+        nargs="+",
+        default=list(BATCH_SIZES),
+        help="batch sizes to time (default 1 64 1024)",
+    )
+    bench.set_defaults(handler=run_bench)
     return parser
+
+
+def add_comparison_options(parser: argparse.ArgumentParser, data_help: str) -> None:
+    parser.add_argument("--data-dir", help=data_help)
+    parser.add_argument(
+        "--calib", type=positive_int, default=1000, help="calibration images (default 1000)"
+    )
+    parser.add_argument(
+        "--observer",
+        default="histogram",
+        choices=ACTIVATION_OBSERVERS,
+        help="activation observer (default histogram)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=2,
+        help="CPU threads for the latency measurements (default 2)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -164,6 +207,28 @@ def run_quantize(args: argparse.Namespace) -> int:
         f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
         f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
     )
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from ptqlib.pipeline import results_markdown, run_pipeline
+
+    results = run_pipeline(args.data_dir, args.calib, args.observer, args.out, args.threads)
+    print(results_markdown(results))
+    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.md'}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ptqlib.evaluate import machine_info
+    from ptqlib.pipeline import build_models, latency_markdown, latency_table, machine_line
+
+    data = load_mnist(args.data_dir)
+    models, _, _ = build_models(data, args.calib, args.observer)
+    latencies = latency_table(models, tuple(args.batch_sizes), args.threads)
+    print(machine_line(machine_info(args.threads)))
+    print("Latency per batch (median ms of 21 interleaved repeats) and speed relative to FP32:")
+    print("\n".join(latency_markdown(latencies, args.batch_sizes)))
     return 0
 
 

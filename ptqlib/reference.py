@@ -120,18 +120,36 @@ def default_quantized_engine() -> str:
     return "qnnpack" if is_arm else "x86"
 
 
-def eager_qconfig(reduce_range: bool = False, per_channel: bool = True):
-    """The QConfig that matches ptqlib's min/max calibration.
+# ptqlib's observer names and torch.ao's classes, where torch.ao has the same observer.
+TORCH_ACTIVATION_OBSERVERS = {
+    "minmax": "MinMaxObserver",
+    "moving_average_minmax": "MovingAverageMinMaxObserver",
+    "histogram": "HistogramObserver",
+}
 
-    Activations: ``MinMaxObserver``, uint8, affine (per tensor). Weights:
+
+def eager_qconfig(
+    reduce_range: bool = False, per_channel: bool = True, activation_observer: str = "minmax"
+):
+    """The QConfig that matches ptqlib's calibration.
+
+    Activations: torch.ao's observer of the same name as ptqlib's ``activation_observer``
+    (see ``TORCH_ACTIVATION_OBSERVERS``), uint8, affine (per tensor). Weights:
     ``PerChannelMinMaxObserver`` (or ``MinMaxObserver`` when ``per_channel`` is False),
     int8, symmetric. ``reduce_range`` uses 0..127 for activations, as torch's default
     x86 QConfig does.
     """
+    if activation_observer not in TORCH_ACTIVATION_OBSERVERS:
+        raise ValueError(
+            f"activation_observer: torch.ao has no {activation_observer!r} observer; "
+            f"expected one of {sorted(TORCH_ACTIVATION_OBSERVERS)}"
+        )
     with deprecated_api():
+        from torch.ao import quantization
         from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig
 
-        activation = MinMaxObserver.with_args(
+        activation_class = getattr(quantization, TORCH_ACTIVATION_OBSERVERS[activation_observer])
+        activation = activation_class.with_args(
             dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=reduce_range
         )
         if per_channel:
@@ -161,13 +179,15 @@ def torch_eager_ptq(
     reduce_range: bool = False,
     per_channel: bool = True,
     engine: str | None = None,
+    activation_observer: str = "minmax",
 ) -> EagerQuantModel:
     """PyTorch's own eager-mode PTQ of ``model``: stubs, fuse Linear+ReLU, prepare,
     calibrate on ``calibration_images`` (in batches of ``batch_size``), convert.
 
     The quantized engine is set explicitly (``x86`` here, ``qnnpack`` on ARM; or
     ``engine``), because the quantized kernels it selects decide how the integer
-    arithmetic is done. Returns the converted model (its linears are
+    arithmetic is done. ``activation_observer`` names the observer as in ptqlib
+    (see :func:`eager_qconfig`). Returns the converted model (its linears are
     ``torch.ao.nn.quantized`` modules holding qint8 weights).
     """
     if not isinstance(calibration_images, torch.Tensor) or calibration_images.numel() == 0:
@@ -186,7 +206,7 @@ def torch_eager_ptq(
         prefixed = [[f"body.{a}", f"body.{b}"] for a, b in linear_relu_pairs(wrapped.body)]
         if prefixed:
             wrapped = quantization.fuse_modules(wrapped, prefixed)
-        wrapped.qconfig = eager_qconfig(reduce_range, per_channel)
+        wrapped.qconfig = eager_qconfig(reduce_range, per_channel, activation_observer)
         prepared = quantization.prepare(wrapped)
         for start in range(0, len(calibration_images), batch_size):
             prepared(calibration_images[start : start + batch_size])

@@ -1,0 +1,175 @@
+"""The whole series in one call: the FP32 baseline, calibration, two INT8 conversions,
+and their accuracy, size and latency side by side.
+
+    python -m ptqlib pipeline --out results/
+
+1. the FP32 SimpleNet (the cached baseline of notebook 01, trained if missing);
+2. calibration on ``calib`` class-balanced training images with one activation observer;
+3. conversion with ptqlib (integer-only inference) and with torch.ao's eager mode (its
+   quantized x86/qnnpack kernels), both from the same images;
+4. for each model: test accuracy, agreement with FP32, size of the saved state and latency
+   at several batch sizes, measured interleaved on a fixed number of threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from ptqlib import reference
+from ptqlib.calibrate import calibrate
+from ptqlib.checkpoints import saved_size_bytes
+from ptqlib.convert import convert, int8_state
+from ptqlib.data import MNIST, calibration_images, load_mnist
+from ptqlib.evaluate import agreement, compare_latency, machine_info, predict
+from ptqlib.train import load_or_train_baseline
+
+BATCH_SIZES = (1, 64, 1024)
+MODEL_NAMES = ("fp32", "int8_ptqlib", "int8_torch")
+
+
+def build_models(
+    data: MNIST, calib: int = 1000, observer: str = "histogram", progress: bool = True
+) -> tuple[dict[str, nn.Module], dict[str, int], dict[str, str]]:
+    """The three models of the comparison, their saved sizes in bytes, and the settings.
+
+    torch.ao gets its own observer of the same name where it has one (min/max, moving
+    average, histogram), else its default for x86, the histogram. On the x86 engine
+    torch.ao's activations use 7 bits (``reduce_range``): without AVX512-VNNI its kernels
+    add pairs of uint8 x int8 products in int16, which saturates with 8-bit activations.
+    """
+    fp32, _ = load_or_train_baseline(data, progress=progress)
+    images = calibration_images(data.train, calib)
+    calibration = calibrate(fp32, images, activation_observer=observer, progress=progress)
+    int8_ptqlib = convert(fp32, calibration.qparams)
+    torch_observer = observer if observer in reference.TORCH_ACTIVATION_OBSERVERS else "histogram"
+    engine = reference.default_quantized_engine()
+    int8_torch = reference.torch_eager_ptq(
+        fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+    )
+    models = {"fp32": fp32, "int8_ptqlib": int8_ptqlib, "int8_torch": int8_torch}
+    sizes = {
+        "fp32": saved_size_bytes(fp32.state_dict()),
+        "int8_ptqlib": saved_size_bytes(int8_state(int8_ptqlib)),
+        "int8_torch": reference.torch_state_dict_bytes(int8_torch),
+    }
+    settings = {
+        "observer": observer,
+        "torch_observer": torch_observer,
+        "quantized_engine": engine,
+        "torch_reduce_range": str(engine == "x86"),
+    }
+    return models, sizes, settings
+
+
+def latency_table(
+    models: dict[str, nn.Module], batch_sizes: tuple[int, ...] = BATCH_SIZES, threads: int = 2
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``table[model][batch_size]``: median and quartiles in ms, images per second."""
+    table: dict[str, dict[int, dict[str, float]]] = {name: {} for name in models}
+    for batch_size in batch_sizes:
+        for name, latency in compare_latency(models, batch_size, threads=threads).items():
+            row = asdict(latency)
+            row["images_per_second"] = latency.images_per_second
+            table[name][batch_size] = {
+                key: round(value, 4) if isinstance(value, float) else value
+                for key, value in row.items()
+            }
+    return table
+
+
+def run_pipeline(
+    data_dir: str | os.PathLike | None = None,
+    calib: int = 1000,
+    observer: str = "histogram",
+    out_dir: str | os.PathLike = "results",
+    threads: int = 2,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    progress: bool = True,
+) -> dict:
+    """Run the pipeline; write ``results.json`` and ``results.md`` to ``out_dir``; return
+    the results (the JSON's content)."""
+    data = load_mnist(data_dir, verbose=progress)
+    models, sizes, settings = build_models(data, calib, observer, progress)
+    fp32_predictions = predict(models["fp32"], data.test)
+    latencies = latency_table(models, batch_sizes, threads)
+    results: dict = {
+        "setup": {
+            "data": data.describe(),
+            "n_train": len(data.train),
+            "n_test": len(data.test),
+            "calibration_images": calib,
+            **settings,
+            "machine": machine_info(threads),
+        }
+    }
+    for name, model in models.items():
+        predictions = fp32_predictions if name == "fp32" else predict(model, data.test)
+        results[name] = {
+            "accuracy": round(float((predictions == data.test.labels).float().mean()), 6),
+            "agreement_with_fp32": round(agreement(predictions, fp32_predictions), 6),
+            "size_bytes": sizes[name],
+            "latency": {str(size): row for size, row in latencies[name].items()},
+        }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    return results
+
+
+def machine_line(machine: dict) -> str:
+    return (
+        f"Machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['threads']} threads, "
+        f"torch {machine['torch']}, quantized engine {machine['quantized_engine']}."
+    )
+
+
+def latency_markdown(latencies: dict[str, dict], batch_sizes: list) -> list[str]:
+    """Rows of median latency (ms) and speed relative to FP32, one row per model."""
+    lines = [
+        "| model |" + "".join(f" batch {size}: ms | vs FP32 |" for size in batch_sizes),
+        "|---" * (1 + 2 * len(batch_sizes)) + "|",
+    ]
+    for name in MODEL_NAMES:
+        cells = [name]
+        for size in batch_sizes:
+            median = latencies[name][size]["median_ms"]
+            speedup = latencies["fp32"][size]["median_ms"] / median
+            if name == "fp32":
+                relative = "(reference)"
+            elif speedup >= 1:
+                relative = f"{speedup:.2f}x faster"
+            else:
+                relative = f"{1 / speedup:.2f}x slower"
+            cells += [f"{median:.3f}", relative]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def results_markdown(results: dict) -> str:
+    """The results as Markdown tables, with the data and machine they were measured on."""
+    setup = results["setup"]
+    fp32_size = results["fp32"]["size_bytes"]
+    lines = [
+        f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
+        f"observer {setup['observer']} (torch.ao: {setup['torch_observer']}).",
+        machine_line(setup["machine"]),
+        "",
+        "| model | test accuracy | agrees with FP32 | size (bytes) | FP32 size / size |",
+        "|---|---|---|---|---|",
+    ]
+    for name in MODEL_NAMES:
+        row = results[name]
+        lines.append(
+            f"| {name} | {row['accuracy']:.2%} | {row['agreement_with_fp32']:.2%} "
+            f"| {row['size_bytes']:,} | {fp32_size / row['size_bytes']:.2f}x |"
+        )
+    latencies = {name: results[name]["latency"] for name in MODEL_NAMES}
+    lines += ["", "Latency per batch (median ms) and speed relative to FP32:", ""]
+    lines += latency_markdown(latencies, list(results["fp32"]["latency"]))
+    return "\n".join(lines) + "\n"
