@@ -309,16 +309,19 @@ class Int8Linear(nn.Module):
             / output_qparams.scale.double()
         )
         multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_features))
-        self.register_buffer("multiplier", multiplier, persistent=False)
-        self.register_buffer("shift", shift, persistent=False)
+        # The derived constants are plain attributes, not buffers: they are not state (the
+        # checkpoint does not hold them) and reading a buffer goes through
+        # nn.Module.__getattr__, about 1 us, as long as a small kernel at batch 1.
+        self.multiplier, self.shift = multiplier, shift
 
         input_shift = carrier_offset(input_qparams.dtype) - int(input_qparams.zero_point)
         folded_bias = self.bias.long() + input_shift * self.weight.long().sum(dim=1)
         output_offset = carrier_offset(output_qparams.dtype)
         output_zero_point = int(output_qparams.zero_point) - output_offset
         self._check_no_overflow(folded_bias, output_zero_point)
-        constant = folded_bias * multiplier + (1 << (shift - 1)) + output_zero_point * (1 << shift)
-        self.register_buffer("constant", constant, persistent=False)
+        self.constant = (
+            folded_bias * multiplier + (1 << (shift - 1)) + output_zero_point * (1 << shift)
+        )
         # A fused ReLU: nothing below the integer of real 0, which is Z_y.
         lowest = output_qparams.quant_min
         if relu:
@@ -345,7 +348,9 @@ class Int8Linear(nn.Module):
             raise ValueError(
                 f"layer {self.name!r}: expected input [N, {self.in_features}], got {tuple(x.shape)}"
             )
-        accumulator = torch._int_mm(x, self.weight_t)  # int8 x int8, summed in int32
+        # int8 x int8, summed in int32. On a CPU without AVX-512 VNNI, torch._int_mm is a
+        # plain loop and takes most of the time: see benchmarks/profile_int8.py.
+        accumulator = torch._int_mm(x, self.weight_t)
         scaled = accumulator.long()  # acc * M0 needs up to 62 bits
         # In place: one new tensor for the whole requantization. (torch.addcmul would do
         # multiply and add in one call, but is several times slower on int64.)
@@ -376,7 +381,8 @@ class Int8Model(nn.Module):
         self.output_qparams = linears[-1].output_qparams
         self.layers = nn.ModuleList(layers)
         # Kept as float32 0-d tensors: the same float32 arithmetic as ptqlib.quantization.
-        self.register_buffer("input_inverse_scale", 1.0 / input_qparams.scale, persistent=False)
+        # Plain attributes rather than buffers, as in Int8Linear (faster to read).
+        self.input_inverse_scale = 1.0 / input_qparams.scale
         offset = carrier_offset(input_qparams.dtype)
         self.input_zero_point = int(input_qparams.zero_point) - offset
         self.input_min = input_qparams.quant_min - offset
@@ -384,7 +390,7 @@ class Int8Model(nn.Module):
         self.output_zero_point = int(self.output_qparams.zero_point) - carrier_offset(
             self.output_qparams.dtype
         )
-        self.register_buffer("output_scale", self.output_qparams.scale, persistent=False)
+        self.output_scale = self.output_qparams.scale
 
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``clamp(round(x / S) + Z) - offset``, the same
@@ -409,7 +415,7 @@ class Int8Model(nn.Module):
 
     def dequantize_output(self, carriers: torch.Tensor) -> torch.Tensor:
         """Int8 carriers of the logits to float logits: ``S_y (q - Z_y)``."""
-        return (carriers.float() - self.output_zero_point) * self.output_scale
+        return carriers.float().sub_(self.output_zero_point).mul_(self.output_scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.dequantize_output(self.integer_forward(images))
