@@ -221,14 +221,20 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     from ptqlib.evaluate import machine_info
-    from ptqlib.pipeline import build_models, latency_markdown, latency_table, machine_line
+    from ptqlib.pipeline import (
+        build_models,
+        latency_markdown,
+        latency_rows,
+        latency_table,
+        machine_line,
+    )
 
     data = load_mnist(args.data_dir)
     models, _, _ = build_models(data, args.calib, args.observer)
     latencies = latency_table(models, tuple(args.batch_sizes), args.threads)
     print(machine_line(machine_info(args.threads)))
     print("Latency per batch (median ms of 21 interleaved repeats) and speed relative to FP32:")
-    print("\n".join(latency_markdown(latencies, args.batch_sizes)))
+    print("\n".join(latency_markdown(latency_rows(latencies))))
     return 0
 
 

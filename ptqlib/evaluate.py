@@ -7,11 +7,12 @@ logits ``[N, 10]``: the FP32 SimpleNet and the INT8 models alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import platform
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,41 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 @torch.no_grad()
+def time_interleaved(
+    functions: dict[str, Callable[[], object]],
+    threads: int = 2,
+    repeats: int = 21,
+    min_seconds_per_repeat: float = 0.02,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, one sample per repeat, measured interleaved.
+
+    After warm-up calls, each repeat times enough back-to-back calls to last at least
+    ``min_seconds_per_repeat`` and records the time per call. The functions take turns
+    repeat by repeat, so a slow moment of the machine hurts them all alike and their
+    ratio stays honest — on an idle machine. Where another process competes for the cores,
+    every multi-threaded operator may wait a scheduler time slice (milliseconds) for its
+    threads, so models with many small operators suffer most: benchmark on an idle machine.
+    """
+    if repeats < 3:
+        raise ValueError(f"repeats: expected at least 3 to report quartiles, got {repeats}")
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    with torch_threads(threads):
+        calls = {}
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(3):  # warm-up: first calls allocate and pick kernels
+                function()
+            per_call = (time.perf_counter() - start) / 3
+            calls[name] = max(1, math.ceil(min_seconds_per_repeat / max(per_call, 1e-7)))
+        for _ in range(repeats):
+            for name, function in functions.items():
+                start = time.perf_counter()
+                for _ in range(calls[name]):
+                    function()
+                samples[name].append((time.perf_counter() - start) / calls[name] * 1000.0)
+    return samples
+
+
 def compare_latency(
     models: dict[str, nn.Module],
     batch_size: int,
@@ -93,35 +129,18 @@ def compare_latency(
     min_seconds_per_repeat: float = 0.02,
     seed: int = 0,
 ) -> dict[str, Latency]:
-    """Latency of each model on the same random batch, measured interleaved.
-
-    After warm-up calls, each repeat times enough back-to-back calls to last at least
-    ``min_seconds_per_repeat`` and records the time per call. The models take turns
-    repeat by repeat, so a slow moment of the machine hurts them all alike and their
-    ratio stays honest. Reported: median and quartiles over ``repeats``.
-    """
-    if batch_size < 1 or repeats < 3:
-        raise ValueError(f"batch_size >= 1 and repeats >= 3 expected, got {batch_size}, {repeats}")
+    """Latency of each model on the same random batch of ``batch_size`` images, timed with
+    :func:`time_interleaved`: the median and quartiles over ``repeats``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
     images = torch.randn(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch_threads(threads):
-        calls = {}
-        for name, model in models.items():
-            model.eval()
-            start = time.perf_counter()
-            for _ in range(3):  # warm-up: first calls allocate and pick kernels
-                model(images)
-            per_call = (time.perf_counter() - start) / 3
-            calls[name] = max(1, math.ceil(min_seconds_per_repeat / max(per_call, 1e-7)))
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                for _ in range(calls[name]):
-                    model(images)
-                times[name].append((time.perf_counter() - start) / calls[name] * 1000.0)
+    for model in models.values():
+        model.eval()
+    functions = {name: functools.partial(model, images) for name, model in models.items()}
+    samples = time_interleaved(functions, threads, repeats, min_seconds_per_repeat)
     results = {}
-    for name, samples in times.items():
-        q1, median, q3 = statistics.quantiles(samples, n=4)
+    for name, times in samples.items():
+        q1, median, q3 = statistics.quantiles(times, n=4)
         results[name] = Latency(batch_size, threads, median, q1, q3, repeats)
     return results
 

@@ -25,7 +25,7 @@ from ptqlib.calibrate import calibrate
 from ptqlib.checkpoints import saved_size_bytes
 from ptqlib.convert import convert, int8_state
 from ptqlib.data import MNIST, calibration_images, load_mnist
-from ptqlib.evaluate import agreement, compare_latency, machine_info, predict
+from ptqlib.evaluate import Latency, agreement, compare_latency, machine_info, predict
 from ptqlib.train import load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
@@ -67,19 +67,59 @@ def build_models(
 
 
 def latency_table(
-    models: dict[str, nn.Module], batch_sizes: tuple[int, ...] = BATCH_SIZES, threads: int = 2
-) -> dict[str, dict[int, dict[str, float]]]:
-    """``table[model][batch_size]``: median and quartiles in ms, images per second."""
-    table: dict[str, dict[int, dict[str, float]]] = {name: {} for name in models}
-    for batch_size in batch_sizes:
-        for name, latency in compare_latency(models, batch_size, threads=threads).items():
-            row = asdict(latency)
-            row["images_per_second"] = latency.images_per_second
-            table[name][batch_size] = {
+    models: dict[str, nn.Module],
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    threads: int = 2,
+    repeats: int = 21,
+) -> dict[int, dict[str, Latency]]:
+    """``table[batch_size][model]``: the models' latencies, timed interleaved."""
+    return {
+        batch_size: compare_latency(models, batch_size, threads=threads, repeats=repeats)
+        for batch_size in batch_sizes
+    }
+
+
+def latency_rows(table: dict[int, dict[str, Latency]]) -> dict[str, dict[str, dict]]:
+    """``rows[model][str(batch_size)]``: a latency table as JSON-ready numbers."""
+    rows: dict[str, dict[str, dict]] = {}
+    for batch_size, by_model in table.items():
+        for name, latency in by_model.items():
+            row = {**asdict(latency), "images_per_second": latency.images_per_second}
+            rows.setdefault(name, {})[str(batch_size)] = {
                 key: round(value, 4) if isinstance(value, float) else value
                 for key, value in row.items()
             }
-    return table
+    return rows
+
+
+def collect_results(
+    data: MNIST,
+    models: dict[str, nn.Module],
+    sizes: dict[str, int],
+    setup: dict,
+    latencies: dict[int, dict[str, Latency]],
+) -> dict:
+    """The content of results.json: the setup, then for every model its test accuracy,
+    agreement with FP32, size in bytes and latency per batch size."""
+    predictions = {name: predict(model, data.test) for name, model in models.items()}
+    rows = latency_rows(latencies)
+    results: dict = {
+        "setup": {
+            "data": data.describe(),
+            "n_train": len(data.train),
+            "n_test": len(data.test),
+            **setup,
+        }
+    }
+    for name in models:
+        correct = (predictions[name] == data.test.labels).float().mean()
+        results[name] = {
+            "accuracy": round(float(correct), 6),
+            "agreement_with_fp32": round(agreement(predictions[name], predictions["fp32"]), 6),
+            "size_bytes": sizes[name],
+            "latency": rows[name],
+        }
+    return results
 
 
 def run_pipeline(
@@ -95,26 +135,9 @@ def run_pipeline(
     the results (the JSON's content)."""
     data = load_mnist(data_dir, verbose=progress)
     models, sizes, settings = build_models(data, calib, observer, progress)
-    fp32_predictions = predict(models["fp32"], data.test)
     latencies = latency_table(models, batch_sizes, threads)
-    results: dict = {
-        "setup": {
-            "data": data.describe(),
-            "n_train": len(data.train),
-            "n_test": len(data.test),
-            "calibration_images": calib,
-            **settings,
-            "machine": machine_info(threads),
-        }
-    }
-    for name, model in models.items():
-        predictions = fp32_predictions if name == "fp32" else predict(model, data.test)
-        results[name] = {
-            "accuracy": round(float((predictions == data.test.labels).float().mean()), 6),
-            "agreement_with_fp32": round(agreement(predictions, fp32_predictions), 6),
-            "size_bytes": sizes[name],
-            "latency": {str(size): row for size, row in latencies[name].items()},
-        }
+    setup = {"calibration_images": calib, **settings, "machine": machine_info(threads)}
+    results = collect_results(data, models, sizes, setup, latencies)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -129,8 +152,10 @@ def machine_line(machine: dict) -> str:
     )
 
 
-def latency_markdown(latencies: dict[str, dict], batch_sizes: list) -> list[str]:
-    """Rows of median latency (ms) and speed relative to FP32, one row per model."""
+def latency_markdown(rows: dict[str, dict[str, dict]]) -> list[str]:
+    """Markdown rows of median latency (ms) and speed relative to FP32, one row per model;
+    ``rows`` as made by :func:`latency_rows`."""
+    batch_sizes = list(rows["fp32"])
     lines = [
         "| model |" + "".join(f" batch {size}: ms | vs FP32 |" for size in batch_sizes),
         "|---" * (1 + 2 * len(batch_sizes)) + "|",
@@ -138,8 +163,8 @@ def latency_markdown(latencies: dict[str, dict], batch_sizes: list) -> list[str]
     for name in MODEL_NAMES:
         cells = [name]
         for size in batch_sizes:
-            median = latencies[name][size]["median_ms"]
-            speedup = latencies["fp32"][size]["median_ms"] / median
+            median = rows[name][size]["median_ms"]
+            speedup = rows["fp32"][size]["median_ms"] / median
             if name == "fp32":
                 relative = "(reference)"
             elif speedup >= 1:
@@ -169,7 +194,6 @@ def results_markdown(results: dict) -> str:
             f"| {name} | {row['accuracy']:.2%} | {row['agreement_with_fp32']:.2%} "
             f"| {row['size_bytes']:,} | {fp32_size / row['size_bytes']:.2f}x |"
         )
-    latencies = {name: results[name]["latency"] for name in MODEL_NAMES}
     lines += ["", "Latency per batch (median ms) and speed relative to FP32:", ""]
-    lines += latency_markdown(latencies, list(results["fp32"]["latency"]))
+    lines += latency_markdown({name: results[name]["latency"] for name in MODEL_NAMES})
     return "\n".join(lines) + "\n"
