@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 2
 # The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lab lint unit notebooks docs clean
+.PHONY: run test lab docs clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
