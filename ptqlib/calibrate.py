@@ -94,7 +94,14 @@ def observe(
         bar = tqdm(batches, desc="calibrating", unit="batch", disable=not progress)
         with torch.no_grad():
             for batch in bar:
-                model(batch)
+                try:
+                    model(batch)
+                except RuntimeError as error:  # e.g. a shape the model cannot take
+                    first_line = str(error).splitlines()[0]
+                    raise ValueError(
+                        f"images: the model cannot run a batch of shape {tuple(batch.shape)}: "
+                        f"{first_line}"
+                    ) from error
     finally:
         for handle in handles:
             handle.remove()
@@ -132,6 +139,11 @@ def calibrate(
     observer) for weights, and ``activation_kwargs`` / ``weight_kwargs`` override them.
     ``images`` run through in batches of ``batch_size`` with a tqdm bar (``progress``).
     """
+    if isinstance(activation_observer, str) and activation_observer.startswith("per_channel"):
+        raise ValueError(
+            f"activation_observer: {activation_observer!r} gives one range per channel, but "
+            "activations get one range per tensor; use e.g. 'minmax' or 'histogram'"
+        )
     activation_settings = _settings(activation_observer, ACTIVATION_DEFAULTS, activation_kwargs)
     weight_settings = _settings(weight_observer, WEIGHT_DEFAULTS, weight_kwargs)
     # Make one of each now, so that a bad name or argument fails before any work.

@@ -471,7 +471,11 @@ def _run_cases(
             got = student_fn(*arguments)
         except Exception as error:
             message = _failure(
-                checker, number, cases, case, "(nothing: it raised an exception)",
+                checker,
+                number,
+                cases,
+                case,
+                "(nothing: it raised an exception)",
                 f"your function raised {type(error).__name__}: {error}",
             )
             raise AssertionError(message) from error

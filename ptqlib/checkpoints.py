@@ -36,6 +36,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "wb") as file:
             write_payload({**payload, "format_version": FORMAT_VERSION}, file)
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -58,8 +62,10 @@ def saved_size_bytes(payload: object) -> int:
 def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``, checking that it is one of ours."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} is not a file (a directory or a device?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # garbage input fails in many ways deep inside the unpickler

@@ -133,7 +133,7 @@ def quantize_bias(
     added to it. Computed in float64 so that the product of the scales is exact.
     """
     check_finite(bias, "bias")
-    bias_scale = input_scale.double() * weight_scale.double()
+    bias_scale = torch.as_tensor(input_scale).double() * torch.as_tensor(weight_scale).double()
     quantized = torch.round(bias.double() / bias_scale)
     if bool((quantized.abs() > INT32_MAX).any()):
         raise ValueError(
@@ -728,7 +728,6 @@ def quantize_checkpoint(
     calib: int = 1000,
     per_channel: bool = True,
     data_dir: str | os.PathLike | None = None,
-    reduce_range: bool = False,
     progress: bool = True,
 ) -> QuantizeResult:
     """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
@@ -741,20 +740,13 @@ def quantize_checkpoint(
     model, _ = load_fp32(checkpoint)
     data = load_mnist(data_dir, splits=("train",), verbose=progress)
     images = calibration_images(data.train, calib)
-    calibration = calibrate(
-        model,
-        images,
-        activation_observer=observer,
-        activation_kwargs={"reduce_range": True} if reduce_range else None,
-        progress=progress,
-    )
+    calibration = calibrate(model, images, activation_observer=observer, progress=progress)
     int8_model = convert(model, calibration.qparams, per_channel=per_channel)
     meta = {
         "source_checkpoint": Path(checkpoint).name,
         "observer": observer,
         "calibration_images": calib,
         "per_channel": per_channel,
-        "reduce_range": reduce_range,
     }
     path = save_int8(int8_model, out, meta)
     return QuantizeResult(

@@ -119,6 +119,8 @@ def load_mnist(
             raise ValueError(f"splits: unknown split {split!r}; expected 'train' and/or 'test'")
     named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     directory = Path(named).expanduser() if named is not None else DEFAULT_DATA_DIR
+    if named is not None and directory.exists() and not directory.is_dir():
+        raise ValueError(f"data directory {str(directory)!r} is a file, not a directory")
     if named is not None and not directory.is_dir():
         raise FileNotFoundError(
             f"data directory {str(directory)!r} does not exist: create it and put the MNIST "

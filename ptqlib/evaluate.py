@@ -25,6 +25,10 @@ from ptqlib.data import NUM_CLASSES, MNISTSplit
 @torch.no_grad()
 def predict(model: nn.Module, split: MNISTSplit, batch_size: int = 1024) -> torch.Tensor:
     """The predicted class (argmax of the logits) for every image of ``split``."""
+    if not isinstance(split, MNISTSplit):
+        raise TypeError(
+            f"split: expected an MNISTSplit such as load_mnist().test, got {type(split).__name__}"
+        )
     model.eval()
     return torch.cat(
         [
@@ -39,8 +43,22 @@ def accuracy(model: nn.Module, split: MNISTSplit) -> float:
     return float((predict(model, split) == split.labels).float().mean())
 
 
+def _check_classes(predictions: torch.Tensor, labels: torch.Tensor) -> None:
+    """Two 1-d integer tensors of the same length holding classes 0-9."""
+    for name, tensor in (("predictions", predictions), ("labels", labels)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 1 or tensor.is_floating_point():
+            raise TypeError(f"{name}: expected a 1-d tensor of class indices, got {tensor!r:.60}")
+        if len(tensor) == 0 or int(tensor.min()) < 0 or int(tensor.max()) >= NUM_CLASSES:
+            raise ValueError(f"{name}: expected classes 0-{NUM_CLASSES - 1} for at least one image")
+    if len(predictions) != len(labels):
+        raise ValueError(
+            f"predictions ({len(predictions)}) and labels ({len(labels)}) differ in length"
+        )
+
+
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``matrix[true, predicted]``: how many digits of each true class got each prediction."""
+    _check_classes(predictions, labels)
     pairs = labels * NUM_CLASSES + predictions
     return torch.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
 
@@ -53,6 +71,7 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch
 
 def agreement(predictions: torch.Tensor, reference: torch.Tensor) -> float:
     """The fraction of images on which two models predict the same class."""
+    _check_classes(predictions, reference)
     return float((predictions == reference).float().mean())
 
 

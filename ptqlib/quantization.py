@@ -78,6 +78,11 @@ def quant_range(
             )
     if reduce_range:
         quant_min, quant_max = quant_min // 2, quant_max // 2
+        if quant_min >= quant_max:
+            raise ValueError(
+                f"reduce_range: halving leaves {quant_min}..{quant_max}, no range at all; "
+                "use a wider range or reduce_range=False"
+            )
     return quant_min, quant_max
 
 
@@ -226,12 +231,21 @@ def _broadcast(values: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch
     return values.reshape(shape)
 
 
+def _check_qparams(qparams: object) -> None:
+    if not isinstance(qparams, QParams):
+        raise TypeError(
+            f"qparams: expected a QParams (e.g. from qparams_from_range), got "
+            f"{type(qparams).__name__}"
+        )
+
+
 def quantize(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     """q = clamp(round(x / S) + Z, quant_min, quant_max), stored as ``qparams.dtype``.
 
     ``round`` is round-half-to-even, and ``x / S`` is computed as ``x * (1 / S)`` in
     float32, exactly as PyTorch's quantize kernels do.
     """
+    _check_qparams(qparams)
     check_finite(x, "x")
     inverse_scale = 1.0 / _broadcast(qparams.scale, x, qparams.axis)
     zero_point = _broadcast(qparams.zero_point, x, qparams.axis)
@@ -244,6 +258,7 @@ def quantize(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
 
 def dequantize(q: torch.Tensor, qparams: QParams) -> torch.Tensor:
     """r = S * (q - Z), in float32."""
+    _check_qparams(qparams)
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q: expected a torch.Tensor of integers, got {type(q).__name__}")
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
@@ -263,6 +278,8 @@ def _check_same_shape(reference: torch.Tensor, approximation: torch.Tensor) -> N
     for name, tensor in (("reference", reference), ("approximation", approximation)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.numel() == 0:
+            raise ValueError(f"{name}: the tensor is empty; there is no error to measure")
     if reference.shape != approximation.shape:
         raise ValueError(
             f"approximation: shape {tuple(approximation.shape)} differs from the reference's "

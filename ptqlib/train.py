@@ -50,6 +50,8 @@ def train(
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs: expected a positive whole number, got {epochs!r}")
+    if not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed: expected a whole number that fits in 64 bits, got {seed!r}")
     if data.train is None:
         raise ValueError("data: the train split is not loaded; call load_mnist() with 'train'")
     with torch.random.fork_rng():

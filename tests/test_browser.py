@@ -185,9 +185,9 @@ def visit(browser: DevToolsPipe, url: str, screenshot: Path) -> dict:
     browser.wait_for_event("Page.loadEventFired", session)
     # The theme's scripts run after "load"; give late errors a moment to arrive.
     time.sleep(1.0)
-    facts = browser.send(
-        "Runtime.evaluate", session, expression=PAGE_FACTS_JS, returnByValue=True
-    )["result"]["value"]
+    facts = browser.send("Runtime.evaluate", session, expression=PAGE_FACTS_JS, returnByValue=True)[
+        "result"
+    ]["value"]
     png = base64.b64decode(browser.send("Page.captureScreenshot", session, format="png")["data"])
     screenshot.write_bytes(png)
     facts["screenshot_bytes"] = len(png)

@@ -103,7 +103,9 @@ def test_model_is_left_exactly_as_it_was(model, images):
 def test_hooks_are_removed_after_an_error(model):
     wrong_shape = torch.zeros(10, 1, 28, 27)  # the first Linear cannot take 756 features
     model.train()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(
+        ValueError, match=r"images: the model cannot run a batch of shape \(10, 1, 28, 27\)"
+    ):
         calibrate(model, wrong_shape, progress=False)
     assert all_hooks(model) == 0
     assert model.training
@@ -241,3 +243,8 @@ def test_bad_arguments_are_clear_errors(model, images, kwargs, error, message):
     with pytest.raises(error, match=message):
         calibrate(**arguments)
     assert all_hooks(model) == 0
+
+
+def test_per_channel_observer_is_refused_for_activations(model, images):
+    with pytest.raises(ValueError, match="one range per tensor"):
+        calibrate(model, images, activation_observer="per_channel_minmax", progress=False)

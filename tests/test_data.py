@@ -53,6 +53,9 @@ def test_env_variable_names_the_directory(tmp_path, monkeypatch):
 def test_missing_named_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_mnist(tmp_path / "absent", verbose=False)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        load_mnist(tmp_path / "a-file", verbose=False)
 
 
 @pytest.mark.parametrize(

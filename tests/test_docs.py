@@ -45,9 +45,7 @@ def build_site(out_dir: Path) -> Site:
             "-c", "docs", "-d", str(out_dir / "doctrees"), "-w", str(warnings_file),
             ".", str(html_dir),
         ]  # fmt: skip
-        result = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-        )
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"sphinx-build failed:\n{result.stdout}\n{result.stderr}"
     return Site(html_dir, warnings_file.read_text())
 

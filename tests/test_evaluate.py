@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from ptqlib.checkpoints import saved_size_bytes
-from ptqlib.evaluate import agreement, compare_latency, torch_threads
+from ptqlib.evaluate import (
+    agreement,
+    compare_latency,
+    confusion_matrix,
+    predict,
+    torch_threads,
+)
 from ptqlib.models import SimpleNet
 
 
@@ -43,3 +49,25 @@ def test_torch_threads_rejects_zero():
     with pytest.raises(ValueError, match="threads"):
         with torch_threads(0):
             pass
+
+
+@pytest.mark.parametrize(
+    "predictions, labels, error, message",
+    [
+        (torch.tensor([1, -1]), torch.tensor([1, 2]), ValueError, "classes 0-9"),
+        (torch.tensor([1, 10]), torch.tensor([1, 2]), ValueError, "classes 0-9"),
+        (torch.tensor([1, 2, 3]), torch.tensor([1, 2]), ValueError, "differ in length"),
+        (torch.tensor([[1], [2]]), torch.tensor([1, 2]), TypeError, "1-d tensor"),
+        (torch.tensor([1.0, 2.0]), torch.tensor([1, 2]), TypeError, "1-d tensor"),
+    ],
+)
+def test_bad_predictions_are_refused(predictions, labels, error, message):
+    with pytest.raises(error, match=message):
+        confusion_matrix(predictions, labels)
+    with pytest.raises(error, match=message):
+        agreement(predictions, labels)
+
+
+def test_predict_wants_a_split():
+    with pytest.raises(TypeError, match="MNISTSplit"):
+        predict(SimpleNet(), torch.zeros(2, 1, 28, 28))

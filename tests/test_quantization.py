@@ -643,3 +643,19 @@ def test_sqnr_of_a_uniform_signal_follows_the_6_db_per_bit_rule(bits: int) -> No
     qparams = qparams_from_range(-1.0, 1.0, quant_min=0, quant_max=2**bits - 1)
     expected = 20 * math.log10(2**bits - 1)
     assert sqnr_db(x, fake_quantize(x, qparams)) == pytest.approx(expected, abs=0.05)
+
+
+def test_reduce_range_that_leaves_no_range_is_refused():
+    with pytest.raises(ValueError, match="reduce_range: halving leaves 0..0"):
+        qparams_from_range(-1.0, 1.0, torch.uint8, quant_min=0, quant_max=1, reduce_range=True)
+
+
+def test_quantize_wants_qparams_and_metrics_want_data():
+    with pytest.raises(TypeError, match="qparams: expected a QParams"):
+        quantize(torch.ones(3), (0.1, 0))
+    with pytest.raises(TypeError, match="qparams: expected a QParams"):
+        dequantize(torch.ones(3, dtype=torch.uint8), (0.1, 0))
+    with pytest.raises(ValueError, match="empty"):
+        mse(torch.empty(0), torch.empty(0))
+    with pytest.raises(ValueError, match="empty"):
+        sqnr_db(torch.empty(0), torch.empty(0))

@@ -131,3 +131,24 @@ def test_confusion_matrix_and_per_class_accuracy():
 def test_predict_batches_match_one_pass(trained, small_data):
     whole = trained.model(small_data.test.images).argmax(dim=1)
     assert torch.equal(predict(trained.model, small_data.test, batch_size=7), whole)
+
+
+def test_checkpoint_path_that_is_a_directory(tmp_path):
+    with pytest.raises(ValueError, match="is not a file"):
+        load_fp32(tmp_path)
+
+
+def test_checkpoints_get_the_usual_file_mode(trained, tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_fp32(trained.model, tmp_path / "shared.pt")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_seed_must_fit_in_64_bits(small_data):
+    with pytest.raises(ValueError, match="seed"):
+        train(small_data, epochs=1, seed=10**30, progress=False)
