@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 from ptqlib.calibrate import calibrate
 from ptqlib.convert import Int8Linear, Int8Model, convert
 from ptqlib.data import calibration_images, load_mnist
-from ptqlib.evaluate import machine_info
+from ptqlib.evaluate import machine_info, time_interleaved
 from ptqlib.reference import torch_eager_ptq
 from ptqlib.train import load_or_train_baseline
 
@@ -87,26 +87,18 @@ class PressureMeter:
 def interleaved_times(
     candidates: dict[str, Callable[[], object]], repeats: int, min_seconds: float
 ) -> dict[str, tuple[float, float, float]]:
-    """Time per call (microseconds) of each candidate: ``(q1, median, q3)`` over repeats.
-
-    Two warm-up calls each (the second also sizes the repeats); then each repeat times
-    back-to-back calls of one candidate for at least ``min_seconds``, the candidates
-    taking turns, so that a slow moment of the machine falls on all of them.
-    """
-    calls = {}
-    for name, run in candidates.items():
-        run()
-        start = time.perf_counter()
-        run()
-        calls[name] = max(1, round(min_seconds / max(time.perf_counter() - start, 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                run()
-            samples[name].append((time.perf_counter() - start) / calls[name] * 1e6)
-    return {name: tuple(statistics.quantiles(times, n=4)) for name, times in samples.items()}
+    """Time per call (microseconds) of each candidate: ``(q1, median, q3)`` over repeats,
+    measured interleaved by :func:`ptqlib.evaluate.time_interleaved`."""
+    samples = time_interleaved(
+        candidates,
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+        min_seconds_per_repeat=min_seconds,
+    )
+    return {
+        name: tuple(1000.0 * value for value in statistics.quantiles(times, n=4))
+        for name, times in samples.items()
+    }
 
 
 def format_time(microseconds: float) -> str:

@@ -46,6 +46,7 @@ from torch import nn
 from ptqlib.quantization import (
     QParams,
     check_finite,
+    check_float_tensor,
     fake_quantize,
     normalise_axis,
     qparams_from_range,
@@ -66,18 +67,6 @@ MAX_QUANTILE_STEPS = 100_100  # 100,000 plus a margin for the rounding of the ru
 def _check_bool(value: object, name: str) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
-
-
-def _check_batch(x: object, name: str) -> None:
-    """The checks of :func:`check_finite` that need no pass over the data."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.numel() == 0:
-        raise ValueError(
-            f"{name}: the tensor is empty (shape {tuple(x.shape)}); nothing to observe"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a float tensor, got {x.dtype}")
 
 
 def _check_positive_int(value: object, name: str) -> None:
@@ -121,7 +110,7 @@ class Observer(nn.Module, ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Record the statistics of ``x`` and return ``x`` itself, untouched."""
         name = f"{type(self).__name__} input"
-        _check_batch(x, name)
+        check_float_tensor(x, name)
         values = x.detach().to(torch.float32)  # as torch.ao's min/max observers do
         batch_min, batch_max = self._extremes(values)
         # NaN propagates through min and max, and Inf is an extreme, so the data is finite

@@ -135,8 +135,8 @@ def min_max(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, tor
     return torch.aminmax(rows, dim=1)
 
 
-def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise a clear error for a non-tensor, an empty tensor, or one holding NaN or Inf."""
+def check_float_tensor(x: object, name: str) -> None:
+    """Raise a clear error unless ``x`` is a non-empty float tensor (no pass over the data)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.numel() == 0:
@@ -145,6 +145,11 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a float tensor, got {x.dtype}")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise a clear error for a non-tensor, an empty tensor, or one holding NaN or Inf."""
+    check_float_tensor(x, name)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: the tensor contains NaN or Inf; quantize finite values only")
 
