@@ -110,7 +110,7 @@ class Observer(nn.Module, ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Record the statistics of ``x`` and return ``x`` itself, untouched."""
         name = f"{type(self).__name__} input"
-        check_float_tensor(x, name)
+        check_float_tensor(x, name, action="observe")
         values = x.detach().to(torch.float32)  # as torch.ao's min/max observers do
         batch_min, batch_max = self._extremes(values)
         # NaN propagates through min and max, and Inf is an extreme, so the data is finite

@@ -135,13 +135,14 @@ def min_max(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, tor
     return torch.aminmax(rows, dim=1)
 
 
-def check_float_tensor(x: object, name: str) -> None:
-    """Raise a clear error unless ``x`` is a non-empty float tensor (no pass over the data)."""
+def check_float_tensor(x: object, name: str, action: str = "quantize") -> None:
+    """Raise a clear error unless ``x`` is a non-empty float tensor (no pass over the data);
+    ``action`` says in the message what an empty tensor leaves nothing to do."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.numel() == 0:
         raise ValueError(
-            f"{name}: the tensor is empty (shape {tuple(x.shape)}); nothing to quantize"
+            f"{name}: the tensor is empty (shape {tuple(x.shape)}); nothing to {action}"
         )
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a float tensor, got {x.dtype}")
