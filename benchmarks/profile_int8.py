@@ -38,9 +38,10 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ptqlib.calibrate import calibrate
-from ptqlib.convert import Int8Linear, Int8Model, convert
 from ptqlib.data import calibration_images, load_mnist
-from ptqlib.evaluate import machine_info, time_interleaved
+from ptqlib.evaluate import time_interleaved
+from ptqlib.hardware import machine_info
+from ptqlib.int8_model import Int8Linear, Int8Model, convert
 from ptqlib.reference import torch_eager_ptq
 from ptqlib.train import load_or_train_baseline
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 ``torch.load(..., weights_only=True)``: no pickled code runs when a file is opened.
-Every file names its ``kind`` ("fp32" or "int8") and a ``format_version``.
+Two kinds of file: ``"fp32"`` (a SimpleNet state_dict, here) and ``"int8"`` (the INT8
+model, ``ptqlib.int8_checkpoint``). Every file names its ``kind`` ("fp32" or "int8") and a ``format_version``.
 Writing is atomic: a temporary file in the same folder, then a rename, so an
 interrupted save never leaves half a checkpoint behind.
 
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+
+from ptqlib.models import SimpleNet
 
 FORMAT_VERSION = 1
 KINDS = ("fp32", "int8")
@@ -91,3 +94,22 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
             f"{expected_kind.upper()} checkpoint is needed here"
         )
     return payload
+
+
+def save_fp32(model: SimpleNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save an FP32 SimpleNet checkpoint (its state_dict and ``meta``) atomically."""
+    payload = {"kind": "fp32", "state_dict": model.state_dict(), "meta": meta or {}}
+    return save_checkpoint(payload, path)
+
+
+def load_fp32(path: str | os.PathLike) -> tuple[SimpleNet, dict]:
+    """Load an FP32 checkpoint into a new SimpleNet; return the model (in eval mode) and meta."""
+    payload = load_checkpoint(path, expected_kind="fp32")
+    model = SimpleNet()
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} does not hold a SimpleNet (784-128-64-10): {str(error).splitlines()[0]}"
+        ) from error
+    return model.eval(), payload.get("meta", {})

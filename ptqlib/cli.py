@@ -1,8 +1,9 @@
 """The command line: ``python -m ptqlib <command>``.
 
 Every command reports problems as one line on stderr and a non-zero exit status (2),
-never as a Python traceback: errors are raised as ValueError / TypeError / OSError by
-the library, and caught here.
+never as a Python traceback: errors that mean bad input are raised as ValueError or
+OSError (FileNotFoundError...) by the library, and caught here. Anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from ptqlib.data import load_mnist
 from ptqlib.observers import OBSERVERS
 from ptqlib.pipeline import BATCH_SIZES
-from ptqlib.train import ARTIFACTS_DIR, DEFAULT_EPOCHS, DEFAULT_SEED
+from ptqlib.train import DEFAULT_EPOCHS, DEFAULT_SEED
 
 EXIT_ERROR = 2
 # Activations get one scale per tensor: every observer except the per-channel one.
@@ -39,17 +40,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+DATA_HELP = (
+    "directory with the MNIST IDX files (default: $PTQLIB_DATA_DIR, else the repository's "
+    "data/; without them MNIST is downloaded, or the offline sample is used)"
+)
+
+
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help=DATA_HELP)
+
+
+def add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--observer",
+        default="histogram",
+        choices=ACTIVATION_OBSERVERS,
+        help="activation observer (default histogram)",
+    )
+    parser.add_argument(
+        "--calib",
+        type=positive_int,
+        default=1000,
+        help="number of class-balanced training images to calibrate on (default 1000)",
+    )
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=2,
+        help="CPU threads for the latency measurements (default 2)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="python -m ptqlib",
         description="Post-training quantization of SimpleNet on MNIST, from scratch.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    data_help = (
-        "directory with the MNIST IDX files (default: $PTQLIB_DATA_DIR, else the repository's "
-        "data/; without them MNIST is downloaded, or the offline sample is used)"
-    )
 
     train = commands.add_parser("train", help="train the FP32 SimpleNet and save a checkpoint")
     train.add_argument(
@@ -64,17 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEED,
         help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
     )
-    train.add_argument("--data-dir", help=data_help)
+    add_data_option(train)
     train.add_argument(
         "--out",
-        default=str(ARTIFACTS_DIR / "simplenet_fp32.pt"),
+        default=None,
         help="where to write the checkpoint (default artifacts/simplenet_fp32.pt)",
     )
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of an FP32 or INT8 checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by ptqlib")
-    evaluate.add_argument("--data-dir", help=data_help)
+    add_data_option(evaluate)
     evaluate.add_argument(
         "--json",
         action="store_true",
@@ -87,31 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("--checkpoint", required=True, help="the FP32 checkpoint to quantize")
     quantize.add_argument("--out", required=True, help="where to write the INT8 checkpoint")
-    quantize.add_argument(
-        "--observer",
-        default="histogram",
-        choices=ACTIVATION_OBSERVERS,
-        help="activation observer (default histogram)",
-    )
-    quantize.add_argument(
-        "--calib",
-        type=positive_int,
-        default=1000,
-        help="number of class-balanced training images to calibrate on (default 1000)",
-    )
+    add_calibration_options(quantize)
     quantize.add_argument(
         "--per-tensor",
         action="store_true",
         help="one weight scale per layer instead of one per output channel",
     )
-    quantize.add_argument("--data-dir", help=data_help)
+    add_data_option(quantize)
     quantize.set_defaults(handler=run_quantize)
 
     pipeline = commands.add_parser(
         "pipeline",
         help="baseline -> calibrate -> INT8 with ptqlib and torch.ao -> accuracy, size, latency",
     )
-    add_comparison_options(pipeline, data_help)
+    for add_options in (add_data_option, add_calibration_options, add_threads_option):
+        add_options(pipeline)
     pipeline.add_argument(
         "--out", default="results", help="folder for results.json and results.md (default results/)"
     )
@@ -120,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="the latency table of FP32, ptqlib INT8 and torch.ao INT8 on this machine"
     )
-    add_comparison_options(bench, data_help)
+    for add_options in (add_data_option, add_calibration_options, add_threads_option):
+        add_options(bench)
     bench.add_argument(
         "--batch-sizes",
         type=positive_int,
@@ -132,33 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_comparison_options(parser: argparse.ArgumentParser, data_help: str) -> None:
-    parser.add_argument("--data-dir", help=data_help)
-    parser.add_argument(
-        "--calib", type=positive_int, default=1000, help="calibration images (default 1000)"
-    )
-    parser.add_argument(
-        "--observer",
-        default="histogram",
-        choices=ACTIVATION_OBSERVERS,
-        help="activation observer (default histogram)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=2,
-        help="CPU threads for the latency measurements (default 2)",
-    )
-
-
 def run_train(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import save_fp32
     from ptqlib.evaluate import accuracy
-    from ptqlib.train import save_fp32, train, training_meta
+    from ptqlib.paths import artifacts_dir
+    from ptqlib.train import train, training_meta
 
     data = load_mnist(args.data_dir)
     result = train(data, epochs=args.epochs, seed=args.seed)
     meta = training_meta(result, data, args.epochs, args.seed)
-    path = save_fp32(result.model, args.out, meta)
+    out = args.out or artifacts_dir() / "simplenet_fp32.pt"
+    path = save_fp32(result.model, out, meta)
     print(
         f"trained {args.epochs} epochs in {result.seconds:.1f} s; "
         f"test accuracy {accuracy(result.model, data.test):.2%}; saved {path}"
@@ -167,8 +172,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ptqlib.convert import load_model
     from ptqlib.evaluate import accuracy
+    from ptqlib.int8_checkpoint import load_model
 
     model, kind, _ = load_model(args.checkpoint)
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
@@ -193,7 +198,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from ptqlib.convert import quantize_checkpoint
+    from ptqlib.pipeline import quantize_checkpoint
 
     result = quantize_checkpoint(
         args.checkpoint,
@@ -220,7 +225,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from ptqlib.evaluate import machine_info
+    from ptqlib.hardware import machine_info
     from ptqlib.pipeline import (
         build_models,
         latency_markdown,
@@ -243,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError) as error:
+    # Bad input (a missing or broken file, a wrong setting) is reported in one line. Any other
+    # exception, a TypeError included, is a bug in ptqlib: it keeps its traceback.
+    except (ValueError, OSError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ptqlib.paths import REPO_ROOT
+
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 DATA_DIR_ENV = "PTQLIB_DATA_DIR"
 

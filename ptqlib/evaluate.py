@@ -9,12 +9,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -162,20 +160,3 @@ def compare_latency(
         q1, median, q3 = statistics.quantiles(times, n=4)
         results[name] = Latency(batch_size, threads, median, q1, q3, repeats)
     return results
-
-
-def machine_info(threads: int) -> dict[str, str | int]:
-    """What a latency number was measured on: CPU, its vector instructions, threads, torch."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "quantized_engine": torch.backends.quantized.engine,
-    }

@@ -15,9 +15,10 @@ from collections import OrderedDict
 
 from torch import nn
 
+from ptqlib.data import NUM_CLASSES
+
 INPUT_FEATURES = 28 * 28
 HIDDEN_FEATURES = (128, 64)
-NUM_CLASSES = 10
 
 
 class SimpleNet(nn.Sequential):

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
 
 from ptqlib import reference
 from ptqlib.calibrate import calibrate
-from ptqlib.checkpoints import saved_size_bytes
-from ptqlib.convert import convert, int8_state
+from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
-from ptqlib.evaluate import Latency, agreement, compare_latency, machine_info, predict
+from ptqlib.evaluate import Latency, agreement, compare_latency, predict
+from ptqlib.hardware import machine_info
+from ptqlib.int8_checkpoint import int8_state, save_int8
+from ptqlib.int8_model import Int8Model, convert
 from ptqlib.train import load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
@@ -197,3 +199,51 @@ def results_markdown(results: dict) -> str:
     lines += ["", "Latency per batch (median ms) and speed relative to FP32:", ""]
     lines += latency_markdown({name: results[name]["latency"] for name in MODEL_NAMES})
     return "\n".join(lines) + "\n"
+
+
+# --- one checkpoint in, one INT8 checkpoint out (python -m ptqlib quantize) -------------------
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize_checkpoint` made: the INT8 model, where it was saved, the sizes of
+    both checkpoint files in bytes, and the metadata written with it."""
+
+    model: Int8Model
+    path: Path
+    fp32_bytes: int
+    int8_bytes: int
+    meta: dict
+
+    @property
+    def size_ratio(self) -> float:
+        return self.fp32_bytes / self.int8_bytes
+
+
+def quantize_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    observer: str = "histogram",
+    calib: int = 1000,
+    per_channel: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> QuantizeResult:
+    """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
+    :func:`ptqlib.data.calibration_images`) with the activation ``observer``, convert and
+    save the INT8 model to ``out``."""
+    model, _ = load_fp32(checkpoint)
+    data = load_mnist(data_dir, splits=("train",), verbose=progress)
+    images = calibration_images(data.train, calib)
+    calibration = calibrate(model, images, activation_observer=observer, progress=progress)
+    int8_model = convert(model, calibration.qparams, per_channel=per_channel)
+    meta = {
+        "source_checkpoint": Path(checkpoint).name,
+        "observer": observer,
+        "calibration_images": calib,
+        "per_channel": per_channel,
+    }
+    path = save_int8(int8_model, out, meta)
+    return QuantizeResult(
+        int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta
+    )

@@ -16,12 +16,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ptqlib.checkpoints import load_checkpoint, save_checkpoint
-from ptqlib.data import MNIST, REPO_ROOT
-from ptqlib.evaluate import accuracy
+from ptqlib.checkpoints import load_fp32, save_fp32
+from ptqlib.data import MNIST, MNISTSplit
 from ptqlib.models import SimpleNet
+from ptqlib.paths import artifacts_dir
 
-ARTIFACTS_DIR = REPO_ROOT / "artifacts"
 DEFAULT_EPOCHS = 10
 DEFAULT_SEED = 0
 BATCH_SIZE = 64
@@ -78,7 +77,7 @@ def train(
             seen += len(labels)
         row = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen}
         if data.test is not None:
-            row["test_accuracy"] = accuracy(model, data.test)
+            row["test_accuracy"] = _accuracy(model, data.test)
         result.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}")
     result.seconds = time.perf_counter() - start
@@ -86,43 +85,36 @@ def train(
     return result
 
 
-def save_fp32(model: SimpleNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Save an FP32 SimpleNet checkpoint (its state_dict and ``meta``) atomically."""
-    payload = {"kind": "fp32", "state_dict": model.state_dict(), "meta": meta or {}}
-    return save_checkpoint(payload, path)
-
-
-def load_fp32(path: str | os.PathLike) -> tuple[SimpleNet, dict]:
-    """Load an FP32 checkpoint into a new SimpleNet; return the model (in eval mode) and meta."""
-    payload = load_checkpoint(path, expected_kind="fp32")
-    model = SimpleNet()
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise ValueError(
-            f"{path} does not hold a SimpleNet (784-128-64-10): {str(error).splitlines()[0]}"
-        ) from error
-    return model.eval(), payload.get("meta", {})
+def baseline_path(
+    data: MNIST,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    directory: str | os.PathLike | None = None,
+) -> Path:
+    """Where the baseline for these epochs, seed and data is cached:
+    ``artifacts/simplenet_fp32_e<epochs>_s<seed>_<data fingerprint>.pt``. Notebook 01 saves
+    its model there, so that every later notebook finds it instead of training again."""
+    directory = artifacts_dir() if directory is None else Path(directory)
+    return directory / f"simplenet_fp32_e{epochs}_s{seed}_{data.fingerprint()}.pt"
 
 
 def load_or_train_baseline(
     data: MNIST,
     epochs: int = DEFAULT_EPOCHS,
     seed: int = DEFAULT_SEED,
-    artifacts_dir: str | os.PathLike = ARTIFACTS_DIR,
+    directory: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[SimpleNet, dict]:
-    """The trained FP32 baseline, from ``artifacts/`` if a valid checkpoint for the same
-    epochs, seed and data is there, otherwise trained now and saved for next time.
+    """The trained FP32 baseline, from :func:`baseline_path` if a valid checkpoint for the
+    same epochs, seed and data is there, otherwise trained now and saved there.
 
     Returns the model and its meta (data source, accuracy, training time...).
     """
-    fingerprint = data.fingerprint()
-    path = Path(artifacts_dir) / f"simplenet_fp32_e{epochs}_s{seed}_{fingerprint}.pt"
+    path = baseline_path(data, epochs, seed, directory)
     if path.is_file():
         try:
             model, meta = load_fp32(path)
-            if meta.get("data_fingerprint") == fingerprint:
+            if meta.get("data_fingerprint") == data.fingerprint():
                 return model, meta
         except ValueError:
             pass  # a corrupt or stale cache entry is simply trained again and overwritten
@@ -143,3 +135,11 @@ def training_meta(result: TrainResult, data: MNIST, epochs: int, seed: int) -> d
         "train_seconds": round(result.seconds, 2),
         "history": result.history,
     }
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, split: MNISTSplit) -> float:
+    """Test accuracy during training (``ptqlib.evaluate`` has the full set of metrics)."""
+    model.eval()
+    predictions = torch.cat([model(images).argmax(dim=1) for images, _ in split.loader(1024)])
+    return float((predictions == split.labels).float().mean())

@@ -93,15 +93,15 @@ def test_other_correct_variants_pass(capsys):
 
 def test_ptqlib_convert_integer_requantization_passes(capsys):
     """The library's integer-only path agrees with the checkers' exact answers."""
-    from ptqlib import convert
+    from ptqlib import integer_arithmetic
 
     def fixed_point(multiplier):
-        m0, shift = convert.fixed_point_multiplier(multiplier)
+        m0, shift = integer_arithmetic.fixed_point_multiplier(multiplier)
         return int(m0), int(shift)
 
     def requantize(acc, multiplier, zero_point, quant_min, quant_max):
-        m0, shift = convert.fixed_point_multiplier(multiplier)
-        return convert.requantize(acc, m0, shift, zero_point, quant_min, quant_max)
+        m0, shift = integer_arithmetic.fixed_point_multiplier(multiplier)
+        return integer_arithmetic.requantize(acc, m0, shift, zero_point, quant_min, quant_max)
 
     check_fixed_point_multiplier(fixed_point)
     check_requantize(requantize)

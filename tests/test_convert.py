@@ -9,26 +9,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ptqlib.calibrate import calibrate
 from ptqlib.checkers import fixed_point_multiplier_reference
-from ptqlib.checkpoints import save_checkpoint
-from ptqlib.convert import (
-    Int8Linear,
+from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.data import calibration_images
+from ptqlib.fake_quant import simulate
+from ptqlib.int8_checkpoint import int8_state, load_int8, load_model, save_int8
+from ptqlib.int8_model import Int8Linear, convert
+from ptqlib.integer_arithmetic import (
     carrier_offset,
-    convert,
     fixed_point_multiplier,
-    int8_state,
-    load_int8,
-    load_model,
     quantize_bias,
-    quantize_checkpoint,
     requantize,
     rounding_right_shift,
-    save_int8,
-    simulate,
 )
-from ptqlib.data import calibration_images
 from ptqlib.models import SimpleNet
+from ptqlib.pipeline import quantize_checkpoint
 from ptqlib.quantization import QParams, qparams_from_range, quantize
-from ptqlib.train import load_or_train_baseline, save_fp32
+from ptqlib.train import load_or_train_baseline
 from tests.conftest import write_idx_split
 
 # --- fixtures ----------------------------------------------------------------------------------

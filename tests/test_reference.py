@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from ptqlib.calibrate import calibrate
-from ptqlib.convert import Int8Linear, convert
 from ptqlib.data import calibration_images
 from ptqlib.evaluate import agreement
+from ptqlib.int8_model import Int8Linear, convert
 from ptqlib.reference import (
     default_quantized_engine,
     linear_relu_pairs,

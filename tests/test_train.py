@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from ptqlib.checkpoints import load_checkpoint, save_checkpoint
+from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint, save_fp32
 from ptqlib.data import MNIST
 from ptqlib.evaluate import accuracy, confusion_matrix, per_class_accuracy, predict
 from ptqlib.models import SimpleNet, count_parameters
-from ptqlib.train import load_fp32, load_or_train_baseline, save_fp32, train
+from ptqlib.train import load_or_train_baseline, train
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +107,16 @@ def test_foreign_torch_file_and_kind_mismatch(tmp_path):
 
 def test_cached_baseline_trains_once(small_data, tmp_path):
     model, meta = load_or_train_baseline(
-        small_data, epochs=1, artifacts_dir=tmp_path, progress=False
+        small_data, epochs=1, directory=tmp_path, progress=False
     )
     (checkpoint,) = tmp_path.glob("*.pt")
     stamp = checkpoint.stat().st_mtime_ns
-    again, _ = load_or_train_baseline(small_data, epochs=1, artifacts_dir=tmp_path, progress=False)
+    again, _ = load_or_train_baseline(small_data, epochs=1, directory=tmp_path, progress=False)
     assert checkpoint.stat().st_mtime_ns == stamp  # loaded, not retrained
     assert meta["data_fingerprint"] == small_data.fingerprint()
     assert torch.equal(again.fc1.weight, model.fc1.weight)
     checkpoint.write_bytes(b"corrupt")  # a broken cache entry is retrained, not fatal
-    load_or_train_baseline(small_data, epochs=1, artifacts_dir=tmp_path, progress=False)
+    load_or_train_baseline(small_data, epochs=1, directory=tmp_path, progress=False)
     assert load_fp32(checkpoint)[1]["epochs"] == 1
 
 

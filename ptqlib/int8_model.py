@@ -1,0 +1,382 @@
+"""The INT8 model: a calibrated float network turned into layers that compute on integers.
+
+``convert`` pairs every Linear of the float model with the ReLU after it (fusion: the ReLU
+becomes the lower clamp of the Linear's output) and with the qparams that calibration chose,
+then builds one :class:`Int8Linear` per pair. Each layer computes, exactly as notebook 04
+writes it (the math is in ``ptqlib.integer_arithmetic``)::
+
+    acc = sum_k (q_x,k - Z_x) q_w,k + q_b                  int8 x int8, summed in int32
+    q_y = clamp(round(M acc) + Z_y, lo, hi),  M ~= M0 2^-n  integer requantization
+
+- weights: int8, symmetric (Z_w = 0), one scale per output channel by default (so M and
+  its M0, n are per channel too) or one per tensor;
+- bias: int32 with scale S_x S_w and zero-point 0, so it adds straight into acc;
+- activations: uint8 or int8, affine, with the qparams from calibration. A fused ReLU is
+  the lower clamp ``lo = Z_y`` (the integer of real 0).
+
+**Carriers.** ``torch._int_mm`` multiplies int8 by int8. A uint8 activation q (0..255)
+therefore travels between layers as the int8 value ``c = q - 128`` (its *carrier*); an int8
+activation is its own carrier. Since ``q - Z_x = c - (Z_x - 128)``, the sum splits into
+``sum_k c_k q_w,k`` (the int8 GEMM) and ``(128 - Z_x) sum_k q_w,k``, the *zero-point
+correction*, one integer per output channel.
+
+From the quantized input to the quantized logits there is no float. Float appears only
+where the images are quantized and where the logits are dequantized.
+
+Every number a layer computes with is in its buffers (int8 weight, int32 bias, scales,
+zero-points, M0 and n) or derived from them at each call. ``load_state_dict``, ``.to()``
+and ``copy.deepcopy`` carry all of them, so they can never leave a stale constant behind. This is
+the *teaching path*: plain and direct, not fast; ``ptqlib.fast_int8`` computes the same
+integers quickly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ptqlib.integer_arithmetic import (
+    INT32_MAX,
+    carrier_offset,
+    fixed_point_multiplier,
+    quantize_bias,
+    requantize,
+)
+from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_range
+from ptqlib.quantization import quantize as quantize_tensor
+
+SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
+DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}
+
+
+# --- planning: which qparams each layer uses ---------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class LinearStep:
+    """One Linear of the float model with everything its integer version needs.
+
+    ``relu_name`` names the ReLU fused into it (None if there is none); the output
+    qparams are then those of the ReLU's output, as in PyTorch's fused LinearReLU.
+    """
+
+    name: str
+    linear: nn.Linear
+    relu_name: str | None
+    input_qparams: QParams
+    weight_qparams: QParams
+    output_qparams: QParams
+
+
+def _activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
+    if key not in qparams:
+        raise ValueError(
+            f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
+            "calibrated differently. Run ptqlib.calibrate.calibrate(model, images) first "
+            f"(qparams has {sorted(qparams) or 'no entries'})"
+        )
+    found = qparams[key]
+    if not isinstance(found, QParams):
+        raise TypeError(f"qparams[{key!r}]: expected a QParams, got {type(found).__name__}")
+    if found.axis is not None or found.scale.dim() != 0:
+        raise ValueError(f"qparams[{key!r}]: activations need per-tensor qparams, got {found}")
+    return found
+
+
+def weight_qparams_for(
+    name: str, weight: torch.Tensor, qparams: Mapping[str, QParams], per_channel: bool
+) -> QParams:
+    """The int8 symmetric qparams of a Linear's weight.
+
+    The calibration's ``"<name>.weight"`` entry is used when it has the requested
+    granularity (per output channel, axis 0, or per tensor). Otherwise (missing, or of the
+    other granularity) they are computed here from the weight's own min/max: a weight is
+    fixed, so its min/max observer sees all of it at once. The integer engine needs
+    symmetric int8 weights (zero-point 0), so an entry that is not is an error.
+    """
+    found = qparams.get(f"{name}.weight")
+    wanted_axis = 0 if per_channel else None
+    if found is None or found.axis != wanted_axis:
+        low, high = min_max(weight, axis=wanted_axis)
+        return qparams_from_range(low, high, torch.int8, symmetric=True, axis=wanted_axis)
+    if found.dtype != torch.int8 or bool((found.zero_point != 0).any()):
+        raise ValueError(
+            f"qparams[{name + '.weight'!r}]: the integer engine needs int8 symmetric weights "
+            f"(zero-point 0), got {found}; use a symmetric int8 weight observer"
+        )
+    return found
+
+
+def plan_conversion(
+    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
+) -> list[LinearStep | nn.Flatten]:
+    """Walk the children of a Sequential of Linear / ReLU / Flatten and pair each Linear
+    with the ReLU that follows it and with its qparams. Raises a clear error for anything
+    the integer engine cannot run."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(
+            f"model: expected an nn.Sequential of Linear, ReLU and Flatten (like SimpleNet), "
+            f"got {type(model).__name__}"
+        )
+    qparams = getattr(qparams, "qparams", qparams)  # a Calibration or its qparams dict
+    if not isinstance(qparams, Mapping):
+        raise TypeError(f"qparams: expected a dict of QParams, got {type(qparams).__name__}")
+    children = list(model.named_children())
+    for name, module in children:
+        if not isinstance(module, SUPPORTED_LAYERS):
+            raise ValueError(
+                f"layer {name!r} is a {type(module).__name__}, which the INT8 conversion does "
+                "not support; supported layers: Linear, ReLU (after a Linear), Flatten"
+            )
+    if not any(isinstance(module, nn.Linear) for _, module in children):
+        raise ValueError("model: has no Linear layer, nothing to quantize")
+
+    steps: list[LinearStep | nn.Flatten] = []
+    current = _activation_qparams(qparams, "input", "the model's input")
+    index = 0
+    while index < len(children):
+        name, module = children[index]
+        if isinstance(module, nn.Flatten):
+            steps.append(module)
+            index += 1
+            continue
+        if isinstance(module, nn.ReLU):
+            raise ValueError(
+                f"layer {name!r} (ReLU) does not follow a Linear; the INT8 conversion fuses "
+                "each ReLU into the Linear before it"
+            )
+        check_finite(module.weight.detach(), f"{name}.weight")
+        if module.bias is not None:
+            check_finite(module.bias.detach(), f"{name}.bias")
+        following = children[index + 1] if index + 1 < len(children) else None
+        relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
+        output_key = relu_name or name
+        output = _activation_qparams(qparams, output_key, f"the output of {output_key}")
+        weight = weight_qparams_for(name, module.weight.detach(), qparams, per_channel)
+        steps.append(LinearStep(name, module, relu_name, current, weight, output))
+        current = output
+        index += 2 if relu_name else 1
+    if not isinstance(steps[-1], LinearStep):
+        raise ValueError("model: must end with a Linear (the logits), optionally with its ReLU")
+    return steps
+
+
+
+
+# --- the integer modules -----------------------------------------------------------------------
+
+
+def _activation_qparams_from(scale: torch.Tensor, zero_point: torch.Tensor, like: QParams) -> QParams:
+    """QParams with the stored scale and zero-point and the fixed range and dtype of ``like``."""
+    return QParams(scale, zero_point, like.quant_min, like.quant_max, like.dtype)
+
+
+class Int8Linear(nn.Module):
+    """A Linear (and its fused ReLU) on integers: int8 carriers in, int8 carriers out.
+
+    State (buffers): ``weight`` (int8, ``[out, in]``), ``bias`` (int32, scale S_x S_w),
+    ``weight_scale`` (float32, per output channel or one value; zero-point 0),
+    ``input_scale``/``input_zero_point``, ``output_scale``/``output_zero_point``, and the
+    integer multiplier ``multiplier``/``shift`` (M0, n per output channel) derived from the
+    scales at construction. Fixed at construction: the activations' dtypes and integer
+    ranges, and whether a ReLU is fused.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        weight_qparams: QParams,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        name: str = "linear",
+    ) -> None:
+        super().__init__()
+        if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
+            raise ValueError(
+                f"layer {name!r}: weights must be int8 and symmetric (zero-point 0), "
+                f"got {weight_qparams}"
+            )
+        self.name = name
+        self.relu = relu
+        self.register_buffer("weight", weight.to(torch.int8).contiguous())
+        self.register_buffer("bias", bias.to(torch.int32).contiguous())
+        self.register_buffer("weight_scale", weight_qparams.scale.to(torch.float32))
+        self.register_buffer("input_scale", input_qparams.scale.to(torch.float32))
+        self.register_buffer("input_zero_point", input_qparams.zero_point.to(torch.int64))
+        self.register_buffer("output_scale", output_qparams.scale.to(torch.float32))
+        self.register_buffer("output_zero_point", output_qparams.zero_point.to(torch.int64))
+        self.weight_range = (weight_qparams.quant_min, weight_qparams.quant_max)
+        self._input_like, self._output_like = input_qparams, output_qparams
+        self.out_features, self.in_features = self.weight.shape
+        # M = S_x S_w / S_y per output channel (float64: the product of float32 scales is
+        # exact), kept as its integers (M0, n): state like the rest, so the forward pass
+        # touches no float.
+        real_multiplier = (
+            self.input_scale.double() * self.weight_scale.double() / self.output_scale.double()
+        )
+        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_features))
+        self.register_buffer("multiplier", multiplier)
+        self.register_buffer("shift", shift)
+        self._check_no_overflow()
+
+    # The qparams, always built from the buffers (the state), never cached.
+    @property
+    def input_qparams(self) -> QParams:
+        return _activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
+
+    @property
+    def output_qparams(self) -> QParams:
+        return _activation_qparams_from(
+            self.output_scale, self.output_zero_point, self._output_like
+        )
+
+    @property
+    def weight_qparams(self) -> QParams:
+        axis = 0 if self.weight_scale.dim() == 1 else None
+        zero_point = torch.zeros(self.weight_scale.shape, dtype=torch.int64)
+        return QParams(self.weight_scale, zero_point, *self.weight_range, torch.int8, axis=axis)
+
+    def zero_point_correction(self) -> torch.Tensor:
+        """``(offset - Z_x) sum_k q_w,k`` per output channel (int32): what the int8 carriers
+        leave out of ``sum_k (q_x,k - Z_x) q_w,k`` (see the module docstring)."""
+        input_dtype = self._input_like.dtype
+        offset = carrier_offset(input_dtype) - int(self.input_zero_point)
+        return (offset * self.weight.to(torch.int32).sum(dim=1)).to(torch.int32)
+
+    def output_range(self) -> tuple[int, int]:
+        """The clamp ``(lo, hi)`` of the output's integers; a fused ReLU raises lo to Z_y."""
+        lowest, highest = self._output_like.quant_min, self._output_like.quant_max
+        if self.relu:
+            lowest = max(lowest, int(self.output_zero_point))
+        return lowest, highest
+
+    def _check_no_overflow(self) -> None:
+        """For any int8 input the int32 accumulator must not overflow (bounded in float64,
+        which cannot overflow here). ``requantize`` then needs |acc| M0 < 2^62: it is."""
+        largest = (
+            self.weight.double().abs().sum(dim=1) * 128
+            + self.bias.double().abs()
+            + self.zero_point_correction().double().abs()
+        )
+        if bool((largest > INT32_MAX).any()):
+            raise ValueError(f"layer {self.name!r}: the int32 accumulator could overflow")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, integers only."""
+        if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.int8:
+            raise ValueError(
+                f"layer {self.name!r}: expected input [N, {self.in_features}] of int8 "
+                f"carriers, got {x.dtype} {tuple(x.shape)}"
+            )
+        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the zero-point correction and
+        # the int32 bias, all int32.
+        accumulator = torch._int_mm(x, self.weight.t())
+        accumulator = accumulator + self.zero_point_correction() + self.bias
+        # q_y = clamp(round(M acc) + Z_y, lo, hi), with M ~= M0 2^-n; the ReLU is lo = Z_y.
+        lowest, highest = self.output_range()
+        output = requantize(
+            accumulator, self.multiplier, self.shift, int(self.output_zero_point), lowest, highest
+        )
+        return (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
+
+    def extra_repr(self) -> str:
+        granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
+        relu = ", relu" if self.relu else ""
+        return (
+            f"{self.in_features} -> {self.out_features}, int8 weights {granularity}, "
+            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}"
+        )
+
+
+class Int8Model(nn.Module):
+    """The INT8 network: quantize the images, run every layer on integers, dequantize the
+    logits. ``forward`` maps images to float logits like the FP32 model, so
+    :mod:`ptqlib.evaluate` works on it unchanged."""
+
+    def __init__(self, input_qparams: QParams, layers: list[nn.Module]) -> None:
+        super().__init__()
+        if not any(isinstance(layer, Int8Linear) for layer in layers):
+            raise ValueError("layers: an INT8 model needs at least one Int8Linear")
+        self.layers = nn.ModuleList(layers)
+        self.register_buffer("input_scale", input_qparams.scale.to(torch.float32))
+        self.register_buffer("input_zero_point", input_qparams.zero_point.to(torch.int64))
+        self._input_like = input_qparams
+
+    @property
+    def input_qparams(self) -> QParams:
+        return _activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
+
+    @property
+    def output_qparams(self) -> QParams:
+        return [layer for layer in self.layers if isinstance(layer, Int8Linear)][-1].output_qparams
+
+    def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images to int8 carriers: ``quantize(x) - offset``."""
+        qparams = self.input_qparams
+        quantized = quantize_tensor(images.float(), qparams).to(torch.int16)
+        return (quantized - carrier_offset(qparams.dtype)).to(torch.int8)
+
+    def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits as int8 carriers: everything after quantize_input is integer."""
+        x = self.quantize_input(images)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits' integers in their own dtype (uint8 0..255 or int8), as torch's
+        ``int_repr()`` shows them."""
+        carriers = self.integer_forward(images)
+        output_dtype = self.output_qparams.dtype
+        return (carriers.to(torch.int16) + carrier_offset(output_dtype)).to(output_dtype)
+
+    def dequantize_output(self, carriers: torch.Tensor) -> torch.Tensor:
+        """Int8 carriers of the logits to float logits: ``S_y (q - Z_y)``."""
+        qparams = self.output_qparams
+        zero_point = int(qparams.zero_point) - carrier_offset(qparams.dtype)
+        return (carriers.float() - zero_point) * qparams.scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.dequantize_output(self.integer_forward(images))
+
+    def extra_repr(self) -> str:
+        return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}"
+
+
+def _int8_linear(step: LinearStep) -> Int8Linear:
+    weight = step.linear.weight.detach()
+    bias = step.linear.bias
+    bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
+    return Int8Linear(
+        weight=quantize_tensor(weight, step.weight_qparams),
+        bias=quantize_bias(bias, step.input_qparams.scale, step.weight_qparams.scale),
+        weight_qparams=step.weight_qparams,
+        input_qparams=step.input_qparams,
+        output_qparams=step.output_qparams,
+        relu=step.relu_name is not None,
+        name=step.name,
+    )
+
+
+def convert(
+    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
+) -> Int8Model:
+    """Convert a calibrated Sequential of Linear / ReLU / Flatten into an :class:`Int8Model`.
+
+    ``qparams`` is ``calibration.qparams`` (or the Calibration itself): ``"input"``, the
+    output of every fused Linear(+ReLU) step by the name of its last module, and optionally
+    ``"<linear>.weight"`` (see :func:`weight_qparams_for`). ``per_channel`` selects
+    per-output-channel weight scales (the default) or one scale per weight tensor.
+    """
+    if not isinstance(per_channel, bool):
+        raise TypeError(f"per_channel: expected True or False, got {per_channel!r}")
+    steps = plan_conversion(model, qparams, per_channel)
+    layers = [_int8_linear(step) if isinstance(step, LinearStep) else step for step in steps]
+    first = next(step for step in steps if isinstance(step, LinearStep))
+    return Int8Model(first.input_qparams, layers).eval()
