@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import torch
 
-from ptqlib.calibrate import calibrate
+from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.reference import torch_calibrate, torch_histogram_range
-from ptqlib.train import load_or_train_baseline
+from ptqlib.training import load_or_train_baseline
 
 CALIBRATION_IMAGES = 1000
 BATCH_SIZE = 100

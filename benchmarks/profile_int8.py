@@ -37,13 +37,13 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from ptqlib.calibrate import calibrate
+from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, load_mnist
-from ptqlib.evaluate import time_interleaved
+from ptqlib.evaluation import time_interleaved
 from ptqlib.hardware import machine_info
 from ptqlib.int8_model import Int8Linear, Int8Model, convert
 from ptqlib.reference import torch_eager_ptq
-from ptqlib.train import load_or_train_baseline
+from ptqlib.training import load_or_train_baseline
 
 CALIBRATION_IMAGES = 1000
 BATCH_SIZES = (1, 64, 1024)
@@ -89,7 +89,7 @@ def interleaved_times(
     candidates: dict[str, Callable[[], object]], repeats: int, min_seconds: float
 ) -> dict[str, tuple[float, float, float]]:
     """Time per call (microseconds) of each candidate: ``(q1, median, q3)`` over repeats,
-    measured interleaved by :func:`ptqlib.evaluate.time_interleaved`."""
+    measured interleaved by :func:`ptqlib.evaluation.time_interleaved`."""
     samples = time_interleaved(
         candidates,
         threads=torch.get_num_threads(),

@@ -1,21 +1,64 @@
 """ptqlib: post-training quantization of a small MNIST network, from scratch.
 
-One module per stage of the pipeline, in the order the notebooks use them:
+One module per idea, in the order the notebooks use them (imports only go forward):
 
-- ``ptqlib.data``          MNIST from IDX files, torchvision's download, or offline
-- ``ptqlib.models``        SimpleNet, the 784-128-64-10 MLP
-- ``ptqlib.train``         training, the FP32 checkpoint, the cached baseline
-- ``ptqlib.quantization``  scale, zero-point, quantize / dequantize, error metrics
-- ``ptqlib.observers``     observers that record ranges and choose qparams
-- ``ptqlib.calibrate``     attaching observers to a model and running calibration
-- ``ptqlib.convert``       the INT8 model with integer-only inference
-- ``ptqlib.reference``     the same model through PyTorch's eager-mode PTQ
-- ``ptqlib.evaluate``      accuracy, agreement and latency
-- ``ptqlib.pipeline``      all of the above in one call (``python -m ptqlib pipeline``)
+- ``ptqlib.data``                MNIST from IDX files, torchvision's download, or offline
+- ``ptqlib.models``              SimpleNet, the 784-128-64-10 MLP
+- ``ptqlib.training``            training and the cached FP32 baseline
+- ``ptqlib.checkpoints``         safe checkpoint files; the FP32 checkpoint
+- ``ptqlib.quantization``        scale, zero-point, quantize / dequantize, error metrics
+- ``ptqlib.observers``           the observer base class, the min/max family, the registry
+- ``ptqlib.histogram_observers`` histogram, percentile, entropy and MSE observers
+- ``ptqlib.calibration``         fusion-aware calibration: observers on the quantization points
+- ``ptqlib.integer_arithmetic``  fixed-point multiplier, rounding shift, requantize, int32 bias
+- ``ptqlib.int8_model``          the INT8 model (integer-only layers) and ``convert``
+- ``ptqlib.fake_quant``          the same quantized model simulated in float
+- ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
+- ``ptqlib.reference``           the same model through PyTorch's eager-mode PTQ (torch.ao)
+- ``ptqlib.evaluation``          accuracy, agreement and latency
+- ``ptqlib.pipeline``            all of the above in one call; quantizing a checkpoint
 
-Around them: ``ptqlib.checkpoints`` (safe saving and loading), ``ptqlib.checkers``
-(known-answer checks of a student's own implementation), ``ptqlib.plotting`` (figures)
-and ``ptqlib.cli`` (the command line).
+Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
+``ptqlib.figures`` (saving figures), ``ptqlib.checkers`` (known-answer checks of a
+student's own implementation) and ``ptqlib.cli`` (the command line).
+
+The functions a notebook uses most are importable from the package itself, e.g.
+``from ptqlib import calibrate, convert``.
 """
 
+from ptqlib.calibration import calibrate
+from ptqlib.checkpoints import load_fp32, save_fp32
+from ptqlib.data import calibration_images, load_mnist
+from ptqlib.evaluation import accuracy, agreement, confusion_matrix, predict
+from ptqlib.fake_quant import simulate
+from ptqlib.int8_checkpoint import load_int8, load_model, save_int8
+from ptqlib.int8_model import convert
+from ptqlib.models import SimpleNet
+from ptqlib.quantization import dequantize, fake_quantize, qparams_from_range, quantize
+from ptqlib.training import load_or_train_baseline, train
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "SimpleNet",
+    "accuracy",
+    "agreement",
+    "calibrate",
+    "calibration_images",
+    "confusion_matrix",
+    "convert",
+    "dequantize",
+    "fake_quantize",
+    "load_fp32",
+    "load_int8",
+    "load_model",
+    "load_mnist",
+    "load_or_train_baseline",
+    "predict",
+    "qparams_from_range",
+    "quantize",
+    "save_fp32",
+    "save_int8",
+    "simulate",
+    "train",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 from ptqlib.data import load_mnist
 from ptqlib.observers import OBSERVERS
 from ptqlib.pipeline import BATCH_SIZES
-from ptqlib.train import DEFAULT_EPOCHS, DEFAULT_SEED
+from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_SEED
 
 EXIT_ERROR = 2
 # Activations get one scale per tensor: every observer except the per-channel one.
@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import save_fp32
-    from ptqlib.evaluate import accuracy
+    from ptqlib.evaluation import accuracy
     from ptqlib.paths import artifacts_dir
-    from ptqlib.train import train, training_meta
+    from ptqlib.training import train, training_meta
 
     data = load_mnist(args.data_dir)
     result = train(data, epochs=args.epochs, seed=args.seed)
@@ -172,7 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ptqlib.evaluate import accuracy
+    from ptqlib.evaluation import accuracy
     from ptqlib.int8_checkpoint import load_model
 
     model, kind, _ = load_model(args.checkpoint)

@@ -76,7 +76,7 @@ def _activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> 
     if key not in qparams:
         raise ValueError(
             f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
-            "calibrated differently. Run ptqlib.calibrate.calibrate(model, images) first "
+            "calibrated differently. Run ptqlib.calibration.calibrate(model, images) first "
             f"(qparams has {sorted(qparams) or 'no entries'})"
         )
     found = qparams[key]
@@ -170,7 +170,9 @@ def plan_conversion(
 # --- the integer modules -----------------------------------------------------------------------
 
 
-def _activation_qparams_from(scale: torch.Tensor, zero_point: torch.Tensor, like: QParams) -> QParams:
+def _activation_qparams_from(
+    scale: torch.Tensor, zero_point: torch.Tensor, like: QParams
+) -> QParams:
     """QParams with the stored scale and zero-point and the fixed range and dtype of ``like``."""
     return QParams(scale, zero_point, like.quant_min, like.quant_max, like.dtype)
 
@@ -297,7 +299,7 @@ class Int8Linear(nn.Module):
 class Int8Model(nn.Module):
     """The INT8 network: quantize the images, run every layer on integers, dequantize the
     logits. ``forward`` maps images to float logits like the FP32 model, so
-    :mod:`ptqlib.evaluate` works on it unchanged."""
+    :mod:`ptqlib.evaluation` works on it unchanged."""
 
     def __init__(self, input_qparams: QParams, layers: list[nn.Module]) -> None:
         super().__init__()

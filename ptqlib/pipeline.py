@@ -21,14 +21,14 @@ from pathlib import Path
 from torch import nn
 
 from ptqlib import reference
-from ptqlib.calibrate import calibrate
+from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
-from ptqlib.evaluate import Latency, agreement, compare_latency, predict
+from ptqlib.evaluation import Latency, agreement, compare_latency, predict
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
 from ptqlib.int8_model import Int8Model, convert
-from ptqlib.train import load_or_train_baseline
+from ptqlib.training import load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
 MODEL_NAMES = ("fp32", "int8_ptqlib", "int8_torch")

@@ -38,6 +38,26 @@ def deprecated_api() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """Use the quantized ``engine`` (``x86``, ``qnnpack``...) inside the block and restore the
+    previous one afterwards, so that no global setting leaks out of a reference call."""
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ValueError(
+            f"engine: {engine!r} is not available here; "
+            f"expected one of {torch.backends.quantized.supported_engines}"
+        )
+    previous = torch.backends.quantized.engine
+    if previous == engine:  # the common case, and a model's every call: no switch at all
+        yield
+        return
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def torch_dtype(dtype: torch.dtype) -> torch.dtype:
     """The quantized dtype torch.ao uses for a plain integer dtype (uint8 -> quint8...)."""
     if dtype not in TORCH_DTYPES:
@@ -97,6 +117,8 @@ class EagerQuantModel(nn.Module):
 
     torch.ao's eager mode needs the stubs to know where float tensors become quantized
     ones and back. ``body`` is a copy of the float model: the original is never changed.
+    ``engine`` is the quantized engine it was converted with; running it selects that
+    engine for the call only (see :func:`quantized_engine`).
     """
 
     def __init__(self, model: nn.Sequential) -> None:
@@ -109,9 +131,11 @@ class EagerQuantModel(nn.Module):
             self.quant = QuantStub()
             self.dequant = DeQuantStub()
         self.body = copy.deepcopy(model).eval()
+        self.engine = torch.backends.quantized.engine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dequant(self.body(self.quant(x)))
+        with quantized_engine(self.engine):
+            return self.dequant(self.body(self.quant(x)))
 
 
 def default_quantized_engine() -> str:
@@ -193,14 +217,8 @@ def torch_eager_ptq(
     if not isinstance(calibration_images, torch.Tensor) or calibration_images.numel() == 0:
         raise ValueError("calibration_images: expected a non-empty tensor of images")
     engine = engine or default_quantized_engine()
-    if engine not in torch.backends.quantized.supported_engines:
-        raise ValueError(
-            f"engine: {engine!r} is not available here; "
-            f"expected one of {torch.backends.quantized.supported_engines}"
-        )
-    torch.backends.quantized.engine = engine
-    wrapped = EagerQuantModel(model)
-    with deprecated_api():
+    with quantized_engine(engine), deprecated_api():
+        wrapped = EagerQuantModel(model)
         from torch.ao import quantization
 
         prefixed = [[f"body.{a}", f"body.{b}"] for a, b in linear_relu_pairs(wrapped.body)]
@@ -219,7 +237,7 @@ def torch_quantized_logits(
 ) -> tuple[torch.Tensor, float, int]:
     """The quantized logits before the DeQuantStub: their integers (``int_repr()``, a
     plain uint8 tensor), their scale and their zero-point."""
-    with deprecated_api():
+    with quantized_engine(quantized_model.engine), deprecated_api():
         logits = quantized_model.body(quantized_model.quant(images))
         return logits.int_repr(), float(logits.q_scale()), int(logits.q_zero_point())
 
@@ -266,7 +284,7 @@ def torch_calibrate(
     weight_kwargs: dict | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, nn.Module]]:
-    """:func:`ptqlib.calibrate.calibrate` with torch.ao's observers at the same points.
+    """:func:`ptqlib.calibration.calibrate` with torch.ao's observers at the same points.
 
     Same hooks, same batches, same keys ("input", every Linear/ReLU output, every
     "<linear>.weight"); observers named by their torch.ao class. Activations default to
@@ -274,7 +292,7 @@ def torch_calibrate(
     observers default to ch_axis=0 as in torch.ao). Returns ``(qparams, observers)``:
     ``qparams[key] = (scale, zero_point)`` as torch.ao computes them (shape [1] per tensor).
     """
-    from ptqlib.calibrate import observe  # here, so that ptqlib.calibrate never needs torch.ao
+    from ptqlib.calibration import observe  # here, so that ptqlib.calibration never needs torch.ao
 
     activation_settings = {"dtype": torch.uint8, "symmetric": False, **(activation_kwargs or {})}
     weight_settings = {"dtype": torch.int8, "symmetric": True, **(weight_kwargs or {})}
@@ -310,7 +328,7 @@ def torch_layer_outputs(
     """The integers (``int_repr()``, plain uint8) of the quantized input and of the output
     of every child of the converted model, by name (``"input"``, ``"flatten"``, ``"fc1"``...)."""
     outputs = {}
-    with deprecated_api():
+    with quantized_engine(quantized_model.engine), deprecated_api():
         x = quantized_model.quant(images)
         outputs["input"] = x.int_repr()
         for name, module in quantized_model.body.named_children():

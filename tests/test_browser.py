@@ -29,7 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_docs import NOTEBOOKS, REPO_ROOT, Site, build_site
+
+from conftest import NOTEBOOKS, REPO_ROOT, Site
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -151,8 +154,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    site: Site = build_site(tmp_path_factory.getbasetemp() / "docs_site")
+def site_url(site: Site) -> Iterator[str]:
     handler = functools.partial(QuietHandler, directory=str(site.html_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -1,10 +1,13 @@
-"""The command line, run as a user runs it: a subprocess, checking exit codes and output."""
+"""The command line: help and usage errors in-process (``main([...])``), and the real
+``python -m ptqlib`` entry point as a user runs it, in a subprocess."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+
+from ptqlib.cli import EXIT_ERROR, main
 
 
 def run_cli(*args, env_data_dir=None, cwd=None):
@@ -69,20 +72,26 @@ def test_quantize_then_evaluate_int8(fp32_checkpoint, tmp_path):
     assert result.returncode == 2 and "is an INT8 checkpoint, but an FP32" in result.stderr
 
 
-def test_help_documents_every_option():
+def run_in_process(args, capsys) -> tuple[int, str, str]:
+    """``main(args)``'s exit status, stdout and stderr; argparse's own exits included."""
+    try:
+        status = main(args)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_help_documents_every_option(capsys):
     for command, options in {
         "train": ["--epochs", "--seed", "--data-dir", "--out"],
         "evaluate": ["--checkpoint", "--data-dir", "--json"],
-        "quantize": [
-            "--checkpoint",
-            "--out",
-            "--observer",
-            "--calib",
-            "--per-tensor",
-            "--data-dir",
-        ],
+        "quantize": ["--checkpoint", "--out", "--observer", "--calib", "--per-tensor"],
+        "pipeline": ["--data-dir", "--observer", "--calib", "--threads", "--out"],
+        "bench": ["--data-dir", "--observer", "--calib", "--threads", "--batch-sizes"],
     }.items():
-        text = run_cli(command, "--help").stdout
+        status, text, _ = run_in_process([command, "--help"], capsys)
+        assert status == 0
         assert all(option in text for option in options), command
 
 
@@ -98,15 +107,27 @@ def test_help_documents_every_option():
         (["quantize", "--checkpoint", "x.pt", "--out", "y.pt", "--calib", "-3"], "positive"),
     ],
 )
-def test_bad_arguments_give_one_line_errors(args, message):
-    result = run_cli(*args)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_bad_arguments_give_one_line_errors(args, message, capsys):
+    status, _, err = run_in_process(args, capsys)
+    assert status == EXIT_ERROR
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only bad input becomes a one-line error: a TypeError inside ptqlib is a bug."""
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in ptqlib")
+
+    monkeypatch.setattr("ptqlib.pipeline.quantize_checkpoint", broken)
+    with pytest.raises(TypeError, match="a bug in ptqlib"):
+        main(["quantize", "--checkpoint", "x.pt", "--out", "y.pt"])
 
 
 def test_not_a_checkpoint(tmp_path):
+    """Through the real entry point: one line on stderr, exit 2, no traceback."""
     (tmp_path / "notes.pt").write_text("hello")
     result = run_cli("evaluate", "--checkpoint", str(tmp_path / "notes.pt"))
     assert result.returncode == 2

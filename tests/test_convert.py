@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ptqlib.calibrate import calibrate
+from ptqlib.calibration import calibrate
 from ptqlib.checkers import fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
 from ptqlib.data import calibration_images
@@ -24,8 +25,7 @@ from ptqlib.integer_arithmetic import (
 from ptqlib.models import SimpleNet
 from ptqlib.pipeline import quantize_checkpoint
 from ptqlib.quantization import QParams, qparams_from_range, quantize
-from ptqlib.train import load_or_train_baseline
-from tests.conftest import write_idx_split
+from ptqlib.training import load_or_train_baseline
 
 # --- fixtures ----------------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ def test_per_tensor_weights_have_one_scale(baseline, calibration):
 
 
 def test_int8_accuracy_is_close_to_fp32(baseline, int8_model, offline_data):
-    from ptqlib.evaluate import accuracy
+    from ptqlib.evaluation import accuracy
 
     assert (
         abs(accuracy(int8_model, offline_data.test) - accuracy(baseline, offline_data.test)) < 0.02
@@ -384,7 +384,7 @@ def test_mismatched_int8_checkpoint(int8_model, tmp_path, change, message):
 # --- the command line's library side -----------------------------------------------------------
 
 
-def test_quantize_checkpoint_end_to_end(tmp_path):
+def test_quantize_checkpoint_end_to_end(tmp_path, write_idx_split):
     data_dir = tmp_path / "mnist"
     data_dir.mkdir()
     write_idx_split(data_dir, "train", n=40)
@@ -406,7 +406,7 @@ def test_quantize_checkpoint_end_to_end(tmp_path):
     assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_quantize_checkpoint_with_an_unknown_observer(tmp_path):
+def test_quantize_checkpoint_with_an_unknown_observer(tmp_path, write_idx_split):
     data_dir = tmp_path / "mnist"
     data_dir.mkdir()
     write_idx_split(data_dir, "train", n=20)
@@ -420,3 +420,45 @@ def test_quantize_checkpoint_with_an_unknown_observer(tmp_path):
             data_dir=data_dir,
             progress=False,
         )
+
+
+# --- an INT8 layer computes from its stored state, always ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_int8_models(baseline, offline_data):
+    """The same FP32 model converted twice, with different activation observers."""
+    images = calibration_images(offline_data.train, 300)
+    models = []
+    for observer in ("minmax", "percentile"):
+        qparams = calibrate(baseline, images, activation_observer=observer, progress=False).qparams
+        models.append(convert(baseline, qparams))
+    return models
+
+
+def test_load_state_dict_carries_every_constant(two_int8_models, offline_data):
+    a, b = two_int8_models
+    images = offline_data.test.images[:200]
+    assert not torch.equal(a.quantized_logits(images), b.quantized_logits(images))
+    copy_of_a = copy.deepcopy(a)
+    copy_of_a.load_state_dict(b.state_dict())
+    assert torch.equal(copy_of_a.quantized_logits(images), b.quantized_logits(images))
+    assert torch.equal(copy_of_a(images), b(images))
+
+
+def test_to_and_deepcopy_keep_the_integers(int8_model, offline_data):
+    images = offline_data.test.images[:200]
+    expected = int8_model.quantized_logits(images)
+    assert torch.equal(copy.deepcopy(int8_model).quantized_logits(images), expected)
+    moved = copy.deepcopy(int8_model).to("cpu").to(torch.float64)  # buffers keep integer dtypes
+    assert torch.equal(moved.quantized_logits(images), expected)
+
+
+def test_save_load_round_trip_gives_identical_integers(int8_model, offline_data, tmp_path):
+    images = offline_data.test.images
+    reloaded, _ = load_int8(save_int8(int8_model, tmp_path / "q.pt"))
+    assert torch.equal(reloaded.quantized_logits(images), int8_model.quantized_logits(images))
+    for ours, theirs in zip(
+        int8_model.state_dict().items(), reloaded.state_dict().items(), strict=True
+    ):
+        assert ours[0] == theirs[0] and torch.equal(ours[1], theirs[1])

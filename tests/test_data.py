@@ -8,10 +8,9 @@ from ptqlib.data import (
     load_mnist,
     normalise,
 )
-from tests.conftest import write_idx_split
 
 
-def test_reads_flat_idx_files(tmp_path, capsys):
+def test_reads_flat_idx_files(tmp_path, capsys, write_idx_split):
     images, labels, _ = write_idx_split(tmp_path, "train")
     write_idx_split(tmp_path, "t10k", n=10)
     data = load_mnist(tmp_path, download=False)
@@ -23,7 +22,7 @@ def test_reads_flat_idx_files(tmp_path, capsys):
     assert "IDX files in" in capsys.readouterr().out  # the one line naming the source
 
 
-def test_reads_gzipped_torchvision_layout(tmp_path):
+def test_reads_gzipped_torchvision_layout(tmp_path, write_idx_split):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     write_idx_split(raw, "t10k", n=12, compress=True)
@@ -31,7 +30,7 @@ def test_reads_gzipped_torchvision_layout(tmp_path):
     assert len(data.test) == 12 and data.train is None
 
 
-def test_test_split_needs_only_t10k_files(tmp_path):
+def test_test_split_needs_only_t10k_files(tmp_path, write_idx_split):
     write_idx_split(tmp_path, "t10k")
     assert len(load_mnist(tmp_path, splits=("test",), verbose=False).test) == 20
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
@@ -44,7 +43,7 @@ def test_normalisation_uses_mnist_statistics():
     assert torch.allclose(normalise(pixels).flatten(), expected)
 
 
-def test_env_variable_names_the_directory(tmp_path, monkeypatch):
+def test_env_variable_names_the_directory(tmp_path, monkeypatch, write_idx_split):
     write_idx_split(tmp_path, "t10k", n=7)
     monkeypatch.setenv("PTQLIB_DATA_DIR", str(tmp_path))
     assert len(load_mnist(splits=("test",), verbose=False).test) == 7
@@ -66,7 +65,7 @@ def test_missing_named_directory_is_an_error(tmp_path):
         (lambda data: data[:2], "too short"),
     ],
 )
-def test_corrupt_idx_file_names_the_file(tmp_path, corrupt, message):
+def test_corrupt_idx_file_names_the_file(tmp_path, corrupt, message, write_idx_split):
     _, _, paths = write_idx_split(tmp_path, "t10k")
     path = paths["images"]
     path.write_bytes(corrupt(path.read_bytes()))
@@ -75,7 +74,7 @@ def test_corrupt_idx_file_names_the_file(tmp_path, corrupt, message):
     assert path.name in str(error.value)
 
 
-def test_broken_gzip_is_an_error_not_a_fallback(tmp_path):
+def test_broken_gzip_is_an_error_not_a_fallback(tmp_path, write_idx_split):
     _, _, paths = write_idx_split(tmp_path, "t10k", compress=True)
     data = paths["labels"].read_bytes()
     paths["labels"].write_bytes(data[: len(data) // 2])
@@ -84,7 +83,7 @@ def test_broken_gzip_is_an_error_not_a_fallback(tmp_path):
     assert paths["labels"].name in str(error.value)
 
 
-def test_label_count_mismatch(tmp_path):
+def test_label_count_mismatch(tmp_path, write_idx_split):
     write_idx_split(tmp_path, "t10k", n=20)
     other = tmp_path / "other"
     other.mkdir()

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,38 +20,12 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+from conftest import NOTEBOOKS, REPO_ROOT, Site
+
+pytestmark = pytest.mark.browser
 # Attributes that point at another file, by tag.
 LINK_ATTRIBUTES = {"a": "href", "link": "href", "img": "src", "script": "src", "source": "src"}
 IMAGE_FILE = re.compile(r"\.(png|jpe?g|gif|svg|webp)$", re.IGNORECASE)
-
-
-@dataclass
-class Site:
-    html_dir: Path
-    warnings: str
-
-
-def build_site(out_dir: Path) -> Site:
-    """Run ``make docs``'s sphinx-build into ``out_dir``, unless a test already did."""
-    html_dir = out_dir / "html"
-    warnings_file = out_dir / "warnings.txt"
-    if not (html_dir / "index.html").exists():
-        command = [
-            sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E",
-            "-c", "docs", "-d", str(out_dir / "doctrees"), "-w", str(warnings_file),
-            ".", str(html_dir),
-        ]  # fmt: skip
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"sphinx-build failed:\n{result.stdout}\n{result.stderr}"
-    return Site(html_dir, warnings_file.read_text())
-
-
-@pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    # A fixed folder under the session's temp dir: test_browser.py reuses the same build.
-    return build_site(tmp_path_factory.getbasetemp() / "docs_site")
 
 
 @dataclass

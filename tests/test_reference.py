@@ -20,9 +20,9 @@ import warnings
 import pytest
 import torch
 
-from ptqlib.calibrate import calibrate
+from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images
-from ptqlib.evaluate import agreement
+from ptqlib.evaluation import agreement
 from ptqlib.int8_model import Int8Linear, convert
 from ptqlib.reference import (
     default_quantized_engine,
@@ -31,7 +31,7 @@ from ptqlib.reference import (
     torch_linear_weights,
     torch_quantized_logits,
 )
-from ptqlib.train import load_or_train_baseline
+from ptqlib.training import load_or_train_baseline
 
 CALIBRATION_IMAGES = 1000
 
@@ -153,3 +153,15 @@ def test_no_deprecation_warning_escapes(baseline, images):
 def test_unknown_engine_is_a_clear_error(baseline, images):
     with pytest.raises(ValueError, match="engine"):
         torch_eager_ptq(baseline, images[:10], engine="tpu")
+
+
+def test_eager_ptq_restores_the_quantized_engine(baseline, images):
+    engines = torch.backends.quantized.supported_engines
+    other = "qnnpack" if "qnnpack" in engines else None
+    if other is None:
+        pytest.skip("only one quantized engine in this torch build")
+    before = torch.backends.quantized.engine
+    model = torch_eager_ptq(baseline, images[:100], engine=other)
+    assert torch.backends.quantized.engine == before
+    logits, _, _ = torch_quantized_logits(model, images[:4])  # runs on its own engine
+    assert torch.backends.quantized.engine == before and logits.shape == (4, 10)

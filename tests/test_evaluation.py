@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ptqlib.checkpoints import saved_size_bytes
-from ptqlib.evaluate import (
+from ptqlib.evaluation import (
     agreement,
     compare_latency,
     confusion_matrix,

@@ -139,7 +139,7 @@ def training_meta(result: TrainResult, data: MNIST, epochs: int, seed: int) -> d
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, split: MNISTSplit) -> float:
-    """Test accuracy during training (``ptqlib.evaluate`` has the full set of metrics)."""
+    """Test accuracy during training (``ptqlib.evaluation`` has the full set of metrics)."""
     model.eval()
     predictions = torch.cat([model(images).argmax(dim=1) for images, _ in split.loader(1024)])
     return float((predictions == split.labels).float().mean())

@@ -3,9 +3,9 @@ import torch
 
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint, save_fp32
 from ptqlib.data import MNIST
-from ptqlib.evaluate import accuracy, confusion_matrix, per_class_accuracy, predict
+from ptqlib.evaluation import accuracy, confusion_matrix, per_class_accuracy, predict
 from ptqlib.models import SimpleNet, count_parameters
-from ptqlib.train import load_or_train_baseline, train
+from ptqlib.training import load_or_train_baseline, train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for ptqlib.calibrate: keys, hook removal, observer choice, agreement with the
+"""Tests for ptqlib.calibration: keys, hook removal, observer choice, agreement with the
 same calibration done by torch.ao's observers, and bad arguments."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptqlib.calibrate import Calibration, calibrate, observe
+from ptqlib.calibration import Calibration, calibrate, observe
 from ptqlib.models import SimpleNet
 from ptqlib.observers import (
     HistogramObserver,
