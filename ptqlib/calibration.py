@@ -3,11 +3,16 @@
 Static quantization needs a scale and zero-point for every tensor the INT8 model will
 hold, fixed before inference. Weights are known; activations are not, so we *calibrate*:
 feed representative images through the float model and let an observer (see
-``ptqlib.observers``) watch every tensor that will be quantized:
+``ptqlib.observers``) watch every tensor that will be quantized.
+
+Which tensors are those? The INT8 model **fuses** each Linear with the ReLU directly after
+it: the pair runs as one integer step whose output is clamped at the integer of real 0
+(the ReLU becomes the lower clamp), so the Linear's own output is never stored as integers
+and needs no qparams. The quantization points that remain (:func:`quantization_points`):
 
 - ``"input"``: the model's input (for SimpleNet also the Flatten output: same values);
-- the output of every ``nn.Linear`` and every ``nn.ReLU``, by module name, in the order
-  they run (SimpleNet: ``fc1, relu1, fc2, relu2, fc3``);
+- the output of every fused step, named after its last module, in run order
+  (SimpleNet: ``relu1, relu2, fc3``);
 - the weight of every ``nn.Linear``: ``"<name>.weight"`` (observed once, not per batch).
 
 The observers are attached with forward hooks, so the model class is not edited, and
@@ -36,12 +41,47 @@ PER_CHANNEL_DEFAULTS = {"ch_axis": 0}
 OBSERVED_MODULES = (nn.Linear, nn.ReLU)
 
 
+def fusion_groups(model: nn.Module) -> list[list[str]]:
+    """The Linear and ReLU modules by name, grouped as the INT8 model runs them: each Linear
+    with the ReLU directly after it (``["fc1", "relu1"]``), any other Linear or ReLU alone.
+    Only an ``nn.Sequential``'s direct children are fused (their order is the run order);
+    in any other model each module is its own group."""
+    if isinstance(model, nn.Sequential):
+        named = list(model.named_children())
+    else:
+        named = [(name, module) for name, module in model.named_modules() if name]
+    named = [(name, module) for name, module in named if isinstance(module, OBSERVED_MODULES)]
+    adjacent = {name: index for index, (name, _) in enumerate(model.named_children())}
+    groups: list[list[str]] = []
+    for name, module in named:
+        previous = groups[-1] if groups else None
+        fuses = (
+            isinstance(model, nn.Sequential)
+            and isinstance(module, nn.ReLU)
+            and previous is not None
+            and len(previous) == 1
+            and isinstance(model.get_submodule(previous[0]), nn.Linear)
+            and adjacent[name] == adjacent[previous[0]] + 1
+        )
+        if fuses:
+            previous.append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+def quantization_points(model: nn.Module) -> list[str]:
+    """The activations the INT8 model stores as integers, in run order: ``"input"``, then
+    the output of every fused step (see :func:`fusion_groups`), named by its last module."""
+    return ["input"] + [group[-1] for group in fusion_groups(model)]
+
+
 @dataclass
 class Calibration:
     """The result: qparams and the observer that chose them, for every quantized tensor.
 
-    Keys: ``"input"``, then every Linear/ReLU output by module name in run order, then
-    ``"<linear>.weight"`` for every Linear.
+    Keys: the :func:`quantization_points` in run order, then ``"<linear>.weight"`` for
+    every Linear.
     """
 
     qparams: dict[str, QParams]
@@ -63,11 +103,8 @@ def observe(
     in the order described in the module docstring.
     """
     _check_arguments(model, images, batch_size)
-    watched = {
-        name: module
-        for name, module in model.named_modules()
-        if name and isinstance(module, OBSERVED_MODULES)
-    }
+    points = quantization_points(model)[1:]
+    watched = {name: model.get_submodule(name) for name in points}
     observers = {"input": make_activation_observer()}
     observers.update({name: make_activation_observer() for name in watched})
     run_order: list[str] = []
@@ -114,7 +151,7 @@ def observe(
     ordered = {"input": observers["input"]}
     ordered.update({name: observers[name] for name in run_order})
     with torch.no_grad():
-        for name, module in watched.items():
+        for name, module in model.named_modules():
             if isinstance(module, nn.Linear):
                 ordered[f"{name}.weight"] = make_weight_observer()
                 ordered[f"{name}.weight"](module.weight.detach())

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ptqlib.calibration import fusion_groups, observe
 from ptqlib.checkpoints import saved_size_bytes
 
 TORCH_DTYPES = {torch.uint8: torch.quint8, torch.int8: torch.qint8}
@@ -186,13 +187,9 @@ def eager_qconfig(
 
 
 def linear_relu_pairs(model: nn.Sequential) -> list[list[str]]:
-    """Names of every Linear directly followed by a ReLU, the pairs eager mode can fuse."""
-    children = list(model.named_children())
-    return [
-        [name, next_name]
-        for (name, module), (next_name, next_module) in zip(children, children[1:], strict=False)
-        if isinstance(module, nn.Linear) and isinstance(next_module, nn.ReLU)
-    ]
+    """Names of every Linear directly followed by a ReLU, the pairs eager mode can fuse:
+    the same fusion as ptqlib's (:func:`ptqlib.calibration.fusion_groups`)."""
+    return [group for group in fusion_groups(model) if len(group) == 2]
 
 
 @torch.no_grad()
@@ -292,7 +289,6 @@ def torch_calibrate(
     observers default to ch_axis=0 as in torch.ao). Returns ``(qparams, observers)``:
     ``qparams[key] = (scale, zero_point)`` as torch.ao computes them (shape [1] per tensor).
     """
-    from ptqlib.calibration import observe  # here, so that ptqlib.calibration never needs torch.ao
 
     activation_settings = {"dtype": torch.uint8, "symmetric": False, **(activation_kwargs or {})}
     weight_settings = {"dtype": torch.int8, "symmetric": True, **(weight_kwargs or {})}

@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from ptqlib.calibration import Calibration, calibrate, observe
+from ptqlib.calibration import (
+    Calibration,
+    calibrate,
+    fusion_groups,
+    observe,
+    quantization_points,
+)
+from ptqlib.int8_model import convert
 from ptqlib.models import SimpleNet
 from ptqlib.observers import (
     HistogramObserver,
@@ -18,7 +25,7 @@ from ptqlib.observers import (
 from ptqlib.quantization import QParams
 from ptqlib.reference import torch_calibrate, torch_histogram_range
 
-ACTIVATION_KEYS = ["input", "fc1", "relu1", "fc2", "relu2", "fc3"]
+ACTIVATION_KEYS = ["input", "relu1", "relu2", "fc3"]
 WEIGHT_KEYS = ["fc1.weight", "fc2.weight", "fc3.weight"]
 
 
@@ -152,9 +159,9 @@ def test_observer_choice_by_name_and_kwargs(model, images):
         progress=False,
     )
     assert all(isinstance(result.observers[key], PercentileObserver) for key in ACTIVATION_KEYS)
-    assert result.observers["fc1"].percentile == 99.0
+    assert result.observers["relu1"].percentile == 99.0
     assert all(int(result.qparams[key].zero_point) == 0 for key in ACTIVATION_KEYS)
-    assert result.qparams["fc1"].dtype == torch.int8
+    assert result.qparams["relu1"].dtype == torch.int8
     assert all(isinstance(result.observers[key], MinMaxObserver) for key in WEIGHT_KEYS)
     assert all(result.qparams[key].axis is None for key in WEIGHT_KEYS)
     assert result.observers["fc1.weight"].symmetric is False
@@ -162,7 +169,7 @@ def test_observer_choice_by_name_and_kwargs(model, images):
 
 def test_batch_size_sets_the_number_of_batches(model, images):
     result = calibrate(model, images, "minmax", batch_size=50, progress=False)
-    assert result.observers["fc1"].batches_seen == 5
+    assert result.observers["relu1"].batches_seen == 5
 
 
 def test_progress_bar_can_be_switched_off(model, images, capsys):
@@ -248,3 +255,44 @@ def test_bad_arguments_are_clear_errors(model, images, kwargs, error, message):
 def test_per_channel_observer_is_refused_for_activations(model, images):
     with pytest.raises(ValueError, match="one range per tensor"):
         calibrate(model, images, activation_observer="per_channel_minmax", progress=False)
+
+
+class RecordingQParams(dict):
+    """A qparams dict that remembers which keys were read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key in self:
+            self.read.add(key)
+        return super().get(key, default)
+
+
+def test_calibration_observes_exactly_what_convert_uses(model, images):
+    """Fusion before calibration: every observed tensor is used by convert, and every
+    qparam convert uses was observed (a fused Linear's own output is neither)."""
+    result = calibrate(model, images, "minmax", progress=False)
+    assert quantization_points(model) == ["input", "relu1", "relu2", "fc3"]
+    assert fusion_groups(model) == [["fc1", "relu1"], ["fc2", "relu2"], ["fc3"]]
+    recorded = RecordingQParams(result.qparams)
+    convert(model, recorded)
+    assert recorded.read == set(result.qparams)
+
+
+def test_no_fusion_outside_a_sequential():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.fc(x))
+
+    assert fusion_groups(Custom()) == [["fc"], ["act"]]
+    assert fusion_groups(nn.Sequential(nn.Linear(2, 2), nn.Flatten(), nn.ReLU())) == [["0"], ["2"]]
