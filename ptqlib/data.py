@@ -64,6 +64,16 @@ class MNISTSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def pixels(self) -> torch.Tensor:
+        """The raw pixels, uint8 ``[N, 1, 28, 28]``, recovered exactly from the images:
+        ``p = round(255 (x sigma + mu))`` (the float32 error is far below half a step)."""
+        return torch.round((self.images * MNIST_STD + MNIST_MEAN) * 255).to(torch.uint8)
+
+    def pixel_values(self) -> MNISTSplit:
+        """The same digits as raw pixel values 0..255 in float32: the input of a model whose
+        normalisation was folded into its first layer (``models.fold_input_normalization``)."""
+        return MNISTSplit(self.pixels().float(), self.labels)
+
     def loader(self, batch_size: int = 256, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """A DataLoader over this split; shuffling is driven by its own seeded generator."""
         generator = torch.Generator().manual_seed(seed)

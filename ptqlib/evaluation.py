@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ptqlib.data import NUM_CLASSES, MNISTSplit
+from ptqlib.data import NUM_CLASSES, MNISTSplit, normalise
 
 
 @torch.no_grad()
@@ -28,11 +28,11 @@ def predict(model: nn.Module, split: MNISTSplit, batch_size: int = 1024) -> torc
             f"split: expected an MNISTSplit such as load_mnist().test, got {type(split).__name__}"
         )
     model.eval()
+    # A model that takes raw pixels (its normalisation folded into its first layer, see
+    # ptqlib.models.fold_input_normalization) gets the uint8 pixels of the same digits.
+    images = split.pixels() if getattr(model, "takes_pixels", False) else split.images
     return torch.cat(
-        [
-            model(split.images[i : i + batch_size]).argmax(dim=1)
-            for i in range(0, len(split), batch_size)
-        ]
+        [model(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(split), batch_size)]
     )
 
 
@@ -147,13 +147,22 @@ def compare_latency(
     seed: int = 0,
 ) -> dict[str, Latency]:
     """Latency of each model on the same random batch of ``batch_size`` images, timed with
-    :func:`time_interleaved`: the median and quartiles over ``repeats``."""
+    :func:`time_interleaved`: the median and quartiles over ``repeats``. A model that takes
+    raw pixels (``model.takes_pixels``) gets the uint8 pixels, the others the normalised
+    float images of the same pixels: each model starts from what it needs."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
-    images = torch.randn(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8, generator=generator)
+    images = normalise(pixels)
     for model in models.values():
         model.eval()
-    functions = {name: functools.partial(model, images) for name, model in models.items()}
+    functions = {
+        name: functools.partial(
+            model, pixels.unsqueeze(1) if getattr(model, "takes_pixels", False) else images
+        )
+        for name, model in models.items()
+    }
     samples = time_interleaved(functions, threads, repeats, min_seconds_per_repeat)
     results = {}
     for name, times in samples.items():

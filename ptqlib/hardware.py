@@ -40,5 +40,41 @@ def environment_summary() -> str:
             f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
             f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
             f"quantized engine: {torch.backends.quantized.engine}",
+            int8_summary(),
         ]
+    )
+
+
+def int8_instructions() -> dict[str, bool]:
+    """The CPU's int8 dot-product instructions, as torch detects them: AVX-512 VNNI and
+    AVX-VNNI (``vpdpbusd``: four uint8 x int8 products summed into 32 bits), AMX-INT8 (tile
+    matrix multiply). Without any of them, x86 int8 kernels fall back to AVX2's
+    ``vpmaddubsw``, which sums pairs of products into 16 bits and can saturate."""
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return {name: bool(capabilities.get(name, False)) for name in INT8_FLAGS}
+
+
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_gemm_is_fast() -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32) has a fast kernel on this CPU.
+
+    PyTorch sends it to oneDNN's int8 GEMM only where the CPU has AVX-512 VNNI (AMX
+    machines have it too): there it is several times faster than the float32 GEMM.
+    Everywhere else (AVX2-only CPUs, AVX-VNNI laptops, ARM) it runs a plain C++ loop,
+    tens of times slower. ``ptqlib.fast_int8`` then computes the same int32 sums with the
+    float32 GEMM instead: both paths give the same integers, only the speed differs.
+    """
+    return int8_instructions()["avx512_vnni"] and torch.backends.mkldnn.is_available()
+
+
+def int8_summary() -> str:
+    """One line for a notebook's version cell: the int8 instructions and the GEMM path."""
+    flags = [name for name, present in int8_instructions().items() if present]
+    path = "int8 GEMM (_int_mm)" if int8_gemm_is_fast() else "float32 GEMM (exact integers)"
+    return (
+        f"CPU {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"int8 dot-product instructions: {', '.join(flags) or 'none'}; "
+        f"ptqlib's fast path accumulates with the {path}"
     )

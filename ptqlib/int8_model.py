@@ -49,11 +49,23 @@ from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_ran
 from ptqlib.quantization import quantize as quantize_tensor
 
 SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
+# Raw pixels as the input (a model from ptqlib.models.fold_input_normalization): S = 1, Z = 0,
+# so the quantized input is the uint8 pixel itself.
+PIXEL_QPARAMS = QParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int64), 0, 255, torch.uint8)
 DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}
 
 
-# --- planning: which qparams each layer uses ---------------------------------------------------
+def is_pixel_input(qparams: QParams) -> bool:
+    """Whether these input qparams are :data:`PIXEL_QPARAMS`: the model takes raw pixels."""
+    return (
+        qparams.dtype == torch.uint8
+        and float(qparams.scale) == 1.0
+        and int(qparams.zero_point) == 0
+        and (qparams.quant_min, qparams.quant_max) == (0, 255)
+    )
 
+
+# --- planning: which qparams each layer uses ---------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -163,8 +175,6 @@ def plan_conversion(
     if not isinstance(steps[-1], LinearStep):
         raise ValueError("model: must end with a Linear (the logits), optionally with its ReLU")
     return steps
-
-
 
 
 # --- the integer modules -----------------------------------------------------------------------
@@ -318,6 +328,12 @@ class Int8Model(nn.Module):
     def output_qparams(self) -> QParams:
         return [layer for layer in self.layers if isinstance(layer, Int8Linear)][-1].output_qparams
 
+    @property
+    def takes_pixels(self) -> bool:
+        """True for a model converted with ``pixel_input=True``: ``ptqlib.evaluation`` then
+        feeds it raw uint8 pixels instead of normalised images."""
+        return is_pixel_input(self.input_qparams)
+
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``quantize(x) - offset``."""
         qparams = self.input_qparams
@@ -367,7 +383,10 @@ def _int8_linear(step: LinearStep) -> Int8Linear:
 
 
 def convert(
-    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
+    model: nn.Module,
+    qparams: Mapping[str, QParams],
+    per_channel: bool = True,
+    pixel_input: bool = False,
 ) -> Int8Model:
     """Convert a calibrated Sequential of Linear / ReLU / Flatten into an :class:`Int8Model`.
 
@@ -375,9 +394,17 @@ def convert(
     output of every fused Linear(+ReLU) step by the name of its last module, and optionally
     ``"<linear>.weight"`` (see :func:`weight_qparams_for`). ``per_channel`` selects
     per-output-channel weight scales (the default) or one scale per weight tensor.
+
+    ``pixel_input=True`` is for a model whose input normalisation was folded into its first
+    Linear (:func:`ptqlib.models.fold_input_normalization`): its input is raw pixel values
+    0..255, so the input qparams are not calibrated but exact, :data:`PIXEL_QPARAMS`.
     """
-    if not isinstance(per_channel, bool):
-        raise TypeError(f"per_channel: expected True or False, got {per_channel!r}")
+    for value, name in ((per_channel, "per_channel"), (pixel_input, "pixel_input")):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected True or False, got {value!r}")
+    qparams = getattr(qparams, "qparams", qparams)  # a Calibration or its qparams dict
+    if pixel_input and isinstance(qparams, Mapping):
+        qparams = {**qparams, "input": PIXEL_QPARAMS}
     steps = plan_conversion(model, qparams, per_channel)
     layers = [_int8_linear(step) if isinstance(step, LinearStep) else step for step in steps]
     first = next(step for step in steps if isinstance(step, LinearStep))

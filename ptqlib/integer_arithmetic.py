@@ -35,7 +35,6 @@ MULTIPLIER_BITS = 31
 MAX_SHIFT = 62
 
 
-
 def fixed_point_multiplier(
     real_multiplier: torch.Tensor | float,
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,9 +106,7 @@ def test_foreign_torch_file_and_kind_mismatch(tmp_path):
 
 
 def test_cached_baseline_trains_once(small_data, tmp_path):
-    model, meta = load_or_train_baseline(
-        small_data, epochs=1, directory=tmp_path, progress=False
-    )
+    model, meta = load_or_train_baseline(small_data, epochs=1, directory=tmp_path, progress=False)
     (checkpoint,) = tmp_path.glob("*.pt")
     stamp = checkpoint.stat().st_mtime_ns
     again, _ = load_or_train_baseline(small_data, epochs=1, directory=tmp_path, progress=False)

@@ -1,0 +1,170 @@
+"""The fast path: the same integers as ``ptqlib.int8_model``, in fewer passes over memory.
+
+The teaching path (``Int8Linear.forward``) does each step of the math as its own tensor
+operation: the int8 GEMM, add the zero-point correction, add the bias, widen to int64,
+multiply by M0, add the rounding half, shift, add Z_y, clamp, subtract the carrier offset,
+narrow to int8. Each is one pass over an ``[N, out]`` tensor, and at small batch each is a
+few microseconds of call overhead. :class:`FastInt8Model` computes exactly the same integers
+with three changes, each an identity of integer arithmetic:
+
+1. **Constants folded at build time.** Per output channel j, with the GEMM's sum
+   ``g = sum_k c_k q_w,k`` over the int8 carriers, the teaching path computes
+   ``floor(((g + d_j) M0_j + 2^(n_j - 1)) / 2^n_j) + Z_y`` with ``d_j`` = zero-point
+   correction + bias. Multiplying numerator and denominator by ``2^(s - n_j)`` for the
+   layer's largest shift ``s`` changes nothing, so every channel shares one shift::
+
+       q = clamp((g * A_j + C_j) >> s, lo, hi)      A_j = M0_j 2^(s - n_j)
+                                                     C_j = d_j A_j + 2^(s - 1) + Z'_y 2^s
+
+   (``Z'_y`` is the output zero-point minus the carrier offset, so ``q`` is already the
+   int8 carrier). A multiply-add, a shift, a clamp and a cast: four passes instead of ten.
+   Int64 cannot overflow: :func:`_fold` checks ``max|g| A_j + |C_j| < 2^63`` per channel,
+   with ``max|g| <= 128 sum_k |q_w,k|``.
+2. **Raw pixels in.** For a model converted from ``fold_input_normalization`` (input
+   qparams S = 1, Z = 0), a uint8 image already is the quantized input; its carrier
+   ``p - 128`` is ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts
+   128 modulo 256): no float work at all before the first GEMM.
+3. **The right GEMM for this CPU** (:func:`ptqlib.hardware.int8_gemm_is_fast`). Without
+   AVX-512 VNNI, ``torch._int_mm`` is a scalar loop, so the same sums are computed with the
+   float32 GEMM, *exactly*: every product ``c q_w`` is an integer of at most 2^14 in
+   magnitude, and every partial sum, in whatever order the GEMM adds them (blocked,
+   vectorised, with fused multiply-adds), is an integer of magnitude at most
+   ``sum_k |c_k q_w,k| <= 128 sum_k |q_w,k|``. Float32 represents every integer up to 2^24
+   exactly, so where ``128 sum_k |q_w,k| <= 2^24`` (checked per layer; always true for
+   K <= 1024 inputs) no addition ever rounds: the float unit does exact integer arithmetic.
+
+``FastInt8Model(model)`` reads the teaching model's buffers once: rebuild it after changing
+the model. The tests prove both equal, bit for bit, at every batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ptqlib.hardware import int8_gemm_is_fast
+from ptqlib.int8_model import Int8Linear, Int8Model, is_pixel_input
+from ptqlib.integer_arithmetic import carrier_offset
+
+FLOAT32_EXACT_INTEGERS = 2**24  # every integer of at most this magnitude is a float32
+INT64_LIMIT = 2**63
+
+
+@dataclass(frozen=True)
+class FastLayer:
+    """One Linear's folded constants (see the module docstring)."""
+
+    weight_t: torch.Tensor  # [in, out], int8 for _int_mm or float32 for the float GEMM
+    multiplier: torch.Tensor  # A_j, int64 [out]
+    constant: torch.Tensor  # C_j, int64 [out]
+    shift: int  # s
+    lowest: int  # clamp bounds of the int8 carriers
+    highest: int
+
+
+def float_gemm_is_exact(weight: torch.Tensor) -> bool:
+    """Whether float32 sums every ``sum_k c_k q_w,k`` of this int8 weight ``[out, in]``
+    exactly for any int8 carriers ``c`` (|c| <= 128): the bound of the module docstring."""
+    largest = 128 * weight.to(torch.int64).abs().sum(dim=1).max()
+    return int(largest) <= FLOAT32_EXACT_INTEGERS
+
+
+def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
+    """The constants A_j, C_j, s of one teaching-path layer, checked against overflow."""
+    shift = int(layer.shift.max())
+    multiplier = layer.multiplier << (shift - layer.shift)
+    offset = layer.zero_point_correction().long() + layer.bias.long()
+    output_zero_point = int(layer.output_zero_point) - carrier_offset(layer._output_like.dtype)
+    constant = offset * multiplier + (1 << (shift - 1)) + output_zero_point * (1 << shift)
+    largest_sum = 128 * layer.weight.to(torch.int64).abs().sum(dim=1)
+    # Bounded in Python integers, which cannot overflow.
+    for sum_bound, factor, added in zip(
+        largest_sum.tolist(), multiplier.tolist(), constant.tolist(), strict=True
+    ):
+        if sum_bound * factor + abs(added) >= INT64_LIMIT:
+            raise ValueError(f"layer {layer.name!r}: the fast path's int64 sum could overflow")
+    lowest, highest = layer.output_range()
+    output_offset = carrier_offset(layer._output_like.dtype)
+    if use_int8_gemm:
+        weight_t = layer.weight.t().contiguous()
+    elif float_gemm_is_exact(layer.weight):
+        weight_t = layer.weight.t().float().contiguous()
+    else:
+        raise ValueError(
+            f"layer {layer.name!r}: {layer.in_features} inputs are too many for exact float32 "
+            "sums (128 * sum |q_w| > 2^24); use the int8 GEMM (use_int8_gemm=True)"
+        )
+    return FastLayer(
+        weight_t, multiplier, constant, shift, lowest - output_offset, highest - output_offset
+    )
+
+
+class FastInt8Model(nn.Module):
+    """An :class:`~ptqlib.int8_model.Int8Model`, folded for speed (same integers).
+
+    ``use_int8_gemm`` picks the accumulator: ``torch._int_mm`` or the exact float32 GEMM
+    (default: whichever is fast on this CPU). Call it with float images (quantized exactly as
+    the teaching path does) or, for a model whose input is pixels (S = 1, Z = 0, uint8),
+    with the uint8 pixels themselves.
+    """
+
+    def __init__(self, model: Int8Model, use_int8_gemm: bool | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, Int8Model):
+            raise TypeError(f"model: expected an Int8Model (from convert), got {type(model)}")
+        if not all(isinstance(layer, Int8Linear | nn.Flatten) for layer in model.layers):
+            raise ValueError("model: the fast path runs Int8Linear and Flatten layers only")
+        self.use_int8_gemm = int8_gemm_is_fast() if use_int8_gemm is None else use_int8_gemm
+        self.layers = [_fold(layer, self.use_int8_gemm) for layer in model.layers
+                       if isinstance(layer, Int8Linear)]  # fmt: skip
+        qparams = model.input_qparams
+        self.input_qparams, self.output_qparams = qparams, model.output_qparams
+        self.input_offset = carrier_offset(qparams.dtype)
+        self.takes_pixels = is_pixel_input(qparams)
+
+    @property
+    def accumulator(self) -> str:
+        """Which GEMM sums the int8 products: for reports and the benchmark table."""
+        return "int8 GEMM (_int_mm)" if self.use_int8_gemm else "float32 GEMM (exact)"
+
+    def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images to int8 carriers ``[N, features]``: uint8 pixels by flipping their top bit
+        (``p XOR 0x80`` is ``p - 128``), float images as ``ptqlib.quantization.quantize``."""
+        if images.dtype == torch.uint8 and self.takes_pixels:
+            return torch.bitwise_xor(images.reshape(len(images), -1), 0x80).view(torch.int8)
+        qparams = self.input_qparams
+        scaled = images.reshape(len(images), -1).float() * (1.0 / qparams.scale)
+        scaled.round_().add_(qparams.zero_point).clamp_(qparams.quant_min, qparams.quant_max)
+        return scaled.sub_(self.input_offset).to(torch.int8)
+
+    def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits as int8 carriers, equal to ``Int8Model.integer_forward``."""
+        x = self.quantize_input(images)
+        for layer in self.layers:
+            if self.use_int8_gemm:
+                accumulator = torch._int_mm(x, layer.weight_t)
+            else:
+                accumulator = torch.mm(x.float(), layer.weight_t)
+            scaled = torch.addcmul(layer.constant, accumulator.long(), layer.multiplier)
+            scaled >>= layer.shift
+            x = scaled.clamp_(layer.lowest, layer.highest).to(torch.int8)
+        return x
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The predicted class, straight from the integers: argmax needs no dequantization
+        (dequantizing is increasing, so it keeps the order of the logits)."""
+        return self.integer_forward(images).argmax(dim=1)
+
+    def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits' integers in their own dtype, as ``Int8Model.quantized_logits``."""
+        output_dtype = self.output_qparams.dtype
+        carriers = self.integer_forward(images).to(torch.int16)
+        return (carriers + carrier_offset(output_dtype)).to(output_dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Float logits ``S_y (q - Z_y)``, so ``ptqlib.evaluation`` works unchanged."""
+        qparams = self.output_qparams
+        zero_point = int(qparams.zero_point) - carrier_offset(qparams.dtype)
+        return (self.integer_forward(images).float() - zero_point) * qparams.scale
