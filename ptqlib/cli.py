@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.set_defaults(handler=run_pipeline)
 
     bench = commands.add_parser(
-        "bench", help="the latency table of FP32, ptqlib INT8 and torch.ao INT8 on this machine"
+        "bench",
+        help="latency of FP32, ptqlib INT8 (fast and teaching path) and torch.ao INT8 here",
     )
     for add_options in (add_data_option, add_calibration_options, add_threads_option):
         add_options(bench)
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(BATCH_SIZES),
         help="batch sizes to time (default 1 64 1024)",
+    )
+    bench.add_argument(
+        "--json", action="store_true", help="print one JSON object (machine, settings, latency)"
     )
     bench.set_defaults(handler=run_bench)
     return parser
@@ -234,12 +238,18 @@ def run_bench(args: argparse.Namespace) -> int:
         machine_line,
     )
 
-    data = load_mnist(args.data_dir)
-    models, _, _ = build_models(data, args.calib, args.observer)
-    latencies = latency_table(models, tuple(args.batch_sizes), args.threads)
-    print(machine_line(machine_info(args.threads)))
-    print("Latency per batch (median ms of 21 interleaved repeats) and speed relative to FP32:")
-    print("\n".join(latency_markdown(latency_rows(latencies))))
+    data = load_mnist(args.data_dir, verbose=not args.json)
+    models, _, settings = build_models(data, args.calib, args.observer, progress=not args.json)
+    rows = latency_rows(latency_table(models, tuple(args.batch_sizes), args.threads))
+    machine = machine_info(args.threads)
+    if args.json:
+        print(json.dumps({"machine": machine, "settings": settings, "latency": rows}))
+        return 0
+    print(machine_line(machine))
+    print(f"ptqlib's fast path accumulates with the {settings['ptqlib_accumulator']}.")
+    print("Latency per batch: median ms of 21 interleaved repeats (interquartile range) and")
+    print("throughput relative to FP32 (above 1: faster than FP32):")
+    print("\n".join(latency_markdown(rows)))
     return 0
 
 

@@ -30,6 +30,10 @@ def machine_info(threads: int) -> dict[str, str | int]:
         "threads": threads,
         "torch": torch.__version__,
         "quantized_engine": torch.backends.quantized.engine,
+        "int8_instructions": ", ".join(
+            name for name, present in int8_instructions().items() if present
+        )
+        or "none",
     }
 
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from ptqlib.cli import EXIT_ERROR, main
 from ptqlib.pipeline import MODEL_NAMES, run_pipeline
-from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +45,25 @@ def test_int8_models_are_smaller_and_agree_with_fp32(pipeline_run):
     assert results["setup"]["torch_observer"] == "minmax"
 
 
-def test_cli_pipeline_rejects_a_bad_observer(tmp_path):
-    result = run_cli("pipeline", "--observer", "nonsense", "--out", str(tmp_path))
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+def test_the_fast_path_gives_the_teaching_paths_predictions(pipeline_run):
+    results, _ = pipeline_run
+    fast, teaching = results["int8_ptqlib"], results["int8_ptqlib_teaching"]
+    assert fast["accuracy"] == teaching["accuracy"]
+    assert fast["agreement_with_fp32"] == teaching["agreement_with_fp32"]
+    assert results["setup"]["ptqlib_accumulator"] in ("int8 GEMM (_int_mm)", "float32 GEMM (exact)")
+
+
+def test_cli_pipeline_rejects_a_bad_observer(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pipeline", "--observer", "nonsense", "--out", str(tmp_path)])
+    assert exit_.value.code == EXIT_ERROR and "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
 
 
-def test_cli_help_lists_the_options():
-    text = run_cli("pipeline", "--help").stdout
-    assert all(flag in text for flag in ("--data-dir", "--calib", "--observer", "--out"))
-    assert "--batch-sizes" in run_cli("bench", "--help").stdout
+def test_cli_bench_json(tmp_path, capsys):
+    (tmp_path / "no-data").mkdir()
+    args = ["bench", "--data-dir", str(tmp_path / "no-data"), "--calib", "100", "--threads", "1"]
+    assert main([*args, "--observer", "minmax", "--batch-sizes", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["latency"]) == set(MODEL_NAMES)
+    assert report["machine"]["cpu_capability"] and report["settings"]["ptqlib_accumulator"]
