@@ -1,7 +1,7 @@
 """torch.ao's L2 range search over a histogram, ported so it makes the same choices.
 
 :class:`ptqlib.histogram_observers.HistogramObserver` keeps a histogram of ``bins`` equal
-bins and asks :func:`search_bins` which bins to keep. This is the algorithm of
+bins and asks :func:`search_range` for the range of the bins to keep. This is the algorithm of
 ``torch.ao.quantization.HistogramObserver._non_linear_param_search`` (itself from
 Caffe2's ``NonlinearQuantizationParamsSearch``): start from the full histogram and shrink
 the range [first bin, last bin] greedily.
@@ -19,6 +19,8 @@ The search stops at the first candidate whose error grows, so a difference in th
 bit of one score can change the range it returns. Everything in this module therefore
 repeats torch.ao's arithmetic exactly, and only for that reason:
 
+- the bin width is a Python float in the search, a float32 tensor in the final range
+  (:func:`search_range`);
 - the quantiles are Python floats advanced by repeated ``+ 1e-5`` (:func:`_quantile_steps`);
 - they are compared with float32 cumulative counts in float32 (:class:`_BinsAtQuantiles`);
 - the error is computed with the same float32 tensor operations in the same order,
@@ -42,6 +44,24 @@ import torch
 # 100,000 steps from (0, 1) until they meet.
 QUANTILE_STEP = 1e-5
 MAX_QUANTILE_STEPS = 100_100  # 100,000 plus a margin for the rounding of the running sums
+
+
+def search_range(
+    histogram: torch.Tensor, min_val: torch.Tensor, max_val: torch.Tensor, levels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipping range: from the start of the first bin :func:`search_bins` keeps to the
+    end of the last, for a histogram over [min_val, max_val] (0-d float32, min_val < max_val).
+    """
+    bins = histogram.numel()
+    first_bin, last_bin = search_bins(histogram, search_bin_width(min_val, max_val, bins), levels)
+    # Here the bin width is a float32 tensor, in the search a Python float: as in torch.ao.
+    bin_width = (max_val - min_val) / bins
+    return min_val + bin_width * first_bin, min_val + bin_width * (last_bin + 1)
+
+
+def search_bin_width(min_val: torch.Tensor, max_val: torch.Tensor, bins: int) -> float:
+    """The width of one bin as the search uses it: computed in Python floats, as torch.ao does."""
+    return (max_val.item() - min_val.item()) / bins
 
 
 def search_bins(histogram: torch.Tensor, bin_width: float, levels: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from abc import abstractmethod
 
 import torch
 
-from ptqlib.histogram_l2_search import search_bins
+from ptqlib.histogram_l2_search import search_range
 from ptqlib.observer_base import Observer, ObserverSettings, check_positive_int
 from ptqlib.quantization import fake_quantize
 
@@ -165,7 +165,7 @@ class HistogramObserver(HistogramRecorder):
 
     A port of ``torch.ao.quantization.HistogramObserver``: the same histogram, and the same
     greedy search from the full histogram towards the range [first bin, last bin] whose
-    quantization error is smallest (:func:`ptqlib.histogram_l2_search.search_bins`, which
+    quantization error is smallest (:func:`ptqlib.histogram_l2_search.search_range`, which
     explains the algorithm and repeats torch.ao's float rounding so it chooses the same
     bins). The result is the range from the start of the first bin to the end of the last.
     As in torch.ao, the error assumes ``levels`` = 2^8 = 256 quantization levels whatever
@@ -181,14 +181,8 @@ class HistogramObserver(HistogramRecorder):
         super().__init__(bins, settings, **overrides)
         self.levels = 2 ** torch.iinfo(self.dtype).bits  # torch.ao's dst_nbins
 
-    def bin_width(self) -> float:
-        """The width of one histogram bin, as torch.ao computes it (a Python float)."""
-        return (self.max_val.item() - self.min_val.item()) / self.bins
-
     def _search_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        first_bin, last_bin = search_bins(self.histogram, self.bin_width(), self.levels)
-        bin_width = (self.max_val - self.min_val) / self.bins  # a float32 tensor, as torch.ao
-        return self.min_val + bin_width * first_bin, self.min_val + bin_width * (last_bin + 1)
+        return search_range(self.histogram, self.min_val, self.max_val, self.levels)
 
 
 class PercentileObserver(HistogramRecorder):

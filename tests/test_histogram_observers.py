@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptqlib.data import calibration_images
-from ptqlib.histogram_l2_search import quantization_error
+from ptqlib.histogram_l2_search import quantization_error, search_bin_width
 from ptqlib.histogram_observers import EntropyObserver, HistogramObserver
 from ptqlib.observers import make_observer
 from ptqlib.quantization import fake_quantize, mse
@@ -152,9 +152,8 @@ def test_histogram_choice_has_no_more_error_than_the_full_range():
     last = round(float(high - observer.min_val) / bin_width) - 1
 
     def error(first_bin: int, last_bin: int) -> float:
-        return quantization_error(
-            observer.histogram, observer.bin_width(), first_bin, last_bin, observer.levels
-        )
+        width = search_bin_width(observer.min_val, observer.max_val, observer.bins)
+        return quantization_error(observer.histogram, width, first_bin, last_bin, observer.levels)
 
     assert error(first, last) <= error(0, observer.bins - 1)
 
