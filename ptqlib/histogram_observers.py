@@ -172,14 +172,10 @@ class HistogramObserver(HistogramRecorder):
     ``quant_min``/``quant_max`` or ``reduce_range`` say; only the final qparams use them.
     """
 
-    def __init__(
-        self,
-        bins: int = 2048,
-        settings: ObserverSettings | None = None,
-        **overrides: object,
-    ) -> None:
-        super().__init__(bins, settings, **overrides)
-        self.levels = 2 ** torch.iinfo(self.dtype).bits  # torch.ao's dst_nbins
+    @property
+    def levels(self) -> int:
+        """The quantization levels the search's error assumes (torch.ao's ``dst_nbins``)."""
+        return 2 ** torch.iinfo(self.dtype).bits
 
     def _search_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         return search_range(self.histogram, self.min_val, self.max_val, self.levels)
