@@ -339,3 +339,26 @@ def test_the_message_shows_the_inputs_even_if_the_student_changed_them_in_place(
 
     message = failure_message(check_quantize, in_place_and_wrong)
     assert "called with: x=tensor([[-1.23, -0.04, 0.0]," in message
+
+
+# --- The package: one module per notebook, the shared machinery reusable -------------
+
+
+def test_checkers_live_in_the_module_of_their_notebook():
+    from ptqlib.checkers import int8_conversion, quantization_math
+
+    for checker in (check_qparams, check_quantize, check_dequantize):
+        assert checker.__module__ == quantization_math.__name__
+    for checker in (check_requantize, check_fixed_point_multiplier):
+        assert checker.__module__ == int8_conversion.__name__
+
+
+def test_a_new_checker_can_be_built_from_the_core(capsys):
+    from ptqlib.checkers.core import Case, compare_integers, run_cases
+
+    x = torch.tensor([-2, 0, 3])
+    cases = [Case("negative and positive integers", (("x", x),), 2 * x, "multiply by 2")]
+    run_cases("check_double", lambda values: values * 2, cases, compare_integers)
+    assert capsys.readouterr().out == "check_double: PASS (1 cases)\n"
+    with pytest.raises(AssertionError, match=r"(?s)expected -4, got 0.*hint:        multiply"):
+        run_cases("check_double", lambda values: values + 2, cases, compare_integers)

@@ -1,11 +1,13 @@
-"""Tests for ptqlib.observers: exactness against torch.ao, the histogram search, the
-percentile / entropy / MSE observers, the common interface and every bad input.
+"""Tests for ptqlib.observers and ptqlib.observer_base: the min/max family's exactness
+against torch.ao, the settings, the common interface of every observer and every bad input.
 
+The histogram-based observers have their own tests in test_histogram_observers.py.
 torch.ao is reached only through ptqlib.reference, which filters its deprecation warnings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,11 +15,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptqlib.data import calibration_images
+from ptqlib.histogram_observers import HistogramObserver
+from ptqlib.observer_base import ObserverSettings
 from ptqlib.observers import (
     OBSERVERS,
-    EntropyObserver,
-    HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MSEObserver,
@@ -25,12 +26,10 @@ from ptqlib.observers import (
     PerChannelMinMaxObserver,
     make_observer,
 )
-from ptqlib.quantization import EPS, QParams, fake_quantize, mse
-from ptqlib.reference import deprecated_api, torch_histogram_range, torch_observer
-from ptqlib.train import load_or_train_baseline
+from ptqlib.quantization import EPS, QParams
+from ptqlib.reference import deprecated_api, torch_observer
 
 PER_TENSOR = [name for name in OBSERVERS if name != "per_channel_minmax"]
-HISTOGRAM_BASED = ["histogram", "percentile", "entropy", "mse"]
 
 # ---------------------------------------------------------------------------------------
 # Settings compared with torch.ao (which refuses reduce_range for symmetric uint8)
@@ -179,264 +178,6 @@ def test_minmax_family_matches_torch_on_any_batches(values, setting):
 
 
 # ---------------------------------------------------------------------------------------
-# HistogramObserver: torch.ao's algorithm, within one bin of its range
-# ---------------------------------------------------------------------------------------
-
-
-def compare_histograms(xs: list[torch.Tensor], **kwargs) -> float:
-    """Feed both histogram observers; check their histograms agree and return the
-    distance between their chosen ranges, in bins."""
-    ours = HistogramObserver(**kwargs)
-    with deprecated_api():
-        theirs = torch_observer("HistogramObserver", **kwargs)
-        for x in xs:
-            ours(x)
-            theirs(x)
-    assert float(ours.min_val) == float(theirs.min_val)
-    assert float(ours.max_val) == float(theirs.max_val)
-    torch.testing.assert_close(ours.histogram, theirs.histogram, rtol=1e-5, atol=1e-3)
-    low, high = ours.clipping_range()
-    torch_low, torch_high = torch_histogram_range(theirs)
-    bin_width = float(ours.max_val - ours.min_val) / ours.bins
-    if bin_width == 0.0:
-        assert float(low) == float(torch_low) and float(high) == float(torch_high)
-        return 0.0
-    return max(abs(float(low - torch_low)), abs(float(high - torch_high))) / bin_width
-
-
-@pytest.fixture(scope="module")
-def simplenet_activations(offline_data):
-    """The outputs of every SimpleNet layer on 1,000 calibration images, in 10 batches."""
-    model, _ = load_or_train_baseline(offline_data, progress=False)
-    images = calibration_images(offline_data.train, 1000)
-    outputs = {name: [] for name, _ in model.named_children()}
-    handles = [
-        module.register_forward_hook(lambda m, i, output, name=name: outputs[name].append(output))
-        for name, module in model.named_children()
-    ]
-    with torch.no_grad():
-        for batch in images.split(100):
-            model(batch)
-    for handle in handles:
-        handle.remove()
-    return outputs
-
-
-@pytest.mark.parametrize("layer", ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"])
-def test_histogram_range_within_one_bin_on_simplenet(simplenet_activations, layer):
-    assert compare_histograms(simplenet_activations[layer]) <= 1.0
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {},
-        {"bins": 256},
-        {"bins": 100, "dtype": torch.int8, "symmetric": True},
-        {"reduce_range": True},
-    ],
-    ids=["default", "256-bins", "100-bins-int8-sym", "reduce-range"],
-)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_histogram_range_within_one_bin_on_synthetic_data(kwargs, seed):
-    generator = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(2000, generator=generator) * (1 + index) + index for index in range(4)]
-    xs.append(torch.relu(torch.randn(3000, generator=generator)) * 3)
-    xs[2][:3] = torch.tensor([40.0, -30.0, 55.0])  # outliers
-    assert compare_histograms(xs, **kwargs) <= 1.0
-
-
-def test_histogram_handles_a_constant_first_batch():
-    xs = [torch.full((50,), 2.0), torch.randn(500, generator=torch.Generator().manual_seed(0))]
-    assert compare_histograms(xs) <= 1.0
-    assert compare_histograms([torch.full((10,), -1.5)]) == 0.0
-
-
-def random_batches(seed: int, kind: str, scale: float, sizes: list[int]) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    xs = []
-    for index, size in enumerate(sizes):
-        if kind == "uniform":
-            x = torch.rand(size, generator=generator)
-        elif kind == "exponential":
-            x = -torch.log(torch.rand(size, generator=generator).clamp(min=1e-12))
-        else:
-            x = torch.randn(size, generator=generator)
-        if kind == "relu":
-            x = torch.relu(x)
-        xs.append(x * scale * (index + 1) + index * scale)
-    return xs
-
-
-@settings(max_examples=20, deadline=None)
-@given(
-    seed=st.integers(0, 2**16),
-    kind=st.sampled_from(["normal", "uniform", "relu", "exponential"]),
-    scale=st.floats(1e-3, 1e3),
-    sizes=st.lists(st.integers(10, 500), min_size=1, max_size=3),
-)
-def test_histogram_within_one_bin_on_random_data(seed, kind, scale, sizes):
-    assert compare_histograms(random_batches(seed, kind, scale, sizes), bins=64) <= 1.0
-
-
-@pytest.mark.parametrize(
-    "values", [[0.0, 1.0], [-5.0, 0.0, 0.0, 0.0, 7.0]], ids=["two-values", "three-values"]
-)
-def test_histogram_within_one_bin_on_a_few_distinct_values(values):
-    # The search runs (almost) all its 100,000 steps here: slow for torch.ao.
-    assert compare_histograms([torch.tensor(values)], bins=64) <= 1.0
-
-
-def test_histogram_keeps_every_count():
-    observer = HistogramObserver(bins=128)
-    generator = torch.Generator().manual_seed(0)
-    for scale in (1.0, 3.0, 10.0):
-        observer(torch.randn(1000, generator=generator) * scale)
-    assert float(observer.histogram.sum()) == pytest.approx(3000.0, rel=1e-5)
-
-
-def test_histogram_choice_has_no_more_error_than_the_full_range():
-    # The search accepts a candidate only if its error is no larger than the last one's.
-    generator = torch.Generator().manual_seed(0)
-    observer = HistogramObserver(bins=256)
-    observer(torch.randn(20000, generator=generator))
-    low, high = observer.clipping_range()
-    bin_width = float(observer.max_val - observer.min_val) / observer.bins
-    first = round(float(low - observer.min_val) / bin_width)
-    last = round(float(high - observer.min_val) / bin_width) - 1
-    full = observer.quantization_error(0, observer.bins - 1)
-    assert observer.quantization_error(first, last) <= full
-
-
-# ---------------------------------------------------------------------------------------
-# Percentile, entropy and MSE observers
-# ---------------------------------------------------------------------------------------
-
-
-def few_big_outliers() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(100_000, generator=generator)
-    x[:5] = torch.tensor([100.0, -80.0, 60.0, 90.0, -100.0])
-    return x
-
-
-def heavy_tailed() -> torch.Tensor:
-    """Student's t with 3 degrees of freedom: many moderate outliers."""
-    generator = torch.Generator().manual_seed(1)
-    normal = torch.randn(100_000, generator=generator)
-    chi_square = (torch.randn(100_000, 3, generator=generator) ** 2).sum(dim=1)
-    return normal / torch.sqrt(chi_square / 3)
-
-
-def observe_all(name: str, x: torch.Tensor, **kwargs):
-    observer = make_observer(name, **kwargs)
-    for batch in x.split(20_000):
-        observer(batch)
-    return observer
-
-
-def max_abs(observer) -> float:
-    low, high = observer.clipping_range()
-    return max(-float(low), float(high))
-
-
-@pytest.mark.parametrize("data", [few_big_outliers, heavy_tailed])
-@pytest.mark.parametrize("name", ["percentile", "entropy"])
-def test_percentile_and_entropy_clip_much_tighter_than_minmax(data, name):
-    x = data()
-    clipped = max_abs(observe_all(name, x))
-    assert clipped < 0.65 * max_abs(observe_all("minmax", x))
-    assert clipped > 2.0  # but they keep the bulk of a unit-scale distribution
-
-
-@pytest.mark.parametrize("data", [few_big_outliers, heavy_tailed])
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_mse_observer_is_no_worse_than_minmax(data, symmetric):
-    x = data()
-    dtype = torch.int8 if symmetric else torch.uint8
-    minmax = observe_all("minmax", x, dtype=dtype, symmetric=symmetric)
-    best = observe_all("mse", x, dtype=dtype, symmetric=symmetric)
-    assert max_abs(best) < max_abs(minmax)
-    assert mse(x, fake_quantize(x, best.qparams())) <= mse(x, fake_quantize(x, minmax.qparams()))
-
-
-def test_mse_observer_scores_are_the_fake_quantization_error():
-    observer = observe_all("mse", heavy_tailed(), num_candidates=10)
-    fractions, errors = observer.errors()
-    assert fractions.tolist() == pytest.approx([k / 10 for k in range(1, 11)])
-    # The histogram's own estimate of the c = 1 (min/max) error is close to the real one.
-    x = heavy_tailed()
-    real = mse(x, fake_quantize(x, observe_all("minmax", x).qparams()))
-    assert float(errors[-1]) == pytest.approx(real, rel=0.1)
-
-
-@pytest.mark.parametrize("percentile", [90.0, 99.0, 99.9])
-def test_percentile_matches_the_quantile_of_abs_x(percentile):
-    x = heavy_tailed()
-    observer = observe_all("percentile", x, percentile=percentile)
-    expected = float(torch.quantile(x.abs(), percentile / 100))
-    bin_width = max(-float(x.min()), float(x.max())) / observer.bins
-    assert max_abs(observer) == pytest.approx(expected, abs=2 * bin_width)
-
-
-def test_percentile_100_keeps_the_whole_range():
-    x = heavy_tailed()
-    observer = observe_all("percentile", x, percentile=100.0)
-    low, high = observer.clipping_range()
-    assert float(low) == float(x.min())
-    assert float(high) == pytest.approx(float(x.max()), rel=1e-3)
-
-
-def kl_by_definition(counts: torch.Tensor, kept: int, levels: int) -> float:
-    """TensorRT's KL(P || Q) for a threshold of ``kept`` bins, written out plainly."""
-    counts = counts.double().clone()
-    counts[0] = counts[1]
-    reference = counts[:kept].clone()
-    reference[-1] += counts[kept:].sum()
-    candidate = torch.zeros(kept, dtype=torch.float64)
-    for cell in range(levels):
-        members = [j for j in range(kept) if j * levels // kept == cell and counts[j] > 0]
-        for j in members:
-            candidate[j] = sum(float(counts[m]) for m in members) / len(members)
-    p = reference / reference.sum()
-    q = candidate / candidate.sum()
-    divergence = 0.0
-    for j in range(kept):
-        if p[j] > 0:
-            if q[j] == 0:
-                return math.inf
-            divergence += float(p[j] * torch.log(p[j] / q[j]))
-    return divergence
-
-
-def test_entropy_divergences_match_the_definition():
-    generator = torch.Generator().manual_seed(0)
-    counts = torch.randint(0, 20, (64,), generator=generator).float()
-    counts[counts < 4] = 0  # some empty bins, as in real histograms
-    observer = EntropyObserver(bins=64, dtype=torch.int8, symmetric=True, quant_min=-8, quant_max=7)
-    observer(torch.linspace(-1, 1, 10))  # sets min_val < 0, so 8 levels on each side
-    levels = observer.magnitude_levels()
-    assert levels == 8
-    kept_bins, divergences = observer.divergences(counts)
-    assert kept_bins.tolist() == list(range(8, 65))
-    for kept, divergence in zip(kept_bins.tolist(), divergences.tolist(), strict=True):
-        expected = kl_by_definition(counts, kept, levels)
-        if math.isinf(expected):
-            assert math.isinf(divergence)
-        else:
-            assert divergence == pytest.approx(expected, rel=1e-9, abs=1e-12)
-
-
-def test_entropy_uses_all_levels_for_affine_non_negative_data():
-    observer = EntropyObserver()
-    observer(torch.relu(torch.randn(100)))
-    assert observer.magnitude_levels() == 256
-    symmetric = EntropyObserver(dtype=torch.int8, symmetric=True)
-    symmetric(torch.relu(torch.randn(100)))
-    assert symmetric.magnitude_levels() == 128
-
-
-# ---------------------------------------------------------------------------------------
 # The common interface
 # ---------------------------------------------------------------------------------------
 
@@ -544,14 +285,67 @@ def test_registry_and_make_observer():
         make_observer("minmax", bins=10)
 
 
-def test_histogram_observers_share_one_histogram_of_the_data():
-    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    histograms = [observe_all(name, x, bins=128).histogram for name in HISTOGRAM_BASED]
-    for histogram in histograms[1:]:
-        assert torch.equal(histogram, histograms[0])
-    edges = observe_all("entropy", x, bins=128).bin_edges()
-    assert edges.shape == (129,)
-    assert float(edges[0]) == float(x.min()) and float(edges[-1]) == float(x.max())
+# ---------------------------------------------------------------------------------------
+# One settings object, checked once; the statistics every observer declares
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(OBSERVERS))
+def test_a_settings_object_and_its_fields_by_name_build_the_same_observer(name):
+    fields = {"dtype": torch.int8, "symmetric": True, "quant_min": -64, "quant_max": 63}
+    by_object = make_observer(name, settings=ObserverSettings(**fields))
+    by_name = make_observer(name, **fields)
+    assert by_object.settings == by_name.settings == ObserverSettings(**fields)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    by_object(x)
+    by_name(x)
+    for ours, theirs in zip(
+        by_object.calculate_qparams(), by_name.calculate_qparams(), strict=True
+    ):
+        assert torch.equal(ours, theirs)
+    assert (by_object.quant_min, by_object.quant_max, by_object.dtype) == (-64, 63, torch.int8)
+
+
+def test_fields_by_name_override_the_settings_object():
+    base = ObserverSettings(dtype=torch.int8, symmetric=True)
+    observer = MinMaxObserver(base, reduce_range=True)
+    assert observer.settings == ObserverSettings(torch.int8, True, True)
+    assert (observer.quant_min, observer.quant_max) == (-64, 63)
+    assert base.reduce_range is False  # the object passed in is not changed
+
+
+def test_settings_are_checked_once_and_frozen():
+    with pytest.raises(ValueError, match="smaller than quant_max"):
+        ObserverSettings(quant_min=5, quant_max=5)
+    with pytest.raises(TypeError, match="symmetric"):
+        ObserverSettings(symmetric=1)
+    settings = ObserverSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.symmetric = True
+    custom = ObserverSettings(quant_min=0, quant_max=15, reduce_range=True)
+    assert (custom.quant_min, custom.quant_max) == (0, 15)  # as given
+    assert custom.integer_range() == (0, 7)  # as used
+
+
+def test_settings_of_the_wrong_kind_or_unknown_names_are_type_errors():
+    with pytest.raises(TypeError, match="settings: expected an ObserverSettings, got torch.int8"):
+        MinMaxObserver(torch.int8)
+    with pytest.raises(TypeError, match="MinMaxObserver: unexpected argument 'bins'"):
+        MinMaxObserver(bins=10)
+    with pytest.raises(TypeError, match="PercentileObserver: unexpected argument 'percentil'"):
+        PercentileObserver(percentil=99.0)
+
+
+@pytest.mark.parametrize("name", list(OBSERVERS))
+def test_every_observer_declares_min_val_max_val_and_ch_axis(name):
+    observer = make_observer(name)
+    buffers = dict(observer.named_buffers())
+    assert "min_val" in buffers and "max_val" in buffers
+    expected_axis = 0 if name == "per_channel_minmax" else None
+    assert observer.ch_axis == expected_axis
+    observer(torch.tensor([[-1.0, 2.0], [0.5, 3.0]]))
+    assert "min_val" in observer.state_dict() and "max_val" in observer.state_dict()
+    assert float(observer.min_val.min()) == -1.0 and float(observer.max_val.max()) == 3.0
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Known-answer checkers: is my own implementation of the quantization math right?
+
+Write your own function in a notebook, hand it to the matching checker, and it runs your
+function on a few hand-picked cases whose answers come from :mod:`ptqlib.quantization`
+(bit-exact with PyTorch). It prints one ``PASS`` line, or raises ``AssertionError``
+naming the first case that fails: the inputs, the expected answer, what your function
+returned, and a hint about the usual mistake behind that case::
+
+    from ptqlib.checkers import check_qparams
+
+    def my_qparams(min_val, max_val, quant_min, quant_max):
+        ...
+        return scale, zero_point
+
+    check_qparams(my_qparams)      # check_qparams: PASS (8 cases)
+
+The function you write for each checker, with its arguments in this order:
+
+- :func:`check_qparams`: ``(min_val, max_val, quant_min, quant_max) -> (scale, zero_point)``,
+  the affine qparams for a tensor whose values lie in [min_val, max_val];
+- :func:`check_quantize`: ``(x, scale, zero_point, quant_min, quant_max) -> q``, a float
+  tensor to an integer tensor;
+- :func:`check_dequantize`: ``(q, scale, zero_point) -> x``, an integer tensor back to a
+  float tensor;
+- :func:`check_requantize`: ``(acc, multiplier, zero_point, quant_min, quant_max) -> q``,
+  int32 accumulators to the output's integers;
+- :func:`check_fixed_point_multiplier`: ``(multiplier) -> (m0, shift)``, the integer form
+  of the requantization multiplier.
+
+Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
+and fixed-point code round halves up or away from zero. The two differ only on exact
+ties, so every case here keeps ``v`` at least 0.001 away from a tie (``tests/
+test_checkers.py`` verifies that): any correct rounding to the nearest integer passes.
+
+One module per notebook: ``ptqlib.checkers.quantization_math`` (notebook 02: qparams,
+quantize, dequantize) and ``ptqlib.checkers.int8_conversion`` (notebook 04: requantize,
+the fixed-point multiplier); ``ptqlib.checkers.core`` holds what they share
+(:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
+comparisons), ready for a checker of your own.
+"""
+
+from ptqlib.checkers.core import Case, run_cases
+from ptqlib.checkers.int8_conversion import (
+    check_fixed_point_multiplier,
+    check_requantize,
+    fixed_point_cases,
+    fixed_point_multiplier_reference,
+    requantize_cases,
+    requantize_reference,
+)
+from ptqlib.checkers.quantization_math import (
+    check_dequantize,
+    check_qparams,
+    check_quantize,
+    dequantize_cases,
+    qparams_cases,
+    quantize_cases,
+)
+
+__all__ = [
+    "Case",
+    "check_dequantize",
+    "check_fixed_point_multiplier",
+    "check_qparams",
+    "check_quantize",
+    "check_requantize",
+    "dequantize_cases",
+    "fixed_point_cases",
+    "fixed_point_multiplier_reference",
+    "qparams_cases",
+    "quantize_cases",
+    "requantize_cases",
+    "requantize_reference",
+    "run_cases",
+]
