@@ -7,11 +7,14 @@ One module per idea, in the order the notebooks use them (imports only go forwar
 - ``ptqlib.training``            training and the cached FP32 baseline
 - ``ptqlib.checkpoints``         safe checkpoint files; the FP32 checkpoint
 - ``ptqlib.quantization``        scale, zero-point, quantize / dequantize, error metrics
-- ``ptqlib.observers``           the observer base class, the min/max family, the registry
+- ``ptqlib.observer_base``       the observer interface and its settings
+- ``ptqlib.observers``           the min/max family and the registry (``make_observer``)
 - ``ptqlib.histogram_observers`` histogram, percentile, entropy and MSE observers
+- ``ptqlib.histogram_l2_search`` torch.ao's range search for the histogram observer
 - ``ptqlib.calibration``         fusion-aware calibration: observers on the quantization points
 - ``ptqlib.integer_arithmetic``  fixed-point multiplier, rounding shift, requantize, int32 bias
 - ``ptqlib.int8_model``          the INT8 model (integer-only layers) and ``convert``
+- ``ptqlib.fast_int8``           the same integers, fast (folded constants, raw pixels in)
 - ``ptqlib.fake_quant``          the same quantized model simulated in float
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
 - ``ptqlib.reference``           the same model through PyTorch's eager-mode PTQ (torch.ao)

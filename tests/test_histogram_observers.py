@@ -20,7 +20,7 @@ from ptqlib.histogram_observers import EntropyObserver, HistogramObserver
 from ptqlib.observers import make_observer
 from ptqlib.quantization import fake_quantize, mse
 from ptqlib.reference import deprecated_api, torch_histogram_range, torch_observer
-from ptqlib.train import load_or_train_baseline
+from ptqlib.training import load_or_train_baseline
 
 HISTOGRAM_BASED = ["histogram", "percentile", "entropy", "mse"]
 
