@@ -46,7 +46,7 @@ from torch import nn
 
 from ptqlib.hardware import int8_gemm_is_fast
 from ptqlib.int8_model import Int8Linear, Int8Model, is_pixel_input
-from ptqlib.integer_arithmetic import carrier_offset
+from ptqlib.integer_arithmetic import carrier_offset, int8_matmul
 
 FLOAT32_EXACT_INTEGERS = 2**24  # every integer of at most this magnitude is a float32
 INT64_LIMIT = 2**63
@@ -144,7 +144,7 @@ class FastInt8Model(nn.Module):
         x = self.quantize_input(images)
         for layer in self.layers:
             if self.use_int8_gemm:
-                accumulator = torch._int_mm(x, layer.weight_t)
+                accumulator = int8_matmul(x, layer.weight_t)
             else:
                 accumulator = torch.mm(x.float(), layer.weight_t)
             scaled = torch.addcmul(layer.constant, accumulator.long(), layer.multiplier)

@@ -42,6 +42,7 @@ from ptqlib.integer_arithmetic import (
     INT32_MAX,
     carrier_offset,
     fixed_point_multiplier,
+    int8_matmul,
     quantize_bias,
     requantize,
 )
@@ -288,7 +289,7 @@ class Int8Linear(nn.Module):
             )
         # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the zero-point correction and
         # the int32 bias, all int32.
-        accumulator = torch._int_mm(x, self.weight.t())
+        accumulator = int8_matmul(x, self.weight.t())
         accumulator = accumulator + self.zero_point_correction() + self.bias
         # q_y = clamp(round(M acc) + Z_y, lo, hi), with M ~= M0 2^-n; the ReLU is lo = Z_y.
         lowest, highest = self.output_range()

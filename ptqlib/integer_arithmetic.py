@@ -117,3 +117,17 @@ def carrier_offset(dtype: torch.dtype) -> int:
     """What is subtracted from an activation's integer to carry it as int8: 128 for uint8
     (0..255 becomes -128..127), 0 for int8."""
     return 128 if dtype == torch.uint8 else 0
+
+
+def int8_matmul(carriers: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """``sum_k c_k w_k``: int8 ``[N, K]`` times int8 ``[K, out]``, summed in int32.
+
+    This is ``torch._int_mm``, with one guard. A dimension of size 1 may have any stride, and
+    PyTorch calls such a tensor contiguous whatever it is; but on CPUs with AVX-512 VNNI
+    (oneDNN's int8 GEMM) ``_int_mm`` misreads a ``[1, K]`` input whose row stride is not
+    K (torch 2.14.1; ``torch.compile`` produces such tensors, see the README's "Known
+    issues"). Copying into a fresh tensor with the standard strides costs one row.
+    """
+    if carriers.shape[0] == 1 and carriers.stride() != (carriers.shape[1], 1):
+        carriers = torch.empty(carriers.shape, dtype=carriers.dtype).copy_(carriers)
+    return torch._int_mm(carriers, weight_t)

@@ -6,7 +6,9 @@ import torch
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, normalise
 from ptqlib.fast_int8 import FastInt8Model, float_gemm_is_exact
+from ptqlib.hardware import int8_gemm_is_fast
 from ptqlib.int8_model import PIXEL_QPARAMS, convert
+from ptqlib.integer_arithmetic import int8_matmul
 from ptqlib.models import fold_input_normalization
 from ptqlib.training import load_or_train_baseline
 
@@ -106,3 +108,42 @@ def test_too_many_inputs_for_float_sums_is_a_clear_error(offline_data):
         FastInt8Model(int8_model, use_int8_gemm=False)
     fast = FastInt8Model(int8_model, use_int8_gemm=True)
     assert torch.equal(fast.quantized_logits(images), int8_model.quantized_logits(images))
+
+
+# --- the batch-1 miscompile: torch._int_mm and a [1, K] row with an odd stride --------------------
+
+
+def odd_stride_row(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [1, 784] int8 row with stride (1, 1): legal for a size-1 dimension, and what
+    torch.compile's kernels produce for a flattened [1, 1, 28, 28] batch."""
+    row = torch.randint(-128, 128, (1, 784), dtype=torch.int8, generator=generator)
+    return torch.as_strided(row.clone(), (1, 784), (1, 1)), row
+
+
+def test_int8_matmul_is_exact_for_a_row_with_any_stride():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-128, 128, (784, 128), dtype=torch.int8, generator=generator)
+    odd, row = odd_stride_row(generator)
+    exact = row.long() @ weight.long()
+    assert torch.equal(int8_matmul(odd, weight).long(), exact)
+    if int8_gemm_is_fast():  # oneDNN's int8 GEMM: the bug of torch 2.14.1 the guard avoids
+        assert not torch.equal(torch._int_mm(odd, weight).long(), exact)
+
+
+def quantize_flatten_int_mm(images: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The start of the old integer forward: quantize float images in place, flatten, GEMM."""
+    scaled = images.float() * 50.0
+    scaled.round_().add_(3).clamp_(-128, 127)
+    return torch._int_mm(scaled.to(torch.int8).flatten(1), weight)
+
+
+@pytest.mark.skipif(not int8_gemm_is_fast(), reason="the bug is in oneDNN's int8 GEMM path")
+def test_compiled_quantize_and_gemm_is_wrong_at_batch_1_only():
+    """The miscompile, reproduced: compiled, the function above returns wrong sums for one
+    image and right ones for two. ptqlib therefore never compiles across _int_mm."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-128, 128, (784, 128), dtype=torch.int8, generator=generator)
+    compiled = torch.compile(quantize_flatten_int_mm)
+    one, two = (torch.randn(n, 1, 28, 28, generator=generator) for n in (1, 2))
+    assert not torch.equal(compiled(one, weight), quantize_flatten_int_mm(one, weight))
+    assert torch.equal(compiled(two, weight), quantize_flatten_int_mm(two, weight))
