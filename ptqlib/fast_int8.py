@@ -20,6 +20,15 @@ with three changes, each an identity of integer arithmetic:
    int8 carrier). A multiply-add, a shift, a clamp and a cast: four passes instead of ten.
    Int64 cannot overflow: :func:`_fold` checks ``max|g| A_j + |C_j| < 2^63`` per channel,
    with ``max|g| <= 128 sum_k |q_w,k|``.
+
+   Most CPUs multiply int64 vectors slowly, float64 ones fast. Where a layer allows it,
+   the same value is computed in float64, *exactly*: ``g A_j + C_j`` is an integer, and
+   when ``max|g| A_j + |C_j| < 2^53`` every integer the float64 multiply-add meets is
+   representable, so it rounds nothing; scaling by ``2^-s`` is exact too (a power of two),
+   and ``floor`` of the exact quotient is the arithmetic shift. So
+   ``q = clamp(floor(g A'_j + C'_j), lo, hi)`` with ``A' = A 2^-s``, ``C' = C 2^-s``
+   gives the same integers. :func:`_fold` checks the bound per layer and keeps int64 where
+   it fails (it holds for SimpleNet with the histogram observer, not always with min/max).
 2. **Raw pixels in.** For a model converted from ``fold_input_normalization`` (input
    qparams S = 1, Z = 0), a uint8 image already is the quantized input; its carrier
    ``p - 128`` is ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts
@@ -49,6 +58,7 @@ from ptqlib.int8_model import Int8Linear, Int8Model, is_pixel_input
 from ptqlib.integer_arithmetic import carrier_offset, int8_matmul
 
 FLOAT32_EXACT_INTEGERS = 2**24  # every integer of at most this magnitude is a float32
+FLOAT64_EXACT_INTEGERS = 2**53  # ... a float64
 INT64_LIMIT = 2**63
 
 
@@ -57,9 +67,9 @@ class FastLayer:
     """One Linear's folded constants (see the module docstring)."""
 
     weight_t: torch.Tensor  # [in, out], int8 for _int_mm or float32 for the float GEMM
-    multiplier: torch.Tensor  # A_j, int64 [out]
-    constant: torch.Tensor  # C_j, int64 [out]
-    shift: int  # s
+    multiplier: torch.Tensor  # A_j: int64, or A'_j = A_j 2^-s in float64
+    constant: torch.Tensor  # C_j: int64, or C'_j = C_j 2^-s in float64
+    shift: int  # s (0 for float64: already applied)
     lowest: int  # clamp bounds of the int8 carriers
     highest: int
 
@@ -80,11 +90,18 @@ def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
     constant = offset * multiplier + (1 << (shift - 1)) + output_zero_point * (1 << shift)
     largest_sum = 128 * layer.weight.to(torch.int64).abs().sum(dim=1)
     # Bounded in Python integers, which cannot overflow.
-    for sum_bound, factor, added in zip(
-        largest_sum.tolist(), multiplier.tolist(), constant.tolist(), strict=True
-    ):
-        if sum_bound * factor + abs(added) >= INT64_LIMIT:
-            raise ValueError(f"layer {layer.name!r}: the fast path's int64 sum could overflow")
+    largest = max(
+        sum_bound * factor + abs(added)
+        for sum_bound, factor, added in zip(
+            largest_sum.tolist(), multiplier.tolist(), constant.tolist(), strict=True
+        )
+    )
+    if largest >= INT64_LIMIT:
+        raise ValueError(f"layer {layer.name!r}: the fast path's int64 sum could overflow")
+    if largest < FLOAT64_EXACT_INTEGERS:  # exact in float64 (module docstring)
+        power = 2.0**-shift
+        multiplier, constant = multiplier.double() * power, constant.double() * power
+        shift = 0
     lowest, highest = layer.output_range()
     output_offset = carrier_offset(layer._output_like.dtype)
     if use_int8_gemm:
@@ -147,8 +164,12 @@ class FastInt8Model(nn.Module):
                 accumulator = int8_matmul(x, layer.weight_t)
             else:
                 accumulator = torch.mm(x.float(), layer.weight_t)
-            scaled = torch.addcmul(layer.constant, accumulator.long(), layer.multiplier)
-            scaled >>= layer.shift
+            if layer.multiplier.dtype == torch.float64:  # exact: see the module docstring
+                scaled = accumulator.double().mul_(layer.multiplier).add_(layer.constant)
+                scaled.floor_()
+            else:
+                scaled = accumulator.long().mul_(layer.multiplier).add_(layer.constant)
+                scaled >>= layer.shift
             x = scaled.clamp_(layer.lowest, layer.highest).to(torch.int8)
         return x
 

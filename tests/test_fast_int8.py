@@ -147,3 +147,12 @@ def test_compiled_quantize_and_gemm_is_wrong_at_batch_1_only():
     one, two = (torch.randn(n, 1, 28, 28, generator=generator) for n in (1, 2))
     assert not torch.equal(compiled(one, weight), quantize_flatten_int_mm(one, weight))
     assert torch.equal(compiled(two, weight), quantize_flatten_int_mm(two, weight))
+
+
+def test_both_requantization_formulations_are_exercised(models):
+    """The models above use the float64 formulation for some layers and int64 for others
+    (the bound of the module docstring decides), so both are tested bit for bit."""
+    dtypes = {
+        layer.multiplier.dtype for model in models.values() for layer in FastInt8Model(model).layers
+    }
+    assert dtypes == {torch.float64, torch.int64}
