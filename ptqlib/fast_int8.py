@@ -24,11 +24,11 @@ with three changes, each an identity of integer arithmetic:
    Most CPUs multiply int64 vectors slowly, float64 ones fast. Where a layer allows it,
    the same value is computed in float64, *exactly*: ``g A_j + C_j`` is an integer, and
    when ``max|g| A_j + |C_j| < 2^53`` every integer the float64 multiply-add meets is
-   representable, so it rounds nothing; scaling by ``2^-s`` is exact too (a power of two),
-   and ``floor`` of the exact quotient is the arithmetic shift. So
-   ``q = clamp(floor(g A'_j + C'_j), lo, hi)`` with ``A' = A 2^-s``, ``C' = C 2^-s``
-   gives the same integers. :func:`_fold` checks the bound per layer and keeps int64 where
-   it fails (it holds for SimpleNet with the histogram observer, not always with min/max).
+   representable, so it rounds nothing; scaling by a power of two is exact too, and
+   ``floor`` of the exact quotient is the arithmetic shift. Here each channel keeps its own
+   shift n_j (``A_j = M0_j``), which keeps the bound lowest: ``q = clamp(floor(g A'_j +
+   C'_j), lo, hi)`` with ``A'_j = M0_j 2^-n_j`` and ``C'_j = C_j 2^-n_j`` gives the same
+   integers. The bound is checked per layer; where it fails, int64 it is.
 2. **Raw pixels in.** For a model converted from ``fold_input_normalization`` (input
    qparams S = 1, Z = 0), a uint8 image already is the quantized input; its carrier
    ``p - 128`` is ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts
@@ -59,6 +59,9 @@ from ptqlib.integer_arithmetic import carrier_offset, int8_matmul
 
 FLOAT32_EXACT_INTEGERS = 2**24  # every integer of at most this magnitude is a float32
 FLOAT64_EXACT_INTEGERS = 2**53  # ... a float64
+SIGN_BIT = torch.tensor(
+    0x80, dtype=torch.uint8
+)  # a tensor: XOR with it is ~3x faster than with 128
 INT64_LIMIT = 2**63
 
 
@@ -81,29 +84,37 @@ def float_gemm_is_exact(weight: torch.Tensor) -> bool:
     return int(largest) <= FLOAT32_EXACT_INTEGERS
 
 
-def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
-    """The constants A_j, C_j, s of one teaching-path layer, checked against overflow."""
-    shift = int(layer.shift.max())
-    multiplier = layer.multiplier << (shift - layer.shift)
+def _largest_sum(largest_g: torch.Tensor, factor: torch.Tensor, added: torch.Tensor) -> int:
+    """``max_j (max|g_j| factor_j + |added_j|)``, in Python integers (which cannot overflow)."""
+    return max(
+        g * f + abs(a)
+        for g, f, a in zip(largest_g.tolist(), factor.tolist(), added.tolist(), strict=True)
+    )
+
+
+def _requantization_constants(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(multiplier, constant, shift)`` of one layer: float64 ``(A'_j, C'_j, 0)`` where the
+    bound of the module docstring makes float64 exact, else int64 ``(A_j, C_j, s)``."""
     offset = layer.zero_point_correction().long() + layer.bias.long()
     output_zero_point = int(layer.output_zero_point) - carrier_offset(layer._output_like.dtype)
+    largest_g = 128 * layer.weight.to(torch.int64).abs().sum(dim=1)
+    # Each channel with its own shift n_j: float64 if exact.
+    multiplier, shift = layer.multiplier, layer.shift
     constant = offset * multiplier + (1 << (shift - 1)) + output_zero_point * (1 << shift)
-    largest_sum = 128 * layer.weight.to(torch.int64).abs().sum(dim=1)
-    # Bounded in Python integers, which cannot overflow.
-    largest = max(
-        sum_bound * factor + abs(added)
-        for sum_bound, factor, added in zip(
-            largest_sum.tolist(), multiplier.tolist(), constant.tolist(), strict=True
-        )
-    )
-    if largest >= INT64_LIMIT:
+    if _largest_sum(largest_g, multiplier, constant) < FLOAT64_EXACT_INTEGERS:
+        power = torch.pow(2.0, -shift.double())
+        return multiplier.double() * power, constant.double() * power, 0
+    # One shift s for all channels: int64.
+    common = int(shift.max())
+    multiplier = multiplier << (common - shift)
+    constant = offset * multiplier + (1 << (common - 1)) + output_zero_point * (1 << common)
+    if _largest_sum(largest_g, multiplier, constant) >= INT64_LIMIT:
         raise ValueError(f"layer {layer.name!r}: the fast path's int64 sum could overflow")
-    if largest < FLOAT64_EXACT_INTEGERS:  # exact in float64 (module docstring)
-        power = 2.0**-shift
-        multiplier, constant = multiplier.double() * power, constant.double() * power
-        shift = 0
-    lowest, highest = layer.output_range()
-    output_offset = carrier_offset(layer._output_like.dtype)
+    return multiplier, constant, common
+
+
+def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
+    """One teaching-path layer's weights and folded constants for the fast path."""
     if use_int8_gemm:
         weight_t = layer.weight.t().contiguous()
     elif float_gemm_is_exact(layer.weight):
@@ -113,8 +124,13 @@ def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
             f"layer {layer.name!r}: {layer.in_features} inputs are too many for exact float32 "
             "sums (128 * sum |q_w| > 2^24); use the int8 GEMM (use_int8_gemm=True)"
         )
+    lowest, highest = layer.output_range()
+    output_offset = carrier_offset(layer._output_like.dtype)
     return FastLayer(
-        weight_t, multiplier, constant, shift, lowest - output_offset, highest - output_offset
+        weight_t,
+        *_requantization_constants(layer),
+        lowest - output_offset,
+        highest - output_offset,
     )
 
 
@@ -150,7 +166,7 @@ class FastInt8Model(nn.Module):
         """Images to int8 carriers ``[N, features]``: uint8 pixels by flipping their top bit
         (``p XOR 0x80`` is ``p - 128``), float images as ``ptqlib.quantization.quantize``."""
         if images.dtype == torch.uint8 and self.takes_pixels:
-            return torch.bitwise_xor(images.reshape(len(images), -1), 0x80).view(torch.int8)
+            return torch.bitwise_xor(images.reshape(len(images), -1), SIGN_BIT).view(torch.int8)
         qparams = self.input_qparams
         scaled = images.reshape(len(images), -1).float() * (1.0 / qparams.scale)
         scaled.round_().add_(qparams.zero_point).clamp_(qparams.quant_min, qparams.quant_max)
