@@ -149,10 +149,20 @@ def test_compiled_quantize_and_gemm_is_wrong_at_batch_1_only():
     assert torch.equal(compiled(two, weight), quantize_flatten_int_mm(two, weight))
 
 
-def test_both_requantization_formulations_are_exercised(models):
-    """The models above use the float64 formulation for some layers and int64 for others
-    (the bound of the module docstring decides), so both are tested bit for bit."""
-    dtypes = {
-        layer.multiplier.dtype for model in models.values() for layer in FastInt8Model(model).layers
-    }
-    assert dtypes == {torch.float64, torch.int64}
+def test_int64_requantization_where_float64_would_round():
+    """1,024 inputs with large weights: 128 sum|q_w| M0 > 2^53, so the first layer keeps int64
+    (and the float32 GEMM, > 2^24, is refused); the integers still equal the teaching path."""
+    generator = torch.Generator().manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(1024, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    )
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.0, generator=generator)
+    images = torch.randn(200, 1024, generator=generator)
+    teaching = convert(model, calibrate(model, images, "minmax", progress=False))
+    fast = FastInt8Model(teaching, use_int8_gemm=True)
+    assert [layer.multiplier.dtype for layer in fast.layers] == [torch.int64, torch.float64]
+    for size in (1, 2, 63, 200):
+        assert torch.equal(
+            fast.quantized_logits(images[:size]), teaching.quantized_logits(images[:size])
+        )
