@@ -362,3 +362,12 @@ def test_a_new_checker_can_be_built_from_the_core(capsys):
     assert capsys.readouterr().out == "check_double: PASS (1 cases)\n"
     with pytest.raises(AssertionError, match=r"(?s)expected -4, got 0.*hint:        multiply"):
         run_cases("check_double", lambda values: values + 2, cases, compare_integers)
+
+
+def test_an_untouched_skeleton_is_not_attempted_not_failed(capsys):
+    def skeleton(min_val, max_val, quant_min, quant_max):
+        # YOUR CODE HERE
+        raise NotImplementedError
+
+    checkers.check_qparams(skeleton)
+    assert "NOT ATTEMPTED" in capsys.readouterr().out
