@@ -172,21 +172,25 @@ class FastInt8Model(nn.Module):
         scaled.round_().add_(qparams.zero_point).clamp_(qparams.quant_min, qparams.quant_max)
         return scaled.sub_(self.input_offset).to(torch.int8)
 
+    def run_layer(self, x: torch.Tensor, layer: FastLayer) -> torch.Tensor:
+        """One layer: int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``."""
+        if self.use_int8_gemm:
+            accumulator = int8_matmul(x, layer.weight_t)
+        else:
+            accumulator = torch.mm(x.float(), layer.weight_t)
+        if layer.multiplier.dtype == torch.float64:  # exact: see the module docstring
+            scaled = accumulator.double().mul_(layer.multiplier).add_(layer.constant)
+            scaled.floor_()
+        else:
+            scaled = accumulator.long().mul_(layer.multiplier).add_(layer.constant)
+            scaled >>= layer.shift
+        return scaled.clamp_(layer.lowest, layer.highest).to(torch.int8)
+
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The logits as int8 carriers, equal to ``Int8Model.integer_forward``."""
         x = self.quantize_input(images)
         for layer in self.layers:
-            if self.use_int8_gemm:
-                accumulator = int8_matmul(x, layer.weight_t)
-            else:
-                accumulator = torch.mm(x.float(), layer.weight_t)
-            if layer.multiplier.dtype == torch.float64:  # exact: see the module docstring
-                scaled = accumulator.double().mul_(layer.multiplier).add_(layer.constant)
-                scaled.floor_()
-            else:
-                scaled = accumulator.long().mul_(layer.multiplier).add_(layer.constant)
-                scaled >>= layer.shift
-            x = scaled.clamp_(layer.lowest, layer.highest).to(torch.int8)
+            x = self.run_layer(x, layer)
         return x
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
