@@ -169,3 +169,54 @@ def compare_latency(
         q1, median, q3 = statistics.quantiles(times, n=4)
         results[name] = Latency(batch_size, threads, median, q1, q3, repeats)
     return results
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two models' predictions on the same digits, compared digit by digit.
+
+    ``fixed``: digits model A got wrong and model B right; ``broken``: the reverse. Only
+    these change the accuracy: ``acc_B - acc_A = (fixed - broken) / n``.
+    """
+
+    n: int
+    fixed: int
+    broken: int
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_p_value(self.fixed, self.broken)
+
+
+def paired_comparison(
+    reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor
+) -> PairedComparison:
+    """Count the digits ``candidate`` fixed and broke relative to ``reference``."""
+    _check_classes(reference, labels)
+    _check_classes(candidate, labels)
+    reference_right, candidate_right = reference == labels, candidate == labels
+    return PairedComparison(
+        len(labels),
+        int((candidate_right & ~reference_right).sum()),
+        int((reference_right & ~candidate_right).sum()),
+    )
+
+
+def mcnemar_p_value(fixed: int, broken: int) -> float:
+    """McNemar's exact test: how surprising is a split of ``fixed`` vs ``broken`` digits if
+    neither model is better?
+
+    Two models scored on the *same* digits are judged by the digits where they differ: if
+    both were equally good, each of the ``n = fixed + broken`` changed digits would be a fair
+    coin flip, so the two-sided p-value is ``min(1, 2 P[Binomial(n, 1/2) <= min(fixed,
+    broken)])``. A small value (say below 0.05) means a real difference; digits both models
+    got right or both got wrong say nothing about which is better.
+    """
+    for value, name in ((fixed, "fixed"), (broken, "broken")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(
+                f"{name}: expected a count of digits (a whole number >= 0), got {value!r}"
+            )
+    n = fixed + broken
+    tail = sum(math.comb(n, k) for k in range(min(fixed, broken) + 1)) / 2**n
+    return min(1.0, 2 * tail)

@@ -40,6 +40,7 @@ comparisons), ready for a checker of your own.
 """
 
 from ptqlib.checkers.core import Case, run_cases
+from ptqlib.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
 from ptqlib.checkers.int8_conversion import (
     check_fixed_point_multiplier,
     check_requantize,
@@ -58,6 +59,8 @@ from ptqlib.checkers.quantization_math import (
 )
 
 __all__ = [
+    "check_mcnemar_p_value",
+    "mcnemar_cases",
     "Case",
     "check_dequantize",
     "check_fixed_point_multiplier",
