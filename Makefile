@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 2
 # The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lab docs clean
+.PHONY: run test lab docs student clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ docs: $(INSTALLED)
 
 ## test: ruff, the unit tests and nbval over the notebooks
 test: $(INSTALLED)
-	$(BIN)/ruff check ptqlib tests benchmarks docs conftest.py
+	$(BIN)/ruff check ptqlib tests benchmarks docs tools conftest.py
 	$(BIN)/pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
 
@@ -40,5 +40,9 @@ test: $(INSTALLED)
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks/
 
+## student: the notebooks without solutions and outputs, in student/ (to hand out)
+student: $(INSTALLED)
+	$(BIN)/python tools/make_student.py --out student
+
 clean:
-	rm -rf $(VENV) artifacts results docs/_build
+	rm -rf $(VENV) artifacts results docs/_build student
