@@ -1,9 +1,19 @@
 """Shared fixtures and helpers for the tests (no test module imports another)."""
 
+import fcntl
+import functools
 import gzip
+import http.server
+import json
+import os
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +89,147 @@ def build_site(out_dir: Path) -> Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     # A fixed folder under the session's temp dir: test_browser.py reuses the same build.
     return build_site(tmp_path_factory.getbasetemp() / "docs_site")
+
+
+# --- headless Chromium over the DevTools protocol (test_browser.py, test_jupyterlab.py) ------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# Flags for a quiet, offline, throwaway browser: no sandbox (CI runs as root), no GPU,
+# and none of the background services that would phone home.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--window-size=1280,900",
+    "--remote-debugging-pipe",
+]
+TIMEOUT_SECONDS = 60
+
+
+class DevToolsPipe:
+    """A minimal DevTools-protocol client over Chromium's --remote-debugging-pipe."""
+
+    def __init__(self, chromium: str, user_data_dir: Path, log_file: Path) -> None:
+        commands_read, commands_write = _pipe_above_10()
+        replies_read, replies_write = _pipe_above_10()
+        self.log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+        argv = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
+        # Chromium reads commands on fd 3 and writes replies on fd 4; its output goes to
+        # the log. Our pipe ends sit at fd >= 10, so these moves cannot clobber each other.
+        self.pid = os.posix_spawn(
+            chromium,
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, self.log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, self.log_fd, 2),
+                (os.POSIX_SPAWN_DUP2, commands_read, 3),
+                (os.POSIX_SPAWN_DUP2, replies_write, 4),
+            ],
+        )
+        os.close(commands_read)
+        os.close(replies_write)
+        self.commands = os.fdopen(commands_write, "wb", buffering=0)
+        self.replies = os.fdopen(replies_read, "rb", buffering=0)
+        self.buffer = b""
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _read_message(self) -> dict:
+        while b"\0" not in self.buffer:
+            chunk = self.replies.read(65536)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe (see chromium.log)")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session_id: str | None = None, **params) -> dict:
+        """Send one command and return its result; events that arrive meanwhile are kept."""
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session_id:
+            message["sessionId"] = session_id
+        self.commands.write(json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read_message()
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method} failed: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for_event(self, method: str, session_id: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while not any(
+            event.get("method") == method and event.get("sessionId") == session_id
+            for event in self.events
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {method} event within {TIMEOUT_SECONDS} s")
+            self.events.append(self._read_message())
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, OSError):
+            pass
+        self.commands.close()
+        self.replies.close()
+        deadline = time.monotonic() + 10
+        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.1)
+        os.close(self.log_fd)
+
+
+def _pipe_above_10() -> tuple[int, int]:
+    """A pipe whose two ends are file descriptors >= 10, closed on exec unless moved."""
+    read_end, write_end = os.pipe()
+    moved = (fcntl.fcntl(read_end, fcntl.F_DUPFD_CLOEXEC, 10),
+             fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, 10))  # fmt: skip
+    os.close(read_end)
+    os.close(write_end)
+    return moved
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+        pass  # keep the test output clean; failed requests show up in the browser's log
+
+
+@pytest.fixture(scope="module")
+def site_url(site: Site) -> Iterator[str]:
+    handler = functools.partial(QuietHandler, directory=str(site.html_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevToolsPipe]:
+    if CHROMIUM is None:
+        if IN_CI:
+            pytest.fail("chromium is not installed: .ci/run must install Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    pipe = DevToolsPipe(CHROMIUM, profile, profile.parent / "chromium.log")
+    yield pipe
+    pipe.close()
