@@ -1,16 +1,18 @@
 """Profile ptqlib's integer-only INT8 engine: where its time goes, and why.
 
-Builds the cached FP32 SimpleNet, calibrates it on 1,000 training images (histogram
-observer, 7-bit activations as torch's x86 engine uses them, ``reduce_range=True``),
-converts it with ptqlib (integer-only: ``torch._int_mm`` plus int64 requantization) and
-with torch.ao (eager mode, the x86 quantized engine), then prints
+Builds the four models of ``python -m ptqlib pipeline`` (``ptqlib.pipeline.build_models``:
+the cached FP32 SimpleNet; ptqlib's INT8 model on raw pixels, as the teaching path of
+notebook 04 and as the fast path of ``ptqlib.fast_int8``; torch.ao's eager-mode INT8 model),
+calibrated on 1,000 training images with the histogram observer, then prints
 
 1. the machine: CPU model, the instruction set torch's kernels use, threads, versions;
 2. a GEMM micro-benchmark at SimpleNet's three shapes: ``torch._int_mm`` (int8 x int8
    summed in int32) against ``torch.mm`` (float32), at batch 1, 64 and 1024;
-3. the latency of the whole FP32, ptqlib INT8 and torch.ao INT8 models at batch 1 and 1024;
-4. ``torch.profiler`` tables of ptqlib's INT8 forward at batch 1 and 1024: the operators
-   sorted by self CPU time, and the share of the int8 GEMM.
+3. the latency of the four whole models at batch 1 and 1024;
+4. the split of both ptqlib paths' time into input, GEMMs and requantization;
+5. ``torch.profiler`` tables of both ptqlib paths at batch 1 and 1024: the operators
+   sorted by self CPU time, and the share of the GEMMs;
+6. issue 11's targets, read off this run.
 
 Timing: the candidates of one table take turns, repeat by repeat; each repeat times enough
 back-to-back calls to last ``--min-ms``; the table shows the median over ``--repeats``
@@ -37,13 +39,12 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from ptqlib.calibration import calibrate
-from ptqlib.data import calibration_images, load_mnist
+from ptqlib.data import load_mnist, normalise
 from ptqlib.evaluation import time_interleaved
 from ptqlib.hardware import machine_info
-from ptqlib.int8_model import Int8Linear, Int8Model, convert
-from ptqlib.reference import torch_eager_ptq
-from ptqlib.training import load_or_train_baseline
+from ptqlib.int8_model import Int8Linear
+from ptqlib.pipeline import build_models
+from ptqlib.profiling import time_split
 
 CALIBRATION_IMAGES = 1000
 BATCH_SIZES = (1, 64, 1024)
@@ -187,9 +188,13 @@ def print_model_table(
     meter = PressureMeter()
     medians: dict[int, dict[str, float]] = {}
     for batch in MODEL_BATCH_SIZES:
-        images = torch.randn(batch, 1, 28, 28, generator=generator)
+        pixels = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8, generator=generator)
+        inputs = {True: pixels.unsqueeze(1), False: normalise(pixels)}
         times = interleaved_times(
-            {name: partial(model, images) for name, model in models.items()},
+            {
+                name: partial(model, inputs[getattr(model, "takes_pixels", False)])
+                for name, model in models.items()
+            },
             repeats,
             min_seconds,
         )
@@ -197,52 +202,67 @@ def print_model_table(
         for name, (q1, median, q3) in times.items():
             quartiles = f"[{format_time(q1)}, {format_time(q3)}]"
             print(
-                f"batch {batch:>4}  {name:<14} {format_time(median):>10} {quartiles:<22} "
-                f"{median / medians[batch]['fp32']:6.2f}x FP32"
+                f"batch {batch:>4}  {name:<21} {format_time(median):>10} {quartiles:<22} "
+                f"{medians[batch]['fp32'] / median:6.2f}x FP32 throughput"
             )
     print(meter.note())
     return medians
 
 
-def print_profile(model: Int8Model, batch: int, calls: int, rows: int) -> None:
-    """The operators of ``calls`` forward passes by self CPU time, and the GEMM's share."""
-    images = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+def print_profile(name: str, model: nn.Module, batch: int, calls: int, rows: int) -> None:
+    """The operators of ``calls`` forward passes by self CPU time, and the GEMMs' share."""
+    pixels = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8)
+    images = pixels.unsqueeze(1) if model.takes_pixels else normalise(pixels)
     model(images)  # warm-up, outside the profile
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(calls):
             model(images)
     averages = profiler.key_averages()
     total = sum(event.self_cpu_time_total for event in averages)
-    gemm = sum(event.self_cpu_time_total for event in averages if event.key == "aten::_int_mm")
+    gemm = sum(
+        event.self_cpu_time_total
+        for event in averages
+        if event.key in ("aten::_int_mm", "aten::mm")
+    )
     # Operators called from Python; aten::to, for one, calls _to_copy, empty_strided, copy_.
     top_level = sum(1 for event in profiler.events() if event.cpu_parent is None)
-    print(f"\n== torch.profiler: ptqlib INT8 forward at batch {batch}, {calls} calls")
+    print(f"\n== torch.profiler: {name} forward at batch {batch}, {calls} calls")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
     print(
         f"per forward pass: {format_time(total / calls)} self CPU time (profiler overhead "
         f"included), {top_level / calls:.0f} operators called from Python; "
-        f"aten::_int_mm {gemm / total:.0%} of the time, the rest {1 - gemm / total:.0%}"
+        f"GEMMs {gemm / total:.0%} of the time, the rest {1 - gemm / total:.0%}"
     )
 
 
-def print_targets(gemms: dict[int, dict[str, float]], models: dict[int, dict[str, float]]) -> None:
-    print("\n== the issue's targets, from this run's medians")
-    big, one = models[1024], models[1]
-    print(
-        f"batch 1024: ptqlib throughput {big['fp32'] / big['ptqlib int8']:.2f}x FP32 "
-        f"(target >= 2x), torch.ao {big['fp32'] / big['torch.ao int8']:.2f}x FP32; "
-        f"ptqlib takes {big['ptqlib int8'] / big['torch.ao int8']:.1f}x torch.ao's time "
-        "(target <= 1x)"
-    )
-    print(
-        f"batch 1: ptqlib takes {one['ptqlib int8'] / one['fp32']:.2f}x FP32's time "
-        f"(target <= 1.5x), torch.ao {one['torch.ao int8'] / one['fp32']:.2f}x"
-    )
-    for batch, label in ((1024, "batch 1024"), (1, "batch 1")):
+def print_splits(models: dict[str, nn.Module], threads: int, repeats: int) -> None:
+    """Input, GEMM and requantization time of the two ptqlib paths (ptqlib.profiling)."""
+    print("\n== where an INT8 forward pass spends its time (ptqlib.profiling.time_split)")
+    print(f"{'model':<21} {'batch':>5} {'total':>10} {'input':>8} {'GEMMs':>8} {'requant':>8}")
+    for name in ("int8_ptqlib_teaching", "int8_ptqlib"):
+        for batch in MODEL_BATCH_SIZES:
+            split = time_split(models[name], batch, threads=threads, repeats=repeats)
+            shares = [split.input_ms, split.gemm_ms, split.requantization_ms]
+            print(
+                f"{name:<21} {batch:>5} {format_time(1000 * split.total_ms):>10} "
+                + " ".join(f"{share / split.total_ms:>8.0%}" for share in shares)
+            )
+
+
+def print_targets(models: dict[int, dict[str, float]], accumulator: str) -> None:
+    print("\n== issue 11's targets, from this run's medians (fast path = int8_ptqlib)")
+    print(f"the fast path accumulates with the {accumulator}")
+    for batch in MODEL_BATCH_SIZES:
+        row = models[batch]
         print(
-            f"{label}: ptqlib's three _int_mm calls alone take "
-            f"{gemms[batch]['int'] / models[batch]['fp32']:.2f}x the whole FP32 forward pass"
+            f"batch {batch}: fast path {row['fp32'] / row['int8_ptqlib']:.2f}x FP32 throughput, "
+            f"torch.ao {row['fp32'] / row['int8_torch']:.2f}x, teaching path "
+            f"{row['fp32'] / row['int8_ptqlib_teaching']:.2f}x"
         )
+    print(
+        "targets: with VNNI/AMX >= 3x at batch 1024, >= 1x at batch 1 and ahead of torch.ao at "
+        "1024; without VNNI >= 0.8x at every batch size"
+    )
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -269,28 +289,22 @@ def main() -> None:
     min_seconds = args.min_ms / 1000
 
     data = load_mnist(verbose=False)
-    fp32_model, _ = load_or_train_baseline(data, progress=False)
-    images = calibration_images(data.train, CALIBRATION_IMAGES)
-    calibration = calibrate(
-        fp32_model, images, "histogram", activation_kwargs={"reduce_range": True}, progress=False
-    )
-    ptqlib_model = convert(fp32_model, calibration.qparams)
-    torch_model = torch_eager_ptq(fp32_model, images, reduce_range=True)
-
+    models, _, settings = build_models(data, CALIBRATION_IMAGES, "histogram", progress=False)
     print_machine(args.threads)
-    print(f"data: {len(images)} calibration images from {data.source}")
+    print(f"data: {CALIBRATION_IMAGES} calibration images from {data.source}")
     shapes = [
         (layer.in_features, layer.out_features)
-        for layer in ptqlib_model.layers
+        for layer in models["int8_ptqlib_teaching"].layers
         if isinstance(layer, Int8Linear)
     ]
-    models = {"fp32": fp32_model, "ptqlib int8": ptqlib_model, "torch.ao int8": torch_model}
     with torch.inference_mode():
-        gemms = print_gemm_table(shapes, args.repeats, min_seconds)
+        print_gemm_table(shapes, args.repeats, min_seconds)
         medians = print_model_table(models, args.repeats, min_seconds)
-        print_profile(ptqlib_model, batch=1, calls=200, rows=12)
-        print_profile(ptqlib_model, batch=1024, calls=3, rows=8)
-    print_targets(gemms, medians)
+        print_splits(models, args.threads, args.repeats)
+        for name in ("int8_ptqlib_teaching", "int8_ptqlib"):
+            print_profile(name, models[name], batch=1, calls=200, rows=10)
+            print_profile(name, models[name], batch=1024, calls=3, rows=8)
+    print_targets(medians, settings["ptqlib_accumulator"])
 
 
 if __name__ == "__main__":
