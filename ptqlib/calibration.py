@@ -124,6 +124,28 @@ def observe(
     handles += [
         module.register_forward_hook(watch_output(name)) for name, module in watched.items()
     ]
+    try:
+        _run_batches(model, images, batch_size, progress)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    never_ran = [name for name in watched if name not in run_order]
+    if never_ran:
+        raise ValueError(f"model: module(s) {', '.join(never_ran)} never ran during calibration")
+    ordered = {"input": observers["input"]}
+    ordered.update({name: observers[name] for name in run_order})
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                ordered[f"{name}.weight"] = make_weight_observer()
+                ordered[f"{name}.weight"](module.weight.detach())
+    return ordered
+
+
+def _run_batches(model: nn.Module, images: torch.Tensor, batch_size: int, progress: bool) -> None:
+    """Run ``images`` through ``model`` in eval mode, batch by batch, without gradients; the
+    train/eval mode of every module is restored afterwards, even after an error."""
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()  # calibrate the model as it will run: dropout off, batch-norm frozen
@@ -140,22 +162,8 @@ def observe(
                         f"{first_line}"
                     ) from error
     finally:
-        for handle in handles:
-            handle.remove()
         for module, training in modes.items():
             module.training = training
-
-    never_ran = [name for name in watched if name not in run_order]
-    if never_ran:
-        raise ValueError(f"model: module(s) {', '.join(never_ran)} never ran during calibration")
-    ordered = {"input": observers["input"]}
-    ordered.update({name: observers[name] for name in run_order})
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear):
-                ordered[f"{name}.weight"] = make_weight_observer()
-                ordered[f"{name}.weight"](module.weight.detach())
-    return ordered
 
 
 def calibrate(
