@@ -47,9 +47,26 @@ from ptqlib.integer_arithmetic import (
 )
 from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_range
 from ptqlib.quantization import quantize as quantize_tensor
+from ptqlib.runtime_arithmetic import float32_multiplier, quantize_by_division, requantize_float32
 
 SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
 DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}
+# How a layer turns its int32 accumulator into the next 8-bit activation: ptqlib's integer
+# M0 2^-n (the default), or ONNX Runtime's float32 multiplier (``ptqlib.runtime_arithmetic``).
+REQUANTIZATION_MODES = ("fixed_point", "float32")
+# Weight grids: torch's symmetric int8 (S_w = max|w| / 127.5) and the restricted one that
+# ONNX Runtime's quantizer uses (S_w = max|w| / 127), for the ``weight_range`` of convert.
+TORCH_WEIGHT_RANGE = (-128, 127)
+RESTRICTED_WEIGHT_RANGE = (-127, 127)
+
+
+def check_requantization(requantization: object) -> str:
+    if requantization not in REQUANTIZATION_MODES:
+        raise ValueError(
+            f"requantization: expected one of {', '.join(REQUANTIZATION_MODES)}, "
+            f"got {requantization!r}"
+        )
+    return requantization
 
 
 # --- planning: which qparams each layer uses ---------------------------------------------------
@@ -88,7 +105,11 @@ def _activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> 
 
 
 def weight_qparams_for(
-    name: str, weight: torch.Tensor, qparams: Mapping[str, QParams], per_channel: bool
+    name: str,
+    weight: torch.Tensor,
+    qparams: Mapping[str, QParams],
+    per_channel: bool,
+    weight_range: tuple[int, int] | None = None,
 ) -> QParams:
     """The int8 symmetric qparams of a Linear's weight.
 
@@ -97,12 +118,19 @@ def weight_qparams_for(
     other granularity) they are computed here from the weight's own min/max: a weight is
     fixed, so its min/max observer sees all of it at once. The integer engine needs
     symmetric int8 weights (zero-point 0), so an entry that is not is an error.
+    ``weight_range`` (e.g. ``RESTRICTED_WEIGHT_RANGE``), if given, is required as well.
     """
     found = qparams.get(f"{name}.weight")
     wanted_axis = 0 if per_channel else None
-    if found is None or found.axis != wanted_axis:
+    other_range = weight_range is not None and (
+        found is None or (found.quant_min, found.quant_max) != tuple(weight_range)
+    )
+    if found is None or found.axis != wanted_axis or other_range:
         low, high = min_max(weight, axis=wanted_axis)
-        return qparams_from_range(low, high, torch.int8, symmetric=True, axis=wanted_axis)
+        quant_min, quant_max = weight_range or (None, None)
+        return qparams_from_range(
+            low, high, torch.int8, True, quant_min=quant_min, quant_max=quant_max, axis=wanted_axis
+        )
     if found.dtype != torch.int8 or bool((found.zero_point != 0).any()):
         raise ValueError(
             f"qparams[{name + '.weight'!r}]: the integer engine needs int8 symmetric weights "
@@ -112,7 +140,10 @@ def weight_qparams_for(
 
 
 def plan_conversion(
-    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
+    model: nn.Module,
+    qparams: Mapping[str, QParams],
+    per_channel: bool = True,
+    weight_range: tuple[int, int] | None = None,
 ) -> list[LinearStep | nn.Flatten]:
     """Walk the children of a Sequential of Linear / ReLU / Flatten and pair each Linear
     with the ReLU that follows it and with its qparams. Raises a clear error for anything
@@ -156,7 +187,9 @@ def plan_conversion(
         relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
         output_key = relu_name or name
         output = _activation_qparams(qparams, output_key, f"the output of {output_key}")
-        weight = weight_qparams_for(name, module.weight.detach(), qparams, per_channel)
+        weight = weight_qparams_for(
+            name, module.weight.detach(), qparams, per_channel, weight_range
+        )
         steps.append(LinearStep(name, module, relu_name, current, weight, output))
         current = output
         index += 2 if relu_name else 1
@@ -183,7 +216,9 @@ class Int8Linear(nn.Module):
     ``input_scale``/``input_zero_point``, ``output_scale``/``output_zero_point``, and the
     integer multiplier ``multiplier``/``shift`` (M0, n per output channel) derived from the
     scales at construction. Fixed at construction: the activations' dtypes and integer
-    ranges, and whether a ReLU is fused.
+    ranges, whether a ReLU is fused, and the ``requantization``: ``"fixed_point"`` (M0 2^-n,
+    the default) or ``"float32"`` (ONNX Runtime's way, with the buffer
+    ``float32_multiplier``; see ``ptqlib.runtime_arithmetic``).
     """
 
     def __init__(
@@ -195,8 +230,10 @@ class Int8Linear(nn.Module):
         output_qparams: QParams,
         relu: bool,
         name: str = "linear",
+        requantization: str = "fixed_point",
     ) -> None:
         super().__init__()
+        self.requantization = check_requantization(requantization)
         if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
             raise ValueError(
                 f"layer {name!r}: weights must be int8 and symmetric (zero-point 0), "
@@ -223,6 +260,10 @@ class Int8Linear(nn.Module):
         multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_features))
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
+        if self.requantization == "float32":
+            scales = (self.input_scale, self.weight_scale, self.output_scale)
+            multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
+            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
         self._check_no_overflow()
 
     # The qparams, always built from the buffers (the state), never cached.
@@ -280,27 +321,42 @@ class Int8Linear(nn.Module):
         accumulator = accumulator + self.zero_point_correction() + self.bias
         # q_y = clamp(round(M acc) + Z_y, lo, hi), with M ~= M0 2^-n; the ReLU is lo = Z_y.
         lowest, highest = self.output_range()
-        output = requantize(
-            accumulator, self.multiplier, self.shift, int(self.output_zero_point), lowest, highest
-        )
+        zero_point = int(self.output_zero_point)
+        if self.requantization == "float32":
+            # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
+            output = requantize_float32(
+                accumulator, self.float32_multiplier, zero_point, lowest, highest
+            )
+        else:
+            output = requantize(
+                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
+            )
         return (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
 
     def extra_repr(self) -> str:
         granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
         relu = ", relu" if self.relu else ""
+        mode = ", float32 requantization" if self.requantization == "float32" else ""
         return (
             f"{self.in_features} -> {self.out_features}, int8 weights {granularity}, "
-            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}"
+            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}{mode}"
         )
 
 
 class Int8Model(nn.Module):
     """The INT8 network: quantize the images, run every layer on integers, dequantize the
     logits. ``forward`` maps images to float logits like the FP32 model, so
-    :mod:`ptqlib.evaluate` works on it unchanged."""
+    :mod:`ptqlib.evaluate` works on it unchanged. With ``requantization="float32"`` the images
+    are quantized by division (x / S, as ONNX's QuantizeLinear does) instead of x (1 / S)."""
 
-    def __init__(self, input_qparams: QParams, layers: list[nn.Module]) -> None:
+    def __init__(
+        self,
+        input_qparams: QParams,
+        layers: list[nn.Module],
+        requantization: str = "fixed_point",
+    ) -> None:
         super().__init__()
+        self.requantization = check_requantization(requantization)
         if not any(isinstance(layer, Int8Linear) for layer in layers):
             raise ValueError("layers: an INT8 model needs at least one Int8Linear")
         self.layers = nn.ModuleList(layers)
@@ -319,7 +375,10 @@ class Int8Model(nn.Module):
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``quantize(x) - offset``."""
         qparams = self.input_qparams
-        quantized = quantize_tensor(images.float(), qparams).to(torch.int16)
+        if self.requantization == "float32":
+            quantized = quantize_by_division(images.float(), qparams).to(torch.int16)
+        else:
+            quantized = quantize_tensor(images.float(), qparams).to(torch.int16)
         return (quantized - carrier_offset(qparams.dtype)).to(torch.int8)
 
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -349,7 +408,7 @@ class Int8Model(nn.Module):
         return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}"
 
 
-def _int8_linear(step: LinearStep) -> Int8Linear:
+def _int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Linear:
     weight = step.linear.weight.detach()
     bias = step.linear.bias
     bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
@@ -361,11 +420,16 @@ def _int8_linear(step: LinearStep) -> Int8Linear:
         output_qparams=step.output_qparams,
         relu=step.relu_name is not None,
         name=step.name,
+        requantization=requantization,
     )
 
 
 def convert(
-    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
+    model: nn.Module,
+    qparams: Mapping[str, QParams],
+    per_channel: bool = True,
+    requantization: str = "fixed_point",
+    weight_range: tuple[int, int] | None = None,
 ) -> Int8Model:
     """Convert a calibrated Sequential of Linear / ReLU / Flatten into an :class:`Int8Model`.
 
@@ -373,10 +437,36 @@ def convert(
     output of every fused Linear(+ReLU) step by the name of its last module, and optionally
     ``"<linear>.weight"`` (see :func:`weight_qparams_for`). ``per_channel`` selects
     per-output-channel weight scales (the default) or one scale per weight tensor.
+    ``requantization`` is ``"fixed_point"`` (the default) or ``"float32"`` (ONNX Runtime's
+    arithmetic, see :class:`Int8Linear`); ``weight_range`` forces the weights' integer range,
+    e.g. ``RESTRICTED_WEIGHT_RANGE`` (-127..127, S_w = max|w| / 127) as ONNX Runtime's
+    quantizer does (default: the calibration's, torch's -128..127).
     """
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel: expected True or False, got {per_channel!r}")
-    steps = plan_conversion(model, qparams, per_channel)
-    layers = [_int8_linear(step) if isinstance(step, LinearStep) else step for step in steps]
+    check_requantization(requantization)
+    steps = plan_conversion(model, qparams, per_channel, weight_range)
+    layers = [
+        _int8_linear(step, requantization) if isinstance(step, LinearStep) else step
+        for step in steps
+    ]
     first = next(step for step in steps if isinstance(step, LinearStep))
-    return Int8Model(first.input_qparams, layers).eval()
+    return Int8Model(first.input_qparams, layers, requantization).eval()
+
+
+def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
+    """The same INT8 model (same integers and scales) with the other ``requantization``,
+    e.g. a loaded checkpoint made to compute as ONNX Runtime does."""
+    if not isinstance(model, Int8Model):
+        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
+    check_requantization(requantization)
+    layers = [
+        Int8Linear(
+            layer.weight, layer.bias, layer.weight_qparams, layer.input_qparams,
+            layer.output_qparams, layer.relu, layer.name, requantization,
+        )
+        if isinstance(layer, Int8Linear)
+        else layer
+        for layer in model.layers
+    ]
+    return Int8Model(model.input_qparams, layers, requantization).eval()
