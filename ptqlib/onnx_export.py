@@ -54,7 +54,7 @@ class _GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
 
     def constant(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def node(self, op_type: str, inputs: list[str], output: str, **attributes) -> str:
@@ -64,7 +64,10 @@ class _GraphBuilder:
         return output
 
     def quantize(self, x: str, qparams: QParams, output: str) -> str:
-        scale = self.constant(f"{output}_scale", qparams.scale.numpy().astype(np.float32))
+        # Per-tensor qparams are scalars in ONNX (a 1-d scale would mean per-axis).
+        scale = self.constant(
+            f"{output}_scale", qparams.scale.reshape(()).numpy().astype(np.float32)
+        )
         zero_point = self.constant(
             f"{output}_zero_point",
             np.array(int(qparams.zero_point), dtype=NUMPY_DTYPES[qparams.dtype]),
@@ -79,20 +82,23 @@ class _GraphBuilder:
 def _int8_linear_nodes(builder: _GraphBuilder, layer: Int8Linear, x_q: str) -> str:
     """DQ(x), DQ(W), DQ(b) -> Gemm -> Relu? -> Q(y): one Int8Linear. Returns Q(y)'s name."""
     name = layer.name
-    per_channel = layer.weight_scale.dim() == 1
+    per_channel = layer.weight_scale.numel() > 1
     axis = {"axis": 0} if per_channel else {}
+    scale_shape = (layer.out_features,) if per_channel else ()
     x = builder.dequantize(x_q, f"{name}_input")
     weight_q = builder.constant(f"{name}_weight_quantized", layer.weight.numpy())
-    weight_scale = builder.constant(f"{name}_weight_scale", layer.weight_scale.numpy())
+    weight_scale = builder.constant(
+        f"{name}_weight_scale", layer.weight_scale.reshape(scale_shape).numpy()
+    )
     weight_zero = builder.constant(
-        f"{name}_weight_zero_point", np.zeros(layer.weight_scale.shape, dtype=np.int8)
+        f"{name}_weight_zero_point", np.zeros(scale_shape, dtype=np.int8)
     )
     weight = builder.node(
         "DequantizeLinear", [weight_q, weight_scale, weight_zero], f"{name}_weight", **axis
     )
     # The bias's scale is S_x S_w (float32, as ORT's own quantizer writes it); a fused
     # integer kernel adds the int32 values straight into the accumulator.
-    bias_scale = (layer.input_scale * layer.weight_scale).expand(layer.out_features)
+    bias_scale = (layer.input_scale.reshape(()) * layer.weight_scale).expand(layer.out_features)
     bias_q = builder.constant(f"{name}_bias_quantized", layer.bias.numpy())
     bias_scale = builder.constant(f"{name}_bias_scale", bias_scale.numpy().astype(np.float32))
     bias_zero = builder.constant(
