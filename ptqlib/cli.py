@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ptqlib.data import load_mnist
+from ptqlib.data import calibration_images, load_mnist
 from ptqlib.observers import OBSERVERS
 from ptqlib.pipeline import BATCH_SIZES
 from ptqlib.train import DEFAULT_EPOCHS, DEFAULT_SEED
@@ -103,12 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of an FP32 or INT8 checkpoint")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by ptqlib")
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by ptqlib, or a .onnx file written by export (run in ONNX "
+        "Runtime)",
+    )
     add_data_option(evaluate)
     evaluate.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes)",
+        help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes, runtime)",
     )
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -137,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.set_defaults(handler=run_pipeline)
 
+    export = commands.add_parser(
+        "export", help="write an INT8 (or FP32) checkpoint as an ONNX model (QDQ graph)"
+    )
+    export.add_argument("--checkpoint", required=True, help="an INT8 or FP32 ptqlib checkpoint")
+    export.add_argument("--out", required=True, help="where to write the .onnx file")
+    export.set_defaults(handler=run_export)
+
     bench = commands.add_parser(
         "bench", help="the latency table of FP32, ptqlib INT8 and torch.ao INT8 on this machine"
     )
@@ -148,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(BATCH_SIZES),
         help="batch sizes to time (default 1 64 1024)",
+    )
+    bench.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=["onnxruntime", "pt2e"],
+        default=[],
+        help="also time the models in ONNX Runtime (FP32 and INT8) and/or torchao's PT2E "
+        "INT8 compiled by torch.compile",
     )
     bench.set_defaults(handler=run_bench)
     return parser
@@ -175,7 +195,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ptqlib.evaluate import accuracy
     from ptqlib.int8_checkpoint import load_model
 
-    model, kind, _ = load_model(args.checkpoint)
+    is_onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
+    if is_onnx:
+        from ptqlib.onnx_runtime import load_onnx_model
+
+        model = load_onnx_model(args.checkpoint)
+        kind = model.kind
+    else:
+        model, kind, _ = load_model(args.checkpoint)
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
     # With --json, stdout holds only the JSON object; the data line goes to stderr.
     print(data.describe(), file=sys.stderr if args.json else sys.stdout)
@@ -186,12 +213,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "n_test": len(data.test),
         "data_source": data.source,
         "size_bytes": Path(args.checkpoint).stat().st_size,
+        "runtime": "onnxruntime" if is_onnx else "pytorch",
     }
     if args.json:
         print(json.dumps(result))
     else:
+        what = "ONNX model, run in ONNX Runtime" if is_onnx else "checkpoint"
         print(
-            f"loaded an {kind.upper()} checkpoint ({result['size_bytes']:,} bytes): test accuracy "
+            f"loaded an {kind.upper()} {what} ({result['size_bytes']:,} bytes): test accuracy "
             f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
         )
     return 0
@@ -211,6 +240,20 @@ def run_quantize(args: argparse.Namespace) -> int:
     print(
         f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
         f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ptqlib.int8_checkpoint import load_model
+    from ptqlib.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
+
+    model, kind, _ = load_model(args.checkpoint)
+    onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
+    path = save_onnx(onnx_model, args.out)
+    print(
+        f"wrote {path}: the {kind.upper()} model as ONNX (opset {OPSET}, "
+        f"{path.stat().st_size:,} bytes); the ONNX checker passed"
     )
     return 0
 
@@ -236,6 +279,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
     data = load_mnist(args.data_dir)
     models, _, _ = build_models(data, args.calib, args.observer)
+    if "onnxruntime" in args.runtime:
+        from ptqlib.onnx_runtime import onnx_runtime_models
+
+        models.update(onnx_runtime_models(models["fp32"], models["int8_ptqlib"], args.threads))
+    if "pt2e" in args.runtime:
+        from ptqlib.reference_pt2e import pt2e_compiled_model
+
+        images = calibration_images(data.train, args.calib)
+        models["int8_pt2e"] = pt2e_compiled_model(models["fp32"], images).model
     latencies = latency_table(models, tuple(args.batch_sizes), args.threads)
     print(machine_line(machine_info(args.threads)))
     print("Latency per batch (median ms of 21 interleaved repeats) and speed relative to FP32:")

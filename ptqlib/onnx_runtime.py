@@ -30,7 +30,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from ptqlib.int8_model import Int8Linear, Int8Model
-from ptqlib.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER
+from ptqlib.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
 ORT_ERRORS = (
@@ -218,3 +218,14 @@ def parity_markdown(rows: list[LayerParity]) -> list[str]:
             f"| {row.max_difference} |"
         )
     return lines
+
+
+def onnx_runtime_models(
+    fp32_model: nn.Sequential, int8_model: Int8Model, threads: int = 2
+) -> dict[str, OnnxModel]:
+    """The FP32 model and ptqlib's INT8 model, exported and loaded in ONNX Runtime:
+    ``{"ort_fp32": ..., "ort_int8": ...}`` for the latency table."""
+    return {
+        "ort_fp32": OnnxModel(fp32_to_onnx(fp32_model), threads),
+        "ort_int8": OnnxModel(int8_to_onnx(int8_model), threads),
+    }
