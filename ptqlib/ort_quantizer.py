@@ -82,7 +82,9 @@ def ort_quantize_static(
                 calibrate_method=CalibrationMethod.MinMax,
             )
         quantized = onnx.load(int8_path)
+    # Not ptqlib's export any more: drop the FP32 file's producer and metadata.
     quantized.producer_name = "onnxruntime.quantization"
+    del quantized.metadata_props[:]
     return quantized
 
 
