@@ -98,7 +98,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     it is not one (FileNotFoundError if it does not exist)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
+        raise FileNotFoundError(f"{path} does not exist")
     try:
         onnx_model = onnx.load(path)
     except (DecodeError, RuntimeWarning, ValueError) as error:
