@@ -49,9 +49,12 @@ def quiet_pt2e() -> Iterator[None]:
     construct from a tensor" from its oneDNN lowering, torch's note on torchao's enums); a
     notebook cell would otherwise drown in them.
     """
-    pytree_logger = logging.getLogger("torch.utils._pytree")
-    previous_level = pytree_logger.level
-    pytree_logger.setLevel(logging.ERROR)
+    # torch's log lines: the enum note on importing torchao, "No CUDA runtime is found".
+    names = ("torch.utils._pytree", "torch.utils.cpp_extension")
+    loggers = [logging.getLogger(name) for name in names]
+    previous_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
@@ -59,7 +62,8 @@ def quiet_pt2e() -> Iterator[None]:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             yield
     finally:
-        pytree_logger.setLevel(previous_level)
+        for logger, level in zip(loggers, previous_levels, strict=True):
+            logger.setLevel(level)
 
 
 def cpu_has_vnni() -> bool:
@@ -105,7 +109,8 @@ def pt2e_quantize(
             float_model, (images[:batch_size].float(),), dynamic_shapes=({0: batch},)
         ).module()
         quantizer = X86InductorQuantizer()
-        quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
+        config = get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+        quantizer.set_global(config)
         prepared = prepare_pt2e(exported, quantizer)
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
