@@ -11,11 +11,11 @@ def float32(value: float) -> torch.Tensor:
 
 
 def quantize_dividing(x, scale, zero_point, quant_min, quant_max):
-    return (torch.round(x / float32(scale)) + zero_point).clamp(quant_min, quant_max)
+    return (torch.round(x / float32(scale)) + zero_point).clamp(quant_min, quant_max).long()
 
 
 def quantize_multiplying(x, scale, zero_point, quant_min, quant_max):
-    return (torch.round(x * (1 / float32(scale))) + zero_point).clamp(quant_min, quant_max)
+    return (torch.round(x * (1 / float32(scale))) + zero_point).clamp(quant_min, quant_max).long()
 
 
 def requantize_in_float32(acc, input_scale, weight_scale, output_scale, zero_point, lo, hi):
