@@ -14,8 +14,8 @@ Like ``ptqlib.reference``, this is the only module of ptqlib that touches these 
 their warnings (experimental-API notes, Inductor's internals) are filtered in one place,
 :func:`quiet_pt2e`.
 
-**Compilation.** Inductor compiles on the first call for every new batch size (about 2 s
-each on a fast machine, much longer on a busy one; :class:`CompiledModel` records it). It
+**Compilation.** Inductor compiles on the first call (about 2-3 s on an idle machine,
+much longer on a busy one or with a cold cache; :class:`CompiledModel` records it). It
 fuses a quantized linear into one oneDNN kernel only under ``torch.no_grad()`` with
 Inductor's *freezing* on (weights become constants); otherwise it falls back to
 dequantize + FP32 matmul. :class:`CompiledModel` does both.
@@ -135,13 +135,15 @@ def pt2e_activation_qparams(converted: torch.fx.GraphModule) -> list[tuple[float
 class CompiledModel(nn.Module):
     """A PT2E graph compiled by Inductor, called the way it runs fast: under no_grad, compiled
     with freezing. ``compile_seconds[batch_size]`` holds the first call's time per batch size
-    (tracing, Inductor's code generation and the C++ compiler; cached on disk afterwards)."""
+    (tracing, Inductor's code generation and the C++ compiler; cached on disk afterwards).
+    ``dynamic=True`` compiles one graph for every batch size (batch 1 gets its own), instead
+    of one per batch size."""
 
-    def __init__(self, converted: torch.fx.GraphModule) -> None:
+    def __init__(self, converted: torch.fx.GraphModule, dynamic: bool = True) -> None:
         super().__init__()
         self.converted = converted
         # A fresh wrapper object: dynamo caches compiled code per wrapped function.
-        self.compiled = torch.compile(converted)
+        self.compiled = torch.compile(converted, dynamic=dynamic)
         self.compile_seconds: dict[int, float] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -171,13 +173,14 @@ def pt2e_compiled_model(
     images: torch.Tensor,
     batch_sizes: tuple[int, ...] = (),
     reduce_range: bool | None = None,
+    dynamic: bool = True,
 ) -> PT2EResult:
     """:func:`pt2e_quantize`, then :class:`CompiledModel`, compiled ahead for ``batch_sizes``
-    (other batch sizes compile on their first call)."""
+    (other batch sizes compile on their first call, if at all: see ``dynamic``)."""
     start = time.perf_counter()
     converted = pt2e_quantize(model, images, reduce_range=reduce_range)
     quantize_seconds = time.perf_counter() - start
-    compiled = CompiledModel(converted)
+    compiled = CompiledModel(converted, dynamic)
     for batch_size in batch_sizes:
         compiled(torch.zeros(batch_size, *images.shape[1:]))
     return PT2EResult(compiled, converted, quantize_seconds, compiled.compile_seconds)
