@@ -289,3 +289,21 @@ def test_foreign_onnx_models_are_refused(baseline, calibration_set, tmp_path):
         load_onnx(path)
     with pytest.raises(FileNotFoundError):
         load_onnx(tmp_path / "missing.onnx")
+
+
+def test_graph_figure_draws_one_box_per_node(baseline, calibration):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ptqlib.onnx_figure import draw_onnx_graph
+
+    exported = int8_to_onnx(convert(baseline, calibration.qparams))
+    figure, axis = plt.subplots()
+    draw_onnx_graph(exported, axis)
+    assert len(axis.patches) == len(exported.graph.node) + 2  # and the input and the output
+    texts = [text.get_text() for text in axis.texts]
+    assert texts.count("QGemm") == 0 and texts.count("Gemm") == 3
+    assert "W: int8 [128x784], per channel" in texts
+    plt.close(figure)
