@@ -13,7 +13,8 @@ first failing case, its inputs, the expected answer and a hint)::
 
 Unlike the checkers of notebooks 02-04, these cases sit *on* the values where the usual
 shortcuts differ (ties, float64 instead of float32, 1/S instead of /S): being within one
-step is not enough here, the integers must be ORT's exactly.
+step is not enough here, the integers must be ORT's exactly. A function that still raises
+``NotImplementedError`` (the notebook's skeleton) is reported as not attempted, not failed.
 """
 
 from __future__ import annotations
@@ -114,15 +115,33 @@ def requantize_float32_cases() -> list[Case]:
     return cases
 
 
+def _attempted(checker: str, student_fn: Callable[..., Any], case: Case) -> bool:
+    """False (and one line saying so) while ``student_fn`` is still the notebook's skeleton,
+    which raises NotImplementedError: running the notebook top to bottom is then not an
+    error. Any other outcome is left to the cases to judge."""
+    if not callable(student_fn):
+        return True  # run_cases reports it
+    try:
+        student_fn(*[value for _, value in case.arguments])
+    except NotImplementedError:
+        print(f"{checker}: not attempted yet (the function raises NotImplementedError)")
+        return False
+    except Exception:  # a real attempt that fails: the cases say how
+        return True
+    return True
+
+
 def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(x, scale, zero_point, quant_min, quant_max) -> q``: ONNX's
     QuantizeLinear, ``clamp(round_half_even(float32(x / scale)) + zero_point)``."""
-    _run_cases("check_quantize_linear", student_fn, quantize_linear_cases(), _compare_integers)
+    cases = quantize_linear_cases()
+    if _attempted("check_quantize_linear", student_fn, cases[0]):
+        _run_cases("check_quantize_linear", student_fn, cases, _compare_integers)
 
 
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
     quant_max) -> q``: ORT's requantization (see ``ptqlib.runtime_arithmetic``)."""
-    _run_cases(
-        "check_requantize_float32", student_fn, requantize_float32_cases(), _compare_integers
-    )
+    cases = requantize_float32_cases()
+    if _attempted("check_requantize_float32", student_fn, cases[0]):
+        _run_cases("check_requantize_float32", student_fn, cases, _compare_integers)

@@ -35,7 +35,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -67,14 +66,10 @@ def quiet_pt2e() -> Iterator[None]:
 
 
 def cpu_has_vnni() -> bool:
-    """Whether the CPU has an INT8 dot-product instruction (AVX512-VNNI or AVX-VNNI), from
-    /proc/cpuinfo's flags (False where they cannot be read)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return "avx512_vnni" in flags or "avx_vnni" in flags
-    return False
+    """Whether the CPU has an INT8 dot-product instruction (AVX512-VNNI or AVX-VNNI), as
+    PyTorch detects it (``torch.cpu.get_capabilities``)."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_vnni") or capabilities.get("avx_vnni"))
 
 
 def pt2e_quantize(

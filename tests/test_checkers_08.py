@@ -50,3 +50,20 @@ def test_ort_arithmetic_passes(capsys):
 def test_near_misses_fail_with_a_hint(checker, near_miss):
     with pytest.raises(AssertionError, match="hint"):
         checker(near_miss)
+
+
+def test_the_skeleton_is_reported_not_attempted(capsys):
+    def skeleton(*arguments):
+        raise NotImplementedError
+
+    check_quantize_linear(skeleton)
+    check_requantize_float32(skeleton)
+    assert capsys.readouterr().out.count("not attempted yet") == 2
+
+
+def test_a_crashing_attempt_fails():
+    def crashing(*arguments):
+        raise ZeroDivisionError("oops")
+
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        check_quantize_linear(crashing)
