@@ -61,6 +61,7 @@ RESTRICTED_WEIGHT_RANGE = (-127, 127)
 
 
 def check_requantization(requantization: object) -> str:
+    """``requantization`` if it names a mode of REQUANTIZATION_MODES, else a ValueError."""
     if requantization not in REQUANTIZATION_MODES:
         raise ValueError(
             f"requantization: expected one of {', '.join(REQUANTIZATION_MODES)}, "
@@ -445,6 +446,16 @@ def convert(
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel: expected True or False, got {per_channel!r}")
     check_requantization(requantization)
+    if weight_range is not None and not (
+        isinstance(weight_range, tuple)
+        and len(weight_range) == 2
+        and all(isinstance(value, int) for value in weight_range)
+        and -128 <= weight_range[0] < 0 < weight_range[1] <= 127
+    ):
+        raise ValueError(
+            f"weight_range: expected (quant_min, quant_max) of int8 around 0 such as "
+            f"RESTRICTED_WEIGHT_RANGE {RESTRICTED_WEIGHT_RANGE}, got {weight_range!r}"
+        )
     steps = plan_conversion(model, qparams, per_channel, weight_range)
     layers = [
         _int8_linear(step, requantization) if isinstance(step, LinearStep) else step
@@ -453,20 +464,3 @@ def convert(
     first = next(step for step in steps if isinstance(step, LinearStep))
     return Int8Model(first.input_qparams, layers, requantization).eval()
 
-
-def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
-    """The same INT8 model (same integers and scales) with the other ``requantization``,
-    e.g. a loaded checkpoint made to compute as ONNX Runtime does."""
-    if not isinstance(model, Int8Model):
-        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
-    check_requantization(requantization)
-    layers = [
-        Int8Linear(
-            layer.weight, layer.bias, layer.weight_qparams, layer.input_qparams,
-            layer.output_qparams, layer.relu, layer.name, requantization,
-        )
-        if isinstance(layer, Int8Linear)
-        else layer
-        for layer in model.layers
-    ]
-    return Int8Model(model.input_qparams, layers, requantization).eval()

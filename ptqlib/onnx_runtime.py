@@ -12,7 +12,8 @@ sessions here stop spinning when a call returns (``session_options``).
 
 :func:`layer_parity` compares every quantized activation of ORT (the file exported with
 ``expose_integers=True``) with ptqlib's: the fraction identical, the fraction within one
-step (1 LSB), the largest difference.
+step (1 LSB), the largest difference. :func:`with_requantization` turns an INT8 model (e.g.
+a loaded checkpoint) into the same model computing with ORT's arithmetic, for that comparison.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
-from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.int8_model import Int8Linear, Int8Model, check_requantization
 from ptqlib.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
@@ -141,6 +142,32 @@ def optimized_op_types(onnx_model: onnx.ModelProto, folder: str | os.PathLike) -
 
 
 # --- parity with ptqlib, layer by layer --------------------------------------------------------
+
+
+def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
+    """The same INT8 model (same integers and scales) with the other ``requantization``,
+    e.g. a loaded checkpoint made to compute as ONNX Runtime does."""
+    if not isinstance(model, Int8Model):
+        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
+    check_requantization(requantization)
+    layers = [
+        Int8Linear(
+            layer.weight,
+            layer.bias,
+            layer.weight_qparams,
+            layer.input_qparams,
+            layer.output_qparams,
+            layer.relu,
+            layer.name,
+            requantization,
+        )
+        if isinstance(layer, Int8Linear)
+        else layer
+        for layer in model.layers
+    ]
+    return Int8Model(model.input_qparams, layers, requantization).eval()
+
+
 
 
 @dataclass(frozen=True)

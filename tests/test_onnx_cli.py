@@ -9,8 +9,7 @@ from ptqlib.checkpoints import save_fp32
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.evaluate import agreement, predict
 from ptqlib.int8_checkpoint import load_int8
-from ptqlib.int8_model import with_requantization
-from ptqlib.onnx_runtime import load_onnx_model
+from ptqlib.onnx_runtime import load_onnx_model, with_requantization
 from ptqlib.ort_quantizer import ort_quantize_static
 from ptqlib.train import load_or_train_baseline
 from tests.test_cli import run_cli
@@ -106,12 +105,12 @@ def test_export_errors(files, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_adds_onnx_runtime_rows(files):
+def test_bench_adds_onnx_runtime_and_pt2e_rows(files):
     result = run_cli(
-        "bench", "--runtime", "onnxruntime", "--batch-sizes", "1", "--calib", "100",
+        "bench", "--runtime", "onnxruntime", "pt2e", "--batch-sizes", "1", "--calib", "100",
         "--observer", "minmax", "--data-dir", str(files["data"]),
     )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert names == ["fp32", "int8_ptqlib", "int8_torch", "ort_fp32", "ort_int8"]
+    assert names == ["fp32", "int8_ptqlib", "int8_torch", "ort_fp32", "ort_int8", "int8_pt2e"]

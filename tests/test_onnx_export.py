@@ -16,7 +16,6 @@ from ptqlib.int8_model import (
     Int8Linear,
     Int8Model,
     convert,
-    with_requantization,
 )
 from ptqlib.onnx_export import fp32_to_onnx, int8_to_onnx, save_onnx
 from ptqlib.onnx_runtime import (
@@ -25,6 +24,7 @@ from ptqlib.onnx_runtime import (
     load_onnx,
     load_onnx_model,
     optimized_op_types,
+    with_requantization,
 )
 from ptqlib.ort_quantizer import gemm_qparams, ort_quantize_static
 from ptqlib.quantization import QParams, quantize
@@ -238,6 +238,8 @@ def test_restricted_weights_and_mode_switch(baseline, calibration, offline_data)
     assert agreement(predict(switched, offline_data.test), predict(model, offline_data.test)) > 0.99
     with pytest.raises(ValueError, match="requantization"):
         convert(baseline, calibration.qparams, requantization="float16")
+    with pytest.raises(ValueError, match="weight_range"):
+        convert(baseline, calibration.qparams, weight_range=(0, 255))
 
 
 def test_ptqlib_reproduces_ort_quantize_static(baseline, calibration_set, offline_data):
