@@ -215,7 +215,3 @@ def save_onnx(onnx_model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     os.replace(temporary, path)
     return path
 
-
-def export_int8(model: Int8Model, path: str | os.PathLike) -> Path:
-    """:func:`int8_to_onnx` written to ``path``."""
-    return save_onnx(int8_to_onnx(model), path)

@@ -102,7 +102,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         onnx_model = onnx.load(path)
-    except (DecodeError, RuntimeWarning, ValueError) as error:
+    except (DecodeError, ValueError) as error:
         raise ValueError(f"{path} is not a valid ONNX file ({type(error).__name__})") from None
     if not onnx_model.graph.node:
         raise ValueError(f"{path} is not a valid ONNX file (it holds no graph)")
