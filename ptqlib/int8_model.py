@@ -14,6 +14,10 @@ writes it (the math is in ``ptqlib.integer_arithmetic``)::
 - activations: uint8 or int8, affine, with the qparams from calibration. A fused ReLU is
   the lower clamp ``lo = Z_y`` (the integer of real 0).
 
+``requantization="float32"`` swaps the last step for ONNX Runtime's (a float32 multiplier,
+rounding half to even, and the input quantized by division): the same model then computes
+ORT's integers exactly (``ptqlib.runtime_arithmetic``, notebook 08).
+
 **Carriers.** ``torch._int_mm`` multiplies int8 by int8. A uint8 activation q (0..255)
 therefore travels between layers as the int8 value ``c = q - 128`` (its *carrier*); an int8
 activation is its own carrier. Since ``q - Z_x = c - (Z_x - 128)``, the sum splits into
