@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ptqlib.data import load_mnist
+from ptqlib.data import calibration_images, load_mnist
 from ptqlib.observers import OBSERVERS
 from ptqlib.pipeline import BATCH_SIZES
 from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_SEED
@@ -103,12 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of an FP32 or INT8 checkpoint")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by ptqlib")
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by ptqlib, or a .onnx file written by export (run in ONNX "
+        "Runtime)",
+    )
     add_data_option(evaluate)
     evaluate.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes)",
+        help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes, runtime)",
     )
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -137,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.set_defaults(handler=run_pipeline)
 
+    export = commands.add_parser(
+        "export", help="write an INT8 (or FP32) checkpoint as an ONNX model (QDQ graph)"
+    )
+    export.add_argument("--checkpoint", required=True, help="an INT8 or FP32 ptqlib checkpoint")
+    export.add_argument("--out", required=True, help="where to write the .onnx file")
+    export.set_defaults(handler=run_export)
+
     bench = commands.add_parser(
         "bench",
         help="latency of FP32, ptqlib INT8 (fast and teaching path) and torch.ao INT8 here",
@@ -152,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--json", action="store_true", help="print one JSON object (machine, settings, latency)"
+    )
+    bench.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=["onnxruntime", "pt2e"],
+        default=[],
+        help="also time the models in ONNX Runtime (FP32 and INT8) and/or torchao's PT2E "
+        "INT8 compiled by torch.compile",
     )
     bench.set_defaults(handler=run_bench)
     return parser
@@ -179,7 +199,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ptqlib.evaluation import accuracy
     from ptqlib.int8_checkpoint import load_model
 
-    model, kind, _ = load_model(args.checkpoint)
+    is_onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
+    if is_onnx:
+        from ptqlib.onnx_runtime import load_onnx_model
+
+        model = load_onnx_model(args.checkpoint)
+        kind = model.kind
+    else:
+        model, kind, _ = load_model(args.checkpoint)
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
     # With --json, stdout holds only the JSON object; the data line goes to stderr.
     print(data.describe(), file=sys.stderr if args.json else sys.stdout)
@@ -190,12 +217,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "n_test": len(data.test),
         "data_source": data.source,
         "size_bytes": Path(args.checkpoint).stat().st_size,
+        "runtime": "onnxruntime" if is_onnx else "pytorch",
     }
     if args.json:
         print(json.dumps(result))
     else:
+        what = "ONNX model, run in ONNX Runtime" if is_onnx else "checkpoint"
         print(
-            f"loaded an {kind.upper()} checkpoint ({result['size_bytes']:,} bytes): test accuracy "
+            f"loaded an {kind.upper()} {what} ({result['size_bytes']:,} bytes): test accuracy "
             f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
         )
     return 0
@@ -215,6 +244,20 @@ def run_quantize(args: argparse.Namespace) -> int:
     print(
         f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
         f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ptqlib.int8_checkpoint import load_model
+    from ptqlib.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
+
+    model, kind, _ = load_model(args.checkpoint)
+    onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
+    path = save_onnx(onnx_model, args.out)
+    print(
+        f"wrote {path}: the {kind.upper()} model as ONNX (opset {OPSET}, "
+        f"{path.stat().st_size:,} bytes); the ONNX checker passed"
     )
     return 0
 
@@ -240,6 +283,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
     data = load_mnist(args.data_dir, verbose=not args.json)
     models, _, settings = build_models(data, args.calib, args.observer, progress=not args.json)
+    if "onnxruntime" in args.runtime:
+        from ptqlib.onnx_runtime import onnx_runtime_models
+
+        teaching = models["int8_ptqlib_teaching"]
+        models.update(onnx_runtime_models(models["fp32"], teaching, args.threads))
+    if "pt2e" in args.runtime:
+        from ptqlib.reference_pt2e import pt2e_compiled_model
+
+        images = calibration_images(data.train, args.calib)
+        models["int8_pt2e"] = pt2e_compiled_model(models["fp32"], images).model
     rows = latency_rows(latency_table(models, tuple(args.batch_sizes), args.threads))
     machine = machine_info(args.threads)
     if args.json:

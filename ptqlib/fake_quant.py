@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ptqlib.int8_model import LinearStep, plan_conversion
+from ptqlib.conversion_plan import LinearStep, plan_conversion
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.quantization import QParams, dequantize
 from ptqlib.quantization import quantize as quantize_tensor

@@ -14,6 +14,10 @@ writes it (the math is in ``ptqlib.integer_arithmetic``)::
 - activations: uint8 or int8, affine, with the qparams from calibration. A fused ReLU is
   the lower clamp ``lo = Z_y`` (the integer of real 0).
 
+``requantization="float32"`` swaps the last step for ONNX Runtime's (a float32 multiplier,
+rounding half to even, and the input quantized by division): the same model then computes
+ORT's integers exactly (``ptqlib.runtime_arithmetic``, notebook 08).
+
 **Carriers.** ``torch._int_mm`` multiplies int8 by int8. A uint8 activation q (0..255)
 therefore travels between layers as the int8 value ``c = q - 128`` (its *carrier*); an int8
 activation is its own carrier. Since ``q - Z_x = c - (Z_x - 128)``, the sum splits into
@@ -33,11 +37,11 @@ integers quickly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ptqlib.conversion_plan import RESTRICTED_WEIGHT_RANGE, LinearStep, plan_conversion
 from ptqlib.integer_arithmetic import (
     INT32_MAX,
     carrier_offset,
@@ -46,14 +50,27 @@ from ptqlib.integer_arithmetic import (
     quantize_bias,
     requantize,
 )
-from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_range
+from ptqlib.quantization import QParams
 from ptqlib.quantization import quantize as quantize_tensor
+from ptqlib.runtime_arithmetic import float32_multiplier, quantize_by_division, requantize_float32
 
-SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
 # Raw pixels as the input (a model from ptqlib.models.fold_input_normalization): S = 1, Z = 0,
 # so the quantized input is the uint8 pixel itself.
 PIXEL_QPARAMS = QParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int64), 0, 255, torch.uint8)
 DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}
+# How a layer turns its int32 accumulator into the next 8-bit activation: ptqlib's integer
+# M0 2^-n (the default), or ONNX Runtime's float32 multiplier (``ptqlib.runtime_arithmetic``).
+REQUANTIZATION_MODES = ("fixed_point", "float32")
+
+
+def check_requantization(requantization: object) -> str:
+    """``requantization`` if it names a mode of REQUANTIZATION_MODES, else a ValueError."""
+    if requantization not in REQUANTIZATION_MODES:
+        raise ValueError(
+            f"requantization: expected one of {', '.join(REQUANTIZATION_MODES)}, "
+            f"got {requantization!r}"
+        )
+    return requantization
 
 
 def is_pixel_input(qparams: QParams) -> bool:
@@ -64,118 +81,6 @@ def is_pixel_input(qparams: QParams) -> bool:
         and int(qparams.zero_point) == 0
         and (qparams.quant_min, qparams.quant_max) == (0, 255)
     )
-
-
-# --- planning: which qparams each layer uses ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinearStep:
-    """One Linear of the float model with everything its integer version needs.
-
-    ``relu_name`` names the ReLU fused into it (None if there is none); the output
-    qparams are then those of the ReLU's output, as in PyTorch's fused LinearReLU.
-    """
-
-    name: str
-    linear: nn.Linear
-    relu_name: str | None
-    input_qparams: QParams
-    weight_qparams: QParams
-    output_qparams: QParams
-
-
-def _activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
-    if key not in qparams:
-        raise ValueError(
-            f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
-            "calibrated differently. Run ptqlib.calibration.calibrate(model, images) first "
-            f"(qparams has {sorted(qparams) or 'no entries'})"
-        )
-    found = qparams[key]
-    if not isinstance(found, QParams):
-        raise TypeError(f"qparams[{key!r}]: expected a QParams, got {type(found).__name__}")
-    if found.axis is not None or found.scale.dim() != 0:
-        raise ValueError(f"qparams[{key!r}]: activations need per-tensor qparams, got {found}")
-    return found
-
-
-def weight_qparams_for(
-    name: str, weight: torch.Tensor, qparams: Mapping[str, QParams], per_channel: bool
-) -> QParams:
-    """The int8 symmetric qparams of a Linear's weight.
-
-    The calibration's ``"<name>.weight"`` entry is used when it has the requested
-    granularity (per output channel, axis 0, or per tensor). Otherwise (missing, or of the
-    other granularity) they are computed here from the weight's own min/max: a weight is
-    fixed, so its min/max observer sees all of it at once. The integer engine needs
-    symmetric int8 weights (zero-point 0), so an entry that is not is an error.
-    """
-    found = qparams.get(f"{name}.weight")
-    wanted_axis = 0 if per_channel else None
-    if found is None or found.axis != wanted_axis:
-        low, high = min_max(weight, axis=wanted_axis)
-        return qparams_from_range(low, high, torch.int8, symmetric=True, axis=wanted_axis)
-    if found.dtype != torch.int8 or bool((found.zero_point != 0).any()):
-        raise ValueError(
-            f"qparams[{name + '.weight'!r}]: the integer engine needs int8 symmetric weights "
-            f"(zero-point 0), got {found}; use a symmetric int8 weight observer"
-        )
-    return found
-
-
-def plan_conversion(
-    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
-) -> list[LinearStep | nn.Flatten]:
-    """Walk the children of a Sequential of Linear / ReLU / Flatten and pair each Linear
-    with the ReLU that follows it and with its qparams. Raises a clear error for anything
-    the integer engine cannot run."""
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(
-            f"model: expected an nn.Sequential of Linear, ReLU and Flatten (like SimpleNet), "
-            f"got {type(model).__name__}"
-        )
-    qparams = getattr(qparams, "qparams", qparams)  # a Calibration or its qparams dict
-    if not isinstance(qparams, Mapping):
-        raise TypeError(f"qparams: expected a dict of QParams, got {type(qparams).__name__}")
-    children = list(model.named_children())
-    for name, module in children:
-        if not isinstance(module, SUPPORTED_LAYERS):
-            raise ValueError(
-                f"layer {name!r} is a {type(module).__name__}, which the INT8 conversion does "
-                "not support; supported layers: Linear, ReLU (after a Linear), Flatten"
-            )
-    if not any(isinstance(module, nn.Linear) for _, module in children):
-        raise ValueError("model: has no Linear layer, nothing to quantize")
-
-    steps: list[LinearStep | nn.Flatten] = []
-    current = _activation_qparams(qparams, "input", "the model's input")
-    index = 0
-    while index < len(children):
-        name, module = children[index]
-        if isinstance(module, nn.Flatten):
-            steps.append(module)
-            index += 1
-            continue
-        if isinstance(module, nn.ReLU):
-            raise ValueError(
-                f"layer {name!r} (ReLU) does not follow a Linear; the INT8 conversion fuses "
-                "each ReLU into the Linear before it"
-            )
-        check_finite(module.weight.detach(), f"{name}.weight")
-        if module.bias is not None:
-            check_finite(module.bias.detach(), f"{name}.bias")
-        following = children[index + 1] if index + 1 < len(children) else None
-        relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
-        output_key = relu_name or name
-        output = _activation_qparams(qparams, output_key, f"the output of {output_key}")
-        weight = weight_qparams_for(name, module.weight.detach(), qparams, per_channel)
-        steps.append(LinearStep(name, module, relu_name, current, weight, output))
-        current = output
-        index += 2 if relu_name else 1
-    if not isinstance(steps[-1], LinearStep):
-        raise ValueError("model: must end with a Linear (the logits), optionally with its ReLU")
-    return steps
 
 
 # --- the integer modules -----------------------------------------------------------------------
@@ -196,7 +101,9 @@ class Int8Linear(nn.Module):
     ``input_scale``/``input_zero_point``, ``output_scale``/``output_zero_point``, and the
     integer multiplier ``multiplier``/``shift`` (M0, n per output channel) derived from the
     scales at construction. Fixed at construction: the activations' dtypes and integer
-    ranges, and whether a ReLU is fused.
+    ranges, whether a ReLU is fused, and the ``requantization``: ``"fixed_point"`` (M0 2^-n,
+    the default) or ``"float32"`` (ONNX Runtime's way, with the buffer
+    ``float32_multiplier``; see ``ptqlib.runtime_arithmetic``).
     """
 
     def __init__(
@@ -208,8 +115,10 @@ class Int8Linear(nn.Module):
         output_qparams: QParams,
         relu: bool,
         name: str = "linear",
+        requantization: str = "fixed_point",
     ) -> None:
         super().__init__()
+        self.requantization = check_requantization(requantization)
         if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
             raise ValueError(
                 f"layer {name!r}: weights must be int8 and symmetric (zero-point 0), "
@@ -236,6 +145,10 @@ class Int8Linear(nn.Module):
         multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_features))
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
+        if self.requantization == "float32":
+            scales = (self.input_scale, self.weight_scale, self.output_scale)
+            multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
+            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
         self._check_no_overflow()
 
     # The qparams, always built from the buffers (the state), never cached.
@@ -293,27 +206,42 @@ class Int8Linear(nn.Module):
         accumulator = accumulator + self.zero_point_correction() + self.bias
         # q_y = clamp(round(M acc) + Z_y, lo, hi), with M ~= M0 2^-n; the ReLU is lo = Z_y.
         lowest, highest = self.output_range()
-        output = requantize(
-            accumulator, self.multiplier, self.shift, int(self.output_zero_point), lowest, highest
-        )
+        zero_point = int(self.output_zero_point)
+        if self.requantization == "float32":
+            # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
+            output = requantize_float32(
+                accumulator, self.float32_multiplier, zero_point, lowest, highest
+            )
+        else:
+            output = requantize(
+                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
+            )
         return (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
 
     def extra_repr(self) -> str:
         granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
         relu = ", relu" if self.relu else ""
+        mode = ", float32 requantization" if self.requantization == "float32" else ""
         return (
             f"{self.in_features} -> {self.out_features}, int8 weights {granularity}, "
-            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}"
+            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}{mode}"
         )
 
 
 class Int8Model(nn.Module):
     """The INT8 network: quantize the images, run every layer on integers, dequantize the
     logits. ``forward`` maps images to float logits like the FP32 model, so
-    :mod:`ptqlib.evaluation` works on it unchanged."""
+    :mod:`ptqlib.evaluation` works on it unchanged. With ``requantization="float32"`` the images
+    are quantized by division (x / S, as ONNX's QuantizeLinear does) instead of x (1 / S)."""
 
-    def __init__(self, input_qparams: QParams, layers: list[nn.Module]) -> None:
+    def __init__(
+        self,
+        input_qparams: QParams,
+        layers: list[nn.Module],
+        requantization: str = "fixed_point",
+    ) -> None:
         super().__init__()
+        self.requantization = check_requantization(requantization)
         if not any(isinstance(layer, Int8Linear) for layer in layers):
             raise ValueError("layers: an INT8 model needs at least one Int8Linear")
         self.layers = nn.ModuleList(layers)
@@ -338,7 +266,10 @@ class Int8Model(nn.Module):
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``quantize(x) - offset``."""
         qparams = self.input_qparams
-        quantized = quantize_tensor(images.float(), qparams).to(torch.int16)
+        if self.requantization == "float32":
+            quantized = quantize_by_division(images.float(), qparams).to(torch.int16)
+        else:
+            quantized = quantize_tensor(images.float(), qparams).to(torch.int16)
         return (quantized - carrier_offset(qparams.dtype)).to(torch.int8)
 
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -368,7 +299,7 @@ class Int8Model(nn.Module):
         return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}"
 
 
-def _int8_linear(step: LinearStep) -> Int8Linear:
+def _int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Linear:
     weight = step.linear.weight.detach()
     bias = step.linear.bias
     bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
@@ -380,6 +311,7 @@ def _int8_linear(step: LinearStep) -> Int8Linear:
         output_qparams=step.output_qparams,
         relu=step.relu_name is not None,
         name=step.name,
+        requantization=requantization,
     )
 
 
@@ -387,7 +319,10 @@ def convert(
     model: nn.Module,
     qparams: Mapping[str, QParams],
     per_channel: bool = True,
+    *,
     pixel_input: bool = False,
+    requantization: str = "fixed_point",
+    weight_range: tuple[int, int] | None = None,
 ) -> Int8Model:
     """Convert a calibrated Sequential of Linear / ReLU / Flatten into an :class:`Int8Model`.
 
@@ -399,14 +334,33 @@ def convert(
     ``pixel_input=True`` is for a model whose input normalisation was folded into its first
     Linear (:func:`ptqlib.models.fold_input_normalization`): its input is raw pixel values
     0..255, so the input qparams are not calibrated but exact, :data:`PIXEL_QPARAMS`.
+    ``requantization`` is ``"fixed_point"`` (the default) or ``"float32"`` (ONNX Runtime's
+    arithmetic, see :class:`Int8Linear`); ``weight_range`` forces the weights' integer range,
+    e.g. ``RESTRICTED_WEIGHT_RANGE`` (-127..127, S_w = max|w| / 127) as ONNX Runtime's
+    quantizer does (default: the calibration's, torch's -128..127).
     """
     for value, name in ((per_channel, "per_channel"), (pixel_input, "pixel_input")):
         if not isinstance(value, bool):
             raise TypeError(f"{name}: expected True or False, got {value!r}")
+    check_requantization(requantization)
+    if weight_range is not None and not (
+        isinstance(weight_range, tuple)
+        and len(weight_range) == 2
+        and all(isinstance(value, int) for value in weight_range)
+        and -128 <= weight_range[0] < 0 < weight_range[1] <= 127
+    ):
+        raise ValueError(
+            f"weight_range: expected (quant_min, quant_max) of int8 around 0 such as "
+            f"RESTRICTED_WEIGHT_RANGE {RESTRICTED_WEIGHT_RANGE}, got {weight_range!r}"
+        )
     qparams = getattr(qparams, "qparams", qparams)  # a Calibration or its qparams dict
     if pixel_input and isinstance(qparams, Mapping):
         qparams = {**qparams, "input": PIXEL_QPARAMS}
-    steps = plan_conversion(model, qparams, per_channel)
-    layers = [_int8_linear(step) if isinstance(step, LinearStep) else step for step in steps]
+    steps = plan_conversion(model, qparams, per_channel, weight_range)
+    layers = [
+        _int8_linear(step, requantization) if isinstance(step, LinearStep) else step
+        for step in steps
+    ]
     first = next(step for step in steps if isinstance(step, LinearStep))
-    return Int8Model(first.input_qparams, layers).eval()
+    return Int8Model(first.input_qparams, layers, requantization).eval()
+

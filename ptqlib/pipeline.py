@@ -182,7 +182,7 @@ def latency_markdown(rows: dict[str, dict[str, dict]]) -> list[str]:
         "| model |" + "".join(f" batch {size}: ms (IQR) | vs FP32 |" for size in batch_sizes),
         "|---" * (1 + 2 * len(batch_sizes)) + "|",
     ]
-    for name in MODEL_NAMES:
+    for name in rows:  # every model measured, in the order measured (MODEL_NAMES first)
         cells = [name]
         for size in batch_sizes:
             row = rows[name][size]

@@ -1,0 +1,151 @@
+"""The conversion plan: which float modules become one integer step, with which qparams.
+
+The INT8 model fuses every Linear with the ReLU right after it into one step (the ReLU
+becomes the lower clamp of the step's integer output, see ``ptqlib.calibration``).
+:func:`plan_conversion` walks a Sequential of Linear / ReLU / Flatten, makes that pairing
+and looks up, for every step, the qparams of its input, its weight and its output. Both the
+INT8 model (``ptqlib.int8_model``) and its float simulation (``ptqlib.fake_quant``) are
+built from the same plan, so they cannot disagree about what is quantized where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_range
+
+SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
+# Weight grids: torch's symmetric int8 (S_w = max|w| / 127.5) and the restricted one that
+# ONNX Runtime's quantizer uses (S_w = max|w| / 127), for the ``weight_range`` of convert.
+TORCH_WEIGHT_RANGE = (-128, 127)
+RESTRICTED_WEIGHT_RANGE = (-127, 127)
+
+
+
+@dataclass(frozen=True)
+class LinearStep:
+    """One Linear of the float model with everything its integer version needs.
+
+    ``relu_name`` names the ReLU fused into it (None if there is none); the output
+    qparams are then those of the ReLU's output, as in PyTorch's fused LinearReLU.
+    """
+
+    name: str
+    linear: nn.Linear
+    relu_name: str | None
+    input_qparams: QParams
+    weight_qparams: QParams
+    output_qparams: QParams
+
+
+def _activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
+    if key not in qparams:
+        raise ValueError(
+            f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
+            "calibrated differently. Run ptqlib.calibration.calibrate(model, images) first "
+            f"(qparams has {sorted(qparams) or 'no entries'})"
+        )
+    found = qparams[key]
+    if not isinstance(found, QParams):
+        raise TypeError(f"qparams[{key!r}]: expected a QParams, got {type(found).__name__}")
+    if found.axis is not None or found.scale.dim() != 0:
+        raise ValueError(f"qparams[{key!r}]: activations need per-tensor qparams, got {found}")
+    return found
+
+
+def weight_qparams_for(
+    name: str,
+    weight: torch.Tensor,
+    qparams: Mapping[str, QParams],
+    per_channel: bool,
+    weight_range: tuple[int, int] | None = None,
+) -> QParams:
+    """The int8 symmetric qparams of a Linear's weight.
+
+    The calibration's ``"<name>.weight"`` entry is used when it has the requested
+    granularity (per output channel, axis 0, or per tensor). Otherwise (missing, or of the
+    other granularity) they are computed here from the weight's own min/max: a weight is
+    fixed, so its min/max observer sees all of it at once. The integer engine needs
+    symmetric int8 weights (zero-point 0), so an entry that is not is an error.
+    ``weight_range`` (e.g. ``RESTRICTED_WEIGHT_RANGE``), if given, is required as well.
+    """
+    found = qparams.get(f"{name}.weight")
+    wanted_axis = 0 if per_channel else None
+    other_range = weight_range is not None and (
+        found is None or (found.quant_min, found.quant_max) != tuple(weight_range)
+    )
+    if found is None or found.axis != wanted_axis or other_range:
+        low, high = min_max(weight, axis=wanted_axis)
+        quant_min, quant_max = weight_range or (None, None)
+        return qparams_from_range(
+            low, high, torch.int8, True, quant_min=quant_min, quant_max=quant_max, axis=wanted_axis
+        )
+    if found.dtype != torch.int8 or bool((found.zero_point != 0).any()):
+        raise ValueError(
+            f"qparams[{name + '.weight'!r}]: the integer engine needs int8 symmetric weights "
+            f"(zero-point 0), got {found}; use a symmetric int8 weight observer"
+        )
+    return found
+
+
+def plan_conversion(
+    model: nn.Module,
+    qparams: Mapping[str, QParams],
+    per_channel: bool = True,
+    weight_range: tuple[int, int] | None = None,
+) -> list[LinearStep | nn.Flatten]:
+    """Walk the children of a Sequential of Linear / ReLU / Flatten and pair each Linear
+    with the ReLU that follows it and with its qparams. Raises a clear error for anything
+    the integer engine cannot run."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(
+            f"model: expected an nn.Sequential of Linear, ReLU and Flatten (like SimpleNet), "
+            f"got {type(model).__name__}"
+        )
+    qparams = getattr(qparams, "qparams", qparams)  # a Calibration or its qparams dict
+    if not isinstance(qparams, Mapping):
+        raise TypeError(f"qparams: expected a dict of QParams, got {type(qparams).__name__}")
+    children = list(model.named_children())
+    for name, module in children:
+        if not isinstance(module, SUPPORTED_LAYERS):
+            raise ValueError(
+                f"layer {name!r} is a {type(module).__name__}, which the INT8 conversion does "
+                "not support; supported layers: Linear, ReLU (after a Linear), Flatten"
+            )
+    if not any(isinstance(module, nn.Linear) for _, module in children):
+        raise ValueError("model: has no Linear layer, nothing to quantize")
+
+    steps: list[LinearStep | nn.Flatten] = []
+    current = _activation_qparams(qparams, "input", "the model's input")
+    index = 0
+    while index < len(children):
+        name, module = children[index]
+        if isinstance(module, nn.Flatten):
+            steps.append(module)
+            index += 1
+            continue
+        if isinstance(module, nn.ReLU):
+            raise ValueError(
+                f"layer {name!r} (ReLU) does not follow a Linear; the INT8 conversion fuses "
+                "each ReLU into the Linear before it"
+            )
+        check_finite(module.weight.detach(), f"{name}.weight")
+        if module.bias is not None:
+            check_finite(module.bias.detach(), f"{name}.bias")
+        following = children[index + 1] if index + 1 < len(children) else None
+        relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
+        output_key = relu_name or name
+        output = _activation_qparams(qparams, output_key, f"the output of {output_key}")
+        weight = weight_qparams_for(
+            name, module.weight.detach(), qparams, per_channel, weight_range
+        )
+        steps.append(LinearStep(name, module, relu_name, current, weight, output))
+        current = output
+        index += 2 if relu_name else 1
+    if not isinstance(steps[-1], LinearStep):
+        raise ValueError("model: must end with a Linear (the logits), optionally with its ReLU")
+    return steps

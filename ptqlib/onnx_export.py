@@ -1,0 +1,219 @@
+"""Export to ONNX: ptqlib's INT8 model, with ptqlib's own qparams, as a QDQ graph.
+
+ONNX describes a quantized network in the *QDQ* form: the float graph, with a
+``QuantizeLinear`` / ``DequantizeLinear`` pair wherever a tensor is quantized::
+
+    images -> Flatten -> Q(S_x, Z_x) -> DQ -> Gemm(DQ(W_q, S_w), DQ(b_q, S_x S_w)) -> Relu
+           -> Q(S_y, Z_y) -> DQ -> Gemm ... -> Q -> DQ -> logits
+
+- ``QuantizeLinear``:   q = clamp(round(x / S) + Z)   (uint8 activations, per tensor);
+- ``DequantizeLinear``: r = S (q - Z)                 (int8 weights, per output channel: axis 0;
+  int32 biases with scale S_x S_w and zero-point 0);
+- ``Gemm`` with ``transB=1`` is ``x W^T + b``, exactly ``nn.Linear``.
+
+Read literally, the graph computes in float on fake-quantized values. A runtime such as ONNX
+Runtime recognises each ``DQ -> Gemm -> (Relu) -> Q`` group and runs it as one integer
+kernel (QGemm: int8 GEMM, int32 bias, requantization), which is what ptqlib's Int8Linear
+does. The ReLU stays in the graph; where Z_y is the lowest integer (the usual case after a
+ReLU) the runtime drops it, since the clamp already does its work.
+
+The graph is written node by node with the ``onnx`` package's helpers: every initializer is a
+buffer of ptqlib's model, so the file holds ptqlib's integers and scales, nothing
+re-computed. The batch dimension is symbolic ("batch"). ``expose_integers`` adds every
+quantized activation as an extra graph output, to compare them with ptqlib layer by layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.quantization import QParams
+
+OPSET = 21
+PRODUCER = "ptqlib"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# MNIST images, any number of them: the batch dimension is symbolic.
+IMAGE_SHAPE = ["batch", 1, 28, 28]
+ONNX_DTYPES = {torch.uint8: TensorProto.UINT8, torch.int8: TensorProto.INT8}
+NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int8: np.int8}
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers; names every tensor after the layer it belongs to."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        return name
+
+    def node(self, op_type: str, inputs: list[str], output: str, **attributes) -> str:
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [output], name=f"{output}_{op_type}", **attributes)
+        )
+        return output
+
+    def quantize(self, x: str, qparams: QParams, output: str) -> str:
+        # Per-tensor qparams are scalars in ONNX (a 1-d scale would mean per-axis).
+        scale = self.constant(
+            f"{output}_scale", qparams.scale.reshape(()).numpy().astype(np.float32)
+        )
+        zero_point = self.constant(
+            f"{output}_zero_point",
+            np.array(int(qparams.zero_point), dtype=NUMPY_DTYPES[qparams.dtype]),
+        )
+        return self.node("QuantizeLinear", [x, scale, zero_point], output)
+
+    def dequantize(self, q: str, output: str) -> str:
+        """DequantizeLinear reusing the scale and zero-point initializers of ``q``'s Q node."""
+        return self.node("DequantizeLinear", [q, f"{q}_scale", f"{q}_zero_point"], output)
+
+
+def _int8_linear_nodes(builder: _GraphBuilder, layer: Int8Linear, x_q: str) -> str:
+    """DQ(x), DQ(W), DQ(b) -> Gemm -> Relu? -> Q(y): one Int8Linear. Returns Q(y)'s name."""
+    name = layer.name
+    per_channel = layer.weight_scale.numel() > 1
+    axis = {"axis": 0} if per_channel else {}
+    scale_shape = (layer.out_features,) if per_channel else ()
+    x = builder.dequantize(x_q, f"{name}_input")
+    weight_q = builder.constant(f"{name}_weight_quantized", layer.weight.numpy())
+    weight_scale = builder.constant(
+        f"{name}_weight_scale", layer.weight_scale.reshape(scale_shape).numpy()
+    )
+    weight_zero = builder.constant(
+        f"{name}_weight_zero_point", np.zeros(scale_shape, dtype=np.int8)
+    )
+    weight = builder.node(
+        "DequantizeLinear", [weight_q, weight_scale, weight_zero], f"{name}_weight", **axis
+    )
+    # The bias's scale is S_x S_w (float32, as ORT's own quantizer writes it); a fused
+    # integer kernel adds the int32 values straight into the accumulator.
+    bias_scale = (layer.input_scale.reshape(()) * layer.weight_scale).expand(layer.out_features)
+    bias_q = builder.constant(f"{name}_bias_quantized", layer.bias.numpy())
+    bias_scale = builder.constant(f"{name}_bias_scale", bias_scale.numpy().astype(np.float32))
+    bias_zero = builder.constant(
+        f"{name}_bias_zero_point", np.zeros(layer.out_features, dtype=np.int32)
+    )
+    bias = builder.node(
+        "DequantizeLinear", [bias_q, bias_scale, bias_zero], f"{name}_bias", axis=0
+    )
+    y = builder.node("Gemm", [x, weight, bias], f"{name}_output", transB=1)
+    if layer.relu:
+        y = builder.node("Relu", [y], f"{name}_relu")
+    return builder.quantize(y, layer.output_qparams, f"{name}_quantized")
+
+
+def _check_exportable(model: Int8Model) -> list[Int8Linear]:
+    if not isinstance(model, Int8Model):
+        raise TypeError(f"model: expected an Int8Model (from convert), got {type(model).__name__}")
+    layers = list(model.layers)
+    linears = [layer for layer in layers if isinstance(layer, Int8Linear)]
+    first_linear = layers.index(linears[0])
+    for index, layer in enumerate(layers):
+        if isinstance(layer, nn.Flatten) and index > first_linear:
+            raise ValueError("model: ONNX export supports Flatten only before the first Linear")
+        if not isinstance(layer, (nn.Flatten, Int8Linear)):
+            raise ValueError(f"model: cannot export a {type(layer).__name__} layer to ONNX")
+    return linears
+
+
+def int8_to_onnx(model: Int8Model, expose_integers: bool = False) -> onnx.ModelProto:
+    """The QDQ ONNX graph of an :class:`Int8Model` (see the module docstring).
+
+    ``expose_integers`` adds the quantized input and every layer's quantized output
+    (uint8/int8, named ``<layer>_quantized``) as graph outputs.
+    """
+    linears = _check_exportable(model)
+    builder = _GraphBuilder()
+    flat = builder.node("Flatten", [INPUT_NAME], "flat", axis=1)
+    current = builder.quantize(flat, model.input_qparams, "input_quantized")
+    integer_outputs = [(current, model.input_qparams)]
+    for layer in linears:
+        current = _int8_linear_nodes(builder, layer, current)
+        integer_outputs.append((current, layer.output_qparams))
+    builder.dequantize(current, OUTPUT_NAME)
+    outputs = [
+        helper.make_tensor_value_info(
+            OUTPUT_NAME, TensorProto.FLOAT, ["batch", linears[-1].out_features]
+        )
+    ]
+    if expose_integers:
+        outputs += [
+            helper.make_tensor_value_info(name, ONNX_DTYPES[qparams.dtype], ["batch", None])
+            for name, qparams in integer_outputs
+        ]
+    metadata = {"ptqlib.kind": "int8", "ptqlib.layers": ",".join(layer.name for layer in linears)}
+    if model.takes_pixels:  # raw pixel values in (see ptqlib.models.fold_input_normalization)
+        metadata["ptqlib.input"] = "pixels"
+    return _model(builder, outputs, "ptqlib_int8", metadata)
+
+
+def fp32_to_onnx(model: nn.Sequential) -> onnx.ModelProto:
+    """The float graph of a Sequential of Flatten / Linear / ReLU (e.g. SimpleNet):
+    Flatten -> Gemm -> Relu -> ... -> Gemm. Written with the same helpers as the INT8 graph,
+    so no exporter (and no ``onnxscript``) is needed."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
+    builder = _GraphBuilder()
+    current, out_features = INPUT_NAME, None
+    for name, module in model.named_children():
+        if isinstance(module, nn.Flatten):
+            current = builder.node("Flatten", [current], f"{name}_output", axis=1)
+        elif isinstance(module, nn.ReLU):
+            current = builder.node("Relu", [current], f"{name}_output")
+        elif isinstance(module, nn.Linear):
+            weight = builder.constant(f"{name}_weight", module.weight.detach().numpy())
+            inputs = [current, weight]
+            if module.bias is not None:
+                inputs.append(builder.constant(f"{name}_bias", module.bias.detach().numpy()))
+            current = builder.node("Gemm", inputs, f"{name}_output", transB=1)
+            out_features = module.out_features
+        else:
+            raise ValueError(f"layer {name!r}: cannot export a {type(module).__name__} to ONNX")
+    if out_features is None:
+        raise ValueError("model: has no Linear layer")
+    builder.node("Identity", [current], OUTPUT_NAME)
+    output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", out_features])
+    return _model(builder, [output], "ptqlib_fp32", {"ptqlib.kind": "fp32"})
+
+
+def _model(
+    builder: _GraphBuilder,
+    outputs: list[onnx.ValueInfoProto],
+    graph_name: str,
+    metadata: dict[str, str],
+) -> onnx.ModelProto:
+    images = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, IMAGE_SHAPE)
+    graph = helper.make_graph(
+        builder.nodes, graph_name, [images], outputs, initializer=builder.initializers
+    )
+    onnx_model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER
+    )
+    # An IR version every current runtime reads (make_model writes the newest one).
+    onnx_model.ir_version = 10
+    helper.set_model_props(onnx_model, metadata)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    return onnx_model
+
+
+def save_onnx(onnx_model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write an ONNX model to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"out: {str(path)!r} is a directory; give a file name like model.onnx")
+    temporary = path.with_name(path.name + ".partial")
+    onnx.save(onnx_model, temporary)
+    os.replace(temporary, path)
+    return path
+
