@@ -48,6 +48,15 @@ from ptqlib.checkers.int8_conversion import (
     requantize_cases,
     requantize_reference,
 )
+from ptqlib.checkers.observers_and_calibration import (
+    ObserverChoiceResult,
+    changed_digits,
+    check_moving_average_range,
+    check_per_channel_scales,
+    check_quantization_points,
+    check_three_sigma_observer,
+    evaluate_observer_choice,
+)
 from ptqlib.checkers.quantization_math import (
     check_dequantize,
     check_qparams,
@@ -59,6 +68,13 @@ from ptqlib.checkers.quantization_math import (
 
 __all__ = [
     "Case",
+    "ObserverChoiceResult",
+    "changed_digits",
+    "check_moving_average_range",
+    "check_per_channel_scales",
+    "check_quantization_points",
+    "check_three_sigma_observer",
+    "evaluate_observer_choice",
     "check_dequantize",
     "check_fixed_point_multiplier",
     "check_qparams",
