@@ -12,6 +12,7 @@ from ptqlib.calibration import calibrate, quantization_points
 from ptqlib.checkers import (
     changed_digits,
     check_moving_average_range,
+    check_observer_choice,
     check_per_channel_scales,
     check_quantization_points,
     check_three_sigma_observer,
@@ -257,3 +258,15 @@ def test_changed_digits_counts_both_directions():
     assert changed_digits(predictions, reference, labels) == (
         "3 digits changed (1 now right, 1 now wrong)"
     )
+
+
+def test_check_observer_choice_reports_evidence_or_not_attempted(tiny, capsys):
+    model, images, test = tiny
+    assert check_observer_choice(not_attempted, model, images, test) is None
+    assert "NOT ATTEMPTED" in capsys.readouterr().out
+    choice = {"input": "minmax", "2": "mse", "3": "minmax"}
+    result = check_observer_choice(lambda: choice, model, images, test)
+    printed = capsys.readouterr().out
+    assert result.choice == choice
+    assert "INT8 accuracy" in printed and "against min/max everywhere" in printed
+    assert "100.0%" in printed  # min/max keeps the whole observed range of the input

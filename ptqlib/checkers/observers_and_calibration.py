@@ -17,7 +17,9 @@ quantization_points`) or, for the three-sigma observer, from float64 arithmetic.
 :func:`evaluate_observer_choice` is the helper of the "pick an observer for each layer"
 activity: ``calibrate`` takes one activation observer for the whole model, so it
 calibrates once per observer named in the choice and merges the qparams key by key (the
-merged dict is what ``convert`` takes), then measures the INT8 model's accuracy.
+merged dict is what ``convert`` takes), then measures the INT8 model's accuracy;
+:func:`check_observer_choice` runs it on a student's choice and prints the evidence (there
+is no single right answer: the notebook grades the justification with a rubric).
 """
 
 from __future__ import annotations
@@ -391,3 +393,45 @@ def changed_digits(predictions: torch.Tensor, reference: torch.Tensor, labels: t
     fixed = int((differ & (predictions == labels)).sum())
     broken = int((differ & (reference == labels)).sum())
     return f"{int(differ.sum())} digits changed ({fixed} now right, {broken} now wrong)"
+
+
+def check_observer_choice(
+    choose_fn: Callable[[], Mapping[str, str]],
+    model: nn.Module,
+    images: torch.Tensor,
+    test: MNISTSplit,
+    calibrations: dict[str, Calibration] | None = None,
+) -> ObserverChoiceResult | None:
+    """Evaluate the activity's answer: ``choose_fn() -> {point: observer name}``.
+
+    There is no single right answer, so this does not print PASS: it prints the evidence a
+    justification should use (each chosen range as a share of the observed range, the INT8
+    accuracy, and the digits that change against min/max everywhere, a paired count) and
+    returns the :class:`ObserverChoiceResult`. An untouched skeleton (NotImplementedError)
+    is reported as not attempted.
+    """
+    try:
+        choice = choose_fn()
+    except NotImplementedError:
+        print(
+            "check_observer_choice: NOT ATTEMPTED yet (your function raises "
+            "NotImplementedError): fill in the exercise cell above, run it, then this cell"
+        )
+        return None
+    calibrations = {} if calibrations is None else calibrations
+    result = evaluate_observer_choice(model, images, choice, test, calibrations)
+    baseline_choice = dict.fromkeys(result.choice, "minmax")
+    baseline = evaluate_observer_choice(model, images, baseline_choice, test, calibrations)
+    print(f"{'point':7s} {'observer':22s} {'chosen range':>20s} {'share of observed':>18s}")
+    for point, name in result.choice.items():
+        low, high = result.ranges[point]
+        observer = calibrations[name].observers[point]
+        observed = float(observer.max_val) - float(observer.min_val)
+        share = (high - low) / observed if observed > 0 else 1.0
+        print(f"{point:7s} {name:22s} [{low:8.3f}, {high:8.3f}] {share:18.1%}")
+    print(f"INT8 accuracy: {result.accuracy:.2%} (min/max everywhere: {baseline.accuracy:.2%})")
+    print(
+        "against min/max everywhere: "
+        + changed_digits(result.predictions, baseline.predictions, test.labels)
+    )
+    return result
