@@ -392,7 +392,9 @@ def changed_digits(predictions: torch.Tensor, reference: torch.Tensor, labels: t
     differ = predictions != reference
     fixed = int((differ & (predictions == labels)).sum())
     broken = int((differ & (reference == labels)).sum())
-    return f"{int(differ.sum())} digits changed ({fixed} now right, {broken} now wrong)"
+    changed = int(differ.sum())
+    digits = "digit" if changed == 1 else "digits"
+    return f"{changed} {digits} changed ({fixed} now right, {broken} now wrong)"
 
 
 def check_observer_choice(
