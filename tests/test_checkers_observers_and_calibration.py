@@ -4,6 +4,9 @@ the observer-choice activity merges calibrations into qparams that convert accep
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -270,3 +273,51 @@ def test_check_observer_choice_reports_evidence_or_not_attempted(tiny, capsys):
     assert result.choice == choice
     assert "INT8 accuracy" in printed and "against min/max everywhere" in printed
     assert "100.0%" in printed  # min/max keeps the whole observed range of the input
+
+
+# --- Notebook 03 follows the exercise convention ----------------------------------------
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "03_observers_and_calibration.ipynb"
+
+
+def _cells():
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    return [(cell["metadata"].get("tags", []), "".join(cell["source"])) for cell in cells]
+
+
+def test_every_exercise_is_skeleton_checker_solution():
+    cells = _cells()
+    exercises = [index for index, (tags, _) in enumerate(cells) if "exercise" in tags]
+    assert len(exercises) == 5
+    for index in exercises:
+        skeleton, checker = cells[index][1], cells[index + 1]
+        assert "# YOUR CODE HERE" in skeleton and "raise NotImplementedError" in skeleton
+        assert "checker" in checker[0] and "nbval-ignore-output" in checker[0]
+        assert "check_" in checker[1]
+        solution = next(cell for cell in cells[index + 2 :] if cell[0] and "solution" in cell[0])
+        assert "hide-cell" in solution[0]
+
+
+def test_untouched_notebook_skeletons_report_not_attempted(capsys):
+    # The skeleton and checker cells of the exercises that need no model, run as they are.
+    namespace = {"torch": torch, "Observer": Observer}
+    namespace.update(
+        {
+            name: globals()[name]
+            for name in (
+                "check_moving_average_range",
+                "check_per_channel_scales",
+                "check_quantization_points",
+                "check_three_sigma_observer",
+            )
+        }
+    )
+    cells = _cells()
+    ran = 0
+    for index, (tags, source) in enumerate(cells):
+        if "exercise" in tags and "check_observer_choice" not in cells[index + 1][1]:
+            exec(source, namespace)  # noqa: S102 - the notebook's own cells
+            exec(cells[index + 1][1], namespace)  # noqa: S102
+            ran += 1
+    printed = capsys.readouterr().out
+    assert ran == 4 and printed.count("NOT ATTEMPTED") == 4
