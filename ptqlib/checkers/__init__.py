@@ -49,6 +49,16 @@ from ptqlib.checkers.int8_conversion import (
     requantize_cases,
     requantize_reference,
 )
+from ptqlib.checkers.observers_and_calibration import (
+    ObserverChoiceResult,
+    changed_digits,
+    check_moving_average_range,
+    check_observer_choice,
+    check_per_channel_scales,
+    check_quantization_points,
+    check_three_sigma_observer,
+    evaluate_observer_choice,
+)
 from ptqlib.checkers.quantization_math import (
     check_dequantize,
     check_qparams,
@@ -62,6 +72,14 @@ __all__ = [
     "check_mcnemar_p_value",
     "mcnemar_cases",
     "Case",
+    "ObserverChoiceResult",
+    "changed_digits",
+    "check_moving_average_range",
+    "check_observer_choice",
+    "check_per_channel_scales",
+    "check_quantization_points",
+    "check_three_sigma_observer",
+    "evaluate_observer_choice",
     "check_dequantize",
     "check_fixed_point_multiplier",
     "check_qparams",
