@@ -25,7 +25,13 @@ The function you write for each checker, with its arguments in this order:
 - :func:`check_requantize`: ``(acc, multiplier, zero_point, quant_min, quant_max) -> q``,
   int32 accumulators to the output's integers;
 - :func:`check_fixed_point_multiplier`: ``(multiplier) -> (m0, shift)``, the integer form
-  of the requantization multiplier.
+  of the requantization multiplier;
+- :func:`check_int32_bias`: ``(bias, input_scale, weight_scale, output_scale) -> q_b``, the
+  int32 bias;
+- :func:`check_zero_point_correction`: ``(weight, input_zero_point) -> correction``, the
+  ``-Z_x sum_k q_w,k`` term per output row;
+- :func:`check_integer_layer`: ``(q_x, q_w, q_b, input_zero_point, multiplier, shift,
+  output_zero_point, relu) -> q_y``, a whole integer Linear (+ ReLU), int8 in and out.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -34,8 +40,9 @@ test_checkers.py`` verifies that): any correct rounding to the nearest integer p
 
 One module per notebook: ``ptqlib.checkers.quantization_math`` (notebook 02: qparams,
 quantize, dequantize) and ``ptqlib.checkers.int8_conversion`` (notebook 04: requantize,
-the fixed-point multiplier); ``ptqlib.checkers.core`` holds what they share
-(:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
+the fixed-point multiplier) with ``ptqlib.checkers.integer_layer`` (notebook 04: the int32
+bias, the zero-point correction, a whole integer layer); ``ptqlib.checkers.core`` holds what
+they share (:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
 comparisons), ready for a checker of your own.
 """
 
@@ -48,6 +55,17 @@ from ptqlib.checkers.int8_conversion import (
     fixed_point_multiplier_reference,
     requantize_cases,
     requantize_reference,
+)
+from ptqlib.checkers.integer_layer import (
+    check_int32_bias,
+    check_integer_layer,
+    check_zero_point_correction,
+    int32_bias_cases,
+    int32_bias_reference,
+    integer_layer_cases,
+    integer_layer_reference,
+    zero_point_correction_cases,
+    zero_point_correction_reference,
 )
 from ptqlib.checkers.observers_and_calibration import (
     ObserverChoiceResult,
@@ -82,15 +100,24 @@ __all__ = [
     "evaluate_observer_choice",
     "check_dequantize",
     "check_fixed_point_multiplier",
+    "check_int32_bias",
+    "check_integer_layer",
     "check_qparams",
     "check_quantize",
     "check_requantize",
+    "check_zero_point_correction",
     "dequantize_cases",
     "fixed_point_cases",
     "fixed_point_multiplier_reference",
+    "int32_bias_cases",
+    "int32_bias_reference",
+    "integer_layer_cases",
+    "integer_layer_reference",
     "qparams_cases",
     "quantize_cases",
     "requantize_cases",
     "requantize_reference",
     "run_cases",
+    "zero_point_correction_cases",
+    "zero_point_correction_reference",
 ]

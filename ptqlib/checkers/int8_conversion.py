@@ -2,7 +2,9 @@
 
 The answers come from the plain references below (float64 requantization, ``math.frexp``
 for the multiplier), not from :mod:`ptqlib.integer_arithmetic`, so the library's own
-integer path can be checked against them too; see :mod:`ptqlib.checkers`.
+integer path can be checked against them too; see :mod:`ptqlib.checkers`. The checkers of
+the int32 bias, the zero-point correction and a whole integer layer are in
+:mod:`ptqlib.checkers.integer_layer`.
 """
 
 from __future__ import annotations
@@ -125,18 +127,25 @@ def fixed_point_cases() -> list[Case]:
         "double M until it lies in [0.5, 1), counting the doublings k; then m0 = round(M * 2**k "
         "* 2**31) must lie in [2**30, 2**31) and shift = 31 + k"
     )
+    rounds_up = (
+        "round(f * 2**31) can round up to 2**31 itself (f just below 1), which needs 32 bits: "
+        "then use m0 = 2**30 and a shift one smaller (the same value, M0 2^-n = 2^30 2^-(n-1))"
+    )
     table = [
-        ("M = 0.5 exactly", 0.5),
-        ("M = 0.75", 0.75),
-        ("a typical M = 0.0042", 0.0042),
-        ("M close to 1", 0.9876),
-        ("a tiny M = 1e-5", 1e-5),
-        ("M = 1/3", 1 / 3),
+        ("M = 0.5 exactly", 0.5, hint),
+        ("M = 0.75", 0.75, hint),
+        ("a typical M = 0.0042", 0.0042, hint),
+        ("M close to 1", 0.9876, hint),
+        ("a tiny M = 1e-5", 1e-5, hint),
+        ("M = 1/3", 1 / 3, hint),
+        # f * 2**31 = 2**31 - 0.25: m0 rounds up to 2**31, the classic fixed-point bug.
+        ("m0 rounds up to 2**31: M = 1 - 2**-33", 1 - 2.0**-33, rounds_up),
+        ("m0 rounds up to 2**31: M = (1 - 2**-33) / 1024", (1 - 2.0**-33) / 1024, rounds_up),
     ]
     cases = []
-    for name, multiplier in table:
+    for name, multiplier, case_hint in table:
         expected = fixed_point_multiplier_reference(multiplier)
-        cases.append(Case(name, (("multiplier", multiplier),), expected, hint))
+        cases.append(Case(name, (("multiplier", multiplier),), expected, case_hint))
     return cases
 
 
@@ -144,6 +153,11 @@ def _compare_fixed_point(case: Case, got: Any) -> None:
     m0, shift = as_pair(got, "m0, shift")
     m0 = as_integer(m0, "m0")
     shift = as_integer(shift, "shift")
+    if m0 == 2**31:
+        raise WrongAnswer(
+            f"m0 = 2**31 = {m0} does not fit in an int32 (largest 2**31 - 1): it rounded up; "
+            "renormalise to m0 = 2**30 with shift - 1"
+        )
     if not 2**30 <= m0 < 2**31:
         raise WrongAnswer(f"m0 = {m0} is not in [2**30, 2**31) = [{2**30}, {2**31})")
     if (m0, shift) != case.expected:
