@@ -10,6 +10,11 @@ feed representative images through the float model and let an observer (see
   they run (SimpleNet: ``fc1, relu1, fc2, relu2, fc3``);
 - the weight of every ``nn.Linear``: ``"<name>.weight"`` (observed once, not per batch).
 
+With ``points`` (a list of module names) only those modules' outputs are observed, besides
+the input: after fusion (notebook 07: conv+BN+ReLU is one quantized step) the output of a
+fused conv is not a quantization point, only the ReLU's is. The weights of every Linear and
+Conv2d are observed either way.
+
 The observers are attached with forward hooks, so the model class is not edited, and
 the hooks are removed afterwards, even after an error. The model comes back exactly as
 it was: same parameters, same train/eval mode, no hooks left.
@@ -17,7 +22,7 @@ it was: same parameters, same train/eval mode, no hooks left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +39,7 @@ ACTIVATION_DEFAULTS = {"dtype": torch.uint8, "symmetric": False}
 WEIGHT_DEFAULTS = {"dtype": torch.int8, "symmetric": True}
 PER_CHANNEL_DEFAULTS = {"ch_axis": 0}
 OBSERVED_MODULES = (nn.Linear, nn.ReLU)
+WEIGHTED_MODULES = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
@@ -55,19 +61,19 @@ def observe(
     make_weight_observer: Callable[[], nn.Module],
     batch_size: int = 100,
     progress: bool = True,
+    points: Sequence[str] | None = None,
 ) -> dict[str, nn.Module]:
     """Attach observers made by the two factories, run ``images`` through, detach them.
+
+    ``points`` names the modules whose outputs are observed (default: every Linear and
+    ReLU); the weights of every Linear and Conv2d are observed in any case.
 
     Works with any observer module called as ``observer(tensor)``, ptqlib's or
     torch.ao's (the benchmark and the notebook use both). Returns the observers by key,
     in the order described in the module docstring.
     """
     _check_arguments(model, images, batch_size)
-    watched = {
-        name: module
-        for name, module in model.named_modules()
-        if name and isinstance(module, OBSERVED_MODULES)
-    }
+    watched = _watched_modules(model, points)
     observers = {"input": make_activation_observer()}
     observers.update({name: make_activation_observer() for name in watched})
     run_order: list[str] = []
@@ -114,8 +120,8 @@ def observe(
     ordered = {"input": observers["input"]}
     ordered.update({name: observers[name] for name in run_order})
     with torch.no_grad():
-        for name, module in watched.items():
-            if isinstance(module, nn.Linear):
+        for name, module in model.named_modules():
+            if name and isinstance(module, WEIGHTED_MODULES):
                 ordered[f"{name}.weight"] = make_weight_observer()
                 ordered[f"{name}.weight"](module.weight.detach())
     return ordered
@@ -130,6 +136,7 @@ def calibrate(
     activation_kwargs: dict | None = None,
     weight_kwargs: dict | None = None,
     progress: bool = True,
+    points: Sequence[str] | None = None,
 ) -> Calibration:
     """Calibrate ``model`` on ``images`` ``[N, ...]`` and return the qparams of every tensor.
 
@@ -138,6 +145,7 @@ def calibrate(
     activations and int8 symmetric (per-channel along ``ch_axis=0`` for a per-channel
     observer) for weights, and ``activation_kwargs`` / ``weight_kwargs`` override them.
     ``images`` run through in batches of ``batch_size`` with a tqdm bar (``progress``).
+    ``points`` limits the observed outputs to those modules (see :func:`observe`).
     """
     if isinstance(activation_observer, str) and activation_observer.startswith("per_channel"):
         raise ValueError(
@@ -156,9 +164,28 @@ def calibrate(
         lambda: make_observer(weight_observer, **weight_settings),
         batch_size=batch_size,
         progress=progress,
+        points=points,
     )
     qparams = {name: observer.qparams() for name, observer in observers.items()}
     return Calibration(qparams=qparams, observers=observers)
+
+
+def _watched_modules(model: nn.Module, points: Sequence[str] | None) -> dict[str, nn.Module]:
+    """The modules whose outputs are observed: ``points`` by name, else every Linear/ReLU."""
+    if points is None:
+        return {
+            name: module
+            for name, module in model.named_modules()
+            if name and isinstance(module, OBSERVED_MODULES)
+        }
+    modules = dict(model.named_modules())
+    unknown = [name for name in points if not name or name not in modules]
+    if isinstance(points, str) or unknown:
+        raise ValueError(
+            f"points: expected a list of module names of the model, got {points!r} "
+            f"(the model has {', '.join(name for name in modules if name)})"
+        )
+    return {name: modules[name] for name in points}
 
 
 def _settings(observer: str, defaults: dict, overrides: dict | None) -> dict:
