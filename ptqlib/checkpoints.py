@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 ``torch.load(..., weights_only=True)``: no pickled code runs when a file is opened.
-Two kinds of file: ``"fp32"`` (a SimpleNet state_dict, here) and ``"int8"`` (the INT8
-model, ``ptqlib.int8_checkpoint``). Every file names its ``kind`` ("fp32" or "int8") and a ``format_version``.
+Two kinds of file: ``"fp32"`` (a SimpleNet or SmallCNN state_dict, here) and ``"int8"``
+(the INT8 model, ``ptqlib.int8_checkpoint``). Every file names its ``kind`` ("fp32" or
+"int8") and a ``format_version``; an FP32 file of a SmallCNN also says ``"model": "cnn"``.
 Writing is atomic: a temporary file in the same folder, then a rename, so an
 interrupted save never leaves half a checkpoint behind.
 

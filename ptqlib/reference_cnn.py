@@ -115,7 +115,9 @@ def torch_cnn_from_int8(
             layers[name] = _torch_layer(layer, float_layers.get(name))
         input_qparams = int8_model.input_qparams
         quant = quantized.Quantize(
-            float(input_qparams.scale), int(input_qparams.zero_point), torch_dtype(input_qparams.dtype)
+            float(input_qparams.scale),
+            int(input_qparams.zero_point),
+            torch_dtype(input_qparams.dtype),
         )
         return TorchQuantizedCNN(quant, nn.Sequential(layers), quantized.DeQuantize()).eval()
 
