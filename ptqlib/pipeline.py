@@ -2,6 +2,7 @@
 and their accuracy, size and latency side by side.
 
     python -m ptqlib pipeline --out results/
+    python -m ptqlib pipeline --model cnn --out results-cnn/      (notebook 07's SmallCNN)
 
 1. the FP32 SimpleNet (the cached baseline of notebook 01, trained if missing);
 2. calibration on ``calib`` class-balanced training images with one activation observer;
@@ -20,22 +21,28 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib import reference
+from ptqlib import reference, reference_cnn
 from ptqlib.calibrate import calibrate
 from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
 from ptqlib.evaluate import Latency, agreement, compare_latency, predict
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
+from ptqlib.int8_cnn import quantize_cnn
 from ptqlib.int8_model import Int8Model, convert
-from ptqlib.train import load_or_train_baseline
+from ptqlib.models import MODELS, model_name
+from ptqlib.train import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
 MODEL_NAMES = ("fp32", "int8_ptqlib", "int8_torch")
 
 
 def build_models(
-    data: MNIST, calib: int = 1000, observer: str = "histogram", progress: bool = True
+    data: MNIST,
+    calib: int = 1000,
+    observer: str = "histogram",
+    progress: bool = True,
+    model: str = "simplenet",
 ) -> tuple[dict[str, nn.Module], dict[str, int], dict[str, str]]:
     """The three models of the comparison, their saved sizes in bytes, and the settings.
 
@@ -43,16 +50,27 @@ def build_models(
     average, histogram), else its default for x86, the histogram. On the x86 engine
     torch.ao's activations use 7 bits (``reduce_range``): without AVX512-VNNI its kernels
     add pairs of uint8 x int8 products in int16, which saturates with 8-bit activations.
+    ``model`` "cnn" runs notebook 07's SmallCNN: BatchNorm folded and conv+BN+ReLU fused on
+    both sides.
     """
-    fp32, _ = load_or_train_baseline(data, progress=progress)
+    if model not in MODELS:
+        raise ValueError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
+    epochs = DEFAULT_EPOCHS_BY_MODEL[model]
+    fp32, _ = load_or_train_baseline(data, epochs=epochs, progress=progress, model=model)
     images = calibration_images(data.train, calib)
-    calibration = calibrate(fp32, images, activation_observer=observer, progress=progress)
-    int8_ptqlib = convert(fp32, calibration.qparams)
     torch_observer = observer if observer in reference.TORCH_ACTIVATION_OBSERVERS else "histogram"
     engine = reference.default_quantized_engine()
-    int8_torch = reference.torch_eager_ptq(
-        fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
-    )
+    if model == "cnn":
+        int8_ptqlib, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
+        int8_torch = reference_cnn.torch_eager_ptq_cnn(
+            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+        )
+    else:
+        calibration = calibrate(fp32, images, activation_observer=observer, progress=progress)
+        int8_ptqlib = convert(fp32, calibration.qparams)
+        int8_torch = reference.torch_eager_ptq(
+            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+        )
     models = {"fp32": fp32, "int8_ptqlib": int8_ptqlib, "int8_torch": int8_torch}
     sizes = {
         "fp32": saved_size_bytes(fp32.state_dict()),
@@ -60,6 +78,7 @@ def build_models(
         "int8_torch": reference.torch_state_dict_bytes(int8_torch),
     }
     settings = {
+        "model": model,
         "observer": observer,
         "torch_observer": torch_observer,
         "quantized_engine": engine,
@@ -132,11 +151,12 @@ def run_pipeline(
     threads: int = 2,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     progress: bool = True,
+    model: str = "simplenet",
 ) -> dict:
-    """Run the pipeline; write ``results.json`` and ``results.md`` to ``out_dir``; return
-    the results (the JSON's content)."""
+    """Run the pipeline on ``model`` ("simplenet" or "cnn"); write ``results.json`` and
+    ``results.md`` to ``out_dir``; return the results (the JSON's content)."""
     data = load_mnist(data_dir, verbose=progress)
-    models, sizes, settings = build_models(data, calib, observer, progress)
+    models, sizes, settings = build_models(data, calib, observer, progress, model)
     latencies = latency_table(models, batch_sizes, threads)
     setup = {"calibration_images": calib, **settings, "machine": machine_info(threads)}
     results = collect_results(data, models, sizes, setup, latencies)
@@ -228,21 +248,29 @@ def quantize_checkpoint(
     per_channel: bool = True,
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    expected_model: str | None = None,
 ) -> QuantizeResult:
     """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
     :func:`ptqlib.data.calibration_images`) with the activation ``observer``, convert and
-    save the INT8 model to ``out``."""
-    model, _ = load_fp32(checkpoint)
+    save the INT8 model to ``out``. A SmallCNN is folded and fused first
+    (:func:`ptqlib.int8_cnn.quantize_cnn`). With ``expected_model`` ("simplenet" or "cnn"),
+    a checkpoint of the other model is a ValueError."""
+    model, _ = load_fp32(checkpoint, expected_model=expected_model)
     data = load_mnist(data_dir, splits=("train",), verbose=progress)
     images = calibration_images(data.train, calib)
-    calibration = calibrate(model, images, activation_observer=observer, progress=progress)
-    int8_model = convert(model, calibration.qparams, per_channel=per_channel)
+    if model_name(model) == "cnn":
+        int8_model, _, _ = quantize_cnn(model, images, observer, per_channel, progress=progress)
+    else:
+        calibration = calibrate(model, images, activation_observer=observer, progress=progress)
+        int8_model = convert(model, calibration.qparams, per_channel=per_channel)
     meta = {
         "source_checkpoint": Path(checkpoint).name,
         "observer": observer,
         "calibration_images": calib,
         "per_channel": per_channel,
     }
+    if model_name(model) != "simplenet":  # absent means SimpleNet, as in the FP32 file
+        meta["model"] = model_name(model)
     path = save_int8(int8_model, out, meta)
     return QuantizeResult(
         int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta
