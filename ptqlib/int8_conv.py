@@ -206,9 +206,18 @@ class Int8MaxPool2d(nn.Module):
             raise ValueError(
                 f"max-pool: expected integers [N, C, H, W], got {x.dtype} {tuple(x.shape)}"
             )
+        # The maximum over the window, taken as kh x kw strided views of x (one per position
+        # in the window): elementwise torch.maximum of integers, exact and fast. (PyTorch's
+        # max_pool2d accepts int8 too, but fails on channels-last int8 tensors in 2.14.)
         (kernel_h, kernel_w), (stride_h, stride_w) = self.kernel_size, self.stride
-        windows = x.unfold(2, kernel_h, stride_h).unfold(3, kernel_w, stride_w)
-        return windows.amax(dim=(-2, -1))
+        out_h = (x.shape[2] - kernel_h) // stride_h + 1
+        out_w = (x.shape[3] - kernel_w) // stride_w + 1
+        pooled = None
+        for row in range(kernel_h):
+            for column in range(kernel_w):
+                view = x[:, :, row::stride_h, column::stride_w][:, :, :out_h, :out_w]
+                pooled = view if pooled is None else torch.maximum(pooled, view)
+        return pooled
 
     def extra_repr(self) -> str:
         return f"kernel {self.kernel_size}, stride {self.stride}, on integers"

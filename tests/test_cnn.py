@@ -259,11 +259,13 @@ def test_int8_conv_refuses_float_input():
         layer(torch.zeros(1, 3, 8, 8))
 
 
-def test_int8_max_pool_commutes_with_dequantize():
+@pytest.mark.parametrize("kernel, stride", [(2, None), (3, 2), (3, 1), ((2, 3), (1, 2))])
+def test_int8_max_pool_commutes_with_dequantize(kernel, stride):
     qparams = QParams(torch.tensor(0.05), torch.tensor(90), 0, 255, torch.uint8)
-    q = torch.randint(0, 256, (2, 4, 10, 10), dtype=torch.uint8)
-    pooled = Int8MaxPool2d(2)((q.to(torch.int16) - 128).to(torch.int8)).to(torch.int16) + 128
-    expected = functional.max_pool2d(dequantize(q, qparams), 2)
+    q = torch.randint(0, 256, (2, 4, 11, 10), dtype=torch.uint8)
+    carriers = (q.to(torch.int16) - 128).to(torch.int8)
+    pooled = Int8MaxPool2d(kernel, stride)(carriers).to(torch.int16) + 128
+    expected = functional.max_pool2d(dequantize(q, qparams), kernel, stride)
     assert torch.equal(dequantize(pooled.to(torch.uint8), qparams), expected)
 
 
