@@ -171,7 +171,8 @@ class Int8Conv2d(nn.Module):
         # acc = sum_k (q_x,k - Z_x) q_w,k + q_b for every output pixel: the int8 GEMM, the
         # zero-point correction and the int32 bias; then requantize per channel (columns).
         accumulator = torch._int_mm(rows, self.weight_matrix().t())
-        accumulator = accumulator + self.zero_point_correction() + self.bias
+        # Add the per-channel constants together first: one pass over the large accumulator.
+        accumulator = accumulator + (self.zero_point_correction() + self.bias)
         lowest, highest = self.output_range()
         output = requantize(
             accumulator, self.multiplier, self.shift, int(self.output_zero_point), lowest, highest
