@@ -202,8 +202,10 @@ def results_markdown(results: dict) -> str:
     """The results as Markdown tables, with the data and machine they were measured on."""
     setup = results["setup"]
     fp32_size = results["fp32"]["size_bytes"]
+    model = setup.get("model", "simplenet")
     lines = [
-        f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
+        ("" if model == "simplenet" else f"Model: {model} (SmallCNN, notebook 07). ")
+        + f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
         f"observer {setup['observer']} (torch.ao: {setup['torch_observer']}).",
         machine_line(setup["machine"]),
         "",

@@ -11,6 +11,7 @@ from ptqlib.cli import EXIT_ERROR, main
 from ptqlib.int8_checkpoint import load_int8, load_model
 from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
 from ptqlib.models import SimpleNet, SmallCNN
+from ptqlib.pipeline import MODEL_NAMES, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,25 @@ def test_broken_int8_conv_entry_is_one_line(int8_checkpoint, tmp_path, capsys, c
     save_checkpoint(payload, path)
     assert main(["evaluate", "--checkpoint", str(path)]) == EXIT_ERROR
     assert message in one_line_error(capsys)
+
+
+def test_pipeline_on_the_cnn_gives_the_three_way_table(tmp_path):
+    (tmp_path / "no-data").mkdir()
+    results = run_pipeline(
+        data_dir=tmp_path / "no-data",
+        calib=200,
+        observer="minmax",
+        out_dir=tmp_path / "out",
+        threads=1,
+        batch_sizes=(1, 4),
+        progress=False,
+        model="cnn",
+    )
+    assert results["setup"]["model"] == "cnn"
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert markdown.startswith("Model: cnn")
+    for name in MODEL_NAMES:
+        assert 0.9 < results[name]["accuracy"] <= 1.0, name
+        assert f"| {name} |" in markdown
+    assert results["fp32"]["size_bytes"] / results["int8_ptqlib"]["size_bytes"] > 3.5
+    assert results["int8_ptqlib"]["agreement_with_fp32"] > 0.98
