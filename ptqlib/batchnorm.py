@@ -27,7 +27,7 @@ the map is no longer affine.
 
 The float results agree up to rounding: W' and b' are computed in float64 and stored in
 float32, so the folded layer's output differs from the unfolded one by float32 rounding
-(relative 1e-6 of the output's magnitude; the tests check 1e-4 absolute on SimpleCNN's
+(relative 1e-6 of the output's magnitude; the tests check 1e-4 absolute on SmallCNN's
 logits).
 """
 

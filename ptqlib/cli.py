@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add_options in (add_data_option, add_calibration_options, add_threads_option):
         add_options(bench)
+    add_model_option(bench, "simplenet or cnn (default simplenet)", "simplenet")
     bench.add_argument(
         "--batch-sizes",
         type=positive_int,
@@ -256,7 +257,7 @@ def run_bench(args: argparse.Namespace) -> int:
     )
 
     data = load_mnist(args.data_dir)
-    models, _, _ = build_models(data, args.calib, args.observer)
+    models, _, _ = build_models(data, args.calib, args.observer, model=args.model)
     latencies = latency_table(models, tuple(args.batch_sizes), args.threads)
     print(machine_line(machine_info(args.threads)))
     print("Latency per batch (median ms of 21 interleaved repeats) and speed relative to FP32:")
