@@ -363,3 +363,51 @@ def test_torch_eager_ptq_of_the_cnn(cnn, images, offline_data):
     fp32 = cnn(offline_data.test.images).argmax(1)
     assert agreement(predictions, fp32) > 0.98
     assert has_batchnorm(cnn)  # the float model is not changed
+
+
+# --- other activation dtypes, CNNs without BatchNorm, per-tensor checkpoints ------------------
+
+
+def test_int8_activations_equal_their_simulation(cnn, images, offline_data):
+    int8_model, folded, qparams = quantize_cnn(
+        cnn, images, "minmax", activation_kwargs={"dtype": torch.int8}, progress=False
+    )
+    assert qparams["relu1"].dtype == torch.int8 and int(qparams["relu1"].zero_point) == -128
+    test_images = offline_data.test.images[:200]
+    ours = int8_model.quantized_logits(test_images).long()
+    simulated = simulate_cnn(folded, qparams).quantized_logits(test_images)
+    assert int((ours - simulated).abs().max()) <= 1
+
+
+def test_cnn_without_batchnorm_and_with_conv_bias_converts(images):
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(1, 6, 5, stride=2, padding=2),
+            relu=nn.ReLU(),
+            pool=nn.MaxPool2d(3, stride=2),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(6 * 6 * 6, 10),
+        )
+    ).eval()
+    int8_model, folded, qparams = quantize_cnn(model, images[:200], "minmax", progress=False)
+    assert list(qparams) == ["input", "relu", "fc", "conv.weight", "fc.weight"]
+    test_images = images[200:300]
+    ours = int8_model.quantized_logits(test_images).long()
+    simulated = simulate_cnn(folded, qparams).quantized_logits(test_images)
+    assert int((ours - simulated).abs().max()) <= 1
+
+
+def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path):
+    from ptqlib.int8_checkpoint import load_int8, save_int8
+
+    _, folded, qparams = quantized
+    per_tensor = convert_cnn(folded, qparams, per_channel=False)
+    assert per_tensor.layers[0].weight_scale.dim() == 0
+    reloaded, _ = load_int8(save_int8(per_tensor, tmp_path / "per_tensor.pt"))
+    test_images = offline_data.test.images[:64]
+    assert torch.equal(
+        reloaded.quantized_logits(test_images), per_tensor.quantized_logits(test_images)
+    )
