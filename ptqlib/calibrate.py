@@ -8,7 +8,8 @@ feed representative images through the float model and let an observer (see
 - ``"input"``: the model's input (for SimpleNet also the Flatten output: same values);
 - the output of every ``nn.Linear`` and every ``nn.ReLU``, by module name, in the order
   they run (SimpleNet: ``fc1, relu1, fc2, relu2, fc3``);
-- the weight of every ``nn.Linear``: ``"<name>.weight"`` (observed once, not per batch).
+- the weight of every ``nn.Linear`` (and ``nn.Conv2d``): ``"<name>.weight"`` (observed
+  once, not per batch).
 
 With ``points`` (a list of module names) only those modules' outputs are observed, besides
 the input: after fusion (notebook 07: conv+BN+ReLU is one quantized step) the output of a
@@ -47,7 +48,7 @@ class Calibration:
     """The result: qparams and the observer that chose them, for every quantized tensor.
 
     Keys: ``"input"``, then every Linear/ReLU output by module name in run order, then
-    ``"<linear>.weight"`` for every Linear.
+    ``"<linear>.weight"`` for every Linear (and Conv2d).
     """
 
     qparams: dict[str, QParams]
