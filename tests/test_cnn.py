@@ -411,3 +411,51 @@ def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path)
     assert torch.equal(
         reloaded.quantized_logits(test_images), per_tensor.quantized_logits(test_images)
     )
+
+
+# --- the fast path computes the same integers --------------------------------------------------
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("activation_dtype", [torch.uint8, torch.int8])
+def test_fast_path_equals_the_teaching_path(
+    cnn, images, offline_data, per_channel, activation_dtype
+):
+    from ptqlib.fast_int8_conv import FastInt8CNN
+
+    int8_model, _, _ = quantize_cnn(
+        cnn, images, "minmax", per_channel, {"dtype": activation_dtype}, progress=False
+    )
+    test_images = offline_data.test.images
+    fast = FastInt8CNN(int8_model)
+    assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))
+    assert torch.equal(fast(test_images[:3]), int8_model(test_images[:3]))
+
+
+def test_fast_path_without_pooling_and_with_stride(images):
+    from collections import OrderedDict
+
+    from ptqlib.fast_int8_conv import FastInt8CNN
+
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 4, 3, stride=2, padding=1),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(4, 8, 3),
+            pool=nn.MaxPool2d(2, stride=1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(8 * 11 * 11, 10),
+        )
+    ).eval()
+    int8_model, _, _ = quantize_cnn(model, images[:200], "minmax", progress=False)
+    test_images = images[200:260]
+    fast = FastInt8CNN(int8_model)
+    assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))
+
+
+def test_fast_path_needs_an_int8_model(cnn):
+    from ptqlib.fast_int8_conv import FastInt8CNN
+
+    with pytest.raises(TypeError, match="Int8Model"):
+        FastInt8CNN(cnn)
