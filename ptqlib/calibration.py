@@ -12,8 +12,10 @@ and needs no qparams. The quantization points that remain (:func:`quantization_p
 
 - ``"input"``: the model's input (for SimpleNet also the Flatten output: same values);
 - the output of every fused step, named after its last module, in run order
-  (SimpleNet: ``relu1, relu2, fc3``);
-- the weight of every ``nn.Linear``: ``"<name>.weight"`` (observed once, not per batch).
+  (SimpleNet: ``relu1, relu2, fc3``; see ``ptqlib.fusion``, which also fuses
+  Conv2d + BatchNorm + ReLU);
+- the weight of every ``nn.Linear`` and ``nn.Conv2d``: ``"<name>.weight"`` (observed once,
+  not per batch).
 
 The observers are attached with forward hooks, so the model class is not edited, and
 the hooks are removed afterwards, even after an error. The model comes back exactly as
@@ -29,6 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ptqlib.batchnorm import fold_model
+from ptqlib.fusion import quantization_points
 from ptqlib.observers import make_observer
 from ptqlib.quantization import QParams, check_finite
 
@@ -38,50 +42,15 @@ ACTIVATION_DEFAULTS = {"dtype": torch.uint8, "symmetric": False}
 # one scale per output neuron (ch_axis=0 of a Linear weight [out, in]).
 WEIGHT_DEFAULTS = {"dtype": torch.int8, "symmetric": True}
 PER_CHANNEL_DEFAULTS = {"ch_axis": 0}
-OBSERVED_MODULES = (nn.Linear, nn.ReLU)
-
-
-def fusion_groups(model: nn.Module) -> list[list[str]]:
-    """The Linear and ReLU modules by name, grouped as the INT8 model runs them: each Linear
-    with the ReLU directly after it (``["fc1", "relu1"]``), any other Linear or ReLU alone.
-    Only an ``nn.Sequential``'s direct children are fused (their order is the run order);
-    in any other model each module is its own group."""
-    if isinstance(model, nn.Sequential):
-        named = list(model.named_children())
-    else:
-        named = [(name, module) for name, module in model.named_modules() if name]
-    named = [(name, module) for name, module in named if isinstance(module, OBSERVED_MODULES)]
-    adjacent = {name: index for index, (name, _) in enumerate(model.named_children())}
-    groups: list[list[str]] = []
-    for name, module in named:
-        previous = groups[-1] if groups else None
-        fuses = (
-            isinstance(model, nn.Sequential)
-            and isinstance(module, nn.ReLU)
-            and previous is not None
-            and len(previous) == 1
-            and isinstance(model.get_submodule(previous[0]), nn.Linear)
-            and adjacent[name] == adjacent[previous[0]] + 1
-        )
-        if fuses:
-            previous.append(name)
-        else:
-            groups.append([name])
-    return groups
-
-
-def quantization_points(model: nn.Module) -> list[str]:
-    """The activations the INT8 model stores as integers, in run order: ``"input"``, then
-    the output of every fused step (see :func:`fusion_groups`), named by its last module."""
-    return ["input"] + [group[-1] for group in fusion_groups(model)]
+WEIGHTED_MODULES = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
 class Calibration:
     """The result: qparams and the observer that chose them, for every quantized tensor.
 
-    Keys: the :func:`quantization_points` in run order, then ``"<linear>.weight"`` for
-    every Linear.
+    Keys: the :func:`~ptqlib.fusion.quantization_points` in run order, then
+    ``"<layer>.weight"`` for every Linear and Conv2d.
     """
 
     qparams: dict[str, QParams]
@@ -137,7 +106,7 @@ def observe(
     ordered.update({name: observers[name] for name in run_order})
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, WEIGHTED_MODULES):
                 ordered[f"{name}.weight"] = make_weight_observer()
                 ordered[f"{name}.weight"](module.weight.detach())
     return ordered
@@ -204,6 +173,18 @@ def calibrate(
     )
     qparams = {name: observer.qparams() for name, observer in observers.items()}
     return Calibration(qparams=qparams, observers=observers)
+
+
+def calibrate_fused(
+    model: nn.Sequential, images: torch.Tensor, **calibrate_arguments
+) -> tuple[nn.Sequential, Calibration]:
+    """Fold every BatchNorm into the Conv2d or Linear before it (``ptqlib.batchnorm``), then
+    calibrate the folded copy: its weight observers see the folded weights, and its
+    quantization points are those after fusion (SmallCNN: input, relu1, relu2, fc).
+    Returns the folded model (``model`` itself is not changed) and its Calibration; the
+    keyword arguments are those of :func:`calibrate`."""
+    folded = fold_model(model)
+    return folded, calibrate(folded, images, **calibrate_arguments)
 
 
 def _settings(observer: str, defaults: dict, overrides: dict | None) -> dict:

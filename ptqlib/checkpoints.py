@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 ``torch.load(..., weights_only=True)``: no pickled code runs when a file is opened.
-Two kinds of file: ``"fp32"`` (a SimpleNet state_dict, here) and ``"int8"`` (the INT8
-model, ``ptqlib.int8_checkpoint``). Every file names its ``kind`` and a ``format_version``.
+Two kinds of file: ``"fp32"`` (a SimpleNet or SmallCNN state_dict, here) and ``"int8"``
+(the INT8 model, ``ptqlib.int8_checkpoint``). Every file names its ``kind`` ("fp32" or
+"int8") and a ``format_version``; an FP32 file of a SmallCNN also says ``"model": "cnn"``.
 Writing is atomic: a temporary file in the same folder, then a rename, so an
 interrupted save never leaves half a checkpoint behind.
 
@@ -23,10 +24,13 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ptqlib.models import SimpleNet
+from ptqlib.models import SimpleNet, build_model, model_name
 
 FORMAT_VERSION = 1
 KINDS = ("fp32", "int8")
+# What an FP32 file without a "model" field holds: SimpleNet (see save_fp32).
+DEFAULT_MODEL = "simplenet"
+MODEL_DESCRIPTIONS = {"simplenet": "SimpleNet (784-128-64-10)", "cnn": "SmallCNN"}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -97,19 +101,37 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
 
 
 def save_fp32(model: SimpleNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Save an FP32 SimpleNet checkpoint (its state_dict and ``meta``) atomically."""
+    """Save an FP32 checkpoint (its state_dict and ``meta``) atomically. The field
+    ``"model"`` names the network ("cnn"; see ``ptqlib.models.MODELS``). A SimpleNet file
+    has no such field: absent means SimpleNet, so SimpleNet checkpoints stay byte for byte
+    what they were (the sizes the README quotes) and older files still load."""
     payload = {"kind": "fp32", "state_dict": model.state_dict(), "meta": meta or {}}
+    name = model_name(model)
+    if name != DEFAULT_MODEL:
+        payload["model"] = name
     return save_checkpoint(payload, path)
 
 
-def load_fp32(path: str | os.PathLike) -> tuple[SimpleNet, dict]:
-    """Load an FP32 checkpoint into a new SimpleNet; return the model (in eval mode) and meta."""
+def load_fp32(path: str | os.PathLike, expected_model: str | None = None) -> tuple[SimpleNet, dict]:
+    """Load an FP32 checkpoint into a new model of the kind it records (``"model"``; absent
+    means SimpleNet); return the model (in eval mode) and meta. With ``expected_model``
+    ("simplenet" or "cnn") a checkpoint of another model is a ValueError."""
     payload = load_checkpoint(path, expected_kind="fp32")
-    model = SimpleNet()
+    name = payload.get("model", DEFAULT_MODEL)
+    if name not in MODEL_DESCRIPTIONS:
+        raise ValueError(
+            f"{path}: unknown model {name!r}; expected one of {sorted(MODEL_DESCRIPTIONS)}"
+        )
+    if expected_model is not None and name != expected_model:
+        raise ValueError(
+            f"{path} holds a {MODEL_DESCRIPTIONS[name]}, not the "
+            f"{MODEL_DESCRIPTIONS.get(expected_model, repr(expected_model))} asked for"
+        )
+    model = build_model(name)
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError, TypeError) as error:
         raise ValueError(
-            f"{path} does not hold a SimpleNet (784-128-64-10): {str(error).splitlines()[0]}"
+            f"{path} does not hold a {MODEL_DESCRIPTIONS[name]}: {str(error).splitlines()[0]}"
         ) from error
     return model.eval(), payload.get("meta", {})

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from ptqlib.data import calibration_images, load_mnist
+from ptqlib.models import MODELS
 from ptqlib.observers import OBSERVERS
 from ptqlib.pipeline import BATCH_SIZES
-from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_SEED
+from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_EPOCHS_BY_MODEL, DEFAULT_SEED
 
 EXIT_ERROR = 2
 # Activations get one scale per tensor: every observer except the per-channel one.
@@ -74,6 +75,10 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_option(parser: argparse.ArgumentParser, help_text: str, default: str | None) -> None:
+    parser.add_argument("--model", choices=sorted(MODELS), default=default, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="python -m ptqlib",
@@ -81,12 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train the FP32 SimpleNet and save a checkpoint")
+    train = commands.add_parser(
+        "train", help="train the FP32 SimpleNet (or --model cnn) and save a checkpoint"
+    )
+    add_model_option(
+        train,
+        "simplenet (the MLP) or cnn (notebook 07's SmallCNN); default simplenet",
+        "simplenet",
+    )
     train.add_argument(
         "--epochs",
         type=positive_int,
-        default=DEFAULT_EPOCHS,
-        help=f"passes over the training split (default {DEFAULT_EPOCHS})",
+        default=None,
+        help=f"passes over the training split (default {DEFAULT_EPOCHS} for simplenet, "
+        f"{DEFAULT_EPOCHS_BY_MODEL['cnn']} for cnn)",
     )
     train.add_argument(
         "--seed",
@@ -98,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out",
         default=None,
-        help="where to write the checkpoint (default artifacts/simplenet_fp32.pt)",
+        help="where to write the checkpoint (default artifacts/<model>_fp32.pt)",
     )
     train.set_defaults(handler=run_train)
 
@@ -123,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--checkpoint", required=True, help="the FP32 checkpoint to quantize")
     quantize.add_argument("--out", required=True, help="where to write the INT8 checkpoint")
     add_calibration_options(quantize)
+    add_model_option(
+        quantize, "the model the checkpoint must hold (default: the one it records)", None
+    )
     quantize.add_argument(
         "--per-tensor",
         action="store_true",
@@ -137,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add_options in (add_data_option, add_calibration_options, add_threads_option):
         add_options(pipeline)
+    add_model_option(pipeline, "simplenet or cnn (default simplenet)", "simplenet")
     pipeline.add_argument(
         "--out", default="results", help="folder for results.json and results.md (default results/)"
     )
@@ -155,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add_options in (add_data_option, add_calibration_options, add_threads_option):
         add_options(bench)
+    add_model_option(bench, "simplenet or cnn (default simplenet)", "simplenet")
     bench.add_argument(
         "--batch-sizes",
         type=positive_int,
@@ -184,12 +202,13 @@ def run_train(args: argparse.Namespace) -> int:
     from ptqlib.training import train, training_meta
 
     data = load_mnist(args.data_dir)
-    result = train(data, epochs=args.epochs, seed=args.seed)
-    meta = training_meta(result, data, args.epochs, args.seed)
-    out = args.out or artifacts_dir() / "simplenet_fp32.pt"
+    epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
+    result = train(data, epochs=epochs, seed=args.seed, model=args.model)
+    meta = training_meta(result, data, epochs, args.seed)
+    out = args.out or artifacts_dir() / f"{args.model}_fp32.pt"
     path = save_fp32(result.model, out, meta)
     print(
-        f"trained {args.epochs} epochs in {result.seconds:.1f} s; "
+        f"trained {args.model} for {epochs} epochs in {result.seconds:.1f} s; "
         f"test accuracy {accuracy(result.model, data.test):.2%}; saved {path}"
     )
     return 0
@@ -240,6 +259,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         calib=args.calib,
         per_channel=not args.per_tensor,
         data_dir=args.data_dir,
+        expected_model=args.model,
     )
     print(
         f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
@@ -265,7 +285,9 @@ def run_export(args: argparse.Namespace) -> int:
 def run_pipeline(args: argparse.Namespace) -> int:
     from ptqlib.pipeline import results_markdown, run_pipeline
 
-    results = run_pipeline(args.data_dir, args.calib, args.observer, args.out, args.threads)
+    results = run_pipeline(
+        args.data_dir, args.calib, args.observer, args.out, args.threads, model=args.model
+    )
     print(results_markdown(results))
     print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.md'}")
     return 0
@@ -282,7 +304,9 @@ def run_bench(args: argparse.Namespace) -> int:
     )
 
     data = load_mnist(args.data_dir, verbose=not args.json)
-    models, _, settings = build_models(data, args.calib, args.observer, progress=not args.json)
+    models, _, settings = build_models(
+        data, args.calib, args.observer, progress=not args.json, model=args.model
+    )
     if "onnxruntime" in args.runtime:
         from ptqlib.onnx_runtime import onnx_runtime_models
 

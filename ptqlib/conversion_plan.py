@@ -25,7 +25,6 @@ TORCH_WEIGHT_RANGE = (-128, 127)
 RESTRICTED_WEIGHT_RANGE = (-127, 127)
 
 
-
 @dataclass(frozen=True)
 class LinearStep:
     """One Linear of the float model with everything its integer version needs.
@@ -42,7 +41,7 @@ class LinearStep:
     output_qparams: QParams
 
 
-def _activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
+def activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
     if key not in qparams:
         raise ValueError(
             f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
@@ -120,7 +119,7 @@ def plan_conversion(
         raise ValueError("model: has no Linear layer, nothing to quantize")
 
     steps: list[LinearStep | nn.Flatten] = []
-    current = _activation_qparams(qparams, "input", "the model's input")
+    current = activation_qparams(qparams, "input", "the model's input")
     index = 0
     while index < len(children):
         name, module = children[index]
@@ -139,7 +138,7 @@ def plan_conversion(
         following = children[index + 1] if index + 1 < len(children) else None
         relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
         output_key = relu_name or name
-        output = _activation_qparams(qparams, output_key, f"the output of {output_key}")
+        output = activation_qparams(qparams, output_key, f"the output of {output_key}")
         weight = weight_qparams_for(
             name, module.weight.detach(), qparams, per_channel, weight_range
         )

@@ -3,8 +3,10 @@
 Per Linear: the int8 weight, the int32 bias, the float32 weight scales and the output
 qparams as plain numbers; the model's input qparams once. The input qparams of a layer are
 the output qparams of the one before, and M0, n are derived from the scales, so nothing is
-stored twice. Like the FP32 checkpoint (``ptqlib.checkpoints``) it loads with
-``torch.load(weights_only=True)``, and every field is checked on loading.
+stored twice. A CNN (notebook 07) adds two entry types: ``"conv2d"`` (like a Linear, with a
+4-d weight, stride and padding) and ``"maxpool2d"`` (kernel and stride). Like the FP32
+checkpoint (``ptqlib.checkpoints``) it loads with ``torch.load(weights_only=True)``, and
+every field is checked on loading.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint
+from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
 from ptqlib.int8_model import DTYPE_NAMES, Int8Linear, Int8Model
 from ptqlib.quantization import QParams
 
@@ -54,7 +57,7 @@ def int8_state(model: Int8Model) -> dict[str, Any]:
     M0, n and the folded constants are recomputed on loading, so nothing is stored twice.
     The tensors of one kind share one storage (see :func:`_views_of_one_storage`).
     """
-    linears = [layer for layer in model.layers if isinstance(layer, Int8Linear)]
+    linears = [layer for layer in model.layers if isinstance(layer, (Int8Linear, Int8Conv2d))]
     weights = iter(_views_of_one_storage([layer.weight for layer in linears]))
     biases = iter(_views_of_one_storage([layer.bias for layer in linears]))
     scales = iter(_views_of_one_storage([layer.weight_scale for layer in linears]))
@@ -64,6 +67,12 @@ def int8_state(model: Int8Model) -> dict[str, Any]:
             layers.append(
                 {"type": "flatten", "start_dim": layer.start_dim, "end_dim": layer.end_dim}
             )
+            continue
+        if isinstance(layer, Int8MaxPool2d):
+            layers.append(_maxpool_entry(layer))
+            continue
+        if isinstance(layer, Int8Conv2d):
+            layers.append(_conv_entry(layer, next(weights), next(biases), next(scales)))
             continue
         layers.append(
             {
@@ -168,13 +177,86 @@ def _linear_from_entry(entry: dict, input_qparams: QParams, in_features: int | N
     )
 
 
+# --- convolutional layers (notebook 07) ----------------------------------------------------------
+
+
+def _maxpool_entry(layer: Int8MaxPool2d) -> dict[str, Any]:
+    return {
+        "type": "maxpool2d",
+        "kernel_size": list(layer.kernel_size),
+        "stride": list(layer.stride),
+    }
+
+
+def _conv_entry(
+    layer: Int8Conv2d, weight: torch.Tensor, bias: torch.Tensor, weight_scale: torch.Tensor
+) -> dict[str, Any]:
+    """A conv layer's entry: that of a Linear, plus stride and padding (weight is 4-d)."""
+    return {
+        "type": "conv2d",
+        "name": layer.name,
+        "relu": layer.relu,
+        "weight": weight,
+        "bias": bias,
+        "weight_scale": weight_scale,
+        "weight_range": list(layer.weight_range),
+        "stride": list(layer.stride),
+        "padding": list(layer.padding),
+        "output": _activation_entry(layer.output_qparams),
+    }
+
+
+def _int_pair(entry: dict, key: str, where: str) -> tuple[int, int]:
+    value = entry.get(key)
+    _require(
+        isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value),
+        f"{where}: {key} must be a pair of integers",
+    )
+    return value[0], value[1]
+
+
+def _maxpool_from_entry(entry: dict, where: str) -> Int8MaxPool2d:
+    return Int8MaxPool2d(_int_pair(entry, "kernel_size", where), _int_pair(entry, "stride", where))
+
+
+def _conv_from_entry(entry: dict, input_qparams: QParams, in_channels: int | None) -> Int8Conv2d:
+    """Rebuild an Int8Conv2d, checking the fields a conv adds to a Linear's."""
+    where = f"layer {entry.get('name')!r}"
+    weight = entry.get("weight")
+    _require(
+        isinstance(weight, torch.Tensor) and weight.dtype == torch.int8 and weight.dim() == 4,
+        f"{where}: weight must be a 4-d int8 tensor [out, in, kh, kw]",
+    )
+    _require(
+        in_channels is None or weight.shape[1] == in_channels,
+        f"{where}: takes {weight.shape[1]} channels, but the layer before gives {in_channels}",
+    )
+    stride, padding = _int_pair(entry, "stride", where), _int_pair(entry, "padding", where)
+    # The bias, scales, ranges, ReLU and output qparams are checked as a Linear's are, on the
+    # filters seen as rows [out, in kh kw].
+    as_linear = _linear_from_entry(
+        {**entry, "weight": weight.reshape(weight.shape[0], -1)}, input_qparams, None
+    )
+    return Int8Conv2d(
+        weight,
+        as_linear.bias,
+        as_linear.weight_qparams,
+        input_qparams,
+        as_linear.output_qparams,
+        as_linear.relu,
+        stride=stride,
+        padding=padding,
+        name=as_linear.name,
+    )
+
+
 def int8_model_from_state(state: dict[str, Any]) -> Int8Model:
     """Rebuild an :class:`Int8Model` from :func:`int8_state`, checking every field."""
     input_qparams = _activation_from_entry(state.get("input"), "input")
     entries = state.get("layers")
     _require(isinstance(entries, list) and entries, "layers: expected a non-empty list")
     layers: list[nn.Module] = []
-    current, in_features = input_qparams, None
+    current, in_features, channels = input_qparams, None, None
     for index, entry in enumerate(entries):
         _require(isinstance(entry, dict), f"layers[{index}]: expected a dict")
         if entry.get("type") == "flatten":
@@ -183,6 +265,12 @@ def int8_model_from_state(state: dict[str, Any]) -> Int8Model:
             layer = _linear_from_entry(entry, current, in_features)
             layers.append(layer)
             current, in_features = layer.output_qparams, layer.out_features
+        elif entry.get("type") == "conv2d":
+            layer = _conv_from_entry(entry, current, channels)
+            layers.append(layer)
+            current, channels = layer.output_qparams, layer.out_channels
+        elif entry.get("type") == "maxpool2d":
+            layers.append(_maxpool_from_entry(entry, f"layers[{index}]"))
         else:
             raise ValueError(f"layers[{index}]: unknown layer type {entry.get('type')!r}")
     return Int8Model(input_qparams, layers).eval()

@@ -299,7 +299,7 @@ class Int8Model(nn.Module):
         return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}"
 
 
-def _int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Linear:
+def int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Linear:
     weight = step.linear.weight.detach()
     bias = step.linear.bias
     bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
@@ -358,9 +358,8 @@ def convert(
         qparams = {**qparams, "input": PIXEL_QPARAMS}
     steps = plan_conversion(model, qparams, per_channel, weight_range)
     layers = [
-        _int8_linear(step, requantization) if isinstance(step, LinearStep) else step
+        int8_linear(step, requantization) if isinstance(step, LinearStep) else step
         for step in steps
     ]
     first = next(step for step in steps if isinstance(step, LinearStep))
     return Int8Model(first.input_qparams, layers, requantization).eval()
-

@@ -1,4 +1,4 @@
-"""SimpleNet: the small feedforward network the series quantizes.
+"""The networks the series quantizes: SimpleNet (an MLP) and SmallCNN (convolutions + BatchNorm).
 
 784 -> 128 -> 64 -> 10, with a ReLU after each hidden layer. It is an ``nn.Sequential``
 with named children, so every quantization point has a name a reader can find:
@@ -7,6 +7,10 @@ with named children, so every quantization point has a name a reader can find:
 
 Hooks on these children observe each Linear's input and output and each activation;
 the conversion to INT8 walks the same sequence.
+
+SmallCNN (notebook 07) is built the same way, so its quantization points have names too:
+
+    conv1 -> bn1 -> relu1 -> pool1 -> conv2 -> bn2 -> relu2 -> pool2 -> flatten -> fc -> logits
 """
 
 from __future__ import annotations
@@ -72,6 +76,62 @@ def fold_input_normalization(
     linear.bias.copy_(bias + shift * weight.sum(dim=1))
     linear.weight.copy_(weight * scale)
     return folded
+
+
+CNN_CHANNELS = (16, 32)
+CNN_FEATURES = CNN_CHANNELS[1] * 7 * 7  # two 2x2 max-pools: 28x28 -> 14x14 -> 7x7
+
+
+class SmallCNN(nn.Sequential):
+    """A small CNN with BatchNorm for 28x28 digits (notebook 07)::
+
+        Conv2d(1, 16, 3, padding=1), BatchNorm2d(16), ReLU, MaxPool2d(2)     [N, 16, 14, 14]
+        Conv2d(16, 32, 3, padding=1), BatchNorm2d(32), ReLU, MaxPool2d(2)    [N, 32, 7, 7]
+        Flatten, Linear(1568, 10)                                            [N, 10]
+
+    The convolutions have no bias: the BatchNorm after each one has its own shift (beta),
+    so a conv bias would be redundant; folding the BatchNorm creates the bias. It returns
+    logits (no softmax); train it with cross-entropy.
+    """
+
+    def __init__(self) -> None:
+        channels1, channels2 = CNN_CHANNELS
+        super().__init__(
+            OrderedDict(
+                conv1=nn.Conv2d(1, channels1, kernel_size=3, padding=1, bias=False),
+                bn1=nn.BatchNorm2d(channels1),
+                relu1=nn.ReLU(),
+                pool1=nn.MaxPool2d(2),
+                conv2=nn.Conv2d(channels1, channels2, kernel_size=3, padding=1, bias=False),
+                bn2=nn.BatchNorm2d(channels2),
+                relu2=nn.ReLU(),
+                pool2=nn.MaxPool2d(2),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(CNN_FEATURES, NUM_CLASSES),
+            )
+        )
+
+
+# The models ptqlib can train and quantize, by the name checkpoints and the CLI use.
+MODELS = {"simplenet": SimpleNet, "cnn": SmallCNN}
+
+
+def build_model(name: str) -> nn.Sequential:
+    """A fresh, untrained model by its name in :data:`MODELS` ("simplenet" or "cnn")."""
+    if name not in MODELS:
+        raise ValueError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name]()
+
+
+def model_name(model: nn.Module) -> str:
+    """The name in :data:`MODELS` of ``model``'s class ("simplenet" or "cnn")."""
+    for name, model_class in MODELS.items():
+        if type(model) is model_class:
+            return name
+    raise ValueError(
+        f"model: a {type(model).__name__} is none of ptqlib's models "
+        f"({', '.join(cls.__name__ for cls in MODELS.values())})"
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

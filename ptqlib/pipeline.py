@@ -2,6 +2,7 @@
 and their accuracy, size and latency side by side.
 
     python -m ptqlib pipeline --out results/
+    python -m ptqlib pipeline --model cnn --out results-cnn/      (notebook 07's SmallCNN)
 
 1. the FP32 SimpleNet (the cached baseline of notebook 01, trained if missing);
 2. calibration on ``calib`` class-balanced training images with one activation observer;
@@ -20,24 +21,30 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib import reference
+from ptqlib import reference, reference_cnn
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
 from ptqlib.evaluation import Latency, agreement, compare_latency, predict
 from ptqlib.fast_int8 import FastInt8Model
+from ptqlib.fast_int8_conv import FastInt8CNN
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
+from ptqlib.int8_cnn import quantize_cnn
 from ptqlib.int8_model import Int8Model, convert
-from ptqlib.models import fold_input_normalization
-from ptqlib.training import load_or_train_baseline
+from ptqlib.models import MODELS, fold_input_normalization, model_name
+from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
 MODEL_NAMES = ("fp32", "int8_ptqlib", "int8_ptqlib_teaching", "int8_torch")
 
 
 def build_models(
-    data: MNIST, calib: int = 1000, observer: str = "histogram", progress: bool = True
+    data: MNIST,
+    calib: int = 1000,
+    observer: str = "histogram",
+    progress: bool = True,
+    model: str = "simplenet",
 ) -> tuple[dict[str, nn.Module], dict[str, int], dict[str, str]]:
     """The four models of the comparison, their saved sizes in bytes, and the settings.
 
@@ -51,19 +58,33 @@ def build_models(
     average, histogram), else its default for x86, the histogram. On the x86 engine
     torch.ao's activations use 7 bits (``reduce_range``): without AVX512-VNNI its kernels
     add pairs of uint8 x int8 products in int16, which saturates with 8-bit activations.
+    ``model`` "cnn" runs notebook 07's SmallCNN: BatchNorm folded and conv+BN+ReLU fused on
+    both sides.
     """
-    fp32, _ = load_or_train_baseline(data, progress=progress)
+    if model not in MODELS:
+        raise ValueError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
+    epochs = DEFAULT_EPOCHS_BY_MODEL[model]
+    fp32, _ = load_or_train_baseline(data, epochs=epochs, progress=progress, model=model)
     images = calibration_images(data.train, calib)
-    pixel_model = fold_input_normalization(fp32)
-    pixels = calibration_images(data.train.pixel_values(), calib)  # the same digits
-    calibration = calibrate(pixel_model, pixels, activation_observer=observer, progress=progress)
-    teaching = convert(pixel_model, calibration.qparams, pixel_input=True)
-    fast = FastInt8Model(teaching)
     torch_observer = observer if observer in reference.TORCH_ACTIVATION_OBSERVERS else "histogram"
     engine = reference.default_quantized_engine()
-    int8_torch = reference.torch_eager_ptq(
-        fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
-    )
+    if model == "cnn":
+        teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
+        fast = FastInt8CNN(teaching)
+        int8_torch = reference_cnn.torch_eager_ptq_cnn(
+            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+        )
+    else:
+        pixel_model = fold_input_normalization(fp32)
+        pixels = calibration_images(data.train.pixel_values(), calib)  # the same digits
+        calibration = calibrate(
+            pixel_model, pixels, activation_observer=observer, progress=progress
+        )
+        teaching = convert(pixel_model, calibration.qparams, pixel_input=True)
+        fast = FastInt8Model(teaching)
+        int8_torch = reference.torch_eager_ptq(
+            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+        )
     models = {
         "fp32": fp32,
         "int8_ptqlib": fast,
@@ -78,7 +99,8 @@ def build_models(
         "int8_torch": reference.torch_state_dict_bytes(int8_torch),
     }
     settings = {
-        "ptqlib_accumulator": fast.accumulator,
+        "model": model,
+        "ptqlib_accumulator": getattr(fast, "accumulator", "int8 GEMM (_int_mm)"),
         "observer": observer,
         "torch_observer": torch_observer,
         "quantized_engine": engine,
@@ -151,11 +173,12 @@ def run_pipeline(
     threads: int = 2,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     progress: bool = True,
+    model: str = "simplenet",
 ) -> dict:
-    """Run the pipeline; write ``results.json`` and ``results.md`` to ``out_dir``; return
-    the results (the JSON's content)."""
+    """Run the pipeline on ``model`` ("simplenet" or "cnn"); write ``results.json`` and
+    ``results.md`` to ``out_dir``; return the results (the JSON's content)."""
     data = load_mnist(data_dir, verbose=progress)
-    models, sizes, settings = build_models(data, calib, observer, progress)
+    models, sizes, settings = build_models(data, calib, observer, progress, model)
     latencies = latency_table(models, batch_sizes, threads)
     setup = {"calibration_images": calib, **settings, "machine": machine_info(threads)}
     results = collect_results(data, models, sizes, setup, latencies)
@@ -199,8 +222,10 @@ def results_markdown(results: dict) -> str:
     """The results as Markdown tables, with the data and machine they were measured on."""
     setup = results["setup"]
     fp32_size = results["fp32"]["size_bytes"]
+    model = setup.get("model", "simplenet")
     lines = [
-        f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
+        ("" if model == "simplenet" else f"Model: {model} (SmallCNN, notebook 07). ")
+        + f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
         f"observer {setup['observer']} (torch.ao: {setup['torch_observer']}).",
         machine_line(setup["machine"]),
         f"ptqlib's fast path accumulates with the {setup['ptqlib_accumulator']}.",
@@ -251,21 +276,29 @@ def quantize_checkpoint(
     per_channel: bool = True,
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    expected_model: str | None = None,
 ) -> QuantizeResult:
     """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
     :func:`ptqlib.data.calibration_images`) with the activation ``observer``, convert and
-    save the INT8 model to ``out``."""
-    model, _ = load_fp32(checkpoint)
+    save the INT8 model to ``out``. A SmallCNN is folded and fused first
+    (:func:`ptqlib.int8_cnn.quantize_cnn`). With ``expected_model`` ("simplenet" or "cnn"),
+    a checkpoint of the other model is a ValueError."""
+    model, _ = load_fp32(checkpoint, expected_model=expected_model)
     data = load_mnist(data_dir, splits=("train",), verbose=progress)
     images = calibration_images(data.train, calib)
-    calibration = calibrate(model, images, activation_observer=observer, progress=progress)
-    int8_model = convert(model, calibration.qparams, per_channel=per_channel)
+    if model_name(model) == "cnn":
+        int8_model, _, _ = quantize_cnn(model, images, observer, per_channel, progress=progress)
+    else:
+        calibration = calibrate(model, images, activation_observer=observer, progress=progress)
+        int8_model = convert(model, calibration.qparams, per_channel=per_channel)
     meta = {
         "source_checkpoint": Path(checkpoint).name,
         "observer": observer,
         "calibration_images": calib,
         "per_channel": per_channel,
     }
+    if model_name(model) != "simplenet":  # absent means SimpleNet, as in the FP32 file
+        meta["model"] = model_name(model)
     path = save_int8(int8_model, out, meta)
     return QuantizeResult(
         int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta

@@ -18,20 +18,29 @@ from tqdm import tqdm
 
 from ptqlib.checkpoints import load_fp32, save_fp32
 from ptqlib.data import MNIST, MNISTSplit
-from ptqlib.models import SimpleNet
+from ptqlib.models import MODELS, SimpleNet, build_model
 from ptqlib.paths import artifacts_dir
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SEED = 0
 BATCH_SIZE = 64
 LEARNING_RATE = 1e-3
+# SmallCNN (notebook 07) learns faster per epoch and costs more per epoch than SimpleNet.
+CNN_EPOCHS = 4
+DEFAULT_EPOCHS_BY_MODEL = {"simplenet": DEFAULT_EPOCHS, "cnn": CNN_EPOCHS}
+# SmallCNN trains on one thread. Its many small convolution, BatchNorm and pooling kernels
+# gain little from a second thread, and on a busy 2-core machine every multi-threaded kernel
+# waits for a scheduler slice for its second thread (measured: 35 ms per step on one thread,
+# 430 ms on two while other jobs ran). One thread also makes its weights independent of the
+# caller's thread setting. SimpleNet keeps the caller's setting (its cached weights stay).
+TRAIN_THREADS = {"cnn": 1}
 
 
 @dataclass
 class TrainResult:
     """The trained model, one row of metrics per epoch, and the wall-clock training time."""
 
-    model: SimpleNet
+    model: SimpleNet  # or a SmallCNN, when trained with model="cnn"
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -41,8 +50,10 @@ def train(
     epochs: int = DEFAULT_EPOCHS,
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    model: str = "simplenet",
 ) -> TrainResult:
-    """Train a fresh SimpleNet on ``data.train`` for ``epochs`` epochs.
+    """Train a fresh SimpleNet (or the model named ``model``: "simplenet" or "cnn", see
+    ``ptqlib.models.MODELS``) on ``data.train`` for ``epochs`` epochs.
 
     Each epoch records the mean training loss, the training accuracy over the epoch and
     the test accuracy (when ``data.test`` is loaded). ``progress`` shows a tqdm bar.
@@ -53,9 +64,25 @@ def train(
         raise ValueError(f"seed: expected a whole number that fits in 64 bits, got {seed!r}")
     if data.train is None:
         raise ValueError("data: the train split is not loaded; call load_mnist() with 'train'")
+    model_name = model
+    if model_name not in MODELS:
+        raise ValueError(f"model: unknown model {model_name!r}; expected one of {sorted(MODELS)}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = SimpleNet()
+        model = build_model(model_name)
+    threads = TRAIN_THREADS.get(model_name, torch.get_num_threads())
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train_loop(model, data, epochs, seed, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_loop(
+    model: nn.Module, data: MNIST, epochs: int, seed: int, progress: bool
+) -> TrainResult:
+    """The epochs of :func:`train` (arguments already checked)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     loss_function = nn.CrossEntropyLoss()
     loader = data.train.loader(batch_size=BATCH_SIZE, shuffle=True, seed=seed)
@@ -90,12 +117,16 @@ def baseline_path(
     epochs: int = DEFAULT_EPOCHS,
     seed: int = DEFAULT_SEED,
     directory: str | os.PathLike | None = None,
+    model: str = "simplenet",
 ) -> Path:
     """Where the baseline for these epochs, seed and data is cached:
-    ``artifacts/simplenet_fp32_e<epochs>_s<seed>_<data fingerprint>.pt``. Notebook 01 saves
-    its model there, so that every later notebook finds it instead of training again."""
+    ``artifacts/<model>_fp32_e<epochs>_s<seed>_<data fingerprint>.pt`` (model "simplenet"
+    or "cnn"). Notebook 01 saves its model there, so that every later notebook finds it
+    instead of training again."""
+    if model not in MODELS:
+        raise ValueError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
     directory = artifacts_dir() if directory is None else Path(directory)
-    return directory / f"simplenet_fp32_e{epochs}_s{seed}_{data.fingerprint()}.pt"
+    return directory / f"{model}_fp32_e{epochs}_s{seed}_{data.fingerprint()}.pt"
 
 
 def load_or_train_baseline(
@@ -104,21 +135,23 @@ def load_or_train_baseline(
     seed: int = DEFAULT_SEED,
     directory: str | os.PathLike | None = None,
     progress: bool = True,
+    model: str = "simplenet",
 ) -> tuple[SimpleNet, dict]:
     """The trained FP32 baseline, from :func:`baseline_path` if a valid checkpoint for the
     same epochs, seed and data is there, otherwise trained now and saved there.
+    ``model`` names the network ("simplenet", or "cnn" for notebook 07's SmallCNN).
 
     Returns the model and its meta (data source, accuracy, training time...).
     """
-    path = baseline_path(data, epochs, seed, directory)
+    path = baseline_path(data, epochs, seed, directory, model=model)
     if path.is_file():
         try:
-            model, meta = load_fp32(path)
+            cached, meta = load_fp32(path, expected_model=model)
             if meta.get("data_fingerprint") == data.fingerprint():
-                return model, meta
+                return cached, meta
         except ValueError:
             pass  # a corrupt or stale cache entry is simply trained again and overwritten
-    result = train(data, epochs=epochs, seed=seed, progress=progress)
+    result = train(data, epochs=epochs, seed=seed, progress=progress, model=model)
     meta = training_meta(result, data, epochs, seed)
     save_fp32(result.model, path, meta)
     return result.model, meta
