@@ -176,7 +176,10 @@ def calibrate(
 
 
 def calibrate_fused(
-    model: nn.Sequential, images: torch.Tensor, **calibrate_arguments
+    model: nn.Sequential,
+    images: torch.Tensor,
+    activation_observer: str = "histogram",
+    **calibrate_arguments,
 ) -> tuple[nn.Sequential, Calibration]:
     """Fold every BatchNorm into the Conv2d or Linear before it (``ptqlib.batchnorm``), then
     calibrate the folded copy: its weight observers see the folded weights, and its
@@ -184,7 +187,7 @@ def calibrate_fused(
     Returns the folded model (``model`` itself is not changed) and its Calibration; the
     keyword arguments are those of :func:`calibrate`."""
     folded = fold_model(model)
-    return folded, calibrate(folded, images, **calibrate_arguments)
+    return folded, calibrate(folded, images, activation_observer, **calibrate_arguments)
 
 
 def _settings(observer: str, defaults: dict, overrides: dict | None) -> dict:

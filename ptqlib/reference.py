@@ -19,8 +19,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ptqlib.calibration import fusion_groups, observe
+from ptqlib.calibration import observe
 from ptqlib.checkpoints import saved_size_bytes
+from ptqlib.fusion import fusion_groups
 
 TORCH_DTYPES = {torch.uint8: torch.quint8, torch.int8: torch.qint8}
 
@@ -234,7 +235,10 @@ def torch_quantized_logits(
 ) -> tuple[torch.Tensor, float, int]:
     """The quantized logits before the DeQuantStub: their integers (``int_repr()``, a
     plain uint8 tensor), their scale and their zero-point."""
-    with quantized_engine(quantized_model.engine), deprecated_api():
+    with (
+        quantized_engine(getattr(quantized_model, "engine", torch.backends.quantized.engine)),
+        deprecated_api(),
+    ):
         logits = quantized_model.body(quantized_model.quant(images))
         return logits.int_repr(), float(logits.q_scale()), int(logits.q_zero_point())
 
@@ -324,7 +328,10 @@ def torch_layer_outputs(
     """The integers (``int_repr()``, plain uint8) of the quantized input and of the output
     of every child of the converted model, by name (``"input"``, ``"flatten"``, ``"fc1"``...)."""
     outputs = {}
-    with quantized_engine(quantized_model.engine), deprecated_api():
+    with (
+        quantized_engine(getattr(quantized_model, "engine", torch.backends.quantized.engine)),
+        deprecated_api(),
+    ):
         x = quantized_model.quant(images)
         outputs["input"] = x.int_repr()
         for name, module in quantized_model.body.named_children():

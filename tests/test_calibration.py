@@ -7,13 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ptqlib.calibration import (
-    Calibration,
-    calibrate,
-    fusion_groups,
-    observe,
-    quantization_points,
-)
+from ptqlib.calibration import Calibration, calibrate, observe
+from ptqlib.fusion import fusion_groups, quantization_points
 from ptqlib.int8_model import convert
 from ptqlib.models import SimpleNet
 from ptqlib.observers import (

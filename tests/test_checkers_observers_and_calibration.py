@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptqlib.calibration import calibrate, quantization_points
+from ptqlib.calibration import calibrate
 from ptqlib.checkers import (
     changed_digits,
     check_moving_average_range,
@@ -23,6 +23,7 @@ from ptqlib.checkers import (
 )
 from ptqlib.data import MNISTSplit
 from ptqlib.evaluation import predict
+from ptqlib.fusion import quantization_points
 from ptqlib.int8_model import convert
 from ptqlib.observer_base import Observer
 

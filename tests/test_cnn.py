@@ -10,7 +10,7 @@ from torch.nn import functional
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_batchnorm
-from ptqlib.calibration import calibrate, calibrate_fused
+from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import accuracy, agreement
 from ptqlib.fusion import fusion_groups, quantization_points

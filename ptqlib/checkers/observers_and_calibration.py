@@ -32,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptqlib.calibration import Calibration, calibrate, quantization_points
+from ptqlib.calibration import Calibration, calibrate
 from ptqlib.checkers.core import Case, WrongAnswer, as_float, as_pair, describe, run_cases
 from ptqlib.data import MNISTSplit
 from ptqlib.evaluation import predict
+from ptqlib.fusion import quantization_points
 from ptqlib.int8_model import convert
 from ptqlib.observers import OBSERVERS, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 from ptqlib.quantization import QParams
