@@ -32,6 +32,15 @@ The function you write for each checker, with its arguments in this order:
   ``-Z_x sum_k q_w,k`` term per output row;
 - :func:`check_integer_layer`: ``(q_x, q_w, q_b, input_zero_point, multiplier, shift,
   output_zero_point, relu) -> q_y``, a whole integer Linear (+ ReLU), int8 in and out.
+- :func:`check_symmetric_qparams`: ``(min_val, max_val, quant_min, quant_max) -> (scale,
+  zero_point)`` on a signed range, zero-point 0;
+- :func:`check_per_channel_qparams`: ``(weight, axis) -> (scales, zero_points)``, symmetric
+  int8, one scale per slice along ``axis``;
+- :func:`check_sqnr_db`: ``(reference, approximation) -> float``, the SQNR in dB;
+- :func:`check_linear_parameters`: ``(in_features, out_features) -> int``;
+- :func:`check_int8_bytes`: ``(model) -> int``, bytes with int8 weights and int32 biases;
+- :func:`check_hardest_digits`: ``(matrix) -> list[int]``, every digit tied for the lowest
+  per-class accuracy in a confusion matrix.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -43,11 +52,22 @@ quantize, dequantize) and ``ptqlib.checkers.int8_conversion`` (notebook 04: requ
 the fixed-point multiplier) with ``ptqlib.checkers.integer_layer`` (notebook 04: the int32
 bias, the zero-point correction, a whole integer layer); ``ptqlib.checkers.core`` holds what
 they share (:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
+One module per notebook topic: ``ptqlib.checkers.fp32_baseline`` (notebook 01: parameter
+count, INT8 size, hardest digits), ``ptqlib.checkers.quantization_math`` (notebook 02: qparams,
+quantize, dequantize), ``ptqlib.checkers.quantization_schemes`` (notebook 02: symmetric and
+per-channel qparams, SQNR) and ``ptqlib.checkers.int8_conversion`` (notebook 04: requantize,
+the fixed-point multiplier); ``ptqlib.checkers.core`` holds what they share
+(:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
 comparisons), ready for a checker of your own.
 """
 
 from ptqlib.checkers.core import Case, run_cases
 from ptqlib.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
+from ptqlib.checkers.fp32_baseline import (
+    check_hardest_digits,
+    check_int8_bytes,
+    check_linear_parameters,
+)
 from ptqlib.checkers.int8_conversion import (
     check_fixed_point_multiplier,
     check_requantize,
@@ -85,6 +105,11 @@ from ptqlib.checkers.quantization_math import (
     qparams_cases,
     quantize_cases,
 )
+from ptqlib.checkers.quantization_schemes import (
+    check_per_channel_qparams,
+    check_sqnr_db,
+    check_symmetric_qparams,
+)
 
 __all__ = [
     "check_mcnemar_p_value",
@@ -106,6 +131,15 @@ __all__ = [
     "check_quantize",
     "check_requantize",
     "check_zero_point_correction",
+    "check_hardest_digits",
+    "check_int8_bytes",
+    "check_linear_parameters",
+    "check_per_channel_qparams",
+    "check_qparams",
+    "check_quantize",
+    "check_requantize",
+    "check_sqnr_db",
+    "check_symmetric_qparams",
     "dequantize_cases",
     "fixed_point_cases",
     "fixed_point_multiplier_reference",
