@@ -10,8 +10,8 @@ from ptqlib.weight_rounding import (
     adaround,
     gptq,
     hessian,
-    rectified_sigmoid,
     reconstruction_error,
+    rectified_sigmoid,
     round_to_nearest,
 )
 
