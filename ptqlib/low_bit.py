@@ -79,15 +79,15 @@ def linear_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
-def parse_layer_bits(text: str, names: list[str]) -> dict[str, int]:
-    """``"fc1=8,fc2=4"`` as ``{"fc1": 8, "fc2": 4}``; every name must be one of ``names``
-    and appear once, every width a whole number from 2 to 8."""
+def parse_layer_bits(text: str, names: list[str] | None = None) -> dict[str, int]:
+    """``"fc1=8,fc2=4"`` as ``{"fc1": 8, "fc2": 4}``; every name must appear once (and be
+    one of ``names``, if given), every width a whole number from 2 to 8."""
     chosen: dict[str, int] = {}
     for item in text.split(","):
         name, equals, bits = item.strip().partition("=")
         if not equals or not name or not bits.strip().lstrip("-").isdigit():
             raise ValueError(f"layer bits: expected NAME=BITS like fc2=4, got {item.strip()!r}")
-        if name not in names:
+        if names is not None and name not in names:
             raise ValueError(
                 f"layer bits: unknown layer {name!r}; the layers are {', '.join(names)}"
             )
