@@ -8,7 +8,7 @@ quantization alone (the part the methods differ in), one run each, on the thread
 given: a table from one run, with each method's time as a ratio to nearest rounding.
 On a machine shared with other work the times are noisy; the accuracies are not.
 
-Run: python benchmarks/bench_low_bit.py [--threads N] [--bits 4 3 2] [--markdown]
+Run: python benchmarks/bench_low_bit.py [--threads N] [--bits 4 3 2] [--observer NAME] [--markdown]
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="weight bits")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--observer", default="histogram", help="activation observer (default histogram)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_mnist(verbose=False)
@@ -49,7 +52,7 @@ def main() -> None:
     fp32_accuracy = float((predict(model, data.test) == data.test.labels).float().mean())
     print(f"{data.describe()}")
     print(f"CPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"FP32: {fp32_accuracy:.2%}")
+    print(f"FP32: {fp32_accuracy:.2%}; activations 8 bits, {args.observer} observer")
     separator = " | " if args.markdown else "  "
     header = ["bits", "method", "accuracy", "vs FP32 (pp)", "size (bytes)", "seconds", "vs nearest"]
     print(
@@ -62,7 +65,7 @@ def main() -> None:
             nearest_seconds = None
             for method, options in METHODS.items():
                 settings = LowBitSettings(weight_bits=bits, **options)
-                quantized = quantize_low_bit(model, images, settings)
+                quantized = quantize_low_bit(model, images, settings, observer=args.observer)
                 predictions = predict(quantized.int8_model, data.test)
                 accuracy = float((predictions == data.test.labels).float().mean())
                 size = save_int8(quantized.int8_model, Path(folder) / "q.pt").stat().st_size

@@ -168,16 +168,13 @@ def adaround(
         batch = inputs[
             torch.randint(len(inputs), (min(batch_size, len(inputs)),), generator=generator)
         ]
-        soft = scale * torch.clamp(
-            floor + rectified_sigmoid(v), qparams.quant_min, qparams.quant_max
-        )
-        reconstruction = ((batch @ (soft - weight).T) ** 2).sum(dim=1).mean()
-        loss = reconstruction
+        h = rectified_sigmoid(v)
+        soft = scale * torch.clamp(floor + h, qparams.quant_min, qparams.quant_max)
+        loss = ((batch @ (soft - weight).T) ** 2).sum(dim=1).mean()  # the reconstruction error
         if step >= warmup_steps:
             # beta falls from start to end over the steps after the warm-up.
             progress = (step - warmup_steps) / max(1, iterations - warmup_steps)
             beta = end_beta + (start_beta - end_beta) * (1 - progress)
-            h = rectified_sigmoid(v)
             loss = loss + regularisation * (1 - (2 * h - 1).abs().pow(beta)).sum()
         optimizer.zero_grad()
         loss.backward()
