@@ -103,6 +103,12 @@ def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of AdaRound's batches (default 0)"
     )
+    parser.add_argument(
+        "--adaround-iterations",
+        type=positive_int,
+        default=400,
+        help="AdaRound's Adam steps per layer (default 400)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +314,7 @@ def run_quantize_low_bit(args: argparse.Namespace) -> int:
         bias_correction=args.bias_correction,
         per_channel=not args.per_tensor,
         layer_bits=layer_bits,
-        adaround_kwargs={"seed": args.seed},
+        adaround_kwargs={"seed": args.seed, "iterations": args.adaround_iterations},
     )
     result = quantize_checkpoint_low_bit(
         args.checkpoint, args.out, settings, args.observer, args.calib, args.data_dir

@@ -207,3 +207,17 @@ def test_data_hungry_methods_need_calibration_images(baseline):
         quantize_weights(baseline, None, LowBitSettings(weight_bits=2, rounding="adaround"))
     with pytest.raises(ValueError, match="unknown layer"):
         quantize_weights(baseline, None, LowBitSettings(layer_bits={"fc7": 4}))
+
+
+def test_per_tensor_low_bit_weights_run_on_the_engine(baseline, images, offline_data):
+    settings = LowBitSettings(weight_bits=3, activation_bits=6, per_channel=False)
+    quantized = quantize_low_bit(baseline, images, settings, observer="minmax")
+    test_images = offline_data.test.images[:300]
+    engine = quantized.int8_model.quantized_logits(test_images).long()
+    simulation = simulate(quantized.grid_model, quantized.qparams, per_channel=False)
+    assert int((engine - simulation.quantized_logits(test_images)).abs().max()) <= 1
+    assert all(
+        layer.weight_scale.dim() == 0
+        for layer in quantized.int8_model.layers
+        if hasattr(layer, "weight_scale")
+    )

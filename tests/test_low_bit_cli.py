@@ -198,3 +198,21 @@ def test_diagnose_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path
     save_checkpoint(payload, out)
     code, _, stderr = run(capsys, "diagnose", "--checkpoint", out, "--data-dir", data_dir)
     assert code == 2 and "give --fp32" in stderr and stderr.count("\n") == 1
+
+
+def test_adaround_from_the_command_line_is_reproducible(setup, capsys):
+    folder, fp32, data_dir = setup
+    weights = []
+    for run_number in range(2):
+        out = folder / f"adaround_{run_number}.pt"
+        options = "--weight-bits 3 --rounding adaround --seed 5 --adaround-iterations 40"
+        code, stdout, stderr = run(
+            capsys, "quantize", "--checkpoint", fp32, "--out", out, *options.split(),
+            "--calib", 100, "--data-dir", data_dir
+        )  # fmt: skip
+        assert code == 0, stderr
+        assert "(adaround, minmax clipping)" in stdout
+        payload = torch.load(out, weights_only=True)
+        weights.append([layer["packed_weight"]["data"] for layer in payload["layers"][1:]])
+    for first, second in zip(*weights, strict=True):
+        assert torch.equal(first, second)
