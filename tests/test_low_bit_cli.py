@@ -216,3 +216,22 @@ def test_adaround_from_the_command_line_is_reproducible(setup, capsys):
         weights.append([layer["packed_weight"]["data"] for layer in payload["layers"][1:]])
     for first, second in zip(*weights, strict=True):
         assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (
+            "quantize",
+            ["--weight-bits", "--activation-bits", "--rounding", "--bias-correction",
+             "--weight-clipping", "--layer-bits", "--seed", "--adaround-iterations"],
+        ),
+        ("diagnose", ["--checkpoint", "--fp32", "--data-dir", "--json"]),
+    ],
+)  # fmt: skip
+def test_help_documents_the_low_bit_options(capsys, command, options):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert all(option in text for option in options)
