@@ -190,7 +190,20 @@ def layer_inputs(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Te
     return torch.cat(seen).flatten(1)
 
 
-def _round(weight: torch.Tensor, inputs: torch.Tensor, qparams: QParams, settings: LowBitSettings):
+def output_shift(
+    quantized_weight: torch.Tensor,
+    quantized_inputs: torch.Tensor,
+    weight: torch.Tensor,
+    inputs: torch.Tensor,
+) -> torch.Tensor:
+    """Bias correction's ``E[W~ x~] - E[W x]``: the mean shift of every output over the
+    calibration images (inputs ``[N, in]``; ``x~`` as the model quantized so far sees them)."""
+    return (quantized_inputs @ quantized_weight.T).mean(0) - (inputs @ weight.T).mean(0)
+
+
+def _round(
+    weight: torch.Tensor, inputs: torch.Tensor | None, qparams: QParams, settings: LowBitSettings
+) -> torch.Tensor:
     if settings.rounding == "gptq":
         return gptq(weight, inputs, qparams)
     if settings.rounding == "adaround":
@@ -229,11 +242,9 @@ def quantize_weights(
             if not torch.equal(quantize(layer.weight, qparams), q):
                 raise RuntimeError(f"layer {name!r}: the weights left the grid")  # a bug
             if settings.bias_correction and layer.bias is not None:
+                float_layer = model.get_submodule(name)
                 float_inputs = layer_inputs(model, name, images)
-                shift = (inputs @ layer.weight.T).mean(0) - (
-                    float_inputs @ model.get_submodule(name).weight.T
-                ).mean(0)
-                layer.bias -= shift
+                layer.bias -= output_shift(layer.weight, inputs, float_layer.weight, float_inputs)
         integers[name], all_qparams[name] = q, qparams
     return QuantizedWeights(working, integers, all_qparams, time.perf_counter() - start)
 
