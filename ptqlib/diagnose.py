@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.integer_arithmetic import carrier_offset
 from ptqlib.low_bit import layer_inputs, linear_names, weight_qparams
 from ptqlib.packing import bits_for_range
 from ptqlib.quantization import dequantize, fake_quantize, sqnr_db
@@ -70,6 +71,20 @@ def _float_layer(x, weight, bias, relu: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
+def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every Int8Linear's output in the integer engine, dequantized: ``S_y (q_y - Z_y)``."""
+    outputs = {}
+    carriers = int8_model.quantize_input(images)
+    for layer in int8_model.layers:
+        carriers = layer(carriers)
+        if isinstance(layer, Int8Linear):
+            qparams = layer.output_qparams
+            q = (carriers.to(torch.int16) + carrier_offset(qparams.dtype)).to(qparams.dtype)
+            outputs[layer.name] = dequantize(q, qparams)
+    return outputs
+
+
+@torch.no_grad()
 def diagnose(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> list[LayerDiagnosis]:
     """The four SQNRs of every layer of ``int8_model`` against ``fp32`` on ``images``."""
     layers = _linears(int8_model)
@@ -79,14 +94,7 @@ def diagnose(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> li
             f"int8_model: its layers {[layer.name for layer in layers]} are not the FP32 "
             f"model's {names}; was it quantized from this model?"
         )
-    propagated = {}
-    carriers = int8_model.quantize_input(images)
-    for layer in int8_model.layers:
-        carriers = layer(carriers)
-        if isinstance(layer, Int8Linear):
-            offset = 128 if layer.output_qparams.dtype == torch.uint8 else 0
-            q = (carriers.to(torch.int16) + offset).to(layer.output_qparams.dtype)
-            propagated[layer.name] = dequantize(q, layer.output_qparams)
+    propagated = integer_outputs(int8_model, images)
     rows = []
     for layer in layers:
         module = fp32.get_submodule(layer.name)
