@@ -65,8 +65,11 @@ def _linears(model: Int8Model) -> list[Int8Linear]:
     return [layer for layer in model.layers if isinstance(layer, Int8Linear)]
 
 
-def _float_layer(x, weight, bias, relu: bool) -> torch.Tensor:
-    y = x @ weight.T + bias
+def _float_layer(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool
+) -> torch.Tensor:
+    """``relu?(x W^T + b)`` in float: one layer as the FP32 model (or a simulation) runs it."""
+    y = x @ weight.T if bias is None else x @ weight.T + bias
     return torch.relu(y) if relu else y
 
 

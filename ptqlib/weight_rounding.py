@@ -23,8 +23,9 @@ the optimal least-squares correction::
 
 where ``H^-1`` is the inverse Hessian with the columns already done removed. GPTQ's trick
 is that the rows of the upper Cholesky factor U of ``H^-1`` (``H^-1 = U^T U``) hold exactly
-these successive inverses: row j of U, divided by U_jj, is row j of the inverse Hessian of
-the remaining columns. So one Cholesky factorisation replaces 784 matrix inversions. H is
+these successive inverses: row j of U, times U_jj, is row j of the inverse Hessian of the
+columns j.. still to be quantized, so the update above is ``w_k -= (w_j - q_j) U_jk / U_jj``.
+One Cholesky factorisation replaces 784 matrix inversions. H is
 dampened first (``H + lambda mean(diag H) I``, lambda = 0.01) so that it is safely
 invertible; an input that is always 0 (a dead pixel) gets ``H_jj = 1`` and its weights 0.
 
@@ -107,8 +108,8 @@ def gptq(
     h[dead, dead] = 1.0  # an input that is always 0: its weights do not matter, set them to 0
     work[:, dead] = 0.0
     h += dampening * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j / U_jj is row j of the inverse
-    # Hessian of the columns j.. that are still to be quantized.
+    # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): U_jj * row j of U is row j of the
+    # inverse Hessian of the columns j.. that are still to be quantized.
     upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     scale = _column_scale(qparams, work.shape[0]).double().flatten()
     integers = torch.empty_like(work)
