@@ -79,6 +79,43 @@ def add_model_option(parser: argparse.ArgumentParser, help_text: str, default: s
     parser.add_argument("--model", choices=sorted(MODELS), default=default, help=help_text)
 
 
+def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
+    """Bit widths and the fixes of ptqlib.low_bit; checked by LowBitSettings (one line, exit 2)."""
+    parser.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2-8 (default 8)")
+    parser.add_argument(
+        "--activation-bits", type=int, default=8, help="activation bits, 4-8 (default 8)"
+    )
+    parser.add_argument(
+        "--rounding",
+        default="nearest",
+        choices=["nearest", "adaround", "gptq"],
+        help="how weights are rounded (default nearest)",
+    )
+    parser.add_argument(
+        "--bias-correction", action="store_true", help="remove the mean output shift per layer"
+    )
+    parser.add_argument(
+        "--weight-clipping",
+        default="minmax",
+        choices=["minmax", "mse"],
+        help="per-channel clipping value: the largest |w| or the MSE-optimal one (default minmax)",
+    )
+    parser.add_argument(
+        "--layer-bits",
+        default=None,
+        help="weight bits per layer, overriding --weight-bits, e.g. fc1=8,fc2=4,fc3=8",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of AdaRound's batches (default 0)"
+    )
+    parser.add_argument(
+        "--adaround-iterations",
+        type=positive_int,
+        default=400,
+        help="AdaRound's Adam steps per layer (default 400)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="python -m ptqlib",
@@ -145,7 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="one weight scale per layer instead of one per output channel",
     )
     add_data_option(quantize)
+    add_low_bit_options(quantize)
     quantize.set_defaults(handler=run_quantize)
+
+    diagnose = commands.add_parser(
+        "diagnose", help="per-layer SQNR of an INT8 checkpoint against its FP32 model"
+    )
+    diagnose.add_argument("--checkpoint", required=True, help="an INT8 checkpoint")
+    diagnose.add_argument(
+        "--fp32",
+        default=None,
+        help="the FP32 checkpoint it was quantized from (default: the one its meta names)",
+    )
+    add_data_option(diagnose)
+    diagnose.add_argument("--json", action="store_true", help="print the table as JSON")
+    diagnose.set_defaults(handler=run_diagnose)
 
     pipeline = commands.add_parser(
         "pipeline",
@@ -237,6 +288,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "data_source": data.source,
         "size_bytes": Path(args.checkpoint).stat().st_size,
         "runtime": "onnxruntime" if is_onnx else "pytorch",
+        **({} if is_onnx else bit_widths(model, kind)),
     }
     if args.json:
         print(json.dumps(result))
@@ -249,8 +301,93 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def low_bit_requested(args: argparse.Namespace) -> bool:
+    """Any low-bit option away from its default (else the plain INT8 path runs, as before)."""
+    return (
+        args.weight_bits != 8
+        or args.activation_bits != 8
+        or args.rounding != "nearest"
+        or args.bias_correction
+        or args.weight_clipping != "minmax"
+        or args.layer_bits is not None
+    )
+
+
+def bit_widths(model, kind: str) -> dict:
+    """The weight bits per layer and the activation bits of a model (32 for FP32)."""
+    if kind != "int8":
+        return {"weight_bits": 32, "activation_bits": 32}
+    from ptqlib.int8_model import Int8Linear
+    from ptqlib.packing import bits_for_range
+
+    linears = [layer for layer in model.layers if isinstance(layer, Int8Linear)]
+    activation = {
+        bits_for_range(layer.output_qparams.quant_min, layer.output_qparams.quant_max)
+        for layer in linears
+    }
+    return {
+        "weight_bits": {layer.name: bits_for_range(*layer.weight_range) for layer in linears},
+        "activation_bits": max(activation),
+    }
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import load_fp32
+    from ptqlib.diagnose import diagnose, diagnosis_json, diagnosis_table
+    from ptqlib.int8_checkpoint import load_int8
+
+    int8_model, meta = load_int8(args.checkpoint)
+    fp32_path = args.fp32 or meta.get("source_path")
+    if fp32_path is None or not Path(fp32_path).is_file():
+        raise ValueError(
+            f"no FP32 checkpoint to compare with (the meta names {fp32_path!r}); give --fp32"
+        )
+    fp32, _ = load_fp32(fp32_path)
+    data = load_mnist(args.data_dir, splits=("test",), verbose=False)
+    rows = diagnose(fp32, int8_model, data.test.images)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "layers": diagnosis_json(rows)}))
+    else:
+        print(f"{data.describe()}\nSQNR of every layer's output against FP32:")
+        print(diagnosis_table(rows))
+    return 0
+
+
+def run_quantize_low_bit(args: argparse.Namespace) -> int:
+    from ptqlib.low_bit import LowBitSettings, parse_layer_bits
+    from ptqlib.pipeline import quantize_checkpoint_low_bit
+
+    layer_bits = {}
+    if args.layer_bits is not None:
+        layer_bits = parse_layer_bits(args.layer_bits)  # names: checked against the model
+    settings = LowBitSettings(
+        weight_bits=args.weight_bits,
+        activation_bits=args.activation_bits,
+        rounding=args.rounding,
+        clipping=args.weight_clipping,
+        bias_correction=args.bias_correction,
+        per_channel=not args.per_tensor,
+        layer_bits=layer_bits,
+        adaround_kwargs={"seed": args.seed, "iterations": args.adaround_iterations},
+    )
+    result = quantize_checkpoint_low_bit(
+        args.checkpoint, args.out, settings, args.observer, args.calib, args.data_dir
+    )
+    bits = ",".join(f"{name}={width}" for name, width in result.meta["weight_bits"].items())
+    print(
+        f"weights {bits} ({args.rounding}, {args.weight_clipping} clipping"
+        f"{', bias correction' if args.bias_correction else ''}) in "
+        f"{result.meta['weight_seconds']:.2f} s, activations {args.activation_bits} bits; wrote "
+        f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+    )
+    return 0
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     from ptqlib.pipeline import quantize_checkpoint
+
+    if low_bit_requested(args):
+        return run_quantize_low_bit(args)
 
     result = quantize_checkpoint(
         args.checkpoint,

@@ -21,6 +21,7 @@ from torch import nn
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint
 from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
 from ptqlib.int8_model import DTYPE_NAMES, Int8Linear, Int8Model
+from ptqlib.packing import PACKED_KEY, pack_entry, unpack_entry
 from ptqlib.quantization import QParams
 
 
@@ -86,7 +87,24 @@ def int8_state(model: Int8Model) -> dict[str, Any]:
                 "output": _activation_entry(layer.output_qparams),
             }
         )
-    return {"input": _activation_entry(model.input_qparams), "layers": layers}
+    return _packed({"input": _activation_entry(model.input_qparams), "layers": layers})
+
+
+def _packed(state: dict[str, Any]) -> dict[str, Any]:
+    """The state with every sub-8-bit weight packed into bytes (``ptqlib.packing``); the
+    int8 weights left and the packed bytes then share one storage each again (a view keeps
+    its whole storage alive in the file, packed layers included). All 8-bit: unchanged."""
+    layers = [pack_entry(e) if e["type"] == "linear" else e for e in state["layers"]]
+    if not any(PACKED_KEY in entry for entry in layers):
+        return state
+    unpacked = [entry for entry in layers if "weight" in entry]
+    packed = [entry[PACKED_KEY] for entry in layers if PACKED_KEY in entry]
+    for holders, field in ((unpacked, "weight"), (packed, "data")):
+        if holders:
+            shared = _views_of_one_storage([holder[field].clone() for holder in holders])
+            for holder, view in zip(holders, shared, strict=True):
+                holder[field] = view
+    return {**state, "layers": layers}
 
 
 def save_int8(model: Int8Model, path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -262,7 +280,7 @@ def int8_model_from_state(state: dict[str, Any]) -> Int8Model:
         if entry.get("type") == "flatten":
             layers.append(nn.Flatten(int(entry["start_dim"]), int(entry["end_dim"])))
         elif entry.get("type") == "linear":
-            layer = _linear_from_entry(entry, current, in_features)
+            layer = _linear_from_entry(unpack_entry(entry), current, in_features)
             layers.append(layer)
             current, in_features = layer.output_qparams, layer.out_features
         elif entry.get("type") == "conv2d":

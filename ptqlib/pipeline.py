@@ -32,6 +32,7 @@ from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
 from ptqlib.int8_cnn import quantize_cnn
 from ptqlib.int8_model import Int8Model, convert
+from ptqlib.low_bit import LowBitSettings, linear_names, quantize_low_bit
 from ptqlib.models import MODELS, fold_input_normalization, model_name
 from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
@@ -302,4 +303,45 @@ def quantize_checkpoint(
     path = save_int8(int8_model, out, meta)
     return QuantizeResult(
         int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta
+    )
+
+
+def quantize_checkpoint_low_bit(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: LowBitSettings,
+    observer: str = "histogram",
+    calib: int = 1000,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> QuantizeResult:
+    """Like :func:`quantize_checkpoint`, with B-bit weights and activations and the fixes of
+    ``ptqlib.low_bit`` (rounding, clipping, bias correction) as ``settings`` say. The meta
+    records the settings, the bits of every layer and the seconds the weights took."""
+    model, _ = load_fp32(checkpoint)
+    unknown = sorted(set(settings.layer_bits) - set(linear_names(model)))
+    if unknown:  # fail before loading data or calibrating
+        raise ValueError(
+            f"layer bits: unknown layer(s) {', '.join(unknown)}; the layers are "
+            f"{', '.join(linear_names(model))}"
+        )
+    data = load_mnist(data_dir, splits=("train",), verbose=progress)
+    images = calibration_images(data.train, calib)
+    quantized = quantize_low_bit(model, images, settings, observer=observer, progress=progress)
+    meta = {
+        "source_checkpoint": Path(checkpoint).name,
+        "source_path": str(Path(checkpoint).resolve()),
+        "observer": observer,
+        "calibration_images": calib,
+        "per_channel": settings.per_channel,
+        "weight_bits": {name: settings.bits_for(name) for name in linear_names(model)},
+        "activation_bits": settings.activation_bits,
+        "rounding": settings.rounding,
+        "clipping": settings.clipping,
+        "bias_correction": settings.bias_correction,
+        "weight_seconds": round(quantized.weights.seconds, 3),
+    }
+    path = save_int8(quantized.int8_model, out, meta)
+    return QuantizeResult(
+        quantized.int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta
     )
