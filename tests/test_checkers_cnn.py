@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from ptqlib.checkers_07 import check_fold_batchnorm, check_padded_accumulator
+from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 
 
 def right_fold(weight, bias, mean, var, gamma, beta, eps):
@@ -63,4 +63,4 @@ def test_zero_padding_fails_on_the_border_only():
 def test_skeleton_is_not_attempted_yet(capsys):
     check_fold_batchnorm(skeleton)
     check_padded_accumulator(skeleton)
-    assert capsys.readouterr().out.count("not attempted yet") == 2
+    assert capsys.readouterr().out.count("NOT ATTEMPTED") == 2

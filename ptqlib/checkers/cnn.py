@@ -17,53 +17,30 @@ yet, without an error, so the notebook runs top to bottom before you solve anyth
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn import functional
 
 from ptqlib.batchnorm import fold_parameters
+from ptqlib.checkers.core import Case, WrongAnswer, run_cases
 
 # Folded weights are float32 products: a right answer agrees to float rounding.
 FOLD_RELATIVE_TOLERANCE = 1e-5
 
 
-@dataclass(frozen=True)
-class Case:
-    """One known-answer case: the arguments in order, the right answer, a hint if it fails."""
-
-    name: str
-    arguments: tuple[Any, ...]
-    expected: Any
-    hint: str
-
-
 def _run(
     checker: str, student_fn: Callable, cases: list[Case], compare: Callable[[Any, Any], str]
 ) -> None:
-    """Run every case; ``compare(got, expected)`` returns "" when right, else the problem."""
-    if not callable(student_fn):
-        raise TypeError(f"{checker}: expected your function, got {student_fn!r}")
-    for number, case in enumerate(cases, start=1):
-        arguments = [a.clone() if isinstance(a, torch.Tensor) else a for a in case.arguments]
-        try:
-            got = student_fn(*arguments)
-        except NotImplementedError:
-            print(f"{checker}: not attempted yet (your function raises NotImplementedError)")
-            return
-        except Exception as error:
-            raise AssertionError(
-                f"{checker}: case {number} of {len(cases)} ({case.name}): your function raised "
-                f"{type(error).__name__}: {error}\n  hint: {case.hint}"
-            ) from error
+    """``ptqlib.checkers.core.run_cases`` with a ``compare(got, expected)`` that returns ""
+    when right, else the problem."""
+
+    def raise_problem(case: Case, got: Any) -> None:
         problem = compare(got, case.expected)
         if problem:
-            raise AssertionError(
-                f"{checker}: case {number} of {len(cases)} failed: {case.name}\n"
-                f"  problem: {problem}\n  hint:    {case.hint}"
-            )
-    print(f"{checker}: PASS ({len(cases)} cases)")
+            raise WrongAnswer(problem)
+
+    run_cases(checker, student_fn, cases, raise_problem)
 
 
 # --- exercise 1: fold a BatchNorm --------------------------------------------------------------
@@ -79,7 +56,8 @@ def _fold_case(name: str, shape: tuple[int, ...], with_bias: bool, eps: float, h
     gamma = torch.randn(channels, generator=generator)
     beta = torch.randn(channels, generator=generator)
     arguments = (weight, bias, mean, var, gamma, beta, eps)
-    return Case(name, arguments, fold_parameters(*arguments), hint)
+    names = ("weight", "bias", "mean", "var", "gamma", "beta", "eps")
+    return Case(name, tuple(zip(names, arguments, strict=True)), fold_parameters(*arguments), hint)
 
 
 def fold_cases() -> list[Case]:
@@ -165,7 +143,8 @@ def padding_cases() -> list[Case]:
             "pad with the zero-point Z_x (the integer of the real 0), not with 0: a padded "
             "pixel must give q_x - Z_x = 0, like the float conv's zero padding"
         )
-        cases.append(Case(name, (q_x, zero_point, q_w, padding), expected, hint))
+        arguments = (("q_x", q_x), ("zero_point", zero_point), ("q_w", q_w), ("padding", padding))
+        cases.append(Case(name, arguments, expected, hint))
     return cases
 
 
