@@ -51,13 +51,17 @@ def exercise_pairs(notebook):
 
 
 def test_skeletons_fail_their_checkers_until_filled(student_notebooks):
-    """Run each notebook's imports, then every skeleton and its checker: the checker must
-    report the exercise as not attempted, never PASS."""
+    """Run each notebook's imports and setup cell (what an instructor runs in a fresh
+    kernel), then every skeleton and its checker: the checker must report the exercise as
+    not attempted, never PASS."""
     exercises = 0
     for name, notebook in student_notebooks.items():
         code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
         namespace: dict = {}
-        exec(compile(code_cells[0].source, f"{name}: imports", "exec"), namespace)
+        setup = [cell for cell in code_cells[1:] if "setup" in tags(cell)]
+        for cell in [code_cells[0], *setup]:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(cell.source, f"{name}: imports and setup", "exec"), namespace)
         for skeleton, checker in exercise_pairs(notebook):
             assert "YOUR CODE HERE" in skeleton.source and "NotImplementedError" in skeleton.source
             exec(compile(skeleton.source, f"{name}: exercise", "exec"), namespace)

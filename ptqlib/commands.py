@@ -1,0 +1,236 @@
+"""What each command of ``python -m ptqlib`` does (``ptqlib.cli`` holds the parser).
+
+Each ``run_<command>(args)`` takes the parsed arguments, does the work through the library
+and prints the result; it returns the exit status. The library modules are imported inside
+the handlers, so ``--help`` and a usage error answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ptqlib.data import calibration_images, load_mnist
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import save_fp32
+    from ptqlib.evaluation import accuracy
+    from ptqlib.paths import artifacts_dir
+    from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, train, training_meta
+
+    data = load_mnist(args.data_dir)
+    epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
+    result = train(data, epochs=epochs, seed=args.seed, model=args.model)
+    meta = training_meta(result, data, epochs, args.seed)
+    out = args.out or artifacts_dir() / f"{args.model}_fp32.pt"
+    path = save_fp32(result.model, out, meta)
+    print(
+        f"trained {args.model} for {epochs} epochs in {result.seconds:.1f} s; "
+        f"test accuracy {accuracy(result.model, data.test):.2%}; saved {path}"
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ptqlib.evaluation import accuracy
+    from ptqlib.int8_checkpoint import load_model
+
+    is_onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
+    if is_onnx:
+        from ptqlib.onnx_runtime import load_onnx_model
+
+        model = load_onnx_model(args.checkpoint)
+        kind = model.kind
+    else:
+        model, kind, _ = load_model(args.checkpoint)
+    data = load_mnist(args.data_dir, splits=("test",), verbose=False)
+    # With --json, stdout holds only the JSON object; the data line goes to stderr.
+    print(data.describe(), file=sys.stderr if args.json else sys.stdout)
+    result = {
+        "checkpoint": args.checkpoint,
+        "kind": kind,
+        "accuracy": round(accuracy(model, data.test), 6),
+        "n_test": len(data.test),
+        "data_source": data.source,
+        "size_bytes": Path(args.checkpoint).stat().st_size,
+        "runtime": "onnxruntime" if is_onnx else "pytorch",
+        **({} if is_onnx else bit_widths(model, kind)),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        what = "ONNX model, run in ONNX Runtime" if is_onnx else "checkpoint"
+        print(
+            f"loaded an {kind.upper()} {what} ({result['size_bytes']:,} bytes): test accuracy "
+            f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
+        )
+    return 0
+
+
+def low_bit_requested(args: argparse.Namespace) -> bool:
+    """Any low-bit option away from its default (else the plain INT8 path runs, as before)."""
+    return (
+        args.weight_bits != 8
+        or args.activation_bits != 8
+        or args.rounding != "nearest"
+        or args.bias_correction
+        or args.weight_clipping != "minmax"
+        or args.layer_bits is not None
+    )
+
+
+def bit_widths(model, kind: str) -> dict:
+    """The weight bits per layer and the activation bits of a model (32 for FP32)."""
+    if kind != "int8":
+        return {"weight_bits": 32, "activation_bits": 32}
+    from ptqlib.int8_model import Int8Linear
+    from ptqlib.packing import bits_for_range
+
+    linears = [layer for layer in model.layers if isinstance(layer, Int8Linear)]
+    activation = {
+        bits_for_range(layer.output_qparams.quant_min, layer.output_qparams.quant_max)
+        for layer in linears
+    }
+    return {
+        "weight_bits": {layer.name: bits_for_range(*layer.weight_range) for layer in linears},
+        "activation_bits": max(activation),
+    }
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import load_fp32
+    from ptqlib.diagnose import diagnose, diagnosis_json, diagnosis_table
+    from ptqlib.int8_checkpoint import load_int8
+
+    int8_model, meta = load_int8(args.checkpoint)
+    fp32_path = args.fp32 or meta.get("source_path")
+    if fp32_path is None or not Path(fp32_path).is_file():
+        raise ValueError(
+            f"no FP32 checkpoint to compare with (the meta names {fp32_path!r}); give --fp32"
+        )
+    fp32, _ = load_fp32(fp32_path)
+    data = load_mnist(args.data_dir, splits=("test",), verbose=False)
+    rows = diagnose(fp32, int8_model, data.test.images)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "layers": diagnosis_json(rows)}))
+    else:
+        print(f"{data.describe()}\nSQNR of every layer's output against FP32:")
+        print(diagnosis_table(rows))
+    return 0
+
+
+def run_quantize_low_bit(args: argparse.Namespace) -> int:
+    from ptqlib.low_bit import LowBitSettings, parse_layer_bits
+    from ptqlib.pipeline import quantize_checkpoint_low_bit
+
+    layer_bits = {}
+    if args.layer_bits is not None:
+        layer_bits = parse_layer_bits(args.layer_bits)  # names: checked against the model
+    settings = LowBitSettings(
+        weight_bits=args.weight_bits,
+        activation_bits=args.activation_bits,
+        rounding=args.rounding,
+        clipping=args.weight_clipping,
+        bias_correction=args.bias_correction,
+        per_channel=not args.per_tensor,
+        layer_bits=layer_bits,
+        adaround_kwargs={"seed": args.seed, "iterations": args.adaround_iterations},
+    )
+    result = quantize_checkpoint_low_bit(
+        args.checkpoint, args.out, settings, args.observer, args.calib, args.data_dir
+    )
+    bits = ",".join(f"{name}={width}" for name, width in result.meta["weight_bits"].items())
+    print(
+        f"weights {bits} ({args.rounding}, {args.weight_clipping} clipping"
+        f"{', bias correction' if args.bias_correction else ''}) in "
+        f"{result.meta['weight_seconds']:.2f} s, activations {args.activation_bits} bits; wrote "
+        f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+    )
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from ptqlib.pipeline import quantize_checkpoint
+
+    if low_bit_requested(args):
+        return run_quantize_low_bit(args)
+
+    result = quantize_checkpoint(
+        args.checkpoint,
+        args.out,
+        observer=args.observer,
+        calib=args.calib,
+        per_channel=not args.per_tensor,
+        data_dir=args.data_dir,
+        expected_model=args.model,
+    )
+    print(
+        f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
+        f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ptqlib.int8_checkpoint import load_model
+    from ptqlib.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
+
+    model, kind, _ = load_model(args.checkpoint)
+    onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
+    path = save_onnx(onnx_model, args.out)
+    print(
+        f"wrote {path}: the {kind.upper()} model as ONNX (opset {OPSET}, "
+        f"{path.stat().st_size:,} bytes); the ONNX checker passed"
+    )
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from ptqlib.pipeline import results_markdown, run_pipeline
+
+    results = run_pipeline(
+        args.data_dir, args.calib, args.observer, args.out, args.threads, model=args.model
+    )
+    print(results_markdown(results))
+    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.md'}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ptqlib.hardware import machine_info
+    from ptqlib.pipeline import (
+        build_models,
+        latency_markdown,
+        latency_rows,
+        latency_table,
+        machine_line,
+    )
+
+    data = load_mnist(args.data_dir, verbose=not args.json)
+    models, _, settings = build_models(
+        data, args.calib, args.observer, progress=not args.json, model=args.model
+    )
+    if "onnxruntime" in args.runtime:
+        from ptqlib.onnx_runtime import onnx_runtime_models
+
+        teaching = models["int8_ptqlib_teaching"]
+        models.update(onnx_runtime_models(models["fp32"], teaching, args.threads))
+    if "pt2e" in args.runtime:
+        from ptqlib.reference_pt2e import pt2e_compiled_model
+
+        images = calibration_images(data.train, args.calib)
+        models["int8_pt2e"] = pt2e_compiled_model(models["fp32"], images).model
+    rows = latency_rows(latency_table(models, tuple(args.batch_sizes), args.threads))
+    machine = machine_info(args.threads)
+    if args.json:
+        print(json.dumps({"machine": machine, "settings": settings, "latency": rows}))
+        return 0
+    print(machine_line(machine))
+    print(f"ptqlib's fast path accumulates with the {settings['ptqlib_accumulator']}.")
+    print("Latency per batch: median ms of 21 interleaved repeats (interquartile range) and")
+    print("throughput relative to FP32 (above 1: faster than FP32):")
+    print("\n".join(latency_markdown(rows)))
+    return 0
