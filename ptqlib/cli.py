@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ptqlib import commands
 from ptqlib.models import MODELS
 from ptqlib.observers import OBSERVERS
 from ptqlib.pipeline import BATCH_SIZES
@@ -118,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ptqlib",
         description="Post-training quantization of SimpleNet on MNIST, from scratch.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser(
+    train = subcommands.add_parser(
         "train", help="train the FP32 SimpleNet (or --model cnn) and save a checkpoint"
     )
     add_model_option(
@@ -149,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=commands.run_train)
 
-    evaluate = commands.add_parser("evaluate", help="test accuracy of an FP32 or INT8 checkpoint")
+    evaluate = subcommands.add_parser(
+        "evaluate", help="test accuracy of an FP32 or INT8 checkpoint"
+    )
     evaluate.add_argument(
         "--checkpoint",
         required=True,
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=commands.run_evaluate)
 
-    quantize = commands.add_parser(
+    quantize = subcommands.add_parser(
         "quantize", help="calibrate an FP32 checkpoint and write the INT8 model"
     )
     quantize.add_argument("--checkpoint", required=True, help="the FP32 checkpoint to quantize")
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_low_bit_options(quantize)
     quantize.set_defaults(handler=commands.run_quantize)
 
-    diagnose = commands.add_parser(
+    diagnose = subcommands.add_parser(
         "diagnose", help="per-layer SQNR of an INT8 checkpoint against its FP32 model"
     )
     diagnose.add_argument("--checkpoint", required=True, help="an INT8 checkpoint")
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", action="store_true", help="print the table as JSON")
     diagnose.set_defaults(handler=commands.run_diagnose)
 
-    pipeline = commands.add_parser(
+    pipeline = subcommands.add_parser(
         "pipeline",
         help="baseline -> calibrate -> INT8 with ptqlib and torch.ao -> accuracy, size, latency",
     )
@@ -207,14 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.set_defaults(handler=commands.run_pipeline)
 
-    export = commands.add_parser(
+    export = subcommands.add_parser(
         "export", help="write an INT8 (or FP32) checkpoint as an ONNX model (QDQ graph)"
     )
     export.add_argument("--checkpoint", required=True, help="an INT8 or FP32 ptqlib checkpoint")
     export.add_argument("--out", required=True, help="where to write the .onnx file")
     export.set_defaults(handler=commands.run_export)
 
-    bench = commands.add_parser(
+    bench = subcommands.add_parser(
         "bench",
         help="latency of FP32, ptqlib INT8 (fast and teaching path) and torch.ao INT8 here",
     )
