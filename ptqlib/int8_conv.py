@@ -34,8 +34,8 @@ from torch.nn import functional
 
 from ptqlib.int8_model import DTYPE_NAMES
 from ptqlib.integer_arithmetic import (
-    INT32_MAX,
     carrier_offset,
+    check_accumulator_fits,
     fixed_point_multiplier,
     requantize,
 )
@@ -104,7 +104,9 @@ class Int8Conv2d(nn.Module):
         multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_channels))
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
-        self._check_no_overflow()
+        check_accumulator_fits(
+            self.name, self.weight_matrix(), self.bias, self.zero_point_correction()
+        )
 
     @property
     def input_qparams(self) -> QParams:
@@ -145,16 +147,6 @@ class Int8Conv2d(nn.Module):
         if self.relu:
             lowest = max(lowest, int(self.output_zero_point))
         return lowest, highest
-
-    def _check_no_overflow(self) -> None:
-        """The int32 accumulator cannot overflow for any int8 input (bounded in float64)."""
-        largest = (
-            self.weight_matrix().double().abs().sum(dim=1) * 128
-            + self.bias.double().abs()
-            + self.zero_point_correction().double().abs()
-        )
-        if bool((largest > INT32_MAX).any()):
-            raise ValueError(f"layer {self.name!r}: the int32 accumulator could overflow")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:

@@ -43,8 +43,8 @@ from torch import nn
 
 from ptqlib.conversion_plan import RESTRICTED_WEIGHT_RANGE, LinearStep, plan_conversion
 from ptqlib.integer_arithmetic import (
-    INT32_MAX,
     carrier_offset,
+    check_accumulator_fits,
     fixed_point_multiplier,
     int8_matmul,
     quantize_bias,
@@ -149,7 +149,7 @@ class Int8Linear(nn.Module):
             scales = (self.input_scale, self.weight_scale, self.output_scale)
             multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
             self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
-        self._check_no_overflow()
+        check_accumulator_fits(self.name, self.weight, self.bias, self.zero_point_correction())
 
     # The qparams, always built from the buffers (the state), never cached.
     @property
@@ -181,17 +181,6 @@ class Int8Linear(nn.Module):
         if self.relu:
             lowest = max(lowest, int(self.output_zero_point))
         return lowest, highest
-
-    def _check_no_overflow(self) -> None:
-        """For any int8 input the int32 accumulator must not overflow (bounded in float64,
-        which cannot overflow here). ``requantize`` then needs |acc| M0 < 2^62: it is."""
-        largest = (
-            self.weight.double().abs().sum(dim=1) * 128
-            + self.bias.double().abs()
-            + self.zero_point_correction().double().abs()
-        )
-        if bool((largest > INT32_MAX).any()):
-            raise ValueError(f"layer {self.name!r}: the int32 accumulator could overflow")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, integers only."""

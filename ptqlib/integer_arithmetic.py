@@ -113,6 +113,22 @@ def quantize_bias(
     return quantized.to(torch.int32)
 
 
+def check_accumulator_fits(
+    name: str, weight_matrix: torch.Tensor, bias: torch.Tensor, correction: torch.Tensor
+) -> None:
+    """Raise ValueError unless, for any int8 carriers (|c| <= 128), every int32 accumulator
+    ``sum_k c_k q_w,k + correction + q_b`` of the int8 ``weight_matrix`` ``[out, K]`` fits in
+    int32. Bounded in float64, which cannot overflow here; ``requantize`` then needs
+    ``|acc| M0 < 2^62``, which holds since M0 < 2^31."""
+    largest = (
+        weight_matrix.double().abs().sum(dim=1) * 128
+        + bias.double().abs()
+        + correction.double().abs()
+    )
+    if bool((largest > INT32_MAX).any()):
+        raise ValueError(f"layer {name!r}: the int32 accumulator could overflow")
+
+
 def carrier_offset(dtype: torch.dtype) -> int:
     """What is subtracted from an activation's integer to carry it as int8: 128 for uint8
     (0..255 becomes -128..127), 0 for int8."""

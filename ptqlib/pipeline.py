@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib import reference, reference_cnn
+from ptqlib import reference
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
@@ -72,7 +72,7 @@ def build_models(
     if model == "cnn":
         teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
         fast = FastInt8CNN(teaching)
-        int8_torch = reference_cnn.torch_eager_ptq_cnn(
+        int8_torch = reference.torch_eager_ptq(
             fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
         )
     else:

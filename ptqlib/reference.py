@@ -187,10 +187,11 @@ def eager_qconfig(
         return QConfig(activation=activation, weight=weight)
 
 
-def linear_relu_pairs(model: nn.Sequential) -> list[list[str]]:
-    """Names of every Linear directly followed by a ReLU, the pairs eager mode can fuse:
-    the same fusion as ptqlib's (:func:`ptqlib.calibration.fusion_groups`)."""
-    return [group for group in fusion_groups(model) if len(group) == 2]
+def eager_fusion_groups(model: nn.Sequential) -> list[list[str]]:
+    """The modules eager mode fuses into one quantized module: every Linear or Conv2d with the
+    BatchNorm and/or ReLU after it (torch folds the BatchNorm itself), the same fusion as
+    ptqlib's (:func:`ptqlib.fusion.fusion_groups`)."""
+    return [group for group in fusion_groups(model) if len(group) > 1]
 
 
 @torch.no_grad()
@@ -203,8 +204,9 @@ def torch_eager_ptq(
     engine: str | None = None,
     activation_observer: str = "minmax",
 ) -> EagerQuantModel:
-    """PyTorch's own eager-mode PTQ of ``model``: stubs, fuse Linear+ReLU, prepare,
-    calibrate on ``calibration_images`` (in batches of ``batch_size``), convert.
+    """PyTorch's own eager-mode PTQ of ``model`` (SimpleNet or SmallCNN): stubs, fuse
+    Linear+ReLU and Conv+BatchNorm+ReLU, prepare, calibrate on ``calibration_images`` (in
+    batches of ``batch_size``), convert.
 
     The quantized engine is set explicitly (``x86`` here, ``qnnpack`` on ARM; or
     ``engine``), because the quantized kernels it selects decide how the integer
@@ -219,7 +221,9 @@ def torch_eager_ptq(
         wrapped = EagerQuantModel(model)
         from torch.ao import quantization
 
-        prefixed = [[f"body.{a}", f"body.{b}"] for a, b in linear_relu_pairs(wrapped.body)]
+        prefixed = [
+            [f"body.{name}" for name in group] for group in eager_fusion_groups(wrapped.body)
+        ]
         if prefixed:
             wrapped = quantization.fuse_modules(wrapped, prefixed)
         wrapped.qconfig = eager_qconfig(reduce_range, per_channel, activation_observer)

@@ -10,9 +10,8 @@ Two references:
 - :func:`torch_cnn_from_int8` builds torch.ao's quantized modules (``Conv2d``/``ConvReLU2d``,
   ``Linear``) holding **ptqlib's own** int8 weights, scales and zero-points. Only the kernels
   differ, so the integers can be compared one by one (parity within 1 LSB).
-- :func:`torch_eager_ptq_cnn` is torch.ao's whole eager PTQ of the float CNN: fuse
-  conv+BN+ReLU (torch folds the BatchNorm itself), prepare, calibrate, convert. The
-  pipeline compares its accuracy, size and latency with ptqlib's.
+- ``ptqlib.reference.torch_eager_ptq`` is torch.ao's whole eager PTQ of the float CNN too:
+  it fuses conv+BN+ReLU (torch folds the BatchNorm itself), prepares, calibrates, converts.
 
 On the x86 engine use 7-bit activations (``reduce_range``) for parity: without AVX-512 VNNI,
 FBGEMM adds pairs of uint8 x int8 products in int16 with saturation (see
@@ -29,23 +28,11 @@ from torch import nn
 from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
 from ptqlib.int8_model import Int8Linear, Int8Model
 from ptqlib.reference import (
-    EagerQuantModel,
     default_quantized_engine,
     deprecated_api,
-    eager_qconfig,
+    quantized_engine,
     torch_dtype,
 )
-
-
-def _set_engine(engine: str | None) -> str:
-    engine = engine or default_quantized_engine()
-    if engine not in torch.backends.quantized.supported_engines:
-        raise ValueError(
-            f"engine: {engine!r} is not available here; "
-            f"expected one of {torch.backends.quantized.supported_engines}"
-        )
-    torch.backends.quantized.engine = engine
-    return engine
 
 
 def _quantized_weight(layer: Int8Conv2d | Int8Linear) -> torch.Tensor:
@@ -84,12 +71,15 @@ class TorchQuantizedCNN(nn.Module):
     """torch.ao's quantized modules in the places of ptqlib's INT8 layers: ``quant``
     (float -> quantized input), ``body`` (the layers, same names) and ``dequant``."""
 
-    def __init__(self, quant: nn.Module, body: nn.Sequential, dequant: nn.Module) -> None:
+    def __init__(
+        self, quant: nn.Module, body: nn.Sequential, dequant: nn.Module, engine: str
+    ) -> None:
         super().__init__()
         self.quant, self.body, self.dequant = quant, body, dequant
+        self.engine = engine  # selected for each call only (reference.quantized_engine)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with deprecated_api():
+        with quantized_engine(self.engine), deprecated_api():
             return self.dequant(self.body(self.quant(images)))
 
 
@@ -104,9 +94,9 @@ def torch_cnn_from_int8(
     """
     if not isinstance(int8_model, Int8Model):
         raise TypeError(f"int8_model: expected an Int8Model, got {type(int8_model).__name__}")
-    _set_engine(engine)
+    engine = engine or default_quantized_engine()
     float_layers = dict(float_model.named_children())
-    with deprecated_api():
+    with quantized_engine(engine), deprecated_api():
         from torch.ao.nn import quantized
 
         layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -119,41 +109,5 @@ def torch_cnn_from_int8(
             int(input_qparams.zero_point),
             torch_dtype(input_qparams.dtype),
         )
-        return TorchQuantizedCNN(quant, nn.Sequential(layers), quantized.DeQuantize()).eval()
-
-
-def conv_bn_relu_groups(model: nn.Sequential) -> list[list[str]]:
-    """The names eager mode fuses: every Conv2d with the BatchNorm2d and/or ReLU after it, and
-    every Linear followed by a ReLU (SmallCNN: conv1+bn1+relu1, conv2+bn2+relu2)."""
-    from ptqlib.fusion import fusion_groups
-
-    return [group for group in fusion_groups(model) if len(group) > 1]
-
-
-@torch.no_grad()
-def torch_eager_ptq_cnn(
-    model: nn.Sequential,
-    calibration_images: torch.Tensor,
-    batch_size: int = 100,
-    reduce_range: bool = False,
-    per_channel: bool = True,
-    engine: str | None = None,
-    activation_observer: str = "minmax",
-) -> EagerQuantModel:
-    """torch.ao's eager PTQ of a CNN with BatchNorm: stubs, fuse conv+BN+ReLU (in eval mode
-    torch folds the BatchNorm), prepare, calibrate, convert. ``model`` is not changed."""
-    if not isinstance(calibration_images, torch.Tensor) or calibration_images.numel() == 0:
-        raise ValueError("calibration_images: expected a non-empty tensor of images")
-    _set_engine(engine)
-    wrapped = EagerQuantModel(model)
-    with deprecated_api():
-        from torch.ao import quantization
-
-        groups = [[f"body.{name}" for name in group] for group in conv_bn_relu_groups(wrapped.body)]
-        if groups:
-            wrapped = quantization.fuse_modules(wrapped, groups)
-        wrapped.qconfig = eager_qconfig(reduce_range, per_channel, activation_observer)
-        prepared = quantization.prepare(wrapped)
-        for start in range(0, len(calibration_images), batch_size):
-            prepared(calibration_images[start : start + batch_size])
-        return quantization.convert(prepared)
+        body = nn.Sequential(layers)
+        return TorchQuantizedCNN(quant, body, quantized.DeQuantize(), engine).eval()

@@ -19,8 +19,8 @@ from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d, patches
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.models import SmallCNN
 from ptqlib.quantization import QParams, dequantize, min_max, qparams_from_range, quantize
-from ptqlib.reference import default_quantized_engine, torch_quantized_logits
-from ptqlib.reference_cnn import torch_cnn_from_int8, torch_eager_ptq_cnn
+from ptqlib.reference import default_quantized_engine, torch_eager_ptq, torch_quantized_logits
+from ptqlib.reference_cnn import torch_cnn_from_int8
 from ptqlib.training import CNN_EPOCHS, load_or_train_baseline
 
 # Folding computes W', b' in float64 and stores float32: the folded model differs from the
@@ -351,7 +351,7 @@ def test_torch_eager_ptq_of_the_cnn(cnn, images, offline_data):
     reduce_range = default_quantized_engine() == "x86"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation warning escapes reference_cnn
-        theirs = torch_eager_ptq_cnn(cnn, images, reduce_range=reduce_range)
+        theirs = torch_eager_ptq(cnn, images, reduce_range=reduce_range)
         predictions = theirs(offline_data.test.images).argmax(1)
     assert type(theirs.body.conv1).__name__ == "ConvReLU2d"  # conv + BN + ReLU fused
     assert isinstance(theirs.body.bn1, nn.Identity)

@@ -26,7 +26,7 @@ from ptqlib.evaluation import agreement
 from ptqlib.int8_model import Int8Linear, convert
 from ptqlib.reference import (
     default_quantized_engine,
-    linear_relu_pairs,
+    eager_fusion_groups,
     torch_eager_ptq,
     torch_linear_weights,
     torch_quantized_logits,
@@ -134,7 +134,7 @@ def test_per_tensor_weights_agree(baseline, images):
 def test_eager_ptq_fuses_linear_relu_and_leaves_the_model_alone(baseline, images):
     before = {name: tensor.clone() for name, tensor in baseline.state_dict().items()}
     quantized = torch_eager_ptq(baseline, images[:100])
-    assert linear_relu_pairs(baseline) == [["fc1", "relu1"], ["fc2", "relu2"]]
+    assert eager_fusion_groups(baseline) == [["fc1", "relu1"], ["fc2", "relu2"]]
     assert type(quantized.body.fc1).__name__ == "LinearReLU"
     assert type(quantized.body.relu1).__name__ == "Identity"
     for name, tensor in baseline.state_dict().items():
