@@ -125,6 +125,4 @@ def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
     quant_max) -> q``: ORT's requantization (see ``ptqlib.runtime_arithmetic``)."""
-    run_cases(
-        "check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers
-    )
+    run_cases("check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers)

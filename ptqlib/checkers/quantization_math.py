@@ -172,7 +172,8 @@ def dequantize_cases() -> list[Case]:
     return cases
 
 
-def _compare_qparams(case: Case, got: Any) -> None:
+def compare_qparams(case: Case, got: Any) -> None:
+    """A ``(scale, zero_point)`` pair equal to ``case.expected`` (scale to float round-off)."""
     scale, zero_point = as_pair(got, "scale, zero_point")
     scale = as_float(scale, "scale")
     zero_point = as_integer(zero_point, "zero_point")
@@ -192,7 +193,7 @@ def check_qparams(student_fn: Callable[..., Any]) -> None:
     Z = quant_min - round(min_val / S), an int. The scale is compared to a relative
     tolerance of 1e-5, the zero-point exactly.
     """
-    run_cases("check_qparams", student_fn, qparams_cases(), _compare_qparams)
+    run_cases("check_qparams", student_fn, qparams_cases(), compare_qparams)
 
 
 def check_quantize(student_fn: Callable[..., Any]) -> None:

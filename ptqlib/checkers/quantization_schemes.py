@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import Case, WrongAnswer, as_float, as_integer, as_pair, run_cases
+from ptqlib.checkers.core import Case, WrongAnswer, as_float, as_pair, run_cases
+from ptqlib.checkers.quantization_math import compare_qparams
 from ptqlib.quantization import fake_quantize, min_max, qparams_from_range, sqnr_db
 
 # A wrong answer is off by at least one part in 254; float round-off is far below this.
@@ -80,17 +81,6 @@ def symmetric_qparams_cases() -> list[Case]:
     return cases
 
 
-def _compare_symmetric(case: Case, got: Any) -> None:
-    scale, zero_point = as_pair(got, "scale, zero_point")
-    scale = as_float(scale, "scale")
-    zero_point = as_integer(zero_point, "zero_point")
-    expected_scale, expected_zero_point = case.expected
-    if not math.isclose(scale, expected_scale, rel_tol=SCALE_RELATIVE_TOLERANCE):
-        raise WrongAnswer(f"scale is {scale!r}, expected {expected_scale!r}")
-    if zero_point != expected_zero_point:
-        raise WrongAnswer(f"zero_point is {zero_point}, expected {expected_zero_point}")
-
-
 def check_symmetric_qparams(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(min_val, max_val, quant_min, quant_max) -> (scale, zero_point)``.
 
@@ -100,7 +90,7 @@ def check_symmetric_qparams(student_fn: Callable[..., Any]) -> None:
     restricted range -127..127 (TFLite, TensorRT) it is S = m / 127. The scale is compared
     to a relative tolerance of 1e-5, the zero-point exactly.
     """
-    run_cases("check_symmetric_qparams", student_fn, symmetric_qparams_cases(), _compare_symmetric)
+    run_cases("check_symmetric_qparams", student_fn, symmetric_qparams_cases(), compare_qparams)
 
 
 def per_channel_cases() -> list[Case]:
