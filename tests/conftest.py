@@ -26,6 +26,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m ptqlib ARGS`` as a user runs it: exit status, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "ptqlib", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
 @pytest.fixture(scope="session")
 def offline_data(tmp_path_factory):
     """The offline MNIST sample (4,000 train / 1,000 test), whatever lies in data/."""

@@ -2,22 +2,11 @@
 ``python -m ptqlib`` entry point as a user runs it, in a subprocess."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from conftest import run_cli
 from ptqlib.cli import EXIT_ERROR, main
-
-
-def run_cli(*args, env_data_dir=None, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "ptqlib", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import onnx
 import pytest
 
+from conftest import run_cli
 from ptqlib.checkpoints import save_fp32
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.evaluation import agreement, predict
@@ -13,7 +14,6 @@ from ptqlib.onnx_runtime import load_onnx_model, with_requantization
 from ptqlib.ort_quantizer import ort_quantize_static
 from ptqlib.pipeline import MODEL_NAMES
 from ptqlib.training import load_or_train_baseline
-from tests.test_cli import run_cli
 
 
 def assert_one_line_error(result, message):
@@ -32,8 +32,15 @@ def files(tmp_path_factory, offline_data):
     paths = {"fp32": save_fp32(baseline, folder / "fp32.pt", meta), "data": data_dir}
     paths["int8"] = folder / "int8.pt"
     result = run_cli(
-        "quantize", "--checkpoint", str(paths["fp32"]), "--out", str(paths["int8"]),
-        "--calib", "200", "--data-dir", str(data_dir),
+        "quantize",
+        "--checkpoint",
+        str(paths["fp32"]),
+        "--out",
+        str(paths["int8"]),
+        "--calib",
+        "200",
+        "--data-dir",
+        str(data_dir),
     )
     assert result.returncode == 0, result.stderr
     for kind in ("int8", "fp32"):
@@ -108,8 +115,18 @@ def test_export_errors(files, tmp_path):
 @pytest.mark.slow
 def test_bench_adds_onnx_runtime_and_pt2e_rows(files):
     result = run_cli(
-        "bench", "--runtime", "onnxruntime", "pt2e", "--batch-sizes", "1", "--calib", "100",
-        "--observer", "minmax", "--data-dir", str(files["data"]),
+        "bench",
+        "--runtime",
+        "onnxruntime",
+        "pt2e",
+        "--batch-sizes",
+        "1",
+        "--calib",
+        "100",
+        "--observer",
+        "minmax",
+        "--data-dir",
+        str(files["data"]),
     )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
