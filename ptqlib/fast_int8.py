@@ -18,8 +18,8 @@ with three changes, each an identity of integer arithmetic:
 
    (``Z'_y`` is the output zero-point minus the carrier offset, so ``q`` is already the
    int8 carrier). A multiply-add, a shift, a clamp and a cast: four passes instead of ten.
-   Int64 cannot overflow: :func:`_fold` checks ``max|g| A_j + |C_j| < 2^63`` per channel,
-   with ``max|g| <= 128 sum_k |q_w,k|``.
+   Int64 cannot overflow: :func:`_requantization_constants` checks
+   ``max|g| A_j + |C_j| < 2^63`` per channel, with ``max|g| <= 128 sum_k |q_w,k|``.
 
    Most CPUs multiply int64 vectors slowly, float64 ones fast. Where a layer allows it,
    the same value is computed in float64, *exactly*: ``g A_j + C_j`` is an integer, and
