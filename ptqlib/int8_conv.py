@@ -32,11 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ptqlib.int8_model import DTYPE_NAMES
+from ptqlib.int8_model import DTYPE_NAMES, Int8Step
 from ptqlib.integer_arithmetic import (
     carrier_offset,
-    check_accumulator_fits,
-    fixed_point_multiplier,
     requantize,
 )
 from ptqlib.quantization import QParams
@@ -53,14 +51,13 @@ def patches(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, in
     return rows.reshape(batch * out_h * out_w, channels * kernel_h * kernel_w)
 
 
-class Int8Conv2d(nn.Module):
+class Int8Conv2d(Int8Step):
     """A Conv2d (BatchNorm folded, ReLU fused) on integers: int8 carriers ``[N, C, H, W]`` in,
-    int8 carriers ``[N, O, OH, OW]`` out.
+        int8 carriers ``[N, O, OH, OW]`` out.
 
-    The buffers are those of :class:`~ptqlib.int8_model.Int8Linear`: ``weight`` (int8,
-    ``[O, C, kh, kw]``), ``bias`` (int32), ``weight_scale``, the input and output scales and
-    zero-points, and ``multiplier``/``shift`` (M0, n per channel). Fixed at construction:
-    stride, padding, dtypes and ranges, whether a ReLU is fused.
+        The state is :class:`~ptqlib.int8_model.Int8Step`'s, the same as an Int8Linear's, with
+        ``weight`` as ``[O, C, kh, kw]``: its ``weight_matrix()`` rows ``[O, C kh kw]`` are in the
+    order of :func:`patches`' columns. Fixed at construction besides: stride and padding.
     """
 
     def __init__(
@@ -75,78 +72,18 @@ class Int8Conv2d(nn.Module):
         padding: tuple[int, int] = (0, 0),
         name: str = "conv",
     ) -> None:
-        super().__init__()
         if weight.dim() != 4:
             raise ValueError(
                 f"layer {name!r}: weight must be [O, C, kh, kw], got {tuple(weight.shape)}"
             )
-        if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
-            raise ValueError(
-                f"layer {name!r}: weights must be int8 and symmetric (zero-point 0), "
-                f"got {weight_qparams}"
-            )
-        self.name, self.relu = name, relu
+        super().__init__(weight, bias, weight_qparams, input_qparams, output_qparams, relu, name)
         self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
-        self.register_buffer("weight", weight.to(torch.int8).contiguous())
-        self.register_buffer("bias", bias.to(torch.int32).contiguous())
-        self.register_buffer("weight_scale", weight_qparams.scale.to(torch.float32))
-        self.register_buffer("input_scale", input_qparams.scale.to(torch.float32))
-        self.register_buffer("input_zero_point", input_qparams.zero_point.to(torch.int64))
-        self.register_buffer("output_scale", output_qparams.scale.to(torch.float32))
-        self.register_buffer("output_zero_point", output_qparams.zero_point.to(torch.int64))
-        self.weight_range = (weight_qparams.quant_min, weight_qparams.quant_max)
-        self._input_like, self._output_like = input_qparams, output_qparams
         self.out_channels, self.in_channels = self.weight.shape[:2]
         self.kernel_size = tuple(self.weight.shape[2:])
-        real_multiplier = (
-            self.input_scale.double() * self.weight_scale.double() / self.output_scale.double()
-        )
-        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_channels))
-        self.register_buffer("multiplier", multiplier)
-        self.register_buffer("shift", shift)
-        check_accumulator_fits(
-            self.name, self.weight_matrix(), self.bias, self.zero_point_correction()
-        )
-
-    @property
-    def input_qparams(self) -> QParams:
-        like = self._input_like
-        return QParams(
-            self.input_scale, self.input_zero_point, like.quant_min, like.quant_max, like.dtype
-        )
-
-    @property
-    def output_qparams(self) -> QParams:
-        like = self._output_like
-        return QParams(
-            self.output_scale, self.output_zero_point, like.quant_min, like.quant_max, like.dtype
-        )
-
-    @property
-    def weight_qparams(self) -> QParams:
-        axis = 0 if self.weight_scale.dim() == 1 else None
-        zero_point = torch.zeros(self.weight_scale.shape, dtype=torch.int64)
-        return QParams(self.weight_scale, zero_point, *self.weight_range, torch.int8, axis=axis)
-
-    def weight_matrix(self) -> torch.Tensor:
-        """The filters as rows ``[O, C kh kw]``, in the order of :func:`patches`' columns."""
-        return self.weight.reshape(self.out_channels, -1)
 
     def padding_carrier(self) -> int:
         """What padded pixels hold: the carrier of the real 0, ``Z_x - offset``."""
         return int(self.input_zero_point) - carrier_offset(self._input_like.dtype)
-
-    def zero_point_correction(self) -> torch.Tensor:
-        """``(offset - Z_x) sum_k q_w,k`` per output channel (int32), as for Int8Linear."""
-        offset = carrier_offset(self._input_like.dtype) - int(self.input_zero_point)
-        return (offset * self.weight_matrix().to(torch.int32).sum(dim=1)).to(torch.int32)
-
-    def output_range(self) -> tuple[int, int]:
-        """The clamp ``(lo, hi)`` of the output's integers; a fused ReLU raises lo to Z_y."""
-        lowest, highest = self._output_like.quant_min, self._output_like.quant_max
-        if self.relu:
-            lowest = max(lowest, int(self.output_zero_point))
-        return lowest, highest
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:

@@ -93,17 +93,16 @@ def _activation_qparams_from(
     return QParams(scale, zero_point, like.quant_min, like.quant_max, like.dtype)
 
 
-class Int8Linear(nn.Module):
-    """A Linear (and its fused ReLU) on integers: int8 carriers in, int8 carriers out.
+class Int8Step(nn.Module):
+    """What every integer layer (a Linear here, a Conv2d in ``ptqlib.int8_conv``) stores and
+    derives: one fused step of the plan, int8 carriers in, int8 carriers out.
 
-    State (buffers): ``weight`` (int8, ``[out, in]``), ``bias`` (int32, scale S_x S_w),
-    ``weight_scale`` (float32, per output channel or one value; zero-point 0),
+    State (buffers): ``weight`` (int8, output channels first), ``bias`` (int32, scale
+    S_x S_w), ``weight_scale`` (float32, per output channel or one value; zero-point 0),
     ``input_scale``/``input_zero_point``, ``output_scale``/``output_zero_point``, and the
     integer multiplier ``multiplier``/``shift`` (M0, n per output channel) derived from the
     scales at construction. Fixed at construction: the activations' dtypes and integer
-    ranges, whether a ReLU is fused, and the ``requantization``: ``"fixed_point"`` (M0 2^-n,
-    the default) or ``"float32"`` (ONNX Runtime's way, with the buffer
-    ``float32_multiplier``; see ``ptqlib.runtime_arithmetic``).
+    ranges, and whether a ReLU is fused.
     """
 
     def __init__(
@@ -114,11 +113,9 @@ class Int8Linear(nn.Module):
         input_qparams: QParams,
         output_qparams: QParams,
         relu: bool,
-        name: str = "linear",
-        requantization: str = "fixed_point",
+        name: str,
     ) -> None:
         super().__init__()
-        self.requantization = check_requantization(requantization)
         if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
             raise ValueError(
                 f"layer {name!r}: weights must be int8 and symmetric (zero-point 0), "
@@ -135,21 +132,18 @@ class Int8Linear(nn.Module):
         self.register_buffer("output_zero_point", output_qparams.zero_point.to(torch.int64))
         self.weight_range = (weight_qparams.quant_min, weight_qparams.quant_max)
         self._input_like, self._output_like = input_qparams, output_qparams
-        self.out_features, self.in_features = self.weight.shape
         # M = S_x S_w / S_y per output channel (float64: the product of float32 scales is
         # exact), kept as its integers (M0, n): state like the rest, so the forward pass
         # touches no float.
         real_multiplier = (
             self.input_scale.double() * self.weight_scale.double() / self.output_scale.double()
         )
-        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(self.out_features))
+        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
-        if self.requantization == "float32":
-            scales = (self.input_scale, self.weight_scale, self.output_scale)
-            multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
-            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
-        check_accumulator_fits(self.name, self.weight, self.bias, self.zero_point_correction())
+        check_accumulator_fits(
+            self.name, self.weight_matrix(), self.bias, self.zero_point_correction()
+        )
 
     # The qparams, always built from the buffers (the state), never cached.
     @property
@@ -168,12 +162,15 @@ class Int8Linear(nn.Module):
         zero_point = torch.zeros(self.weight_scale.shape, dtype=torch.int64)
         return QParams(self.weight_scale, zero_point, *self.weight_range, torch.int8, axis=axis)
 
+    def weight_matrix(self) -> torch.Tensor:
+        """The weights as rows ``[out, K]``, one row per output channel."""
+        return self.weight.reshape(len(self.weight), -1)
+
     def zero_point_correction(self) -> torch.Tensor:
         """``(offset - Z_x) sum_k q_w,k`` per output channel (int32): what the int8 carriers
         leave out of ``sum_k (q_x,k - Z_x) q_w,k`` (see the module docstring)."""
-        input_dtype = self._input_like.dtype
-        offset = carrier_offset(input_dtype) - int(self.input_zero_point)
-        return (offset * self.weight.to(torch.int32).sum(dim=1)).to(torch.int32)
+        offset = carrier_offset(self._input_like.dtype) - int(self.input_zero_point)
+        return (offset * self.weight_matrix().to(torch.int32).sum(dim=1)).to(torch.int32)
 
     def output_range(self) -> tuple[int, int]:
         """The clamp ``(lo, hi)`` of the output's integers; a fused ReLU raises lo to Z_y."""
@@ -181,6 +178,33 @@ class Int8Linear(nn.Module):
         if self.relu:
             lowest = max(lowest, int(self.output_zero_point))
         return lowest, highest
+
+
+class Int8Linear(Int8Step):
+    """A Linear (and its fused ReLU) on integers: int8 carriers ``[N, in]`` in, ``[N, out]``
+    out. The state is :class:`Int8Step`'s; the ``requantization`` is fixed at construction:
+    ``"fixed_point"`` (M0 2^-n, the default) or ``"float32"`` (ONNX Runtime's way, with the
+    buffer ``float32_multiplier``; see ``ptqlib.runtime_arithmetic``).
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        weight_qparams: QParams,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        name: str = "linear",
+        requantization: str = "fixed_point",
+    ) -> None:
+        super().__init__(weight, bias, weight_qparams, input_qparams, output_qparams, relu, name)
+        self.requantization = check_requantization(requantization)
+        self.out_features, self.in_features = self.weight.shape
+        if self.requantization == "float32":
+            scales = (self.input_scale, self.weight_scale, self.output_scale)
+            multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
+            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, integers only."""
