@@ -41,6 +41,25 @@ class LinearStep:
     output_qparams: QParams
 
 
+@dataclass(frozen=True)
+class ConvStep:
+    """One Conv2d of a folded CNN (its fused ReLU named by ``relu_name``) with the qparams of
+    its input, weights and output; the output's are the ReLU's if fused (``ptqlib.int8_cnn``)."""
+
+    name: str
+    conv: nn.Conv2d
+    relu_name: str | None
+    input_qparams: QParams
+    weight_qparams: QParams
+    output_qparams: QParams
+
+
+def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    """The layer's float bias, or zeros where it has none."""
+    bias = layer.bias
+    return bias.detach() if bias is not None else torch.zeros(layer.weight.shape[0])
+
+
 def activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
     if key not in qparams:
         raise ValueError(

@@ -16,24 +16,37 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-from ptqlib.conversion_plan import LinearStep, plan_conversion
+from ptqlib.conversion_plan import ConvStep, LinearStep, bias_of, plan_conversion
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.quantization import QParams, dequantize
 from ptqlib.quantization import quantize as quantize_tensor
 
 
+def _dequantized_weight(step: ConvStep | LinearStep) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight as the integers represent it and the real bias S_x S_w q_b, in float64."""
+    layer = step.conv if isinstance(step, ConvStep) else step.linear
+    weight_q = quantize_tensor(layer.weight.detach(), step.weight_qparams)
+    weight = dequantize(weight_q, step.weight_qparams).double()
+    bias_q = quantize_bias(bias_of(layer), step.input_qparams.scale, step.weight_qparams.scale)
+    bias = bias_q.double() * step.input_qparams.scale.double() * step.weight_qparams.scale.double()
+    return weight, bias
+
+
 class FakeQuantModel(nn.Module):
     """The same quantized network simulated in float64: quantize and dequantize at every
-    quantization point (input, weights, bias, each layer's output), everything else real
-    arithmetic with the real multiplier S_x S_w / S_y. It needs no integer tricks at all,
-    so it is an independent check of :class:`Int8Model`."""
+    quantization point (input, weights, bias, each fused step's output), everything else real
+    arithmetic with the real multiplier S_x S_w / S_y (a convolution pads with the real 0, as
+    the float model does; a max-pool runs on the real values). It needs no integer tricks at
+    all, so it is an independent check of :class:`~ptqlib.int8_model.Int8Model` (the MLP's
+    steps, from ``plan_conversion``, or the CNN's, from ``ptqlib.int8_cnn.plan_cnn``)."""
 
-    def __init__(self, steps: list[LinearStep | nn.Flatten]) -> None:
+    def __init__(self, steps: list[ConvStep | LinearStep | nn.MaxPool2d | nn.Flatten]) -> None:
         super().__init__()
         self.steps = steps
-        self.input_qparams = next(s for s in steps if isinstance(s, LinearStep)).input_qparams
-        self.output_qparams = [s for s in steps if isinstance(s, LinearStep)][-1].output_qparams
+        layers = [s for s in steps if isinstance(s, (ConvStep, LinearStep))]
+        self.input_qparams, self.output_qparams = layers[0].input_qparams, layers[-1].output_qparams
 
     @torch.no_grad()
     def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -45,13 +58,15 @@ class FakeQuantModel(nn.Module):
                 q = step(q)
                 continue
             x = (q - qparams.zero_point).double() * qparams.scale.double()
-            weight_q = quantize_tensor(step.linear.weight.detach(), step.weight_qparams)
-            weight = dequantize(weight_q, step.weight_qparams).double()
-            weight_scale = step.weight_qparams.scale.double()
-            bias = step.linear.bias
-            bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
-            bias_q = quantize_bias(bias, qparams.scale, step.weight_qparams.scale)
-            y = x @ weight.T + bias_q.double() * qparams.scale.double() * weight_scale
+            if isinstance(step, nn.MaxPool2d):  # real max-pool, then back to the same grid
+                y = functional.max_pool2d(x, step.kernel_size, step.stride)
+                q = torch.round(y / qparams.scale.double()).long() + qparams.zero_point
+                continue
+            weight, bias = _dequantized_weight(step)
+            if isinstance(step, ConvStep):
+                y = functional.conv2d(x, weight, bias, step.conv.stride, step.conv.padding)
+            else:
+                y = x @ weight.T + bias
             if step.relu_name is not None:
                 y = torch.relu(y)
             qparams = step.output_qparams
@@ -60,8 +75,7 @@ class FakeQuantModel(nn.Module):
         return q
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        q = self.quantized_logits(images)
-        return dequantize(q, self.output_qparams)
+        return dequantize(self.quantized_logits(images), self.output_qparams)
 
 
 def simulate(

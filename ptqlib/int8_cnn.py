@@ -17,39 +17,27 @@ checkpoint work on it unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from ptqlib.batchnorm import has_batchnorm
 from ptqlib.calibration import calibrate_fused
 from ptqlib.conversion_plan import (
+    ConvStep,
     LinearStep,
     activation_qparams,  # the same checks and messages as the MLP conversion
+    bias_of,
     weight_qparams_for,
 )
+from ptqlib.fake_quant import FakeQuantModel
 from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
 from ptqlib.int8_model import Int8Model, int8_linear
 from ptqlib.integer_arithmetic import quantize_bias
-from ptqlib.quantization import QParams, check_finite, dequantize
+from ptqlib.quantization import QParams, check_finite
 from ptqlib.quantization import quantize as quantize_tensor
 
 SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
-
-
-@dataclass(frozen=True)
-class ConvStep:
-    """One Conv2d of the folded model (its fused ReLU named by ``relu_name``) with the
-    qparams of its input, weights and output; the output's are the ReLU's if fused."""
-
-    name: str
-    conv: nn.Conv2d
-    relu_name: str | None
-    input_qparams: QParams
-    weight_qparams: QParams
-    output_qparams: QParams
 
 
 Step = ConvStep | LinearStep | nn.MaxPool2d | nn.Flatten
@@ -123,18 +111,11 @@ def plan_cnn(
     return steps
 
 
-def _bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
-    bias = layer.bias
-    return bias.detach() if bias is not None else torch.zeros(layer.weight.shape[0])
-
-
 def _int8_conv(step: ConvStep) -> Int8Conv2d:
     weight = step.conv.weight.detach()
     return Int8Conv2d(
         weight=quantize_tensor(weight, step.weight_qparams),
-        bias=quantize_bias(
-            _bias_of(step.conv), step.input_qparams.scale, step.weight_qparams.scale
-        ),
+        bias=quantize_bias(bias_of(step.conv), step.input_qparams.scale, step.weight_qparams.scale),
         weight_qparams=step.weight_qparams,
         input_qparams=step.input_qparams,
         output_qparams=step.output_qparams,
@@ -194,60 +175,8 @@ def quantize_cnn(
 # --- the float simulation ----------------------------------------------------------------------
 
 
-def _dequantized_weight(step: ConvStep | LinearStep) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight as the integers represent it and the real bias S_x S_w q_b, in float64."""
-    layer = step.conv if isinstance(step, ConvStep) else step.linear
-    weight_q = quantize_tensor(layer.weight.detach(), step.weight_qparams)
-    weight = dequantize(weight_q, step.weight_qparams).double()
-    bias_q = quantize_bias(_bias_of(layer), step.input_qparams.scale, step.weight_qparams.scale)
-    bias = bias_q.double() * step.input_qparams.scale.double() * step.weight_qparams.scale.double()
-    return weight, bias
-
-
-class FakeQuantCNN(nn.Module):
-    """The INT8 CNN simulated in float64: quantize and dequantize at every quantization point,
-    real arithmetic in between (``F.conv2d`` pads with the real 0, as the float model does).
-    It uses none of the integer tricks (carriers, zero-point padding, fixed-point
-    multipliers), so agreement within 1 LSB checks them."""
-
-    def __init__(self, steps: list[Step]) -> None:
-        super().__init__()
-        self.steps = steps
-        layers = [s for s in steps if isinstance(s, (ConvStep, LinearStep))]
-        self.input_qparams, self.output_qparams = layers[0].input_qparams, layers[-1].output_qparams
-
-    @torch.no_grad()
-    def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The logits' integers (int64) as the simulation finds them."""
-        qparams = self.input_qparams
-        q = quantize_tensor(images, qparams).long()
-        for step in self.steps:
-            if isinstance(step, nn.Flatten):
-                q = step(q)
-                continue
-            x = (q - qparams.zero_point).double() * qparams.scale.double()
-            if isinstance(step, nn.MaxPool2d):  # real max-pool, then back to the same grid
-                y = functional.max_pool2d(x, step.kernel_size, step.stride)
-                q = torch.round(y / qparams.scale.double()).long() + qparams.zero_point
-                continue
-            weight, bias = _dequantized_weight(step)
-            if isinstance(step, ConvStep):
-                y = functional.conv2d(x, weight, bias, step.conv.stride, step.conv.padding)
-            else:
-                y = x @ weight.T + bias
-            if step.relu_name is not None:
-                y = torch.relu(y)
-            qparams = step.output_qparams
-            q = torch.round(y / qparams.scale.double()).long() + qparams.zero_point
-            q = q.clamp(qparams.quant_min, qparams.quant_max)
-        return q
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return dequantize(self.quantized_logits(images), self.output_qparams)
-
-
 def simulate_cnn(
     model: nn.Sequential, qparams: Mapping[str, QParams], per_channel: bool = True
-) -> FakeQuantCNN:
+) -> FakeQuantModel:
     """A float (fake-quant) simulation of ``convert_cnn(model, qparams, per_channel)``."""
-    return FakeQuantCNN(plan_cnn(model, qparams, per_channel))
+    return FakeQuantModel(plan_cnn(model, qparams, per_channel))

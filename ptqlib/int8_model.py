@@ -41,7 +41,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ptqlib.conversion_plan import RESTRICTED_WEIGHT_RANGE, LinearStep, plan_conversion
+from ptqlib.conversion_plan import (
+    RESTRICTED_WEIGHT_RANGE,
+    LinearStep,
+    bias_of,
+    plan_conversion,
+)
 from ptqlib.integer_arithmetic import (
     carrier_offset,
     check_accumulator_fits,
@@ -313,12 +318,11 @@ class Int8Model(nn.Module):
 
 
 def int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Linear:
-    weight = step.linear.weight.detach()
-    bias = step.linear.bias
-    bias = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
     return Int8Linear(
-        weight=quantize_tensor(weight, step.weight_qparams),
-        bias=quantize_bias(bias, step.input_qparams.scale, step.weight_qparams.scale),
+        weight=quantize_tensor(step.linear.weight.detach(), step.weight_qparams),
+        bias=quantize_bias(
+            bias_of(step.linear), step.input_qparams.scale, step.weight_qparams.scale
+        ),
         weight_qparams=step.weight_qparams,
         input_qparams=step.input_qparams,
         output_qparams=step.output_qparams,
