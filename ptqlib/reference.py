@@ -291,8 +291,8 @@ def torch_calibrate(
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, nn.Module]]:
     """:func:`ptqlib.calibration.calibrate` with torch.ao's observers at the same points.
 
-    Same hooks, same batches, same keys ("input", every Linear/ReLU output, every
-    "<linear>.weight"); observers named by their torch.ao class. Activations default to
+    Same hooks, same batches, same keys (the quantization points after fusion, every
+    "<layer>.weight"); observers named by their torch.ao class. Activations default to
     uint8 affine, weights to int8 symmetric (the kwargs override them; per-channel
     observers default to ch_axis=0 as in torch.ao). Returns ``(qparams, observers)``:
     ``qparams[key] = (scale, zero_point)`` as torch.ao computes them (shape [1] per tensor).
