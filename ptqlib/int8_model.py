@@ -211,6 +211,10 @@ class Int8Linear(Int8Step):
             multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
             self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
 
+    def weight_matrix(self) -> torch.Tensor:
+        """A Linear's weight already is the matrix ``[out, in]``."""
+        return self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, integers only."""
         if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.int8:
