@@ -34,7 +34,8 @@ with three changes, each an identity of integer arithmetic:
    ``p - 128`` is ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts
    128 modulo 256): no float work at all before the first GEMM.
 3. **The right GEMM for this CPU** (:func:`ptqlib.hardware.int8_gemm_is_fast`). Without
-   AVX-512 VNNI, ``torch._int_mm`` is a scalar loop, so the same sums are computed with the
+   AVX-512 VNNI, ``torch._int_mm`` is a scalar loop (measured on AVX2-only CPUs; other CPUs
+   are treated the same way), so the same sums are computed with the
    float32 GEMM, *exactly*: every product ``c q_w`` is an integer of at most 2^14 in
    magnitude, and every partial sum, in whatever order the GEMM adds them (blocked,
    vectorised, with fused multiply-adds), is an integer of magnitude at most

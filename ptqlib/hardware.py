@@ -64,11 +64,11 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 def int8_gemm_is_fast() -> bool:
     """Whether ``torch._int_mm`` (int8 x int8 -> int32) has a fast kernel on this CPU.
 
-    PyTorch sends it to oneDNN's int8 GEMM only where the CPU has AVX-512 VNNI (AMX
-    machines have it too): there it is several times faster than the float32 GEMM.
-    Everywhere else (AVX2-only CPUs, AVX-VNNI laptops, ARM) it runs a plain C++ loop,
-    tens of times slower. ``ptqlib.fast_int8`` then computes the same int32 sums with the
-    float32 GEMM instead: both paths give the same integers, only the speed differs.
+    With AVX-512 VNNI (AMX machines have it too) PyTorch sends it to oneDNN's int8 GEMM,
+    measured 9x faster than the float32 GEMM at batch 1024 on a Xeon. On an AVX2-only CPU
+    it runs a plain C++ loop, measured 26x slower. Other CPUs (AVX-VNNI laptops, ARM) were
+    not measured, so they are treated as slow: ``ptqlib.fast_int8`` then computes the same
+    int32 sums with the float32 GEMM instead. Both give the same integers; only speed differs.
     """
     return int8_instructions()["avx512_vnni"] and torch.backends.mkldnn.is_available()
 
