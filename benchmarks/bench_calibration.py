@@ -21,7 +21,7 @@ import torch
 
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, load_mnist
-from ptqlib.reference import torch_calibrate, torch_histogram_range
+from ptqlib.reference.torch_eager import torch_calibrate, torch_histogram_range
 from ptqlib.training import load_or_train_baseline
 
 CALIBRATION_IMAGES = 1000

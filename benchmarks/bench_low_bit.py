@@ -23,7 +23,7 @@ from ptqlib.data import calibration_images, load_mnist
 from ptqlib.evaluation import predict
 from ptqlib.hardware import cpu_name
 from ptqlib.int8_checkpoint import save_int8
-from ptqlib.low_bit import LowBitSettings, quantize_low_bit
+from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
 from ptqlib.training import load_or_train_baseline
 
 METHODS = {

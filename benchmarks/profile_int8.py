@@ -1,8 +1,8 @@
 """Profile ptqlib's integer-only INT8 engine: where its time goes, and why.
 
-Builds the four models of ``python -m ptqlib pipeline`` (``ptqlib.pipeline.build_models``:
+Builds the four models of ``python -m ptqlib pipeline`` (``ptqlib.app.pipeline.build_models``:
 the cached FP32 SimpleNet; ptqlib's INT8 model on raw pixels, as the teaching path of
-notebook 04 and as the fast path of ``ptqlib.fast_int8``; torch.ao's eager-mode INT8 model),
+notebook 04 and as the fast path of ``ptqlib.fast.mlp``; torch.ao's eager-mode INT8 model),
 calibrated on 1,000 training images with the histogram observer, then prints
 
 1. the machine: CPU model, the instruction set torch's kernels use, threads, versions;
@@ -39,12 +39,12 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from ptqlib.app.pipeline import build_models
 from ptqlib.data import load_mnist, normalise
 from ptqlib.evaluation import time_interleaved
+from ptqlib.fast.profiling import time_split
 from ptqlib.hardware import machine_info
-from ptqlib.int8_model import Int8Linear
-from ptqlib.pipeline import build_models
-from ptqlib.profiling import time_split
+from ptqlib.int8_layers import Int8Linear
 
 CALIBRATION_IMAGES = 1000
 BATCH_SIZES = (1, 64, 1024)
@@ -236,8 +236,8 @@ def print_profile(name: str, model: nn.Module, batch: int, calls: int, rows: int
 
 
 def print_splits(models: dict[str, nn.Module], threads: int, repeats: int) -> None:
-    """Input, GEMM and requantization time of the two ptqlib paths (ptqlib.profiling)."""
-    print("\n== where an INT8 forward pass spends its time (ptqlib.profiling.time_split)")
+    """Input, GEMM and requantization time of the two ptqlib paths (ptqlib.fast.profiling)."""
+    print("\n== where an INT8 forward pass spends its time (ptqlib.fast.profiling.time_split)")
     print(f"{'model':<21} {'batch':>5} {'total':>10} {'input':>8} {'GEMMs':>8} {'requant':>8}")
     for name in ("int8_ptqlib_teaching", "int8_ptqlib"):
         for batch in MODEL_BATCH_SIZES:

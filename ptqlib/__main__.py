@@ -1,3 +1,3 @@
-from ptqlib.cli import main
+from ptqlib.app.cli import main
 
 raise SystemExit(main())

@@ -39,6 +39,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ptqlib.errors import InputError
+
 FOLDABLE_LAYERS = (nn.Conv2d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -63,7 +65,7 @@ def fold_parameters(
         ("beta", beta),
     ):
         if tuple(tensor.shape) != (channels,):
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected one value per output channel, shape ({channels},), "
                 f"got {tuple(tensor.shape)}"
             )
@@ -81,7 +83,7 @@ def fold_batchnorm(layer: nn.Conv2d | nn.Linear, batchnorm: nn.Module) -> nn.Con
     """A new layer like ``layer`` (same shape, stride, padding...) that computes
     ``batchnorm(layer(x))`` in one step; ``layer`` and ``batchnorm`` are not changed."""
     if not isinstance(layer, FOLDABLE_LAYERS):
-        raise ValueError(
+        raise InputError(
             f"layer: a BatchNorm folds into a Conv2d or a Linear, got {type(layer).__name__}"
         )
     if not isinstance(batchnorm, BATCHNORMS):
@@ -89,15 +91,15 @@ def fold_batchnorm(layer: nn.Conv2d | nn.Linear, batchnorm: nn.Module) -> nn.Con
             f"batchnorm: expected a BatchNorm1d or BatchNorm2d, got {type(batchnorm).__name__}"
         )
     if batchnorm.training:
-        raise ValueError(
+        raise InputError(
             "batchnorm: is in training mode, where it normalises with each batch's own "
             "statistics; fold only a model in eval mode (call model.eval() first)"
         )
     if batchnorm.running_mean is None or batchnorm.running_var is None:
-        raise ValueError("batchnorm: has no running statistics (track_running_stats=False)")
+        raise InputError("batchnorm: has no running statistics (track_running_stats=False)")
     channels = layer.weight.shape[0]
     if batchnorm.num_features != channels:
-        raise ValueError(
+        raise InputError(
             f"batchnorm: has {batchnorm.num_features} channels, but the layer before it "
             f"has {channels} outputs"
         )
@@ -150,7 +152,7 @@ def fold_model(model: nn.Sequential) -> nn.Sequential:
                 if previous_name
                 else "is the first layer"
             )
-            raise ValueError(
+            raise InputError(
                 f"layer {name!r}: a BatchNorm folds only into the Conv2d or Linear right "
                 f"before it, but it {after}"
             )

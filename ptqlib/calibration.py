@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ptqlib.batchnorm import fold_model
+from ptqlib.errors import InputError
 from ptqlib.fusion import quantization_points
 from ptqlib.observers import make_observer
 from ptqlib.quantization import QParams, check_finite
@@ -101,7 +102,7 @@ def observe(
 
     never_ran = [name for name in watched if name not in run_order]
     if never_ran:
-        raise ValueError(f"model: module(s) {', '.join(never_ran)} never ran during calibration")
+        raise InputError(f"model: module(s) {', '.join(never_ran)} never ran during calibration")
     ordered = {"input": observers["input"]}
     ordered.update({name: observers[name] for name in run_order})
     with torch.no_grad():
@@ -126,7 +127,7 @@ def _run_batches(model: nn.Module, images: torch.Tensor, batch_size: int, progre
                     model(batch)
                 except RuntimeError as error:  # e.g. a shape the model cannot take
                     first_line = str(error).splitlines()[0]
-                    raise ValueError(
+                    raise InputError(
                         f"images: the model cannot run a batch of shape {tuple(batch.shape)}: "
                         f"{first_line}"
                     ) from error
@@ -154,7 +155,7 @@ def calibrate(
     ``images`` run through in batches of ``batch_size`` with a tqdm bar (``progress``).
     """
     if isinstance(activation_observer, str) and activation_observer.startswith("per_channel"):
-        raise ValueError(
+        raise InputError(
             f"activation_observer: {activation_observer!r} gives one range per channel, but "
             "activations get one range per tensor; use e.g. 'minmax' or 'histogram'"
         )
@@ -206,9 +207,9 @@ def _check_arguments(model: nn.Module, images: torch.Tensor, batch_size: int) ->
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     check_finite(images, "images")
     if images.dim() < 2:
-        raise ValueError(
+        raise InputError(
             f"images: expected a batch [N, ...] of at least 2 dimensions, got shape "
             f"{tuple(images.shape)}"
         )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive whole number, got {batch_size!r}")
+        raise InputError(f"batch_size: expected a positive whole number, got {batch_size!r}")

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from ptqlib.errors import InputError
 from ptqlib.models import SimpleNet, build_model, model_name
 
 FORMAT_VERSION = 1
@@ -36,7 +37,7 @@ MODEL_DESCRIPTIONS = {"simplenet": "SimpleNet (784-128-64-10)", "cnn": "SmallCNN
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``payload`` to ``path`` atomically and return the path."""
     if payload.get("kind") not in KINDS:
-        raise ValueError(f"payload['kind']: expected one of {KINDS}, got {payload.get('kind')!r}")
+        raise InputError(f"payload['kind']: expected one of {KINDS}, got {payload.get('kind')!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -72,28 +73,28 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} is not a file (a directory or a device?)")
+        raise InputError(f"checkpoint {str(path)!r} is not a file (a directory or a device?)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # garbage input fails in many ways deep inside the unpickler
         # torch's own message suggests weights_only=False, which would run pickled code
         # from an untrusted file: name the problem instead.
-        raise ValueError(
+        raise InputError(
             f"{path} is not a readable ptqlib checkpoint: corrupt, truncated, or not a file "
             f"written by torch.save with plain tensors ({type(error).__name__})"
         ) from error
     if not isinstance(payload, dict) or payload.get("kind") not in KINDS:
-        raise ValueError(
+        raise InputError(
             f"{path} is not a ptqlib checkpoint (no 'kind' of {KINDS}); "
             "create one with 'python -m ptqlib train' or 'python -m ptqlib quantize'"
         )
     if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path}: checkpoint format {payload.get('format_version')!r} is not the supported "
             f"format {FORMAT_VERSION}; re-create it with this version of ptqlib"
         )
     if expected_kind is not None and payload["kind"] != expected_kind:
-        raise ValueError(
+        raise InputError(
             f"{path} is an {payload['kind'].upper()} checkpoint, but an "
             f"{expected_kind.upper()} checkpoint is needed here"
         )
@@ -119,11 +120,11 @@ def load_fp32(path: str | os.PathLike, expected_model: str | None = None) -> tup
     payload = load_checkpoint(path, expected_kind="fp32")
     name = payload.get("model", DEFAULT_MODEL)
     if name not in MODEL_DESCRIPTIONS:
-        raise ValueError(
+        raise InputError(
             f"{path}: unknown model {name!r}; expected one of {sorted(MODEL_DESCRIPTIONS)}"
         )
     if expected_model is not None and name != expected_model:
-        raise ValueError(
+        raise InputError(
             f"{path} holds a {MODEL_DESCRIPTIONS[name]}, not the "
             f"{MODEL_DESCRIPTIONS.get(expected_model, repr(expected_model))} asked for"
         )
@@ -131,7 +132,7 @@ def load_fp32(path: str | os.PathLike, expected_model: str | None = None) -> tup
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError, TypeError) as error:
-        raise ValueError(
+        raise InputError(
             f"{path} does not hold a {MODEL_DESCRIPTIONS[name]}: {str(error).splitlines()[0]}"
         ) from error
     return model.eval(), payload.get("meta", {})

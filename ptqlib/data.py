@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ptqlib.errors import InputError
 from ptqlib.paths import REPO_ROOT
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
@@ -127,11 +128,11 @@ def load_mnist(
     """
     for split in splits:
         if split not in IDX_FILES:
-            raise ValueError(f"splits: unknown split {split!r}; expected 'train' and/or 'test'")
+            raise InputError(f"splits: unknown split {split!r}; expected 'train' and/or 'test'")
     named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     directory = Path(named).expanduser() if named is not None else DEFAULT_DATA_DIR
     if named is not None and directory.exists() and not directory.is_dir():
-        raise ValueError(f"data directory {str(directory)!r} is a file, not a directory")
+        raise InputError(f"data directory {str(directory)!r} is a file, not a directory")
     if named is not None and not directory.is_dir():
         raise FileNotFoundError(
             f"data directory {str(directory)!r} does not exist: create it and put the MNIST "
@@ -158,16 +159,16 @@ def calibration_images(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor
     with a generator seeded by ``seed``, so the same arguments give the same images.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n: expected a positive number of calibration images, got {n!r}")
+        raise InputError(f"n: expected a positive number of calibration images, got {n!r}")
     if n > len(split):
-        raise ValueError(f"n: asked for {n} calibration images but the split has {len(split)}")
+        raise InputError(f"n: asked for {n} calibration images but the split has {len(split)}")
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for label in range(NUM_CLASSES):
         wanted = n // NUM_CLASSES + (1 if label < n % NUM_CLASSES else 0)
         of_class = torch.nonzero(split.labels == label).flatten()
         if wanted > len(of_class):
-            raise ValueError(
+            raise InputError(
                 f"n: {n} balanced images need {wanted} of class {label}, "
                 f"but the split has only {len(of_class)}"
             )
@@ -224,22 +225,22 @@ def read_idx(path: Path, expected_magic: int) -> torch.Tensor:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: cannot be read or decompressed ({error})") from error
+        raise InputError(f"{path}: cannot be read or decompressed ({error})") from error
     if len(raw) < 4:
-        raise ValueError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
+        raise InputError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
     (magic,) = struct.unpack(">i", raw[:4])
     if magic != expected_magic:
-        raise ValueError(
+        raise InputError(
             f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x}"
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: header truncated ({len(raw)} bytes)")
+        raise InputError(f"{path}: header truncated ({len(raw)} bytes)")
     shape = struct.unpack(f">{ndim}i", raw[4:header])
     expected = header + math.prod(shape)
     if len(raw) != expected:
-        raise ValueError(
+        raise InputError(
             f"{path}: wrong length, {len(raw)} bytes for shape {tuple(shape)} "
             f"(expected {expected}); the file is truncated or corrupt"
         )
@@ -253,13 +254,13 @@ def _read_split(directory: Path, split: str) -> MNISTSplit:
     pixels = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
     if pixels.shape[1:] != (28, 28):
-        raise ValueError(f"{images_path}: images are {tuple(pixels.shape[1:])}, expected 28x28")
+        raise InputError(f"{images_path}: images are {tuple(pixels.shape[1:])}, expected 28x28")
     if len(pixels) != len(labels):
-        raise ValueError(
+        raise InputError(
             f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"
         )
     if int(labels.max()) >= NUM_CLASSES:
-        raise ValueError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9")
+        raise InputError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9")
     return MNISTSplit(normalise(pixels), labels.long())
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ptqlib.data import NUM_CLASSES, MNISTSplit, normalise
+from ptqlib.errors import InputError
 
 
 @torch.no_grad()
@@ -47,9 +48,9 @@ def _check_classes(predictions: torch.Tensor, labels: torch.Tensor) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 1 or tensor.is_floating_point():
             raise TypeError(f"{name}: expected a 1-d tensor of class indices, got {tensor!r:.60}")
         if len(tensor) == 0 or int(tensor.min()) < 0 or int(tensor.max()) >= NUM_CLASSES:
-            raise ValueError(f"{name}: expected classes 0-{NUM_CLASSES - 1} for at least one image")
+            raise InputError(f"{name}: expected classes 0-{NUM_CLASSES - 1} for at least one image")
     if len(predictions) != len(labels):
-        raise ValueError(
+        raise InputError(
             f"predictions ({len(predictions)}) and labels ({len(labels)}) differ in length"
         )
 
@@ -93,7 +94,7 @@ class Latency:
 def torch_threads(threads: int) -> Iterator[None]:
     """Run torch's CPU kernels on ``threads`` threads, restoring the old count afterwards."""
     if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive whole number, got {threads!r}")
+        raise InputError(f"threads: expected a positive whole number, got {threads!r}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -119,7 +120,7 @@ def time_interleaved(
     threads, so models with many small operators suffer most: benchmark on an idle machine.
     """
     if repeats < 3:
-        raise ValueError(f"repeats: expected at least 3 to report quartiles, got {repeats}")
+        raise InputError(f"repeats: expected at least 3 to report quartiles, got {repeats}")
     samples: dict[str, list[float]] = {name: [] for name in functions}
     with torch_threads(threads):
         calls = {}
@@ -151,7 +152,7 @@ def compare_latency(
     raw pixels (``model.takes_pixels``) gets the uint8 pixels, the others the normalised
     float images of the same pixels: each model starts from what it needs."""
     if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
+        raise InputError(f"batch_size: expected a positive number of images, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8, generator=generator)
     images = normalise(pixels)
@@ -214,7 +215,7 @@ def mcnemar_p_value(fixed: int, broken: int) -> float:
     """
     for value, name in ((fixed, "fixed"), (broken, "broken")):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected a count of digits (a whole number >= 0), got {value!r}"
             )
     n = fixed + broken

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ptqlib.conversion_plan import ConvStep, LinearStep, bias_of, plan_conversion
 from ptqlib.integer_arithmetic import quantize_bias
+from ptqlib.plan import ConvStep, LinearStep, bias_of, plan_conversion
 from ptqlib.quantization import QParams, dequantize
 from ptqlib.quantization import quantize as quantize_tensor
 

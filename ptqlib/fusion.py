@@ -12,7 +12,7 @@ The quantization points of SmallCNN after fusion are therefore::
     input                                          the images
     relu1    (conv1 + bn1 + relu1)                 uint8, its own qparams
     pool1    max-pool: no new qparams (it picks some of its input's integers, see
-             ptqlib.int8_conv), so no observer either
+             ptqlib.int8_layers), so no observer either
     relu2    (conv2 + bn2 + relu2)
     pool2, flatten: the same integers, rearranged
     fc       the logits

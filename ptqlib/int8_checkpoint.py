@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint
-from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
-from ptqlib.int8_model import DTYPE_NAMES, Int8Linear, Int8Model
-from ptqlib.packing import PACKED_KEY, pack_entry, unpack_entry
+from ptqlib.errors import InputError
+from ptqlib.int8_layers import DTYPE_NAMES, Int8Conv2d, Int8Linear, Int8MaxPool2d
+from ptqlib.int8_model import Int8Model
+from ptqlib.lowbit.packing import PACKED_KEY, pack_entry, unpack_entry
 from ptqlib.quantization import QParams
 
 
@@ -91,7 +92,7 @@ def int8_state(model: Int8Model) -> dict[str, Any]:
 
 
 def _packed(state: dict[str, Any]) -> dict[str, Any]:
-    """The state with every sub-8-bit weight packed into bytes (``ptqlib.packing``); the
+    """The state with every sub-8-bit weight packed into bytes (``ptqlib.lowbit.packing``); the
     int8 weights left and the packed bytes then share one storage each again (a view keeps
     its whole storage alive in the file, packed layers included). All 8-bit: unchanged."""
     layers = [pack_entry(e) if e["type"] == "linear" else e for e in state["layers"]]
@@ -116,7 +117,7 @@ def save_int8(model: Int8Model, path: str | os.PathLike, meta: dict | None = Non
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise InputError(message)
 
 
 def _activation_from_entry(entry: Any, where: str) -> QParams:
@@ -290,7 +291,7 @@ def int8_model_from_state(state: dict[str, Any]) -> Int8Model:
         elif entry.get("type") == "maxpool2d":
             layers.append(_maxpool_from_entry(entry, f"layers[{index}]"))
         else:
-            raise ValueError(f"layers[{index}]: unknown layer type {entry.get('type')!r}")
+            raise InputError(f"layers[{index}]: unknown layer type {entry.get('type')!r}")
     return Int8Model(input_qparams, layers).eval()
 
 
@@ -298,7 +299,7 @@ def _int8_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Int8
     try:
         return int8_model_from_state(payload)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} is not a valid INT8 checkpoint: {error}") from error
+        raise InputError(f"{path} is not a valid INT8 checkpoint: {error}") from error
 
 
 def load_int8(path: str | os.PathLike) -> tuple[Int8Model, dict]:

@@ -23,17 +23,18 @@ from torch import nn
 
 from ptqlib.batchnorm import has_batchnorm
 from ptqlib.calibration import calibrate_fused
-from ptqlib.conversion_plan import (
+from ptqlib.errors import InputError
+from ptqlib.fake_quant import FakeQuantModel
+from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d
+from ptqlib.int8_model import Int8Model, int8_linear
+from ptqlib.integer_arithmetic import quantize_bias
+from ptqlib.plan import (
     ConvStep,
     LinearStep,
     activation_qparams,  # the same checks and messages as the MLP conversion
     bias_of,
     weight_qparams_for,
 )
-from ptqlib.fake_quant import FakeQuantModel
-from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
-from ptqlib.int8_model import Int8Model, int8_linear
-from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.quantization import QParams, check_finite
 from ptqlib.quantization import quantize as quantize_tensor
 
@@ -45,12 +46,12 @@ Step = ConvStep | LinearStep | nn.MaxPool2d | nn.Flatten
 
 def _check_supported(name: str, module: nn.Module) -> None:
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        raise ValueError(
+        raise InputError(
             f"layer {name!r} is a BatchNorm: fold it first (ptqlib.batchnorm.fold_model, or "
             "calibrate with ptqlib.calibration.calibrate_fused, which folds)"
         )
     if not isinstance(module, SUPPORTED_LAYERS):
-        raise ValueError(
+        raise InputError(
             f"layer {name!r} is a {type(module).__name__}, which the INT8 CNN conversion does "
             "not support; supported: Conv2d, Linear, ReLU (after either), MaxPool2d, Flatten"
         )
@@ -60,11 +61,11 @@ def _check_supported(name: str, module: nn.Module) -> None:
         or module.padding_mode != "zeros"
         or isinstance(module.padding, str)
     ):
-        raise ValueError(f"layer {name!r}: only plain convolutions (no groups/dilation) convert")
+        raise InputError(f"layer {name!r}: only plain convolutions (no groups/dilation) convert")
     if isinstance(module, nn.MaxPool2d) and (
         module.padding not in (0, (0, 0)) or module.dilation not in (1, (1, 1)) or module.ceil_mode
     ):
-        raise ValueError(
+        raise InputError(
             f"layer {name!r}: only max-pools without padding/dilation/ceil_mode convert"
         )
 
@@ -95,7 +96,7 @@ def plan_cnn(
             index += 1
             continue
         if isinstance(module, nn.ReLU):
-            raise ValueError(f"layer {name!r} (ReLU) does not follow a Conv2d or Linear")
+            raise InputError(f"layer {name!r} (ReLU) does not follow a Conv2d or Linear")
         check_finite(module.weight.detach(), f"{name}.weight")
         following = children[index + 1] if index + 1 < len(children) else None
         relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
@@ -107,7 +108,7 @@ def plan_cnn(
         current = output
         index += 2 if relu_name else 1
     if not steps or not isinstance(steps[-1], LinearStep):
-        raise ValueError("model: must end with a Linear (the logits)")
+        raise InputError("model: must end with a Linear (the logits)")
     return steps
 
 
@@ -134,7 +135,7 @@ def convert_cnn(
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel: expected True or False, got {per_channel!r}")
     if isinstance(model, nn.Module) and has_batchnorm(model):
-        raise ValueError(
+        raise InputError(
             "model: still has a BatchNorm; fold it first (ptqlib.batchnorm.fold_model)"
         )
     layers: list[nn.Module] = []

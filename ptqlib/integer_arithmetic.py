@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ptqlib.errors import InputError
 from ptqlib.quantization import check_finite
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -47,7 +48,7 @@ def fixed_point_multiplier(
     """
     real_multiplier = torch.as_tensor(real_multiplier, dtype=torch.float64)
     if not bool(torch.isfinite(real_multiplier).all()) or bool((real_multiplier <= 0).any()):
-        raise ValueError(f"real_multiplier: expected positive finite values, got {real_multiplier}")
+        raise InputError(f"real_multiplier: expected positive finite values, got {real_multiplier}")
     fraction, exponent = torch.frexp(real_multiplier)
     multiplier = torch.round(fraction * 2.0**MULTIPLIER_BITS).to(torch.int64)
     exponent = exponent.to(torch.int64)
@@ -57,7 +58,7 @@ def fixed_point_multiplier(
     exponent = exponent + rounded_up.to(torch.int64)
     shift = MULTIPLIER_BITS - exponent
     if bool((shift < 1).any()) or bool((shift > MAX_SHIFT).any()):
-        raise ValueError(
+        raise InputError(
             f"real_multiplier: {real_multiplier.min().item():.3g}.."
             f"{real_multiplier.max().item():.3g} needs a shift outside 1..{MAX_SHIFT}; "
             "the scales of this layer are out of proportion"
@@ -106,7 +107,7 @@ def quantize_bias(
     bias_scale = torch.as_tensor(input_scale).double() * torch.as_tensor(weight_scale).double()
     quantized = torch.round(bias.double() / bias_scale)
     if bool((quantized.abs() > INT32_MAX).any()):
-        raise ValueError(
+        raise InputError(
             "bias: does not fit in int32 at scale S_x * S_w (a weight scale is tiny for a large "
             f"bias; largest |b / (S_x S_w)| = {quantized.abs().max().item():.3g})"
         )
@@ -126,7 +127,7 @@ def check_accumulator_fits(
         + correction.double().abs()
     )
     if bool((largest > INT32_MAX).any()):
-        raise ValueError(f"layer {name!r}: the int32 accumulator could overflow")
+        raise InputError(f"layer {name!r}: the int32 accumulator could overflow")
 
 
 def carrier_offset(dtype: torch.dtype) -> int:

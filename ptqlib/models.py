@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ptqlib.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES
+from ptqlib.errors import InputError
 
 INPUT_FEATURES = 28 * 28
 HIDDEN_FEATURES = (128, 64)
@@ -65,10 +66,10 @@ def fold_input_normalization(
             f"model: expected an nn.Sequential like SimpleNet, got {type(model).__name__}"
         )
     if not (isinstance(std, int | float) and std > 0):
-        raise ValueError(f"std: expected a positive number, got {std!r}")
+        raise InputError(f"std: expected a positive number, got {std!r}")
     first = next((module for module in model if isinstance(module, nn.Linear)), None)
     if first is None:
-        raise ValueError("model: has no Linear layer to fold the normalisation into")
+        raise InputError("model: has no Linear layer to fold the normalisation into")
     folded = copy.deepcopy(model).eval()
     linear = next(module for module in folded if isinstance(module, nn.Linear))
     weight, bias = linear.weight.double(), linear.bias.double()
@@ -119,7 +120,7 @@ MODELS = {"simplenet": SimpleNet, "cnn": SmallCNN}
 def build_model(name: str) -> nn.Sequential:
     """A fresh, untrained model by its name in :data:`MODELS` ("simplenet" or "cnn")."""
     if name not in MODELS:
-        raise ValueError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
+        raise InputError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
     return MODELS[name]()
 
 
@@ -128,7 +129,7 @@ def model_name(model: nn.Module) -> str:
     for name, model_class in MODELS.items():
         if type(model) is model_class:
             return name
-    raise ValueError(
+    raise InputError(
         f"model: a {type(model).__name__} is none of ptqlib's models "
         f"({', '.join(cls.__name__ for cls in MODELS.values())})"
     )

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ptqlib.errors import InputError
+
 SUPPORTED_DTYPES = (torch.uint8, torch.int8)
 
 # The smallest scale allowed, as in torch.ao: keeps S > 0 even for an all-zero tensor.
@@ -55,7 +57,7 @@ def quant_range(
     _check_dtype(dtype)
     info = torch.iinfo(dtype)
     if (quant_min is None) != (quant_max is None):
-        raise ValueError("quant_min and quant_max: give both or neither")
+        raise InputError("quant_min and quant_max: give both or neither")
     if quant_min is None:
         quant_min, quant_max = info.min, info.max
     else:
@@ -64,22 +66,22 @@ def quant_range(
                 f"quant_min/quant_max: expected integers, got {quant_min!r}, {quant_max!r}"
             )
         if quant_min >= quant_max:
-            raise ValueError(
+            raise InputError(
                 f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})"
             )
         if not quant_min <= 0 <= quant_max:
-            raise ValueError(
+            raise InputError(
                 f"quant_min/quant_max: the range {quant_min}..{quant_max} must include 0"
             )
         if quant_min < info.min or quant_max > info.max:
-            raise ValueError(
+            raise InputError(
                 f"quant_min/quant_max: the range {quant_min}..{quant_max} does not fit in "
                 f"{dtype} ({info.min}..{info.max})"
             )
     if reduce_range:
         quant_min, quant_max = quant_min // 2, quant_max // 2
         if quant_min >= quant_max:
-            raise ValueError(
+            raise InputError(
                 f"reduce_range: halving leaves {quant_min}..{quant_max}, no range at all; "
                 "use a wider range or reduce_range=False"
             )
@@ -90,7 +92,7 @@ def bit_range(bits: int, dtype: torch.dtype = torch.uint8) -> tuple[int, int]:
     """The range of a ``bits``-bit integer stored in ``dtype``: 0..2^b-1 or -2^(b-1)..2^(b-1)-1."""
     _check_dtype(dtype)
     if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits: expected a whole number from 2 to 8, got {bits!r}")
+        raise InputError(f"bits: expected a whole number from 2 to 8, got {bits!r}")
     if dtype == torch.uint8:
         return 0, 2**bits - 1
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -141,7 +143,7 @@ def check_float_tensor(x: object, name: str, action: str = "quantize") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.numel() == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: the tensor is empty (shape {tuple(x.shape)}); nothing to {action}"
         )
     if not x.is_floating_point():
@@ -152,13 +154,13 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise a clear error for a non-tensor, an empty tensor, or one holding NaN or Inf."""
     check_float_tensor(x, name)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: the tensor contains NaN or Inf; quantize finite values only")
+        raise InputError(f"{name}: the tensor contains NaN or Inf; quantize finite values only")
 
 
 def normalise_axis(axis: int, ndim: int) -> int:
     """``axis`` as a non-negative index into ``ndim`` dimensions, or a clear error."""
     if not isinstance(axis, int) or not -ndim <= axis < ndim:
-        raise ValueError(f"axis (ch_axis): {axis!r} is out of range for a {ndim}-d tensor")
+        raise InputError(f"axis (ch_axis): {axis!r} is out of range for a {ndim}-d tensor")
     return axis % ndim
 
 
@@ -180,19 +182,19 @@ def qparams_from_range(
     min_val = torch.as_tensor(min_val, dtype=torch.float32)
     max_val = torch.as_tensor(max_val, dtype=torch.float32)
     if min_val.shape != max_val.shape:
-        raise ValueError(
+        raise InputError(
             f"min_val {tuple(min_val.shape)} and max_val {tuple(max_val.shape)} differ in shape"
         )
     if not bool(torch.isfinite(min_val).all() and torch.isfinite(max_val).all()):
-        raise ValueError("min_val/max_val: the range must be finite (no NaN or Inf)")
+        raise InputError("min_val/max_val: the range must be finite (no NaN or Inf)")
     if bool((min_val > max_val).any()):
-        raise ValueError(f"min_val must not exceed max_val, got {min_val} > {max_val}")
+        raise InputError(f"min_val must not exceed max_val, got {min_val} > {max_val}")
     if min_val.dim() > 1:
-        raise ValueError(
+        raise InputError(
             f"min_val/max_val: expected numbers or 1-d tensors, got shape {tuple(min_val.shape)}"
         )
     if (axis is None) != (min_val.dim() == 0):
-        raise ValueError("axis: give it exactly when min_val/max_val hold one value per channel")
+        raise InputError("axis: give it exactly when min_val/max_val hold one value per channel")
     customised = quant_min is not None
     quant_min, quant_max = quant_range(dtype, reduce_range, quant_min, quant_max)
 
@@ -213,7 +215,7 @@ def qparams_from_range(
         scale = torch.max((max_pos - min_neg) / float(quant_max - quant_min), eps)
         if not bool(torch.isfinite(scale).all()):
             # torch.ao returns an infinite scale here; dequantize would then give NaN.
-            raise ValueError(
+            raise InputError(
                 f"min_val/max_val: the range [{min_val}, {max_val}] is too wide; its width "
                 "overflows float32 (use a symmetric scheme or a narrower range)"
             )
@@ -228,7 +230,7 @@ def _broadcast(values: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch
         return values
     axis = normalise_axis(axis, x.dim())
     if x.shape[axis] != values.numel():
-        raise ValueError(
+        raise InputError(
             f"x has {x.shape[axis]} channels along axis {axis} but the qparams have "
             f"{values.numel()}"
         )
@@ -285,9 +287,9 @@ def _check_same_shape(reference: torch.Tensor, approximation: torch.Tensor) -> N
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
         if tensor.numel() == 0:
-            raise ValueError(f"{name}: the tensor is empty; there is no error to measure")
+            raise InputError(f"{name}: the tensor is empty; there is no error to measure")
     if reference.shape != approximation.shape:
-        raise ValueError(
+        raise InputError(
             f"approximation: shape {tuple(approximation.shape)} differs from the reference's "
             f"{tuple(reference.shape)}"
         )

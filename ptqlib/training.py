@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ptqlib.checkpoints import load_fp32, save_fp32
 from ptqlib.data import MNIST, MNISTSplit
+from ptqlib.errors import InputError
 from ptqlib.models import MODELS, SimpleNet, build_model
 from ptqlib.paths import artifacts_dir
 
@@ -59,14 +60,14 @@ def train(
     the test accuracy (when ``data.test`` is loaded). ``progress`` shows a tqdm bar.
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs: expected a positive whole number, got {epochs!r}")
+        raise InputError(f"epochs: expected a positive whole number, got {epochs!r}")
     if not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed: expected a whole number that fits in 64 bits, got {seed!r}")
+        raise InputError(f"seed: expected a whole number that fits in 64 bits, got {seed!r}")
     if data.train is None:
-        raise ValueError("data: the train split is not loaded; call load_mnist() with 'train'")
+        raise InputError("data: the train split is not loaded; call load_mnist() with 'train'")
     model_name = model
     if model_name not in MODELS:
-        raise ValueError(f"model: unknown model {model_name!r}; expected one of {sorted(MODELS)}")
+        raise InputError(f"model: unknown model {model_name!r}; expected one of {sorted(MODELS)}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(model_name)
@@ -124,7 +125,7 @@ def baseline_path(
     or "cnn"). Notebook 01 saves its model there, so that every later notebook finds it
     instead of training again."""
     if model not in MODELS:
-        raise ValueError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
+        raise InputError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
     directory = artifacts_dir() if directory is None else Path(directory)
     return directory / f"{model}_fp32_e{epochs}_s{seed}_{data.fingerprint()}.pt"
 

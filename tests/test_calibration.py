@@ -18,7 +18,7 @@ from ptqlib.observers import (
     PerChannelMinMaxObserver,
 )
 from ptqlib.quantization import QParams
-from ptqlib.reference import torch_calibrate, torch_histogram_range
+from ptqlib.reference.torch_eager import torch_calibrate, torch_histogram_range
 
 ACTIVATION_KEYS = ["input", "relu1", "relu2", "fc3"]
 WEIGHT_KEYS = ["fc1.weight", "fc2.weight", "fc3.weight"]

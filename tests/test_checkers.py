@@ -15,7 +15,7 @@ from ptqlib.checkers import (
     check_quantize,
     check_requantize,
 )
-from ptqlib.reference import deprecated_api, torch_observer, torch_quantize
+from ptqlib.reference.torch_eager import deprecated_api, torch_observer, torch_quantize
 
 # --- Correct student implementations, written the way a student would ----------------
 

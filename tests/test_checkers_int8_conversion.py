@@ -16,7 +16,7 @@ from ptqlib.checkers import (
     check_integer_layer,
     check_zero_point_correction,
 )
-from ptqlib.int8_model import Int8Linear
+from ptqlib.int8_layers import Int8Linear
 from ptqlib.integer_arithmetic import fixed_point_multiplier, quantize_bias
 from ptqlib.quantization import QParams, qparams_from_range, quantize
 

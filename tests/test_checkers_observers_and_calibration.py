@@ -25,7 +25,7 @@ from ptqlib.data import MNISTSplit
 from ptqlib.evaluation import predict
 from ptqlib.fusion import quantization_points
 from ptqlib.int8_model import convert
-from ptqlib.observer_base import Observer
+from ptqlib.observers.base import Observer
 
 # --- Student answers, right and wrong, written the way a student would ------------------
 

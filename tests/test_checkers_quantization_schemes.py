@@ -11,7 +11,7 @@ import torch
 
 from ptqlib.checkers import check_per_channel_qparams, check_sqnr_db, check_symmetric_qparams
 from ptqlib.checkers.quantization_schemes import per_channel_cases, symmetric_qparams_cases
-from ptqlib.reference import deprecated_api, torch_observer
+from ptqlib.reference.torch_eager import deprecated_api, torch_observer
 
 EPS = torch.finfo(torch.float32).eps
 

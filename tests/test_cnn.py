@@ -15,12 +15,16 @@ from ptqlib.data import calibration_images
 from ptqlib.evaluation import accuracy, agreement
 from ptqlib.fusion import fusion_groups, quantization_points
 from ptqlib.int8_cnn import convert_cnn, quantize_cnn, simulate_cnn
-from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d, patches
+from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d, patches
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.models import SmallCNN
 from ptqlib.quantization import QParams, dequantize, min_max, qparams_from_range, quantize
-from ptqlib.reference import default_quantized_engine, torch_eager_ptq, torch_quantized_logits
-from ptqlib.reference_cnn import torch_cnn_from_int8
+from ptqlib.reference.torch_eager import (
+    default_quantized_engine,
+    torch_eager_ptq,
+    torch_quantized_logits,
+)
+from ptqlib.reference.torch_eager_cnn import torch_cnn_from_int8
 from ptqlib.training import CNN_EPOCHS, load_or_train_baseline
 
 # Folding computes W', b' in float64 and stores float32: the folded model differs from the
@@ -416,7 +420,7 @@ def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path)
 def test_fast_path_equals_the_teaching_path(
     cnn, images, offline_data, per_channel, activation_dtype
 ):
-    from ptqlib.fast_int8_conv import FastInt8CNN
+    from ptqlib.fast.cnn import FastInt8CNN
 
     int8_model, _, _ = quantize_cnn(
         cnn, images, "minmax", per_channel, {"dtype": activation_dtype}, progress=False
@@ -430,7 +434,7 @@ def test_fast_path_equals_the_teaching_path(
 def test_fast_path_without_pooling_and_with_stride(images):
     from collections import OrderedDict
 
-    from ptqlib.fast_int8_conv import FastInt8CNN
+    from ptqlib.fast.cnn import FastInt8CNN
 
     torch.manual_seed(1)
     model = nn.Sequential(
@@ -450,7 +454,7 @@ def test_fast_path_without_pooling_and_with_stride(images):
 
 
 def test_fast_path_needs_an_int8_model(cnn):
-    from ptqlib.fast_int8_conv import FastInt8CNN
+    from ptqlib.fast.cnn import FastInt8CNN
 
     with pytest.raises(TypeError, match="Int8Model"):
         FastInt8CNN(cnn)

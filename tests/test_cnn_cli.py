@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
+from ptqlib.app.cli import EXIT_ERROR, main
+from ptqlib.app.pipeline import MODEL_NAMES, run_pipeline
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint, save_fp32
-from ptqlib.cli import EXIT_ERROR, main
 from ptqlib.int8_checkpoint import load_int8, load_model
-from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
+from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d
 from ptqlib.models import SimpleNet, SmallCNN
-from ptqlib.pipeline import MODEL_NAMES, run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,15 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ptqlib.app.pipeline import quantize_checkpoint
 from ptqlib.calibration import calibrate
 from ptqlib.checkers import fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
 from ptqlib.int8_checkpoint import int8_state, load_int8, load_model, save_int8
-from ptqlib.int8_model import Int8Linear, convert
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import convert
 from ptqlib.integer_arithmetic import (
     carrier_offset,
     fixed_point_multiplier,
@@ -23,7 +25,6 @@ from ptqlib.integer_arithmetic import (
     rounding_right_shift,
 )
 from ptqlib.models import SimpleNet
-from ptqlib.pipeline import quantize_checkpoint
 from ptqlib.quantization import QParams, qparams_from_range, quantize
 from ptqlib.training import load_or_train_baseline
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ptqlib.data import calibration_images
-from ptqlib.diagnose import (
+from ptqlib.evaluation import predict
+from ptqlib.lowbit.diagnose import (
     MixedPrecisionPoint,
     best_under_budget,
     diagnose,
@@ -18,9 +19,8 @@ from ptqlib.diagnose import (
     sensitivity,
     weight_quantized_copy,
 )
-from ptqlib.evaluation import predict
-from ptqlib.low_bit import LowBitSettings, quantize_low_bit
-from ptqlib.qat import qat_finetune, straight_through
+from ptqlib.lowbit.qat import qat_finetune, straight_through
+from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
 from ptqlib.training import load_or_train_baseline
 
 

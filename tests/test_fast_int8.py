@@ -5,7 +5,7 @@ import torch
 
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, normalise
-from ptqlib.fast_int8 import FastInt8Model, float_gemm_is_exact
+from ptqlib.fast.mlp import FastInt8Model, float_gemm_is_exact
 from ptqlib.hardware import int8_gemm_is_fast
 from ptqlib.int8_model import PIXEL_QPARAMS, convert
 from ptqlib.integer_arithmetic import int8_matmul

@@ -1,4 +1,4 @@
-"""Tests for ptqlib.histogram_observers and ptqlib.histogram_l2_search: the histogram
+"""Tests for ptqlib.observers.histogram and ptqlib.observers.l2_search: the histogram
 search against torch.ao, the percentile / entropy / MSE observers, and the histogram they
 share.
 
@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptqlib.data import calibration_images
-from ptqlib.histogram_l2_search import quantization_error, search_bin_width
-from ptqlib.histogram_observers import EntropyObserver, HistogramObserver
 from ptqlib.observers import make_observer
+from ptqlib.observers.histogram import EntropyObserver, HistogramObserver
+from ptqlib.observers.l2_search import quantization_error, search_bin_width
 from ptqlib.quantization import fake_quantize, mse
-from ptqlib.reference import deprecated_api, torch_histogram_range, torch_observer
+from ptqlib.reference.torch_eager import deprecated_api, torch_histogram_range, torch_observer
 from ptqlib.training import load_or_train_baseline
 
 HISTOGRAM_BASED = ["histogram", "percentile", "entropy", "mse"]

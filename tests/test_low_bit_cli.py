@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from ptqlib.app.cli import main
 from ptqlib.checkpoints import save_fp32
-from ptqlib.cli import main
 from ptqlib.training import load_or_train_baseline
 
 

@@ -1,4 +1,4 @@
-"""Tests for ptqlib.observers and ptqlib.observer_base: the min/max family's exactness
+"""Tests for ptqlib.observers and ptqlib.observers.base: the min/max family's exactness
 against torch.ao, the settings, the common interface of every observer and every bad input.
 
 The histogram-based observers have their own tests in test_histogram_observers.py.
@@ -15,8 +15,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptqlib.histogram_observers import HistogramObserver
-from ptqlib.observer_base import ObserverSettings
 from ptqlib.observers import (
     OBSERVERS,
     MinMaxObserver,
@@ -26,8 +24,10 @@ from ptqlib.observers import (
     PerChannelMinMaxObserver,
     make_observer,
 )
+from ptqlib.observers.base import ObserverSettings
+from ptqlib.observers.histogram import HistogramObserver
 from ptqlib.quantization import EPS, QParams
-from ptqlib.reference import deprecated_api, torch_observer
+from ptqlib.reference.torch_eager import deprecated_api, torch_observer
 
 PER_TENSOR = [name for name in OBSERVERS if name != "per_channel_minmax"]
 

@@ -6,13 +6,13 @@ import onnx
 import pytest
 
 from conftest import run_cli
+from ptqlib.app.pipeline import MODEL_NAMES
 from ptqlib.checkpoints import save_fp32
 from ptqlib.data import calibration_images, load_mnist
+from ptqlib.deploy.onnx_runtime import load_onnx_model, with_requantization
+from ptqlib.deploy.ort_quantizer import ort_quantize_static
 from ptqlib.evaluation import agreement, predict
 from ptqlib.int8_checkpoint import load_int8
-from ptqlib.onnx_runtime import load_onnx_model, with_requantization
-from ptqlib.ort_quantizer import ort_quantize_static
-from ptqlib.pipeline import MODEL_NAMES
 from ptqlib.training import load_or_train_baseline
 
 

@@ -10,15 +10,8 @@ from torch import nn
 
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images
-from ptqlib.evaluation import agreement, predict
-from ptqlib.int8_model import (
-    RESTRICTED_WEIGHT_RANGE,
-    Int8Linear,
-    Int8Model,
-    convert,
-)
-from ptqlib.onnx_export import fp32_to_onnx, int8_to_onnx, save_onnx
-from ptqlib.onnx_runtime import (
+from ptqlib.deploy.onnx_export import fp32_to_onnx, int8_to_onnx, save_onnx
+from ptqlib.deploy.onnx_runtime import (
     OnnxModel,
     layer_parity,
     load_onnx,
@@ -26,14 +19,17 @@ from ptqlib.onnx_runtime import (
     optimized_op_types,
     with_requantization,
 )
-from ptqlib.ort_quantizer import gemm_qparams, ort_quantize_static
-from ptqlib.quantization import QParams, quantize
-from ptqlib.reference_pt2e import cpu_has_vnni
-from ptqlib.runtime_arithmetic import (
+from ptqlib.deploy.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
 )
+from ptqlib.deploy.ort_quantizer import gemm_qparams, ort_quantize_static
+from ptqlib.evaluation import agreement, predict
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import RESTRICTED_WEIGHT_RANGE, Int8Model, convert
+from ptqlib.quantization import QParams, quantize
+from ptqlib.reference.pt2e import cpu_has_vnni
 from ptqlib.training import load_or_train_baseline
 
 # ORT's u8s8 kernels without VNNI add pairs of products in int16 (vpmaddubsw), which can
@@ -307,7 +303,7 @@ def test_graph_figure_draws_one_box_per_node(baseline, calibration):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ptqlib.onnx_figure import draw_onnx_graph
+    from ptqlib.deploy.onnx_figure import draw_onnx_graph
 
     exported = int8_to_onnx(convert(baseline, calibration.qparams))
     figure, axis = plt.subplots()

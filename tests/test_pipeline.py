@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ptqlib.cli import EXIT_ERROR, main
-from ptqlib.pipeline import MODEL_NAMES, run_pipeline
+from ptqlib.app.cli import EXIT_ERROR, main
+from ptqlib.app.pipeline import MODEL_NAMES, run_pipeline
 
 
 @pytest.fixture(scope="module")

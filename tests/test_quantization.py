@@ -1,6 +1,6 @@
 """Tests for ptqlib.quantization: exactness against PyTorch, properties, errors, metrics.
 
-PyTorch is reached only through ptqlib.reference (torch.ao observers and
+PyTorch is reached only through ptqlib.reference.torch_eager (torch.ao observers and
 torch.quantize_per_tensor / quantize_per_channel), which filters their deprecation
 warnings in one place.
 """
@@ -30,7 +30,7 @@ from ptqlib.quantization import (
     quantize,
     sqnr_db,
 )
-from ptqlib.reference import deprecated_api, torch_observer, torch_quantize
+from ptqlib.reference.torch_eager import deprecated_api, torch_observer, torch_quantize
 
 
 @pytest.fixture(autouse=True, scope="module")

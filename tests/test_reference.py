@@ -23,8 +23,9 @@ import torch
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import agreement
-from ptqlib.int8_model import Int8Linear, convert
-from ptqlib.reference import (
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import convert
+from ptqlib.reference.torch_eager import (
     default_quantized_engine,
     eager_fusion_groups,
     torch_eager_ptq,

@@ -7,7 +7,7 @@ from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import agreement, predict
 from ptqlib.int8_model import convert
-from ptqlib.reference_pt2e import (
+from ptqlib.reference.pt2e import (
     cpu_has_vnni,
     pt2e_activation_qparams,
     pt2e_compiled_model,

@@ -5,8 +5,7 @@ import itertools
 import pytest
 import torch
 
-from ptqlib.quantization import qparams_from_range
-from ptqlib.weight_rounding import (
+from ptqlib.lowbit.rounding import (
     adaround,
     gptq,
     hessian,
@@ -14,6 +13,7 @@ from ptqlib.weight_rounding import (
     rectified_sigmoid,
     round_to_nearest,
 )
+from ptqlib.quantization import qparams_from_range
 
 
 def two_bit_grid(weight):

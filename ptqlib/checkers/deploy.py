@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from ptqlib.checkers.core import Case, compare_integers, run_cases
-from ptqlib.quantization import QParams
-from ptqlib.runtime_arithmetic import (
+from ptqlib.deploy.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
 )
+from ptqlib.quantization import QParams
 
 
 def _uint8(scale: float, zero_point: int) -> QParams:
@@ -124,5 +124,5 @@ def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
 
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
-    quant_max) -> q``: ORT's requantization (see ``ptqlib.runtime_arithmetic``)."""
+    quant_max) -> q``: ORT's requantization (see ``ptqlib.deploy.ort_arithmetic``)."""
     run_cases("check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers)

@@ -23,6 +23,7 @@ from ptqlib.checkers.core import (
     compare_integers,
     run_cases,
 )
+from ptqlib.errors import InputError
 
 
 def requantize_reference(
@@ -113,7 +114,7 @@ def fixed_point_multiplier_reference(multiplier: float) -> tuple[int, int]:
     and shift = 31 - e.
     """
     if not (isinstance(multiplier, float) and 0.0 < multiplier < 1.0):
-        raise ValueError(f"multiplier: expected a float in (0, 1), got {multiplier!r}")
+        raise InputError(f"multiplier: expected a float in (0, 1), got {multiplier!r}")
     fraction, exponent = math.frexp(multiplier)
     m0 = round(fraction * 2**31)
     if m0 == 2**31:  # f rounded up to 1.0: use 0.5 with the next exponent instead

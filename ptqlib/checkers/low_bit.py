@@ -21,7 +21,7 @@ from ptqlib.checkers.core import (
     compare_integers,
     run_cases,
 )
-from ptqlib.packing import pack
+from ptqlib.lowbit.packing import pack
 
 
 def _compare_close(case: Case, got: Any) -> None:

@@ -35,6 +35,7 @@ from torch import nn
 from ptqlib.calibration import Calibration, calibrate
 from ptqlib.checkers.core import Case, WrongAnswer, as_float, as_pair, describe, run_cases
 from ptqlib.data import MNISTSplit
+from ptqlib.errors import InputError
 from ptqlib.evaluation import predict
 from ptqlib.fusion import quantization_points
 from ptqlib.int8_model import convert
@@ -305,7 +306,7 @@ def check_three_sigma_observer(observer_class: type) -> None:
         for batch in batches:
             batch = batch.clone()
             if observer(batch) is not batch:
-                raise ValueError("observer(x) must return x itself, unchanged")
+                raise InputError("observer(x) must return x itself, unchanged")
         return observer.clipping_range()
 
     run_cases("check_three_sigma_observer", observed_range, three_sigma_cases(), _compare_range)
@@ -339,14 +340,14 @@ def _check_choice(model: nn.Module, choice: Mapping[str, str]) -> dict[str, str]
         raise TypeError(f"choice: expected a dict {{point: observer name}}, got {choice!r}")
     points = quantization_points(model)
     if sorted(choice) != sorted(points):
-        raise ValueError(
+        raise InputError(
             f"choice: expected one observer for each quantization point {points}, "
             f"got keys {list(choice)}"
         )
     for point, name in choice.items():
         if name not in OBSERVERS or name.startswith("per_channel"):
             allowed = [each for each in OBSERVERS if not each.startswith("per_channel")]
-            raise ValueError(f"choice[{point!r}]: {name!r} is not one of {allowed}")
+            raise InputError(f"choice[{point!r}]: {name!r} is not one of {allowed}")
     return {point: choice[point] for point in points}  # in run order
 
 

@@ -1,57 +1,20 @@
-"""Observers: small modules that watch tensors go by and then choose a scale and zero-point.
-
-``obs(x)`` records statistics of ``x`` and returns ``x``; ``obs.calculate_qparams()``
-chooses a clipping range from them and turns it into ``(scale, zero_point)`` with the
-observer's :class:`~ptqlib.observer_base.ObserverSettings` (the interface and the
-settings are in ``ptqlib.observer_base``). The observers differ in how they choose the
-range; this module holds the min/max family and the registry of all of them:
+"""The min/max observers: the range is the smallest and largest value seen.
 
 - ``MinMaxObserver``: the smallest and largest value seen in all batches.
 - ``MovingAverageMinMaxObserver``: min and max averaged over batches, m <- m + c (m_batch - m).
 - ``PerChannelMinMaxObserver``: min and max of every slice along ``ch_axis`` (for weights).
 
-and, from ``ptqlib.histogram_observers``, the ones that clip on purpose:
-
-- ``HistogramObserver``: a histogram of all values, then torch.ao's greedy search for the
-  range with the smallest L2 quantization error.
-- ``PercentileObserver``: clip at the p-th percentile of |x| (e.g. 99.99).
-- ``EntropyObserver``: TensorRT's threshold, the smallest KL divergence between the
-  histogram of |x| and its quantized version.
-- ``MSEObserver``: shrink the range step by step and keep the one whose quantized values
-  have the smallest mean squared error.
-
-The min/max observers give exactly ``torch.ao.quantization``'s qparams for the same
-batches: they observe in float32 and update min/max with the same float32 operations
-(the tests compare both). ``make_observer("histogram", bins=256)`` builds any of them
-by its name in :data:`OBSERVERS`.
+They give exactly ``torch.ao.quantization``'s qparams for the same batches: they observe in
+float32 and update min/max with the same float32 operations (the tests compare both).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ptqlib.histogram_observers import (
-    EntropyObserver,
-    HistogramObserver,
-    MSEObserver,
-    PercentileObserver,
-)
-from ptqlib.observer_base import Observer, ObserverSettings
+from ptqlib.errors import InputError
+from ptqlib.observers.base import Observer, ObserverSettings
 from ptqlib.quantization import normalise_axis
-
-__all__ = [
-    "OBSERVERS",
-    "EntropyObserver",
-    "HistogramObserver",
-    "MinMaxObserver",
-    "MovingAverageMinMaxObserver",
-    "MSEObserver",
-    "Observer",
-    "ObserverSettings",
-    "PercentileObserver",
-    "PerChannelMinMaxObserver",
-    "make_observer",
-]
 
 
 class MinMaxObserver(Observer):
@@ -88,7 +51,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         if isinstance(averaging_constant, bool) or not isinstance(averaging_constant, int | float):
             raise TypeError(f"averaging_constant: expected a number, got {averaging_constant!r}")
         if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(
+            raise InputError(
                 f"averaging_constant: expected a number in (0, 1], got {averaging_constant!r}"
             )
         self.averaging_constant = averaging_constant
@@ -132,7 +95,7 @@ class PerChannelMinMaxObserver(Observer):
             self.min_val, self.max_val = batch_min, batch_max
             return
         if batch_min.numel() != self.min_val.numel():
-            raise ValueError(
+            raise InputError(
                 f"PerChannelMinMaxObserver input: {batch_min.numel()} channels along axis "
                 f"{self.ch_axis}, but earlier batches had {self.min_val.numel()}"
             )
@@ -152,35 +115,3 @@ class PerChannelMinMaxObserver(Observer):
             f"min in [{self.min_val.min().item():.4g}, {self.min_val.max().item():.4g}], "
             f"max in [{self.max_val.min().item():.4g}, {self.max_val.max().item():.4g}]"
         )
-
-
-# --- the registry ------------------------------------------------------------------------
-
-OBSERVERS: dict[str, type[Observer]] = {
-    "minmax": MinMaxObserver,
-    "moving_average_minmax": MovingAverageMinMaxObserver,
-    "per_channel_minmax": PerChannelMinMaxObserver,
-    "histogram": HistogramObserver,
-    "percentile": PercentileObserver,
-    "entropy": EntropyObserver,
-    "mse": MSEObserver,
-}
-
-
-def make_observer(name: str, **kwargs: object) -> Observer:
-    """A new observer by its name in :data:`OBSERVERS`, e.g. ``make_observer("histogram")``.
-
-    ``kwargs`` are the observer's own arguments (``ch_axis``, ``averaging_constant``,
-    ``bins``, ``percentile``, ``num_candidates``) and its settings (``dtype``,
-    ``symmetric``, ``reduce_range``, ``quant_min``, ``quant_max``, or ``settings=``).
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"observer name: expected a string, got {type(name).__name__}")
-    if name not in OBSERVERS:
-        raise ValueError(
-            f"observer name: unknown observer {name!r}; expected one of {', '.join(OBSERVERS)}"
-        )
-    try:
-        return OBSERVERS[name](**kwargs)
-    except TypeError as error:
-        raise TypeError(f"observer {name!r}: {error}") from error

@@ -34,7 +34,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.errors import InputError
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import Int8Model
 from ptqlib.quantization import QParams
 
 OPSET = 21
@@ -121,9 +123,9 @@ def _check_exportable(model: Int8Model) -> list[Int8Linear]:
     first_linear = layers.index(linears[0])
     for index, layer in enumerate(layers):
         if isinstance(layer, nn.Flatten) and index > first_linear:
-            raise ValueError("model: ONNX export supports Flatten only before the first Linear")
+            raise InputError("model: ONNX export supports Flatten only before the first Linear")
         if not isinstance(layer, (nn.Flatten, Int8Linear)):
-            raise ValueError(f"model: cannot export a {type(layer).__name__} layer to ONNX")
+            raise InputError(f"model: cannot export a {type(layer).__name__} layer to ONNX")
     return linears
 
 
@@ -179,9 +181,9 @@ def fp32_to_onnx(model: nn.Sequential) -> onnx.ModelProto:
             current = builder.node("Gemm", inputs, f"{name}_output", transB=1)
             out_features = module.out_features
         else:
-            raise ValueError(f"layer {name!r}: cannot export a {type(module).__name__} to ONNX")
+            raise InputError(f"layer {name!r}: cannot export a {type(module).__name__} to ONNX")
     if out_features is None:
-        raise ValueError("model: has no Linear layer")
+        raise InputError("model: has no Linear layer")
     builder.node("Identity", [current], OUTPUT_NAME)
     output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", out_features])
     return _model(builder, [output], "ptqlib_fp32", {"ptqlib.kind": "fp32"})
@@ -211,7 +213,7 @@ def save_onnx(onnx_model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write an ONNX model to ``path`` atomically (a temporary file, then a rename)."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"out: {str(path)!r} is a directory; give a file name like model.onnx")
+        raise InputError(f"out: {str(path)!r} is a directory; give a file name like model.onnx")
     temporary = path.with_name(path.name + ".partial")
     onnx.save(onnx_model, temporary)
     os.replace(temporary, path)

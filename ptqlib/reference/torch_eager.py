@@ -21,6 +21,7 @@ from torch import nn
 
 from ptqlib.calibration import observe
 from ptqlib.checkpoints import saved_size_bytes
+from ptqlib.errors import InputError
 from ptqlib.fusion import fusion_groups
 
 TORCH_DTYPES = {torch.uint8: torch.quint8, torch.int8: torch.qint8}
@@ -45,7 +46,7 @@ def quantized_engine(engine: str) -> Iterator[None]:
     """Use the quantized ``engine`` (``x86``, ``qnnpack``...) inside the block and restore the
     previous one afterwards, so that no global setting leaks out of a reference call."""
     if engine not in torch.backends.quantized.supported_engines:
-        raise ValueError(
+        raise InputError(
             f"engine: {engine!r} is not available here; "
             f"expected one of {torch.backends.quantized.supported_engines}"
         )
@@ -166,7 +167,7 @@ def eager_qconfig(
     x86 QConfig does.
     """
     if activation_observer not in TORCH_ACTIVATION_OBSERVERS:
-        raise ValueError(
+        raise InputError(
             f"activation_observer: torch.ao has no {activation_observer!r} observer; "
             f"expected one of {sorted(TORCH_ACTIVATION_OBSERVERS)}"
         )
@@ -215,7 +216,7 @@ def torch_eager_ptq(
     ``torch.ao.nn.quantized`` modules holding qint8 weights).
     """
     if not isinstance(calibration_images, torch.Tensor) or calibration_images.numel() == 0:
-        raise ValueError("calibration_images: expected a non-empty tensor of images")
+        raise InputError("calibration_images: expected a non-empty tensor of images")
     engine = engine or default_quantized_engine()
     with quantized_engine(engine), deprecated_api():
         wrapped = EagerQuantModel(model)
@@ -320,7 +321,7 @@ def torch_histogram_range(observer: nn.Module) -> tuple[torch.Tensor, torch.Tens
     ``calculate_qparams`` computes the qparams.
     """
     if observer.min_val > observer.max_val:
-        raise ValueError("observer: it has seen no data yet")
+        raise InputError("observer: it has seen no data yet")
     with deprecated_api():
         return observer._non_linear_param_search()
 

@@ -12,7 +12,7 @@ returns ``x`` unchanged, so it can sit anywhere in a model during calibration. A
 Step 2 depends only on :class:`ObserverSettings` (which integers, affine or symmetric),
 the same five choices for every observer. The observers differ only in step 1: the
 min/max family lives in ``ptqlib.observers``, the histogram-based ones in
-``ptqlib.histogram_observers``.
+``ptqlib.observers.histogram``.
 
 Unlike torch.ao, bad input is an error here, never a silent NaN or a default scale:
 an empty tensor, NaN or Inf in the input, asking for qparams before any data, or
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ptqlib.errors import InputError
 from ptqlib.quantization import (
     QParams,
     check_finite,
@@ -45,7 +46,7 @@ def check_bool(value: object, name: str) -> None:
 
 def check_positive_int(value: object, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive whole number, got {value!r}")
+        raise InputError(f"{name}: expected a positive whole number, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,10 @@ from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
-from ptqlib.int8_model import Int8Linear, Int8Model, check_requantization
-from ptqlib.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
+from ptqlib.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
+from ptqlib.errors import InputError
+from ptqlib.int8_layers import Int8Linear, check_requantization
+from ptqlib.int8_model import Int8Model
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
 ORT_ERRORS = (
@@ -47,7 +49,7 @@ ORT_ERRORS = (
 def session_options(threads: int = 2) -> onnxruntime.SessionOptions:
     """``threads`` intra-op threads, one inter-op thread, and no spinning after a call."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads: expected a positive whole number, got {threads!r}")
+        raise InputError(f"threads: expected a positive whole number, got {threads!r}")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -105,12 +107,12 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         onnx_model = onnx.load(path)
     except (DecodeError, ValueError) as error:
-        raise ValueError(f"{path} is not a valid ONNX file ({type(error).__name__})") from None
+        raise InputError(f"{path} is not a valid ONNX file ({type(error).__name__})") from None
     if not onnx_model.graph.node:
-        raise ValueError(f"{path} is not a valid ONNX file (it holds no graph)")
+        raise InputError(f"{path} is not a valid ONNX file (it holds no graph)")
     kind = metadata(onnx_model).get("ptqlib.kind")
     if onnx_model.producer_name != PRODUCER or kind not in ("int8", "fp32"):
-        raise ValueError(
+        raise InputError(
             f"{path} was not written by `python -m ptqlib export` (producer "
             f"{onnx_model.producer_name or 'unknown'!r}); ptqlib evaluates only its own exports"
         )
@@ -118,7 +120,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as error:
         first_line = str(error).strip().splitlines()[0]
-        raise ValueError(f"{path} fails the ONNX checker: {first_line}") from None
+        raise InputError(f"{path} fails the ONNX checker: {first_line}") from None
     return onnx_model
 
 
@@ -129,7 +131,7 @@ def load_onnx_model(path: str | os.PathLike, threads: int = 2) -> OnnxModel:
         return OnnxModel(onnx_model, threads)
     except ORT_ERRORS as error:
         first_line = str(error).strip().splitlines()[0]
-        raise ValueError(f"{path}: ONNX Runtime cannot run it: {first_line}") from None
+        raise InputError(f"{path}: ONNX Runtime cannot run it: {first_line}") from None
 
 
 def optimized_op_types(onnx_model: onnx.ModelProto, folder: str | os.PathLike) -> list[str]:
@@ -214,7 +216,7 @@ def layer_parity(
         theirs = onnx_model.run(batch)
         missing = sorted(set(ours) - set(theirs))
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"onnx_model: has no output {missing[0]!r}; export with expose_integers=True"
             )
         for name, integers in ours.items():

@@ -54,8 +54,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ptqlib.errors import InputError
 from ptqlib.hardware import int8_gemm_is_fast
-from ptqlib.int8_model import Int8Linear, Int8Model, is_pixel_input
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import Int8Model, is_pixel_input
 from ptqlib.integer_arithmetic import carrier_offset, int8_matmul
 
 FLOAT32_EXACT_INTEGERS = 2**24  # every integer of at most this magnitude is a float32
@@ -110,7 +112,7 @@ def _requantization_constants(layer: Int8Linear) -> tuple[torch.Tensor, torch.Te
     multiplier = multiplier << (common - shift)
     constant = offset * multiplier + (1 << (common - 1)) + output_zero_point * (1 << common)
     if _largest_sum(largest_g, multiplier, constant) >= INT64_LIMIT:
-        raise ValueError(f"layer {layer.name!r}: the fast path's int64 sum could overflow")
+        raise InputError(f"layer {layer.name!r}: the fast path's int64 sum could overflow")
     return multiplier, constant, common
 
 
@@ -121,7 +123,7 @@ def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
     elif float_gemm_is_exact(layer.weight):
         weight_t = layer.weight.t().float().contiguous()
     else:
-        raise ValueError(
+        raise InputError(
             f"layer {layer.name!r}: {layer.in_features} inputs are too many for exact float32 "
             "sums (128 * sum |q_w| > 2^24); use the int8 GEMM (use_int8_gemm=True)"
         )
@@ -149,7 +151,7 @@ class FastInt8Model(nn.Module):
         if not isinstance(model, Int8Model):
             raise TypeError(f"model: expected an Int8Model (from convert), got {type(model)}")
         if not all(isinstance(layer, Int8Linear | nn.Flatten) for layer in model.layers):
-            raise ValueError("model: the fast path runs Int8Linear and Flatten layers only")
+            raise InputError("model: the fast path runs Int8Linear and Flatten layers only")
         self.use_int8_gemm = int8_gemm_is_fast() if use_int8_gemm is None else use_int8_gemm
         self.layers = [_fold(layer, self.use_int8_gemm) for layer in model.layers
                        if isinstance(layer, Int8Linear)]  # fmt: skip

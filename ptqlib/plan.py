@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ptqlib.errors import InputError
 from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_range
 
 SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
@@ -62,7 +63,7 @@ def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
 
 def activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
     if key not in qparams:
-        raise ValueError(
+        raise InputError(
             f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
             "calibrated differently. Run ptqlib.calibration.calibrate(model, images) first "
             f"(qparams has {sorted(qparams) or 'no entries'})"
@@ -71,7 +72,7 @@ def activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> Q
     if not isinstance(found, QParams):
         raise TypeError(f"qparams[{key!r}]: expected a QParams, got {type(found).__name__}")
     if found.axis is not None or found.scale.dim() != 0:
-        raise ValueError(f"qparams[{key!r}]: activations need per-tensor qparams, got {found}")
+        raise InputError(f"qparams[{key!r}]: activations need per-tensor qparams, got {found}")
     return found
 
 
@@ -103,7 +104,7 @@ def weight_qparams_for(
             low, high, torch.int8, True, quant_min=quant_min, quant_max=quant_max, axis=wanted_axis
         )
     if found.dtype != torch.int8 or bool((found.zero_point != 0).any()):
-        raise ValueError(
+        raise InputError(
             f"qparams[{name + '.weight'!r}]: the integer engine needs int8 symmetric weights "
             f"(zero-point 0), got {found}; use a symmetric int8 weight observer"
         )
@@ -130,12 +131,12 @@ def plan_conversion(
     children = list(model.named_children())
     for name, module in children:
         if not isinstance(module, SUPPORTED_LAYERS):
-            raise ValueError(
+            raise InputError(
                 f"layer {name!r} is a {type(module).__name__}, which the INT8 conversion does "
                 "not support; supported layers: Linear, ReLU (after a Linear), Flatten"
             )
     if not any(isinstance(module, nn.Linear) for _, module in children):
-        raise ValueError("model: has no Linear layer, nothing to quantize")
+        raise InputError("model: has no Linear layer, nothing to quantize")
 
     steps: list[LinearStep | nn.Flatten] = []
     current = activation_qparams(qparams, "input", "the model's input")
@@ -147,7 +148,7 @@ def plan_conversion(
             index += 1
             continue
         if isinstance(module, nn.ReLU):
-            raise ValueError(
+            raise InputError(
                 f"layer {name!r} (ReLU) does not follow a Linear; the INT8 conversion fuses "
                 "each ReLU into the Linear before it"
             )
@@ -165,5 +166,5 @@ def plan_conversion(
         current = output
         index += 2 if relu_name else 1
     if not isinstance(steps[-1], LinearStep):
-        raise ValueError("model: must end with a Linear (the logits), optionally with its ReLU")
+        raise InputError("model: must end with a Linear (the logits), optionally with its ReLU")
     return steps

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ptqlib import commands
+from ptqlib.app import commands
+from ptqlib.app.pipeline import BATCH_SIZES
+from ptqlib.errors import InputError
 from ptqlib.models import MODELS
 from ptqlib.observers import OBSERVERS
-from ptqlib.pipeline import BATCH_SIZES
 from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_EPOCHS_BY_MODEL, DEFAULT_SEED
 
 EXIT_ERROR = 2
@@ -78,7 +79,8 @@ def add_model_option(parser: argparse.ArgumentParser, help_text: str, default: s
 
 
 def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
-    """Bit widths and the fixes of ptqlib.low_bit; checked by LowBitSettings (one line, exit 2)."""
+    """Bit widths and the fixes of ptqlib.lowbit.weights; checked by LowBitSettings (one line,
+    exit 2)."""
     parser.add_argument("--weight-bits", type=int, default=8, help="weight bits, 2-8 (default 8)")
     parser.add_argument(
         "--activation-bits", type=int, default=8, help="activation bits, 4-8 (default 8)"
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     # Bad input (a missing or broken file, a wrong setting) is reported in one line. Any other
     # exception, a TypeError included, is a bug in ptqlib: it keeps its traceback.
-    except (ValueError, OSError) as error:
+    except (InputError, OSError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

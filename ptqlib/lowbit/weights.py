@@ -14,7 +14,7 @@ that minimises the channel's mean squared error ``||w - S clamp(round(w/S))||^2`
 :func:`quantize_weights` goes layer by layer, in order. Each layer's inputs are recorded from
 a working copy in which the earlier layers are already quantized, so a later layer sees (and
 can compensate) the errors of the earlier ones. Its integers come from one of three
-``rounding`` methods (``"nearest"``, ``"gptq"``, ``"adaround"``: ``ptqlib.weight_rounding``),
+``rounding`` methods (``"nearest"``, ``"gptq"``, ``"adaround"``: ``ptqlib.lowbit.rounding``),
 and optionally its bias is corrected (Nagel et al. 2019, "Data-Free Quantization Through
 Weight Equalization and Bias Correction", section 4.2, empirical form)::
 
@@ -44,7 +44,9 @@ import torch
 from torch import nn
 
 from ptqlib.calibration import calibrate
+from ptqlib.errors import InputError
 from ptqlib.int8_model import Int8Model, convert
+from ptqlib.lowbit.rounding import adaround, gptq, round_to_nearest
 from ptqlib.quantization import (
     QParams,
     bit_range,
@@ -54,7 +56,6 @@ from ptqlib.quantization import (
     qparams_from_range,
     quantize,
 )
-from ptqlib.weight_rounding import adaround, gptq, round_to_nearest
 
 ROUNDINGS = ("nearest", "gptq", "adaround")
 CLIPPINGS = ("minmax", "mse")
@@ -67,7 +68,7 @@ MSE_FRACTIONS = torch.linspace(0.2, 1.0, 81)
 def check_bits(bits: object, name: str, allowed: range = WEIGHT_BITS) -> int:
     """``bits`` if it is a whole number in ``allowed``, else a ValueError naming ``name``."""
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a whole number of bits from {allowed.start} to "
             f"{allowed.stop - 1}, got {bits!r}"
         )
@@ -86,13 +87,13 @@ def parse_layer_bits(text: str, names: list[str] | None = None) -> dict[str, int
     for item in text.split(","):
         name, equals, bits = item.strip().partition("=")
         if not equals or not name or not bits.strip().lstrip("-").isdigit():
-            raise ValueError(f"layer bits: expected NAME=BITS like fc2=4, got {item.strip()!r}")
+            raise InputError(f"layer bits: expected NAME=BITS like fc2=4, got {item.strip()!r}")
         if names is not None and name not in names:
-            raise ValueError(
+            raise InputError(
                 f"layer bits: unknown layer {name!r}; the layers are {', '.join(names)}"
             )
         if name in chosen:
-            raise ValueError(f"layer bits: layer {name!r} is given twice")
+            raise InputError(f"layer bits: layer {name!r} is given twice")
         chosen[name] = check_bits(int(bits), f"layer bits for {name}")
     return chosen
 
@@ -104,7 +105,7 @@ def weight_qparams(
     one scale per output channel (``per_channel``) or one for the tensor."""
     check_bits(bits, "bits")
     if clipping not in CLIPPINGS:
-        raise ValueError(f"clipping: expected one of {', '.join(CLIPPINGS)}, got {clipping!r}")
+        raise InputError(f"clipping: expected one of {', '.join(CLIPPINGS)}, got {clipping!r}")
     quant_min, quant_max = bit_range(bits, torch.int8)
     axis = 0 if per_channel else None
     low, high = min_max(weight.detach(), axis=axis)
@@ -152,11 +153,11 @@ class LowBitSettings:
         check_bits(self.weight_bits, "weight_bits")
         check_bits(self.activation_bits, "activation_bits", ACTIVATION_BITS)
         if self.rounding not in ROUNDINGS:
-            raise ValueError(
+            raise InputError(
                 f"rounding: expected one of {', '.join(ROUNDINGS)}, got {self.rounding!r}"
             )
         if self.clipping not in CLIPPINGS:
-            raise ValueError(
+            raise InputError(
                 f"clipping: expected one of {', '.join(CLIPPINGS)}, got {self.clipping!r}"
             )
         for name, bits in self.layer_bits.items():
@@ -220,13 +221,13 @@ def quantize_weights(
     names = linear_names(model)
     unknown = sorted(set(settings.layer_bits) - set(names))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"layer_bits: unknown layer(s) {', '.join(unknown)}; the layers are {', '.join(names)}"
         )
     needs_data = settings.rounding != "nearest" or settings.bias_correction
     if needs_data and images is None:
         also = " with bias correction" if settings.bias_correction else ""
-        raise ValueError(f"images: rounding {settings.rounding!r}{also} needs calibration images")
+        raise InputError(f"images: rounding {settings.rounding!r}{also} needs calibration images")
     start = time.perf_counter()
     working = copy.deepcopy(model).eval()
     integers, all_qparams = {}, {}

@@ -5,7 +5,7 @@ observers keep a histogram of everything seen (:class:`HistogramRecorder`, the s
 histogram as torch.ao's HistogramObserver) and choose a narrower clipping range from it:
 
 - ``HistogramObserver``: torch.ao's greedy search for the range with the smallest L2
-  quantization error (the search is in ``ptqlib.histogram_l2_search``);
+  quantization error (the search is in ``ptqlib.observers.l2_search``);
 - ``PercentileObserver``: clip at the p-th percentile of |x| (e.g. 99.99);
 - ``EntropyObserver``: TensorRT's threshold, the smallest KL divergence between the
   histogram of |x| and its quantized version;
@@ -13,7 +13,7 @@ histogram as torch.ao's HistogramObserver) and choose a narrower clipping range 
   have the smallest mean squared error.
 
 Each takes its own arguments (``bins``, ``percentile``, ``num_candidates``) and then the
-settings of every observer (``ptqlib.observer_base.ObserverSettings``).
+settings of every observer (``ptqlib.observers.base.ObserverSettings``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from abc import abstractmethod
 
 import torch
 
-from ptqlib.histogram_l2_search import search_range
-from ptqlib.observer_base import Observer, ObserverSettings, check_positive_int
+from ptqlib.errors import InputError
+from ptqlib.observers.base import Observer, ObserverSettings, check_positive_int
+from ptqlib.observers.l2_search import search_range
 from ptqlib.quantization import fake_quantize
 
 # Each histogram bin is split into this many equal sub-bins whenever a histogram is
@@ -165,7 +166,7 @@ class HistogramObserver(HistogramRecorder):
 
     A port of ``torch.ao.quantization.HistogramObserver``: the same histogram, and the same
     greedy search from the full histogram towards the range [first bin, last bin] whose
-    quantization error is smallest (:func:`ptqlib.histogram_l2_search.search_range`, which
+    quantization error is smallest (:func:`ptqlib.observers.l2_search.search_range`, which
     explains the algorithm and repeats torch.ao's float rounding so it chooses the same
     bins). The result is the range from the start of the first bin to the end of the last.
     As in torch.ao, the error assumes ``levels`` = 2^8 = 256 quantization levels whatever
@@ -201,7 +202,7 @@ class PercentileObserver(HistogramRecorder):
         if isinstance(percentile, bool) or not isinstance(percentile, int | float):
             raise TypeError(f"percentile: expected a number, got {percentile!r}")
         if not 0.0 < percentile <= 100.0:
-            raise ValueError(f"percentile: expected a number in (0, 100], got {percentile!r}")
+            raise InputError(f"percentile: expected a number in (0, 100], got {percentile!r}")
         self.percentile = percentile
 
     def _search_range(self) -> tuple[torch.Tensor, torch.Tensor]:

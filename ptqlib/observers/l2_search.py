@@ -1,6 +1,6 @@
 """torch.ao's L2 range search over a histogram, ported so it makes the same choices.
 
-:class:`ptqlib.histogram_observers.HistogramObserver` keeps a histogram of ``bins`` equal
+:class:`ptqlib.observers.histogram.HistogramObserver` keeps a histogram of ``bins`` equal
 bins and asks :func:`search_range` for the range of the bins to keep. This is the algorithm of
 ``torch.ao.quantization.HistogramObserver._non_linear_param_search`` (itself from
 Caffe2's ``NonlinearQuantizationParamsSearch``): start from the full histogram and shrink

@@ -16,8 +16,9 @@ import torch
 
 from ptqlib.data import normalise
 from ptqlib.evaluation import time_interleaved
-from ptqlib.fast_int8 import FastInt8Model
-from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.fast.mlp import FastInt8Model
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import Int8Model
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """PyTorch 2's maintained quantization flow (PT2E, in ``torchao``), next to ptqlib.
 
-``torch.ao.quantization``'s eager mode (``ptqlib.reference``) is deprecated; its successor
-quantizes a *graph* captured by ``torch.export`` and lets ``torch.compile`` (Inductor)
+``torch.ao.quantization``'s eager mode (``ptqlib.reference.torch_eager``) is deprecated; its
+successor quantizes a *graph* captured by ``torch.export`` and lets ``torch.compile`` (Inductor)
 generate the INT8 kernels::
 
     torch.export.export(model)        the model as an ATen graph (batch dimension dynamic)
@@ -10,8 +10,8 @@ generate the INT8 kernels::
     convert_pt2e(graph)               quantize_per_tensor / dequantize_* around aten.linear
     torch.compile(graph)              Inductor fuses each q/dq + linear into an INT8 kernel
 
-Like ``ptqlib.reference``, this is the only module of ptqlib that touches these APIs, and
-their warnings (experimental-API notes, Inductor's internals) are filtered in one place,
+Like ``ptqlib.reference.torch_eager``, this is the only module of ptqlib that touches these
+APIs, and their warnings (experimental-API notes, Inductor's internals) are filtered in one place,
 :func:`quiet_pt2e`.
 
 **Compilation.** Inductor compiles on the first call (about 2-3 s on an idle machine,
@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ptqlib.errors import InputError
 
 
 @contextlib.contextmanager
@@ -87,7 +89,7 @@ def pt2e_quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(images, torch.Tensor) or images.dim() < 2 or len(images) < 2:
-        raise ValueError(f"images: expected a batch of at least 2 images, got {images!r:.60}")
+        raise InputError(f"images: expected a batch of at least 2 images, got {images!r:.60}")
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
     with quiet_pt2e():

@@ -13,7 +13,7 @@ was the identity::
     backward  dL/dW = dL/dW~                              written  W + (W~ - W).detach()
 
 After fine-tuning, the float weights are rounded once more, to nearest, exactly as in the
-forward pass: the PTQ pipeline (``ptqlib.low_bit``) then produces the same grid.
+forward pass: the PTQ pipeline (``ptqlib.lowbit.weights``) then produces the same grid.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn import functional
 
 from ptqlib.data import MNISTSplit
-from ptqlib.low_bit import check_bits, linear_names, weight_qparams
+from ptqlib.errors import InputError
+from ptqlib.lowbit.weights import check_bits, linear_names, weight_qparams
 from ptqlib.quantization import fake_quantize
 
 
@@ -74,7 +75,7 @@ def qat_finetune(
     Linears) on ``train`` for ``epochs`` with Adam; ``model`` itself is not changed."""
     check_bits(weight_bits, "weight_bits")
     if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs: expected a positive whole number, got {epochs!r}")
+        raise InputError(f"epochs: expected a positive whole number, got {epochs!r}")
     torch.manual_seed(seed)  # nothing random here but the shuffling; pinned all the same
     tuned = copy.deepcopy(model).train()
     for name in linear_names(tuned):

@@ -30,13 +30,15 @@ from typing import Any
 
 import torch
 
+from ptqlib.errors import InputError
+
 PACKED_KEY = "packed_weight"
 
 
 def bits_for_range(quant_min: int, quant_max: int) -> int:
     """The bits an integer in ``quant_min..quant_max`` needs: ceil(log2(number of values))."""
     if not isinstance(quant_min, int) or not isinstance(quant_max, int) or quant_min >= quant_max:
-        raise ValueError(
+        raise InputError(
             f"quant_min/quant_max: expected a range of integers, got {quant_min}..{quant_max}"
         )
     return max(1, math.ceil(math.log2(quant_max - quant_min + 1)))
@@ -46,10 +48,10 @@ def pack(values: torch.Tensor, bits: int, quant_min: int) -> torch.Tensor:
     """The integers ``values`` (any shape, each in ``quant_min .. quant_min + 2^bits - 1``)
     as a uint8 bit stream of ``ceil(numel * bits / 8)`` bytes (see the module docstring)."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"bits: expected a whole number from 1 to 8, got {bits!r}")
+        raise InputError(f"bits: expected a whole number from 1 to 8, got {bits!r}")
     unsigned = values.to(torch.int64).flatten() - quant_min
     if unsigned.numel() and (int(unsigned.min()) < 0 or int(unsigned.max()) >= 2**bits):
-        raise ValueError(
+        raise InputError(
             f"values: {int(values.min())}..{int(values.max())} do not fit in {bits} bits "
             f"from {quant_min}"
         )
@@ -68,7 +70,7 @@ def unpack(packed: torch.Tensor, bits: int, quant_min: int, shape: tuple[int, ..
         or packed.dim() != 1
         or packed.numel() != math.ceil(count * bits / 8)
     ):
-        raise ValueError(
+        raise InputError(
             f"packed: expected {math.ceil(count * bits / 8)} uint8 bytes for {count} "
             f"{bits}-bit values, got {packed.dtype} {tuple(packed.shape)}"
         )
@@ -113,14 +115,14 @@ def unpack_entry(entry: dict[str, Any]) -> dict[str, Any]:
         and all(isinstance(v, int) for v in weight_range)
         and found.get("bits") == bits_for_range(*weight_range)
     ):
-        raise ValueError(f"{where}: the packed weight is damaged (bits, shape or range)")
+        raise InputError(f"{where}: the packed weight is damaged (bits, shape or range)")
     unpacked = dict(entry)
     del unpacked[PACKED_KEY]
     unpacked["weight"] = unpack(
         found["data"], found["bits"], weight_range[0], tuple(found["shape"])
     )
     if int(unpacked["weight"].max()) > weight_range[1]:
-        raise ValueError(
+        raise InputError(
             f"{where}: a packed weight lies outside {weight_range[0]}..{weight_range[1]}"
         )
     return unpacked

@@ -1,4 +1,4 @@
-"""What each command of ``python -m ptqlib`` does (``ptqlib.cli`` holds the parser).
+"""What each command of ``python -m ptqlib`` does (``ptqlib.app.cli`` holds the parser).
 
 Each ``run_<command>(args)`` takes the parsed arguments, does the work through the library
 and prints the result; it returns the exit status. The library modules are imported inside
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ptqlib.data import calibration_images, load_mnist
+from ptqlib.errors import InputError
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     is_onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
     if is_onnx:
-        from ptqlib.onnx_runtime import load_onnx_model
+        from ptqlib.deploy.onnx_runtime import load_onnx_model
 
         model = load_onnx_model(args.checkpoint)
         kind = model.kind
@@ -86,8 +87,8 @@ def bit_widths(model, kind: str) -> dict:
     """The weight bits per layer and the activation bits of a model (32 for FP32)."""
     if kind != "int8":
         return {"weight_bits": 32, "activation_bits": 32}
-    from ptqlib.int8_model import Int8Linear
-    from ptqlib.packing import bits_for_range
+    from ptqlib.int8_layers import Int8Linear
+    from ptqlib.lowbit.packing import bits_for_range
 
     linears = [layer for layer in model.layers if isinstance(layer, Int8Linear)]
     activation = {
@@ -102,13 +103,13 @@ def bit_widths(model, kind: str) -> dict:
 
 def run_diagnose(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import load_fp32
-    from ptqlib.diagnose import diagnose, diagnosis_json, diagnosis_table
     from ptqlib.int8_checkpoint import load_int8
+    from ptqlib.lowbit.diagnose import diagnose, diagnosis_json, diagnosis_table
 
     int8_model, meta = load_int8(args.checkpoint)
     fp32_path = args.fp32 or meta.get("source_path")
     if fp32_path is None or not Path(fp32_path).is_file():
-        raise ValueError(
+        raise InputError(
             f"no FP32 checkpoint to compare with (the meta names {fp32_path!r}); give --fp32"
         )
     fp32, _ = load_fp32(fp32_path)
@@ -123,8 +124,8 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
 
 def run_quantize_low_bit(args: argparse.Namespace) -> int:
-    from ptqlib.low_bit import LowBitSettings, parse_layer_bits
-    from ptqlib.pipeline import quantize_checkpoint_low_bit
+    from ptqlib.app.pipeline import quantize_checkpoint_low_bit
+    from ptqlib.lowbit.weights import LowBitSettings, parse_layer_bits
 
     layer_bits = {}
     if args.layer_bits is not None:
@@ -153,7 +154,7 @@ def run_quantize_low_bit(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from ptqlib.pipeline import quantize_checkpoint
+    from ptqlib.app.pipeline import quantize_checkpoint
 
     if low_bit_requested(args):
         return run_quantize_low_bit(args)
@@ -175,8 +176,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
     from ptqlib.int8_checkpoint import load_model
-    from ptqlib.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
 
     model, kind, _ = load_model(args.checkpoint)
     onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
@@ -189,7 +190,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from ptqlib.pipeline import results_markdown, run_pipeline
+    from ptqlib.app.pipeline import results_markdown, run_pipeline
 
     results = run_pipeline(
         args.data_dir, args.calib, args.observer, args.out, args.threads, model=args.model
@@ -200,26 +201,26 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from ptqlib.hardware import machine_info
-    from ptqlib.pipeline import (
+    from ptqlib.app.pipeline import (
         build_models,
         latency_markdown,
         latency_rows,
         latency_table,
         machine_line,
     )
+    from ptqlib.hardware import machine_info
 
     data = load_mnist(args.data_dir, verbose=not args.json)
     models, _, settings = build_models(
         data, args.calib, args.observer, progress=not args.json, model=args.model
     )
     if "onnxruntime" in args.runtime:
-        from ptqlib.onnx_runtime import onnx_runtime_models
+        from ptqlib.deploy.onnx_runtime import onnx_runtime_models
 
         teaching = models["int8_ptqlib_teaching"]
         models.update(onnx_runtime_models(models["fp32"], teaching, args.threads))
     if "pt2e" in args.runtime:
-        from ptqlib.reference_pt2e import pt2e_compiled_model
+        from ptqlib.reference.pt2e import pt2e_compiled_model
 
         images = calibration_images(data.train, args.calib)
         models["int8_pt2e"] = pt2e_compiled_model(models["fp32"], images).model

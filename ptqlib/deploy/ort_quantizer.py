@@ -34,7 +34,8 @@ from onnxruntime.quantization import (
 )
 from torch import nn
 
-from ptqlib.onnx_export import INPUT_NAME, fp32_to_onnx
+from ptqlib.deploy.onnx_export import INPUT_NAME, fp32_to_onnx
+from ptqlib.errors import InputError
 
 
 class ImageBatches(CalibrationDataReader):
@@ -66,7 +67,7 @@ def ort_quantize_static(
     """The FP32 ``model`` exported to ONNX, then quantized by ORT's ``quantize_static`` (QDQ
     format, uint8 activations, int8 weights, min/max calibration on ``images``)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
-        raise ValueError(f"images: expected a batch [N, 1, 28, 28], got {images!r:.60}")
+        raise InputError(f"images: expected a batch [N, 1, 28, 28], got {images!r:.60}")
     with tempfile.TemporaryDirectory() as folder:
         fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         onnx.save(fp32_to_onnx(model), fp32_path)
@@ -103,7 +104,7 @@ def gemm_qparams(onnx_model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
     def dequantize_inputs(tensor: str) -> list[str]:
         node = producers.get(tensor)
         if node is None or node.op_type != "DequantizeLinear":
-            raise ValueError(f"onnx_model: {tensor!r} does not come from a DequantizeLinear")
+            raise InputError(f"onnx_model: {tensor!r} does not come from a DequantizeLinear")
         return list(node.input)
 
     layers = []
@@ -117,7 +118,7 @@ def gemm_qparams(onnx_model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
             output = following[0].output[0]
             following = consumers.get(output, [])
         if not following or following[0].op_type != "QuantizeLinear":
-            raise ValueError(f"onnx_model: the output of {gemm.name!r} is not quantized")
+            raise InputError(f"onnx_model: the output of {gemm.name!r} is not quantized")
         _, y_scale, y_zero = following[0].input
         layers.append(
             {

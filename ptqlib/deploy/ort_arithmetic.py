@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ptqlib.errors import InputError
 from ptqlib.quantization import QParams, check_finite
 
 
@@ -42,7 +43,7 @@ def float32_multiplier(
     scales = [torch.as_tensor(scale, dtype=torch.float32) for scale in named.values()]
     for name, scale in zip(named, scales, strict=True):
         if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-            raise ValueError(f"{name}: expected positive finite float32 scales, got {scale}")
+            raise InputError(f"{name}: expected positive finite float32 scales, got {scale}")
     input_scale, weight_scale, output_scale = scales
     return (input_scale * weight_scale) / output_scale
 
@@ -73,7 +74,7 @@ def quantize_by_division(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     division in float32 (``ptqlib.quantization.quantize`` multiplies by ``1 / S`` instead,
     as PyTorch does; the two differ by one step on rare values)."""
     if not isinstance(qparams, QParams) or qparams.axis is not None:
-        raise ValueError(f"qparams: expected per-tensor QParams, got {qparams!r}")
+        raise InputError(f"qparams: expected per-tensor QParams, got {qparams!r}")
     check_finite(x, "x")
     scale = qparams.scale.to(torch.float32)
     quantized = torch.round(x.float() / scale) + qparams.zero_point.to(torch.float32)

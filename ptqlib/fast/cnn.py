@@ -1,6 +1,6 @@
-"""The INT8 CNN, faster: the same integers as ``ptqlib.int8_conv``'s teaching path.
+"""The INT8 CNN, faster: the same integers as ``ptqlib.int8_layers``'s teaching path.
 
-:class:`~ptqlib.int8_conv.Int8Conv2d` computes each layer as notebook 07 writes it. Most of its
+:class:`~ptqlib.int8_layers.Int8Conv2d` computes each layer as notebook 07 writes it. Most of its
 time goes into elementwise int64 work on every output value (requantization) and into layout
 copies, not into the int8 GEMM. :class:`FastInt8CNN` runs the same layers (it shares their
 buffers) with three changes that leave every integer unchanged:
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
-from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.errors import InputError
+from ptqlib.int8_layers import Int8Conv2d, Int8Linear, Int8MaxPool2d
+from ptqlib.int8_model import Int8Model
 from ptqlib.integer_arithmetic import carrier_offset
 
 
@@ -82,7 +83,7 @@ class FastInt8CNN(nn.Module):
         supported = (Int8Conv2d, Int8MaxPool2d, nn.Flatten, Int8Linear)
         for layer in int8_model.layers:
             if not isinstance(layer, supported):
-                raise ValueError(f"int8_model: cannot run a {type(layer).__name__} channels-last")
+                raise InputError(f"int8_model: cannot run a {type(layer).__name__} channels-last")
         self.model = int8_model
 
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """PyTorch's quantized convolution, the reference the INT8 CNN is checked against.
 
-Like ``ptqlib.reference`` (whose rule this module follows), this is the only other place
+Like ``ptqlib.reference.torch_eager`` (whose rule this module follows), this is the only other place
 that touches ``torch.ao.quantization`` and the quantized dtypes; both are deprecated and
 their warnings are silenced with ``reference.deprecated_api``, around the calls that raise
 them.
@@ -10,7 +10,8 @@ Two references:
 - :func:`torch_cnn_from_int8` builds torch.ao's quantized modules (``Conv2d``/``ConvReLU2d``,
   ``Linear``) holding **ptqlib's own** int8 weights, scales and zero-points. Only the kernels
   differ, so the integers can be compared one by one (parity within 1 LSB).
-- ``ptqlib.reference.torch_eager_ptq`` is torch.ao's whole eager PTQ of the float CNN too:
+- ``ptqlib.reference.torch_eager.torch_eager_ptq`` is torch.ao's whole eager PTQ of the float
+  CNN too:
   it fuses conv+BN+ReLU (torch folds the BatchNorm itself), prepares, calibrates, converts.
 
 On the x86 engine use 7-bit activations (``reduce_range``) for parity: without AVX-512 VNNI,
@@ -25,9 +26,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ptqlib.int8_conv import Int8Conv2d, Int8MaxPool2d
-from ptqlib.int8_model import Int8Linear, Int8Model
-from ptqlib.reference import (
+from ptqlib.int8_layers import Int8Conv2d, Int8Linear, Int8MaxPool2d
+from ptqlib.int8_model import Int8Model
+from ptqlib.reference.torch_eager import (
     default_quantized_engine,
     deprecated_api,
     quantized_engine,

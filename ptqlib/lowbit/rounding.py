@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import torch
 
+from ptqlib.errors import InputError
 from ptqlib.quantization import QParams, check_finite
 
 # AdaRound's rectified sigmoid stretches sigmoid to (gamma, zeta), then clips to [0, 1].
@@ -56,16 +57,16 @@ def _check_layer(weight: torch.Tensor, inputs: torch.Tensor, qparams: QParams) -
     check_finite(weight, "weight")
     check_finite(inputs, "inputs")
     if weight.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != weight.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"weight [out, in] and inputs [N, in] do not match: weight {tuple(weight.shape)}, "
             f"inputs {tuple(inputs.shape)}"
         )
     if not isinstance(qparams, QParams) or bool((qparams.zero_point != 0).any()):
-        raise ValueError(
+        raise InputError(
             f"qparams: expected symmetric weight qparams (zero-point 0), got {qparams}"
         )
     if qparams.axis not in (None, 0):
-        raise ValueError(
+        raise InputError(
             f"qparams: expected per-tensor or per-output-channel (axis 0), got {qparams}"
         )
 
@@ -101,7 +102,7 @@ def gptq(
     """
     _check_layer(weight, inputs, qparams)
     if not dampening > 0:
-        raise ValueError(f"dampening: expected a positive number, got {dampening!r}")
+        raise InputError(f"dampening: expected a positive number, got {dampening!r}")
     work = weight.detach().double().clone()
     h = hessian(inputs)
     dead = torch.diagonal(h) == 0
@@ -155,7 +156,7 @@ def adaround(
     """
     _check_layer(weight, inputs, qparams)
     if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations: expected a positive whole number, got {iterations!r}")
+        raise InputError(f"iterations: expected a positive whole number, got {iterations!r}")
     generator = torch.Generator().manual_seed(seed)
     weight = weight.detach().float()
     inputs = inputs.detach().float()

@@ -38,13 +38,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ptqlib.errors import InputError
 from ptqlib.evaluation import mcnemar_p_value
-from ptqlib.int8_model import Int8Linear, Int8Model
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import Int8Model
 from ptqlib.integer_arithmetic import carrier_offset
-from ptqlib.low_bit import layer_inputs, linear_names, weight_qparams
-from ptqlib.packing import bits_for_range
+from ptqlib.lowbit.packing import bits_for_range
+from ptqlib.lowbit.rounding import round_to_nearest
+from ptqlib.lowbit.weights import layer_inputs, linear_names, weight_qparams
 from ptqlib.quantization import dequantize, fake_quantize, sqnr_db
-from ptqlib.weight_rounding import round_to_nearest
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def diagnose(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> li
     layers = _linears(int8_model)
     names = linear_names(fp32)
     if [layer.name for layer in layers] != names:
-        raise ValueError(
+        raise InputError(
             f"int8_model: its layers {[layer.name for layer in layers]} are not the FP32 "
             f"model's {names}; was it quantized from this model?"
         )
@@ -174,7 +176,7 @@ def paired_flips(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor
     binomial tail ``P(min(gained, lost) or fewer of n flips | p = 1/2)``, doubled (max 1).
     """
     if not (before.shape == after.shape == labels.shape):
-        raise ValueError(
+        raise InputError(
             f"before {tuple(before.shape)}, after {tuple(after.shape)} and labels "
             f"{tuple(labels.shape)} must have the same shape"
         )
@@ -277,7 +279,7 @@ def best_under_budget(
     fitting = [point for point in points if point.weight_bytes <= budget_bytes]
     if not fitting:
         smallest = min(point.weight_bytes for point in points)
-        raise ValueError(
+        raise InputError(
             f"budget_bytes: {budget_bytes} is below the smallest choice ({smallest} bytes)"
         )
     return max(fitting, key=lambda p: (p.accuracy, -p.weight_bytes))

@@ -21,19 +21,20 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib import reference
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
+from ptqlib.errors import InputError
 from ptqlib.evaluation import Latency, agreement, compare_latency, predict
-from ptqlib.fast_int8 import FastInt8Model
-from ptqlib.fast_int8_conv import FastInt8CNN
+from ptqlib.fast.cnn import FastInt8CNN
+from ptqlib.fast.mlp import FastInt8Model
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
 from ptqlib.int8_cnn import quantize_cnn
 from ptqlib.int8_model import Int8Model, convert
-from ptqlib.low_bit import LowBitSettings, linear_names, quantize_low_bit
+from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
 from ptqlib.models import MODELS, fold_input_normalization, model_name
+from ptqlib.reference import torch_eager as reference
 from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
@@ -52,7 +53,7 @@ def build_models(
     - ``fp32``: the baseline, on normalised images;
     - ``int8_ptqlib_teaching``: ptqlib's INT8 model of notebook 04, converted from the
       baseline with its input normalisation folded into fc1, so it reads raw uint8 pixels;
-    - ``int8_ptqlib``: the same model on the fast path (``ptqlib.fast_int8``): same integers;
+    - ``int8_ptqlib``: the same model on the fast path (``ptqlib.fast.mlp``): same integers;
     - ``int8_torch``: torch.ao's eager-mode PTQ of the baseline.
 
     torch.ao gets its own observer of the same name where it has one (min/max, moving
@@ -63,7 +64,7 @@ def build_models(
     both sides.
     """
     if model not in MODELS:
-        raise ValueError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
+        raise InputError(f"model: unknown model {model!r}; expected one of {sorted(MODELS)}")
     epochs = DEFAULT_EPOCHS_BY_MODEL[model]
     fp32, _ = load_or_train_baseline(data, epochs=epochs, progress=progress, model=model)
     images = calibration_images(data.train, calib)
@@ -316,12 +317,12 @@ def quantize_checkpoint_low_bit(
     progress: bool = True,
 ) -> QuantizeResult:
     """Like :func:`quantize_checkpoint`, with B-bit weights and activations and the fixes of
-    ``ptqlib.low_bit`` (rounding, clipping, bias correction) as ``settings`` say. The meta
+    ``ptqlib.lowbit.weights`` (rounding, clipping, bias correction) as ``settings`` say. The meta
     records the settings, the bits of every layer and the seconds the weights took."""
     model, _ = load_fp32(checkpoint)
     unknown = sorted(set(settings.layer_bits) - set(linear_names(model)))
     if unknown:  # fail before loading data or calibrating
-        raise ValueError(
+        raise InputError(
             f"layer bits: unknown layer(s) {', '.join(unknown)}; the layers are "
             f"{', '.join(linear_names(model))}"
         )

@@ -1,0 +1,371 @@
+"""The integer layers: a Linear and a Conv2d (each with its fused ReLU) and a max-pool that
+compute on integers only.
+
+Every integer step computes, exactly as notebook 04 writes it (the math is in
+``ptqlib.integer_arithmetic``)::
+
+    acc = sum_k (q_x,k - Z_x) q_w,k + q_b                  int8 x int8, summed in int32
+    q_y = clamp(round(M acc) + Z_y, lo, hi),  M ~= M0 2^-n  integer requantization
+
+- weights: int8, symmetric (Z_w = 0), one scale per output channel by default (so M and
+  its M0, n are per channel too) or one per tensor;
+- bias: int32 with scale S_x S_w and zero-point 0, so it adds straight into acc;
+- activations: uint8 or int8, affine, with the qparams from calibration. A fused ReLU is
+  the lower clamp ``lo = Z_y`` (the integer of real 0).
+
+``requantization="float32"`` swaps the last step for ONNX Runtime's (a float32 multiplier,
+rounding half to even): the same model then computes ORT's integers exactly
+(``ptqlib.deploy.ort_arithmetic``, notebook 08).
+
+**Carriers.** ``torch._int_mm`` multiplies int8 by int8. A uint8 activation q (0..255)
+therefore travels between layers as the int8 value ``c = q - 128`` (its *carrier*); an int8
+activation is its own carrier. Since ``q - Z_x = c - (Z_x - 128)``, the sum splits into
+``sum_k c_k q_w,k`` (the int8 GEMM) and ``(128 - Z_x) sum_k q_w,k``, the *zero-point
+correction*, one integer per output channel.
+
+Every number a layer computes with is in its buffers (int8 weight, int32 bias, scales,
+zero-points, M0 and n) or derived from them at each call. ``load_state_dict``, ``.to()``
+and ``copy.deepcopy`` carry all of them, so they can never leave a stale constant behind.
+This is the *teaching path*: plain and direct, not fast; ``ptqlib.fast`` computes the same
+integers quickly.
+
+**A convolution is a matrix product of patches.** Output pixel (i, j) of channel o is the
+dot product of filter o (C x kh x kw weights) with the input patch under it. Cut every patch
+out of the (padded) input as one row of length K = C kh kw (*im2col*, ``Tensor.unfold``) and
+reshape the filters to ``[O, K]``: the convolution is ``patches @ filters^T``, one int8 GEMM
+(``torch._int_mm``) of ``[N OH OW, K] x [K, O]``. Every row is a Linear's input, so the
+integer math is that of ``ptqlib.int8_model`` unchanged::
+
+    acc = sum_k (q_x,k - Z_x) q_w,k + q_b                 int32, per output pixel and channel
+    q_y = clamp(round(M acc) + Z_y, lo, hi),  M = S_x S_w / S_y ~= M0 2^-n   (per channel)
+
+with int8 symmetric weights (one scale per output channel), an int32 bias of scale S_x S_w,
+the same carriers (a uint8 activation travels as the int8 ``q - 128``) and the same
+zero-point correction ``(128 - Z_x) sum_k q_w,k`` per channel.
+
+**Padding with the zero-point.** A float conv pads with the *real* 0. Its integer is Z_x,
+not 0: a padded pixel must hold Z_x (carrier ``Z_x - 128``), so that ``q_x - Z_x = 0``
+there, as in the float model. Padding with the integer 0 would add the real value
+``S_x (0 - Z_x)``, a large negative number when Z_x is large, along every border. It also
+makes the zero-point correction the same for every output pixel, border or not.
+
+**Max-pooling on integers.** Dequantization ``r = S (q - Z)`` with S > 0 is strictly
+increasing, so the largest integer of a window is the integer of the largest real value:
+``max(r) = S (max(q) - Z)``. The pool runs on the integers directly, and its output keeps
+its input's qparams (it only picks existing values). Carriers ``q - 128`` keep the order too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from ptqlib.deploy.ort_arithmetic import float32_multiplier, requantize_float32
+from ptqlib.errors import InputError
+from ptqlib.integer_arithmetic import (
+    carrier_offset,
+    check_accumulator_fits,
+    fixed_point_multiplier,
+    int8_matmul,
+    requantize,
+)
+from ptqlib.quantization import QParams
+
+DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}
+# How a layer turns its int32 accumulator into the next 8-bit activation: ptqlib's integer
+# M0 2^-n (the default), or ONNX Runtime's float32 multiplier (``ptqlib.deploy.ort_arithmetic``).
+REQUANTIZATION_MODES = ("fixed_point", "float32")
+
+
+def check_requantization(requantization: object) -> str:
+    """``requantization`` if it names a mode of REQUANTIZATION_MODES, else a ValueError."""
+    if requantization not in REQUANTIZATION_MODES:
+        raise InputError(
+            f"requantization: expected one of {', '.join(REQUANTIZATION_MODES)}, "
+            f"got {requantization!r}"
+        )
+    return requantization
+
+# --- the integer modules -----------------------------------------------------------------------
+
+
+def _activation_qparams_from(
+    scale: torch.Tensor, zero_point: torch.Tensor, like: QParams
+) -> QParams:
+    """QParams with the stored scale and zero-point and the fixed range and dtype of ``like``."""
+    return QParams(scale, zero_point, like.quant_min, like.quant_max, like.dtype)
+
+
+class Int8Step(nn.Module):
+    """What every integer layer (a Linear here, a Conv2d in ``ptqlib.int8_conv``) stores and
+    derives: one fused step of the plan, int8 carriers in, int8 carriers out.
+
+    State (buffers): ``weight`` (int8, output channels first), ``bias`` (int32, scale
+    S_x S_w), ``weight_scale`` (float32, per output channel or one value; zero-point 0),
+    ``input_scale``/``input_zero_point``, ``output_scale``/``output_zero_point``, and the
+    integer multiplier ``multiplier``/``shift`` (M0, n per output channel) derived from the
+    scales at construction. Fixed at construction: the activations' dtypes and integer
+    ranges, and whether a ReLU is fused.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        weight_qparams: QParams,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        name: str,
+    ) -> None:
+        super().__init__()
+        if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
+            raise InputError(
+                f"layer {name!r}: weights must be int8 and symmetric (zero-point 0), "
+                f"got {weight_qparams}"
+            )
+        self.name = name
+        self.relu = relu
+        self.register_buffer("weight", weight.to(torch.int8).contiguous())
+        self.register_buffer("bias", bias.to(torch.int32).contiguous())
+        self.register_buffer("weight_scale", weight_qparams.scale.to(torch.float32))
+        self.register_buffer("input_scale", input_qparams.scale.to(torch.float32))
+        self.register_buffer("input_zero_point", input_qparams.zero_point.to(torch.int64))
+        self.register_buffer("output_scale", output_qparams.scale.to(torch.float32))
+        self.register_buffer("output_zero_point", output_qparams.zero_point.to(torch.int64))
+        self.weight_range = (weight_qparams.quant_min, weight_qparams.quant_max)
+        self._input_like, self._output_like = input_qparams, output_qparams
+        # M = S_x S_w / S_y per output channel (float64: the product of float32 scales is
+        # exact), kept as its integers (M0, n): state like the rest, so the forward pass
+        # touches no float.
+        real_multiplier = (
+            self.input_scale.double() * self.weight_scale.double() / self.output_scale.double()
+        )
+        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
+        self.register_buffer("multiplier", multiplier)
+        self.register_buffer("shift", shift)
+        check_accumulator_fits(
+            self.name, self.weight_matrix(), self.bias, self.zero_point_correction()
+        )
+
+    # The qparams, always built from the buffers (the state), never cached.
+    @property
+    def input_qparams(self) -> QParams:
+        return _activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
+
+    @property
+    def output_qparams(self) -> QParams:
+        return _activation_qparams_from(
+            self.output_scale, self.output_zero_point, self._output_like
+        )
+
+    @property
+    def weight_qparams(self) -> QParams:
+        axis = 0 if self.weight_scale.dim() == 1 else None
+        zero_point = torch.zeros(self.weight_scale.shape, dtype=torch.int64)
+        return QParams(self.weight_scale, zero_point, *self.weight_range, torch.int8, axis=axis)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The weights as rows ``[out, K]``, one row per output channel."""
+        return self.weight.reshape(len(self.weight), -1)
+
+    def zero_point_correction(self) -> torch.Tensor:
+        """``(offset - Z_x) sum_k q_w,k`` per output channel (int32): what the int8 carriers
+        leave out of ``sum_k (q_x,k - Z_x) q_w,k`` (see the module docstring)."""
+        offset = carrier_offset(self._input_like.dtype) - int(self.input_zero_point)
+        return (offset * self.weight_matrix().to(torch.int32).sum(dim=1)).to(torch.int32)
+
+    def output_range(self) -> tuple[int, int]:
+        """The clamp ``(lo, hi)`` of the output's integers; a fused ReLU raises lo to Z_y."""
+        lowest, highest = self._output_like.quant_min, self._output_like.quant_max
+        if self.relu:
+            lowest = max(lowest, int(self.output_zero_point))
+        return lowest, highest
+
+
+class Int8Linear(Int8Step):
+    """A Linear (and its fused ReLU) on integers: int8 carriers ``[N, in]`` in, ``[N, out]``
+    out. The state is :class:`Int8Step`'s; the ``requantization`` is fixed at construction:
+    ``"fixed_point"`` (M0 2^-n, the default) or ``"float32"`` (ONNX Runtime's way, with the
+    buffer ``float32_multiplier``; see ``ptqlib.deploy.ort_arithmetic``).
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        weight_qparams: QParams,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        name: str = "linear",
+        requantization: str = "fixed_point",
+    ) -> None:
+        super().__init__(weight, bias, weight_qparams, input_qparams, output_qparams, relu, name)
+        self.requantization = check_requantization(requantization)
+        self.out_features, self.in_features = self.weight.shape
+        if self.requantization == "float32":
+            scales = (self.input_scale, self.weight_scale, self.output_scale)
+            multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
+            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
+
+    def weight_matrix(self) -> torch.Tensor:
+        """A Linear's weight already is the matrix ``[out, in]``."""
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, integers only."""
+        if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.int8:
+            raise InputError(
+                f"layer {self.name!r}: expected input [N, {self.in_features}] of int8 "
+                f"carriers, got {x.dtype} {tuple(x.shape)}"
+            )
+        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the zero-point correction and
+        # the int32 bias, all int32.
+        accumulator = int8_matmul(x, self.weight.t())
+        accumulator = accumulator + self.zero_point_correction() + self.bias
+        # q_y = clamp(round(M acc) + Z_y, lo, hi), with M ~= M0 2^-n; the ReLU is lo = Z_y.
+        lowest, highest = self.output_range()
+        zero_point = int(self.output_zero_point)
+        if self.requantization == "float32":
+            # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
+            output = requantize_float32(
+                accumulator, self.float32_multiplier, zero_point, lowest, highest
+            )
+        else:
+            output = requantize(
+                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
+            )
+        return (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
+
+    def extra_repr(self) -> str:
+        granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
+        relu = ", relu" if self.relu else ""
+        mode = ", float32 requantization" if self.requantization == "float32" else ""
+        return (
+            f"{self.in_features} -> {self.out_features}, int8 weights {granularity}, "
+            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}{mode}"
+        )
+
+
+def patches(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """im2col: every ``kh x kw`` window of the (already padded) ``x [N, C, H, W]`` as one row
+    ``[C kh kw]``, rows ordered by (image, output row, output column): ``[N OH OW, C kh kw]``.
+    Works on any dtype (``Tensor.unfold`` only takes views)."""
+    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, stride
+    windows = x.unfold(2, kernel_h, stride_h).unfold(3, kernel_w, stride_w)  # N C OH OW kh kw
+    batch, channels, out_h, out_w = windows.shape[:4]
+    rows = windows.permute(0, 2, 3, 1, 4, 5)  # N OH OW C kh kw: a row per output pixel
+    return rows.reshape(batch * out_h * out_w, channels * kernel_h * kernel_w)
+
+
+class Int8Conv2d(Int8Step):
+    """A Conv2d (BatchNorm folded, ReLU fused) on integers: int8 carriers ``[N, C, H, W]`` in,
+        int8 carriers ``[N, O, OH, OW]`` out.
+
+        The state is :class:`~ptqlib.int8_model.Int8Step`'s, the same as an Int8Linear's, with
+        ``weight`` as ``[O, C, kh, kw]``: its ``weight_matrix()`` rows ``[O, C kh kw]`` are in the
+    order of :func:`patches`' columns. Fixed at construction besides: stride and padding.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        weight_qparams: QParams,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        name: str = "conv",
+    ) -> None:
+        if weight.dim() != 4:
+            raise InputError(
+                f"layer {name!r}: weight must be [O, C, kh, kw], got {tuple(weight.shape)}"
+            )
+        super().__init__(weight, bias, weight_qparams, input_qparams, output_qparams, relu, name)
+        self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+        self.out_channels, self.in_channels = self.weight.shape[:2]
+        self.kernel_size = tuple(self.weight.shape[2:])
+
+    def padding_carrier(self) -> int:
+        """What padded pixels hold: the carrier of the real 0, ``Z_x - offset``."""
+        return int(self.input_zero_point) - carrier_offset(self._input_like.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:
+            raise InputError(
+                f"layer {self.name!r}: expected input [N, {self.in_channels}, H, W] of int8 "
+                f"carriers, got {x.dtype} {tuple(x.shape)}"
+            )
+        pad_h, pad_w = self.padding
+        # Pad with the integer of the real 0 (see the module docstring), not with 0.
+        padded = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=self.padding_carrier())
+        out_h = (padded.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
+        out_w = (padded.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
+        rows = patches(padded, self.kernel_size, self.stride)
+        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b for every output pixel: the int8 GEMM, the
+        # zero-point correction and the int32 bias; then requantize per channel (columns).
+        accumulator = torch._int_mm(rows, self.weight_matrix().t())
+        # Add the per-channel constants together first: one pass over the large accumulator.
+        accumulator = accumulator + (self.zero_point_correction() + self.bias)
+        lowest, highest = self.output_range()
+        output = requantize(
+            accumulator, self.multiplier, self.shift, int(self.output_zero_point), lowest, highest
+        )
+        carriers = (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
+        # rows are (image, row, column); channels last -> [N, O, OH, OW]
+        return carriers.reshape(x.shape[0], out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
+        relu = ", relu" if self.relu else ""
+        return (
+            f"{self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}, "
+            f"stride {self.stride}, padding {self.padding}, int8 weights {granularity}, "
+            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}"
+        )
+
+
+class Int8MaxPool2d(nn.Module):
+    """Max-pooling of integers (carriers): the largest integer of each window is the
+    integer of the largest real value, since dequantization is increasing. No padding."""
+
+    def __init__(
+        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(kernel_size if stride is None else stride, "stride", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.is_floating_point():
+            raise InputError(
+                f"max-pool: expected integers [N, C, H, W], got {x.dtype} {tuple(x.shape)}"
+            )
+        # The maximum over the window, taken as kh x kw strided views of x (one per position
+        # in the window): elementwise torch.maximum of integers, exact and fast. (PyTorch's
+        # max_pool2d accepts int8 too, but fails on channels-last int8 tensors in 2.14.)
+        (kernel_h, kernel_w), (stride_h, stride_w) = self.kernel_size, self.stride
+        out_h = (x.shape[2] - kernel_h) // stride_h + 1
+        out_w = (x.shape[3] - kernel_w) // stride_w + 1
+        pooled = None
+        for row in range(kernel_h):
+            for column in range(kernel_w):
+                view = x[:, :, row::stride_h, column::stride_w][:, :, :out_h, :out_w]
+                pooled = view if pooled is None else torch.maximum(pooled, view)
+        return pooled
+
+    def extra_repr(self) -> str:
+        return f"kernel {self.kernel_size}, stride {self.stride}, on integers"
+
+
+def _pair(value: object, name: str, smallest: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= smallest for v in pair):
+        raise InputError(
+            f"{name}: expected an integer >= {smallest} or a pair of them, got {value!r}"
+        )
+    return pair
