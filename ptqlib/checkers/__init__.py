@@ -46,7 +46,8 @@ The function you write for each checker, with its arguments in this order:
 - notebook 06: :func:`check_pack_two_bit`, :func:`check_bias_shift`,
   :func:`check_gptq_column`, :func:`check_adaround_loss`, :func:`check_per_tensor_scale`;
 - notebook 07: :func:`check_fold_batchnorm`, :func:`check_padded_accumulator`;
-- notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`.
+- notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
+  :func:`check_qdq_reading`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -68,7 +69,11 @@ comparisons), ready for a checker of your own.
 
 from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 from ptqlib.checkers.core import Case, run_cases
-from ptqlib.checkers.deploy import check_quantize_linear, check_requantize_float32
+from ptqlib.checkers.deploy import (
+    check_qdq_reading,
+    check_quantize_linear,
+    check_requantize_float32,
+)
 from ptqlib.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
 from ptqlib.checkers.fp32_baseline import (
     check_hardest_digits,
@@ -143,6 +148,7 @@ __all__ = [
     "check_per_channel_qparams",
     "check_per_channel_scales",
     "check_per_tensor_scale",
+    "check_qdq_reading",
     "check_qparams",
     "check_quantization_points",
     "check_quantize",
