@@ -1,9 +1,16 @@
 """The notebook-08 checkers accept ORT's arithmetic and reject the usual near misses."""
 
+import numpy as np
+import onnx
 import pytest
 import torch
 
-from ptqlib.checkers.deploy import check_quantize_linear, check_requantize_float32
+from ptqlib.checkers.deploy import (
+    _qdq_roles,
+    check_qdq_reading,
+    check_quantize_linear,
+    check_requantize_float32,
+)
 
 
 def float32(value: float) -> torch.Tensor:
@@ -67,3 +74,45 @@ def test_a_crashing_attempt_fails():
 
     with pytest.raises(AssertionError, match="ZeroDivisionError"):
         check_quantize_linear(crashing)
+
+
+def read_qdq(onnx_model):
+    zero_points = {t.name: t for t in onnx_model.graph.initializer}
+    names = {2: "uint8", 3: "int8", 6: "int32"}  # TensorProto.UINT8, INT8, INT32
+    return {
+        node.input[0]: (names[zero_points[node.input[2]].data_type], node.input[1])
+        for node in onnx_model.graph.node
+        if node.op_type == "DequantizeLinear"
+    }
+
+
+def test_qdq_reading_accepts_a_reader_and_rejects_assuming_uint8(capsys):
+    check_qdq_reading(read_qdq)
+    assert "PASS" in capsys.readouterr().out
+
+    def always_uint8_activations(onnx_model):
+        found = read_qdq(onnx_model)
+        activations = {"x_q", "y_q"}
+        return {k: ("uint8" if k in activations else v[0], v[1]) for k, v in found.items()}
+
+    with pytest.raises(AssertionError, match="case 2 of 2 failed"):
+        check_qdq_reading(always_uint8_activations)
+
+
+def test_qdq_roles_on_ptqlibs_export_of_simplenet():
+    from ptqlib.calibration import calibrate
+    from ptqlib.deploy.onnx_export import int8_to_onnx
+    from ptqlib.int8_model import convert
+    from ptqlib.models import SimpleNet
+
+    model = SimpleNet().eval()
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    onnx_model = int8_to_onnx(convert(model, calibrate(model, images, progress=False).qparams))
+    roles = _qdq_roles(onnx_model)
+    assert roles["fc1_weight_quantized"] == ("int8", "fc1_weight_scale")
+    assert roles["fc1_bias_quantized"] == ("int32", "fc1_bias_scale")
+    assert roles["input_quantized"][0] == "uint8"
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+    # The int32 bias is multiplied by S_x * S_w: the scale of the accumulator.
+    expected = constants[roles["input_quantized"][1]] * constants["fc1_weight_scale"]
+    assert np.allclose(constants["fc1_bias_scale"], expected, rtol=1e-6)

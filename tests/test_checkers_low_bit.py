@@ -3,7 +3,23 @@
 import pytest
 import torch
 
-from ptqlib.checkers.low_bit import check_bias_shift, check_pack_two_bit
+from ptqlib.checkers.low_bit import (
+    _adaround_loss,
+    _gptq_column,
+    check_adaround_loss,
+    check_bias_shift,
+    check_gptq_column,
+    check_pack_two_bit,
+    check_per_tensor_scale,
+)
+from ptqlib.lowbit.rounding import (
+    GPTQ_DAMPENING,
+    gptq,
+    hessian,
+    reconstruction_error,
+    rectified_sigmoid,
+)
+from ptqlib.lowbit.weights import weight_qparams
 
 
 def pack_two_bit(values):
@@ -15,11 +31,34 @@ def bias_shift(weight, quantized_weight, inputs):
     return (inputs @ quantized_weight.T - inputs @ weight.T).mean(dim=0)
 
 
+def gptq_column(weight, hessian_inverse, column, scale, quant_min, quant_max):
+    w = weight[:, column]
+    q = torch.clamp(torch.round(w / scale), quant_min, quant_max)
+    error = (w - scale * q) / hessian_inverse[column, column]
+    updated = weight.clone()
+    updated[:, column + 1 :] -= torch.outer(error, hessian_inverse[column, column + 1 :])
+    return q.long(), updated
+
+
+def adaround_loss(weight, v, scale, inputs, regularisation, beta):
+    h = torch.clamp(torch.sigmoid(v) * 1.2 - 0.1, 0, 1)
+    soft = scale[:, None] * (torch.floor(weight / scale[:, None]) + h)
+    error = ((inputs @ soft.T - inputs @ weight.T) ** 2).sum(dim=1).mean()
+    return error + regularisation * (1 - (2 * h - 1).abs() ** beta).sum()
+
+
+def per_tensor_scale(weight, bits):
+    return weight.abs().max() / 2 ** (bits - 1)
+
+
 @pytest.mark.parametrize(
     "checker, solution",
     [
         (check_pack_two_bit, pack_two_bit),
         (check_bias_shift, bias_shift),
+        (check_gptq_column, gptq_column),
+        (check_adaround_loss, adaround_loss),
+        (check_per_tensor_scale, per_tensor_scale),
     ],
 )
 def test_right_answers_pass(checker, solution, capsys):
@@ -37,6 +76,17 @@ def test_right_answers_pass(checker, solution, capsys):
             "case 1 of 4 failed",
         ),
         (check_bias_shift, lambda w, q, x: (x @ (w - q).T).mean(0), "case 2 of 3 failed"),
+        # The error as w - q, forgetting the scale (the slip notebook 06 once printed).
+        (
+            check_gptq_column,
+            lambda w, hinv, j, s, lo, hi: gptq_column(w, hinv, j, s, lo, hi)[:1]
+            + (gptq_column(w, hinv, j, torch.ones_like(s), lo, hi)[1],),
+            "case 1 of 3 failed",
+        ),
+        # No regulariser at all.
+        (check_adaround_loss, lambda w, v, s, x, lam, b: adaround_loss(w, v, s, x, 0, b), "case 2"),
+        # torch.ao's scale c / ((2^B - 1) / 2): one level wasted.
+        (check_per_tensor_scale, lambda w, b: w.abs().max() / ((2**b - 1) / 2), "case 1 of 3"),
     ],
 )
 def test_wrong_answers_fail_with_the_case(checker, wrong, message):
@@ -48,6 +98,51 @@ def test_an_unattempted_exercise_is_not_a_failure(capsys):
     def skeleton(*args):
         raise NotImplementedError
 
-    for checker in (check_pack_two_bit, check_bias_shift):
+    checkers = (
+        check_pack_two_bit,
+        check_bias_shift,
+        check_gptq_column,
+        check_adaround_loss,
+        check_per_tensor_scale,
+    )
+    for checker in checkers:
         checker(skeleton)
-    assert capsys.readouterr().out.count("NOT ATTEMPTED") == 2
+    assert capsys.readouterr().out.count("NOT ATTEMPTED") == len(checkers)
+
+
+def test_the_gptq_step_column_after_column_is_ptqlibs_gptq():
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(6, 12, generator=generator, dtype=torch.float64)
+    inputs = torch.rand(50, 12, generator=generator, dtype=torch.float64)
+    qparams = weight_qparams(weight.float(), 2)
+    h = hessian(inputs)
+    h += GPTQ_DAMPENING * torch.diagonal(h).mean() * torch.eye(12, dtype=h.dtype)
+    inverse = torch.linalg.inv(h)
+    scale = qparams.scale.double()
+    work, columns = weight.clone(), []
+    for column in range(12):
+        q, work = _gptq_column(work, inverse, column, scale, qparams.quant_min, qparams.quant_max)
+        columns.append(q)
+        # Remove the quantized column from the problem: the inverse of the remaining Hessian.
+        pivot = inverse[column, column]
+        inverse = inverse - torch.outer(inverse[:, column], inverse[column]) / pivot
+    assert torch.equal(torch.stack(columns, dim=1), gptq(weight, inputs, qparams).long())
+
+
+def test_the_adaround_loss_at_hard_rounding_is_ptqlibs_reconstruction_error():
+    generator = torch.Generator().manual_seed(8)
+    weight = torch.randn(4, 9, generator=generator)
+    inputs = torch.rand(30, 9, generator=generator)
+    qparams = weight_qparams(1.2 * weight, 3)  # a wider grid: no weight at the top level
+    floor = torch.floor(weight / qparams.scale[:, None])
+    # Round up only where floor + 1 stays on the grid: the exercise's loss has no clamp.
+    up = (torch.rand(4, 9, generator=generator) < 0.5) & (floor + 1 <= qparams.quant_max)
+    v = torch.where(up, 50.0, -50.0)  # h(V) exactly 1 or 0
+    assert torch.equal(rectified_sigmoid(v), up.float())
+    integers = torch.floor(weight / qparams.scale[:, None]) + up.float()
+    integers = integers.clamp(qparams.quant_min, qparams.quant_max)
+    unclamped = torch.floor(weight / qparams.scale[:, None]) + up.float()
+    assert torch.equal(integers, unclamped)  # no clamping in this case: the loss has none
+    expected = reconstruction_error(weight, integers, qparams, inputs)
+    got = float(_adaround_loss(weight, v, qparams.scale, inputs, 0.0, 2.0))
+    assert got == pytest.approx(expected, rel=1e-5)

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ptqlib.app.pipeline import quantize_checkpoint
 from ptqlib.calibration import calibrate
-from ptqlib.checkers import fixed_point_multiplier_reference
+from ptqlib.checkers.int8_conversion import fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate

@@ -8,6 +8,7 @@ from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
 from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
 from ptqlib.lowbit.packing import bits_for_range, pack, unpack
+from ptqlib.lowbit.rounding import round_to_nearest
 from ptqlib.lowbit.weights import (
     LowBitSettings,
     layer_inputs,
@@ -130,6 +131,29 @@ def test_damaged_packed_weights_are_a_clear_error(baseline, images, tmp_path):
     save_checkpoint({"kind": "int8", **state, "meta": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="packed weight is damaged"):
         load_int8(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_nearest_rounding_of_a_gaussian_weight_uses_every_level(bits):
+    # Not just the weight at exactly -c: with torch.ao's scale c / ((2^B - 1) / 2) only the
+    # most negative weight of a channel reaches -2^(B-1), so B-bit weights use 2^B - 1 levels.
+    weight = torch.randn(64, 512, generator=torch.Generator().manual_seed(0))
+    qparams = weight_qparams(weight, bits)
+    q = round_to_nearest(weight, qparams).long()
+    extremes = weight.abs().argmax(dim=1)
+    others = torch.ones_like(q, dtype=torch.bool)
+    others[torch.arange(64), extremes] = False
+    used = set(q[others].unique().tolist())
+    assert used == set(range(qparams.quant_min, qparams.quant_max + 1))
+    assert (qparams.quant_min, qparams.quant_max) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+@pytest.mark.parametrize("bits", [5, 8])
+def test_wider_weights_keep_torch_ao_symmetric_scale(bits):
+    weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    qparams = weight_qparams(weight, bits)
+    expected = weight.abs().amax(dim=1) / ((2**bits - 1) / 2)
+    torch.testing.assert_close(qparams.scale, expected)
 
 
 def test_mse_clipping_never_has_a_larger_error_than_minmax(baseline):

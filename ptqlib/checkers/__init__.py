@@ -40,28 +40,40 @@ The function you write for each checker, with its arguments in this order:
 - :func:`check_linear_parameters`: ``(in_features, out_features) -> int``;
 - :func:`check_int8_bytes`: ``(model) -> int``, bytes with int8 weights and int32 biases;
 - :func:`check_hardest_digits`: ``(matrix) -> list[int]``, every digit tied for the lowest
-  per-class accuracy in a confusion matrix.
+  per-class accuracy in a confusion matrix;
+- :func:`check_mcnemar_p_value`: ``(gained, lost) -> p``, McNemar's exact two-sided p-value
+  (notebook 05);
+- notebook 06: :func:`check_pack_two_bit`, :func:`check_bias_shift`,
+  :func:`check_gptq_column`, :func:`check_adaround_loss`, :func:`check_per_tensor_scale`;
+- notebook 07: :func:`check_fold_batchnorm`, :func:`check_padded_accumulator`;
+- notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
+  :func:`check_qdq_reading`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
 ties, so every case here keeps ``v`` at least 0.001 away from a tie (``tests/
 test_checkers.py`` verifies that): any correct rounding to the nearest integer passes.
 
-One module per notebook: ``ptqlib.checkers.quantization_math`` (notebook 02: qparams,
-quantize, dequantize) and ``ptqlib.checkers.int8_conversion`` (notebook 04: requantize,
-the fixed-point multiplier) with ``ptqlib.checkers.integer_layer`` (notebook 04: the int32
-bias, the zero-point correction, a whole integer layer); ``ptqlib.checkers.core`` holds what
-they share (:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
 One module per notebook topic: ``ptqlib.checkers.fp32_baseline`` (notebook 01: parameter
 count, INT8 size, hardest digits), ``ptqlib.checkers.quantization_math`` (notebook 02: qparams,
 quantize, dequantize), ``ptqlib.checkers.quantization_schemes`` (notebook 02: symmetric and
-per-channel qparams, SQNR) and ``ptqlib.checkers.int8_conversion`` (notebook 04: requantize,
-the fixed-point multiplier); ``ptqlib.checkers.core`` holds what they share
+per-channel qparams, SQNR), ``ptqlib.checkers.int8_conversion`` and
+``ptqlib.checkers.integer_layer`` (notebook 04), ``ptqlib.checkers.observers_and_calibration``
+(03), ``ptqlib.checkers.evaluation`` (05), ``ptqlib.checkers.low_bit`` (06),
+``ptqlib.checkers.cnn`` (07) and ``ptqlib.checkers.deploy`` (08). The expected answers come
+from ptqlib itself or from private functions that the tests compare with ptqlib; no solution
+is exported. ``ptqlib.checkers.core`` holds what they share
 (:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
 comparisons), ready for a checker of your own.
 """
 
+from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 from ptqlib.checkers.core import Case, run_cases
+from ptqlib.checkers.deploy import (
+    check_qdq_reading,
+    check_quantize_linear,
+    check_requantize_float32,
+)
 from ptqlib.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
 from ptqlib.checkers.fp32_baseline import (
     check_hardest_digits,
@@ -72,20 +84,22 @@ from ptqlib.checkers.int8_conversion import (
     check_fixed_point_multiplier,
     check_requantize,
     fixed_point_cases,
-    fixed_point_multiplier_reference,
     requantize_cases,
-    requantize_reference,
 )
 from ptqlib.checkers.integer_layer import (
     check_int32_bias,
     check_integer_layer,
     check_zero_point_correction,
     int32_bias_cases,
-    int32_bias_reference,
     integer_layer_cases,
-    integer_layer_reference,
     zero_point_correction_cases,
-    zero_point_correction_reference,
+)
+from ptqlib.checkers.low_bit import (
+    check_adaround_loss,
+    check_bias_shift,
+    check_gptq_column,
+    check_pack_two_bit,
+    check_per_tensor_scale,
 )
 from ptqlib.checkers.observers_and_calibration import (
     ObserverChoiceResult,
@@ -112,46 +126,48 @@ from ptqlib.checkers.quantization_schemes import (
 )
 
 __all__ = [
-    "check_mcnemar_p_value",
-    "mcnemar_cases",
     "Case",
     "ObserverChoiceResult",
     "changed_digits",
-    "check_moving_average_range",
-    "check_observer_choice",
-    "check_per_channel_scales",
-    "check_quantization_points",
-    "check_three_sigma_observer",
-    "evaluate_observer_choice",
+    "check_adaround_loss",
+    "check_bias_shift",
     "check_dequantize",
     "check_fixed_point_multiplier",
-    "check_int32_bias",
-    "check_integer_layer",
-    "check_qparams",
-    "check_quantize",
-    "check_requantize",
-    "check_zero_point_correction",
+    "check_fold_batchnorm",
+    "check_gptq_column",
     "check_hardest_digits",
+    "check_int32_bias",
     "check_int8_bytes",
+    "check_integer_layer",
     "check_linear_parameters",
+    "check_mcnemar_p_value",
+    "check_moving_average_range",
+    "check_observer_choice",
+    "check_pack_two_bit",
+    "check_padded_accumulator",
     "check_per_channel_qparams",
+    "check_per_channel_scales",
+    "check_per_tensor_scale",
+    "check_qdq_reading",
     "check_qparams",
+    "check_quantization_points",
     "check_quantize",
+    "check_quantize_linear",
     "check_requantize",
+    "check_requantize_float32",
     "check_sqnr_db",
     "check_symmetric_qparams",
+    "check_three_sigma_observer",
+    "check_zero_point_correction",
     "dequantize_cases",
+    "evaluate_observer_choice",
     "fixed_point_cases",
-    "fixed_point_multiplier_reference",
     "int32_bias_cases",
-    "int32_bias_reference",
     "integer_layer_cases",
-    "integer_layer_reference",
+    "mcnemar_cases",
     "qparams_cases",
     "quantize_cases",
     "requantize_cases",
-    "requantize_reference",
     "run_cases",
     "zero_point_correction_cases",
-    "zero_point_correction_reference",
 ]

@@ -119,7 +119,7 @@ def check_fold_batchnorm(student_fn: Callable) -> None:
 # --- exercise 2: pad with the zero-point ------------------------------------------------------
 
 
-def padded_accumulator_reference(
+def _padded_accumulator(
     q_x: torch.Tensor, zero_point: int, q_w: torch.Tensor, padding: int
 ) -> torch.Tensor:
     """``sum (q_x - Z_x) q_w`` over each window, the input padded with the real 0 (whose
@@ -138,7 +138,7 @@ def padding_cases() -> list[Case]:
     ):
         q_x = torch.randint(0, 256, (2, 3, 6, 5), dtype=torch.uint8, generator=generator)
         q_w = torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8, generator=generator)
-        expected = padded_accumulator_reference(q_x, zero_point, q_w, padding)
+        expected = _padded_accumulator(q_x, zero_point, q_w, padding)
         hint = (
             "pad with the zero-point Z_x (the integer of the real 0), not with 0: a padded "
             "pixel must give q_x - Z_x = 0, like the float conv's zero padding"

@@ -9,7 +9,10 @@ first failing case, its inputs, the expected answer and a hint)::
   ONNX's QuantizeLinear: ``x / scale`` in float32 (a division, not a product with 1/scale),
   rounded half to even;
 - :func:`check_requantize_float32`: ``(acc, input_scale, weight_scale, output_scale,
-  zero_point, quant_min, quant_max) -> q``, ORT's requantization with a float32 multiplier.
+  zero_point, quant_min, quant_max) -> q``, ORT's requantization with a float32 multiplier;
+- :func:`check_qdq_reading`: ``(onnx_model) -> {tensor: (integer type, scale name)}``, for
+  every ``DequantizeLinear`` of a QDQ graph: which integer tensor it reads, of which type,
+  multiplied by which scale.
 
 Unlike the checkers of notebooks 02-04, these cases sit *on* the values where the usual
 shortcuts differ (ties, float64 instead of float32, 1/S instead of /S): being within one
@@ -23,9 +26,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
-from ptqlib.checkers.core import Case, compare_integers, run_cases
+from ptqlib.checkers.core import Case, WrongAnswer, compare_integers, run_cases
 from ptqlib.deploy.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
@@ -126,3 +132,102 @@ def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
     quant_max) -> q``: ORT's requantization (see ``ptqlib.deploy.ort_arithmetic``)."""
     run_cases("check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers)
+
+
+# --- Reading a QDQ graph (exercise 3) ---------------------------------------------------------
+
+
+def _qdq_roles(onnx_model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """For every DequantizeLinear: the tensor it dequantizes -> (the integer type, named by its
+    zero-point initializer, and the name of the scale that multiplies it).
+    ``tests/test_checkers_deploy.py`` checks this on ptqlib's own export of SimpleNet."""
+    initializers = {tensor.name: tensor for tensor in onnx_model.graph.initializer}
+    roles = {}
+    for node in onnx_model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            quantized, scale, zero_point = node.input
+            element_type = initializers[zero_point].data_type
+            roles[quantized] = (helper.tensor_dtype_to_np_dtype(element_type).name, scale)
+    return roles
+
+
+def _tiny_qdq_graph(activation_type: int, per_channel: bool, seed: int) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Gemm(DQ(int8 W), DQ(int32 b)) -> Q -> DQ: one quantized linear layer."""
+    rng = np.random.default_rng(seed)
+    np_type = helper.tensor_dtype_to_np_dtype(activation_type)
+    channels = 3 if per_channel else 1
+    shape = [channels] if per_channel else []
+    weight_scale = rng.uniform(0.01, 0.02, size=channels).astype(np.float32).reshape(shape)
+    x_scale = np.array(0.05, dtype=np.float32)
+    initializers = [
+        numpy_helper.from_array(x_scale, "x_scale"),
+        numpy_helper.from_array(np.array(0 if per_channel else 7, dtype=np_type), "x_zero_point"),
+        numpy_helper.from_array(rng.integers(-127, 128, (3, 4)).astype(np.int8), "w_int8"),
+        numpy_helper.from_array(weight_scale, "w_scale"),
+        numpy_helper.from_array(np.zeros(shape, dtype=np.int8), "w_zero_point"),
+        numpy_helper.from_array(rng.integers(-999, 999, 3).astype(np.int32), "b_int32"),
+        numpy_helper.from_array((x_scale * weight_scale).astype(np.float32), "b_scale"),
+        numpy_helper.from_array(np.zeros(shape, dtype=np.int32), "b_zero_point"),
+        numpy_helper.from_array(np.array(0.2, dtype=np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(3, dtype=np_type), "y_zero_point"),
+    ]
+    axis = {"axis": 0} if per_channel else {}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero_point"], ["w"], **axis),
+        helper.make_node("DequantizeLinear", ["b_int32", "b_scale", "b_zero_point"], ["b"], **axis),
+        helper.make_node("Gemm", ["x_dq", "w", "b"], ["y"], transB=1),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero_point"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y_dq"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "one_quantized_linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y_dq", TensorProto.FLOAT, ["batch", 3])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def qdq_reading_cases() -> list[Case]:
+    cases = []
+    for name, activation_type, per_channel, hint in [
+        (
+            "uint8 activations, one weight scale (ptqlib's and PyTorch's choice)",
+            TensorProto.UINT8,
+            False,
+            "the integer type of a DequantizeLinear's input is its zero-point's type; the "
+            "scale is its second input",
+        ),
+        (
+            "int8 activations, a weight scale per output channel (ORT's S8S8)",
+            TensorProto.INT8,
+            True,
+            "activations can be int8 too: read the zero-point's type, do not assume uint8",
+        ),
+    ]:
+        model = _tiny_qdq_graph(activation_type, per_channel, seed=len(cases))
+        cases.append(Case(name, (("onnx_model", model),), _qdq_roles(model), hint))
+    return cases
+
+
+def _compare_roles(case: Case, got: Any) -> None:
+    if not isinstance(got, dict):
+        raise WrongAnswer(f"your function should return a dict, got {type(got).__name__}")
+    got = {key: tuple(value) if isinstance(value, list) else value for key, value in got.items()}
+    if set(got) != set(case.expected):
+        raise WrongAnswer(
+            f"the keys should be the dequantized tensors {sorted(case.expected)}, got {sorted(got)}"
+        )
+    for tensor, expected in case.expected.items():
+        if got[tensor] != expected:
+            raise WrongAnswer(f"{tensor!r}: expected {expected}, got {got[tensor]}")
+
+
+def check_qdq_reading(student_fn: Callable[..., Any]) -> None:
+    """Check ``student_fn(onnx_model) -> dict``: for every DequantizeLinear node, the name of
+    the integer tensor it reads -> (its integer type as numpy names it: "uint8", "int8",
+    "int32", and the name of the scale that multiplies it)."""
+    run_cases("check_qdq_reading", student_fn, qdq_reading_cases(), _compare_roles)

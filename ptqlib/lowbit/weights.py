@@ -4,12 +4,24 @@ A B-bit integer is simply an int8 (weights, signed) or uint8 (activations, unsig
 restricted to a smaller range, so everything downstream (conversion, the integer engine,
 the fake-quant simulation) works unchanged::
 
-    weights      q_w in -2^(B-1) .. 2^(B-1) - 1,  S_w = c / ((2^B - 1) / 2)   symmetric, Z_w = 0
+    weights      q_w in -2^(B-1) .. 2^(B-1) - 1,  Z_w = 0,
+                 S_w = c / 2^(B-1)           for B <= 4
+                 S_w = c / ((2^B - 1) / 2)   for B >= 5 (torch.ao's symmetric scale)
     activations  q_x in 0 .. 2^B - 1,             S_x, Z_x from calibration     affine
 
 where ``c`` is the *clipping value* of a channel: its largest |w| (``"minmax"``) or the value
 that minimises the channel's mean squared error ``||w - S clamp(round(w/S))||^2``
 (``"mse"``: shrinking c clips a few outliers but makes the step S finer for all the others).
+
+**Which scale.** torch.ao's symmetric scale c / ((2^B - 1) / 2) maps the weights onto
+``w/S`` in [-(2^B - 1)/2, (2^B - 1)/2]: at 2 bits that is [-1.5, 1.5], so nearest rounding
+reaches -2 only for the one weight at exactly -c, and "2-bit" weights are in practice
+ternary {-1, 0, 1} (about 1.58 bits). At 8 bits the same rule wastes one level of 256
+(and keeps ptqlib bit-exact with torch.ao), at 4 bits one of 16, at 2 bits one of 4. So for
+B <= 4 the scale is c / 2^(B-1): -c lands exactly on -2^(B-1) and every level of the
+asymmetric integer range is used; the price is that positive weights above
+(2^(B-1) - 1/2) S are clipped to the top level (at 2 bits, those above 0.75 c: the few
+largest of a channel). An MSE-chosen c (``clipping="mse"``) then trades the two ends.
 
 :func:`quantize_weights` goes layer by layer, in order. Each layer's inputs are recorded from
 a working copy in which the earlier layers are already quantized, so a later layer sees (and
@@ -48,6 +60,7 @@ from ptqlib.errors import InputError
 from ptqlib.int8_model import Int8Model, convert
 from ptqlib.lowbit.rounding import adaround, gptq, round_to_nearest
 from ptqlib.quantization import (
+    EPS,
     QParams,
     bit_range,
     dequantize,
@@ -60,6 +73,9 @@ from ptqlib.quantization import (
 ROUNDINGS = ("nearest", "gptq", "adaround")
 CLIPPINGS = ("minmax", "mse")
 WEIGHT_BITS = range(2, 9)
+# At this many bits or fewer the scale is c / 2^(B-1), not c / ((2^B - 1) / 2): see the module
+# docstring ("Which scale").
+FULL_GRID_BITS = 4
 ACTIVATION_BITS = range(4, 9)
 # Candidate clipping values for "mse": c = fraction * max|w|, fraction from 0.2 to 1.
 MSE_FRACTIONS = torch.linspace(0.2, 1.0, 81)
@@ -112,6 +128,11 @@ def weight_qparams(
     largest = torch.max(-low, high)
 
     def grid(clip: torch.Tensor) -> QParams:
+        if bits <= FULL_GRID_BITS:
+            # S = c / 2^(B-1): -c lands on quant_min, so all 2^B levels are reachable.
+            scale = torch.max(clip.float() / 2 ** (bits - 1), torch.tensor(EPS))
+            zero_point = torch.zeros_like(scale, dtype=torch.int64)
+            return QParams(scale, zero_point, quant_min, quant_max, torch.int8, axis)
         return qparams_from_range(
             -clip,
             clip,
