@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ptqlib.app.pipeline import quantize_checkpoint
 from ptqlib.calibration import calibrate
 from ptqlib.checkers import fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
@@ -380,47 +379,6 @@ def test_mismatched_int8_checkpoint(int8_model, tmp_path, change, message):
     path = save_checkpoint(mismatched(state, change), tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=message):
         load_int8(path)
-
-
-# --- the command line's library side -----------------------------------------------------------
-
-
-def test_quantize_checkpoint_end_to_end(tmp_path, write_idx_split):
-    data_dir = tmp_path / "mnist"
-    data_dir.mkdir()
-    write_idx_split(data_dir, "train", n=40)
-    fp32_path = save_fp32(SimpleNet(), tmp_path / "fp32.pt")
-    result = quantize_checkpoint(
-        fp32_path,
-        tmp_path / "out" / "int8.pt",
-        observer="minmax",
-        calib=20,
-        per_channel=False,
-        data_dir=data_dir,
-        progress=False,
-    )
-    assert result.path.is_file() and result.int8_bytes == result.path.stat().st_size
-    assert result.size_ratio > 3.5
-    assert result.meta["observer"] == "minmax" and result.meta["calibration_images"] == 20
-    loaded, meta = load_int8(result.path)
-    assert meta == result.meta
-    assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
-
-
-def test_quantize_checkpoint_with_an_unknown_observer(tmp_path, write_idx_split):
-    data_dir = tmp_path / "mnist"
-    data_dir.mkdir()
-    write_idx_split(data_dir, "train", n=20)
-    fp32_path = save_fp32(SimpleNet(), tmp_path / "fp32.pt")
-    with pytest.raises(ValueError, match="unknown observer"):
-        quantize_checkpoint(
-            fp32_path,
-            tmp_path / "int8.pt",
-            observer="nope",
-            calib=10,
-            data_dir=data_dir,
-            progress=False,
-        )
 
 
 # --- an INT8 layer computes from its stored state, always ---------------------------------------

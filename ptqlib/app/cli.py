@@ -13,14 +13,12 @@ import sys
 
 from ptqlib.app import commands
 from ptqlib.app.pipeline import BATCH_SIZES
+from ptqlib.app.quantize import ACTIVATION_OBSERVERS
 from ptqlib.errors import InputError
 from ptqlib.models import MODELS
-from ptqlib.observers import OBSERVERS
 from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_EPOCHS_BY_MODEL, DEFAULT_SEED
 
 EXIT_ERROR = 2
-# Activations get one scale per tensor: every observer except the per-channel one.
-ACTIVATION_OBSERVERS = sorted(name for name in OBSERVERS if not name.startswith("per_channel"))
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
