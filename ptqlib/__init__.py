@@ -29,7 +29,7 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
 - ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
-- ``ptqlib.app``                 the command line (``cli``, ``commands``), ``pipeline``, ``quantize``
+- ``ptqlib.app``                 the command line (``cli``, ``commands``), pipeline, quantize
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is) and
 ``ptqlib.figures`` (saving figures), used from the first notebook on.
