@@ -1,9 +1,10 @@
 """The command line: ``python -m ptqlib <command>``.
 
 Every command reports problems as one line on stderr and a non-zero exit status (2),
-never as a Python traceback: errors that mean bad input are raised as ValueError or
-OSError (FileNotFoundError...) by the library, and caught here. Anything else is a bug and
-keeps its traceback.
+never as a Python traceback: errors that mean bad input are raised as
+``ptqlib.errors.InputError`` (a ValueError) or OSError (FileNotFoundError...) by the library,
+and caught here. Anything else, a plain ValueError or TypeError included, is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
