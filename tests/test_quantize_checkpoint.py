@@ -9,6 +9,7 @@ from ptqlib.app.quantize import QuantizeSettings, quantize_checkpoint
 from ptqlib.checkpoints import save_fp32
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import load_int8
+from ptqlib.int8_layers import Int8Step
 from ptqlib.lowbit.weights import LowBitSettings
 from ptqlib.models import SimpleNet, SmallCNN
 
@@ -96,14 +97,24 @@ def test_low_bit_and_cnn_checkpoints_share_the_schema(tmp_path, data_dir):
     assert metas["cnn"]["weight_bits"] == {"conv1": 8, "conv2": 8, "fc": 8}
 
 
-def test_the_float32_requantization_is_recorded(tmp_path, data_dir):
-    fp32_path = save_fp32(SimpleNet(), tmp_path / "fp32.pt")
+@pytest.mark.parametrize(
+    "model, kind, bits",
+    [
+        (SimpleNet, "simplenet", LowBitSettings()),
+        (SimpleNet, "simplenet", LowBitSettings(weight_bits=4)),
+        (SmallCNN, "cnn", LowBitSettings()),
+    ],
+)
+def test_the_requantization_reaches_every_layer(tmp_path, data_dir, model, kind, bits):
+    fp32_path = save_fp32(model(), tmp_path / "fp32.pt")
     settings = QuantizeSettings(
-        fp32_path, tmp_path / "f.pt", "minmax", 20, data_dir=data_dir, requantization="float32"
-    )
+        fp32_path, tmp_path / "f.pt", "minmax", 20, data_dir=data_dir, requantization="float32",
+        bits=bits,
+    )  # fmt: skip
     result = quantize_checkpoint(settings, progress=False)
-    assert result.meta["requantization"] == "float32"
-    assert all(layer.requantization == "float32" for layer in result.model.layers[1:])
+    assert result.meta["requantization"] == "float32" and result.meta["model"] == kind
+    steps = [layer for layer in result.model.layers if isinstance(layer, Int8Step)]
+    assert len(steps) == 3 and all(step.requantization == "float32" for step in steps)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +130,6 @@ def test_the_float32_requantization_is_recorded(tmp_path, data_dir):
         (SimpleNet, {"bits": LowBitSettings(layer_bits={"fc4": 4})}, "unknown layer(s) fc4"),
         (SmallCNN, {"bits": LowBitSettings(weight_bits=4)}, "holds a cnn: the low-bit options"),
         (SmallCNN, {"bits": LowBitSettings(rounding="gptq")}, "holds a cnn: the low-bit options"),
-        (SmallCNN, {"requantization": "float32"}, "holds a cnn: requantization 'float32'"),
     ],
 )
 def test_every_check_comes_before_any_work(tmp_path, no_work, model, changes, message):

@@ -30,8 +30,7 @@ from ptqlib.fast.cnn import FastInt8CNN
 from ptqlib.fast.mlp import FastInt8Model
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state
-from ptqlib.int8_cnn import quantize_cnn
-from ptqlib.int8_model import convert
+from ptqlib.int8_model import convert, quantize_cnn
 from ptqlib.models import MODELS, fold_input_normalization
 from ptqlib.reference import torch_eager as reference
 from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline

@@ -9,7 +9,7 @@ and one metadata schema (:func:`checkpoint_meta`) for every model and every bit 
 2. load ``calib`` class-balanced training images (:func:`ptqlib.data.calibration_images`);
 3. quantize: calibrate and convert (8 bits), or the low-bit path of
    ``ptqlib.lowbit.weights`` (B-bit weights rounded by nearest / GPTQ / AdaRound, B-bit
-   activations); a SmallCNN is folded and fused first (``ptqlib.int8_cnn.quantize_cnn``);
+   activations); BatchNorm (the SmallCNN's) is folded first (``calibrate_fused``);
 4. save the INT8 model with its metadata, which names the FP32 file it came from
    (``source_path``), so ``python -m ptqlib diagnose`` finds it without ``--fp32``.
 """
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptqlib.calibration import calibrate
+from ptqlib.calibration import calibrate_fused
 from ptqlib.checkpoints import load_fp32
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import save_int8
-from ptqlib.int8_cnn import quantize_cnn
-from ptqlib.int8_layers import Int8Step, check_requantization
+from ptqlib.int8_layers import Int8Step
 from ptqlib.int8_model import Int8Model, convert
+from ptqlib.integer_arithmetic import requantization_mode
 from ptqlib.lowbit.packing import bits_for_range
 from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
 from ptqlib.models import MODELS, model_name
@@ -96,8 +96,7 @@ def unsupported_for_model(kind: str, settings: QuantizeSettings) -> str | None:
     """Why ``settings`` cannot quantize a model of ``kind`` ("simplenet" or "cnn"), or None.
 
     The one place that knows what each model supports: the low-bit methods of
-    ``ptqlib.lowbit.weights`` walk Linear layers only, and the CNN's convert has one
-    requantization."""
+    ``ptqlib.lowbit.weights`` walk Linear layers only."""
     if kind != "cnn":
         return None
     if settings.low_bit:
@@ -106,8 +105,6 @@ def unsupported_for_model(kind: str, settings: QuantizeSettings) -> str | None:
             "--bias-correction, --weight-clipping, --layer-bits) are implemented for simplenet "
             "only; quantize the cnn with the default 8 bits"
         )
-    if settings.requantization != "fixed_point":
-        return f"requantization {settings.requantization!r} is implemented for simplenet only"
     return None
 
 
@@ -126,7 +123,7 @@ def check_settings(settings: QuantizeSettings) -> nn.Module:
     calib = settings.calib
     if isinstance(calib, bool) or not isinstance(calib, int) or calib < 1:
         raise InputError(f"calib: expected a positive number of images, got {calib!r}")
-    check_requantization(settings.requantization)
+    requantization_mode(settings.requantization)
     if not isinstance(settings.bits, LowBitSettings):
         raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
     if Path(settings.out).is_dir():
@@ -177,7 +174,7 @@ def checkpoint_meta(
         "observer": settings.observer,
         "calibration_images": settings.calib,
         "per_channel": bits.per_channel,
-        "requantization": settings.requantization,
+        "requantization": str(requantization_mode(settings.requantization)),
         "weight_bits": weight_bits(int8_model),
         "activation_bits": activation_bits(int8_model),
         "rounding": bits.rounding,
@@ -191,31 +188,20 @@ def quantize_model(
     model: nn.Module, images: torch.Tensor, settings: QuantizeSettings, progress: bool = True
 ) -> Int8Model:
     """The INT8 model of ``model`` (checked by :func:`check_settings`), calibrated on
-    ``images``: the CNN's fold-calibrate-convert, the low-bit path, or notebook 04's."""
+    ``images``: the low-bit path of ``ptqlib.lowbit.weights``, or notebooks 04 and 07's
+    fold (BatchNorm, if any), calibrate the fused points, convert."""
     bits = settings.bits
-    if model_name(model) == "cnn":
-        int8_model, _, _ = quantize_cnn(
-            model, images, settings.observer, bits.per_channel, progress=progress
-        )
-        return int8_model
     if settings.low_bit:
         quantized = quantize_low_bit(
             model, images, bits, observer=settings.observer, progress=progress
         )
-        if settings.requantization == "fixed_point":
-            return quantized.int8_model
-        return convert(
-            quantized.grid_model,
-            quantized.qparams,
-            per_channel=bits.per_channel,
-            requantization=settings.requantization,
-        )
-    calibration = calibrate(model, images, activation_observer=settings.observer, progress=progress)
+        # Its int8_model has the default requantization: convert its grid model with ours.
+        folded, qparams = quantized.grid_model, quantized.qparams
+    else:
+        folded, calibration = calibrate_fused(model, images, settings.observer, progress=progress)
+        qparams = calibration.qparams
     return convert(
-        model,
-        calibration.qparams,
-        per_channel=bits.per_channel,
-        requantization=settings.requantization,
+        folded, qparams, per_channel=bits.per_channel, requantization=settings.requantization
     )
 
 
