@@ -33,8 +33,8 @@ from torch import nn
 from ptqlib.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import Int8Conv2d, Int8Linear
-from ptqlib.integer_arithmetic import requantization_mode
 from ptqlib.int8_model import Int8Model
+from ptqlib.integer_arithmetic import requantization_mode
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
 ORT_ERRORS = (
