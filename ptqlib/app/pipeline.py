@@ -69,21 +69,17 @@ def build_models(
     engine = reference.default_quantized_engine()
     if model == "cnn":
         teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
-        fast = FastInt8Model(teaching)
-        int8_torch = reference.torch_eager_ptq(
-            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
-        )
-    else:
+    else:  # the MLP reads raw pixels: its input normalisation is folded into fc1
         pixel_model = fold_input_normalization(fp32)
         pixels = calibration_images(data.train.pixel_values(), calib)  # the same digits
         calibration = calibrate(
             pixel_model, pixels, activation_observer=observer, progress=progress
         )
         teaching = convert(pixel_model, calibration.qparams, pixel_input=True)
-        fast = FastInt8Model(teaching)
-        int8_torch = reference.torch_eager_ptq(
-            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
-        )
+    fast = FastInt8Model(teaching)
+    int8_torch = reference.torch_eager_ptq(
+        fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+    )
     models = {
         "fp32": fp32,
         "int8_ptqlib": fast,
