@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_batchnorm
 from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
@@ -304,7 +305,9 @@ class RecordOps(TorchDispatchMode):
         return result
 
 
-def test_integer_cnn_forward_is_integer_only(quantized, offline_data):
+def test_integer_cnn_forward_is_integer_only(quantized, offline_data, monkeypatch):
+    # With the int8 GEMM; the float GEMM computes the same integers (test_parity_matrix.py).
+    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
     int8_model = quantized[0]
     carriers = int8_model.quantize_input(offline_data.test.images[:4])
     with RecordOps() as recorder:
