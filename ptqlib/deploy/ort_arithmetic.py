@@ -17,7 +17,7 @@ PyTorch multiplies by ``1 / S``::
 Both roundings are exact to within one step of the real ``M acc``; they land on different
 neighbours only when ``M acc`` lies within a rounding error of a half-integer. Notebook 08
 counts how often. Every operation here is float32 in the order ORT performs it, so the
-integers agree with ORT bit for bit (``tests/test_onnx_runtime.py`` checks every layer).
+integers agree with ORT bit for bit (``tests/test_onnx_export.py`` checks every layer).
 
 The accumulator's conversion to float32 is exact while ``|acc| < 2^24``; above that it
 rounds, as it does in ORT.
