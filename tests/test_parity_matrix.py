@@ -17,8 +17,9 @@ import functools
 
 import pytest
 import torch
+from test_convert import RecordOps
+from test_depthwise import depthwise_cnn
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.batchnorm import fold_model
@@ -32,22 +33,6 @@ BATCHES = (1, 2, 63, 1024)
 MODES = ("fixed_point", "float32")
 BITS = ("8bit", "W2A6")
 DTYPES = {"uint8": torch.uint8, "int8": torch.int8}
-
-
-def depthwise_cnn() -> nn.Sequential:
-    """Conv, depthwise conv (stride 2), pointwise conv, max-pool, global average pool, Linear."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, stride=2, groups=8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )
 
 
 ARCHITECTURES = {"mlp": SimpleNet, "cnn": SmallCNN, "depthwise": depthwise_cnn}
@@ -128,16 +113,6 @@ def test_checkpoint_and_state_dict_round_trips(architecture, mode, bits, dtype, 
     assert torch.equal(fast.quantized_logits(some), target)
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.__name__.split(".")[0])
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 def test_the_teaching_path_uses_the_one_gemm_entry_point(architecture, monkeypatch):
     """Defect 2: every product of the teaching path, convolutions included, goes through
@@ -147,9 +122,9 @@ def test_the_teaching_path_uses_the_one_gemm_entry_point(architecture, monkeypat
     results, gemms = {}, {}
     for use_int8_gemm in (True, False):
         monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda u=use_int8_gemm: u)
-        with _Ops() as ops:
+        with RecordOps() as recorder:
             results[use_int8_gemm] = model.quantized_logits(some)
-        gemms[use_int8_gemm] = ops.names.count("_int_mm")
+        gemms[use_int8_gemm] = [name for name, _ in recorder.calls].count("_int_mm")
     assert torch.equal(results[True], results[False])
     weighted = [step for step in model.integer_layers() if not getattr(step, "depthwise", False)]
     assert gemms == {True: len(weighted), False: 0}
