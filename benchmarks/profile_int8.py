@@ -2,7 +2,7 @@
 
 Builds the four models of ``python -m ptqlib pipeline`` (``ptqlib.app.pipeline.build_models``:
 the cached FP32 SimpleNet; ptqlib's INT8 model on raw pixels, as the teaching path of
-notebook 04 and as the fast path of ``ptqlib.fast.mlp``; torch.ao's eager-mode INT8 model),
+notebook 04 and as the fast path of ``ptqlib.fast``; torch.ao's eager-mode INT8 model),
 calibrated on 1,000 training images with the histogram observer, then prints
 
 1. the machine: CPU model, the instruction set torch's kernels use, threads, versions;

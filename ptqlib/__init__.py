@@ -14,7 +14,8 @@ only go forward along this list):
 - ``ptqlib.calibration``         observers on exactly those points
 - ``ptqlib.integer_arithmetic``  requantization (fixed point, float32), int32 bias, the GEMM
 - ``ptqlib.plan``                each fused step with its input, weight and output qparams
-- ``ptqlib.int8_layers``         the integer Linear, Conv2d (plain, depthwise) and pools
+- ``ptqlib.int8_layers``         the integer Linear and Conv2d (plain, depthwise)
+- ``ptqlib.int8_pooling``        max-pool and global average pool on integers
 - ``ptqlib.int8_model``          the INT8 model and ``convert`` (the MLP's and the CNN's)
 - ``ptqlib.fake_quant``          the quantized model simulated in float
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format

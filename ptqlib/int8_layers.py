@@ -1,5 +1,5 @@
-"""The integer layers: a Linear and a Conv2d (each with its fused ReLU), a max-pool and a
-global average pool, computing on integers only.
+"""The integer layers: a Linear and a Conv2d (each with its fused ReLU), computing on
+integers only.
 
 Every integer step computes, exactly as notebook 04 writes it (the math is in
 ``ptqlib.integer_arithmetic``)::
@@ -53,19 +53,7 @@ there, as in the float model. Padding with the integer 0 would add the real valu
 ``S_x (0 - Z_x)``, a large negative number when Z_x is large, along every border. It also
 makes the zero-point correction the same for every output pixel, border or not.
 
-**Max-pooling on integers.** Dequantization ``r = S (q - Z)`` with S > 0 is strictly
-increasing, so the largest integer of a window is the integer of the largest real value:
-``max(r) = S (max(q) - Z)``. The pool runs on the integers directly, and its output keeps
-its input's qparams (it only picks existing values). Carriers ``q - 128`` keep the order too.
-
-**Global average pool on integers.** The mean of a channel's H W values is
-``S (sum(q) / (H W) - Z)``: exact in integers up to the division. Its output keeps the
-input's qparams, so it is rounded back to that grid, ``round(sum(q) / (H W))``, to nearest
-with ties upwards (``floor((2 sum + H W) / (2 H W))``). That rounding is a real
-quantization error (at most S / 2, like any other), not an identity like the max-pool's;
-the float simulation (``ptqlib.fake_quant``) rounds the same way, and torch.ao's quantized
-average pool agrees within one step. On carriers ``c = q - 128`` it is the same formula,
-since the offset is an integer.
+The pools (max and global average) are in ``ptqlib.int8_pooling``.
 """
 
 from __future__ import annotations
@@ -75,6 +63,13 @@ from torch import nn
 from torch.nn import functional
 
 from ptqlib.errors import InputError
+from ptqlib.int8_pooling import (  # noqa: F401  (the integer layers, importable from here)
+    Int8GlobalAvgPool2d,
+    Int8MaxPool2d,
+    int_pair,
+    max_of_windows,
+    rounded_mean,
+)
 from ptqlib.integer_arithmetic import (
     Requantization,
     carrier_offset,
@@ -166,9 +161,7 @@ class Int8Step(nn.Module):
 
     @property
     def output_qparams(self) -> QParams:
-        return activation_qparams_from(
-            self.output_scale, self.output_zero_point, self._output_like
-        )
+        return activation_qparams_from(self.output_scale, self.output_zero_point, self._output_like)
 
     @property
     def weight_qparams(self) -> QParams:
@@ -332,7 +325,7 @@ class Int8Conv2d(Int8Step):
         super().__init__(
             weight, bias, weight_qparams, input_qparams, output_qparams, relu, name, requantization
         )
-        self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+        self.stride, self.padding = int_pair(stride, "stride", 1), int_pair(padding, "padding", 0)
         self.groups = groups
         self.out_channels = self.weight.shape[0]
         self.in_channels = self.weight.shape[1] * groups
@@ -370,79 +363,3 @@ class Int8Conv2d(Int8Step):
             f"{self.in_channels} -> {self.out_channels}, {kind}kernel {self.kernel_size}, "
             f"stride {self.stride}, padding {self.padding}, {self._describe()}"
         )
-
-
-def max_of_windows(
-    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]
-) -> torch.Tensor:
-    """The maximum over every ``kh x kw`` window (stride, no padding) of integers
-    ``[N, C, H, W]`` (any memory layout, channels last included): elementwise
-    ``torch.maximum`` of kh x kw strided views, exact and fast. (PyTorch's max_pool2d accepts
-    int8 too, but fails on channels-last int8 tensors in 2.14.)"""
-    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, stride
-    out_h = (x.shape[2] - kernel_h) // stride_h + 1
-    out_w = (x.shape[3] - kernel_w) // stride_w + 1
-    pooled = None
-    for row in range(kernel_h):
-        for column in range(kernel_w):
-            view = x[:, :, row::stride_h, column::stride_w][:, :, :out_h, :out_w]
-            pooled = view if pooled is None else torch.maximum(pooled, view)
-    return pooled
-
-
-class Int8MaxPool2d(nn.Module):
-    """Max-pooling of integers (carriers): the largest integer of each window is the
-    integer of the largest real value, since dequantization is increasing. No padding."""
-
-    def __init__(
-        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None
-    ) -> None:
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(kernel_size if stride is None else stride, "stride", 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_floating_point():
-            raise InputError(
-                f"max-pool: expected integers [N, C, H, W], got {x.dtype} {tuple(x.shape)}"
-            )
-        return max_of_windows(x, self.kernel_size, self.stride)
-
-    def extra_repr(self) -> str:
-        return f"kernel {self.kernel_size}, stride {self.stride}, on integers"
-
-
-def rounded_mean(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """``round(sum / count)`` over ``dims`` of integers, to nearest with ties upwards:
-    ``floor((2 sum + count) / (2 count))``, exact in int64. Keeps the dims (size 1)."""
-    count = 1
-    for dim in dims:
-        count *= values.shape[dim]
-    total = values.to(torch.int64).sum(dim=dims, keepdim=True)
-    return torch.div(2 * total + count, 2 * count, rounding_mode="floor")
-
-
-class Int8GlobalAvgPool2d(nn.Module):
-    """The global average pool on integers: int8 carriers ``[N, C, H, W]`` to
-    ``[N, C, 1, 1]``, each the rounded mean of its channel (module docstring). The output
-    keeps the input's qparams."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.dtype != torch.int8:
-            raise InputError(
-                f"average pool: expected int8 carriers [N, C, H, W], got {x.dtype} "
-                f"{tuple(x.shape)}"
-            )
-        return rounded_mean(x, (2, 3)).to(torch.int8)
-
-    def extra_repr(self) -> str:
-        return "output 1x1, round(sum / count) on integers"
-
-
-def _pair(value: object, name: str, smallest: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= smallest for v in pair):
-        raise InputError(
-            f"{name}: expected an integer >= {smallest} or a pair of them, got {value!r}"
-        )
-    return pair

@@ -5,10 +5,11 @@ import warnings
 
 import pytest
 import torch
+from test_convert import RecordOps  # one recorder of aten operations for both test files
 from torch import nn
 from torch.nn import functional
-from torch.utils._python_dispatch import TorchDispatchMode
 
+import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_batchnorm
 from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
@@ -292,19 +293,9 @@ def test_int8_cnn_accuracy_is_close_to_fp32(cnn, quantized, offline_data):
     assert abs(accuracy(int8_model, offline_data.test) - accuracy(cnn, offline_data.test)) < 0.01
 
 
-class RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        tensors = [a for a in (*args, result) if isinstance(a, torch.Tensor)]
-        self.calls.append((str(func.overloadpacket.__name__), {t.dtype for t in tensors}))
-        return result
-
-
-def test_integer_cnn_forward_is_integer_only(quantized, offline_data):
+def test_integer_cnn_forward_is_integer_only(quantized, offline_data, monkeypatch):
+    # With the int8 GEMM; the float GEMM computes the same integers (test_parity_matrix.py).
+    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
     int8_model = quantized[0]
     carriers = int8_model.quantize_input(offline_data.test.images[:4])
     with RecordOps() as recorder:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.calibration import calibrate
 from ptqlib.checkers import fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
@@ -221,7 +222,12 @@ class RecordOps(TorchDispatchMode):
         return result
 
 
-def test_forward_between_quantize_and_dequantize_is_integer_only(int8_model, offline_data):
+def test_forward_between_quantize_and_dequantize_is_integer_only(
+    int8_model, offline_data, monkeypatch
+):
+    # With the int8 GEMM (the float GEMM, chosen on CPUs without a fast int8 kernel,
+    # computes the same integers in float; tests/test_parity_matrix.py).
+    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
     carriers = int8_model.quantize_input(offline_data.test.images[:8])
     with RecordOps() as recorder:
         x = carriers

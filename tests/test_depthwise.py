@@ -14,10 +14,9 @@ from ptqlib.reference.torch_eager import default_quantized_engine, torch_quantiz
 from ptqlib.reference.torch_eager_cnn import torch_cnn_from_int8
 
 
-def depthwise_cnn(seed: int = 0) -> nn.Sequential:
-    """A tiny depthwise-separable CNN (random weights): conv, depthwise conv, pointwise
-    conv, max-pool, global average pool, Linear."""
-    torch.manual_seed(seed)
+def depthwise_cnn() -> nn.Sequential:
+    """A tiny depthwise-separable CNN (weights from torch's global generator): conv,
+    depthwise conv (stride 2), pointwise conv, max-pool, global average pool, Linear."""
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1),
         nn.ReLU(),
@@ -38,6 +37,7 @@ def images():
 
 
 def calibrated(images, **activation_kwargs):
+    torch.manual_seed(0)
     model = depthwise_cnn()
     qparams = calibrate(
         model, images, "minmax", activation_kwargs=activation_kwargs or None, progress=False

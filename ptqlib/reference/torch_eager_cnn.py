@@ -60,9 +60,7 @@ def _torch_layer(layer: nn.Module, float_layer: nn.Module | None) -> nn.Module:
     if isinstance(layer, Int8Conv2d):
         kind = intrinsic.quantized.ConvReLU2d if layer.relu else quantized.Conv2d
         arguments = (layer.in_channels, layer.out_channels, layer.kernel_size)
-        module = kind(
-            *arguments, stride=layer.stride, padding=layer.padding, groups=layer.groups
-        )
+        module = kind(*arguments, stride=layer.stride, padding=layer.padding, groups=layer.groups)
     else:
         kind = intrinsic.quantized.LinearReLU if layer.relu else quantized.Linear
         module = kind(layer.in_features, layer.out_features)
