@@ -1,5 +1,15 @@
 # The two commands of the README: `make run` and `make test`. Each creates .venv on first use.
-PYTHON ?= python3.11
+# The Python that creates .venv: PYTHON=... if given, else the first of these that runs and is
+# 3.11 or newer. Running it is the test: a name on PATH is not enough (pyenv installs shims
+# for versions that are not installed, and they fail when run).
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
+ifndef PYTHON
+PYTHON := $(shell for candidate in $(PYTHON_CANDIDATES); do \
+	version=$$($$candidate --version 2>/dev/null) || continue; \
+	case "$$version" in ("Python 3.1"[1-9]*|"Python 3."[2-9][0-9]*) echo $$candidate; break;; esac; \
+	done)
+endif
+NO_PYTHON := no Python 3.11 or newer runs here (tried $(PYTHON_CANDIDATES)); give PYTHON=/path/to/python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
@@ -9,10 +19,11 @@ export OMP_NUM_THREADS ?= 2
 # The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lab docs student clean
+.PHONY: run test lab docs student clean print-python
 
 $(INSTALLED): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || { test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 1; }; \
+		$(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $(INSTALLED)
@@ -43,6 +54,11 @@ lab: $(INSTALLED)
 ## student: the notebooks without solutions and outputs, in student/ (to hand out)
 student: $(INSTALLED)
 	$(BIN)/python tools/make_student.py --out student
+
+## print-python: the Python that would create .venv (see PYTHON above)
+print-python:
+	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 1; }
+	@echo $(PYTHON)
 
 clean:
 	rm -rf $(VENV) artifacts results docs/_build student

@@ -7,6 +7,7 @@ qparams of every tensor. Each side runs a few times, alternating, and the median
 time is reported with the ratio torch.ao / ptqlib (> 1 means ptqlib is faster).
 
 Run: python benchmarks/bench_calibration.py [--repeats N]
+     python benchmarks/bench_calibration.py --smoke   (1 repeat, 100 images: checks it runs)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ptqlib.reference.torch_eager import torch_calibrate, torch_histogram_range
 from ptqlib.training import load_or_train_baseline
 
 CALIBRATION_IMAGES = 1000
+SMOKE_CALIBRATION_IMAGES = 100
 BATCH_SIZE = 100
 
 
@@ -34,16 +36,24 @@ def seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (default 5)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick run that checks the script works: 1 repeat, 100 images, no download",
+    )
+    args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats: expected a positive number, got {args.repeats}")
+    if args.smoke:
+        args.repeats = 1
 
-    data = load_mnist()
+    data = load_mnist(download=not args.smoke)
     model, _ = load_or_train_baseline(data, progress=False)
-    images = calibration_images(data.train, CALIBRATION_IMAGES)
+    n_images = SMOKE_CALIBRATION_IMAGES if args.smoke else CALIBRATION_IMAGES
+    images = calibration_images(data.train, n_images)
 
     def run_ptqlib():
         return calibrate(model, images, "histogram", batch_size=BATCH_SIZE, progress=False)

@@ -9,6 +9,7 @@ given: a table from one run, with each method's time as a ratio to nearest round
 On a machine shared with other work the times are noisy; the accuracies are not.
 
 Run: python benchmarks/bench_low_bit.py [--threads N] [--bits 4 3 2] [--observer NAME] [--markdown]
+     python benchmarks/bench_low_bit.py --smoke   (W2 only, 100 images, 10 AdaRound steps)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ METHODS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="weight bits")
@@ -44,11 +45,20 @@ def main() -> None:
     parser.add_argument(
         "--observer", default="histogram", help="activation observer (default histogram)"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick run that checks the script works: W2, 100 images, 10 AdaRound steps, "
+        "no download",
+    )
+    args = parser.parse_args(argv)
+    adaround = {}
+    if args.smoke:
+        args.bits, adaround = [2], {"iterations": 10}
     torch.set_num_threads(args.threads)
-    data = load_mnist(verbose=False)
+    data = load_mnist(verbose=False, download=not args.smoke)
     model, _ = load_or_train_baseline(data, progress=False)
-    images = calibration_images(data.train, 1000)
+    images = calibration_images(data.train, 100 if args.smoke else 1000)
     fp32_accuracy = float((predict(model, data.test) == data.test.labels).float().mean())
     print(f"{data.describe()}")
     print(f"CPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
@@ -64,7 +74,7 @@ def main() -> None:
         for bits in args.bits:
             nearest_seconds = None
             for method, options in METHODS.items():
-                settings = LowBitSettings(weight_bits=bits, **options)
+                settings = LowBitSettings(weight_bits=bits, adaround_kwargs=adaround, **options)
                 quantized = quantize_low_bit(model, images, settings, observer=args.observer)
                 predictions = predict(quantized.int8_model, data.test)
                 accuracy = float((predictions == data.test.labels).float().mean())

@@ -2,7 +2,7 @@
 
 Builds the four models of ``python -m ptqlib pipeline`` (``ptqlib.app.pipeline.build_models``:
 the cached FP32 SimpleNet; ptqlib's INT8 model on raw pixels, as the teaching path of
-notebook 04 and as the fast path of ``ptqlib.fast.mlp``; torch.ao's eager-mode INT8 model),
+notebook 04 and as the fast path of ``ptqlib.fast``; torch.ao's eager-mode INT8 model),
 calibrated on 1,000 training images with the histogram observer, then prints
 
 1. the machine: CPU model, the instruction set torch's kernels use, threads, versions;
@@ -22,6 +22,8 @@ so the script prints the Linux CPU pressure (PSI) measured during each table: if
 high, run again.
 
 Run: python benchmarks/profile_int8.py [--threads 2] [--repeats 9]
+     python benchmarks/profile_int8.py --smoke   (3 repeats of 0.1 ms, 100 images, 2 profiled
+     calls: checks the script works; its numbers mean nothing)
 """
 
 from __future__ import annotations
@@ -268,14 +270,21 @@ def print_targets(models: dict[int, dict[str, float]], accumulator: str) -> None
 # --- main ----------------------------------------------------------------------------------
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats (default 9)")
     parser.add_argument(
         "--min-ms", type=float, default=20.0, help="shortest timed repeat, ms (default 20)"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick run that checks the script works (tiny repeats, no download)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats, args.min_ms = 3, 0.1
     if args.threads < 1:
         parser.error(f"--threads: expected a positive number, got {args.threads}")
     if args.repeats < 3:
@@ -288,10 +297,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     min_seconds = args.min_ms / 1000
 
-    data = load_mnist(verbose=False)
-    models, _, settings = build_models(data, CALIBRATION_IMAGES, "histogram", progress=False)
+    data = load_mnist(verbose=False, download=not args.smoke)
+    n_images = 100 if args.smoke else CALIBRATION_IMAGES
+    models, _, settings = build_models(data, n_images, "histogram", progress=False)
     print_machine(args.threads)
-    print(f"data: {CALIBRATION_IMAGES} calibration images from {data.source}")
+    print(f"data: {n_images} calibration images from {data.source}")
     shapes = [
         (layer.in_features, layer.out_features)
         for layer in models["int8_ptqlib_teaching"].layers
@@ -302,8 +312,8 @@ def main() -> None:
         medians = print_model_table(models, args.repeats, min_seconds)
         print_splits(models, args.threads, args.repeats)
         for name in ("int8_ptqlib_teaching", "int8_ptqlib"):
-            print_profile(name, models[name], batch=1, calls=200, rows=10)
-            print_profile(name, models[name], batch=1024, calls=3, rows=8)
+            print_profile(name, models[name], batch=1, calls=2 if args.smoke else 200, rows=10)
+            print_profile(name, models[name], batch=1024, calls=1 if args.smoke else 3, rows=8)
     print_targets(medians, settings["ptqlib_accumulator"])
 
 

@@ -12,11 +12,11 @@ only go forward along this list):
 - ``ptqlib.batchnorm``           folding BatchNorm into the conv or linear before it
 - ``ptqlib.fusion``              which modules run as one integer step; the quantization points
 - ``ptqlib.calibration``         observers on exactly those points
-- ``ptqlib.integer_arithmetic``  fixed-point multiplier, rounding shift, requantize, int32 bias
+- ``ptqlib.integer_arithmetic``  requantization (fixed point, float32), int32 bias, the GEMM
 - ``ptqlib.plan``                each fused step with its input, weight and output qparams
-- ``ptqlib.int8_layers``         the integer Linear, Conv2d and max-pool
-- ``ptqlib.int8_model``          the INT8 model and ``convert``
-- ``ptqlib.int8_cnn``            the CNN's conversion and float simulation
+- ``ptqlib.int8_layers``         the integer Linear and Conv2d (plain, depthwise)
+- ``ptqlib.int8_pooling``        max-pool and global average pool on integers
+- ``ptqlib.int8_model``          the INT8 model and ``convert`` (the MLP's and the CNN's)
 - ``ptqlib.fake_quant``          the quantized model simulated in float
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
 - ``ptqlib.evaluation``          accuracy, agreement, McNemar's test and latency
@@ -29,7 +29,7 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
 - ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
-- ``ptqlib.app``                 the command line (``cli``, ``commands``) and ``pipeline``
+- ``ptqlib.app``                 the command line (``cli``, ``commands``), pipeline, quantize
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is) and
 ``ptqlib.figures`` (saving figures), used from the first notebook on.

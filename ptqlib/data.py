@@ -25,6 +25,7 @@ import io
 import math
 import os
 import struct
+import urllib.error
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -269,8 +270,29 @@ def _load_idx_directory(directory: Path, splits: tuple[str, ...], source: str) -
     return MNIST(loaded.get("train"), loaded.get("test"), source)
 
 
+def download_failure(error: BaseException) -> str | None:
+    """Why torchvision could not download MNIST, in a few words, if ``error`` is one of the
+    errors a failed download raises; None for any other error (a bug, to be re-raised).
+
+    torchvision 0.29's ``MNIST.download`` tries every mirror, catching ``URLError`` (no
+    network, DNS failure, HTTP error) and ``RuntimeError`` (a corrupt file) from each, then
+    raises one ``RuntimeError("Error downloading <file>: Tried <mirror>, got: ...")``;
+    creating the folder can raise ``OSError`` (a read-only disk)."""
+    if isinstance(error, (urllib.error.URLError, ConnectionError)):
+        return "no network"
+    if isinstance(error, OSError):
+        return f"cannot write the download: {error.strerror or error}"
+    if isinstance(error, RuntimeError) and str(error).startswith("Error downloading"):
+        # Every mirror failed: "urlopen error" means it was never reached (no network, DNS).
+        return "no network" if "urlopen error" in str(error) else "every mirror failed"
+    return None
+
+
 def _torchvision_download(directory: Path) -> str | None:
-    """Download MNIST into ``directory`` with torchvision; return None, or why it failed."""
+    """Download MNIST into ``directory`` with torchvision; return None, or why it failed.
+
+    Only the errors of a failed download (:func:`download_failure`) mean "use the offline
+    sample"; anything else is a bug and propagates."""
     from torchvision.datasets import MNIST as TorchvisionMNIST
 
     try:
@@ -279,8 +301,11 @@ def _torchvision_download(directory: Path) -> str | None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             for train in (True, False):
                 TorchvisionMNIST(root=str(directory), train=train, download=True)
-    except Exception as error:  # no network, DNS failure, HTTP error: all mean "offline"
-        return f"MNIST could not be downloaded: {type(error).__name__}"
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        reason = download_failure(error)
+        if reason is None:
+            raise
+        return f"MNIST could not be downloaded: {reason}"
     return None
 
 

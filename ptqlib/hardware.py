@@ -61,15 +61,26 @@ def int8_instructions() -> dict[str, bool]:
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+def cpu_has_vnni() -> bool:
+    """Whether the CPU has a VNNI int8 dot product (AVX-512 VNNI or AVX-VNNI), as torch
+    detects it: four uint8 x int8 products summed into 32 bits, no int16 saturation, so x86
+    int8 kernels (PT2E's, ONNX Runtime's) are exact with full 8-bit activations; without it
+    they need 7-bit ones (``reduce_range``). The one VNNI predicate of ptqlib."""
+    flags = int8_instructions()
+    return flags["avx512_vnni"] or flags["avx_vnni"]
+
+
 def int8_gemm_is_fast() -> bool:
     """Whether ``torch._int_mm`` (int8 x int8 -> int32) has a fast kernel on this CPU.
 
     With AVX-512 VNNI (AMX machines have it too) PyTorch sends it to oneDNN's int8 GEMM,
     measured 9x faster than the float32 GEMM at batch 1024 on a Xeon. On an AVX2-only CPU
     it runs a plain C++ loop, measured 26x slower. Other CPUs (AVX-VNNI laptops, ARM) were
-    not measured, so they are treated as slow: ``ptqlib.fast.mlp`` then computes the same
-    int32 sums with the float32 GEMM instead. Both give the same integers; only speed differs.
+    not measured, so they are treated as slow: ``ptqlib.integer_arithmetic.int8_matmul``
+    then computes the same int32 sums with an exact float GEMM instead. Both give the same
+    integers; only speed differs.
     """
+    # Narrower than cpu_has_vnni: AVX-VNNI alone was not measured (see above).
     return int8_instructions()["avx512_vnni"] and torch.backends.mkldnn.is_available()
 
 

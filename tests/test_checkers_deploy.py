@@ -1,5 +1,7 @@
 """The notebook-08 checkers accept ORT's arithmetic and reject the usual near misses."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +12,14 @@ from ptqlib.checkers.deploy import (
     check_qdq_reading,
     check_quantize_linear,
     check_requantize_float32,
+    quantize_linear_cases,
+    requantize_float32_cases,
 )
+
+CASES = {
+    check_quantize_linear: quantize_linear_cases,
+    check_requantize_float32: requantize_float32_cases,
+}
 
 
 def float32(value: float) -> torch.Tensor:
@@ -55,8 +64,14 @@ def test_ort_arithmetic_passes(capsys):
     ],
 )
 def test_near_misses_fail_with_a_hint(checker, near_miss):
-    with pytest.raises(AssertionError, match="hint"):
+    with pytest.raises(AssertionError) as failure:
         checker(near_miss)
+    message = str(failure.value)
+    number = re.search(r"case (\d+) of \d+ failed", message)
+    hint = re.search(r"^  hint: +(.+)$", message, re.MULTILINE)
+    assert number and hint, message
+    cases = CASES[checker]()
+    assert hint.group(1) == cases[int(number.group(1)) - 1].hint != ""
 
 
 def test_the_skeleton_is_reported_not_attempted(capsys):

@@ -1,16 +1,13 @@
 """The McNemar checker of notebook 05: right answers pass, each classic mistake fails."""
 
 import math
+import re
 
 import pytest
 
 from ptqlib.checkers import check_mcnemar_p_value
+from ptqlib.checkers.evaluation import mcnemar_cases
 from ptqlib.evaluation import PairedComparison, mcnemar_p_value, paired_comparison
-
-
-def exact(fixed, broken):
-    n = fixed + broken
-    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(fixed, broken) + 1)) / 2**n)
 
 
 def one_sided(fixed, broken):
@@ -30,15 +27,56 @@ def normal_approximation(fixed, broken):
     return math.erfc(math.sqrt(statistic / 2))
 
 
+# The right answers, worked out by hand: p = min(1, 2 * sum_{k <= min} C(n, k) / 2^n).
+# (12, 2): n = 14, C(14,0) + C(14,1) + C(14,2) = 1 + 14 + 91 = 106, p = 212 / 16384.
+# (5, 5): n = 10, the tail 638 / 1024 is above 1/2, so 2 * tail is capped at 1.
+# (0, 4): n = 4, the tail is 1/16, p = 1/8.
+FROZEN_P_VALUES = {
+    (12, 2): 212 / 16384,
+    (2, 12): 212 / 16384,
+    (5, 5): 1.0,
+    (0, 0): 1.0,
+    (0, 4): 0.125,
+}
+
+
+def frozen(fixed, broken):
+    return FROZEN_P_VALUES[(fixed, broken)]
+
+
+def test_the_cases_hold_the_worked_out_answers():
+    answers = {}
+    for case in mcnemar_cases():
+        arguments = dict(case.arguments)
+        answers[(arguments["fixed"], arguments["broken"])] = case.expected
+    assert set(answers) == set(FROZEN_P_VALUES)
+    for counts, expected in FROZEN_P_VALUES.items():
+        assert math.isclose(answers[counts], expected, rel_tol=1e-12), counts
+
+
 def test_a_right_answer_passes(capsys):
-    check_mcnemar_p_value(exact)
-    assert "PASS" in capsys.readouterr().out
+    check_mcnemar_p_value(frozen)
+    assert "check_mcnemar_p_value: PASS (5 cases)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("mistake", [one_sided, uncapped, normal_approximation])
-def test_classic_mistakes_fail_with_a_hint(mistake):
-    with pytest.raises(AssertionError, match="Hint|hint"):
+def failure_and_hint(message: str) -> tuple[int, str]:
+    """The number of the failing case and the hint a checker's failure message gives."""
+    number = re.search(r"case (\d+) of \d+ failed", message)
+    hint = re.search(r"^  hint: +(.+)$", message, re.MULTILINE)
+    assert number and hint, f"no case number or hint line in:\n{message}"
+    return int(number.group(1)), hint.group(1)
+
+
+@pytest.mark.parametrize(
+    "mistake, failing_case",
+    [(one_sided, 1), (uncapped, 3), (normal_approximation, 1)],
+)
+def test_classic_mistakes_fail_with_a_hint(mistake, failing_case):
+    with pytest.raises(AssertionError) as failure:
         check_mcnemar_p_value(mistake)
+    number, hint = failure_and_hint(str(failure.value))
+    assert number == failing_case
+    assert hint and hint == mcnemar_cases()[number - 1].hint
 
 
 def test_paired_comparison_counts_fixed_and_broken():

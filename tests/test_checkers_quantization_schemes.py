@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ptqlib.checkers import check_per_channel_qparams, check_sqnr_db, check_symmetric_qparams
-from ptqlib.checkers.quantization_schemes import per_channel_cases, symmetric_qparams_cases
+from ptqlib.checkers.quantization_schemes import per_channel_qparams_cases, symmetric_qparams_cases
 from ptqlib.reference.torch_eager import deprecated_api, torch_observer
 
 EPS = torch.finfo(torch.float32).eps
@@ -133,7 +133,7 @@ def test_symmetric_affine_zero_point_fails():
 
 
 def test_per_channel_answers_agree_with_pytorch_per_channel_observer():
-    for case in per_channel_cases():
+    for case in per_channel_qparams_cases():
         arguments = dict(case.arguments)
         with deprecated_api():
             observer = torch_observer(

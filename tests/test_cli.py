@@ -110,7 +110,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("a bug in ptqlib")
 
-    monkeypatch.setattr("ptqlib.app.pipeline.quantize_checkpoint", broken)
+    monkeypatch.setattr("ptqlib.app.quantize.quantize_checkpoint", broken)
     with pytest.raises(TypeError, match="a bug in ptqlib"):
         main(["quantize", "--checkpoint", "x.pt", "--out", "y.pt"])
 

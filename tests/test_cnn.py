@@ -5,17 +5,19 @@ import warnings
 
 import pytest
 import torch
+from test_convert import RecordOps  # one recorder of aten operations for both test files
 from torch import nn
 from torch.nn import functional
-from torch.utils._python_dispatch import TorchDispatchMode
 
+import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_batchnorm
 from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import accuracy, agreement
+from ptqlib.fake_quant import simulate
 from ptqlib.fusion import fusion_groups, quantization_points
-from ptqlib.int8_cnn import convert_cnn, quantize_cnn, simulate_cnn
 from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d, patches
+from ptqlib.int8_model import convert, quantize_cnn
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.models import SmallCNN
 from ptqlib.quantization import QParams, dequantize, min_max, qparams_from_range, quantize
@@ -281,7 +283,7 @@ def test_integer_cnn_equals_its_simulation_within_one_lsb(cnn, images, offline_d
     int8_model, folded, qparams = quantize_cnn(cnn, images, "minmax", per_channel, progress=False)
     test_images = offline_data.test.images
     ours = int8_model.quantized_logits(test_images).long()
-    simulated = simulate_cnn(folded, qparams, per_channel).quantized_logits(test_images)
+    simulated = simulate(folded, qparams, per_channel).quantized_logits(test_images)
     assert int((ours - simulated).abs().max()) <= 1
 
 
@@ -291,19 +293,9 @@ def test_int8_cnn_accuracy_is_close_to_fp32(cnn, quantized, offline_data):
     assert abs(accuracy(int8_model, offline_data.test) - accuracy(cnn, offline_data.test)) < 0.01
 
 
-class RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        tensors = [a for a in (*args, result) if isinstance(a, torch.Tensor)]
-        self.calls.append((str(func.overloadpacket.__name__), {t.dtype for t in tensors}))
-        return result
-
-
-def test_integer_cnn_forward_is_integer_only(quantized, offline_data):
+def test_integer_cnn_forward_is_integer_only(quantized, offline_data, monkeypatch):
+    # With the int8 GEMM; the float GEMM computes the same integers (test_parity_matrix.py).
+    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
     int8_model = quantized[0]
     carriers = int8_model.quantize_input(offline_data.test.images[:4])
     with RecordOps() as recorder:
@@ -317,14 +309,14 @@ def test_integer_cnn_forward_is_integer_only(quantized, offline_data):
 
 def test_convert_refuses_an_unfolded_cnn(cnn, quantized):
     with pytest.raises(ValueError, match="BatchNorm"):
-        convert_cnn(cnn, quantized[2])
+        convert(cnn, quantized[2])
 
 
 def test_convert_refuses_a_missing_point(quantized):
     _, folded, qparams = quantized
     partial = {key: value for key, value in qparams.items() if key != "relu2"}
     with pytest.raises(ValueError, match="'relu2'"):
-        convert_cnn(folded, partial)
+        convert(folded, partial)
 
 
 # --- parity with torch.ao ----------------------------------------------------------------------
@@ -374,7 +366,7 @@ def test_int8_activations_equal_their_simulation(cnn, images, offline_data):
     assert qparams["relu1"].dtype == torch.int8 and int(qparams["relu1"].zero_point) == -128
     test_images = offline_data.test.images[:200]
     ours = int8_model.quantized_logits(test_images).long()
-    simulated = simulate_cnn(folded, qparams).quantized_logits(test_images)
+    simulated = simulate(folded, qparams).quantized_logits(test_images)
     assert int((ours - simulated).abs().max()) <= 1
 
 
@@ -395,7 +387,7 @@ def test_cnn_without_batchnorm_and_with_conv_bias_converts(images):
     assert list(qparams) == ["input", "relu", "fc", "conv.weight", "fc.weight"]
     test_images = images[200:300]
     ours = int8_model.quantized_logits(test_images).long()
-    simulated = simulate_cnn(folded, qparams).quantized_logits(test_images)
+    simulated = simulate(folded, qparams).quantized_logits(test_images)
     assert int((ours - simulated).abs().max()) <= 1
 
 
@@ -403,7 +395,7 @@ def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path)
     from ptqlib.int8_checkpoint import load_int8, save_int8
 
     _, folded, qparams = quantized
-    per_tensor = convert_cnn(folded, qparams, per_channel=False)
+    per_tensor = convert(folded, qparams, per_channel=False)
     assert per_tensor.layers[0].weight_scale.dim() == 0
     reloaded, _ = load_int8(save_int8(per_tensor, tmp_path / "per_tensor.pt"))
     test_images = offline_data.test.images[:64]
@@ -420,13 +412,13 @@ def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path)
 def test_fast_path_equals_the_teaching_path(
     cnn, images, offline_data, per_channel, activation_dtype
 ):
-    from ptqlib.fast.cnn import FastInt8CNN
+    from ptqlib.fast import FastInt8Model
 
     int8_model, _, _ = quantize_cnn(
         cnn, images, "minmax", per_channel, {"dtype": activation_dtype}, progress=False
     )
     test_images = offline_data.test.images
-    fast = FastInt8CNN(int8_model)
+    fast = FastInt8Model(int8_model)
     assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))
     assert torch.equal(fast(test_images[:3]), int8_model(test_images[:3]))
 
@@ -434,7 +426,7 @@ def test_fast_path_equals_the_teaching_path(
 def test_fast_path_without_pooling_and_with_stride(images):
     from collections import OrderedDict
 
-    from ptqlib.fast.cnn import FastInt8CNN
+    from ptqlib.fast import FastInt8Model
 
     torch.manual_seed(1)
     model = nn.Sequential(
@@ -449,12 +441,12 @@ def test_fast_path_without_pooling_and_with_stride(images):
     ).eval()
     int8_model, _, _ = quantize_cnn(model, images[:200], "minmax", progress=False)
     test_images = images[200:260]
-    fast = FastInt8CNN(int8_model)
+    fast = FastInt8Model(int8_model)
     assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))
 
 
 def test_fast_path_needs_an_int8_model(cnn):
-    from ptqlib.fast.cnn import FastInt8CNN
+    from ptqlib.fast import FastInt8Model
 
     with pytest.raises(TypeError, match="Int8Model"):
-        FastInt8CNN(cnn)
+        FastInt8Model(cnn)

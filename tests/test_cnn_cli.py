@@ -96,6 +96,69 @@ def test_int8_cnn_checkpoint_round_trip(int8_checkpoint, offline_data):
     assert isinstance(model.layers[1], Int8MaxPool2d) and model.layers[1].kernel_size == (2, 2)
 
 
+def test_evaluate_json_on_an_int8_cnn_lists_the_conv_layers(int8_checkpoint, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(int8_checkpoint), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["weight_bits"] == {"conv1": 8, "conv2": 8, "fc": 8}
+    assert report["activation_bits"] == 8
+    assert load_int8(int8_checkpoint)[1]["weight_bits"] == report["weight_bits"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--weight-bits", "4"],
+        ["--activation-bits", "6"],
+        ["--rounding", "gptq"],
+        ["--bias-correction"],
+        ["--weight-clipping", "mse"],
+        ["--layer-bits", "fc=4"],
+    ],
+)
+def test_low_bit_options_on_a_cnn_fail_before_any_work(
+    cnn_checkpoint, tmp_path, capsys, monkeypatch, options
+):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data was loaded before the settings were checked")
+
+    monkeypatch.setattr("ptqlib.app.quantize.load_mnist", forbidden)
+    path, data_dir = cnn_checkpoint
+    out = tmp_path / "low-bit-cnn.pt"
+    arguments = ["quantize", "--checkpoint", str(path), "--out", str(out), *options]
+    assert main([*arguments, "--model", "cnn", "--data-dir", str(data_dir)]) == EXIT_ERROR
+    error = one_line_error(capsys)
+    assert "holds a cnn: the low-bit options" in error and "simplenet only" in error
+    assert not out.exists()
+
+
+def test_diagnose_on_an_int8_cnn_is_one_line(int8_checkpoint, capsys):
+    capsys.readouterr()
+    assert main(["diagnose", "--checkpoint", str(int8_checkpoint)]) == EXIT_ERROR
+    assert "the per-layer diagnosis is implemented for simplenet only" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_export_of_a_cnn_is_one_line(cnn_checkpoint, int8_checkpoint, tmp_path, capsys, which):
+    checkpoint = cnn_checkpoint[0] if which == "fp32" else int8_checkpoint
+    out = tmp_path / "cnn.onnx"
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == EXIT_ERROR
+    assert "cannot export a" in one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "pt2e"])
+def test_bench_runtimes_on_a_cnn_are_refused_before_any_work(capsys, monkeypatch, runtime):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("models were built before the runtimes were checked")
+
+    monkeypatch.setattr("ptqlib.app.pipeline.build_models", forbidden)
+    assert main(["bench", "--model", "cnn", "--runtime", runtime]) == EXIT_ERROR
+    error = one_line_error(capsys)
+    assert f"--runtime {runtime}: implemented for --model simplenet only" in error
+
+
 def test_cnn_checkpoint_quantized_as_simplenet_is_one_line(cnn_checkpoint, tmp_path, capsys):
     path, data_dir = cnn_checkpoint
     arguments = ["quantize", "--checkpoint", str(path), "--out", str(tmp_path / "x.pt")]

@@ -1,5 +1,8 @@
+import urllib.error
+
 import pytest
 import torch
+import torchvision.datasets
 
 from ptqlib.data import (
     MNIST_MEAN,
@@ -134,3 +137,60 @@ def test_calibration_images_balanced_and_seeded(offline_data):
 def test_calibration_images_bad_n(offline_data, n):
     with pytest.raises(ValueError, match="n:"):
         calibration_images(offline_data.train, n)
+
+
+# --- the download: only a failed download falls back to the offline sample --------------------
+
+
+def failing_mnist(error: BaseException):
+    """A stand-in for torchvision's MNIST class whose construction raises ``error``."""
+
+    def construct(*args, **kwargs):
+        raise error
+
+    return construct
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (
+            RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n"
+                "<urlopen error [Errno -2] Name or service not known>\n"
+            ),
+            "no network",
+        ),
+        (RuntimeError("Error downloading x.gz:\nTried https://a/, got:\nHTTP Error 404"), "every"),
+        (urllib.error.URLError("[Errno 101] Network is unreachable"), "no network"),
+        (ConnectionResetError(104, "Connection reset by peer"), "no network"),
+        (PermissionError(13, "Permission denied"), "cannot write the download: Permission denied"),
+    ],
+)
+def test_a_failed_download_falls_back_to_the_offline_sample(tmp_path, monkeypatch, error, reason):
+    monkeypatch.setattr(torchvision.datasets, "MNIST", failing_mnist(error))
+    data = load_mnist(tmp_path, splits=("test",), verbose=False)
+    assert len(data.test) == 1000
+    assert f"MNIST could not be downloaded: {reason}" in data.describe()
+    assert "RuntimeError" not in data.describe()
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [TypeError("a bug in the download code"), RuntimeError("an unrelated failure"), KeyError(1)],
+)
+def test_a_bug_in_the_download_propagates(tmp_path, monkeypatch, bug):
+    """A bug is not "offline": it must not silently fall back to the 5,000-digit sample."""
+    monkeypatch.setattr(torchvision.datasets, "MNIST", failing_mnist(bug))
+    with pytest.raises(type(bug)):
+        load_mnist(tmp_path, splits=("test",), verbose=False)
+
+
+def test_without_network_the_line_says_so(tmp_path):
+    """The real torchvision on this machine: offline, or MNIST really downloaded."""
+    data = load_mnist(tmp_path, splits=("test",), verbose=False)
+    if data.source.startswith("the offline sample"):
+        assert "MNIST could not be downloaded: " in data.source
+        assert "Error" not in data.source
+    else:
+        assert len(data.test) == 10_000

@@ -177,7 +177,7 @@ def test_unparsable_settings_give_one_line_and_exit_2(setup, capsys, extra, mess
 def test_diagnose_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path):
     folder, fp32, data_dir = setup
     out = tmp_path / "q.pt"
-    run(
+    code, _, stderr = run(
         capsys,
         "quantize",
         "--checkpoint",
@@ -191,6 +191,7 @@ def test_diagnose_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path
         "--data-dir",
         data_dir,
     )
+    assert code == 0, stderr
     payload = torch.load(out, weights_only=True)
     payload["meta"]["source_path"] = str(tmp_path / "gone.pt")
     from ptqlib.checkpoints import save_checkpoint
@@ -198,6 +199,23 @@ def test_diagnose_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path
     save_checkpoint(payload, out)
     code, _, stderr = run(capsys, "diagnose", "--checkpoint", out, "--data-dir", data_dir)
     assert code == 2 and "give --fp32" in stderr and stderr.count("\n") == 1
+
+
+def test_diagnose_an_8_bit_checkpoint_without_fp32(setup, capsys, tmp_path):
+    """The default 8-bit quantize records its FP32 file too: diagnose needs no --fp32."""
+    _, fp32, data_dir = setup
+    out = tmp_path / "int8.pt"
+    arguments = ["--calib", 100, "--observer", "minmax", "--data-dir", data_dir]
+    code, stdout, stderr = run(capsys, "quantize", "--checkpoint", fp32, "--out", out, *arguments)
+    assert code == 0, stderr
+    assert "weights fc1=8,fc2=8,fc3=8 (nearest, minmax clipping), activations 8 bits" in stdout
+    code, stdout, stderr = run(
+        capsys, "diagnose", "--checkpoint", out, "--data-dir", data_dir, "--json"
+    )
+    assert code == 0, stderr
+    layers = json.loads(stdout)["layers"]
+    assert [layer["name"] for layer in layers] == ["fc1", "fc2", "fc3"]
+    assert all(layer["weight_bits"] == 8 and layer["propagated"] > 20 for layer in layers)
 
 
 def test_adaround_from_the_command_line_is_reproducible(setup, capsys):

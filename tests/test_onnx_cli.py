@@ -104,7 +104,8 @@ def test_bad_onnx_files_give_one_line_and_exit_2(files, tmp_path, offline_data):
 def test_export_errors(files, tmp_path):
     out = tmp_path / "no" / "such" / "dir" / "model.onnx"
     result = run_cli("export", "--checkpoint", str(files["int8"]), "--out", str(out))
-    assert_one_line_error(result, "error")
+    assert_one_line_error(result, "No such file or directory")
+    assert str(out.parent) in result.stderr and not out.parent.exists()
     result = run_cli("export", "--checkpoint", str(files["int8"]), "--out", str(tmp_path))
     assert_one_line_error(result, "is a directory")
     result = run_cli("export", "--checkpoint", str(files["int8_onnx"]), "--out", "x.onnx")

@@ -1,9 +1,10 @@
 """The command line: ``python -m ptqlib <command>``.
 
 Every command reports problems as one line on stderr and a non-zero exit status (2),
-never as a Python traceback: errors that mean bad input are raised as ValueError or
-OSError (FileNotFoundError...) by the library, and caught here. Anything else is a bug and
-keeps its traceback.
+never as a Python traceback: errors that mean bad input are raised as
+``ptqlib.errors.InputError`` (a ValueError) or OSError (FileNotFoundError...) by the library,
+and caught here. Anything else, a plain ValueError or TypeError included, is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import sys
 
 from ptqlib.app import commands
 from ptqlib.app.pipeline import BATCH_SIZES
+from ptqlib.app.quantize import ACTIVATION_OBSERVERS
 from ptqlib.errors import InputError
 from ptqlib.models import MODELS
-from ptqlib.observers import OBSERVERS
 from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_EPOCHS_BY_MODEL, DEFAULT_SEED
 
 EXIT_ERROR = 2
-# Activations get one scale per tensor: every observer except the per-channel one.
-ACTIVATION_OBSERVERS = sorted(name for name in OBSERVERS if not name.startswith("per_channel"))
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -11,9 +11,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.errors import InputError
+
+if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
+    from ptqlib.app.quantize import QuantizeSettings
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -71,48 +75,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def low_bit_requested(args: argparse.Namespace) -> bool:
-    """Any low-bit option away from its default (else the plain INT8 path runs, as before)."""
-    return (
-        args.weight_bits != 8
-        or args.activation_bits != 8
-        or args.rounding != "nearest"
-        or args.bias_correction
-        or args.weight_clipping != "minmax"
-        or args.layer_bits is not None
-    )
-
-
 def bit_widths(model, kind: str) -> dict:
-    """The weight bits per layer and the activation bits of a model (32 for FP32)."""
+    """The weight bits of every layer with weights (Linear and Conv2d) and the activation
+    bits of a model (32 for FP32)."""
     if kind != "int8":
         return {"weight_bits": 32, "activation_bits": 32}
-    from ptqlib.int8_layers import Int8Linear
-    from ptqlib.lowbit.packing import bits_for_range
+    from ptqlib.app.quantize import activation_bits, weight_bits
 
-    linears = [layer for layer in model.layers if isinstance(layer, Int8Linear)]
-    activation = {
-        bits_for_range(layer.output_qparams.quant_min, layer.output_qparams.quant_max)
-        for layer in linears
-    }
-    return {
-        "weight_bits": {layer.name: bits_for_range(*layer.weight_range) for layer in linears},
-        "activation_bits": max(activation),
-    }
+    return {"weight_bits": weight_bits(model), "activation_bits": activation_bits(model)}
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import load_fp32
     from ptqlib.int8_checkpoint import load_int8
     from ptqlib.lowbit.diagnose import diagnose, diagnosis_json, diagnosis_table
+    from ptqlib.models import model_name
 
     int8_model, meta = load_int8(args.checkpoint)
+    # quantize records the FP32 file it read (source_path); --fp32 overrides it.
     fp32_path = args.fp32 or meta.get("source_path")
-    if fp32_path is None or not Path(fp32_path).is_file():
+    if args.fp32 is None and (fp32_path is None or not Path(fp32_path).is_file()):
         raise InputError(
             f"no FP32 checkpoint to compare with (the meta names {fp32_path!r}); give --fp32"
         )
     fp32, _ = load_fp32(fp32_path)
+    if model_name(fp32) != "simplenet":
+        raise InputError(
+            f"{fp32_path} holds a {model_name(fp32)}: the per-layer diagnosis is implemented "
+            "for simplenet only"
+        )
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
     rows = diagnose(fp32, int8_model, data.test.images)
     if args.json:
@@ -123,14 +114,15 @@ def run_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_quantize_low_bit(args: argparse.Namespace) -> int:
-    from ptqlib.app.pipeline import quantize_checkpoint_low_bit
+def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
+    """The parsed ``quantize`` options as one :class:`QuantizeSettings` (checked there)."""
+    from ptqlib.app.quantize import QuantizeSettings
     from ptqlib.lowbit.weights import LowBitSettings, parse_layer_bits
 
     layer_bits = {}
     if args.layer_bits is not None:
         layer_bits = parse_layer_bits(args.layer_bits)  # names: checked against the model
-    settings = LowBitSettings(
+    bits = LowBitSettings(
         weight_bits=args.weight_bits,
         activation_bits=args.activation_bits,
         rounding=args.rounding,
@@ -140,37 +132,32 @@ def run_quantize_low_bit(args: argparse.Namespace) -> int:
         layer_bits=layer_bits,
         adaround_kwargs={"seed": args.seed, "iterations": args.adaround_iterations},
     )
-    result = quantize_checkpoint_low_bit(
-        args.checkpoint, args.out, settings, args.observer, args.calib, args.data_dir
+    return QuantizeSettings(
+        checkpoint=args.checkpoint,
+        out=args.out,
+        observer=args.observer,
+        calib=args.calib,
+        model=args.model,
+        data_dir=args.data_dir,
+        bits=bits,
     )
-    bits = ",".join(f"{name}={width}" for name, width in result.meta["weight_bits"].items())
-    print(
-        f"weights {bits} ({args.rounding}, {args.weight_clipping} clipping"
-        f"{', bias correction' if args.bias_correction else ''}) in "
-        f"{result.meta['weight_seconds']:.2f} s, activations {args.activation_bits} bits; wrote "
-        f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
-    )
-    return 0
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from ptqlib.app.pipeline import quantize_checkpoint
+    from ptqlib.app import quantize
 
-    if low_bit_requested(args):
-        return run_quantize_low_bit(args)
-
-    result = quantize_checkpoint(
-        args.checkpoint,
-        args.out,
-        observer=args.observer,
-        calib=args.calib,
-        per_channel=not args.per_tensor,
-        data_dir=args.data_dir,
-        expected_model=args.model,
+    settings = quantize_settings(args)
+    result = quantize.quantize_checkpoint(settings)
+    meta = result.meta
+    bits = ",".join(f"{name}={width}" for name, width in meta["weight_bits"].items())
+    fixes = f"{meta['rounding']}, {meta['clipping']} clipping" + (
+        ", bias correction" if meta["bias_correction"] else ""
     )
     print(
-        f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
-        f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
+        f"calibrated on {meta['calibration_images']:,} images with the {meta['observer']} "
+        f"observer; weights {bits} ({fixes}), activations {meta['activation_bits']} bits, "
+        f"in {meta['seconds']:.2f} s; wrote {result.path} ({result.int8_bytes:,} bytes, "
+        f"{result.size_ratio:.2f}x smaller than FP32)"
     )
     return 0
 
@@ -200,6 +187,20 @@ def run_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_runtimes(model: str, runtimes: list[str]) -> None:
+    """Refuse, before any work, a runtime ``bench`` cannot run ``model`` ("simplenet" or
+    "cnn") in: ptqlib's ONNX export writes Linear layers only, and torch 2.14.1's Inductor
+    fails to compile the PT2E CNN (a stride assertion in its quantized conv lowering)."""
+    if model != "cnn":
+        return
+    unsupported = [runtime for runtime in runtimes if runtime in ("onnxruntime", "pt2e")]
+    if unsupported:
+        raise InputError(
+            f"--runtime {' '.join(unsupported)}: implemented for --model simplenet only "
+            "(the ONNX export writes Linear layers; PT2E's compiled CNN fails in torch 2.14.1)"
+        )
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from ptqlib.app.pipeline import (
         build_models,
@@ -210,6 +211,7 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     from ptqlib.hardware import machine_info
 
+    check_runtimes(args.model, args.runtime)
     data = load_mnist(args.data_dir, verbose=not args.json)
     models, _, settings = build_models(
         data, args.calib, args.observer, progress=not args.json, model=args.model

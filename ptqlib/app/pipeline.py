@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
 
 from ptqlib.calibration import calibrate
-from ptqlib.checkpoints import load_fp32, saved_size_bytes
+from ptqlib.checkpoints import saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
 from ptqlib.errors import InputError
 from ptqlib.evaluation import Latency, agreement, compare_latency, predict
-from ptqlib.fast.cnn import FastInt8CNN
-from ptqlib.fast.mlp import FastInt8Model
+from ptqlib.fast import FastInt8Model
 from ptqlib.hardware import machine_info
-from ptqlib.int8_checkpoint import int8_state, save_int8
-from ptqlib.int8_cnn import quantize_cnn
-from ptqlib.int8_model import Int8Model, convert
-from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
-from ptqlib.models import MODELS, fold_input_normalization, model_name
+from ptqlib.int8_checkpoint import int8_state
+from ptqlib.int8_model import convert, quantize_cnn
+from ptqlib.models import MODELS, fold_input_normalization
 from ptqlib.reference import torch_eager as reference
 from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
@@ -53,7 +50,7 @@ def build_models(
     - ``fp32``: the baseline, on normalised images;
     - ``int8_ptqlib_teaching``: ptqlib's INT8 model of notebook 04, converted from the
       baseline with its input normalisation folded into fc1, so it reads raw uint8 pixels;
-    - ``int8_ptqlib``: the same model on the fast path (``ptqlib.fast.mlp``): same integers;
+    - ``int8_ptqlib``: the same model on the fast path (``ptqlib.fast``): same integers;
     - ``int8_torch``: torch.ao's eager-mode PTQ of the baseline.
 
     torch.ao gets its own observer of the same name where it has one (min/max, moving
@@ -72,21 +69,17 @@ def build_models(
     engine = reference.default_quantized_engine()
     if model == "cnn":
         teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
-        fast = FastInt8CNN(teaching)
-        int8_torch = reference.torch_eager_ptq(
-            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
-        )
-    else:
+    else:  # the MLP reads raw pixels: its input normalisation is folded into fc1
         pixel_model = fold_input_normalization(fp32)
         pixels = calibration_images(data.train.pixel_values(), calib)  # the same digits
         calibration = calibrate(
             pixel_model, pixels, activation_observer=observer, progress=progress
         )
         teaching = convert(pixel_model, calibration.qparams, pixel_input=True)
-        fast = FastInt8Model(teaching)
-        int8_torch = reference.torch_eager_ptq(
-            fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
-        )
+    fast = FastInt8Model(teaching)
+    int8_torch = reference.torch_eager_ptq(
+        fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
+    )
     models = {
         "fp32": fp32,
         "int8_ptqlib": fast,
@@ -102,7 +95,7 @@ def build_models(
     }
     settings = {
         "model": model,
-        "ptqlib_accumulator": getattr(fast, "accumulator", "int8 GEMM (_int_mm)"),
+        "ptqlib_accumulator": fast.accumulator,
         "observer": observer,
         "torch_observer": torch_observer,
         "quantized_engine": engine,
@@ -249,100 +242,3 @@ def results_markdown(results: dict) -> str:
     ]
     lines += latency_markdown({name: results[name]["latency"] for name in MODEL_NAMES})
     return "\n".join(lines) + "\n"
-
-
-# --- one checkpoint in, one INT8 checkpoint out (python -m ptqlib quantize) -------------------
-
-
-@dataclass
-class QuantizeResult:
-    """What :func:`quantize_checkpoint` made: the INT8 model, where it was saved, the sizes of
-    both checkpoint files in bytes, and the metadata written with it."""
-
-    model: Int8Model
-    path: Path
-    fp32_bytes: int
-    int8_bytes: int
-    meta: dict
-
-    @property
-    def size_ratio(self) -> float:
-        return self.fp32_bytes / self.int8_bytes
-
-
-def quantize_checkpoint(
-    checkpoint: str | os.PathLike,
-    out: str | os.PathLike,
-    observer: str = "histogram",
-    calib: int = 1000,
-    per_channel: bool = True,
-    data_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    expected_model: str | None = None,
-) -> QuantizeResult:
-    """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
-    :func:`ptqlib.data.calibration_images`) with the activation ``observer``, convert and
-    save the INT8 model to ``out``. A SmallCNN is folded and fused first
-    (:func:`ptqlib.int8_cnn.quantize_cnn`). With ``expected_model`` ("simplenet" or "cnn"),
-    a checkpoint of the other model is a ValueError."""
-    model, _ = load_fp32(checkpoint, expected_model=expected_model)
-    data = load_mnist(data_dir, splits=("train",), verbose=progress)
-    images = calibration_images(data.train, calib)
-    if model_name(model) == "cnn":
-        int8_model, _, _ = quantize_cnn(model, images, observer, per_channel, progress=progress)
-    else:
-        calibration = calibrate(model, images, activation_observer=observer, progress=progress)
-        int8_model = convert(model, calibration.qparams, per_channel=per_channel)
-    meta = {
-        "source_checkpoint": Path(checkpoint).name,
-        "observer": observer,
-        "calibration_images": calib,
-        "per_channel": per_channel,
-    }
-    if model_name(model) != "simplenet":  # absent means SimpleNet, as in the FP32 file
-        meta["model"] = model_name(model)
-    path = save_int8(int8_model, out, meta)
-    return QuantizeResult(
-        int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta
-    )
-
-
-def quantize_checkpoint_low_bit(
-    checkpoint: str | os.PathLike,
-    out: str | os.PathLike,
-    settings: LowBitSettings,
-    observer: str = "histogram",
-    calib: int = 1000,
-    data_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> QuantizeResult:
-    """Like :func:`quantize_checkpoint`, with B-bit weights and activations and the fixes of
-    ``ptqlib.lowbit.weights`` (rounding, clipping, bias correction) as ``settings`` say. The meta
-    records the settings, the bits of every layer and the seconds the weights took."""
-    model, _ = load_fp32(checkpoint)
-    unknown = sorted(set(settings.layer_bits) - set(linear_names(model)))
-    if unknown:  # fail before loading data or calibrating
-        raise InputError(
-            f"layer bits: unknown layer(s) {', '.join(unknown)}; the layers are "
-            f"{', '.join(linear_names(model))}"
-        )
-    data = load_mnist(data_dir, splits=("train",), verbose=progress)
-    images = calibration_images(data.train, calib)
-    quantized = quantize_low_bit(model, images, settings, observer=observer, progress=progress)
-    meta = {
-        "source_checkpoint": Path(checkpoint).name,
-        "source_path": str(Path(checkpoint).resolve()),
-        "observer": observer,
-        "calibration_images": calib,
-        "per_channel": settings.per_channel,
-        "weight_bits": {name: settings.bits_for(name) for name in linear_names(model)},
-        "activation_bits": settings.activation_bits,
-        "rounding": settings.rounding,
-        "clipping": settings.clipping,
-        "bias_correction": settings.bias_correction,
-        "weight_seconds": round(quantized.weights.seconds, 3),
-    }
-    path = save_int8(quantized.int8_model, out, meta)
-    return QuantizeResult(
-        quantized.int8_model, path, Path(checkpoint).stat().st_size, path.stat().st_size, meta
-    )

@@ -133,7 +133,7 @@ def per_channel_scales_reference(weight: torch.Tensor) -> torch.Tensor:
     return observer.qparams().scale
 
 
-def per_channel_cases() -> list[Case]:
+def per_channel_scale_cases() -> list[Case]:
     """Small weights [out, in] and their per-row scales."""
     table = [
         (
@@ -188,7 +188,7 @@ def _compare_scales(case: Case, got: Any) -> None:
 
 def check_per_channel_scales(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(weight) -> scales``: int8 symmetric, one scale per output row."""
-    run_cases("check_per_channel_scales", student_fn, per_channel_cases(), _compare_scales)
+    run_cases("check_per_channel_scales", student_fn, per_channel_scale_cases(), _compare_scales)
 
 
 # --- Exercise: which tensors are quantization points after fusion -----------------------

@@ -93,7 +93,7 @@ def check_symmetric_qparams(student_fn: Callable[..., Any]) -> None:
     run_cases("check_symmetric_qparams", student_fn, symmetric_qparams_cases(), compare_qparams)
 
 
-def per_channel_cases() -> list[Case]:
+def per_channel_qparams_cases() -> list[Case]:
     """Weight tensors and a channel axis; answers from qparams_from_range(axis=...)."""
     # In every case before the all-negative row, each slice's largest magnitude is positive,
     # so forgetting the absolute value fails first on the case whose hint names it.
@@ -181,7 +181,9 @@ def check_per_channel_qparams(student_fn: Callable[..., Any]) -> None:
     tensors with ``weight.shape[axis]`` entries; scales are compared to a relative
     tolerance of 1e-5, zero-points exactly.
     """
-    run_cases("check_per_channel_qparams", student_fn, per_channel_cases(), _compare_per_channel)
+    run_cases(
+        "check_per_channel_qparams", student_fn, per_channel_qparams_cases(), _compare_per_channel
+    )
 
 
 def sqnr_cases() -> list[Case]:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ptqlib.errors import InputError
+from ptqlib.hardware import cpu_has_vnni  # notebook 08 imports it from here too
 
 
 @contextlib.contextmanager
@@ -65,13 +66,6 @@ def quiet_pt2e() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, previous_levels, strict=True):
             logger.setLevel(level)
-
-
-def cpu_has_vnni() -> bool:
-    """Whether the CPU has an INT8 dot-product instruction (AVX512-VNNI or AVX-VNNI), as
-    PyTorch detects it (``torch.cpu.get_capabilities``)."""
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("avx512_vnni") or capabilities.get("avx_vnni"))
 
 
 def pt2e_quantize(

@@ -1,0 +1,219 @@
+"""One FP32 checkpoint in, one INT8 checkpoint out: ``python -m ptqlib quantize``.
+
+One settings object (:class:`QuantizeSettings`), one function (:func:`quantize_checkpoint`)
+and one metadata schema (:func:`checkpoint_meta`) for every model and every bit width:
+
+1. **check everything first** (:func:`check_settings`): the FP32 checkpoint, the model it
+   holds, the observer, the output path and every combination of options, so that a bad
+   setting costs nothing (no data loaded, no GPTQ or AdaRound run);
+2. load ``calib`` class-balanced training images (:func:`ptqlib.data.calibration_images`);
+3. quantize: calibrate and convert (8 bits), or the low-bit path of
+   ``ptqlib.lowbit.weights`` (B-bit weights rounded by nearest / GPTQ / AdaRound, B-bit
+   activations); BatchNorm (the SmallCNN's) is folded first (``calibrate_fused``);
+4. save the INT8 model with its metadata, which names the FP32 file it came from
+   (``source_path``), so ``python -m ptqlib diagnose`` finds it without ``--fp32``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ptqlib.calibration import calibrate_fused
+from ptqlib.checkpoints import load_fp32
+from ptqlib.data import calibration_images, load_mnist
+from ptqlib.errors import InputError
+from ptqlib.int8_checkpoint import save_int8
+from ptqlib.int8_layers import Int8Step
+from ptqlib.int8_model import Int8Model, convert
+from ptqlib.integer_arithmetic import requantization_mode
+from ptqlib.lowbit.packing import bits_for_range
+from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
+from ptqlib.models import MODELS, model_name
+from ptqlib.observers import OBSERVERS
+
+# Activations get one scale per tensor: every observer except the per-channel one.
+ACTIVATION_OBSERVERS = sorted(name for name in OBSERVERS if not name.startswith("per_channel"))
+EIGHT_BITS = LowBitSettings()  # the plain INT8 quantization of notebooks 03-04
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """Everything :func:`quantize_checkpoint` needs.
+
+    ``checkpoint`` (an FP32 ptqlib checkpoint) is quantized into ``out``; ``observer`` and
+    ``calib`` (a number of training images) set the activation calibration; ``model``
+    ("simplenet" or "cnn"), if given, is the model the checkpoint must hold; ``data_dir`` is
+    where MNIST is (see :func:`ptqlib.data.load_mnist`); ``requantization`` is
+    ``"fixed_point"`` (M0, n) or ``"float32"`` (ONNX Runtime's arithmetic). ``bits`` says how
+    weights and activations are quantized (bits, rounding, clipping, bias correction,
+    per-channel scales); its defaults are the plain INT8 of notebooks 03-04.
+    """
+
+    checkpoint: str | os.PathLike
+    out: str | os.PathLike
+    observer: str = "histogram"
+    calib: int = 1000
+    model: str | None = None
+    data_dir: str | os.PathLike | None = None
+    requantization: str = "fixed_point"
+    bits: LowBitSettings = field(default_factory=LowBitSettings)
+
+    @property
+    def low_bit(self) -> bool:
+        """Whether anything but the plain INT8 quantization is asked for (the per-channel
+        choice and AdaRound's arguments aside: they mean nothing at 8 bits with nearest)."""
+        ignored = {"per_channel", "adaround_kwargs"}
+        return any(
+            getattr(self.bits, option.name) != getattr(EIGHT_BITS, option.name)
+            for option in fields(LowBitSettings)
+            if option.name not in ignored
+        )
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize_checkpoint` made: the INT8 model, where it was saved, the sizes of
+    both checkpoint files in bytes, and the metadata written with it."""
+
+    model: Int8Model
+    path: Path
+    fp32_bytes: int
+    int8_bytes: int
+    meta: dict
+
+    @property
+    def size_ratio(self) -> float:
+        return self.fp32_bytes / self.int8_bytes
+
+
+def unsupported_for_model(kind: str, settings: QuantizeSettings) -> str | None:
+    """Why ``settings`` cannot quantize a model of ``kind`` ("simplenet" or "cnn"), or None.
+
+    The one place that knows what each model supports: the low-bit methods of
+    ``ptqlib.lowbit.weights`` walk Linear layers only."""
+    if kind != "cnn":
+        return None
+    if settings.low_bit:
+        return (
+            "the low-bit options (--weight-bits, --activation-bits, --rounding, "
+            "--bias-correction, --weight-clipping, --layer-bits) are implemented for simplenet "
+            "only; quantize the cnn with the default 8 bits"
+        )
+    return None
+
+
+def check_settings(settings: QuantizeSettings) -> nn.Module:
+    """Check every setting and combination, cheapest first; return the FP32 model.
+
+    Raises InputError (or FileNotFoundError for a missing checkpoint) before any data is
+    loaded or any weight is rounded."""
+    if settings.model is not None and settings.model not in MODELS:
+        raise InputError(f"model: expected one of {sorted(MODELS)}, got {settings.model!r}")
+    if settings.observer not in ACTIVATION_OBSERVERS:
+        raise InputError(
+            f"observer: unknown observer {settings.observer!r} for activations; expected one "
+            f"of {', '.join(ACTIVATION_OBSERVERS)}"
+        )
+    calib = settings.calib
+    if isinstance(calib, bool) or not isinstance(calib, int) or calib < 1:
+        raise InputError(f"calib: expected a positive number of images, got {calib!r}")
+    requantization_mode(settings.requantization)
+    if not isinstance(settings.bits, LowBitSettings):
+        raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
+    if Path(settings.out).is_dir():
+        raise InputError(f"out: {settings.out} is a directory; expected a file name")
+    model, _ = load_fp32(settings.checkpoint, expected_model=settings.model)
+    kind = model_name(model)
+    problem = unsupported_for_model(kind, settings)
+    if problem is not None:
+        raise InputError(f"{settings.checkpoint} holds a {kind}: {problem}")
+    unknown = sorted(set(settings.bits.layer_bits) - set(linear_names(model)))
+    if unknown:
+        raise InputError(
+            f"layer bits: unknown layer(s) {', '.join(unknown)}; the layers are "
+            f"{', '.join(linear_names(model))}"
+        )
+    return model
+
+
+def weight_bits(int8_model: Int8Model) -> dict[str, int]:
+    """The weight bits of every layer with weights (Linear and Conv2d), by layer name."""
+    return {
+        layer.name: bits_for_range(*layer.weight_range)
+        for layer in int8_model.layers
+        if isinstance(layer, Int8Step)
+    }
+
+
+def activation_bits(int8_model: Int8Model) -> int:
+    """The widest activation of ``int8_model``, in bits (8 unless quantized with fewer)."""
+    return max(
+        bits_for_range(layer.output_qparams.quant_min, layer.output_qparams.quant_max)
+        for layer in int8_model.layers
+        if isinstance(layer, Int8Step)
+    )
+
+
+def checkpoint_meta(
+    settings: QuantizeSettings, kind: str, int8_model: Int8Model, seconds: float
+) -> dict:
+    """The metadata of every INT8 checkpoint ``quantize`` writes: where it came from
+    (``source_checkpoint``, the file's name; ``source_path``, its absolute path), the model,
+    how it was calibrated and quantized, the bits of every layer and the seconds it took."""
+    bits = settings.bits
+    return {
+        "source_checkpoint": Path(settings.checkpoint).name,
+        "source_path": str(Path(settings.checkpoint).resolve()),
+        "model": kind,
+        "observer": settings.observer,
+        "calibration_images": settings.calib,
+        "per_channel": bits.per_channel,
+        "requantization": str(requantization_mode(settings.requantization)),
+        "weight_bits": weight_bits(int8_model),
+        "activation_bits": activation_bits(int8_model),
+        "rounding": bits.rounding,
+        "clipping": bits.clipping,
+        "bias_correction": bits.bias_correction,
+        "seconds": round(seconds, 3),
+    }
+
+
+def quantize_model(
+    model: nn.Module, images: torch.Tensor, settings: QuantizeSettings, progress: bool = True
+) -> Int8Model:
+    """The INT8 model of ``model`` (checked by :func:`check_settings`), calibrated on
+    ``images``: the low-bit path of ``ptqlib.lowbit.weights``, or notebooks 04 and 07's
+    fold (BatchNorm, if any), calibrate the fused points, convert."""
+    bits = settings.bits
+    if settings.low_bit:
+        quantized = quantize_low_bit(
+            model, images, bits, observer=settings.observer, progress=progress
+        )
+        # Its int8_model has the default requantization: convert its grid model with ours.
+        folded, qparams = quantized.grid_model, quantized.qparams
+    else:
+        folded, calibration = calibrate_fused(model, images, settings.observer, progress=progress)
+        qparams = calibration.qparams
+    return convert(
+        folded, qparams, per_channel=bits.per_channel, requantization=settings.requantization
+    )
+
+
+def quantize_checkpoint(settings: QuantizeSettings, progress: bool = True) -> QuantizeResult:
+    """Quantize ``settings.checkpoint`` into ``settings.out`` (see the module docstring):
+    every check first, then the data, the quantization and the INT8 checkpoint."""
+    model = check_settings(settings)
+    start = time.perf_counter()
+    data = load_mnist(settings.data_dir, splits=("train",), verbose=progress)
+    images = calibration_images(data.train, settings.calib)
+    int8_model = quantize_model(model, images, settings, progress)
+    meta = checkpoint_meta(settings, model_name(model), int8_model, time.perf_counter() - start)
+    path = save_int8(int8_model, settings.out, meta)
+    fp32_bytes = Path(settings.checkpoint).stat().st_size
+    return QuantizeResult(int8_model, path, fp32_bytes, path.stat().st_size, meta)
