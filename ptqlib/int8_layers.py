@@ -72,7 +72,7 @@ from ptqlib.int8_pooling import (  # noqa: F401  (the integer layers, importable
 )
 from ptqlib.integer_arithmetic import (
     Requantization,
-    carrier_offset,
+    carrier_of,
     check_accumulator_fits,
     fixed_point_multiplier,
     float32_multiplier,
@@ -81,6 +81,7 @@ from ptqlib.integer_arithmetic import (
     requantization_mode,
     requantize,
     requantize_float32,
+    to_carrier,
     zero_point_correction,
 )
 from ptqlib.quantization import QParams
@@ -185,8 +186,11 @@ class Int8Step(nn.Module):
         """``(offset - Z_x) sum_k q_w,k`` per output channel (int32): what the int8 carriers
         ``c = q - offset`` leave out of ``sum_k (q_x,k - Z_x) q_w,k``. It is the
         zero-point correction ``-Z sum_k q_w,k`` taken at ``Z = Z_x - offset``."""
-        carried_zero_point = int(self.input_zero_point) - carrier_offset(self.input_dtype)
-        return zero_point_correction(self.weight_matrix(), carried_zero_point)
+        return zero_point_correction(self.weight_matrix(), self.zero_carrier())
+
+    def zero_carrier(self) -> int:
+        """The carrier of the input's real 0, ``Z_x - offset`` (a conv pads with it)."""
+        return carrier_of(int(self.input_zero_point), self.input_dtype)
 
     def output_range(self) -> tuple[int, int]:
         """The clamp ``(lo, hi)`` of the output's integers; a fused ReLU raises lo to Z_y."""
@@ -210,7 +214,7 @@ class Int8Step(nn.Module):
             output = requantize(
                 accumulator, self.multiplier, self.shift, zero_point, lowest, highest
             )
-        return (output - carrier_offset(self.output_dtype)).to(torch.int8)
+        return to_carrier(output, self.output_dtype)
 
     def _describe(self) -> str:
         granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
@@ -337,7 +341,7 @@ class Int8Conv2d(Int8Step):
 
     def padding_carrier(self) -> int:
         """What padded pixels hold: the carrier of the real 0, ``Z_x - offset``."""
-        return int(self.input_zero_point) - carrier_offset(self.input_dtype)
+        return self.zero_carrier()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:

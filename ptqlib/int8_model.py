@@ -36,7 +36,7 @@ from ptqlib.int8_layers import (
 )
 from ptqlib.integer_arithmetic import (
     Requantization,
-    carrier_offset,
+    carrier_of,
     from_carrier,
     quantize_bias,
     quantize_by_division,
@@ -143,7 +143,7 @@ class Int8Model(nn.Module):
     def dequantize_output(self, carriers: torch.Tensor) -> torch.Tensor:
         """Int8 carriers of the logits to float logits: ``S_y (q - Z_y)``."""
         qparams = self.output_qparams
-        zero_point = int(qparams.zero_point) - carrier_offset(qparams.dtype)
+        zero_point = carrier_of(int(qparams.zero_point), qparams.dtype)
         return (carriers.float() - zero_point) * qparams.scale
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -234,6 +234,11 @@ def carrier_offset(dtype: torch.dtype) -> int:
     return 128 if dtype == torch.uint8 else 0
 
 
+def carrier_of(integer: int, dtype: torch.dtype) -> int:
+    """The carrier of one integer of ``dtype``'s range (a zero-point, a clamp bound)."""
+    return int(integer) - carrier_offset(dtype)
+
+
 def to_carrier(integers: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An activation's integers ``q`` (of ``dtype``'s range, any integer tensor) as int8
     carriers ``q - offset``."""

@@ -43,7 +43,7 @@ import torch
 
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import Int8Step
-from ptqlib.integer_arithmetic import Requantization, carrier_offset, gemm_weight
+from ptqlib.integer_arithmetic import Requantization, carrier_of, gemm_weight
 
 FLOAT64_EXACT_INTEGERS = 2**53  # every integer of at most this magnitude is a float64
 INT64_LIMIT = 2**63
@@ -75,7 +75,7 @@ def _fixed_point_constants(step: Int8Step) -> tuple[torch.Tensor, torch.Tensor, 
     """``(multiplier, constant, shift)`` of one step: float64 ``(A'_j, C'_j, 0)`` where the
     bound of the module docstring makes float64 exact, else int64 ``(A_j, C_j, s)``."""
     offset = step.carrier_correction().long() + step.bias.long()
-    output_zero_point = int(step.output_zero_point) - carrier_offset(step.output_dtype)
+    output_zero_point = carrier_of(int(step.output_zero_point), step.output_dtype)
     largest_g = 128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)
     # Each channel with its own shift n_j: float64 if exact.
     multiplier, shift = step.multiplier, step.shift
@@ -100,15 +100,13 @@ def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
             f"{step.requantization!r} requantization"
         )
     weight_t = gemm_weight(step.weight_matrix().t().contiguous(), use_int8_gemm)
-    output_offset = carrier_offset(step.output_dtype)
     lowest, highest = step.output_range()
     if step.requantization == Requantization.FLOAT32:
         multiplier, constant, shift = None, None, 0
     else:
         multiplier, constant, shift = _fixed_point_constants(step)
-    return FoldedStep(
-        weight_t, multiplier, constant, shift, lowest - output_offset, highest - output_offset
-    )
+    lowest, highest = (carrier_of(bound, step.output_dtype) for bound in (lowest, highest))
+    return FoldedStep(weight_t, multiplier, constant, shift, lowest, highest)
 
 
 def requantize_folded(product: torch.Tensor, step: Int8Step, folded: FoldedStep) -> torch.Tensor:

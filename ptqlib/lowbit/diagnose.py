@@ -42,7 +42,7 @@ from ptqlib.errors import InputError
 from ptqlib.evaluation import mcnemar_p_value
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import carrier_offset
+from ptqlib.integer_arithmetic import from_carrier
 from ptqlib.lowbit.packing import bits_for_range
 from ptqlib.lowbit.rounding import round_to_nearest
 from ptqlib.lowbit.weights import layer_inputs, linear_names, weight_qparams
@@ -85,7 +85,7 @@ def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, to
         carriers = layer(carriers)
         if isinstance(layer, Int8Linear):
             qparams = layer.output_qparams
-            q = (carriers.to(torch.int16) + carrier_offset(qparams.dtype)).to(qparams.dtype)
+            q = from_carrier(carriers, qparams.dtype)
             outputs[layer.name] = dequantize(q, qparams)
     return outputs
 
