@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -46,13 +47,15 @@ DIGEST_KEY = "sha256"
 # What torch.load raises for a truncated, mangled or foreign file, found by loading thousands
 # of damaged checkpoints (bytes flipped, tails cut, blocks spliced in), plain and zip format:
 # the unpickler's own errors (UnpicklingError, EOFError, and KeyError / IndexError for a
-# broken memo or stack), a bad string (UnicodeDecodeError, a ValueError), torch's checks
+# broken memo or stack; struct.error for a number cut short), a bad string
+# (UnicodeDecodeError, a ValueError), torch's checks
 # (RuntimeError: "unexpected EOF", a zip without its directory; AssertionError: a storage
 # key not found), tensors rebuilt from nonsense (TypeError, AttributeError) and the zip
 # reader's OSError. Anything else keeps its traceback.
 UNREADABLE_FILE_ERRORS = (
     pickle.UnpicklingError,
     EOFError,
+    struct.error,
     KeyError,
     IndexError,
     ValueError,
