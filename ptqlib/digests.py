@@ -8,10 +8,10 @@ and every loader recomputes it and refuses a mismatch.
 
 What the digest covers, in a fixed order:
 
-1. the structure and metadata as canonical JSON (:func:`canonical`): every dict sorted by
-   key, every value tagged with its type (so ``1``, ``1.0``, ``True`` and ``"1"`` differ,
-   and a tuple is not a list), floats written exactly (``float.hex``), and every tensor
-   replaced by its dtype and shape;
+1. the structure and metadata as canonical JSON (:func:`canonical`): every dict (string
+   keys only) sorted by key, every value tagged with its type (so ``1``, ``1.0``, ``True``
+   and ``"1"`` differ, and a tuple is not a list), floats written exactly (``float.hex``),
+   and every tensor replaced by its dtype and shape;
 2. then the bytes of every tensor, in the order the JSON lists them (the little-endian bytes
    of its elements, row-major).
 
@@ -57,8 +57,9 @@ def canonical(value: Any, tensors: list[torch.Tensor]) -> Any:
         items = [canonical(item, tensors) for item in value]
         return ["list" if isinstance(value, list) else "tuple", items]
     if isinstance(value, dict):  # a dict or an OrderedDict (a state_dict): sorted by key
-        pairs = [[canonical(key, tensors), canonical(item, tensors)] for key, item in value.items()]
-        return ["dict", sorted(pairs, key=lambda pair: json.dumps(pair[0]))]
+        if not all(isinstance(key, str) for key in value):
+            raise InputError("payload: a checkpoint's dicts have strings as keys")
+        return ["dict", [[key, canonical(value[key], tensors)] for key in sorted(value)]]
     if isinstance(value, torch.Tensor) and value.layout == torch.strided:
         tensors.append(value)
         return ["tensor", str(value.dtype), list(value.shape), len(tensors) - 1]
