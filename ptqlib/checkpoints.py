@@ -190,7 +190,14 @@ def load_fp32(path: str | os.PathLike, expected_model: str | None = None) -> tup
     """Load an FP32 checkpoint into a new model of the kind it records (``"model"``; absent
     means SimpleNet); return the model (in eval mode) and meta. With ``expected_model``
     ("simplenet" or "cnn") a checkpoint of another model is a ValueError."""
-    payload = load_checkpoint(path, expected_kind="fp32")
+    return fp32_from_payload(load_checkpoint(path, expected_kind="fp32"), path, expected_model)
+
+
+def fp32_from_payload(
+    payload: dict[str, Any], path: str | os.PathLike, expected_model: str | None = None
+) -> tuple[SimpleNet, dict]:
+    """:func:`load_fp32` for a payload already loaded (and checked) by :func:`load_checkpoint`
+    from ``path`` (named in errors): a caller that has it need not read the file twice."""
     name = payload.get("model", DEFAULT_MODEL)
     if name not in MODEL_DESCRIPTIONS:
         raise InputError(
