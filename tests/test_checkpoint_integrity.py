@@ -27,6 +27,7 @@ from ptqlib.checkpoints import (
 )
 from ptqlib.deploy.onnx_export import int8_to_onnx, save_onnx
 from ptqlib.deploy.onnx_runtime import load_onnx, load_onnx_model
+from ptqlib.digests import content_digest
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import load_int8, load_model, save_int8
 from ptqlib.int8_model import convert
@@ -266,3 +267,26 @@ def test_the_cli_evaluates_an_old_checkpoint_with_one_note(files, tmp_path):
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "unchecked" in line]
     assert len(notes) == 1 and notes[0].startswith("note: "), result.stderr
+
+
+def test_the_digest_tells_apart_what_a_reader_would():
+    weights = torch.arange(-6, 6, dtype=torch.int8).reshape(3, 4)
+    digest = content_digest({"w": weights, "scale": 0.5, "bits": 8})
+    same_bytes_reread = [
+        {"w": weights.view(torch.uint8), "scale": 0.5, "bits": 8},  # another dtype
+        {"w": weights.reshape(4, 3), "scale": 0.5, "bits": 8},  # another shape
+        {"w": weights, "scale": 0.5, "bits": 8.0},  # a float, not an int
+        {"w": weights, "scale": 0.5, "bits": True},
+        {"w": weights, "scale": 0.5, "bits": "8"},
+        {"w": weights, "scale": 0.5 + 2**-40, "bits": 8},  # floats compared exactly
+    ]
+    for payload in same_bytes_reread:
+        assert content_digest(payload) != digest, payload
+    assert content_digest({"x": [1, 2]}) != content_digest({"x": (1, 2)})
+    # Same contents, another layout: key order, a view into a larger storage, a copy.
+    storage = torch.cat([torch.zeros(5, dtype=torch.int8), weights.reshape(-1)])
+    view = storage[5:].view(3, 4)
+    assert content_digest({"bits": 8, "scale": 0.5, "w": view}) == digest
+    assert content_digest({"w": weights.t().contiguous().t(), "scale": 0.5, "bits": 8}) == digest
+    with pytest.raises(InputError, match="not a set"):
+        content_digest({"x": {1, 2}})
