@@ -31,8 +31,9 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
 - ``ptqlib.app``                 the command line (``cli``, ``commands``), pipeline, quantize
 
-Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is) and
-``ptqlib.figures`` (saving figures), used from the first notebook on.
+Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
+``ptqlib.figures`` (saving figures) and ``ptqlib.digests`` (the SHA-256 digest every saved
+file carries and every load checks), used from the first notebook on.
 
 The functions a notebook uses most are importable from the package itself, e.g.
 ``from ptqlib import calibrate, convert``.

@@ -12,22 +12,59 @@ Files use torch.save's plain (non-zip) format, ``_use_new_zipfile_serialization=
 The default zip format adds a header, a directory entry and alignment padding for every
 tensor storage, about 1.5 KB on SimpleNet: over 1% of the INT8 model, which would blur
 the FP32/INT8 size comparison. ``torch.load`` reads both formats, ``weights_only`` too.
+
+**Corruption.** Neither format protects the numbers: the plain format has no checksum, and
+torch's zip reader does not check the zip's CRC-32s, so a changed byte inside a tensor
+loads without a word. So every file (format 2) carries ``"sha256"``, the SHA-256 digest of
+everything else in it (``ptqlib.digests``: its metadata as canonical JSON, then its
+tensors' bytes with their dtypes and shapes), and loading recomputes it: a mismatch is an
+``InputError`` saying the file is corrupted. A file that ``torch.load`` cannot even read
+is one too. Files of format 1 (written before digests) still load, with a one-line note
+on stderr.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
+import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
+from ptqlib.digests import content_digest
 from ptqlib.errors import InputError
 from ptqlib.models import SimpleNet, build_model, model_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1: the same fields, without a digest (files written before ptqlib checked them).
+UNCHECKED_FORMAT_VERSION = 1
+DIGEST_KEY = "sha256"
+# What torch.load raises for a truncated, mangled or foreign file, found by loading thousands
+# of damaged checkpoints (bytes flipped, tails cut, blocks spliced in), plain and zip format:
+# the unpickler's own errors (UnpicklingError, EOFError, and KeyError / IndexError for a
+# broken memo or stack; struct.error for a number cut short), a bad string
+# (UnicodeDecodeError, a ValueError), torch's checks
+# (RuntimeError: "unexpected EOF", a zip without its directory; AssertionError: a storage
+# key not found), tensors rebuilt from nonsense (TypeError, AttributeError) and the zip
+# reader's OSError. Anything else keeps its traceback.
+UNREADABLE_FILE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    struct.error,
+    KeyError,
+    IndexError,
+    ValueError,
+    RuntimeError,
+    AssertionError,
+    TypeError,
+    AttributeError,
+    OSError,
+)
 KINDS = ("fp32", "int8")
 # What an FP32 file without a "model" field holds: SimpleNet (see save_fp32).
 DEFAULT_MODEL = "simplenet"
@@ -43,7 +80,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            write_payload({**payload, "format_version": FORMAT_VERSION}, file)
+            write_payload(with_digest({**payload, "format_version": FORMAT_VERSION}), file)
         # mkstemp creates the file readable by its owner only; give it the usual mode.
         umask = os.umask(0)
         os.umask(umask)
@@ -53,6 +90,28 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def with_digest(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` plus ``"sha256"``: the digest of everything else in it (``ptqlib.digests``)."""
+    unsigned = {key: value for key, value in payload.items() if key != DIGEST_KEY}
+    return {**unsigned, DIGEST_KEY: content_digest(unsigned)}
+
+
+def check_digest(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a payload whose ``"sha256"`` is missing or does not match its contents: the
+    file is corrupted (an InputError naming it)."""
+    expected = payload.get(DIGEST_KEY)
+    unsigned = {key: value for key, value in payload.items() if key != DIGEST_KEY}
+    try:
+        found = content_digest(unsigned)
+    except InputError:  # a value ptqlib never writes: the file was changed
+        found = None
+    if not isinstance(expected, str) or found != expected:
+        raise InputError(
+            f"{path} is corrupted: its contents do not match the SHA-256 digest it was saved "
+            "with (damaged in transfer or on disk?); get a fresh copy or re-create it"
+        )
 
 
 def write_payload(payload: object, file: BinaryIO) -> None:
@@ -68,44 +127,58 @@ def saved_size_bytes(payload: object) -> int:
 
 
 def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``, checking that it is one of ours."""
+    """Load a checkpoint dict with ``weights_only=True``, checking that it is one of ours and
+    that its contents match its digest (see the module docstring)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} is not a file (a directory or a device?)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # garbage input fails in many ways deep inside the unpickler
-        # torch's own message suggests weights_only=False, which would run pickled code
-        # from an untrusted file: name the problem instead.
-        raise InputError(
-            f"{path} is not a readable ptqlib checkpoint: corrupt, truncated, or not a file "
-            f"written by torch.save with plain tensors ({type(error).__name__})"
-        ) from error
+    with path.open("rb") as file:  # a file we cannot open is an OSError of its own
+        try:
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+        except UNREADABLE_FILE_ERRORS as error:
+            # torch's own message suggests weights_only=False, which would run pickled code
+            # from an untrusted file: name the problem instead.
+            raise InputError(
+                f"{path} is not a readable ptqlib checkpoint: corrupt, truncated, or not a "
+                f"ptqlib checkpoint at all ({type(error).__name__})"
+            ) from error
+    # A file of the current format must carry its digest: one without (its key damaged) is
+    # corrupted too. Only files of format 1, from before digests, load unchecked.
+    if isinstance(payload, dict) and (
+        DIGEST_KEY in payload or payload.get("format_version") == FORMAT_VERSION
+    ):
+        check_digest(payload, path)
     if not isinstance(payload, dict) or payload.get("kind") not in KINDS:
         raise InputError(
             f"{path} is not a ptqlib checkpoint (no 'kind' of {KINDS}); "
             "create one with 'python -m ptqlib train' or 'python -m ptqlib quantize'"
         )
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in (FORMAT_VERSION, UNCHECKED_FORMAT_VERSION):
         raise InputError(
             f"{path}: checkpoint format {payload.get('format_version')!r} is not the supported "
             f"format {FORMAT_VERSION}; re-create it with this version of ptqlib"
+        )
+    if DIGEST_KEY not in payload:
+        print(
+            f"note: {path} was written before ptqlib checkpoints carried a SHA-256 digest, so "
+            "it loads unchecked; save it again to add one",
+            file=sys.stderr,
         )
     if expected_kind is not None and payload["kind"] != expected_kind:
         raise InputError(
             f"{path} is an {payload['kind'].upper()} checkpoint, but an "
             f"{expected_kind.upper()} checkpoint is needed here"
         )
-    return payload
+    # What the caller saved (and the format_version); the digest has done its work.
+    return {key: value for key, value in payload.items() if key != DIGEST_KEY}
 
 
 def save_fp32(model: SimpleNet, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Save an FP32 checkpoint (its state_dict and ``meta``) atomically. The field
     ``"model"`` names the network ("cnn"; see ``ptqlib.models.MODELS``). A SimpleNet file
-    has no such field: absent means SimpleNet, so SimpleNet checkpoints stay byte for byte
-    what they were (the sizes the README quotes) and older files still load."""
+    has no such field: absent means SimpleNet, so older SimpleNet files still load."""
     payload = {"kind": "fp32", "state_dict": model.state_dict(), "meta": meta or {}}
     name = model_name(model)
     if name != DEFAULT_MODEL:
@@ -117,7 +190,14 @@ def load_fp32(path: str | os.PathLike, expected_model: str | None = None) -> tup
     """Load an FP32 checkpoint into a new model of the kind it records (``"model"``; absent
     means SimpleNet); return the model (in eval mode) and meta. With ``expected_model``
     ("simplenet" or "cnn") a checkpoint of another model is a ValueError."""
-    payload = load_checkpoint(path, expected_kind="fp32")
+    return fp32_from_payload(load_checkpoint(path, expected_kind="fp32"), path, expected_model)
+
+
+def fp32_from_payload(
+    payload: dict[str, Any], path: str | os.PathLike, expected_model: str | None = None
+) -> tuple[SimpleNet, dict]:
+    """:func:`load_fp32` for a payload already loaded (and checked) by :func:`load_checkpoint`
+    from ``path`` (named in errors): a caller that has it need not read the file twice."""
     name = payload.get("model", DEFAULT_MODEL)
     if name not in MODEL_DESCRIPTIONS:
         raise InputError(

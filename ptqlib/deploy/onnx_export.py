@@ -21,6 +21,11 @@ The graph is written node by node with the ``onnx`` package's helpers: every ini
 buffer of ptqlib's model, so the file holds ptqlib's integers and scales, nothing
 re-computed. The batch dimension is symbolic ("batch"). ``expose_integers`` adds every
 quantized activation as an extra graph output, to compare them with ptqlib layer by layer.
+
+:func:`save_onnx` stamps the file with ``ptqlib.sha256`` in its ``metadata_props``: the
+SHA-256 digest of the serialized model without that entry (every initializer's bytes,
+dtype and shape, every node, every other metadata entry). ``load_onnx``
+(``ptqlib.deploy.onnx_runtime``) recomputes it and refuses a file that does not match.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from ptqlib.digests import bytes_digest
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
@@ -41,6 +47,7 @@ from ptqlib.quantization import QParams
 
 OPSET = 21
 PRODUCER = "ptqlib"
+DIGEST_KEY = "ptqlib.sha256"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # MNIST images, any number of them: the batch dimension is symbolic.
 IMAGE_SHAPE = ["batch", 1, 28, 28]
@@ -209,13 +216,35 @@ def _model(
     return onnx_model
 
 
+def unsigned_copy(onnx_model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``onnx_model`` without its ``ptqlib.sha256`` metadata entry."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(onnx_model)
+    kept = [entry for entry in copy.metadata_props if entry.key != DIGEST_KEY]
+    del copy.metadata_props[:]
+    copy.metadata_props.extend(kept)
+    return copy
+
+
+def onnx_digest(onnx_model: onnx.ModelProto) -> str:
+    """SHA-256 of the serialized model without its digest entry (see the module docstring).
+    Protobuf writes the fields of a message in a fixed order, so the same model always
+    serializes to the same bytes."""
+    return bytes_digest(unsigned_copy(onnx_model).SerializeToString())
+
+
 def save_onnx(onnx_model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write an ONNX model to ``path`` atomically (a temporary file, then a rename)."""
+    """Write an ONNX model to ``path`` atomically (a temporary file, then a rename), with
+    its digest in ``metadata_props`` (``onnx_model`` itself is not changed)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"out: {str(path)!r} is a directory; give a file name like model.onnx")
+    stamped = unsigned_copy(onnx_model)
+    digest = onnx_digest(stamped)
+    entry = stamped.metadata_props.add()
+    entry.key, entry.value = DIGEST_KEY, digest
     temporary = path.with_name(path.name + ".partial")
-    onnx.save(onnx_model, temporary)
+    onnx.save(stamped, temporary)
     os.replace(temporary, path)
     return path
 

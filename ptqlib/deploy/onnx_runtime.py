@@ -19,6 +19,7 @@ a loaded checkpoint) into the same model computing with ORT's arithmetic, for th
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,15 @@ from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
-from ptqlib.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
+from ptqlib.deploy.onnx_export import (
+    DIGEST_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PRODUCER,
+    fp32_to_onnx,
+    int8_to_onnx,
+    onnx_digest,
+)
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import Int8Conv2d, Int8Linear
 from ptqlib.int8_model import Int8Model
@@ -99,16 +108,44 @@ def metadata(onnx_model: onnx.ModelProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in onnx_model.metadata_props}
 
 
+# The metadata of exports written before ptqlib stamped them with a digest.
+UNCHECKED_METADATA_KEYS = {"ptqlib.kind", "ptqlib.layers", "ptqlib.input"}
+
+
+def check_onnx_digest(onnx_model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Refuse a ptqlib export whose ``ptqlib.sha256`` does not match its contents (InputError:
+    corrupted). An export from before digests (only the old metadata keys) loads with a
+    one-line note on stderr; one with other keys but no digest lost it to damage."""
+    found = metadata(onnx_model)
+    if DIGEST_KEY not in found and set(found) <= UNCHECKED_METADATA_KEYS:
+        print(
+            f"note: {path} was exported before ptqlib stamped ONNX files with a SHA-256 digest, "
+            "so it loads unchecked; export it again to add one",
+            file=sys.stderr,
+        )
+        return
+    if found.get(DIGEST_KEY) != onnx_digest(onnx_model):
+        raise InputError(
+            f"{path} is corrupted: its contents do not match the SHA-256 digest it was exported "
+            "with (damaged in transfer or on disk?); get a fresh copy or export it again"
+        )
+
+
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file written by ptqlib's export, or raise a one-line ValueError saying why
-    it is not one (FileNotFoundError if it does not exist)."""
+    """Read an ONNX file written by ptqlib's export, checking its digest, or raise a one-line
+    ValueError saying why it is not one (FileNotFoundError if it does not exist)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
         onnx_model = onnx.load(path)
     except (DecodeError, ValueError) as error:
-        raise InputError(f"{path} is not a valid ONNX file ({type(error).__name__})") from None
+        raise InputError(
+            f"{path} is not a valid ONNX file: corrupt, truncated, or not ONNX at all "
+            f"({type(error).__name__})"
+        ) from None
+    if onnx_model.producer_name == PRODUCER or DIGEST_KEY in metadata(onnx_model):
+        check_onnx_digest(onnx_model, path)
     if not onnx_model.graph.node:
         raise InputError(f"{path} is not a valid ONNX file (it holds no graph)")
     kind = metadata(onnx_model).get("ptqlib.kind")

@@ -20,7 +20,9 @@ weights are unpacked once, at load, into int8.
 
 Unpacking reverses every step, so the round trip is exact. 8-bit weights (and any layer
 whose range needs all 8 bits) are stored as they are, so INT8 checkpoints written before
-packing existed load unchanged.
+packing existed load unchanged. The packed bytes are covered by the checkpoint's SHA-256
+digest like any tensor (``ptqlib.digests``): one flipped bit in the stream would otherwise
+change up to two weights silently.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ def pack_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 def unpack_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`pack_entry`: an entry with an int8 ``weight`` again. Checks the
-    packed fields, so a damaged checkpoint is a clear ValueError."""
+    packed fields, so a bad entry is a clear ValueError. (A file damaged on disk is refused
+    before this, by its digest: ``ptqlib.checkpoints``; these checks catch what a digest
+    cannot, a file from before digests or a payload built by hand.)"""
     if PACKED_KEY not in entry:
         return entry
     found = entry[PACKED_KEY]
