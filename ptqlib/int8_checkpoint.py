@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint
+from ptqlib.checkpoints import fp32_from_payload, load_checkpoint, save_checkpoint
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import (
     DTYPE_NAMES,
@@ -360,5 +360,5 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, str, dict]:
     payload = load_checkpoint(path)
     if payload["kind"] == "int8":
         return _int8_from_payload(payload, path), "int8", payload.get("meta", {})
-    model, meta = load_fp32(path)
+    model, meta = fp32_from_payload(payload, path)
     return model, "fp32", meta
