@@ -115,7 +115,7 @@ def test_the_layer_reference_equals_int8_linear(relu):
     layer = Int8Linear(q_w, q_b, weight_qparams, input_qparams, output_qparams, relu)
     q_x = torch.randint(-128, 128, (64, 40), generator=generator, dtype=torch.int8)
     expected = layer(q_x)
-    got = integer_layer.integer_layer_reference(
+    got = integer_layer._integer_layer_reference(
         q_x,
         q_w,
         q_b,
@@ -129,7 +129,7 @@ def test_the_layer_reference_equals_int8_linear(relu):
     assert int(output_qparams.zero_point) != 0 and len(set(got.flatten().tolist())) > 50
     # The correction a carrier-free int8 input needs is the library's too.
     assert torch.equal(
-        integer_layer.zero_point_correction_reference(q_w, int(input_qparams.zero_point)).int(),
+        integer_layer._zero_point_correction_reference(q_w, int(input_qparams.zero_point)).int(),
         layer.carrier_correction(),
     )
 

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.calibration import calibrate
-from ptqlib.checkers.int8_conversion import fixed_point_multiplier_reference
+from ptqlib.checkers.int8_conversion import _fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
@@ -63,7 +63,7 @@ def test_fixed_point_multiplier_is_31_bits_and_accurate(real):
     assert 2**30 <= multiplier < 2**31
     assert abs(multiplier * 2.0**-shift - real) <= real * 2.0**-31
     if real < 1.0:  # the checkers' reference, which students are graded against, takes (0, 1)
-        assert (multiplier, shift) == fixed_point_multiplier_reference(real)
+        assert (multiplier, shift) == _fixed_point_multiplier_reference(real)
 
 
 def test_fixed_point_multiplier_that_rounds_up_to_two_to_the_31():

@@ -22,7 +22,7 @@ import ptqlib
 import ptqlib.int8_checkpoint as int8_checkpoint
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
-from ptqlib.checkers import zero_point_correction_reference
+from ptqlib.checkers.integer_layer import _zero_point_correction_reference
 from ptqlib.checkpoints import save_checkpoint
 from ptqlib.errors import InputError
 from ptqlib.fast import FastInt8Model
@@ -100,7 +100,7 @@ def test_defect_7_zero_point_correction_means_minus_zx_sum_qw():
     zero_point = int(first.input_zero_point)
     assert torch.equal(
         zero_point_correction(first.weight, zero_point).long(),
-        zero_point_correction_reference(first.weight, zero_point),
+        _zero_point_correction_reference(first.weight, zero_point),
     )
     # The carriers' correction is the zero-point correction at Z_x - 128 ...
     carried = zero_point_correction(first.weight, zero_point - 128)

@@ -26,7 +26,7 @@ from ptqlib.checkers.core import (
 from ptqlib.errors import InputError
 
 
-def requantize_reference(
+def _requantize_reference(
     acc: torch.Tensor, multiplier: float, zero_point: int, quant_min: int, quant_max: int
 ) -> torch.Tensor:
     """The exact requantization: clamp(zero_point + round(acc * multiplier), quant_min, quant_max).
@@ -93,7 +93,7 @@ def requantize_cases() -> list[Case]:
     cases = []
     for name, values, multiplier, zero_point, quant_min, quant_max, hint in table:
         acc = torch.tensor(values, dtype=torch.int32)
-        expected = requantize_reference(acc, multiplier, zero_point, quant_min, quant_max)
+        expected = _requantize_reference(acc, multiplier, zero_point, quant_min, quant_max)
         arguments = (
             ("acc", acc),
             ("multiplier", multiplier),
@@ -105,7 +105,7 @@ def requantize_cases() -> list[Case]:
     return cases
 
 
-def fixed_point_multiplier_reference(multiplier: float) -> tuple[int, int]:
+def _fixed_point_multiplier_reference(multiplier: float) -> tuple[int, int]:
     """``(m0, shift)`` with multiplier ~= m0 * 2**-shift and m0 an int32 in [2**30, 2**31).
 
     Integer-only kernels cannot multiply by a real M, so they store it as an integer m0
@@ -145,7 +145,7 @@ def fixed_point_cases() -> list[Case]:
     ]
     cases = []
     for name, multiplier, case_hint in table:
-        expected = fixed_point_multiplier_reference(multiplier)
+        expected = _fixed_point_multiplier_reference(multiplier)
         cases.append(Case(name, (("multiplier", multiplier),), expected, case_hint))
     return cases
 
@@ -180,6 +180,6 @@ def check_fixed_point_multiplier(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(multiplier) -> (m0, shift)`` with M ~= m0 * 2**-shift.
 
     ``m0`` must be an int in [2**30, 2**31) (31 significant bits, fits in int32) equal to
-    round(M * 2**shift); ``shift`` an int. See :func:`fixed_point_multiplier_reference`.
+    round(M * 2**shift); ``shift`` an int. See :func:`_fixed_point_multiplier_reference`.
     """
     run_cases("check_fixed_point_multiplier", student_fn, fixed_point_cases(), _compare_fixed_point)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ptqlib.checkers.core import Case, WrongAnswer, compare_integers, run_cases
-from ptqlib.checkers.int8_conversion import fixed_point_multiplier_reference
+from ptqlib.checkers.int8_conversion import _fixed_point_multiplier_reference
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -66,7 +66,7 @@ def _generator(seed: int) -> torch.Generator:
 # --- the int32 bias ----------------------------------------------------------------------------
 
 
-def int32_bias_reference(
+def _int32_bias_reference(
     bias: torch.Tensor, input_scale: float, weight_scale: torch.Tensor
 ) -> torch.Tensor:
     """``q_b = round(b / (S_x S_w))`` as int64 (float64 arithmetic): the bias in the units of
@@ -104,7 +104,7 @@ def int32_bias_cases() -> list[Case]:
         integers = torch.tensor(integers, dtype=torch.float64)
         steps = integers + fractions[: len(integers)].double()
         bias = (steps * input_scale * weight_scale.double()).float()
-        expected = int32_bias_reference(bias, input_scale, weight_scale)
+        expected = _int32_bias_reference(bias, input_scale, weight_scale)
         arguments = (
             ("bias", bias),
             ("input_scale", input_scale),
@@ -152,7 +152,7 @@ def check_int32_bias(student_fn: Callable[..., Any]) -> None:
 # --- the zero-point correction -----------------------------------------------------------------
 
 
-def zero_point_correction_reference(weight: torch.Tensor, input_zero_point: int) -> torch.Tensor:
+def _zero_point_correction_reference(weight: torch.Tensor, input_zero_point: int) -> torch.Tensor:
     """``-Z_x sum_k q_w,k`` per output row (int64): ``sum_k (q_x,k - Z_x) q_w,k`` =
     ``sum_k q_x,k q_w,k - Z_x sum_k q_w,k``, so the second term is one constant per row."""
     return -input_zero_point * weight.to(torch.int64).sum(dim=1)
@@ -184,7 +184,7 @@ def zero_point_correction_cases() -> list[Case]:
     cases = []
     for name, weight, zero_point in table:
         weight = weight.to(torch.int8)
-        expected = zero_point_correction_reference(weight, zero_point)
+        expected = _zero_point_correction_reference(weight, zero_point)
         arguments = (("weight", weight), ("input_zero_point", zero_point))
         cases.append(Case(name, arguments, expected, hint))
     return cases
@@ -217,7 +217,7 @@ def check_zero_point_correction(student_fn: Callable[..., Any]) -> None:
 # --- a whole integer layer ---------------------------------------------------------------------
 
 
-def integer_layer_reference(
+def _integer_layer_reference(
     q_x: torch.Tensor,
     q_w: torch.Tensor,
     q_b: torch.Tensor,
@@ -261,7 +261,7 @@ def integer_layer_cases() -> list[Case]:
         q_w = torch.randint(-127, 128, (5, 16), generator=generator, dtype=torch.int8)
         q_b = torch.randint(-3000, 3000, (5,), generator=generator, dtype=torch.int32)
         reals = 0.002 + 0.004 * torch.rand(5, generator=generator, dtype=torch.float64)
-        pairs = [fixed_point_multiplier_reference(float(real)) for real in reals]
+        pairs = [_fixed_point_multiplier_reference(float(real)) for real in reals]
         multiplier = torch.tensor([m0 for m0, _ in pairs], dtype=torch.int64)
         shift = torch.tensor([n for _, n in pairs], dtype=torch.int64)
         arguments = (
@@ -274,7 +274,7 @@ def integer_layer_cases() -> list[Case]:
             ("output_zero_point", output_zero_point),
             ("relu", relu),
         )
-        expected = integer_layer_reference(*(value for _, value in arguments))
+        expected = _integer_layer_reference(*(value for _, value in arguments))
         cases.append(Case(name, arguments, expected, hint))
     return cases
 
@@ -283,7 +283,7 @@ def _layer_mistakes(arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
     values = dict(arguments)
     zero_y, relu = values["output_zero_point"], values["relu"]
     lowest = zero_y if relu else INT8_MIN
-    layer = integer_layer_reference
+    layer = _integer_layer_reference
     no_zero_y = {**values, "output_zero_point": 0}
     return {
         "clamp the ReLU at 0 instead of Z_y (real 0 is the integer Z_y)": layer(**values, lowest=0),
@@ -314,7 +314,7 @@ def check_integer_layer(student_fn: Callable[..., Any]) -> None:
     ``q_x`` int8 ``[N, in]`` (activations, zero-point Z_x), ``q_w`` int8 ``[out, in]``
     (symmetric), ``q_b`` int32 ``[out]``, ``multiplier``/``shift`` the int64 ``(M0, n)`` per
     output row, ``output_zero_point`` Z_y, ``relu`` whether a ReLU is fused. ``q_y`` must be
-    the int8 ``[N, out]`` of :func:`integer_layer_reference`.
+    the int8 ``[N, out]`` of :func:`_integer_layer_reference`.
     """
     why = "the layer's output is an int8 activation: return torch.int8"
     compare = _compare_with_mistakes(torch.int8, why, _layer_mistakes)

@@ -62,7 +62,7 @@ def _compare_range(case: Case, got: Any) -> None:
 # --- Exercise: the moving-average range by hand ----------------------------------------
 
 
-def moving_average_reference(
+def _moving_average_reference(
     batches: list[torch.Tensor], averaging_constant: float
 ) -> tuple[float, float]:
     """The range of ptqlib's MovingAverageMinMaxObserver after ``batches``: the first batch
@@ -106,7 +106,7 @@ def moving_average_cases() -> list[Case]:
     cases = []
     for name, values, constant, hint in table:
         batches = [torch.tensor(batch) for batch in values]
-        expected = moving_average_reference(batches, constant)
+        expected = _moving_average_reference(batches, constant)
         arguments = (("batches", batches), ("averaging_constant", constant))
         cases.append(Case(name, arguments, expected, hint))
     return cases
@@ -125,7 +125,7 @@ def check_moving_average_range(student_fn: Callable[..., Any]) -> None:
 # --- Exercise: per-channel symmetric weight scales --------------------------------------
 
 
-def per_channel_scales_reference(weight: torch.Tensor) -> torch.Tensor:
+def _per_channel_scales_reference(weight: torch.Tensor) -> torch.Tensor:
     """One scale per output neuron (row i of ``weight [out, in]``), int8 symmetric:
     S_i = 2 max_j |W_ij| / 255 = max_j |W_ij| / 127.5 (torch.ao's symmetric convention)."""
     observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.int8, symmetric=True)
@@ -163,7 +163,7 @@ def per_channel_scale_cases() -> list[Case]:
     cases = []
     for name, rows, hint in table:
         weight = torch.tensor(rows)
-        cases.append(Case(name, (("weight", weight),), per_channel_scales_reference(weight), hint))
+        cases.append(Case(name, (("weight", weight),), _per_channel_scales_reference(weight), hint))
     return cases
 
 
@@ -257,7 +257,7 @@ def check_quantization_points(student_fn: Callable[..., Any]) -> None:
 # --- Exercise: an observer of your own, mean +- 3 standard deviations -------------------
 
 
-def three_sigma_reference(batches: list[torch.Tensor]) -> tuple[float, float]:
+def _three_sigma_reference(batches: list[torch.Tensor]) -> tuple[float, float]:
     """[max(r_min, mu - 3 sigma), min(r_max, mu + 3 sigma)] over all values of all batches,
     with sigma the population standard deviation, in float64."""
     values = torch.cat([batch.reshape(-1) for batch in batches]).double()
@@ -289,7 +289,7 @@ def three_sigma_cases() -> list[Case]:
         ),
     ]
     return [
-        Case(name, (("batches", batches),), three_sigma_reference(batches), hint)
+        Case(name, (("batches", batches),), _three_sigma_reference(batches), hint)
         for name, batches, hint in table
     ]
 
@@ -297,7 +297,7 @@ def three_sigma_cases() -> list[Case]:
 def check_three_sigma_observer(observer_class: type) -> None:
     """Check an Observer subclass: ``observer_class(dtype=torch.int8, symmetric=True)``,
     called on every batch, must return each batch unchanged and end with the range
-    ``clipping_range()`` of :func:`three_sigma_reference`."""
+    ``clipping_range()`` of :func:`_three_sigma_reference`."""
     if not isinstance(observer_class, type):
         raise TypeError(f"check_three_sigma_observer: expected your class, got {observer_class!r}")
 
