@@ -1,7 +1,8 @@
 """ptqlib: post-training quantization of a small MNIST network, from scratch.
 
 The concepts a reader learns are flat modules, in the order the notebooks use them (imports
-only go forward along this list):
+only go forward along this list; the one import of a sub-package from the core is
+``int8_checkpoint`` packing sub-8-bit weights with ``lowbit.packing``):
 
 - ``ptqlib.data``                MNIST from IDX files, torchvision's download, or offline
 - ``ptqlib.models``              SimpleNet (the MLP), SmallCNN; folding the input normalisation
