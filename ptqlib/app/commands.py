@@ -276,11 +276,15 @@ def run_bench(args: argparse.Namespace) -> int:
     if "c" in args.runtime:
         import tempfile
 
-        from ptqlib.deploy.c_runtime import c_models
+        from ptqlib.deploy.c_latency import c_builds
 
         teaching = models["int8_ptqlib_teaching"]
-        c_directory = tempfile.mkdtemp(prefix="ptqlib-c-bench-")
-        models.update(c_models(models["fp32"], teaching, c_directory))
+        builds = c_builds(models["fp32"], teaching, tempfile.mkdtemp(prefix="ptqlib-c-bench-"))
+        models.update(
+            c_fp32=builds["fp32"],
+            c_int8=builds["int8_native"],
+            c_int8_portable=builds["int8_portable"],
+        )
     rows = latency_rows(latency_table(models, tuple(args.batch_sizes), args.threads))
     machine = machine_info(args.threads)
     if args.json:

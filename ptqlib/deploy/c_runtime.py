@@ -155,17 +155,3 @@ def load_c_model(directory: str | os.PathLike, variant: str = "native") -> CMode
         raise InputError(f"checkpoint: {directory} is not a directory")
     return CModel(directory, variant)
 
-
-def c_models(fp32: nn.Module, int8_model: nn.Module, directory: str | os.PathLike) -> dict:
-    """The C rows of a latency table: the FP32 and INT8 models exported into ``directory``
-    and compiled: ``c_fp32``, ``c_int8`` (native: VNNI where present), ``c_int8_portable``."""
-    from ptqlib.deploy.c_export import export_c
-
-    directory = Path(directory)
-    fp32_dir = export_c(fp32, directory / "fp32").directory
-    int8_dir = export_c(int8_model, directory / "int8").directory
-    return {
-        "c_fp32": load_c_model(fp32_dir),
-        "c_int8": load_c_model(int8_dir, "native"),
-        "c_int8_portable": load_c_model(int8_dir, "portable"),
-    }
