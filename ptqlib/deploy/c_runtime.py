@@ -155,3 +155,17 @@ def load_c_model(directory: str | os.PathLike, variant: str = "native") -> CMode
         raise InputError(f"checkpoint: {directory} is not a directory")
     return CModel(directory, variant)
 
+
+
+def native_build_has_vnni() -> bool:
+    """Whether ``-march=native`` defines ``__AVX512VNNI__`` here: then the native build of an
+    INT8 export compiles its VNNI path (else the portable loops, e.g. on AVX2-only CPUs)."""
+    command = [find_compiler(), "-march=native", "-dM", "-E", "-x", "c", os.devnull]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    return "__AVX512VNNI__" in result.stdout and "__AVX512BW__" in result.stdout
+
+
+def compiler_version() -> str:
+    """The compiler's first ``--version`` line, e.g. ``gcc (Debian 12.2.0-14) 12.2.0``."""
+    result = subprocess.run([find_compiler(), "--version"], capture_output=True, text=True)
+    return result.stdout.splitlines()[0] if result.stdout else "unknown compiler"
