@@ -2,7 +2,9 @@
 (notebook 10 and ``benchmarks/bench_c.py``).
 
 Every contender is a whole call from Python on the same digits, from the input it needs
-(uint8 pixels for the INT8 models, normalised floats for FP32) to its logits. The calls
+(uint8 pixels for the INT8 models, normalised floats for FP32) to its logits (the C calls
+into output buffers allocated once; the C INT8 logits stay integers, their argmax is the
+class). The calls
 take turns repeat by repeat (``ptqlib.evaluation.time_interleaved``), on one thread: the C
 functions are single-threaded, so the others get the same single core.
 """
@@ -56,11 +58,14 @@ def contenders(
     }
     if ort_int8 is not None:
         calls["ONNX Runtime INT8"] = lambda: ort_int8(pixels.unsqueeze(1))
+    # The C calls write into output buffers allocated once, as an application would.
+    float_logits = torch.empty(len(pixels), builds["fp32"].outputs)
+    int8_logits = torch.empty(len(pixels), builds["int8_native"].outputs, dtype=torch.uint8)
     calls.update(
         {
-            "C FP32 (axpy loops)": lambda: builds["fp32"].run(flat_images),
-            "C INT8, portable loops": lambda: builds["int8_portable"].run(flat_pixels),
-            "C INT8, native build": lambda: builds["int8_native"].run(flat_pixels),
+            "C FP32 (axpy loops)": lambda: builds["fp32"].run(flat_images, float_logits),
+            "C INT8, portable loops": lambda: builds["int8_portable"].run(flat_pixels, int8_logits),
+            "C INT8, native build": lambda: builds["int8_native"].run(flat_pixels, int8_logits),
         }
     )
     return calls
