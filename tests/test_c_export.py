@@ -266,3 +266,17 @@ def test_requantize_checker_and_arena(setup):
     int8_arena = arena_bytes([784, 128, 64, 10], 1)
     assert int8_arena == 912 and arena_bytes([784, 128, 64, 10], 4) == 4 * int8_arena
     assert flash_bytes(setup["pixel_int8_c"]) < flash_bytes(setup["fp32_c"]) / 3.5
+
+
+def test_latency_table_times_every_contender(setup, tmp_path):
+    """The table of notebook 10 and bench_c.py: every row at every batch size (no speed
+    asserted; a few tiny rounds)."""
+    from ptqlib.deploy.c_latency import REFERENCE, c_builds, latency_markdown, latency_table
+    from ptqlib.fast.mlp import FastInt8Model
+
+    builds = c_builds(setup["baseline"], setup["pixel_int8"], tmp_path)
+    fast = FastInt8Model(setup["pixel_int8"])
+    table = latency_table(setup["baseline"], fast, builds, None, (1, 3), 3, 0.0001)
+    assert list(table) == [1, 3] and REFERENCE in table[3] and len(table[3]) == 5
+    assert all(latency.median_ms > 0 for row in table.values() for latency in row.values())
+    assert latency_markdown(table).count("\n") == 6
