@@ -280,3 +280,24 @@ def test_latency_table_times_every_contender(setup, tmp_path):
     assert list(table) == [1, 3] and REFERENCE in table[3] and len(table[3]) == 5
     assert all(latency.median_ms > 0 for row in table.values() for latency in row.values())
     assert latency_markdown(table).count("\n") == 6
+
+
+def test_int8_activations_travel_as_uint8_bit_for_bit(setup, offline_data, tmp_path):
+    """The same qparams on the int8 grid (Z - 128, -128..127): the C keeps every activation
+    as u = q + 128 and still returns ptqlib's int8 logits exactly."""
+    calibration = calibrate(
+        setup["baseline"], calibration_images(offline_data.train, 200), progress=False
+    )
+    signed = {
+        name: QParams(qparams.scale, qparams.zero_point - 128, -128, 127, torch.int8)
+        if qparams.dtype == torch.uint8 and qparams.axis is None
+        else qparams
+        for name, qparams in calibration.qparams.items()
+    }
+    model = convert(setup["baseline"], signed)
+    assert model.output_qparams.dtype == torch.int8
+    c_model = load_c_model(export_c(model, tmp_path / "signed").directory, "native")
+    pixels = offline_data.test.pixels()
+    expected = model.quantized_logits(offline_data.test.images)
+    got = c_model.quantized_logits(pixels.reshape(len(pixels), -1))
+    assert got.dtype == torch.int8 and torch.equal(got, expected)

@@ -82,10 +82,15 @@ def uint8_shift(dtype: torch.dtype) -> int:
 def int8_c_layers(model: Int8Model) -> list[Int8CLayer]:
     """The Int8Linear layers of ``model`` with their constants folded for the C (see the
     module docstring). Refuses anything else than Linear/ReLU/Flatten and the float32
-    requantization (ONNX Runtime's, which the integer C does not implement)."""
+    requantization (ONNX Runtime's, which the integer C does not implement).
+
+    Each activation between two layers gets one shift u = q + shift, 0 or 128, chosen so that
+    its integer range lands in 0..255 (128 only for a range reaching below 0, i.e. int8):
+    producer and consumer use the same one, so the sums are unchanged. The model's input and
+    output take the shift of their dtype, which the caller knows."""
     if not isinstance(model, Int8Model):
         raise InputError(f"model: expected an Int8Model, got {type(model).__name__}")
-    layers = []
+    linears = []
     for layer in model.layers:
         if isinstance(layer, nn.Flatten):
             continue  # a flat [N, 784] input is what the C reads
@@ -97,13 +102,20 @@ def int8_c_layers(model: Int8Model) -> list[Int8CLayer]:
                 f"layer {layer.name!r}: requantization {requantization!r}; the C export "
                 "implements only ptqlib's fixed point M0 2^-n (requantization='fixed_point')"
             )
-        layers.append(fold_layer(layer))
+        linears.append(layer)
+    layers, input_shift = [], uint8_shift(model.input_qparams.dtype)
+    for index, layer in enumerate(linears):
+        if index == len(linears) - 1:
+            output_shift = uint8_shift(model.output_qparams.dtype)
+        else:
+            output_shift = 128 if layer.output_range()[0] < 0 else 0
+        layers.append(fold_layer(layer, input_shift, output_shift))
+        input_shift = output_shift
     return layers
 
 
-def fold_layer(layer: Int8Linear) -> Int8CLayer:
-    input_shift = uint8_shift(layer.input_qparams.dtype)
-    output_shift = uint8_shift(layer.output_qparams.dtype)
+def fold_layer(layer: Int8Linear, input_shift: int = 0, output_shift: int = 0) -> Int8CLayer:
+    """One layer's constants for the C, with its input and output as u = q + shift."""
     weight = layer.weight.to(torch.int64)
     input_zero_point = int(layer.input_zero_point) + input_shift
     bias = layer.bias.to(torch.int64) - input_zero_point * weight.sum(dim=1)
@@ -131,8 +143,15 @@ def fold_layer(layer: Int8Linear) -> Int8CLayer:
 
 def input_lookup_table(model: Int8Model) -> torch.Tensor | None:
     """``table[p]``: the C's uint8 input u for pixel p (0..255), by ptqlib's own
-    quantize_input of the normalised pixel; None for a model that reads pixels directly."""
-    if model.takes_pixels:
+    quantize_input of the normalised pixel; None for a model that reads pixels directly
+    (input qparams S = 1, Z = 0 on uint8 0..255: the pixel is q_x)."""
+    qparams = model.input_qparams
+    if (
+        qparams.dtype == torch.uint8
+        and float(qparams.scale) == 1.0
+        and int(qparams.zero_point) == 0
+        and (qparams.quant_min, qparams.quant_max) == (0, 255)
+    ):
         return None
     pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)
     carriers = model.quantize_input(normalise(pixels).reshape(256))
