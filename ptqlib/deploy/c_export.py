@@ -11,7 +11,8 @@ and ``model.json`` (what ``ptqlib.deploy.c_runtime`` needs to call it from Pytho
     acc = sum_k (q_x,k - Z_x) q_w,k + q_b         q_y = clamp(round(M acc) + Z_y, lo, hi)
 
 The C keeps every activation as uint8 ``u`` (0..255): a uint8 activation is its own ``u``,
-an int8 one travels as ``u = q + 128`` (its zero-point and clamp move by 128 too). Then
+one with negative integers (int8) travels as ``u = q + 128`` (its zero-point and clamp move
+by 128 too). Then
 ``sum_k (u_k - Z_u) q_w,k = sum_k u_k q_w,k - Z_u sum_k q_w,k``: the second term is one
 integer per output channel, folded into the bias, ``bias = q_b - Z_u sum_k q_w,k``. What is
 left, ``sum_k u_k q_w,k``, is exactly what AVX-512 VNNI's ``vpdpbusd`` computes (uint8 x
