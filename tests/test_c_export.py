@@ -301,3 +301,15 @@ def test_int8_activations_travel_as_uint8_bit_for_bit(setup, offline_data, tmp_p
     expected = model.quantized_logits(offline_data.test.images)
     got = c_model.quantized_logits(pixels.reshape(len(pixels), -1))
     assert got.dtype == torch.int8 and torch.equal(got, expected)
+
+
+@pytest.mark.slow
+def test_bench_adds_c_rows(setup):
+    result = run_cli(
+        "bench", "--runtime", "c", "--batch-sizes", "1", "--calib", "100",
+        "--observer", "minmax", "--threads", "1", "--data-dir", str(setup["data"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names[-3:] == ["c_fp32", "c_int8", "c_int8_portable"]
