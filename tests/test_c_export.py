@@ -4,6 +4,7 @@ directory). Without a C compiler these tests skip locally and fail in CI (CI=tru
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -85,11 +86,13 @@ def stress_batches():
         yield torch.randint(0, 256, (size, 784), dtype=torch.uint8, generator=generator)
 
 
-@pytest.mark.parametrize("variant", ["native", "portable"])
+@pytest.mark.parametrize("variant", ["native", "portable", "avx2"])
 @pytest.mark.parametrize("which", ["int8", "pixel_int8"])
 def test_c_integers_equal_ptqlib_bit_for_bit(setup, offline_data, variant, which):
     """Every logit integer equals Int8Model.quantized_logits: the whole test split (at batch
     1, 2, 63, 1024) and stress images (all 0, all 255, random)."""
+    if variant == "avx2" and platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("-march=x86-64-v3 is an x86 target")
     model = load_int8(setup["int8"])[0] if which == "int8" else setup["pixel_int8"]
     c_model = load_c_model(setup[f"{which}_c"], variant)
     test = offline_data.test

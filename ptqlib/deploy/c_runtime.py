@@ -6,9 +6,10 @@ hash of the source and the flags, so a second build costs nothing. :class:`CMode
 with ``ctypes`` and passes the data pointers of contiguous tensors straight to
 ``<prefix>_forward``: no copy, no framework in between.
 
-Two builds of the same INT8 file: ``"native"`` (``-march=native``: the AVX-512 VNNI
-intrinsics where the CPU has them) and ``"portable"`` (the same flags with
-``__AVX512VNNI__`` undefined: the plain loops, which gcc still vectorizes for this CPU).
+Builds of the same INT8 file: ``"native"`` (``-march=native``: the AVX-512 VNNI
+intrinsics where the CPU has them), ``"portable"`` (the same flags with ``__AVX512VNNI__``
+undefined: the plain loops, which gcc still vectorizes for this CPU) and ``"avx2"``
+(``-march=x86-64-v3``: the code an AVX2-only CPU gets; x86 only).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -30,9 +32,25 @@ from ptqlib.errors import InputError
 VARIANTS = {
     "native": ("-mprefer-vector-width=512",),
     "portable": ("-mprefer-vector-width=512", "-U__AVX512VNNI__"),
+    # What an AVX2-only CPU compiles (x86-64-v3 replaces -march=native): the portable loops.
+    # It runs on any newer x86 CPU too, so its integers can be checked here.
+    "avx2": ("-march=x86-64-v3",),
 }
+# The x86-only flags: elsewhere (ARM...) a build keeps -march=native and the portable loops.
+X86_ONLY = ("-mprefer-vector-width=512", "-march=x86-64-v3")
 LIBRARY_FLAGS = ("-shared", "-fPIC")
 COMPILE_TIMEOUT_SECONDS = 120
+
+
+def variant_flags(variant: str) -> list[str]:
+    """The compiler flags of a build ``variant`` on this machine."""
+    if variant not in VARIANTS:
+        raise InputError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return list(VARIANTS[variant])
+    if variant == "avx2":
+        raise InputError(f"variant: 'avx2' builds for x86, this is {platform.machine()}")
+    return [flag for flag in VARIANTS[variant] if flag not in X86_ONLY]
 
 
 def find_compiler() -> str:
@@ -53,15 +71,13 @@ def cache_directory() -> Path:
 
 def compile_library(directory: str | os.PathLike, variant: str = "native") -> Path:
     """The shared library of the exported C in ``directory`` (checked by its digest),
-    compiled with the flags of ``variant`` ("native" or "portable"), from the cache if built
+    compiled with the flags of ``variant`` (one of VARIANTS), from the cache if built
     before. A compiler error is an InputError carrying the compiler's first lines."""
-    if variant not in VARIANTS:
-        raise InputError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    flags = [*BUILD_FLAGS, *variant_flags(variant), *LIBRARY_FLAGS]
     directory = Path(directory)
     manifest = verify_directory(directory)
     compiler = find_compiler()
     source = directory / f"{manifest['prefix']}.c"
-    flags = [*BUILD_FLAGS, *VARIANTS[variant], *LIBRARY_FLAGS]
     recipe = "\0".join([compiler, *flags, manifest["digest"]])
     key = hashlib.sha256(recipe.encode()).hexdigest()[:24]
     library = cache_directory() / f"{manifest['prefix']}-{variant}-{key}.so"
@@ -154,7 +170,6 @@ def load_c_model(directory: str | os.PathLike, variant: str = "native") -> CMode
     if not Path(directory).is_dir():
         raise InputError(f"checkpoint: {directory} is not a directory")
     return CModel(directory, variant)
-
 
 
 def native_build_has_vnni() -> bool:
