@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write an INT8 (or FP32) checkpoint as an ONNX model (QDQ graph)"
     )
     export.add_argument("--checkpoint", required=True, help="an INT8 or FP32 ptqlib checkpoint")
-    export.add_argument("--out", required=True, help="where to write the .onnx file")
+    export.add_argument(
+        "--out", required=True, help="where to write the .onnx file (with --format c: a directory)"
+    )
     export.add_argument(
         "--format",
         choices=["onnx", "c"],

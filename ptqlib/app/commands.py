@@ -279,7 +279,9 @@ def run_bench(args: argparse.Namespace) -> int:
         from ptqlib.deploy.c_latency import c_builds
 
         teaching = models["int8_ptqlib_teaching"]
-        builds = c_builds(models["fp32"], teaching, tempfile.mkdtemp(prefix="ptqlib-c-bench-"))
+        # The compiled libraries live in the compile cache: the C sources can go afterwards.
+        with tempfile.TemporaryDirectory(prefix="ptqlib-c-bench-") as directory:
+            builds = c_builds(models["fp32"], teaching, directory)
         models.update(
             c_fp32=builds["fp32"],
             c_int8=builds["int8_native"],
