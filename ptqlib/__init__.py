@@ -27,7 +27,8 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.fast``                the same integers, fast (``mlp``, ``cnn``, ``profiling``)
 - ``ptqlib.lowbit``              2-8 bits (``packing``, ``rounding``, ``weights``, ``diagnose``,
   ``qat``)
-- ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer
+- ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer;
+  the model as one C file (``c_export``, ``c_runtime``; notebook 10)
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
 - ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
 - ``ptqlib.app``                 the command line (``cli``, ``commands``), pipeline, quantize

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         required=True,
         help="a checkpoint written by ptqlib, or a .onnx file written by export (run in ONNX "
-        "Runtime)",
+        "Runtime), or a directory written by export --format c (compiled and run as C)",
     )
     add_data_option(evaluate)
     evaluate.add_argument(
@@ -215,7 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write an INT8 (or FP32) checkpoint as an ONNX model (QDQ graph)"
     )
     export.add_argument("--checkpoint", required=True, help="an INT8 or FP32 ptqlib checkpoint")
-    export.add_argument("--out", required=True, help="where to write the .onnx file")
+    export.add_argument(
+        "--out", required=True, help="where to write the .onnx file (with --format c: a directory)"
+    )
+    export.add_argument(
+        "--format",
+        choices=["onnx", "c"],
+        default="onnx",
+        help="onnx (default) or c: a dependency-free C99 header + source, main.c and BUILD "
+        "written into the directory --out (notebook 10)",
+    )
     export.set_defaults(handler=commands.run_export)
 
     bench = subcommands.add_parser(
@@ -238,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--runtime",
         nargs="+",
-        choices=["onnxruntime", "pt2e"],
+        choices=["onnxruntime", "pt2e", "c"],
         default=[],
-        help="also time the models in ONNX Runtime (FP32 and INT8) and/or torchao's PT2E "
-        "INT8 compiled by torch.compile",
+        help="also time the models in ONNX Runtime (FP32 and INT8), torchao's PT2E "
+        "INT8 compiled by torch.compile and/or exported as C (compiled with the system C "
+        "compiler, called through ctypes)",
     )
     bench.set_defaults(handler=commands.run_bench)
     return parser

@@ -43,6 +43,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ptqlib.evaluation import accuracy
     from ptqlib.int8_checkpoint import load_model
 
+    if Path(args.checkpoint).is_dir():
+        return run_evaluate_c(args)
     is_onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
     if is_onnx:
         from ptqlib.deploy.onnx_runtime import load_onnx_model
@@ -71,6 +73,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(
             f"loaded an {kind.upper()} {what} ({result['size_bytes']:,} bytes): test accuracy "
             f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
+        )
+    return 0
+
+
+def run_evaluate_c(args: argparse.Namespace) -> int:
+    """``evaluate --checkpoint DIR``: a directory written by ``export --format c``, checked
+    (its digest), compiled and run through ctypes; the same report as for a checkpoint."""
+    from ptqlib.deploy.c_runtime import load_c_model
+    from ptqlib.evaluation import accuracy
+
+    model = load_c_model(args.checkpoint)
+    data = load_mnist(args.data_dir, splits=("test",), verbose=False)
+    print(data.describe(), file=sys.stderr if args.json else sys.stdout)
+    files = [path for path in Path(args.checkpoint).iterdir() if path.is_file()]
+    result = {
+        "checkpoint": args.checkpoint,
+        "kind": model.kind,
+        "accuracy": round(accuracy(model, data.test), 6),
+        "n_test": len(data.test),
+        "data_source": data.source,
+        "size_bytes": sum(path.stat().st_size for path in files),
+        "runtime": "c",
+        "weight_bits": model.manifest["weight_bits"],
+        "activation_bits": model.manifest["activation_bits"],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"loaded an {model.kind.upper()} C model ({model.manifest['prefix']}.c, compiled "
+            f"with {model.variant} flags): test accuracy {result['accuracy']:.2%} on "
+            f"{result['n_test']:,} digits"
         )
     return 0
 
@@ -167,11 +201,26 @@ def run_export(args: argparse.Namespace) -> int:
     from ptqlib.int8_checkpoint import load_model
 
     model, kind, _ = load_model(args.checkpoint)
+    if getattr(args, "format", "onnx") == "c":
+        return export_as_c(model, args.out)
     onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
     path = save_onnx(onnx_model, args.out)
     print(
         f"wrote {path}: the {kind.upper()} model as ONNX (opset {OPSET}, "
         f"{path.stat().st_size:,} bytes); the ONNX checker passed"
+    )
+    return 0
+
+
+def export_as_c(model, out: str) -> int:
+    """``export --format c``: the loaded model as C99 in the directory ``out``."""
+    from ptqlib.deploy.c_export import export_c
+
+    exported = export_c(model, out)
+    print(
+        f"wrote {exported.directory}: {exported.prefix}.h, {exported.prefix}.c, main.c, "
+        f"BUILD, model.json (the {exported.kind.upper()} model as C99)\n"
+        f"build the program with: cd {exported.directory} && {exported.build}"
     )
     return 0
 
@@ -226,6 +275,20 @@ def run_bench(args: argparse.Namespace) -> int:
 
         images = calibration_images(data.train, args.calib)
         models["int8_pt2e"] = pt2e_compiled_model(models["fp32"], images).model
+    if "c" in args.runtime:
+        import tempfile
+
+        from ptqlib.deploy.c_latency import c_builds
+
+        teaching = models["int8_ptqlib_teaching"]
+        # The compiled libraries live in the compile cache: the C sources can go afterwards.
+        with tempfile.TemporaryDirectory(prefix="ptqlib-c-bench-") as directory:
+            builds = c_builds(models["fp32"], teaching, directory)
+        models.update(
+            c_fp32=builds["fp32"],
+            c_int8=builds["int8_native"],
+            c_int8_portable=builds["int8_portable"],
+        )
     rows = latency_rows(latency_table(models, tuple(args.batch_sizes), args.threads))
     machine = machine_info(args.threads)
     if args.json:
