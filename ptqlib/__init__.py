@@ -12,11 +12,10 @@ only go forward along this list):
 - ``ptqlib.batchnorm``           folding BatchNorm into the conv or linear before it
 - ``ptqlib.fusion``              which modules run as one integer step; the quantization points
 - ``ptqlib.calibration``         observers on exactly those points
-- ``ptqlib.integer_arithmetic``  fixed-point multiplier, rounding shift, requantize, int32 bias
+- ``ptqlib.integer_arithmetic``  requantization (fixed point, float32), int32 bias, the GEMM
 - ``ptqlib.plan``                each fused step with its input, weight and output qparams
-- ``ptqlib.int8_layers``         the integer Linear, Conv2d and max-pool
-- ``ptqlib.int8_model``          the INT8 model and ``convert``
-- ``ptqlib.int8_cnn``            the CNN's conversion and float simulation
+- ``ptqlib.int8_layers``         the integer Linear, Conv2d (plain, depthwise) and pools
+- ``ptqlib.int8_model``          the INT8 model and ``convert`` (the MLP's and the CNN's)
 - ``ptqlib.fake_quant``          the quantized model simulated in float
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
 - ``ptqlib.evaluation``          accuracy, agreement, McNemar's test and latency

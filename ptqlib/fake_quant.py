@@ -19,14 +19,14 @@ from torch import nn
 from torch.nn import functional
 
 from ptqlib.integer_arithmetic import quantize_bias
-from ptqlib.plan import ConvStep, LinearStep, bias_of, plan_conversion
+from ptqlib.plan import Step, WeightedStep, bias_of, plan_conversion
 from ptqlib.quantization import QParams, dequantize
 from ptqlib.quantization import quantize as quantize_tensor
 
 
-def _dequantized_weight(step: ConvStep | LinearStep) -> tuple[torch.Tensor, torch.Tensor]:
+def _dequantized_weight(step: WeightedStep) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight as the integers represent it and the real bias S_x S_w q_b, in float64."""
-    layer = step.conv if isinstance(step, ConvStep) else step.linear
+    layer = step.layer
     weight_q = quantize_tensor(layer.weight.detach(), step.weight_qparams)
     weight = dequantize(weight_q, step.weight_qparams).double()
     bias_q = quantize_bias(bias_of(layer), step.input_qparams.scale, step.weight_qparams.scale)
@@ -38,14 +38,15 @@ class FakeQuantModel(nn.Module):
     """The same quantized network simulated in float64: quantize and dequantize at every
     quantization point (input, weights, bias, each fused step's output), everything else real
     arithmetic with the real multiplier S_x S_w / S_y (a convolution pads with the real 0, as
-    the float model does; a max-pool runs on the real values). It needs no integer tricks at
-    all, so it is an independent check of :class:`~ptqlib.int8_model.Int8Model` (the MLP's
-    steps, from ``plan_conversion``, or the CNN's, from ``ptqlib.int8_cnn.plan_cnn``)."""
+    the float model does; a max-pool runs on the real values; a global average pool takes the
+    real mean and rounds it back to its input's grid, ties upwards as the integer pool does).
+    It needs no integer tricks at all, so it is an independent check of
+    :class:`~ptqlib.int8_model.Int8Model`; both are built from ``plan_conversion``'s steps."""
 
-    def __init__(self, steps: list[ConvStep | LinearStep | nn.MaxPool2d | nn.Flatten]) -> None:
+    def __init__(self, steps: list[Step]) -> None:
         super().__init__()
         self.steps = steps
-        layers = [s for s in steps if isinstance(s, (ConvStep, LinearStep))]
+        layers = [s for s in steps if isinstance(s, WeightedStep)]
         self.input_qparams, self.output_qparams = layers[0].input_qparams, layers[-1].output_qparams
 
     @torch.no_grad()
@@ -62,9 +63,14 @@ class FakeQuantModel(nn.Module):
                 y = functional.max_pool2d(x, step.kernel_size, step.stride)
                 q = torch.round(y / qparams.scale.double()).long() + qparams.zero_point
                 continue
+            if isinstance(step, nn.AdaptiveAvgPool2d):  # real mean, back to the grid, ties up
+                y = x.mean(dim=(2, 3), keepdim=True)
+                q = torch.floor(y / qparams.scale.double() + 0.5).long() + qparams.zero_point
+                continue
             weight, bias = _dequantized_weight(step)
-            if isinstance(step, ConvStep):
-                y = functional.conv2d(x, weight, bias, step.conv.stride, step.conv.padding)
+            if step.is_conv:
+                conv = step.layer
+                y = functional.conv2d(x, weight, bias, conv.stride, conv.padding, 1, conv.groups)
             else:
                 y = x @ weight.T + bias
             if step.relu_name is not None:

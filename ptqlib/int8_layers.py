@@ -1,5 +1,5 @@
-"""The integer layers: a Linear and a Conv2d (each with its fused ReLU) and a max-pool that
-compute on integers only.
+"""The integer layers: a Linear and a Conv2d (each with its fused ReLU), a max-pool and a
+global average pool, computing on integers only.
 
 Every integer step computes, exactly as notebook 04 writes it (the math is in
 ``ptqlib.integer_arithmetic``)::
@@ -13,15 +13,17 @@ Every integer step computes, exactly as notebook 04 writes it (the math is in
 - activations: uint8 or int8, affine, with the qparams from calibration. A fused ReLU is
   the lower clamp ``lo = Z_y`` (the integer of real 0).
 
-``requantization="float32"`` swaps the last step for ONNX Runtime's (a float32 multiplier,
-rounding half to even): the same model then computes ORT's integers exactly
-(``ptqlib.deploy.ort_arithmetic``, notebook 08).
+How the last line is computed is a property of each step, its ``requantization``
+(:class:`~ptqlib.integer_arithmetic.Requantization`): ptqlib's fixed point M0 2^-n (the
+default) or ONNX Runtime's float32 multiplier rounding half to even, with which the same
+model computes ORT's integers exactly (notebook 08).
 
 **Carriers.** ``torch._int_mm`` multiplies int8 by int8. A uint8 activation q (0..255)
 therefore travels between layers as the int8 value ``c = q - 128`` (its *carrier*); an int8
 activation is its own carrier. Since ``q - Z_x = c - (Z_x - 128)``, the sum splits into
-``sum_k c_k q_w,k`` (the int8 GEMM) and ``(128 - Z_x) sum_k q_w,k``, the *zero-point
-correction*, one integer per output channel.
+``sum_k c_k q_w,k`` (the int8 GEMM, ``integer_arithmetic.int8_matmul``) and
+``(128 - Z_x) sum_k q_w,k``, the *carrier correction* (``carrier_correction()``), one
+integer per output channel.
 
 Every number a layer computes with is in its buffers (int8 weight, int32 bias, scales,
 zero-points, M0 and n) or derived from them at each call. ``load_state_dict``, ``.to()``
@@ -33,15 +35,17 @@ integers quickly.
 dot product of filter o (C x kh x kw weights) with the input patch under it. Cut every patch
 out of the (padded) input as one row of length K = C kh kw (*im2col*, ``Tensor.unfold``) and
 reshape the filters to ``[O, K]``: the convolution is ``patches @ filters^T``, one int8 GEMM
-(``torch._int_mm``) of ``[N OH OW, K] x [K, O]``. Every row is a Linear's input, so the
-integer math is that of ``ptqlib.int8_model`` unchanged::
+(``int8_matmul``) of ``[N OH OW, K] x [K, O]``. A *depthwise* convolution (``groups`` = C =
+O, weight ``[C, 1, kh, kw]``) filters every channel on its own: no single GEMM, but one
+``kh kw``-long dot product per pixel and channel (``int8_channelwise_dot``), in int32.
+Every row is a Linear's input, so the integer math is that of ``ptqlib.int8_model``::
 
     acc = sum_k (q_x,k - Z_x) q_w,k + q_b                 int32, per output pixel and channel
     q_y = clamp(round(M acc) + Z_y, lo, hi),  M = S_x S_w / S_y ~= M0 2^-n   (per channel)
 
 with int8 symmetric weights (one scale per output channel), an int32 bias of scale S_x S_w,
 the same carriers (a uint8 activation travels as the int8 ``q - 128``) and the same
-zero-point correction ``(128 - Z_x) sum_k q_w,k`` per channel.
+carrier correction ``(128 - Z_x) sum_k q_w,k`` per channel.
 
 **Padding with the zero-point.** A float conv pads with the *real* 0. Its integer is Z_x,
 not 0: a padded pixel must hold Z_x (carrier ``Z_x - 128``), so that ``q_x - Z_x = 0``
@@ -53,6 +57,15 @@ makes the zero-point correction the same for every output pixel, border or not.
 increasing, so the largest integer of a window is the integer of the largest real value:
 ``max(r) = S (max(q) - Z)``. The pool runs on the integers directly, and its output keeps
 its input's qparams (it only picks existing values). Carriers ``q - 128`` keep the order too.
+
+**Global average pool on integers.** The mean of a channel's H W values is
+``S (sum(q) / (H W) - Z)``: exact in integers up to the division. Its output keeps the
+input's qparams, so it is rounded back to that grid, ``round(sum(q) / (H W))``, to nearest
+with ties upwards (``floor((2 sum + H W) / (2 H W))``). That rounding is a real
+quantization error (at most S / 2, like any other), not an identity like the max-pool's;
+the float simulation (``ptqlib.fake_quant``) rounds the same way, and torch.ao's quantized
+average pool agrees within one step. On carriers ``c = q - 128`` it is the same formula,
+since the offset is an integer.
 """
 
 from __future__ import annotations
@@ -61,36 +74,26 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from ptqlib.deploy.ort_arithmetic import float32_multiplier, requantize_float32
 from ptqlib.errors import InputError
 from ptqlib.integer_arithmetic import (
+    Requantization,
     carrier_offset,
     check_accumulator_fits,
     fixed_point_multiplier,
+    float32_multiplier,
+    int8_channelwise_dot,
     int8_matmul,
+    requantization_mode,
     requantize,
+    requantize_float32,
+    zero_point_correction,
 )
 from ptqlib.quantization import QParams
 
 DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}
-# How a layer turns its int32 accumulator into the next 8-bit activation: ptqlib's integer
-# M0 2^-n (the default), or ONNX Runtime's float32 multiplier (``ptqlib.deploy.ort_arithmetic``).
-REQUANTIZATION_MODES = ("fixed_point", "float32")
 
 
-def check_requantization(requantization: object) -> str:
-    """``requantization`` if it names a mode of REQUANTIZATION_MODES, else a ValueError."""
-    if requantization not in REQUANTIZATION_MODES:
-        raise InputError(
-            f"requantization: expected one of {', '.join(REQUANTIZATION_MODES)}, "
-            f"got {requantization!r}"
-        )
-    return requantization
-
-# --- the integer modules -----------------------------------------------------------------------
-
-
-def _activation_qparams_from(
+def activation_qparams_from(
     scale: torch.Tensor, zero_point: torch.Tensor, like: QParams
 ) -> QParams:
     """QParams with the stored scale and zero-point and the fixed range and dtype of ``like``."""
@@ -98,15 +101,16 @@ def _activation_qparams_from(
 
 
 class Int8Step(nn.Module):
-    """What every integer layer (a Linear here, a Conv2d in ``ptqlib.int8_conv``) stores and
-    derives: one fused step of the plan, int8 carriers in, int8 carriers out.
+    """What every integer layer (Int8Linear, Int8Conv2d) stores and derives: one fused step
+    of the plan, int8 carriers in, int8 carriers out.
 
     State (buffers): ``weight`` (int8, output channels first), ``bias`` (int32, scale
     S_x S_w), ``weight_scale`` (float32, per output channel or one value; zero-point 0),
     ``input_scale``/``input_zero_point``, ``output_scale``/``output_zero_point``, and the
     integer multiplier ``multiplier``/``shift`` (M0, n per output channel) derived from the
-    scales at construction. Fixed at construction: the activations' dtypes and integer
-    ranges, and whether a ReLU is fused.
+    scales at construction; with float32 requantization also ``float32_multiplier``
+    (ORT's M_f32 per channel). Fixed at construction: the activations' dtypes and integer
+    ranges, whether a ReLU is fused, and the ``requantization``.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Int8Step(nn.Module):
         output_qparams: QParams,
         relu: bool,
         name: str,
+        requantization: Requantization | str = Requantization.FIXED_POINT,
     ) -> None:
         super().__init__()
         if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
@@ -127,6 +132,7 @@ class Int8Step(nn.Module):
             )
         self.name = name
         self.relu = relu
+        self.requantization = requantization_mode(requantization)
         self.register_buffer("weight", weight.to(torch.int8).contiguous())
         self.register_buffer("bias", bias.to(torch.int32).contiguous())
         self.register_buffer("weight_scale", weight_qparams.scale.to(torch.float32))
@@ -145,18 +151,22 @@ class Int8Step(nn.Module):
         multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
+        if self.requantization == Requantization.FLOAT32:
+            scales = (self.input_scale, self.weight_scale, self.output_scale)
+            multiplier_f32 = float32_multiplier(*scales).expand(len(self.weight))
+            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
         check_accumulator_fits(
-            self.name, self.weight_matrix(), self.bias, self.zero_point_correction()
+            self.name, self.weight_matrix(), self.bias, self.carrier_correction()
         )
 
     # The qparams, always built from the buffers (the state), never cached.
     @property
     def input_qparams(self) -> QParams:
-        return _activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
+        return activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
 
     @property
     def output_qparams(self) -> QParams:
-        return _activation_qparams_from(
+        return activation_qparams_from(
             self.output_scale, self.output_zero_point, self._output_like
         )
 
@@ -166,15 +176,24 @@ class Int8Step(nn.Module):
         zero_point = torch.zeros(self.weight_scale.shape, dtype=torch.int64)
         return QParams(self.weight_scale, zero_point, *self.weight_range, torch.int8, axis=axis)
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return self._input_like.dtype
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        return self._output_like.dtype
+
     def weight_matrix(self) -> torch.Tensor:
         """The weights as rows ``[out, K]``, one row per output channel."""
         return self.weight.reshape(len(self.weight), -1)
 
-    def zero_point_correction(self) -> torch.Tensor:
+    def carrier_correction(self) -> torch.Tensor:
         """``(offset - Z_x) sum_k q_w,k`` per output channel (int32): what the int8 carriers
-        leave out of ``sum_k (q_x,k - Z_x) q_w,k`` (see the module docstring)."""
-        offset = carrier_offset(self._input_like.dtype) - int(self.input_zero_point)
-        return (offset * self.weight_matrix().to(torch.int32).sum(dim=1)).to(torch.int32)
+        ``c = q - offset`` leave out of ``sum_k (q_x,k - Z_x) q_w,k``. It is the
+        zero-point correction ``-Z sum_k q_w,k`` taken at ``Z = Z_x - offset``."""
+        carried_zero_point = int(self.input_zero_point) - carrier_offset(self.input_dtype)
+        return zero_point_correction(self.weight_matrix(), carried_zero_point)
 
     def output_range(self) -> tuple[int, int]:
         """The clamp ``(lo, hi)`` of the output's integers; a fused ReLU raises lo to Z_y."""
@@ -183,13 +202,33 @@ class Int8Step(nn.Module):
             lowest = max(lowest, int(self.output_zero_point))
         return lowest, highest
 
+    def requantize(self, accumulator: torch.Tensor) -> torch.Tensor:
+        """int32 accumulators ``[..., out]`` (one column per output channel) to the output's
+        int8 carriers: ``q_y = clamp(round(M acc) + Z_y, lo, hi)`` the way this step's
+        ``requantization`` rounds (the ReLU is lo = Z_y), then ``q_y - offset``."""
+        lowest, highest = self.output_range()
+        zero_point = int(self.output_zero_point)
+        if self.requantization == Requantization.FLOAT32:
+            # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
+            output = requantize_float32(
+                accumulator, self.float32_multiplier, zero_point, lowest, highest
+            )
+        else:  # M ~= M0 2^-n in integers
+            output = requantize(
+                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
+            )
+        return (output - carrier_offset(self.output_dtype)).to(torch.int8)
+
+    def _describe(self) -> str:
+        granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
+        relu = ", relu" if self.relu else ""
+        mode = ", float32 requantization" if self.requantization == "float32" else ""
+        return f"int8 weights {granularity}, output {DTYPE_NAMES[self.output_dtype]}{relu}{mode}"
+
 
 class Int8Linear(Int8Step):
     """A Linear (and its fused ReLU) on integers: int8 carriers ``[N, in]`` in, ``[N, out]``
-    out. The state is :class:`Int8Step`'s; the ``requantization`` is fixed at construction:
-    ``"fixed_point"`` (M0 2^-n, the default) or ``"float32"`` (ONNX Runtime's way, with the
-    buffer ``float32_multiplier``; see ``ptqlib.deploy.ort_arithmetic``).
-    """
+    out. The state is :class:`Int8Step`'s; its weight already is the matrix ``[out, in]``."""
 
     def __init__(
         self,
@@ -200,15 +239,14 @@ class Int8Linear(Int8Step):
         output_qparams: QParams,
         relu: bool,
         name: str = "linear",
-        requantization: str = "fixed_point",
+        requantization: Requantization | str = Requantization.FIXED_POINT,
     ) -> None:
-        super().__init__(weight, bias, weight_qparams, input_qparams, output_qparams, relu, name)
-        self.requantization = check_requantization(requantization)
+        if weight.dim() != 2:
+            raise InputError(f"layer {name!r}: weight must be [out, in], got {tuple(weight.shape)}")
+        super().__init__(
+            weight, bias, weight_qparams, input_qparams, output_qparams, relu, name, requantization
+        )
         self.out_features, self.in_features = self.weight.shape
-        if self.requantization == "float32":
-            scales = (self.input_scale, self.weight_scale, self.output_scale)
-            multiplier_f32 = float32_multiplier(*scales).expand(self.out_features)
-            self.register_buffer("float32_multiplier", multiplier_f32.contiguous())
 
     def weight_matrix(self) -> torch.Tensor:
         """A Linear's weight already is the matrix ``[out, in]``."""
@@ -221,32 +259,15 @@ class Int8Linear(Int8Step):
                 f"layer {self.name!r}: expected input [N, {self.in_features}] of int8 "
                 f"carriers, got {x.dtype} {tuple(x.shape)}"
             )
-        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the zero-point correction and
+        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the carrier correction and
         # the int32 bias, all int32.
         accumulator = int8_matmul(x, self.weight.t())
-        accumulator = accumulator + self.zero_point_correction() + self.bias
-        # q_y = clamp(round(M acc) + Z_y, lo, hi), with M ~= M0 2^-n; the ReLU is lo = Z_y.
-        lowest, highest = self.output_range()
-        zero_point = int(self.output_zero_point)
-        if self.requantization == "float32":
-            # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
-            output = requantize_float32(
-                accumulator, self.float32_multiplier, zero_point, lowest, highest
-            )
-        else:
-            output = requantize(
-                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
-            )
-        return (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
+        accumulator = accumulator + self.carrier_correction() + self.bias
+        # q_y = clamp(round(M acc) + Z_y, lo, hi), as int8 carriers.
+        return self.requantize(accumulator)
 
     def extra_repr(self) -> str:
-        granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
-        relu = ", relu" if self.relu else ""
-        mode = ", float32 requantization" if self.requantization == "float32" else ""
-        return (
-            f"{self.in_features} -> {self.out_features}, int8 weights {granularity}, "
-            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}{mode}"
-        )
+        return f"{self.in_features} -> {self.out_features}, {self._describe()}"
 
 
 def patches(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
@@ -260,13 +281,27 @@ def patches(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, in
     return rows.reshape(batch * out_h * out_w, channels * kernel_h * kernel_w)
 
 
+def conv_accumulators(rows: torch.Tensor, conv: Int8Conv2d) -> torch.Tensor:
+    """int32 accumulators ``[M, O]`` of ``conv`` for its patches ``rows [M, C kh kw]``
+    (int8 carriers, columns in (C, kh, kw) order), carrier correction and bias included:
+    one int8 GEMM, or per-channel dot products for a depthwise convolution."""
+    if conv.depthwise:
+        by_channel = rows.reshape(len(rows), conv.in_channels, -1)  # M, C, kh kw
+        accumulator = int8_channelwise_dot(by_channel, conv.weight_matrix())
+    else:
+        accumulator = int8_matmul(rows, conv.weight_matrix().t())
+    # Add the per-channel constants together first: one pass over the large accumulator.
+    return accumulator + (conv.carrier_correction() + conv.bias)
+
+
 class Int8Conv2d(Int8Step):
     """A Conv2d (BatchNorm folded, ReLU fused) on integers: int8 carriers ``[N, C, H, W]`` in,
-        int8 carriers ``[N, O, OH, OW]`` out.
+    int8 carriers ``[N, O, OH, OW]`` out.
 
-        The state is :class:`~ptqlib.int8_model.Int8Step`'s, the same as an Int8Linear's, with
-        ``weight`` as ``[O, C, kh, kw]``: its ``weight_matrix()`` rows ``[O, C kh kw]`` are in the
-    order of :func:`patches`' columns. Fixed at construction besides: stride and padding.
+    The state is :class:`Int8Step`'s, with ``weight`` as ``[O, C / groups, kh, kw]``: its
+    ``weight_matrix()`` rows ``[O, C kh kw]`` are in the order of :func:`patches`' columns
+    (``[C, kh kw]`` for a depthwise conv). Fixed at construction besides: stride, padding and
+    ``groups`` (1, or C = O for a depthwise convolution).
     """
 
     def __init__(
@@ -280,19 +315,36 @@ class Int8Conv2d(Int8Step):
         stride: tuple[int, int] = (1, 1),
         padding: tuple[int, int] = (0, 0),
         name: str = "conv",
+        requantization: Requantization | str = Requantization.FIXED_POINT,
+        groups: int = 1,
     ) -> None:
         if weight.dim() != 4:
             raise InputError(
                 f"layer {name!r}: weight must be [O, C, kh, kw], got {tuple(weight.shape)}"
             )
-        super().__init__(weight, bias, weight_qparams, input_qparams, output_qparams, relu, name)
+        if not isinstance(groups, int) or not (
+            groups == 1 or (weight.shape[1] == 1 and groups == weight.shape[0] > 1)
+        ):
+            raise InputError(
+                f"layer {name!r}: groups={groups!r} with weight {tuple(weight.shape)}; expected "
+                "1, or a depthwise conv (groups == channels, weight [C, 1, kh, kw])"
+            )
+        super().__init__(
+            weight, bias, weight_qparams, input_qparams, output_qparams, relu, name, requantization
+        )
         self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
-        self.out_channels, self.in_channels = self.weight.shape[:2]
+        self.groups = groups
+        self.out_channels = self.weight.shape[0]
+        self.in_channels = self.weight.shape[1] * groups
         self.kernel_size = tuple(self.weight.shape[2:])
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1
 
     def padding_carrier(self) -> int:
         """What padded pixels hold: the carrier of the real 0, ``Z_x - offset``."""
-        return int(self.input_zero_point) - carrier_offset(self._input_like.dtype)
+        return int(self.input_zero_point) - carrier_offset(self.input_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:
@@ -305,28 +357,37 @@ class Int8Conv2d(Int8Step):
         padded = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=self.padding_carrier())
         out_h = (padded.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
         out_w = (padded.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
-        rows = patches(padded, self.kernel_size, self.stride)
-        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b for every output pixel: the int8 GEMM, the
-        # zero-point correction and the int32 bias; then requantize per channel (columns).
-        accumulator = torch._int_mm(rows, self.weight_matrix().t())
-        # Add the per-channel constants together first: one pass over the large accumulator.
-        accumulator = accumulator + (self.zero_point_correction() + self.bias)
-        lowest, highest = self.output_range()
-        output = requantize(
-            accumulator, self.multiplier, self.shift, int(self.output_zero_point), lowest, highest
-        )
-        carriers = (output - carrier_offset(self._output_like.dtype)).to(torch.int8)
+        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b for every output pixel and channel (columns),
+        # then requantize per channel.
+        accumulator = conv_accumulators(patches(padded, self.kernel_size, self.stride), self)
+        carriers = self.requantize(accumulator)
         # rows are (image, row, column); channels last -> [N, O, OH, OW]
         return carriers.reshape(x.shape[0], out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
-        granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
-        relu = ", relu" if self.relu else ""
+        kind = "depthwise, " if self.depthwise else ""
         return (
-            f"{self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}, "
-            f"stride {self.stride}, padding {self.padding}, int8 weights {granularity}, "
-            f"output {DTYPE_NAMES[self._output_like.dtype]}{relu}"
+            f"{self.in_channels} -> {self.out_channels}, {kind}kernel {self.kernel_size}, "
+            f"stride {self.stride}, padding {self.padding}, {self._describe()}"
         )
+
+
+def max_of_windows(
+    x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    """The maximum over every ``kh x kw`` window (stride, no padding) of integers
+    ``[N, C, H, W]`` (any memory layout, channels last included): elementwise
+    ``torch.maximum`` of kh x kw strided views, exact and fast. (PyTorch's max_pool2d accepts
+    int8 too, but fails on channels-last int8 tensors in 2.14.)"""
+    (kernel_h, kernel_w), (stride_h, stride_w) = kernel_size, stride
+    out_h = (x.shape[2] - kernel_h) // stride_h + 1
+    out_w = (x.shape[3] - kernel_w) // stride_w + 1
+    pooled = None
+    for row in range(kernel_h):
+        for column in range(kernel_w):
+            view = x[:, :, row::stride_h, column::stride_w][:, :, :out_h, :out_w]
+            pooled = view if pooled is None else torch.maximum(pooled, view)
+    return pooled
 
 
 class Int8MaxPool2d(nn.Module):
@@ -345,21 +406,37 @@ class Int8MaxPool2d(nn.Module):
             raise InputError(
                 f"max-pool: expected integers [N, C, H, W], got {x.dtype} {tuple(x.shape)}"
             )
-        # The maximum over the window, taken as kh x kw strided views of x (one per position
-        # in the window): elementwise torch.maximum of integers, exact and fast. (PyTorch's
-        # max_pool2d accepts int8 too, but fails on channels-last int8 tensors in 2.14.)
-        (kernel_h, kernel_w), (stride_h, stride_w) = self.kernel_size, self.stride
-        out_h = (x.shape[2] - kernel_h) // stride_h + 1
-        out_w = (x.shape[3] - kernel_w) // stride_w + 1
-        pooled = None
-        for row in range(kernel_h):
-            for column in range(kernel_w):
-                view = x[:, :, row::stride_h, column::stride_w][:, :, :out_h, :out_w]
-                pooled = view if pooled is None else torch.maximum(pooled, view)
-        return pooled
+        return max_of_windows(x, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
         return f"kernel {self.kernel_size}, stride {self.stride}, on integers"
+
+
+def rounded_mean(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``round(sum / count)`` over ``dims`` of integers, to nearest with ties upwards:
+    ``floor((2 sum + count) / (2 count))``, exact in int64. Keeps the dims (size 1)."""
+    count = 1
+    for dim in dims:
+        count *= values.shape[dim]
+    total = values.to(torch.int64).sum(dim=dims, keepdim=True)
+    return torch.div(2 * total + count, 2 * count, rounding_mode="floor")
+
+
+class Int8GlobalAvgPool2d(nn.Module):
+    """The global average pool on integers: int8 carriers ``[N, C, H, W]`` to
+    ``[N, C, 1, 1]``, each the rounded mean of its channel (module docstring). The output
+    keeps the input's qparams."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.dtype != torch.int8:
+            raise InputError(
+                f"average pool: expected int8 carriers [N, C, H, W], got {x.dtype} "
+                f"{tuple(x.shape)}"
+            )
+        return rounded_mean(x, (2, 3)).to(torch.int8)
+
+    def extra_repr(self) -> str:
+        return "output 1x1, round(sum / count) on integers"
 
 
 def _pair(value: object, name: str, smallest: int) -> tuple[int, int]:

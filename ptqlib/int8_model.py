@@ -1,13 +1,19 @@
 """The INT8 model: a calibrated float network turned into layers that compute on integers.
 
-``convert`` pairs every Linear of the float model with the ReLU after it (fusion: the ReLU
-becomes the lower clamp of the Linear's output) and with the qparams that calibration chose,
-then builds one :class:`~ptqlib.int8_layers.Int8Linear` per pair (the integer layers and
-their math are in ``ptqlib.int8_layers``). :class:`Int8Model` quantizes the images, runs the
-layers on int8 carriers and dequantizes the logits.
+``convert`` walks the plan of the float model (``ptqlib.plan``: every Linear or Conv2d
+paired with the ReLU after it and with the qparams that calibration chose) and builds one
+integer layer per step (``ptqlib.int8_layers``): Int8Linear, Int8Conv2d (plain or
+depthwise), Int8MaxPool2d, Int8GlobalAvgPool2d, Flatten. The MLP of notebook 04 and the
+folded CNN of notebook 07 go through the same ``convert``. :class:`Int8Model` quantizes the
+images, runs the layers on int8 carriers and dequantizes the logits.
 
 From the quantized input to the quantized logits there is no float. Float appears only
 where the images are quantized and where the logits are dequantized.
+
+The ``requantization`` (:class:`~ptqlib.integer_arithmetic.Requantization`) is chosen once,
+at convert, and stored in every integer step and in the model, whose input quantization
+follows it: ``round(x (1 / S))`` as PyTorch computes it for the fixed point, ``round(x / S)``
+as ONNX's QuantizeLinear does for float32.
 """
 
 from __future__ import annotations
@@ -17,23 +23,30 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ptqlib.deploy.ort_arithmetic import (
-    quantize_by_division,
-)
+from ptqlib.calibration import calibrate_fused
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import (
     DTYPE_NAMES,
+    Int8Conv2d,
+    Int8GlobalAvgPool2d,
     Int8Linear,
-    _activation_qparams_from,
-    check_requantization,
+    Int8MaxPool2d,
+    Int8Step,
+    activation_qparams_from,
 )
 from ptqlib.integer_arithmetic import (
+    Requantization,
     carrier_offset,
+    from_carrier,
     quantize_bias,
+    quantize_by_division,
+    requantization_mode,
+    to_carrier,
 )
 from ptqlib.plan import (
     RESTRICTED_WEIGHT_RANGE,
-    LinearStep,
+    Step,
+    WeightedStep,
     bias_of,
     plan_conversion,
 )
@@ -55,7 +68,6 @@ def is_pixel_input(qparams: QParams) -> bool:
     )
 
 
-
 class Int8Model(nn.Module):
     """The INT8 network: quantize the images, run every layer on integers, dequantize the
     logits. ``forward`` maps images to float logits like the FP32 model, so
@@ -66,12 +78,19 @@ class Int8Model(nn.Module):
         self,
         input_qparams: QParams,
         layers: list[nn.Module],
-        requantization: str = "fixed_point",
+        requantization: Requantization | str = Requantization.FIXED_POINT,
     ) -> None:
         super().__init__()
-        self.requantization = check_requantization(requantization)
-        if not any(isinstance(layer, Int8Linear) for layer in layers):
-            raise InputError("layers: an INT8 model needs at least one Int8Linear")
+        self.requantization = requantization_mode(requantization)
+        steps = [layer for layer in layers if isinstance(layer, Int8Step)]
+        if not steps or not isinstance(steps[-1], Int8Linear):
+            raise InputError("layers: an INT8 model needs integer layers ending with an Int8Linear")
+        mixed = sorted({step.requantization.value for step in steps} - {self.requantization.value})
+        if mixed:
+            raise InputError(
+                f"layers: requantization {mixed} differs from the model's "
+                f"{self.requantization.value!r}; one model requantizes one way"
+            )
         self.layers = nn.ModuleList(layers)
         self.register_buffer("input_scale", input_qparams.scale.to(torch.float32))
         self.register_buffer("input_zero_point", input_qparams.zero_point.to(torch.int64))
@@ -79,11 +98,15 @@ class Int8Model(nn.Module):
 
     @property
     def input_qparams(self) -> QParams:
-        return _activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
+        return activation_qparams_from(self.input_scale, self.input_zero_point, self._input_like)
 
     @property
     def output_qparams(self) -> QParams:
-        return [layer for layer in self.layers if isinstance(layer, Int8Linear)][-1].output_qparams
+        return self.integer_layers()[-1].output_qparams
+
+    def integer_layers(self) -> list[Int8Step]:
+        """The layers with weights (Int8Linear, Int8Conv2d), in order."""
+        return [layer for layer in self.layers if isinstance(layer, Int8Step)]
 
     @property
     def takes_pixels(self) -> bool:
@@ -92,13 +115,14 @@ class Int8Model(nn.Module):
         return is_pixel_input(self.input_qparams)
 
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Float images to int8 carriers: ``quantize(x) - offset``."""
+        """Float images to int8 carriers: ``quantize(x) - offset``, with the division this
+        model's ``requantization`` prescribes."""
         qparams = self.input_qparams
-        if self.requantization == "float32":
-            quantized = quantize_by_division(images.float(), qparams).to(torch.int16)
+        if self.requantization == Requantization.FLOAT32:
+            quantized = quantize_by_division(images.float(), qparams)
         else:
-            quantized = quantize_tensor(images.float(), qparams).to(torch.int16)
-        return (quantized - carrier_offset(qparams.dtype)).to(torch.int8)
+            quantized = quantize_tensor(images.float(), qparams)
+        return to_carrier(quantized, qparams.dtype)
 
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The logits as int8 carriers: everything after quantize_input is integer."""
@@ -107,12 +131,14 @@ class Int8Model(nn.Module):
             x = layer(x)
         return x
 
+    def logits_from_carriers(self, carriers: torch.Tensor) -> torch.Tensor:
+        """The logits' int8 carriers as their integers in their own dtype (uint8 or int8)."""
+        return from_carrier(carriers, self.output_qparams.dtype)
+
     def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The logits' integers in their own dtype (uint8 0..255 or int8), as torch's
         ``int_repr()`` shows them."""
-        carriers = self.integer_forward(images)
-        output_dtype = self.output_qparams.dtype
-        return (carriers.to(torch.int16) + carrier_offset(output_dtype)).to(output_dtype)
+        return self.logits_from_carriers(self.integer_forward(images))
 
     def dequantize_output(self, carriers: torch.Tensor) -> torch.Tensor:
         """Int8 carriers of the logits to float logits: ``S_y (q - Z_y)``."""
@@ -124,14 +150,22 @@ class Int8Model(nn.Module):
         return self.dequantize_output(self.integer_forward(images))
 
     def extra_repr(self) -> str:
-        return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}"
+        mode = ", float32 requantization" if self.requantization == "float32" else ""
+        return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}{mode}"
 
 
-def int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Linear:
-    return Int8Linear(
-        weight=quantize_tensor(step.linear.weight.detach(), step.weight_qparams),
+def integer_layer(step: Step, requantization: Requantization) -> nn.Module:
+    """The integer layer of one step of the plan."""
+    if isinstance(step, nn.MaxPool2d):
+        return Int8MaxPool2d(step.kernel_size, step.stride)
+    if isinstance(step, nn.AdaptiveAvgPool2d):
+        return Int8GlobalAvgPool2d()
+    if not isinstance(step, WeightedStep):
+        return step  # Flatten works on carriers as it is
+    weights = dict(
+        weight=quantize_tensor(step.layer.weight.detach(), step.weight_qparams),
         bias=quantize_bias(
-            bias_of(step.linear), step.input_qparams.scale, step.weight_qparams.scale
+            bias_of(step.layer), step.input_qparams.scale, step.weight_qparams.scale
         ),
         weight_qparams=step.weight_qparams,
         input_qparams=step.input_qparams,
@@ -140,6 +174,10 @@ def int8_linear(step: LinearStep, requantization: str = "fixed_point") -> Int8Li
         name=step.name,
         requantization=requantization,
     )
+    if step.is_conv:
+        conv = step.layer
+        return Int8Conv2d(**weights, stride=conv.stride, padding=conv.padding, groups=conv.groups)
+    return Int8Linear(**weights)
 
 
 def convert(
@@ -148,28 +186,31 @@ def convert(
     per_channel: bool = True,
     *,
     pixel_input: bool = False,
-    requantization: str = "fixed_point",
+    requantization: Requantization | str = Requantization.FIXED_POINT,
     weight_range: tuple[int, int] | None = None,
 ) -> Int8Model:
-    """Convert a calibrated Sequential of Linear / ReLU / Flatten into an :class:`Int8Model`.
+    """Convert a calibrated Sequential (the MLP, or a CNN with BatchNorm folded) into an
+    :class:`Int8Model`. Supported layers: ``ptqlib.plan.SUPPORTED_NAMES``.
 
     ``qparams`` is ``calibration.qparams`` (or the Calibration itself): ``"input"``, the
-    output of every fused Linear(+ReLU) step by the name of its last module, and optionally
-    ``"<linear>.weight"`` (see :func:`weight_qparams_for`). ``per_channel`` selects
-    per-output-channel weight scales (the default) or one scale per weight tensor.
+    output of every fused Linear/Conv2d(+ReLU) step by the name of its last module, and
+    optionally ``"<layer>.weight"`` (see :func:`ptqlib.plan.weight_qparams_for`).
+    ``per_channel`` selects per-output-channel weight scales (the default) or one scale per
+    weight tensor.
 
     ``pixel_input=True`` is for a model whose input normalisation was folded into its first
-    Linear (:func:`ptqlib.models.fold_input_normalization`): its input is raw pixel values
+    layer (:func:`ptqlib.models.fold_input_normalization`): its input is raw pixel values
     0..255, so the input qparams are not calibrated but exact, :data:`PIXEL_QPARAMS`.
     ``requantization`` is ``"fixed_point"`` (the default) or ``"float32"`` (ONNX Runtime's
-    arithmetic, see :class:`Int8Linear`); ``weight_range`` forces the weights' integer range,
-    e.g. ``RESTRICTED_WEIGHT_RANGE`` (-127..127, S_w = max|w| / 127) as ONNX Runtime's
-    quantizer does (default: the calibration's, torch's -128..127).
+    arithmetic, see :class:`~ptqlib.integer_arithmetic.Requantization`); ``weight_range``
+    forces the weights' integer range, e.g. ``RESTRICTED_WEIGHT_RANGE`` (-127..127,
+    S_w = max|w| / 127) as ONNX Runtime's quantizer does (default: the calibration's,
+    torch's -128..127).
     """
     for value, name in ((per_channel, "per_channel"), (pixel_input, "pixel_input")):
         if not isinstance(value, bool):
             raise TypeError(f"{name}: expected True or False, got {value!r}")
-    check_requantization(requantization)
+    requantization = requantization_mode(requantization)
     if weight_range is not None and not (
         isinstance(weight_range, tuple)
         and len(weight_range) == 2
@@ -184,9 +225,27 @@ def convert(
     if pixel_input and isinstance(qparams, Mapping):
         qparams = {**qparams, "input": PIXEL_QPARAMS}
     steps = plan_conversion(model, qparams, per_channel, weight_range)
-    layers = [
-        int8_linear(step, requantization) if isinstance(step, LinearStep) else step
-        for step in steps
-    ]
-    first = next(step for step in steps if isinstance(step, LinearStep))
+    layers = [integer_layer(step, requantization) for step in steps]
+    first = next(step for step in steps if isinstance(step, WeightedStep))
     return Int8Model(first.input_qparams, layers, requantization).eval()
+
+
+def quantize_cnn(
+    model: nn.Sequential,
+    images: torch.Tensor,
+    activation_observer: str = "histogram",
+    per_channel: bool = True,
+    activation_kwargs: dict | None = None,
+    progress: bool = True,
+) -> tuple[Int8Model, nn.Sequential, dict[str, QParams]]:
+    """The whole PTQ of a CNN with BatchNorm (notebook 07): fold, calibrate the fused points
+    on ``images`` (:func:`ptqlib.calibration.calibrate_fused`), convert. Returns the INT8
+    model, the folded float model and the qparams."""
+    folded, calibration = calibrate_fused(
+        model,
+        images,
+        activation_observer=activation_observer,
+        activation_kwargs=activation_kwargs,
+        progress=progress,
+    )
+    return convert(folded, calibration.qparams, per_channel), folded, calibration.qparams

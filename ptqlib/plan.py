@@ -1,11 +1,13 @@
 """The conversion plan: which float modules become one integer step, with which qparams.
 
-The INT8 model fuses every Linear with the ReLU right after it into one step (the ReLU
-becomes the lower clamp of the step's integer output, see ``ptqlib.calibration``).
-:func:`plan_conversion` walks a Sequential of Linear / ReLU / Flatten, makes that pairing
-and looks up, for every step, the qparams of its input, its weight and its output. Both the
-INT8 model (``ptqlib.int8_model``) and its float simulation (``ptqlib.fake_quant``) are
-built from the same plan, so they cannot disagree about what is quantized where.
+The INT8 model fuses every Linear or Conv2d with the ReLU right after it into one step (the
+ReLU becomes the lower clamp of the step's integer output, see ``ptqlib.calibration``).
+:func:`plan_conversion` walks a Sequential of Linear / Conv2d / ReLU / MaxPool2d /
+AdaptiveAvgPool2d(1) / Flatten (the MLP of notebook 04 and the folded CNN of notebook 07
+alike), makes that pairing and looks up, for every step, the qparams of its input, its weight
+and its output. Pools and Flatten pass through: their output keeps their input's qparams.
+Both the INT8 model (``ptqlib.int8_model``) and its float simulation (``ptqlib.fake_quant``)
+are built from the same plan, so they cannot disagree about what is quantized where.
 """
 
 from __future__ import annotations
@@ -19,40 +21,95 @@ from torch import nn
 from ptqlib.errors import InputError
 from ptqlib.quantization import QParams, check_finite, min_max, qparams_from_range
 
-SUPPORTED_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
-# Weight grids: torch's symmetric int8 (S_w = max|w| / 127.5) and the restricted one that
-# ONNX Runtime's quantizer uses (S_w = max|w| / 127), for the ``weight_range`` of convert.
-TORCH_WEIGHT_RANGE = (-128, 127)
+SUPPORTED_LAYERS = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+)
+SUPPORTED_NAMES = (
+    "Linear, Conv2d (plain or depthwise), ReLU (after either), MaxPool2d, "
+    "AdaptiveAvgPool2d(1) (global average pool), Flatten"
+)
+# The weight grid ONNX Runtime's quantizer uses (S_w = max|w| / 127), for convert's
+# ``weight_range``; torch's own (-128..127) is the default.
 RESTRICTED_WEIGHT_RANGE = (-127, 127)
 
 
 @dataclass(frozen=True)
-class LinearStep:
-    """One Linear of the float model with everything its integer version needs.
+class WeightedStep:
+    """One Linear or Conv2d of the float model with everything its integer version needs.
 
     ``relu_name`` names the ReLU fused into it (None if there is none); the output
-    qparams are then those of the ReLU's output, as in PyTorch's fused LinearReLU.
+    qparams are then those of the ReLU's output, as in PyTorch's fused LinearReLU/ConvReLU2d.
     """
 
     name: str
-    linear: nn.Linear
+    layer: nn.Linear | nn.Conv2d
     relu_name: str | None
     input_qparams: QParams
     weight_qparams: QParams
     output_qparams: QParams
 
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.layer, nn.Conv2d)
 
-@dataclass(frozen=True)
-class ConvStep:
-    """One Conv2d of a folded CNN (its fused ReLU named by ``relu_name``) with the qparams of
-    its input, weights and output; the output's are the ReLU's if fused (``ptqlib.int8_cnn``)."""
 
-    name: str
-    conv: nn.Conv2d
-    relu_name: str | None
-    input_qparams: QParams
-    weight_qparams: QParams
-    output_qparams: QParams
+Step = WeightedStep | nn.MaxPool2d | nn.AdaptiveAvgPool2d | nn.Flatten
+
+
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """A depthwise convolution: every output channel filters its own input channel
+    (``groups == in_channels == out_channels``, weight ``[C, 1, kh, kw]``)."""
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def is_global_average_pool(pool: nn.AdaptiveAvgPool2d) -> bool:
+    return pool.output_size in (1, (1, 1))
+
+
+def _check_supported(name: str, module: nn.Module) -> None:
+    """Raise a clear InputError for a layer the integer engine cannot run."""
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        raise InputError(
+            f"layer {name!r} is a BatchNorm: fold it first (ptqlib.batchnorm.fold_model, or "
+            "calibrate with ptqlib.calibration.calibrate_fused, which folds)"
+        )
+    if not isinstance(module, SUPPORTED_LAYERS):
+        raise InputError(
+            f"layer {name!r} is a {type(module).__name__}, which the INT8 conversion does "
+            f"not support; supported layers: {SUPPORTED_NAMES}"
+        )
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1 and not is_depthwise(module):
+            raise InputError(
+                f"layer {name!r}: groups={module.groups} with {module.in_channels} -> "
+                f"{module.out_channels} channels; the integer engine runs plain convolutions "
+                "(groups=1) and depthwise ones (groups == in_channels == out_channels)"
+            )
+        if (
+            module.dilation != (1, 1)
+            or module.padding_mode != "zeros"
+            or isinstance(module.padding, str)
+        ):
+            raise InputError(
+                f"layer {name!r}: dilation {module.dilation}, padding {module.padding!r} "
+                f"({module.padding_mode}); only dilation 1 and integer zero padding convert"
+            )
+    if isinstance(module, nn.MaxPool2d) and (
+        module.padding not in (0, (0, 0)) or module.dilation not in (1, (1, 1)) or module.ceil_mode
+    ):
+        raise InputError(
+            f"layer {name!r}: only max-pools without padding/dilation/ceil_mode convert"
+        )
+    if isinstance(module, nn.AdaptiveAvgPool2d) and not is_global_average_pool(module):
+        raise InputError(
+            f"layer {name!r}: AdaptiveAvgPool2d({module.output_size}); only the global "
+            "average pool, output size 1, converts"
+        )
 
 
 def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
@@ -83,13 +140,14 @@ def weight_qparams_for(
     per_channel: bool,
     weight_range: tuple[int, int] | None = None,
 ) -> QParams:
-    """The int8 symmetric qparams of a Linear's weight.
+    """The int8 symmetric qparams of a Linear's or Conv2d's weight.
 
     The calibration's ``"<name>.weight"`` entry is used when it has the requested
-    granularity (per output channel, axis 0, or per tensor). Otherwise (missing, or of the
-    other granularity) they are computed here from the weight's own min/max: a weight is
-    fixed, so its min/max observer sees all of it at once. The integer engine needs
-    symmetric int8 weights (zero-point 0), so an entry that is not is an error.
+    granularity (per output channel, axis 0, a depthwise conv's too; or per tensor).
+    Otherwise (missing, or of the other granularity) they are computed here from the
+    weight's own min/max: a weight is fixed, so its min/max observer sees all of it at
+    once. The integer engine needs symmetric int8 weights (zero-point 0), so an entry that
+    is not is an error.
     ``weight_range`` (e.g. ``RESTRICTED_WEIGHT_RANGE``), if given, is required as well.
     """
     found = qparams.get(f"{name}.weight")
@@ -116,41 +174,37 @@ def plan_conversion(
     qparams: Mapping[str, QParams],
     per_channel: bool = True,
     weight_range: tuple[int, int] | None = None,
-) -> list[LinearStep | nn.Flatten]:
-    """Walk the children of a Sequential of Linear / ReLU / Flatten and pair each Linear
-    with the ReLU that follows it and with its qparams. Raises a clear error for anything
-    the integer engine cannot run."""
+) -> list[Step]:
+    """Walk the children of a Sequential (the MLP, or a CNN with its BatchNorm folded) and pair
+    each Linear / Conv2d with the ReLU that follows it and with its qparams. Pools and Flatten
+    pass through. Raises a clear InputError for anything the integer engine cannot run."""
     if not isinstance(model, nn.Sequential):
         raise TypeError(
-            f"model: expected an nn.Sequential of Linear, ReLU and Flatten (like SimpleNet), "
-            f"got {type(model).__name__}"
+            f"model: expected an nn.Sequential of {SUPPORTED_NAMES} (like SimpleNet or a "
+            f"folded SmallCNN), got {type(model).__name__}"
         )
     qparams = getattr(qparams, "qparams", qparams)  # a Calibration or its qparams dict
     if not isinstance(qparams, Mapping):
         raise TypeError(f"qparams: expected a dict of QParams, got {type(qparams).__name__}")
     children = list(model.named_children())
     for name, module in children:
-        if not isinstance(module, SUPPORTED_LAYERS):
-            raise InputError(
-                f"layer {name!r} is a {type(module).__name__}, which the INT8 conversion does "
-                "not support; supported layers: Linear, ReLU (after a Linear), Flatten"
-            )
+        _check_supported(name, module)
     if not any(isinstance(module, nn.Linear) for _, module in children):
-        raise InputError("model: has no Linear layer, nothing to quantize")
+        raise InputError("model: has no Linear layer; it must end with one (the logits)")
 
-    steps: list[LinearStep | nn.Flatten] = []
+    steps: list[Step] = []
     current = activation_qparams(qparams, "input", "the model's input")
     index = 0
     while index < len(children):
         name, module = children[index]
-        if isinstance(module, nn.Flatten):
+        if isinstance(module, (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
             steps.append(module)
             index += 1
             continue
         if isinstance(module, nn.ReLU):
             raise InputError(
-                f"layer {name!r} (ReLU) does not follow a Linear; the INT8 conversion fuses "
-                "each ReLU into the Linear before it"
+                f"layer {name!r} (ReLU) does not follow a Linear or Conv2d; the INT8 "
+                "conversion fuses each ReLU into the layer before it"
             )
         check_finite(module.weight.detach(), f"{name}.weight")
         if module.bias is not None:
@@ -162,9 +216,10 @@ def plan_conversion(
         weight = weight_qparams_for(
             name, module.weight.detach(), qparams, per_channel, weight_range
         )
-        steps.append(LinearStep(name, module, relu_name, current, weight, output))
+        steps.append(WeightedStep(name, module, relu_name, current, weight, output))
         current = output
         index += 2 if relu_name else 1
-    if not isinstance(steps[-1], LinearStep):
+    last = steps[-1]
+    if not (isinstance(last, WeightedStep) and not last.is_conv):
         raise InputError("model: must end with a Linear (the logits), optionally with its ReLU")
     return steps

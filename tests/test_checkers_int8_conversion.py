@@ -129,7 +129,7 @@ def test_the_layer_reference_equals_int8_linear(relu):
     # The correction a carrier-free int8 input needs is the library's too.
     assert torch.equal(
         checkers.zero_point_correction_reference(q_w, int(input_qparams.zero_point)).int(),
-        layer.zero_point_correction(),
+        layer.carrier_correction(),
     )
 
 

@@ -13,9 +13,10 @@ from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_ba
 from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import accuracy, agreement
+from ptqlib.fake_quant import simulate
 from ptqlib.fusion import fusion_groups, quantization_points
-from ptqlib.int8_cnn import convert_cnn, quantize_cnn, simulate_cnn
 from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d, patches
+from ptqlib.int8_model import convert, quantize_cnn
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.models import SmallCNN
 from ptqlib.quantization import QParams, dequantize, min_max, qparams_from_range, quantize
@@ -281,7 +282,7 @@ def test_integer_cnn_equals_its_simulation_within_one_lsb(cnn, images, offline_d
     int8_model, folded, qparams = quantize_cnn(cnn, images, "minmax", per_channel, progress=False)
     test_images = offline_data.test.images
     ours = int8_model.quantized_logits(test_images).long()
-    simulated = simulate_cnn(folded, qparams, per_channel).quantized_logits(test_images)
+    simulated = simulate(folded, qparams, per_channel).quantized_logits(test_images)
     assert int((ours - simulated).abs().max()) <= 1
 
 
@@ -317,14 +318,14 @@ def test_integer_cnn_forward_is_integer_only(quantized, offline_data):
 
 def test_convert_refuses_an_unfolded_cnn(cnn, quantized):
     with pytest.raises(ValueError, match="BatchNorm"):
-        convert_cnn(cnn, quantized[2])
+        convert(cnn, quantized[2])
 
 
 def test_convert_refuses_a_missing_point(quantized):
     _, folded, qparams = quantized
     partial = {key: value for key, value in qparams.items() if key != "relu2"}
     with pytest.raises(ValueError, match="'relu2'"):
-        convert_cnn(folded, partial)
+        convert(folded, partial)
 
 
 # --- parity with torch.ao ----------------------------------------------------------------------
@@ -374,7 +375,7 @@ def test_int8_activations_equal_their_simulation(cnn, images, offline_data):
     assert qparams["relu1"].dtype == torch.int8 and int(qparams["relu1"].zero_point) == -128
     test_images = offline_data.test.images[:200]
     ours = int8_model.quantized_logits(test_images).long()
-    simulated = simulate_cnn(folded, qparams).quantized_logits(test_images)
+    simulated = simulate(folded, qparams).quantized_logits(test_images)
     assert int((ours - simulated).abs().max()) <= 1
 
 
@@ -395,7 +396,7 @@ def test_cnn_without_batchnorm_and_with_conv_bias_converts(images):
     assert list(qparams) == ["input", "relu", "fc", "conv.weight", "fc.weight"]
     test_images = images[200:300]
     ours = int8_model.quantized_logits(test_images).long()
-    simulated = simulate_cnn(folded, qparams).quantized_logits(test_images)
+    simulated = simulate(folded, qparams).quantized_logits(test_images)
     assert int((ours - simulated).abs().max()) <= 1
 
 
@@ -403,7 +404,7 @@ def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path)
     from ptqlib.int8_checkpoint import load_int8, save_int8
 
     _, folded, qparams = quantized
-    per_tensor = convert_cnn(folded, qparams, per_channel=False)
+    per_tensor = convert(folded, qparams, per_channel=False)
     assert per_tensor.layers[0].weight_scale.dim() == 0
     reloaded, _ = load_int8(save_int8(per_tensor, tmp_path / "per_tensor.pt"))
     test_images = offline_data.test.images[:64]

@@ -30,8 +30,7 @@ from ptqlib.fast.cnn import FastInt8CNN
 from ptqlib.fast.mlp import FastInt8Model
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
-from ptqlib.int8_cnn import quantize_cnn
-from ptqlib.int8_model import Int8Model, convert
+from ptqlib.int8_model import Int8Model, convert, quantize_cnn
 from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
 from ptqlib.models import MODELS, fold_input_normalization, model_name
 from ptqlib.reference import torch_eager as reference
@@ -283,7 +282,7 @@ def quantize_checkpoint(
     """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
     :func:`ptqlib.data.calibration_images`) with the activation ``observer``, convert and
     save the INT8 model to ``out``. A SmallCNN is folded and fused first
-    (:func:`ptqlib.int8_cnn.quantize_cnn`). With ``expected_model`` ("simplenet" or "cnn"),
+    (:func:`ptqlib.int8_model.quantize_cnn`). With ``expected_model`` ("simplenet" or "cnn"),
     a checkpoint of the other model is a ValueError."""
     model, _ = load_fp32(checkpoint, expected_model=expected_model)
     data = load_mnist(data_dir, splits=("train",), verbose=progress)

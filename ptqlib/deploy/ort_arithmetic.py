@@ -21,61 +21,19 @@ integers agree with ORT bit for bit (``tests/test_onnx_runtime.py`` checks every
 
 The accumulator's conversion to float32 is exact while ``|acc| < 2^24``; above that it
 rounds, as it does in ORT.
+
+The functions live in the core, ``ptqlib.integer_arithmetic``, since a converted model can
+requantize either way (``convert(..., requantization="float32")``) and the core never imports
+``ptqlib.deploy``; this module names them for notebook 08.
 """
 
 from __future__ import annotations
 
-import torch
+from ptqlib.integer_arithmetic import (
+    Requantization,
+    float32_multiplier,
+    quantize_by_division,
+    requantize_float32,
+)
 
-from ptqlib.errors import InputError
-from ptqlib.quantization import QParams, check_finite
-
-
-def float32_multiplier(
-    input_scale: torch.Tensor, weight_scale: torch.Tensor, output_scale: torch.Tensor
-) -> torch.Tensor:
-    """``M = S_x S_w / S_y`` as ORT computes it: a float32 product, then a float32 division.
-
-    All three scales are float32 (``weight_scale`` per output channel or one value); the
-    result has the shape of ``weight_scale``.
-    """
-    named = {"input_scale": input_scale, "weight_scale": weight_scale, "output_scale": output_scale}
-    scales = [torch.as_tensor(scale, dtype=torch.float32) for scale in named.values()]
-    for name, scale in zip(named, scales, strict=True):
-        if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-            raise InputError(f"{name}: expected positive finite float32 scales, got {scale}")
-    input_scale, weight_scale, output_scale = scales
-    return (input_scale * weight_scale) / output_scale
-
-
-def requantize_float32(
-    accumulator: torch.Tensor,
-    multiplier: torch.Tensor,
-    zero_point: int,
-    quant_min: int,
-    quant_max: int,
-) -> torch.Tensor:
-    """``q_y = clamp(round_half_even(float32(acc) * M_f32) + Z_y, quant_min, quant_max)``.
-
-    ``accumulator`` is the int32 sum (bias included), ``[N, out]``; ``multiplier`` the
-    float32 ``M`` of :func:`float32_multiplier` (one per column, or one value). Like ORT,
-    the zero-point is added after rounding and the clamp is the last step. Returns int64.
-    """
-    if accumulator.is_floating_point():
-        raise TypeError(f"accumulator: expected an integer tensor, got {accumulator.dtype}")
-    multiplier = torch.as_tensor(multiplier, dtype=torch.float32)
-    # torch.round rounds half to even, like the x86 instruction MLAS uses (cvtps2dq).
-    scaled = torch.round(accumulator.to(torch.float32) * multiplier)
-    return (scaled.to(torch.int64) + zero_point).clamp(quant_min, quant_max)
-
-
-def quantize_by_division(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
-    """ONNX's QuantizeLinear for per-tensor qparams: ``clamp(round(x / S) + Z)`` with the
-    division in float32 (``ptqlib.quantization.quantize`` multiplies by ``1 / S`` instead,
-    as PyTorch does; the two differ by one step on rare values)."""
-    if not isinstance(qparams, QParams) or qparams.axis is not None:
-        raise InputError(f"qparams: expected per-tensor QParams, got {qparams!r}")
-    check_finite(x, "x")
-    scale = qparams.scale.to(torch.float32)
-    quantized = torch.round(x.float() / scale) + qparams.zero_point.to(torch.float32)
-    return quantized.clamp(qparams.quant_min, qparams.quant_max).to(qparams.dtype)
+__all__ = ["Requantization", "float32_multiplier", "quantize_by_division", "requantize_float32"]

@@ -54,7 +54,7 @@ def _accumulators(x: torch.Tensor, conv: Int8Conv2d) -> torch.Tensor:
     batch, out_h, out_w = windows.shape[:3]
     rows = windows.reshape(batch * out_h * out_w, -1)  # the same (C, kh, kw) order as patches()
     accumulator = torch._int_mm(rows, conv.weight_matrix().t())
-    accumulator += conv.zero_point_correction() + conv.bias
+    accumulator += conv.carrier_correction() + conv.bias
     return accumulator.view(batch, out_h, out_w, conv.out_channels)
 
 

@@ -98,8 +98,8 @@ def _largest_sum(largest_g: torch.Tensor, factor: torch.Tensor, added: torch.Ten
 def _requantization_constants(layer: Int8Linear) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(multiplier, constant, shift)`` of one layer: float64 ``(A'_j, C'_j, 0)`` where the
     bound of the module docstring makes float64 exact, else int64 ``(A_j, C_j, s)``."""
-    offset = layer.zero_point_correction().long() + layer.bias.long()
-    output_zero_point = int(layer.output_zero_point) - carrier_offset(layer._output_like.dtype)
+    offset = layer.carrier_correction().long() + layer.bias.long()
+    output_zero_point = int(layer.output_zero_point) - carrier_offset(layer.output_dtype)
     largest_g = 128 * layer.weight.to(torch.int64).abs().sum(dim=1)
     # Each channel with its own shift n_j: float64 if exact.
     multiplier, shift = layer.multiplier, layer.shift
@@ -128,7 +128,7 @@ def _fold(layer: Int8Linear, use_int8_gemm: bool) -> FastLayer:
             "sums (128 * sum |q_w| > 2^24); use the int8 GEMM (use_int8_gemm=True)"
         )
     lowest, highest = layer.output_range()
-    output_offset = carrier_offset(layer._output_like.dtype)
+    output_offset = carrier_offset(layer.output_dtype)
     return FastLayer(
         weight_t,
         *_requantization_constants(layer),

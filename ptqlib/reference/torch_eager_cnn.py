@@ -7,9 +7,10 @@ them.
 
 Two references:
 
-- :func:`torch_cnn_from_int8` builds torch.ao's quantized modules (``Conv2d``/``ConvReLU2d``,
-  ``Linear``) holding **ptqlib's own** int8 weights, scales and zero-points. Only the kernels
-  differ, so the integers can be compared one by one (parity within 1 LSB).
+- :func:`torch_cnn_from_int8` builds torch.ao's quantized modules (``Conv2d``/``ConvReLU2d``
+  with their ``groups``, depthwise included; ``Linear``; the pools) holding **ptqlib's own**
+  int8 weights, scales and zero-points. Only the kernels differ, so the integers can be
+  compared one by one (parity within 1 LSB).
 - ``ptqlib.reference.torch_eager.torch_eager_ptq`` is torch.ao's whole eager PTQ of the float
   CNN too:
   it fuses conv+BN+ReLU (torch folds the BatchNorm itself), prepares, calibrates, converts.
@@ -26,7 +27,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ptqlib.int8_layers import Int8Conv2d, Int8Linear, Int8MaxPool2d
+from ptqlib.int8_layers import Int8Conv2d, Int8GlobalAvgPool2d, Int8Linear, Int8MaxPool2d
 from ptqlib.int8_model import Int8Model
 from ptqlib.reference.torch_eager import (
     default_quantized_engine,
@@ -52,12 +53,16 @@ def _torch_layer(layer: nn.Module, float_layer: nn.Module | None) -> nn.Module:
 
     if isinstance(layer, Int8MaxPool2d):
         return nn.MaxPool2d(layer.kernel_size, layer.stride)
+    if isinstance(layer, Int8GlobalAvgPool2d):
+        return nn.AdaptiveAvgPool2d(1)  # works on quantized tensors, keeps their qparams
     if not isinstance(layer, (Int8Conv2d, Int8Linear)):
         return layer  # Flatten works on quantized tensors as it is
     if isinstance(layer, Int8Conv2d):
         kind = intrinsic.quantized.ConvReLU2d if layer.relu else quantized.Conv2d
         arguments = (layer.in_channels, layer.out_channels, layer.kernel_size)
-        module = kind(*arguments, stride=layer.stride, padding=layer.padding)
+        module = kind(
+            *arguments, stride=layer.stride, padding=layer.padding, groups=layer.groups
+        )
     else:
         kind = intrinsic.quantized.LinearReLU if layer.relu else quantized.Linear
         module = kind(layer.in_features, layer.out_features)
