@@ -37,7 +37,6 @@ from ptqlib.equalization import cross_layer_equalization, data_free_quantization
 from ptqlib.errors import InputError
 from ptqlib.evaluation import paired_comparison, predict
 from ptqlib.fusion import quantization_points
-from ptqlib.models import fold_average_pool
 from ptqlib.quantization import QParams, fake_quantize, min_max, qparams_from_range
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -233,39 +232,53 @@ def debug_model(
     model = model.eval()
     reference = predict(model, split)
     report = DebugReport(float((reference == split.labels).float().mean()))
-    folded = fold_average_pool(fold_model(model))
+    folded = fold_model(model)
     qparams = activation_qparams(folded, images, observer)
     layers, points = weighted_layers(folded), list(qparams)
 
-    def run(name: str, network: nn.Module, weights=(), activations=(), per_channel=False):
-        return _trial(name, simulate(network, qparams_of[id(network)], weights, activations,
-                                     per_channel), split, reference)
+    def run(name, network, network_qparams, weights=(), activations=(), per_channel=False):
+        simulated = simulate(network, network_qparams, weights, activations, per_channel)
+        return _trial(name, simulated, split, reference)
 
-    qparams_of = {id(folded): qparams}
     report.steps = [
-        run("W8A8 per-tensor", folded, layers, points),
-        run("W8 only (per-tensor)", folded, layers),
-        run("A8 only", folded, (), points),
+        run("W8A8 per-tensor", folded, qparams, layers, points),
+        run("W8 only (per-tensor)", folded, qparams, layers),
+        run("A8 only", folded, qparams, (), points),
     ]
     for layer in layers:
-        alone = run(f"{layer} weights alone", folded, [layer])
+        alone = run(f"{layer} weights alone", folded, qparams, [layer])
         spread, over_median, largest = range_facts(folded.get_submodule(layer))
         report.layers.append(LayerFacts(layer, alone.accuracy, spread, over_median, largest))
-    report.activations = [run(f"{point} alone", folded, (), [point]) for point in points]
+    report.activations = [run(f"{point} alone", folded, qparams, (), [point]) for point in points]
     report.batchnorms = batchnorm_facts(model)
     report.dead_channels = {k: v for k, v in dead_channels(model, images).items() if v}
 
-    equalized = fold_average_pool(cross_layer_equalization(fold_model(model), sweeps)[0])
-    dfq = fold_average_pool(data_free_quantization_prep(model, sweeps, absorb=True))
-    qparams_of[id(equalized)] = activation_qparams(equalized, images, observer)
-    qparams_of[id(dfq)] = activation_qparams(dfq, images, observer)
-    histogram = fold_average_pool(fold_model(model))
-    qparams_of[id(histogram)] = activation_qparams(histogram, images, "histogram")
+    # The fixes, each calibrated again on the same images (CLE changes the activations).
+    equalized = cross_layer_equalization(folded, sweeps)[0]
+    dfq = data_free_quantization_prep(model, sweeps, absorb=True)
     report.fixes = [
-        run("per-channel weights", folded, layers, points, per_channel=True),
-        run("CLE, per-tensor", equalized, layers, points),
-        run("CLE + bias absorption, per-tensor", dfq, layers, points),
-        run("histogram activation range, per-tensor", histogram, layers, points),
+        run("per-channel weights", folded, qparams, layers, points, per_channel=True),
+        run(
+            "CLE, per-tensor",
+            equalized,
+            activation_qparams(equalized, images, observer),
+            layers,
+            points,
+        ),
+        run(
+            "CLE + bias absorption, per-tensor",
+            dfq,
+            activation_qparams(dfq, images, observer),
+            layers,
+            points,
+        ),
+        run(
+            "histogram activation range, per-tensor",
+            folded,
+            activation_qparams(folded, images, "histogram"),
+            layers,
+            points,
+        ),
     ]
     report.culprit, report.diagnosis = _diagnose(report)
     return report

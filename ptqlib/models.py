@@ -130,7 +130,7 @@ class DepthwiseCNN(nn.Sequential):
                 pointwise Conv2d(16, 32, 1), BN, ReLU                            [N, 32, 14, 14]
         block2  depthwise 32 (stride 2) -> pointwise 32 -> 64                    [N, 64, 7, 7]
         block3  depthwise 64 (stride 1) -> pointwise 64 -> 64                    [N, 64, 7, 7]
-        pool    AvgPool2d(7): the mean of each channel (global average pooling)  [N, 64, 1, 1]
+        pool    AdaptiveAvgPool2d(1): the mean of each channel (global average)  [N, 64, 1, 1]
         Flatten, Linear(64, 10)                                                  [N, 10]
 
     Children are named ``conv1, bn1, relu1`` for the stem and ``dw<k>, dw<k>_bn, dw<k>_relu,
@@ -140,9 +140,8 @@ class DepthwiseCNN(nn.Sequential):
     (weight ``[C, 1, 3, 3]``): channel c of its output depends on channel c of its input
     alone. That is what makes it fragile after BatchNorm folding (notebook 09): a channel
     whose input is always zero has a BatchNorm variance near 0, and folding multiplies its
-    filter by ``gamma / sqrt(var + eps)``. The global average pool and the Linear after it
-    are one linear map, so :func:`fold_average_pool` merges them into one Linear for the INT8
-    engine. The convolutions have no bias (the BatchNorm's beta is the shift).
+    filter by ``gamma / sqrt(var + eps)``. The convolutions have no bias (the BatchNorm's
+    beta is the shift).
     """
 
     def __init__(self) -> None:
@@ -166,69 +165,10 @@ class DepthwiseCNN(nn.Sequential):
             layers[f"pw{index}"] = nn.Conv2d(channels_in, channels_out, kernel_size=1, bias=False)
             layers[f"pw{index}_bn"] = nn.BatchNorm2d(channels_out)
             layers[f"pw{index}_relu"] = nn.ReLU()
-        layers["pool"] = nn.AvgPool2d(7)
+        layers["pool"] = nn.AdaptiveAvgPool2d(1)
         layers["flatten"] = nn.Flatten()
         layers["fc"] = nn.Linear(DEPTHWISE_BLOCKS[-1][1], NUM_CLASSES)
         super().__init__(layers)
-
-
-@torch.no_grad()
-def fold_average_pool(model: nn.Sequential) -> nn.Sequential:
-    """A copy of ``model`` in which a global ``AvgPool2d`` followed by ``Flatten`` and a
-    ``Linear`` becomes ``Flatten`` and one larger Linear, which computes the same logits.
-
-    The pool averages the P = H W positions of every channel c, and the Linear mixes the
-    channels: ``y_j = sum_c W_jc (1/P) sum_p x_cp + b_j``. That is one Linear over the
-    flattened ``[C H W]`` input with ``W'_j,(c,p) = W_jc / P``: every position of channel c
-    gets the same weight. The INT8 engine then needs no average pool (an average of
-    integers is not an integer); the folded Linear accumulates C P products in int32.
-    The pool must cover its whole input (a global pool) and is checked on the first call.
-    """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
-    children = list(model.named_children())
-    folded: OrderedDict[str, nn.Module] = OrderedDict()
-    index = 0
-    while index < len(children):
-        name, module = children[index]
-        following = [child for _, child in children[index + 1 : index + 3]]
-        if (
-            isinstance(module, nn.AvgPool2d)
-            and len(following) == 2
-            and isinstance(following[0], nn.Flatten)
-            and isinstance(following[1], nn.Linear)
-        ):
-            positions = _pool_positions(module)
-            linear = following[1]
-            bigger = nn.Linear(linear.in_features * positions, linear.out_features)
-            # W'[j, c P + p] = W[j, c] / P: Flatten orders the values channel by channel.
-            bigger.weight.copy_(linear.weight.repeat_interleave(positions, dim=1) / positions)
-            bigger.bias.copy_(linear.bias)
-            folded[children[index + 1][0]] = copy.deepcopy(following[0])
-            folded[children[index + 2][0]] = bigger
-            index += 3
-            continue
-        folded[name] = copy.deepcopy(module)
-        index += 1
-    return nn.Sequential(folded).eval()
-
-
-def _pool_positions(pool: nn.AvgPool2d) -> int:
-    """How many positions a global average pool averages (its square kernel, no padding)."""
-    kernel = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
-    if pool.padding not in (0, (0, 0)) or pool.kernel_size not in (kernel, (kernel, kernel)):
-        raise InputError(f"pool: only a square average pool without padding folds, got {pool}")
-    return kernel * kernel
-
-
-def is_depthwise(layer: nn.Module) -> bool:
-    """Whether ``layer`` is a depthwise convolution: one filter per channel (groups equal to
-    the input and output channels)."""
-    return (
-        isinstance(layer, nn.Conv2d)
-        and layer.groups > 1
-        and layer.groups == layer.in_channels == layer.out_channels
-    )
 
 
 # The models ptqlib can train and quantize, by the name checkpoints and the CLI use.
