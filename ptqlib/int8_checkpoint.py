@@ -1,12 +1,15 @@
 """The INT8 checkpoint format: an :class:`~ptqlib.int8_model.Int8Model` as a plain dict.
 
 Per Linear: the int8 weight, the int32 bias, the float32 weight scales and the output
-qparams as plain numbers; the model's input qparams once. The input qparams of a layer are
-the output qparams of the one before, and M0, n are derived from the scales, so nothing is
-stored twice. A CNN (notebook 07) adds two entry types: ``"conv2d"`` (like a Linear, with a
-4-d weight, stride and padding) and ``"maxpool2d"`` (kernel and stride). Like the FP32
-checkpoint (``ptqlib.checkpoints``) it loads with ``torch.load(weights_only=True)``, and
-every field is checked on loading.
+qparams as plain numbers; the model's input qparams and its ``requantization``
+(``"fixed_point"`` or ``"float32"``; files written before the field existed load as fixed
+point) once. The input qparams of a layer are the output qparams of the one before, and M0,
+n are derived from the scales, so nothing is stored twice. A CNN (notebook 07) adds three
+entry types: ``"conv2d"`` (like a Linear, with a 4-d weight, stride, padding and ``groups``,
+1 or the channel count of a depthwise conv; files without it mean 1), ``"maxpool2d"``
+(kernel and stride) and ``"global_avgpool2d"``. Like the FP32 checkpoint
+(``ptqlib.checkpoints``) it loads with ``torch.load(weights_only=True)``, and every field is
+checked on loading, each with its own message.
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ from torch import nn
 
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint
 from ptqlib.errors import InputError
-from ptqlib.int8_layers import DTYPE_NAMES, Int8Conv2d, Int8Linear, Int8MaxPool2d
+from ptqlib.int8_layers import (
+    DTYPE_NAMES,
+    Int8Conv2d,
+    Int8GlobalAvgPool2d,
+    Int8Linear,
+    Int8MaxPool2d,
+    Int8Step,
+)
 from ptqlib.int8_model import Int8Model
+from ptqlib.integer_arithmetic import Requantization, requantization_mode
 from ptqlib.lowbit.packing import PACKED_KEY, pack_entry, unpack_entry
 from ptqlib.quantization import QParams
 
@@ -54,41 +65,53 @@ def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def int8_state(model: Int8Model) -> dict[str, Any]:
     """Everything an :class:`Int8Model` is, as plain tensors and numbers.
 
-    Per Linear: the int8 weight, the int32 bias, the float32 weight scales and the output
-    qparams. The input qparams of a layer are the output qparams of the one before, and
-    M0, n and the folded constants are recomputed on loading, so nothing is stored twice.
-    The tensors of one kind share one storage (see :func:`_views_of_one_storage`).
+    Per Linear or Conv2d: the int8 weight, the int32 bias, the float32 weight scales and the
+    output qparams. The input qparams of a layer are the output qparams of the one before,
+    and M0, n and the folded constants are recomputed on loading, so nothing is stored
+    twice. The tensors of one kind share one storage (see :func:`_views_of_one_storage`).
     """
-    linears = [layer for layer in model.layers if isinstance(layer, (Int8Linear, Int8Conv2d))]
-    weights = iter(_views_of_one_storage([layer.weight for layer in linears]))
-    biases = iter(_views_of_one_storage([layer.bias for layer in linears]))
-    scales = iter(_views_of_one_storage([layer.weight_scale for layer in linears]))
+    weighted = model.integer_layers()
+    weights = iter(_views_of_one_storage([layer.weight for layer in weighted]))
+    biases = iter(_views_of_one_storage([layer.bias for layer in weighted]))
+    scales = iter(_views_of_one_storage([layer.weight_scale for layer in weighted]))
     layers = []
     for layer in model.layers:
         if isinstance(layer, nn.Flatten):
-            layers.append(
-                {"type": "flatten", "start_dim": layer.start_dim, "end_dim": layer.end_dim}
-            )
-            continue
-        if isinstance(layer, Int8MaxPool2d):
-            layers.append(_maxpool_entry(layer))
-            continue
-        if isinstance(layer, Int8Conv2d):
-            layers.append(_conv_entry(layer, next(weights), next(biases), next(scales)))
-            continue
-        layers.append(
-            {
-                "type": "linear",
-                "name": layer.name,
-                "relu": layer.relu,
-                "weight": next(weights),
-                "bias": next(biases),
-                "weight_scale": next(scales),
-                "weight_range": list(layer.weight_range),
-                "output": _activation_entry(layer.output_qparams),
-            }
-        )
-    return _packed({"input": _activation_entry(model.input_qparams), "layers": layers})
+            entry = {"type": "flatten", "start_dim": layer.start_dim, "end_dim": layer.end_dim}
+        elif isinstance(layer, Int8MaxPool2d):
+            entry = _maxpool_entry(layer)
+        elif isinstance(layer, Int8GlobalAvgPool2d):
+            entry = {"type": "global_avgpool2d"}
+        elif isinstance(layer, Int8Step):
+            entry = _weighted_entry(layer, next(weights), next(biases), next(scales))
+        else:
+            raise TypeError(f"model: cannot save a {type(layer).__name__} layer")
+        layers.append(entry)
+    state = {
+        "input": _activation_entry(model.input_qparams),
+        "requantization": model.requantization.value,
+        "layers": layers,
+    }
+    return _packed(state)
+
+
+def _weighted_entry(
+    layer: Int8Step, weight: torch.Tensor, bias: torch.Tensor, weight_scale: torch.Tensor
+) -> dict[str, Any]:
+    """A Linear's entry; a conv's adds stride, padding and groups (its weight is 4-d)."""
+    entry = {
+        "type": "conv2d" if isinstance(layer, Int8Conv2d) else "linear",
+        "name": layer.name,
+        "relu": layer.relu,
+        "weight": weight,
+        "bias": bias,
+        "weight_scale": weight_scale,
+        "weight_range": list(layer.weight_range),
+        "output": _activation_entry(layer.output_qparams),
+    }
+    if isinstance(layer, Int8Conv2d):
+        entry.update(stride=list(layer.stride), padding=list(layer.padding), groups=layer.groups)
+    return entry
 
 
 def _packed(state: dict[str, Any]) -> dict[str, Any]:
@@ -147,39 +170,32 @@ def _activation_from_entry(entry: Any, where: str) -> QParams:
     )
 
 
-def _linear_from_entry(entry: dict, input_qparams: QParams, in_features: int | None) -> Int8Linear:
-    name = entry.get("name")
-    where = f"layer {name!r}"
-    weight, bias, weight_scale = entry.get("weight"), entry.get("bias"), entry.get("weight_scale")
-    _require(
-        isinstance(weight, torch.Tensor) and weight.dtype == torch.int8 and weight.dim() == 2,
-        f"{where}: weight must be a 2-d int8 tensor",
-    )
-    out_features = weight.shape[0]
-    _require(
-        in_features is None or weight.shape[1] == in_features,
-        f"{where}: takes {weight.shape[1]} inputs, but the layer before gives {in_features}",
-    )
+def _weighted_fields(entry: dict, weight: torch.Tensor, where: str) -> dict[str, Any]:
+    """The fields a Linear and a Conv2d share, each checked: bias, weight scales and range,
+    ReLU and output qparams, for a weight with ``weight.shape[0]`` output channels."""
+    out_channels = weight.shape[0]
+    bias, weight_scale = entry.get("bias"), entry.get("weight_scale")
     _require(
         isinstance(bias, torch.Tensor)
         and bias.dtype == torch.int32
-        and tuple(bias.shape) == (out_features,),
-        f"{where}: bias must be an int32 tensor of shape ({out_features},)",
+        and tuple(bias.shape) == (out_channels,),
+        f"{where}: bias must be an int32 tensor of shape ({out_channels},)",
     )
     _require(
         isinstance(weight_scale, torch.Tensor)
         and weight_scale.dtype == torch.float32
-        and tuple(weight_scale.shape) in ((), (out_features,))
+        and tuple(weight_scale.shape) in ((), (out_channels,))
         and bool(torch.isfinite(weight_scale).all())
         and bool((weight_scale > 0).all()),
-        f"{where}: weight_scale must hold 1 or {out_features} positive float32 values",
+        f"{where}: weight_scale must hold 1 or {out_channels} positive float32 values",
     )
     weight_range = entry.get("weight_range")
     _require(
         isinstance(weight_range, list)
         and len(weight_range) == 2
-        and all(isinstance(v, int) for v in weight_range),
-        f"{where}: weight_range must be [quant_min, quant_max]",
+        and all(isinstance(v, int) for v in weight_range)
+        and -128 <= weight_range[0] < 0 < weight_range[1] <= 127,
+        f"{where}: weight_range must be [quant_min, quant_max] of int8 around 0",
     )
     _require(isinstance(entry.get("relu"), bool), f"{where}: relu must be True or False")
     weight_qparams = QParams(
@@ -190,9 +206,36 @@ def _linear_from_entry(entry: dict, input_qparams: QParams, in_features: int | N
         torch.int8,
         axis=0 if weight_scale.dim() == 1 else None,
     )
-    output_qparams = _activation_from_entry(entry.get("output"), f"{where} output")
+    return {
+        "bias": bias,
+        "weight_qparams": weight_qparams,
+        "output_qparams": _activation_from_entry(entry.get("output"), f"{where} output"),
+        "relu": entry["relu"],
+    }
+
+
+def _name_of(entry: dict, index: int) -> tuple[str, str]:
+    name = entry.get("name")
+    _require(isinstance(name, str), f"layers[{index}]: name must be a string, got {name!r}")
+    return name, f"layer {name!r}"
+
+
+def _linear_from_entry(
+    entry: dict, index: int, input_qparams: QParams, in_features: int | None, mode: Requantization
+) -> Int8Linear:
+    name, where = _name_of(entry, index)
+    weight = entry.get("weight")
+    _require(
+        isinstance(weight, torch.Tensor) and weight.dtype == torch.int8 and weight.dim() == 2,
+        f"{where}: weight must be a 2-d int8 tensor",
+    )
+    _require(
+        in_features is None or weight.shape[1] == in_features,
+        f"{where}: takes {weight.shape[1]} inputs, but the layer before gives {in_features}",
+    )
+    fields = _weighted_fields(entry, weight, where)
     return Int8Linear(
-        weight, bias, weight_qparams, input_qparams, output_qparams, entry["relu"], name
+        weight, input_qparams=input_qparams, name=name, requantization=mode, **fields
     )
 
 
@@ -207,98 +250,102 @@ def _maxpool_entry(layer: Int8MaxPool2d) -> dict[str, Any]:
     }
 
 
-def _conv_entry(
-    layer: Int8Conv2d, weight: torch.Tensor, bias: torch.Tensor, weight_scale: torch.Tensor
-) -> dict[str, Any]:
-    """A conv layer's entry: that of a Linear, plus stride and padding (weight is 4-d)."""
-    return {
-        "type": "conv2d",
-        "name": layer.name,
-        "relu": layer.relu,
-        "weight": weight,
-        "bias": bias,
-        "weight_scale": weight_scale,
-        "weight_range": list(layer.weight_range),
-        "stride": list(layer.stride),
-        "padding": list(layer.padding),
-        "output": _activation_entry(layer.output_qparams),
-    }
-
-
-def _int_pair(entry: dict, key: str, where: str) -> tuple[int, int]:
+def _int_pair(entry: dict, key: str, where: str, smallest: int) -> tuple[int, int]:
     value = entry.get(key)
     _require(
-        isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value),
-        f"{where}: {key} must be a pair of integers",
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and v >= smallest for v in value),
+        f"{where}: {key} must be a pair of integers >= {smallest}, got {value!r}",
     )
     return value[0], value[1]
 
 
 def _maxpool_from_entry(entry: dict, where: str) -> Int8MaxPool2d:
-    return Int8MaxPool2d(_int_pair(entry, "kernel_size", where), _int_pair(entry, "stride", where))
+    return Int8MaxPool2d(
+        _int_pair(entry, "kernel_size", where, 1), _int_pair(entry, "stride", where, 1)
+    )
 
 
-def _conv_from_entry(entry: dict, input_qparams: QParams, in_channels: int | None) -> Int8Conv2d:
-    """Rebuild an Int8Conv2d, checking the fields a conv adds to a Linear's."""
-    where = f"layer {entry.get('name')!r}"
+def _conv_from_entry(
+    entry: dict, index: int, input_qparams: QParams, in_channels: int | None, mode: Requantization
+) -> Int8Conv2d:
+    """Rebuild an Int8Conv2d, checking every field (groups: 1, or C for a depthwise conv)."""
+    name, where = _name_of(entry, index)
     weight = entry.get("weight")
     _require(
         isinstance(weight, torch.Tensor) and weight.dtype == torch.int8 and weight.dim() == 4,
-        f"{where}: weight must be a 4-d int8 tensor [out, in, kh, kw]",
+        f"{where}: weight must be a 4-d int8 tensor [out, in / groups, kh, kw]",
     )
+    groups = entry.get("groups", 1)
     _require(
-        in_channels is None or weight.shape[1] == in_channels,
-        f"{where}: takes {weight.shape[1]} channels, but the layer before gives {in_channels}",
+        isinstance(groups, int)
+        and (groups == 1 or (groups == weight.shape[0] and weight.shape[1] == 1)),
+        f"{where}: groups {groups!r} must be 1 or, for a depthwise conv of weight "
+        f"[C, 1, kh, kw], C (weight {tuple(weight.shape)})",
     )
-    stride, padding = _int_pair(entry, "stride", where), _int_pair(entry, "padding", where)
-    # The bias, scales, ranges, ReLU and output qparams are checked as a Linear's are, on the
-    # filters seen as rows [out, in kh kw].
-    as_linear = _linear_from_entry(
-        {**entry, "weight": weight.reshape(weight.shape[0], -1)}, input_qparams, None
+    channels = weight.shape[1] * groups
+    _require(
+        in_channels is None or channels == in_channels,
+        f"{where}: takes {channels} channels, but the layer before gives {in_channels}",
     )
     return Int8Conv2d(
         weight,
-        as_linear.bias,
-        as_linear.weight_qparams,
-        input_qparams,
-        as_linear.output_qparams,
-        as_linear.relu,
-        stride=stride,
-        padding=padding,
-        name=as_linear.name,
+        input_qparams=input_qparams,
+        stride=_int_pair(entry, "stride", where, 1),
+        padding=_int_pair(entry, "padding", where, 0),
+        name=name,
+        requantization=mode,
+        groups=groups,
+        **_weighted_fields(entry, weight, where),
     )
+
+
+def _flatten_from_entry(entry: dict, where: str) -> nn.Flatten:
+    start_dim, end_dim = entry.get("start_dim"), entry.get("end_dim")
+    _require(
+        isinstance(start_dim, int) and isinstance(end_dim, int),
+        f"{where}: start_dim and end_dim must be integers, got {start_dim!r}, {end_dim!r}",
+    )
+    return nn.Flatten(start_dim, end_dim)
 
 
 def int8_model_from_state(state: dict[str, Any]) -> Int8Model:
     """Rebuild an :class:`Int8Model` from :func:`int8_state`, checking every field."""
     input_qparams = _activation_from_entry(state.get("input"), "input")
+    mode = requantization_mode(state.get("requantization", Requantization.FIXED_POINT.value))
     entries = state.get("layers")
     _require(isinstance(entries, list) and entries, "layers: expected a non-empty list")
     layers: list[nn.Module] = []
     current, in_features, channels = input_qparams, None, None
     for index, entry in enumerate(entries):
         _require(isinstance(entry, dict), f"layers[{index}]: expected a dict")
-        if entry.get("type") == "flatten":
-            layers.append(nn.Flatten(int(entry["start_dim"]), int(entry["end_dim"])))
-        elif entry.get("type") == "linear":
-            layer = _linear_from_entry(unpack_entry(entry), current, in_features)
+        kind = entry.get("type")
+        if kind == "flatten":
+            layers.append(_flatten_from_entry(entry, f"layers[{index}]"))
+        elif kind == "linear":
+            layer = _linear_from_entry(unpack_entry(entry), index, current, in_features, mode)
             layers.append(layer)
             current, in_features = layer.output_qparams, layer.out_features
-        elif entry.get("type") == "conv2d":
-            layer = _conv_from_entry(entry, current, channels)
+        elif kind == "conv2d":
+            layer = _conv_from_entry(entry, index, current, channels, mode)
             layers.append(layer)
             current, channels = layer.output_qparams, layer.out_channels
-        elif entry.get("type") == "maxpool2d":
+        elif kind == "maxpool2d":
             layers.append(_maxpool_from_entry(entry, f"layers[{index}]"))
+        elif kind == "global_avgpool2d":
+            layers.append(Int8GlobalAvgPool2d())
         else:
-            raise InputError(f"layers[{index}]: unknown layer type {entry.get('type')!r}")
-    return Int8Model(input_qparams, layers).eval()
+            raise InputError(f"layers[{index}]: unknown layer type {kind!r}")
+    return Int8Model(input_qparams, layers, mode).eval()
 
 
 def _int8_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Int8Model:
+    """The model of a loaded payload; a bad field is named with the file it came from.
+    Only InputError (a field found invalid) is caught: anything else is a bug."""
     try:
         return int8_model_from_state(payload)
-    except (KeyError, TypeError, ValueError) as error:
+    except InputError as error:
         raise InputError(f"{path} is not a valid INT8 checkpoint: {error}") from error
 
 

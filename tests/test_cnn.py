@@ -421,13 +421,13 @@ def test_per_tensor_cnn_checkpoint_round_trip(quantized, offline_data, tmp_path)
 def test_fast_path_equals_the_teaching_path(
     cnn, images, offline_data, per_channel, activation_dtype
 ):
-    from ptqlib.fast.cnn import FastInt8CNN
+    from ptqlib.fast import FastInt8Model
 
     int8_model, _, _ = quantize_cnn(
         cnn, images, "minmax", per_channel, {"dtype": activation_dtype}, progress=False
     )
     test_images = offline_data.test.images
-    fast = FastInt8CNN(int8_model)
+    fast = FastInt8Model(int8_model)
     assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))
     assert torch.equal(fast(test_images[:3]), int8_model(test_images[:3]))
 
@@ -435,7 +435,7 @@ def test_fast_path_equals_the_teaching_path(
 def test_fast_path_without_pooling_and_with_stride(images):
     from collections import OrderedDict
 
-    from ptqlib.fast.cnn import FastInt8CNN
+    from ptqlib.fast import FastInt8Model
 
     torch.manual_seed(1)
     model = nn.Sequential(
@@ -450,12 +450,12 @@ def test_fast_path_without_pooling_and_with_stride(images):
     ).eval()
     int8_model, _, _ = quantize_cnn(model, images[:200], "minmax", progress=False)
     test_images = images[200:260]
-    fast = FastInt8CNN(int8_model)
+    fast = FastInt8Model(int8_model)
     assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))
 
 
 def test_fast_path_needs_an_int8_model(cnn):
-    from ptqlib.fast.cnn import FastInt8CNN
+    from ptqlib.fast import FastInt8Model
 
     with pytest.raises(TypeError, match="Int8Model"):
-        FastInt8CNN(cnn)
+        FastInt8Model(cnn)

@@ -26,8 +26,7 @@ from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
 from ptqlib.errors import InputError
 from ptqlib.evaluation import Latency, agreement, compare_latency, predict
-from ptqlib.fast.cnn import FastInt8CNN
-from ptqlib.fast.mlp import FastInt8Model
+from ptqlib.fast import FastInt8Model
 from ptqlib.hardware import machine_info
 from ptqlib.int8_checkpoint import int8_state, save_int8
 from ptqlib.int8_model import Int8Model, convert, quantize_cnn
@@ -52,7 +51,7 @@ def build_models(
     - ``fp32``: the baseline, on normalised images;
     - ``int8_ptqlib_teaching``: ptqlib's INT8 model of notebook 04, converted from the
       baseline with its input normalisation folded into fc1, so it reads raw uint8 pixels;
-    - ``int8_ptqlib``: the same model on the fast path (``ptqlib.fast.mlp``): same integers;
+    - ``int8_ptqlib``: the same model on the fast path (``ptqlib.fast``): same integers;
     - ``int8_torch``: torch.ao's eager-mode PTQ of the baseline.
 
     torch.ao gets its own observer of the same name where it has one (min/max, moving
@@ -71,7 +70,7 @@ def build_models(
     engine = reference.default_quantized_engine()
     if model == "cnn":
         teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
-        fast = FastInt8CNN(teaching)
+        fast = FastInt8Model(teaching)
         int8_torch = reference.torch_eager_ptq(
             fp32, images, reduce_range=engine == "x86", activation_observer=torch_observer
         )
@@ -101,7 +100,7 @@ def build_models(
     }
     settings = {
         "model": model,
-        "ptqlib_accumulator": getattr(fast, "accumulator", "int8 GEMM (_int_mm)"),
+        "ptqlib_accumulator": fast.accumulator,
         "observer": observer,
         "torch_observer": torch_observer,
         "quantized_engine": engine,

@@ -32,8 +32,9 @@ from torch import nn
 
 from ptqlib.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, PRODUCER, fp32_to_onnx, int8_to_onnx
 from ptqlib.errors import InputError
-from ptqlib.int8_layers import Int8Linear, check_requantization
+from ptqlib.int8_layers import Int8Conv2d, Int8Linear
 from ptqlib.int8_model import Int8Model
+from ptqlib.integer_arithmetic import requantization_mode
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
 ORT_ERRORS = (
@@ -153,22 +154,20 @@ def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
     e.g. a loaded checkpoint made to compute as ONNX Runtime does."""
     if not isinstance(model, Int8Model):
         raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
-    check_requantization(requantization)
-    layers = [
-        Int8Linear(
-            layer.weight,
-            layer.bias,
-            layer.weight_qparams,
-            layer.input_qparams,
-            layer.output_qparams,
-            layer.relu,
-            layer.name,
-            requantization,
-        )
-        if isinstance(layer, Int8Linear)
-        else layer
-        for layer in model.layers
-    ]
+    requantization = requantization_mode(requantization)
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, (Int8Linear, Int8Conv2d)):
+            arguments = [layer.weight, layer.bias, layer.weight_qparams, layer.input_qparams]
+            arguments += [layer.output_qparams, layer.relu]
+            if isinstance(layer, Int8Conv2d):
+                layer = Int8Conv2d(
+                    *arguments, layer.stride, layer.padding, layer.name, requantization,
+                    layer.groups,
+                )  # fmt: skip
+            else:
+                layer = Int8Linear(*arguments, layer.name, requantization)
+        layers.append(layer)
     return Int8Model(model.input_qparams, layers, requantization).eval()
 
 

@@ -1,8 +1,15 @@
 """The fast path: the teaching path's integers, computed quickly.
 
-- ``ptqlib.fast.mlp``        ``FastInt8Model``: an INT8 MLP with its constants folded
-- ``ptqlib.fast.cnn``        ``FastInt8CNN``: the same for the CNN
+- ``ptqlib.fast.model``      ``FastInt8Model``: any INT8 model (MLP or CNN) with its constants
+  folded; one class, following the teaching model's state
+- ``ptqlib.fast.folding``    the requantization folded into one multiply-add
+- ``ptqlib.fast.cnn``        convolutions channels last, max-pool before requantizing
 - ``ptqlib.fast.profiling``  where an INT8 forward pass spends its time
 
-Each is tested equal, integer for integer, to the teaching path (``ptqlib.int8_model``).
+The parity matrix (``tests/test_parity_matrix.py``) checks it equal, integer for integer, to
+the teaching path (``ptqlib.int8_model``) in every mode it accepts.
 """
+
+from ptqlib.fast.model import FastInt8Model
+
+__all__ = ["FastInt8Model"]

@@ -16,9 +16,11 @@ import torch
 
 from ptqlib.data import normalise
 from ptqlib.evaluation import time_interleaved
-from ptqlib.fast.mlp import FastInt8Model
+from ptqlib.fast.folding import requantize_folded
+from ptqlib.fast.model import FastInt8Model
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
+from ptqlib.integer_arithmetic import int8_matmul
 
 
 @dataclass(frozen=True)
@@ -38,15 +40,19 @@ def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list:
     """``(function, argument)`` per layer: the GEMM alone, on that layer's real input."""
     calls, x = [], carriers
     if isinstance(model, FastInt8Model):
-        for layer in model.layers:
+        for layer in model.model.layers:
+            if not isinstance(layer, Int8Linear):
+                x = layer(x)
+                continue
+            folded = model.folded(layer)
             gemm = torch._int_mm if model.use_int8_gemm else torch.mm
-            argument = x if model.use_int8_gemm else x.float()
-            calls.append((gemm, argument, layer.weight_t))
-            x = model.run_layer(x, layer)
+            argument = x if model.use_int8_gemm else x.to(folded.weight_t.dtype)
+            calls.append((gemm, argument, folded.weight_t))
+            x = requantize_folded(int8_matmul(x, folded.weight_t), layer, folded)
         return calls
     for layer in model.layers:
         if isinstance(layer, Int8Linear):
-            calls.append((torch._int_mm, x, layer.weight.t()))
+            calls.append((int8_matmul, x, layer.weight.t()))
         x = layer(x)
     return calls
 
