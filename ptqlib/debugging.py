@@ -33,7 +33,11 @@ from torch import nn
 from ptqlib.batchnorm import BATCHNORMS, fold_model
 from ptqlib.calibration import calibrate
 from ptqlib.data import MNISTSplit
-from ptqlib.equalization import cross_layer_equalization, data_free_quantization_prep
+from ptqlib.equalization import (
+    cross_layer_equalization,
+    data_free_quantization_prep,
+    equalization_pairs,
+)
 from ptqlib.errors import InputError
 from ptqlib.evaluation import paired_comparison, predict
 from ptqlib.fusion import quantization_points
@@ -254,24 +258,8 @@ def debug_model(
     report.dead_channels = {k: v for k, v in dead_channels(model, images).items() if v}
 
     # The fixes, each calibrated again on the same images (CLE changes the activations).
-    equalized = cross_layer_equalization(folded, sweeps)[0]
-    dfq = data_free_quantization_prep(model, sweeps, absorb=True)
     report.fixes = [
         run("per-channel weights", folded, qparams, layers, points, per_channel=True),
-        run(
-            "CLE, per-tensor",
-            equalized,
-            activation_qparams(equalized, images, observer),
-            layers,
-            points,
-        ),
-        run(
-            "CLE + bias absorption, per-tensor",
-            dfq,
-            activation_qparams(dfq, images, observer),
-            layers,
-            points,
-        ),
         run(
             "histogram activation range, per-tensor",
             folded,
@@ -280,6 +268,15 @@ def debug_model(
             points,
         ),
     ]
+    if equalization_pairs(folded):  # CLE needs Conv2d -> ReLU -> Conv2d pairs
+        equalized = cross_layer_equalization(folded, sweeps)[0]
+        dfq = data_free_quantization_prep(model, sweeps, absorb=True)
+        for name, network in (
+            ("CLE, per-tensor", equalized),
+            ("CLE + bias absorption, per-tensor", dfq),
+        ):
+            network_qparams = activation_qparams(network, images, observer)
+            report.fixes.insert(-1, run(name, network, network_qparams, layers, points))
     report.culprit, report.diagnosis = _diagnose(report)
     return report
 

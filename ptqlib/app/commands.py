@@ -24,9 +24,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     data = load_mnist(args.data_dir)
     epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
-    result = train(data, epochs=epochs, seed=args.seed, model=args.model)
-    meta = training_meta(result, data, epochs, args.seed)
-    out = args.out or artifacts_dir() / f"{args.model}_fp32.pt"
+    result = train(data, epochs=epochs, seed=args.seed, model=args.model, recipe=args.recipe)
+    meta = training_meta(result, data, epochs, args.seed, args.recipe)
+    stem = args.model if args.recipe == "default" else f"{args.model}_{args.recipe}"
+    out = args.out or artifacts_dir() / f"{stem}_fp32.pt"
     path = save_fp32(result.model, out, meta)
     print(
         f"trained {args.model} for {epochs} epochs in {result.seconds:.1f} s; "
@@ -157,6 +158,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     from ptqlib.app.pipeline import quantize_checkpoint
 
     if low_bit_requested(args):
+        if args.equalize:
+            raise InputError("equalize: works with the 8-bit path only, not with low-bit options")
         return run_quantize_low_bit(args)
 
     result = quantize_checkpoint(
@@ -167,11 +170,28 @@ def run_quantize(args: argparse.Namespace) -> int:
         per_channel=not args.per_tensor,
         data_dir=args.data_dir,
         expected_model=args.model,
+        equalize=args.equalize,
     )
     print(
+        f"{'equalized (CLE), ' if args.equalize else ''}"
         f"calibrated on {args.calib:,} images with the {args.observer} observer; wrote "
         f"{result.path} ({result.int8_bytes:,} bytes, {result.size_ratio:.2f}x smaller than FP32)"
     )
+    return 0
+
+
+def run_debug(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import load_fp32
+    from ptqlib.debugging import debug_model, format_report
+
+    model, _ = load_fp32(args.checkpoint)
+    data = load_mnist(args.data_dir, verbose=False)
+    images = calibration_images(data.train, args.calib)
+    report = debug_model(model, images, data.test, observer=args.observer, sweeps=args.sweeps)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, **report.to_dict()}))
+    else:
+        print(f"{data.describe()}\n{format_report(report)}")
     return 0
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from torch import nn
 
+from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import load_fp32, saved_size_bytes
 from ptqlib.data import MNIST, calibration_images, load_mnist
+from ptqlib.equalization import cross_layer_equalization
 from ptqlib.errors import InputError
 from ptqlib.evaluation import Latency, agreement, compare_latency, predict
 from ptqlib.fast import FastInt8Model
@@ -36,6 +38,7 @@ from ptqlib.reference import torch_eager as reference
 from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
+MODEL_TITLES = {"cnn": "SmallCNN, notebook 07", "dwcnn": "DepthwiseCNN, notebook 09"}
 MODEL_NAMES = ("fp32", "int8_ptqlib", "int8_ptqlib_teaching", "int8_torch")
 
 
@@ -68,7 +71,7 @@ def build_models(
     images = calibration_images(data.train, calib)
     torch_observer = observer if observer in reference.TORCH_ACTIVATION_OBSERVERS else "histogram"
     engine = reference.default_quantized_engine()
-    if model == "cnn":
+    if model in ("cnn", "dwcnn"):
         teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
         fast = FastInt8Model(teaching)
         int8_torch = reference.torch_eager_ptq(
@@ -224,7 +227,7 @@ def results_markdown(results: dict) -> str:
     fp32_size = results["fp32"]["size_bytes"]
     model = setup.get("model", "simplenet")
     lines = [
-        ("" if model == "simplenet" else f"Model: {model} (SmallCNN, notebook 07). ")
+        ("" if model == "simplenet" else f"Model: {model} ({MODEL_TITLES[model]}). ")
         + f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
         f"observer {setup['observer']} (torch.ao: {setup['torch_observer']}).",
         machine_line(setup["machine"]),
@@ -277,16 +280,24 @@ def quantize_checkpoint(
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
     expected_model: str | None = None,
+    equalize: bool = False,
 ) -> QuantizeResult:
     """Load an FP32 checkpoint, calibrate on ``calib`` training images (class-balanced,
     :func:`ptqlib.data.calibration_images`) with the activation ``observer``, convert and
     save the INT8 model to ``out``. A SmallCNN is folded and fused first
     (:func:`ptqlib.int8_model.quantize_cnn`). With ``expected_model`` ("simplenet" or "cnn"),
-    a checkpoint of the other model is a ValueError."""
+    a checkpoint of the other model is a ValueError. ``equalize`` runs cross-layer
+    equalization (``ptqlib.equalization``) on the folded CNN before calibrating."""
     model, _ = load_fp32(checkpoint, expected_model=expected_model)
+    if equalize and model_name(model) == "simplenet":
+        raise InputError("equalize: SimpleNet has no Conv2d -> ReLU -> Conv2d pair to equalize")
     data = load_mnist(data_dir, splits=("train",), verbose=progress)
     images = calibration_images(data.train, calib)
-    if model_name(model) == "cnn":
+    if equalize:
+        equalized, _ = cross_layer_equalization(fold_model(model))
+        calibration = calibrate(equalized, images, activation_observer=observer, progress=progress)
+        int8_model = convert(equalized, calibration.qparams, per_channel=per_channel)
+    elif model_name(model) in ("cnn", "dwcnn"):
         int8_model, _, _ = quantize_cnn(model, images, observer, per_channel, progress=progress)
     else:
         calibration = calibrate(model, images, activation_observer=observer, progress=progress)
@@ -297,6 +308,8 @@ def quantize_checkpoint(
         "calibration_images": calib,
         "per_channel": per_channel,
     }
+    if equalize:
+        meta["equalized"] = True
     if model_name(model) != "simplenet":  # absent means SimpleNet, as in the FP32 file
         meta["model"] = model_name(model)
     path = save_int8(int8_model, out, meta)
