@@ -4,7 +4,8 @@ The concepts a reader learns are flat modules, in the order the notebooks use th
 only go forward along this list):
 
 - ``ptqlib.data``                MNIST from IDX files, torchvision's download, or offline
-- ``ptqlib.models``              SimpleNet (the MLP), SmallCNN; folding the input normalisation
+- ``ptqlib.models``              SimpleNet (the MLP), SmallCNN, DepthwiseCNN; folding the input
+  normalisation
 - ``ptqlib.checkpoints``         safe checkpoint files; the FP32 checkpoint
 - ``ptqlib.training``            training and the cached FP32 baselines
 - ``ptqlib.quantization``        scale, zero-point, quantize / dequantize, error metrics
@@ -19,6 +20,8 @@ only go forward along this list):
 - ``ptqlib.fake_quant``          the quantized model simulated in float
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
 - ``ptqlib.evaluation``          accuracy, agreement, McNemar's test and latency
+- ``ptqlib.equalization``        cross-layer equalization and bias absorption (data-free PTQ)
+- ``ptqlib.debugging``           the PTQ debugging procedure, on partly fake-quantized models
 
 Alternative flows, backends and tooling are one level down:
 

@@ -74,7 +74,7 @@ def activation_qparams(
 
 
 @torch.no_grad()
-def simulate(
+def partially_quantized(
     model: nn.Sequential,
     qparams: Mapping[str, QParams],
     weights: Iterable[str] = (),
@@ -241,7 +241,7 @@ def debug_model(
     layers, points = weighted_layers(folded), list(qparams)
 
     def run(name, network, network_qparams, weights=(), activations=(), per_channel=False):
-        simulated = simulate(network, network_qparams, weights, activations, per_channel)
+        simulated = partially_quantized(network, network_qparams, weights, activations, per_channel)
         return _trial(name, simulated, split, reference)
 
     report.steps = [

@@ -18,7 +18,7 @@ from ptqlib.debugging import (
     dead_channels,
     debug_model,
     format_report,
-    simulate,
+    partially_quantized,
     weighted_layers,
 )
 from ptqlib.errors import InputError
@@ -38,29 +38,29 @@ def random_folded(seed: int = 0) -> nn.Sequential:
     return fold_model(model)
 
 
-def test_simulate_with_nothing_quantized_is_the_float_model():
+def test_partially_quantized_with_nothing_quantized_is_the_float_model():
     folded = random_folded()
     images = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     qparams = activation_qparams(folded, images)
     assert list(qparams)[:3] == ["input", "relu1", "dw1_relu"]
-    assert torch.equal(simulate(folded, qparams)(images), folded(images))
+    assert torch.equal(partially_quantized(folded, qparams)(images), folded(images))
     # every point quantized: close to float, but not equal
-    quantized = simulate(folded, qparams, weighted_layers(folded), list(qparams))(images)
+    quantized = partially_quantized(folded, qparams, weighted_layers(folded), list(qparams))(images)
     assert not torch.equal(quantized, folded(images))
     assert torch.allclose(quantized, folded(images), atol=0.2 * float(folded(images).abs().max()))
 
 
 @pytest.mark.parametrize("per_channel, most_levels", [(False, 256), (True, 256 * 16)])
-def test_simulate_puts_a_layers_weights_on_the_int8_grid(per_channel, most_levels):
+def test_partially_quantized_puts_a_layers_weights_on_the_int8_grid(per_channel, most_levels):
     folded = random_folded()
-    simulated = simulate(folded, {}, weights=["dw1"], per_channel=per_channel)
+    simulated = partially_quantized(folded, {}, weights=["dw1"], per_channel=per_channel)
     assert len(torch.unique(simulated.dw1.weight)) <= most_levels
     assert not torch.equal(simulated.dw1.weight, folded.dw1.weight)
     assert torch.equal(simulated.pw1.weight, folded.pw1.weight)  # the others stay float
     with pytest.raises(InputError, match="relu1"):
-        simulate(folded, {}, weights=["relu1"])
+        partially_quantized(folded, {}, weights=["relu1"])
     with pytest.raises(InputError, match="nowhere"):
-        simulate(folded, {}, activations=["nowhere"])
+        partially_quantized(folded, {}, activations=["nowhere"])
 
 
 def test_dead_channels_are_never_positive():
