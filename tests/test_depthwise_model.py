@@ -90,3 +90,14 @@ def test_folding_with_a_tiny_running_variance_multiplies_the_filter_by_gamma_ove
     images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     reference = model(images)
     assert torch.allclose(folded(images), reference, atol=1e-4 * float(reference.abs().max()))
+
+
+def test_a_recipe_the_model_lacks_is_one_line_before_any_work(capsys):
+    from ptqlib.app.cli import EXIT_ERROR, main
+
+    arguments = ["train", "--model", "cnn", "--recipe", "hot", "--data-dir", "/nowhere"]
+    assert main(arguments) == EXIT_ERROR
+    captured = capsys.readouterr()
+    error = captured.err.strip()
+    assert "recipe" in error and "hot" in error and error.count("\n") == 0
+    assert "MNIST" not in captured.out  # it failed before loading any data

@@ -20,8 +20,9 @@ def run_train(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import save_fp32
     from ptqlib.evaluation import accuracy
     from ptqlib.paths import artifacts_dir
-    from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, train, training_meta
+    from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, recipe_for, train, training_meta
 
+    recipe_for(args.model, args.recipe)  # a recipe the model lacks fails before any work
     data = load_mnist(args.data_dir)
     epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
     result = train(data, epochs=epochs, seed=args.seed, model=args.model, recipe=args.recipe)
