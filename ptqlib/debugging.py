@@ -290,10 +290,16 @@ def _diagnose(report: DebugReport) -> tuple[str | None, str]:
         return None, f"W8A8 per-tensor is within {lost:.1f} points of FP32: nothing to fix."
     if 100 * (fp32 - weights_only.accuracy) >= 100 * (fp32 - activations_only.accuracy):
         worst = min(report.layers, key=lambda facts: facts.accuracy_alone)
+        also = [
+            facts.layer
+            for facts in report.layers
+            if facts is not worst and 100 * (fp32 - facts.accuracy_alone) > 10
+        ]
         return worst.layer, (
             f"the weights break it: {worst.layer}'s weights quantized alone give "
             f"{worst.accuracy_alone:.1%} (FP32 {fp32:.1%}); its per-channel ranges spread "
             f"{worst.range_spread:,.0f}x (largest {worst.largest_range:.3g})"
+            + (f"; {', '.join(also)} alone also lose(s) more than 10 points" if also else "")
         )
     worst_point = min(report.activations, key=lambda trial: trial.accuracy)
     name = worst_point.name.removesuffix(" alone")
