@@ -5,7 +5,8 @@ only go forward along this list; the one import of a sub-package from the core i
 ``int8_checkpoint`` packing sub-8-bit weights with ``lowbit.packing``):
 
 - ``ptqlib.data``                MNIST from IDX files, torchvision's download, or offline
-- ``ptqlib.models``              SimpleNet (the MLP), SmallCNN; folding the input normalisation
+- ``ptqlib.models``              SimpleNet (the MLP), SmallCNN, DepthwiseCNN; folding the input
+  normalisation
 - ``ptqlib.checkpoints``         safe checkpoint files; the FP32 checkpoint
 - ``ptqlib.training``            training and the cached FP32 baselines
 - ``ptqlib.quantization``        scale, zero-point, quantize / dequantize, error metrics
@@ -21,6 +22,8 @@ only go forward along this list; the one import of a sub-package from the core i
 - ``ptqlib.fake_quant``          the quantized model simulated in float
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
 - ``ptqlib.evaluation``          accuracy, agreement, McNemar's test and latency
+- ``ptqlib.equalization``        cross-layer equalization and bias absorption (data-free PTQ)
+- ``ptqlib.debugging``           the PTQ debugging procedure, on partly fake-quantized models
 
 Alternative flows, backends and tooling are one level down:
 

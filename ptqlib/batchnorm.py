@@ -20,6 +20,13 @@ One layer with weight W' and bias b' computes exactly what the two did, so the I
 never needs a BatchNorm: folding happens before calibration and quantization, which then
 see W' (see notebook 07 for what that does to the weight ranges).
 
+A depthwise convolution (``groups`` = channels, weight ``[C, 1, k, k]``) has its output
+channel c on axis 0 too, so the same formula folds it, filter by filter. Beware a channel whose
+running variance is ~0 (its input was always 0, e.g. after a dead ReLU channel): its factor
+becomes ``gamma_c / sqrt(eps)``, about ``316 gamma_c`` with eps = 1e-5. Harmless in float (the
+filter multiplies zeros), but that one filter then sets a per-tensor weight scale for all the
+others (notebook 09).
+
 Two conditions. The BatchNorm must be in eval mode: in training mode it normalises with the
 statistics of each batch, not the fixed running ones, and no fixed W', b' can do that. And
 it must directly follow the layer it folds into: through a ReLU or a pooling in between,

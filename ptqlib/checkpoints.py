@@ -68,7 +68,11 @@ UNREADABLE_FILE_ERRORS = (
 KINDS = ("fp32", "int8")
 # What an FP32 file without a "model" field holds: SimpleNet (see save_fp32).
 DEFAULT_MODEL = "simplenet"
-MODEL_DESCRIPTIONS = {"simplenet": "SimpleNet (784-128-64-10)", "cnn": "SmallCNN"}
+MODEL_DESCRIPTIONS = {
+    "simplenet": "SimpleNet (784-128-64-10)",
+    "cnn": "SmallCNN",
+    "dwcnn": "DepthwiseCNN",
+}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:

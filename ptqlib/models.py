@@ -11,6 +11,10 @@ the conversion to INT8 walks the same sequence.
 SmallCNN (notebook 07) is built the same way, so its quantization points have names too:
 
     conv1 -> bn1 -> relu1 -> pool1 -> conv2 -> bn2 -> relu2 -> pool2 -> flatten -> fc -> logits
+
+DepthwiseCNN (notebook 09) is a depthwise-separable CNN in the style of MobileNet: each block
+is a depthwise 3x3 convolution (one filter per channel, ``groups = channels``) and a pointwise
+1x1 convolution that mixes the channels, each followed by BatchNorm and ReLU.
 """
 
 from __future__ import annotations
@@ -113,19 +117,73 @@ class SmallCNN(nn.Sequential):
         )
 
 
+# DepthwiseCNN: (input channels, output channels, stride of the depthwise conv) of each block.
+DEPTHWISE_BLOCKS = ((16, 32, 2), (32, 64, 2), (64, 64, 1))
+DEPTHWISE_STEM_CHANNELS = 16
+
+
+class DepthwiseCNN(nn.Sequential):
+    """A depthwise-separable CNN with BatchNorm for 28x28 digits (notebook 09), ~9k weights::
+
+        stem    Conv2d(1, 16, 3, padding=1), BatchNorm2d, ReLU                   [N, 16, 28, 28]
+        block1  depthwise Conv2d(16, 16, 3, stride 2, groups=16), BN, ReLU       [N, 16, 14, 14]
+                pointwise Conv2d(16, 32, 1), BN, ReLU                            [N, 32, 14, 14]
+        block2  depthwise 32 (stride 2) -> pointwise 32 -> 64                    [N, 64, 7, 7]
+        block3  depthwise 64 (stride 1) -> pointwise 64 -> 64                    [N, 64, 7, 7]
+        pool    AdaptiveAvgPool2d(1): the mean of each channel (global average)  [N, 64, 1, 1]
+        Flatten, Linear(64, 10)                                                  [N, 10]
+
+    Children are named ``conv1, bn1, relu1`` for the stem and ``dw<k>, dw<k>_bn, dw<k>_relu,
+    pw<k>, pw<k>_bn, pw<k>_relu`` for block k, so every quantization point has a name.
+
+    A depthwise convolution gives each channel its own 3x3 filter over that channel only
+    (weight ``[C, 1, 3, 3]``): channel c of its output depends on channel c of its input
+    alone. That is what makes it fragile after BatchNorm folding (notebook 09): a channel
+    whose input is always zero has a BatchNorm variance near 0, and folding multiplies its
+    filter by ``gamma / sqrt(var + eps)``. The convolutions have no bias (the BatchNorm's
+    beta is the shift).
+    """
+
+    def __init__(self) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        stem = DEPTHWISE_STEM_CHANNELS
+        layers["conv1"] = nn.Conv2d(1, stem, kernel_size=3, padding=1, bias=False)
+        layers["bn1"] = nn.BatchNorm2d(stem)
+        layers["relu1"] = nn.ReLU()
+        for index, (channels_in, channels_out, stride) in enumerate(DEPTHWISE_BLOCKS, start=1):
+            layers[f"dw{index}"] = nn.Conv2d(
+                channels_in,
+                channels_in,
+                kernel_size=3,
+                stride=stride,
+                padding=1,
+                groups=channels_in,
+                bias=False,
+            )
+            layers[f"dw{index}_bn"] = nn.BatchNorm2d(channels_in)
+            layers[f"dw{index}_relu"] = nn.ReLU()
+            layers[f"pw{index}"] = nn.Conv2d(channels_in, channels_out, kernel_size=1, bias=False)
+            layers[f"pw{index}_bn"] = nn.BatchNorm2d(channels_out)
+            layers[f"pw{index}_relu"] = nn.ReLU()
+        layers["pool"] = nn.AdaptiveAvgPool2d(1)
+        layers["flatten"] = nn.Flatten()
+        layers["fc"] = nn.Linear(DEPTHWISE_BLOCKS[-1][1], NUM_CLASSES)
+        super().__init__(layers)
+
+
 # The models ptqlib can train and quantize, by the name checkpoints and the CLI use.
-MODELS = {"simplenet": SimpleNet, "cnn": SmallCNN}
+MODELS = {"simplenet": SimpleNet, "cnn": SmallCNN, "dwcnn": DepthwiseCNN}
 
 
 def build_model(name: str) -> nn.Sequential:
-    """A fresh, untrained model by its name in :data:`MODELS` ("simplenet" or "cnn")."""
+    """A fresh, untrained model by its name in :data:`MODELS` ("simplenet", "cnn", "dwcnn")."""
     if name not in MODELS:
         raise InputError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
     return MODELS[name]()
 
 
 def model_name(model: nn.Module) -> str:
-    """The name in :data:`MODELS` of ``model``'s class ("simplenet" or "cnn")."""
+    """The name in :data:`MODELS` of ``model``'s class ("simplenet", "cnn" or "dwcnn")."""
     for name, model_class in MODELS.items():
         if type(model) is model_class:
             return name

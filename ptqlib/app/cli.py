@@ -17,7 +17,13 @@ from ptqlib.app.pipeline import BATCH_SIZES
 from ptqlib.app.quantize import ACTIVATION_OBSERVERS
 from ptqlib.errors import InputError
 from ptqlib.models import MODELS
-from ptqlib.training import DEFAULT_EPOCHS, DEFAULT_EPOCHS_BY_MODEL, DEFAULT_SEED
+from ptqlib.training import (
+    DEFAULT_EPOCHS,
+    DEFAULT_EPOCHS_BY_MODEL,
+    DEFAULT_RECIPE,
+    DEFAULT_SEED,
+    RECIPES,
+)
 
 EXIT_ERROR = 2
 
@@ -127,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_option(
         train,
-        "simplenet (the MLP) or cnn (notebook 07's SmallCNN); default simplenet",
+        "simplenet (the MLP), cnn (notebook 07's SmallCNN) or dwcnn (notebook 09's "
+        "DepthwiseCNN); default simplenet",
         "simplenet",
     )
     train.add_argument(
@@ -135,13 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help=f"passes over the training split (default {DEFAULT_EPOCHS} for simplenet, "
-        f"{DEFAULT_EPOCHS_BY_MODEL['cnn']} for cnn)",
+        f"{DEFAULT_EPOCHS_BY_MODEL['cnn']} for cnn, {DEFAULT_EPOCHS_BY_MODEL['dwcnn']} for dwcnn)",
     )
     train.add_argument(
         "--seed",
         type=int,
         default=DEFAULT_SEED,
         help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
+    )
+    train.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        choices=sorted({name for recipes in RECIPES.values() for name in recipes}),
+        help="optimizer settings (default: default); dwcnn also has 'hot' (SGD, lr 2.0: "
+        "notebook 09's model that breaks under per-tensor INT8)",
     )
     add_data_option(train)
     train.add_argument(
@@ -182,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one weight scale per layer instead of one per output channel",
     )
+    quantize.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization (ptqlib.equalization) of the folded CNN before "
+        "calibrating: a data-free repair for --per-tensor",
+    )
     add_data_option(quantize)
     add_low_bit_options(quantize)
     quantize.set_defaults(handler=commands.run_quantize)
@@ -199,13 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", action="store_true", help="print the table as JSON")
     diagnose.set_defaults(handler=commands.run_diagnose)
 
+    debug = subcommands.add_parser(
+        "debug",
+        help="the PTQ debugging procedure on an FP32 checkpoint: which layer breaks and the fixes",
+    )
+    debug.add_argument("--checkpoint", required=True, help="an FP32 checkpoint (a CNN)")
+    debug.add_argument(
+        "--observer",
+        default="minmax",
+        choices=ACTIVATION_OBSERVERS,
+        help="activation observer (default minmax)",
+    )
+    debug.add_argument(
+        "--calib",
+        type=positive_int,
+        default=500,
+        help="class-balanced training images to calibrate on (default 500)",
+    )
+    debug.add_argument(
+        "--sweeps", type=positive_int, default=20, help="CLE sweeps over all pairs (default 20)"
+    )
+    add_data_option(debug)
+    debug.add_argument("--json", action="store_true", help="print the report as JSON")
+    debug.set_defaults(handler=commands.run_debug)
+
     pipeline = subcommands.add_parser(
         "pipeline",
         help="baseline -> calibrate -> INT8 with ptqlib and torch.ao -> accuracy, size, latency",
     )
     for add_options in (add_data_option, add_calibration_options, add_threads_option):
         add_options(pipeline)
-    add_model_option(pipeline, "simplenet or cnn (default simplenet)", "simplenet")
+    add_model_option(pipeline, "simplenet, cnn or dwcnn (default simplenet)", "simplenet")
     pipeline.add_argument(
         "--out", default="results", help="folder for results.json and results.md (default results/)"
     )

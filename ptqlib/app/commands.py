@@ -24,13 +24,15 @@ def run_train(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import save_fp32
     from ptqlib.evaluation import accuracy
     from ptqlib.paths import artifacts_dir
-    from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, train, training_meta
+    from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, recipe_for, train, training_meta
 
+    recipe_for(args.model, args.recipe)  # a recipe the model lacks fails before any work
     data = load_mnist(args.data_dir)
     epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
-    result = train(data, epochs=epochs, seed=args.seed, model=args.model)
-    meta = training_meta(result, data, epochs, args.seed)
-    out = args.out or artifacts_dir() / f"{args.model}_fp32.pt"
+    result = train(data, epochs=epochs, seed=args.seed, model=args.model, recipe=args.recipe)
+    meta = training_meta(result, data, epochs, args.seed, args.recipe)
+    stem = args.model if args.recipe == "default" else f"{args.model}_{args.recipe}"
+    out = args.out or artifacts_dir() / f"{stem}_fp32.pt"
     path = save_fp32(result.model, out, meta)
     print(
         f"trained {args.model} for {epochs} epochs in {result.seconds:.1f} s; "
@@ -174,6 +176,7 @@ def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
         model=args.model,
         data_dir=args.data_dir,
         bits=bits,
+        equalize=args.equalize,
     )
 
 
@@ -188,11 +191,27 @@ def run_quantize(args: argparse.Namespace) -> int:
         ", bias correction" if meta["bias_correction"] else ""
     )
     print(
+        f"{'equalized (CLE), ' if meta['equalized'] else ''}"
         f"calibrated on {meta['calibration_images']:,} images with the {meta['observer']} "
         f"observer; weights {bits} ({fixes}), activations {meta['activation_bits']} bits, "
         f"in {meta['seconds']:.2f} s; wrote {result.path} ({result.int8_bytes:,} bytes, "
         f"{result.size_ratio:.2f}x smaller than FP32)"
     )
+    return 0
+
+
+def run_debug(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import load_fp32
+    from ptqlib.debugging import debug_model, format_report
+
+    model, _ = load_fp32(args.checkpoint)
+    data = load_mnist(args.data_dir, verbose=False)
+    images = calibration_images(data.train, args.calib)
+    report = debug_model(model, images, data.test, observer=args.observer, sweeps=args.sweeps)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, **report.to_dict()}))
+    else:
+        print(f"{data.describe()}\n{format_report(report)}")
     return 0
 
 

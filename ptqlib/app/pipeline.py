@@ -35,6 +35,7 @@ from ptqlib.reference import torch_eager as reference
 from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, load_or_train_baseline
 
 BATCH_SIZES = (1, 64, 1024)
+MODEL_TITLES = {"cnn": "SmallCNN, notebook 07", "dwcnn": "DepthwiseCNN, notebook 09"}
 MODEL_NAMES = ("fp32", "int8_ptqlib", "int8_ptqlib_teaching", "int8_torch")
 
 
@@ -67,7 +68,7 @@ def build_models(
     images = calibration_images(data.train, calib)
     torch_observer = observer if observer in reference.TORCH_ACTIVATION_OBSERVERS else "histogram"
     engine = reference.default_quantized_engine()
-    if model == "cnn":
+    if model in ("cnn", "dwcnn"):
         teaching, _, _ = quantize_cnn(fp32, images, observer, progress=progress)
     else:  # the MLP reads raw pixels: its input normalisation is folded into fc1
         pixel_model = fold_input_normalization(fp32)
@@ -219,7 +220,7 @@ def results_markdown(results: dict) -> str:
     fp32_size = results["fp32"]["size_bytes"]
     model = setup.get("model", "simplenet")
     lines = [
-        ("" if model == "simplenet" else f"Model: {model} (SmallCNN, notebook 07). ")
+        ("" if model == "simplenet" else f"Model: {model} ({MODEL_TITLES[model]}). ")
         + f"Data: {setup['data']}. Calibration: {setup['calibration_images']:,} images, "
         f"observer {setup['observer']} (torch.ao: {setup['torch_observer']}).",
         machine_line(setup["machine"]),

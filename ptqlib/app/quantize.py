@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate_fused
 from ptqlib.checkpoints import load_fp32
 from ptqlib.data import calibration_images, load_mnist
+from ptqlib.equalization import cross_layer_equalization
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import save_int8
 from ptqlib.int8_layers import Int8Step
@@ -52,7 +54,9 @@ class QuantizeSettings:
     where MNIST is (see :func:`ptqlib.data.load_mnist`); ``requantization`` is
     ``"fixed_point"`` (M0, n) or ``"float32"`` (ONNX Runtime's arithmetic). ``bits`` says how
     weights and activations are quantized (bits, rounding, clipping, bias correction,
-    per-channel scales); its defaults are the plain INT8 of notebooks 03-04.
+    per-channel scales); its defaults are the plain INT8 of notebooks 03-04. ``equalize``
+    runs cross-layer equalization (``ptqlib.equalization``, notebook 09) on the folded model
+    before calibrating: 8 bits, convolutional models only.
     """
 
     checkpoint: str | os.PathLike
@@ -63,6 +67,7 @@ class QuantizeSettings:
     data_dir: str | os.PathLike | None = None
     requantization: str = "fixed_point"
     bits: LowBitSettings = field(default_factory=LowBitSettings)
+    equalize: bool = False
 
     @property
     def low_bit(self) -> bool:
@@ -93,17 +98,21 @@ class QuantizeResult:
 
 
 def unsupported_for_model(kind: str, settings: QuantizeSettings) -> str | None:
-    """Why ``settings`` cannot quantize a model of ``kind`` ("simplenet" or "cnn"), or None.
+    """Why ``settings`` cannot quantize a model of ``kind`` (a name of ``ptqlib.models.MODELS``),
+    or None.
 
     The one place that knows what each model supports: the low-bit methods of
-    ``ptqlib.lowbit.weights`` walk Linear layers only."""
-    if kind != "cnn":
+    ``ptqlib.lowbit.weights`` walk Linear layers only; cross-layer equalization needs pairs of
+    convolutions, and runs at 8 bits."""
+    if kind == "simplenet":
+        if settings.equalize:
+            return "equalize: SimpleNet has no Conv2d -> ReLU -> Conv2d pair to equalize"
         return None
     if settings.low_bit:
         return (
             "the low-bit options (--weight-bits, --activation-bits, --rounding, "
             "--bias-correction, --weight-clipping, --layer-bits) are implemented for simplenet "
-            "only; quantize the cnn with the default 8 bits"
+            f"only; quantize the {kind} with the default 8 bits"
         )
     return None
 
@@ -124,6 +133,8 @@ def check_settings(settings: QuantizeSettings) -> nn.Module:
     if isinstance(calib, bool) or not isinstance(calib, int) or calib < 1:
         raise InputError(f"calib: expected a positive number of images, got {calib!r}")
     requantization_mode(settings.requantization)
+    if not isinstance(settings.equalize, bool):
+        raise InputError(f"equalize: expected True or False, got {settings.equalize!r}")
     if not isinstance(settings.bits, LowBitSettings):
         raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
     if Path(settings.out).is_dir():
@@ -180,6 +191,7 @@ def checkpoint_meta(
         "rounding": bits.rounding,
         "clipping": bits.clipping,
         "bias_correction": bits.bias_correction,
+        "equalized": settings.equalize,
         "seconds": round(seconds, 3),
     }
 
@@ -198,6 +210,8 @@ def quantize_model(
         # Its int8_model has the default requantization: convert its grid model with ours.
         folded, qparams = quantized.grid_model, quantized.qparams
     else:
+        if settings.equalize:  # fold the BatchNorms, then equalize the folded convolutions
+            model, _ = cross_layer_equalization(fold_model(model))
         folded, calibration = calibrate_fused(model, images, settings.observer, progress=progress)
         qparams = calibration.qparams
     return convert(
