@@ -47,7 +47,10 @@ The function you write for each checker, with its arguments in this order:
   :func:`check_gptq_column`, :func:`check_adaround_loss`, :func:`check_per_tensor_scale`;
 - notebook 07: :func:`check_fold_batchnorm`, :func:`check_padded_accumulator`;
 - notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
-  :func:`check_qdq_reading`.
+  :func:`check_qdq_reading`;
+- notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
+- notebook 10: :func:`check_requantize_c` (your C function, compiled and run),
+  :func:`check_arena_bytes`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -60,15 +63,18 @@ quantize, dequantize), ``ptqlib.checkers.quantization_schemes`` (notebook 02: sy
 per-channel qparams, SQNR), ``ptqlib.checkers.int8_conversion`` and
 ``ptqlib.checkers.integer_layer`` (notebook 04), ``ptqlib.checkers.observers_and_calibration``
 (03), ``ptqlib.checkers.evaluation`` (05), ``ptqlib.checkers.low_bit`` (06),
-``ptqlib.checkers.cnn`` (07) and ``ptqlib.checkers.deploy`` (08). The expected answers come
+``ptqlib.checkers.cnn`` (07), ``ptqlib.checkers.deploy`` (08), ``ptqlib.checkers.debugging``
+(09) and ``ptqlib.checkers.c_export`` (10). The expected answers come
 from ptqlib itself or from private functions that the tests compare with ptqlib; no solution
 is exported. ``ptqlib.checkers.core`` holds what they share
 (:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
 comparisons), ready for a checker of your own.
 """
 
+from ptqlib.checkers.c_export import check_arena_bytes, check_requantize_c
 from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 from ptqlib.checkers.core import Case, run_cases
+from ptqlib.checkers.debugging import check_cle_scales, check_find_culprit
 from ptqlib.checkers.deploy import (
     check_qdq_reading,
     check_quantize_linear,
@@ -130,8 +136,11 @@ __all__ = [
     "ObserverChoiceResult",
     "changed_digits",
     "check_adaround_loss",
+    "check_arena_bytes",
     "check_bias_shift",
+    "check_cle_scales",
     "check_dequantize",
+    "check_find_culprit",
     "check_fixed_point_multiplier",
     "check_fold_batchnorm",
     "check_gptq_column",
@@ -154,6 +163,7 @@ __all__ = [
     "check_quantize",
     "check_quantize_linear",
     "check_requantize",
+    "check_requantize_c",
     "check_requantize_float32",
     "check_sqnr_db",
     "check_symmetric_qparams",
