@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ptqlib.app import commands
+from ptqlib.app.grade import DEFAULT_TIMEOUT_S, run_grade
 from ptqlib.app.pipeline import BATCH_SIZES
 from ptqlib.errors import InputError
 from ptqlib.models import MODELS
@@ -245,6 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
         "INT8 compiled by torch.compile",
     )
     bench.set_defaults(handler=commands.run_bench)
+
+    grade = subcommands.add_parser(
+        "grade",
+        help="run handed-in student notebooks and grade their exercises (executes their code: "
+        "use a container or a throwaway account)",
+    )
+    grade.add_argument(
+        "submissions",
+        metavar="SUBMISSIONS",
+        help="folder of .ipynb files: one per student (alice.ipynb) or one subfolder per student",
+    )
+    grade.add_argument(
+        "--out", default="grades.csv", help="the CSV grade sheet to write (default grades.csv)"
+    )
+    grade.add_argument(
+        "--timeout",
+        type=positive_int,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds one cell may run before its notebook is stopped (default "
+        f"{DEFAULT_TIMEOUT_S})",
+    )
+    grade.add_argument(
+        "--json", action="store_true", help="print the rows as JSON instead of the table"
+    )
+    grade.set_defaults(handler=run_grade)
     return parser
 
 

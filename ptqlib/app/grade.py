@@ -1,0 +1,361 @@
+"""Grade a class: ``python -m ptqlib grade SUBMISSIONS/`` runs every handed-in notebook and
+records, per exercise, what its checker said.
+
+Each ``.ipynb`` under ``SUBMISSIONS/`` is one student's notebook: ``alice.ipynb`` belongs to
+the student ``alice``; ``alice/02_quantization_math.ipynb`` (one subfolder per student) too.
+A notebook is read, never written: it runs in a fresh kernel (the ``python3`` kernel of this
+environment) whose working directory and ``PTQLIB_OUTPUT_DIR`` are a temporary folder, cell by
+cell, in order, each cell with a time limit. A cell that raises does not stop the notebook (a
+student who got exercise 1 wrong is still graded on exercise 2); a cell that runs past the
+limit, or a kernel that dies, stops that notebook and grading goes on with the next one.
+
+The exercises are the cells tagged ``checker`` (see :mod:`ptqlib.app.exercises`, the
+definition ``make student`` uses too). Each gets one outcome, from its checker cell's run:
+
+- ``passed``: the checker printed PASS;
+- ``failed``: the checker raised AssertionError; the detail is its first line and its hint;
+- ``not attempted``: the checker printed NOT ATTEMPTED (the skeleton still raises
+  NotImplementedError);
+- ``answered``: the checker ran and gave no verdict (an open question such as notebook 03's
+  choice of observers): read its output;
+- ``errored``: the checker raised anything else, or never ran; the detail names the cell that
+  raised before it (cell numbers count every cell from 1, markdown included) and the error's
+  last line.
+
+Problems of the whole notebook get a row with the exercise ``(notebook)``: ``not a notebook``
+(the file is not notebook JSON), ``cell error`` (a cell outside the checkers raised),
+``timed out`` and ``kernel died``.
+
+Grading executes the students' code: run it in a container or a throwaway account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nbformat
+
+from ptqlib.app.exercises import CHECKER_TAG, Exercise, find_exercises, tags
+from ptqlib.errors import InputError
+from ptqlib.paths import OUTPUT_DIR_ENV, artifacts_dir
+
+PASSED, FAILED, NOT_ATTEMPTED, ANSWERED, ERRORED = (
+    "passed",
+    "failed",
+    "not attempted",
+    "answered",
+    "errored",
+)
+NOT_A_NOTEBOOK, CELL_ERROR, TIMED_OUT, KERNEL_DIED = (
+    "not a notebook",
+    "cell error",
+    "timed out",
+    "kernel died",
+)
+WHOLE_NOTEBOOK = "(notebook)"  # the exercise column of a row about the whole notebook
+DEFAULT_TIMEOUT_S = 120
+KERNEL_NAME = "python3"
+CSV_COLUMNS = ("student", "notebook", "exercise", "outcome", "detail")
+
+
+@dataclass(frozen=True)
+class Grade:
+    """One row of the grade sheet."""
+
+    student: str
+    notebook: str  # the file's path inside the student's folder (or its name)
+    exercise: str  # the checker(s) the exercise calls, or "(notebook)"
+    outcome: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """How one code cell ran: its printed text and, if it raised, the error's last line."""
+
+    index: int  # 0-based position in the notebook
+    stdout: str
+    error: str | None  # "ZeroDivisionError: division by zero"
+    error_name: str | None  # "ZeroDivisionError"
+    error_message: str  # the exception's whole message (a checker's hint is in it)
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    """The cells that ran, in order, and why the run stopped early (None: it did not)."""
+
+    cells: dict[int, CellRun]
+    stopped: str | None  # TIMED_OUT or KERNEL_DIED
+    stopped_at: int | None  # the cell that timed out or killed the kernel
+
+
+def find_submissions(folder: Path) -> list[tuple[str, str, Path]]:
+    """(student, notebook, path) of every ``.ipynb`` under ``folder``, sorted.
+
+    A notebook directly in ``folder`` is its own student (the file's stem); one further down
+    belongs to the subfolder it is in. Jupyter's ``.ipynb_checkpoints`` copies are skipped."""
+    if not folder.is_dir():
+        raise InputError(f"SUBMISSIONS: {str(folder)!r} is not a folder of handed-in notebooks")
+    found = []
+    for path in sorted(folder.rglob("*.ipynb")):
+        relative = path.relative_to(folder)
+        if ".ipynb_checkpoints" in relative.parts or not path.is_file():
+            continue
+        if len(relative.parts) == 1:
+            found.append((path.stem, path.name, path))
+        else:
+            found.append((relative.parts[0], Path(*relative.parts[1:]).as_posix(), path))
+    if not found:
+        raise InputError(f"SUBMISSIONS: no .ipynb files under {str(folder)!r}")
+    return found
+
+
+def read_submission(path: Path) -> nbformat.NotebookNode:
+    """The notebook in ``path``; InputError naming the problem if it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text)
+    except ValueError as error:  # invalid JSON or not UTF-8 (UnicodeDecodeError)
+        raise InputError(f"not JSON: {error}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
+        raise InputError("JSON, but not a notebook (no list of cells)")
+    try:
+        return nbformat.reads(text, as_version=4)
+    except (ValueError, nbformat.ValidationError) as error:
+        raise InputError(f"not a valid notebook: {str(error).splitlines()[0]}") from None
+
+
+def kernel_environment(workdir: Path) -> dict[str, str]:
+    """This process's environment, with ptqlib's outputs sent into ``workdir``."""
+    environment = dict(os.environ)
+    environment[OUTPUT_DIR_ENV] = str(workdir)
+    return environment
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Copy the grader's cached checkpoints (``artifacts/``) into ``workdir``, so notebooks
+    that load the cached baseline do not each train it again. A copy, not a link: a student's
+    notebook cannot change the cache the next student's notebook reads."""
+    cached = artifacts_dir()
+    if cached.is_dir():
+        shutil.copytree(cached, workdir / "artifacts")
+
+
+def error_line(name: str, message: str) -> str:
+    """The last line of a traceback, ``Name: first line of the message``."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{name}: {first}" if first else name
+
+
+def cell_run(index: int, cell: nbformat.NotebookNode) -> CellRun:
+    """What an executed cell printed on stdout and the error it raised, from its outputs."""
+    stdout, error, name, message = [], None, None, ""
+    for output in cell.outputs:
+        if output.output_type == "stream" and output.name == "stdout":
+            stdout.append(output.text)
+        elif output.output_type == "error":
+            name, message = output.ename, output.evalue
+            error = error_line(name, message)
+    return CellRun(index, "".join(stdout), error, name, message)
+
+
+def run_notebook(notebook: nbformat.NotebookNode, timeout: int) -> NotebookRun:
+    """Execute the code cells of a copy of ``notebook`` in order, in a fresh kernel, each
+    with ``timeout`` seconds; go on past cells that raise, stop at a timeout or a dead
+    kernel."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    notebook = nbformat.from_dict(notebook)  # the executed outputs land in this copy
+    cells: dict[int, CellRun] = {}
+    with tempfile.TemporaryDirectory(prefix="ptqlib-grade-") as folder:
+        workdir = Path(folder)
+        prepare_workdir(workdir)
+        client = NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name=KERNEL_NAME,
+            allow_errors=True,  # record the error and run the next cell
+            resources={"metadata": {"path": str(workdir)}},  # the kernel's working directory
+        )
+        with client.setup_kernel(env=kernel_environment(workdir)):
+            for index, cell in enumerate(notebook.cells):
+                if cell.cell_type != "code" or not cell.source.strip():
+                    continue
+                try:
+                    client.execute_cell(cell, index)
+                except CellTimeoutError:
+                    return NotebookRun(cells, TIMED_OUT, index)
+                except DeadKernelError:
+                    return NotebookRun(cells, KERNEL_DIED, index)
+                cells[index] = cell_run(index, cell)
+    return NotebookRun(cells, None, None)
+
+
+def failure_detail(message: str) -> str:
+    """A checker's AssertionError message in one line: which case failed, and the hint."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "AssertionError"
+    hints = [line for line in lines if line.startswith("hint:")]
+    return "; ".join([lines[0], *hints[:1]])
+
+
+def last_error_before(run: NotebookRun, index: int) -> CellRun | None:
+    """The closest cell above ``index`` that raised, if any."""
+    raised = [cell for cell in run.cells.values() if cell.index < index and cell.error]
+    return raised[-1] if raised else None
+
+
+def grade_exercise(exercise: Exercise, run: NotebookRun) -> tuple[str, str]:
+    """(outcome, detail) of one exercise from the run of its checker cell."""
+    checker = run.cells.get(exercise.checker)
+    if checker is None and run.stopped is None:
+        return ERRORED, f"cell {exercise.checker + 1}: the checker cell is empty"
+    if checker is None:  # the run stopped at or before the checker
+        return ERRORED, f"not run: cell {run.stopped_at + 1} {run.stopped}"
+    if checker.error_name == "AssertionError":
+        return FAILED, failure_detail(checker.error_message)
+    if checker.error:
+        earlier = last_error_before(run, exercise.checker)
+        culprit = earlier if earlier is not None else checker
+        return ERRORED, f"cell {culprit.index + 1}: {culprit.error}"
+    if "NOT ATTEMPTED" in checker.stdout:
+        return NOT_ATTEMPTED, ""
+    if "PASS" in checker.stdout:
+        return PASSED, ""
+    printed = checker.stdout.strip().splitlines()
+    return ANSWERED, printed[-1] if printed else "the checker printed nothing"
+
+
+def grade_notebook(student: str, name: str, path: Path, timeout: int) -> list[Grade]:
+    """The grade sheet rows of one handed-in notebook."""
+    try:
+        notebook = read_submission(path)
+    except InputError as error:
+        return [Grade(student, name, WHOLE_NOTEBOOK, NOT_A_NOTEBOOK, str(error))]
+    exercises = find_exercises(notebook)
+    run = run_notebook(notebook, timeout)
+    rows = [
+        Grade(student, name, exercise.name, *grade_exercise(exercise, run))
+        for exercise in exercises
+    ]
+    for cell in run.cells.values():
+        if cell.error and CHECKER_TAG not in tags(notebook.cells[cell.index]):
+            rows.append(
+                Grade(
+                    student,
+                    name,
+                    WHOLE_NOTEBOOK,
+                    CELL_ERROR,
+                    f"cell {cell.index + 1}: {cell.error}",
+                )
+            )
+    if run.stopped == TIMED_OUT:
+        detail = f"cell {run.stopped_at + 1} ran longer than {timeout} s; later cells not run"
+        rows.append(Grade(student, name, WHOLE_NOTEBOOK, TIMED_OUT, detail))
+    elif run.stopped == KERNEL_DIED:
+        detail = f"the kernel died in cell {run.stopped_at + 1}; later cells not run"
+        rows.append(Grade(student, name, WHOLE_NOTEBOOK, KERNEL_DIED, detail))
+    return rows
+
+
+def grade_folder(
+    folder: Path, timeout: int = DEFAULT_TIMEOUT_S, progress: bool = False
+) -> Iterator[Grade]:
+    """Grade every notebook under ``folder``, one after the other, row by row."""
+    for student, name, path in find_submissions(folder):
+        if progress:
+            print(f"grading {student}: {name}", file=sys.stderr, flush=True)
+        yield from grade_notebook(student, name, path, timeout)
+
+
+def write_csv(grades: list[Grade], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(asdict(grade) for grade in grades)
+
+
+SYMBOLS = {PASSED: "pass", FAILED: "FAIL", NOT_ATTEMPTED: "-", ANSWERED: "ans", ERRORED: "ERR"}
+
+
+def summary_table(grades: list[Grade]) -> str:
+    """Students × exercises, one table per set of exercises (per hand-out notebook):
+    pass, FAIL, - (not attempted), ans (answered, no verdict), ERR (errored); notebook
+    problems in the last column."""
+    notebooks: dict[tuple[str, str], list[Grade]] = {}
+    for grade in grades:
+        notebooks.setdefault((grade.student, grade.notebook), []).append(grade)
+    groups: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    for key, rows in notebooks.items():
+        exercises = tuple(row.exercise for row in rows if row.exercise != WHOLE_NOTEBOOK)
+        groups.setdefault(exercises, []).append(key)
+    blocks = []
+    for exercises, keys in groups.items():
+        names = sorted({notebook for _, notebook in keys})
+        title = ", ".join(names) if len(names) <= 3 else f"{len(names)} notebooks"
+        legend = "  ".join(f"{n}={name}" for n, name in enumerate(exercises, start=1))
+        label_width = max(len("student"), *(len(_row_label(key, keys)) for key in keys))
+        header = [
+            f"{'student':{label_width}s}",
+            *(f"{n:>4d}" for n in range(1, len(exercises) + 1)),
+        ]
+        lines = [
+            f"{title}: {len(exercises)} exercises" + (f" ({legend})" if legend else ""),
+            "  ".join([*header, "passed", "notebook"]),
+        ]
+        for key in keys:
+            rows = notebooks[key]
+            by_exercise = {row.exercise: row.outcome for row in rows}
+            marks = [f"{SYMBOLS[by_exercise[name]]:>4s}" for name in exercises]
+            passed = sum(by_exercise[name] == PASSED for name in exercises)
+            problems = sorted({row.outcome for row in rows if row.exercise == WHOLE_NOTEBOOK})
+            status = ", ".join(problems) or "ok"
+            cells = [
+                f"{_row_label(key, keys):{label_width}s}",
+                *marks,
+                f"{passed:>3d}/{len(exercises):<2d}",
+                status,
+            ]
+            lines.append("  ".join(cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _row_label(key: tuple[str, str], keys: list[tuple[str, str]]) -> str:
+    """The student, and the notebook too when that student has several in the table."""
+    student, notebook = key
+    if sum(other == student for other, _ in keys) > 1:
+        return f"{student}/{notebook}"
+    return student
+
+
+def run_grade(args: argparse.Namespace) -> int:
+    """The ``grade`` command: grade, write the CSV, print the table (or JSON)."""
+    try:
+        import nbclient  # noqa: F401  (installed with nbconvert, one of the dev extras)
+    except ImportError:
+        raise InputError(
+            "grade needs nbclient to run notebooks; install the dev extras: pip install -e '.[dev]'"
+        ) from None
+    folder = Path(args.submissions)
+    grades = list(grade_folder(folder, args.timeout, progress=True))
+    out = Path(args.out)
+    write_csv(grades, out)
+    if args.json:
+        print(json.dumps([asdict(grade) for grade in grades], indent=2))
+    else:
+        print()
+        print(summary_table(grades))
+        print(f"\n{len(grades)} rows written to {out}")
+    return 0
