@@ -109,7 +109,7 @@ def test_outcomes_follow_what_the_checker_printed_or_raised():
     message = "check_x: case 2 of 3 failed: zero\n  got:  1\n  hint:        widen the range"
     assert grade.grade_exercise(each, run_with(error_name="AssertionError", message=message)) == (
         "failed",
-        "check_x: case 2 of 3 failed: zero; hint:        widen the range",
+        "check_x: case 2 of 3 failed: zero; hint: widen the range",
     )
     assert grade.grade_exercise(each, run_with("accuracy 97.1%\n")) == (
         "answered",

@@ -203,7 +203,8 @@ def run_notebook(notebook: nbformat.NotebookNode, timeout: int) -> NotebookRun:
 
 def failure_detail(message: str) -> str:
     """A checker's AssertionError message in one line: which case failed, and the hint."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    # " ".join(split()): the checkers align their lines with runs of spaces ("hint:        ...")
+    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
     if not lines:
         return "AssertionError"
     hints = [line for line in lines if line.startswith("hint:")]
