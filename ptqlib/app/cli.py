@@ -12,7 +12,8 @@ import argparse
 import sys
 
 from ptqlib.app import commands
-from ptqlib.app.grade import DEFAULT_TIMEOUT_S, run_grade
+from ptqlib.app.grade import DEFAULT_TIMEOUT_S
+from ptqlib.app.grade_report import run_grade
 from ptqlib.app.pipeline import BATCH_SIZES
 from ptqlib.errors import InputError
 from ptqlib.models import MODELS
@@ -266,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds one cell may run before its notebook is stopped (default "
         f"{DEFAULT_TIMEOUT_S})",
+    )
+    grade.add_argument(
+        "--handout",
+        default=None,
+        help="folder of the handed-out notebooks whose checker cells grade (default the "
+        "repository's notebooks/); a submission with the same file name runs their checkers",
+    )
+    grade.add_argument(
+        "--trust-checkers",
+        action="store_true",
+        help="run the submissions' own checker cells, even if edited",
     )
     grade.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of the table"

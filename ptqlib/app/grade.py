@@ -22,31 +22,35 @@ definition ``make student`` uses too). Each gets one outcome, from its checker c
   raised before it (cell numbers count every cell from 1, markdown included) and the error's
   last line.
 
+The checker cells that run are the hand-out's: when the folder of handed-out notebooks
+(``--handout``, default the repository's ``notebooks/``) has a notebook of the same file name,
+its checker cells replace the submission's, one for one, so an edited checker
+(``print("PASS")``) does not grade itself.
+
 Problems of the whole notebook get a row with the exercise ``(notebook)``: ``not a notebook``
 (the file is not notebook JSON), ``cell error`` (a cell outside the checkers raised),
-``timed out`` and ``kernel died``.
+``timed out``, ``kernel died``, ``checker edited`` (the hand-out's checker ran instead) and
+``checkers changed`` (not as many checker cells as the hand-out: the notebook's own ran).
 
 Grading executes the students' code: run it in a container or a throwaway account.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 from ptqlib.app.exercises import CHECKER_TAG, Exercise, find_exercises, tags
 from ptqlib.errors import InputError
-from ptqlib.paths import OUTPUT_DIR_ENV, artifacts_dir
+from ptqlib.paths import OUTPUT_DIR_ENV, REPO_ROOT, artifacts_dir
 
 PASSED, FAILED, NOT_ATTEMPTED, ANSWERED, ERRORED = (
     "passed",
@@ -55,6 +59,7 @@ PASSED, FAILED, NOT_ATTEMPTED, ANSWERED, ERRORED = (
     "answered",
     "errored",
 )
+CHECKER_EDITED, CHECKERS_CHANGED = "checker edited", "checkers changed"
 NOT_A_NOTEBOOK, CELL_ERROR, TIMED_OUT, KERNEL_DIED = (
     "not a notebook",
     "cell error",
@@ -64,7 +69,8 @@ NOT_A_NOTEBOOK, CELL_ERROR, TIMED_OUT, KERNEL_DIED = (
 WHOLE_NOTEBOOK = "(notebook)"  # the exercise column of a row about the whole notebook
 DEFAULT_TIMEOUT_S = 120
 KERNEL_NAME = "python3"
-CSV_COLUMNS = ("student", "notebook", "exercise", "outcome", "detail")
+# The notebooks make student hands out: their checker cells are the ones that grade.
+DEFAULT_HANDOUT = REPO_ROOT / "notebooks"
 
 
 @dataclass(frozen=True)
@@ -238,125 +244,76 @@ def grade_exercise(exercise: Exercise, run: NotebookRun) -> tuple[str, str]:
     return ANSWERED, printed[-1] if printed else "the checker printed nothing"
 
 
-def grade_notebook(student: str, name: str, path: Path, timeout: int) -> list[Grade]:
-    """The grade sheet rows of one handed-in notebook."""
+def restore_checkers(
+    notebook: nbformat.NotebookNode, handout: nbformat.NotebookNode
+) -> tuple[list[int], str | None]:
+    """Put the hand-out's checker cells back into ``notebook`` (in place), so that a checker
+    a student edited (``print("PASS")``) is not what grades them.
+
+    Returns the indices of the cells put back, and a problem when the two notebooks do not
+    have the same number of checker cells (then nothing is changed: the notebook's own
+    checkers run)."""
+    theirs = [index for index, cell in enumerate(notebook.cells) if CHECKER_TAG in tags(cell)]
+    ours = [cell.source for cell in handout.cells if CHECKER_TAG in tags(cell)]
+    if len(theirs) != len(ours):
+        return [], f"the hand-out has {len(ours)} checker cells, this notebook {len(theirs)}"
+    edited = []
+    for index, source in zip(theirs, ours, strict=True):
+        if notebook.cells[index].source.strip() != source.strip():
+            notebook.cells[index].source = source
+            edited.append(index)
+    return edited, None
+
+
+def grade_notebook(
+    student: str, name: str, path: Path, timeout: int, handout: Path | None = None
+) -> list[Grade]:
+    """The grade sheet rows of one handed-in notebook: one per exercise, then one per problem
+    of the whole notebook. Its checkers are those of the notebook with the same file name in
+    ``handout``, when there is one."""
     try:
         notebook = read_submission(path)
     except InputError as error:
         return [Grade(student, name, WHOLE_NOTEBOOK, NOT_A_NOTEBOOK, str(error))]
-    exercises = find_exercises(notebook)
+    problems: list[tuple[str, str]] = []  # (outcome, detail) of the whole notebook
+    reference = handout / Path(name).name if handout is not None else None
+    if reference is not None and reference.is_file():
+        try:
+            edited, mismatch = restore_checkers(notebook, read_submission(reference))
+        except InputError as error:
+            raise InputError(f"--handout: {str(reference)!r}: {error}") from None
+        for index in edited:
+            problems.append((CHECKER_EDITED, f"cell {index + 1}: the hand-out's checker ran"))
+        if mismatch is not None:
+            problems.append((CHECKERS_CHANGED, f"{mismatch}; its own checkers ran"))
     run = run_notebook(notebook, timeout)
-    rows = [
-        Grade(student, name, exercise.name, *grade_exercise(exercise, run))
-        for exercise in exercises
-    ]
     for cell in run.cells.values():
         if cell.error and CHECKER_TAG not in tags(notebook.cells[cell.index]):
-            rows.append(
-                Grade(
-                    student,
-                    name,
-                    WHOLE_NOTEBOOK,
-                    CELL_ERROR,
-                    f"cell {cell.index + 1}: {cell.error}",
-                )
-            )
+            problems.append((CELL_ERROR, f"cell {cell.index + 1}: {cell.error}"))
     if run.stopped == TIMED_OUT:
         detail = f"cell {run.stopped_at + 1} ran longer than {timeout} s; later cells not run"
-        rows.append(Grade(student, name, WHOLE_NOTEBOOK, TIMED_OUT, detail))
+        problems.append((TIMED_OUT, detail))
     elif run.stopped == KERNEL_DIED:
         detail = f"the kernel died in cell {run.stopped_at + 1}; later cells not run"
-        rows.append(Grade(student, name, WHOLE_NOTEBOOK, KERNEL_DIED, detail))
-    return rows
+        problems.append((KERNEL_DIED, detail))
+    exercises = [
+        Grade(student, name, exercise.name, *grade_exercise(exercise, run))
+        for exercise in find_exercises(notebook)
+    ]
+    return exercises + [Grade(student, name, WHOLE_NOTEBOOK, *problem) for problem in problems]
 
 
 def grade_folder(
-    folder: Path, timeout: int = DEFAULT_TIMEOUT_S, progress: bool = False
+    folder: Path,
+    timeout: int = DEFAULT_TIMEOUT_S,
+    handout: Path | None = DEFAULT_HANDOUT,
+    progress: bool = False,
 ) -> Iterator[Grade]:
-    """Grade every notebook under ``folder``, one after the other, row by row."""
+    """Grade every notebook under ``folder``, one after the other, row by row; ``handout``
+    is the folder of the notebooks handed out (None: trust the submitted checker cells)."""
+    if handout is not None and not handout.is_dir():
+        raise InputError(f"--handout: {str(handout)!r} is not a folder of notebooks")
     for student, name, path in find_submissions(folder):
         if progress:
             print(f"grading {student}: {name}", file=sys.stderr, flush=True)
-        yield from grade_notebook(student, name, path, timeout)
-
-
-def write_csv(grades: list[Grade], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(asdict(grade) for grade in grades)
-
-
-SYMBOLS = {PASSED: "pass", FAILED: "FAIL", NOT_ATTEMPTED: "-", ANSWERED: "ans", ERRORED: "ERR"}
-
-
-def summary_table(grades: list[Grade]) -> str:
-    """Students × exercises, one table per set of exercises (per hand-out notebook):
-    pass, FAIL, - (not attempted), ans (answered, no verdict), ERR (errored); notebook
-    problems in the last column."""
-    notebooks: dict[tuple[str, str], list[Grade]] = {}
-    for grade in grades:
-        notebooks.setdefault((grade.student, grade.notebook), []).append(grade)
-    groups: dict[tuple[str, ...], list[tuple[str, str]]] = {}
-    for key, rows in notebooks.items():
-        exercises = tuple(row.exercise for row in rows if row.exercise != WHOLE_NOTEBOOK)
-        groups.setdefault(exercises, []).append(key)
-    blocks = []
-    for exercises, keys in groups.items():
-        names = sorted({notebook for _, notebook in keys})
-        title = ", ".join(names) if len(names) <= 3 else f"{len(names)} notebooks"
-        legend = "  ".join(f"{n}={name}" for n, name in enumerate(exercises, start=1))
-        label_width = max(len("student"), *(len(_row_label(key, keys)) for key in keys))
-        header = [
-            f"{'student':{label_width}s}",
-            *(f"{n:>4d}" for n in range(1, len(exercises) + 1)),
-        ]
-        lines = [
-            f"{title}: {len(exercises)} exercises" + (f" ({legend})" if legend else ""),
-            "  ".join([*header, "passed", "notebook"]),
-        ]
-        for key in keys:
-            rows = notebooks[key]
-            by_exercise = {row.exercise: row.outcome for row in rows}
-            marks = [f"{SYMBOLS[by_exercise[name]]:>4s}" for name in exercises]
-            passed = sum(by_exercise[name] == PASSED for name in exercises)
-            problems = sorted({row.outcome for row in rows if row.exercise == WHOLE_NOTEBOOK})
-            status = ", ".join(problems) or "ok"
-            cells = [
-                f"{_row_label(key, keys):{label_width}s}",
-                *marks,
-                f"{passed:>3d}/{len(exercises):<2d}",
-                status,
-            ]
-            lines.append("  ".join(cells))
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
-def _row_label(key: tuple[str, str], keys: list[tuple[str, str]]) -> str:
-    """The student, and the notebook too when that student has several in the table."""
-    student, notebook = key
-    if sum(other == student for other, _ in keys) > 1:
-        return f"{student}/{notebook}"
-    return student
-
-
-def run_grade(args: argparse.Namespace) -> int:
-    """The ``grade`` command: grade, write the CSV, print the table (or JSON)."""
-    try:
-        import nbclient  # noqa: F401  (installed with nbconvert, one of the dev extras)
-    except ImportError:
-        raise InputError(
-            "grade needs nbclient to run notebooks; install the dev extras: pip install -e '.[dev]'"
-        ) from None
-    folder = Path(args.submissions)
-    grades = list(grade_folder(folder, args.timeout, progress=True))
-    out = Path(args.out)
-    write_csv(grades, out)
-    if args.json:
-        print(json.dumps([asdict(grade) for grade in grades], indent=2))
-    else:
-        print()
-        print(summary_table(grades))
-        print(f"\n{len(grades)} rows written to {out}")
-    return 0
+        yield from grade_notebook(student, name, path, timeout, handout)
