@@ -17,6 +17,7 @@ from conftest import REPO_ROOT, run_cli
 from ptqlib.app import grade, grade_report
 from ptqlib.app.exercises import find_exercises, solved_edition, student_edition
 from ptqlib.data import load_mnist
+from ptqlib.errors import InputError
 from ptqlib.training import load_or_train_baseline
 
 REAL_NOTEBOOK = "02_quantization_math.ipynb"
@@ -291,3 +292,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "alice.ipynb").write_text("{}", encoding="utf-8")
     handout = run_cli("grade", str(tmp_path), "--handout", str(tmp_path / "nowhere"))
     assert handout.returncode == 2 and "--handout" in handout.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{this is not JSON",
+        "[]",
+        '{"cells": []}',
+        '{"cells": [1], "nbformat": 4, "nbformat_minor": 5, "metadata": {}}',
+        '{"cells": [{"cell_type": "code"}], "nbformat": 4, "nbformat_minor": 5, "metadata": {}}',
+    ],
+)
+def test_a_file_that_is_not_a_notebook_is_an_input_error(tmp_path, text):
+    path = tmp_path / "alice.ipynb"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match="not"):
+        grade.read_submission(path)
+    assert grade.grade_notebook("alice", path.name, path, timeout=1)[0].outcome == "not a notebook"

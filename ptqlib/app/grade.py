@@ -52,20 +52,19 @@ from ptqlib.app.exercises import CHECKER_TAG, Exercise, find_exercises, tags
 from ptqlib.errors import InputError
 from ptqlib.paths import OUTPUT_DIR_ENV, REPO_ROOT, artifacts_dir
 
-PASSED, FAILED, NOT_ATTEMPTED, ANSWERED, ERRORED = (
-    "passed",
-    "failed",
-    "not attempted",
-    "answered",
-    "errored",
-)
-CHECKER_EDITED, CHECKERS_CHANGED = "checker edited", "checkers changed"
-NOT_A_NOTEBOOK, CELL_ERROR, TIMED_OUT, KERNEL_DIED = (
-    "not a notebook",
-    "cell error",
-    "timed out",
-    "kernel died",
-)
+# The outcome of an exercise.
+PASSED = "passed"
+FAILED = "failed"
+NOT_ATTEMPTED = "not attempted"
+ANSWERED = "answered"
+ERRORED = "errored"
+# Problems of a whole notebook.
+NOT_A_NOTEBOOK = "not a notebook"
+CELL_ERROR = "cell error"
+TIMED_OUT = "timed out"
+KERNEL_DIED = "kernel died"
+CHECKER_EDITED = "checker edited"
+CHECKERS_CHANGED = "checkers changed"
 WHOLE_NOTEBOOK = "(notebook)"  # the exercise column of a row about the whole notebook
 DEFAULT_TIMEOUT_S = 120
 KERNEL_NAME = "python3"
@@ -132,12 +131,17 @@ def read_submission(path: Path) -> nbformat.NotebookNode:
         raw = json.loads(text)
     except ValueError as error:  # invalid JSON or not UTF-8 (UnicodeDecodeError)
         raise InputError(f"not JSON: {error}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
-        raise InputError("JSON, but not a notebook (no list of cells)")
+    if not isinstance(raw, dict) or raw.get("nbformat") != 4:
+        raise InputError("JSON, but not a notebook in Jupyter's format 4 (nbformat: 4)")
+    cells = raw.get("cells")
+    # nbformat's validator expects a list of objects; it checks their fields.
+    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
+        raise InputError("not a valid notebook: 'cells' is not a list of cells")
     try:
-        return nbformat.reads(text, as_version=4)
-    except (ValueError, nbformat.ValidationError) as error:
+        nbformat.validate(raw, version=4)
+    except nbformat.ValidationError as error:
         raise InputError(f"not a valid notebook: {str(error).splitlines()[0]}") from None
+    return nbformat.from_dict(raw)
 
 
 def kernel_environment(workdir: Path) -> dict[str, str]:
