@@ -4,4 +4,8 @@
 - ``ptqlib.app.commands``  what each command does
 - ``ptqlib.app.pipeline``  train, calibrate, convert and compare in one call; quantizing a
   checkpoint
+- ``ptqlib.app.exercises``     which notebook cells are exercises, checkers and solutions
+  (``make student`` and ``grade``)
+- ``ptqlib.app.grade``         ``grade``: run handed-in notebooks, one outcome per exercise;
+  ``ptqlib.app.grade_report`` its CSV, table and JSON
 """
