@@ -3,7 +3,8 @@
 Two folders of submissions: notebook 02 (a real notebook of the series, math exercises) as a
 student hands it in solved, untouched and with one wrong answer; and tiny notebooks with the
 same tags calling real checkers, for the failures a run must survive (a cell that raises,
-an infinite loop, a dying kernel, a file that is not a notebook).
+an infinite loop, a dying kernel, a file that is not a notebook, a checker replaced by a
+PASS of the student's own).
 """
 
 import csv
@@ -310,3 +311,8 @@ def test_a_file_that_is_not_a_notebook_is_an_input_error(tmp_path, text):
     with pytest.raises(InputError, match="not"):
         grade.read_submission(path)
     assert grade.grade_notebook("alice", path.name, path, timeout=1)[0].outcome == "not a notebook"
+
+
+def test_a_real_notebook_reads_as_nbformat_reads_it():
+    path = REPO_ROOT / "notebooks" / REAL_NOTEBOOK
+    assert grade.read_submission(path) == nbformat.read(path, as_version=4)

@@ -141,7 +141,7 @@ def read_submission(path: Path) -> nbformat.NotebookNode:
         nbformat.validate(raw, version=4)
     except nbformat.ValidationError as error:
         raise InputError(f"not a valid notebook: {str(error).splitlines()[0]}") from None
-    return nbformat.from_dict(raw)
+    return nbformat.reads(text, as_version=4)  # valid now; joins each source's lines
 
 
 def kernel_environment(workdir: Path) -> dict[str, str]:
