@@ -9,13 +9,16 @@ PASS of the student's own).
 
 import csv
 import hashlib
+import importlib.util
 import json
+import subprocess
+import sys
 
 import nbformat
 import pytest
 
 from conftest import REPO_ROOT, run_cli
-from ptqlib.app import grade, grade_report
+from ptqlib.app import cli, grade, grade_report
 from ptqlib.app.exercises import find_exercises, solved_edition, student_edition
 from ptqlib.data import load_mnist
 from ptqlib.errors import InputError
@@ -280,6 +283,29 @@ def test_a_notebook_whose_checker_cells_differ_in_number_keeps_its_own():
         [],
         "the hand-out has 1 checker cells, this notebook 0",
     )
+
+
+def test_the_help_states_the_default_timeout():
+    assert f"(default {grade.DEFAULT_TIMEOUT_S})" in " ".join(
+        run_cli("grade", "--help").stdout.split()
+    )
+
+
+def test_without_nbclient_grade_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "nbclient" else find_spec(name)
+    )
+    assert cli.main(["grade", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "grade needs nbclient" in error and "pip install -e '.[dev]'" in error
+
+
+def test_the_other_commands_work_without_nbformat_and_nbclient():
+    blocked = "import sys; sys.modules['nbformat'] = sys.modules['nbclient'] = None; "
+    run = blocked + "from ptqlib.app.cli import build_parser; build_parser()"
+    result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

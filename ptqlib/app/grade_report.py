@@ -15,6 +15,7 @@ from pathlib import Path
 from ptqlib.app.grade import (
     ANSWERED,
     DEFAULT_HANDOUT,
+    DEFAULT_TIMEOUT_S,
     ERRORED,
     FAILED,
     NOT_ATTEMPTED,
@@ -23,7 +24,6 @@ from ptqlib.app.grade import (
     Grade,
     grade_folder,
 )
-from ptqlib.errors import InputError
 
 CSV_COLUMNS = ("student", "notebook", "exercise", "outcome", "detail")
 
@@ -90,21 +90,17 @@ def _row_label(key: tuple[str, str], keys: list[tuple[str, str]]) -> str:
 
 
 def run_grade(args: argparse.Namespace) -> int:
-    """The ``grade`` command: grade, write the CSV, print the table (or JSON)."""
-    try:
-        import nbclient  # noqa: F401  (installed with nbconvert, one of the dev extras)
-    except ImportError:
-        raise InputError(
-            "grade needs nbclient to run notebooks; install the dev extras: pip install -e '.[dev]'"
-        ) from None
+    """The ``grade`` command: grade, write the CSV, print the table (or JSON). Needs nbformat
+    and nbclient (``ptqlib.app.cli`` checks they are installed before importing this)."""
     folder = Path(args.submissions)
+    timeout = DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
     if args.trust_checkers:
         handout = None
     elif args.handout is not None:
         handout = Path(args.handout)
     else:  # the repository's notebooks/, if ptqlib runs from a clone
         handout = DEFAULT_HANDOUT if DEFAULT_HANDOUT.is_dir() else None
-    grades = list(grade_folder(folder, args.timeout, handout, progress=True))
+    grades = list(grade_folder(folder, timeout, handout, progress=True))
     out = Path(args.out)
     write_csv(grades, out)
     if args.json:
