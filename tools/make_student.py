@@ -6,7 +6,9 @@ Every cell tagged ``solution`` is deleted; every other code cell keeps its sourc
 its outputs and execution count, so the student starts from a clean, unrun notebook. The
 exercise cells (tagged ``exercise``: a skeleton that raises ``NotImplementedError``) and the
 checker cells after them stay: run the checker after filling the skeleton. ``make student``
-runs this into ``student/`` (gitignored), ready to hand out.
+runs this into ``student/`` (gitignored), ready to hand out. Which cells are exercises,
+checkers and solutions is defined once, in ``ptqlib.app.exercises``, which ``python -m ptqlib
+grade`` reads too.
 """
 
 from __future__ import annotations
@@ -17,20 +19,9 @@ from pathlib import Path
 
 import nbformat
 
+from ptqlib.app.exercises import student_edition
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def student_edition(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``notebook`` without solution cells and without outputs."""
-    student = nbformat.v4.new_notebook(metadata=notebook.metadata)
-    for cell in notebook.cells:
-        if "solution" in cell.metadata.get("tags", []):
-            continue
-        cell = nbformat.from_dict(dict(cell))
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        student.cells.append(cell)
-    return student
 
 
 def write_student_notebooks(source: Path, out: Path) -> list[Path]:

@@ -10,6 +10,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from ptqlib.app import commands
@@ -119,6 +120,20 @@ def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
         default=400,
         help="AdaRound's Adam steps per layer (default 400)",
     )
+
+
+def run_grade(args: argparse.Namespace) -> int:
+    """The ``grade`` command, imported when it runs: it needs nbformat and nbclient, which
+    come with the dev extras, and the other commands must work without them."""
+    missing = [name for name in ("nbformat", "nbclient") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(
+            f"grade needs {' and '.join(missing)} to run notebooks; install the dev extras: "
+            "pip install -e '.[dev]'"
+        )
+    from ptqlib.app.grade_report import run_grade as grade_submissions
+
+    return grade_submissions(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,6 +313,41 @@ def build_parser() -> argparse.ArgumentParser:
         "compiler, called through ctypes)",
     )
     bench.set_defaults(handler=commands.run_bench)
+
+    grade = subcommands.add_parser(
+        "grade",
+        help="run handed-in student notebooks and grade their exercises (executes their code: "
+        "use a container or a throwaway account)",
+    )
+    grade.add_argument(
+        "submissions",
+        metavar="SUBMISSIONS",
+        help="folder of .ipynb files: one per student (alice.ipynb) or one subfolder per student",
+    )
+    grade.add_argument(
+        "--out", default="grades.csv", help="the CSV grade sheet to write (default grades.csv)"
+    )
+    grade.add_argument(
+        "--timeout",
+        type=positive_int,
+        default=None,
+        help="seconds one cell may run before its notebook is stopped (default 120)",
+    )
+    grade.add_argument(
+        "--handout",
+        default=None,
+        help="folder of the handed-out notebooks whose checker cells grade (default the "
+        "repository's notebooks/); a submission with the same file name runs their checkers",
+    )
+    grade.add_argument(
+        "--trust-checkers",
+        action="store_true",
+        help="run the submissions' own checker cells, even if edited",
+    )
+    grade.add_argument(
+        "--json", action="store_true", help="print the rows as JSON instead of the table"
+    )
+    grade.set_defaults(handler=run_grade)
     return parser
 
 
