@@ -29,13 +29,13 @@ from ptqlib.models import fold_input_normalization
 from ptqlib.training import load_or_train_baseline
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21, help="interleaved rounds (default 21)")
     parser.add_argument(
         "--smoke", action="store_true", help="3 short rounds at batch 1 and 64: checks it runs"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_mnist(verbose=False)
     fp32, _ = load_or_train_baseline(data, progress=False)

@@ -7,7 +7,7 @@ times, alternating, the loader a user calls (``load_fp32``, ``load_int8``,
 and the digest check alone on the same contents. Prints the medians and their ratio, and
 the ratio of the fastest runs (less disturbed when other work shares the cores).
 
-Run: python benchmarks/digest_overhead.py [--repeats N]
+Run: python benchmarks/digest_overhead.py [--repeats N] [--smoke]
 """
 
 from __future__ import annotations
@@ -73,10 +73,13 @@ def digest_check(path: Path) -> Callable[[], object]:
     return lambda: check_digest(payload, path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=51, help="timed runs of each (default 51)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="3 runs of each: checks it runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats = 3
     if args.repeats < 1:
         parser.error(f"--repeats: expected a positive number, got {args.repeats}")
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "

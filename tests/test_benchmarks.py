@@ -2,11 +2,15 @@
 table: the README's tables come from code that is tested. Its numbers are not checked."""
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Every script, each with a smoke test below.
+SCRIPTS = ("bench_c", "bench_calibration", "bench_low_bit", "digest_overhead", "profile_int8")
 
 
 def benchmark(name: str):
@@ -25,7 +29,7 @@ def no_mnist(tmp_path, monkeypatch):
 
 def test_every_benchmark_script_has_a_smoke_test():
     scripts = {path.stem for path in BENCHMARKS.glob("*.py")}
-    assert scripts == {"bench_calibration", "bench_low_bit", "profile_int8"}
+    assert scripts == set(SCRIPTS)
 
 
 @pytest.mark.slow
@@ -62,8 +66,26 @@ def test_profile_int8_prints_its_tables(no_mnist, capsys):
     assert "data: 100 calibration images from the offline sample" in out
 
 
+@pytest.mark.slow
+def test_bench_c_prints_its_table(no_mnist, capsys):
+    if shutil.which("cc") is None and os.environ.get("CI", "").lower() != "true":
+        pytest.skip("no C compiler (CI installs gcc, and there this test runs)")
+    benchmark("bench_c").main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "C INT8 integers equal to ptqlib's on the whole test split: True" in out
+    assert "batch 64: C INT8 native / C FP32" in out
+
+
+def test_digest_overhead_prints_its_table(capsys):
+    benchmark("digest_overhead").main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "| file | bytes | whole load (ms) | digest check (ms) |" in out
+    for kind in ("FP32 checkpoint", "INT8 checkpoint", "W3 packed checkpoint", "INT8 ONNX"):
+        assert any(line.startswith(f"| {kind} |") for line in out.splitlines()), kind
+
+
 def test_smoke_mode_is_documented(capsys):
-    for name in ("bench_calibration", "bench_low_bit", "profile_int8"):
+    for name in SCRIPTS:
         with pytest.raises(SystemExit):
             benchmark(name).main(["--help"])
         assert "--smoke" in capsys.readouterr().out, name

@@ -21,6 +21,7 @@ SCHEMA = {
     "calibration_images",
     "per_channel",
     "requantization",
+    "equalized",
     "weight_bits",
     "activation_bits",
     "rounding",
