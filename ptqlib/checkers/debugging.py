@@ -94,7 +94,7 @@ def check_cle_scales(student_fn: Callable) -> None:
 # --- exercise 2: find the layer -------------------------------------------------------------
 
 
-def culprit_reference(
+def _culprit_reference(
     accuracy_alone: dict[str, float], fp32_accuracy: float, tolerance: float
 ) -> str | None:
     """The layer with the lowest accuracy alone, if it loses more than ``tolerance``."""
@@ -117,7 +117,7 @@ def culprit_cases() -> list[Case]:
         ("two bad layers: the worse one first", two_bad, "pick the lowest accuracy, not the first"),
     ):
         arguments = (("accuracy_alone", accuracies), ("fp32_accuracy", 0.962), ("tolerance", 0.01))
-        expected = culprit_reference(accuracies, 0.962, 0.01)
+        expected = _culprit_reference(accuracies, 0.962, 0.01)
         cases.append(Case(name, arguments, expected, hint))
     return cases
 
