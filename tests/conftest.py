@@ -37,6 +37,14 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    """A run of :func:`run_cli` that failed as bad input should: exit 2, one line on stderr
+    containing ``message``, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="session")
 def offline_data(tmp_path_factory):
     """The offline MNIST sample (4,000 train / 1,000 test), whatever lies in data/."""

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from ptqlib.calibration import calibrate
 from ptqlib.checkers.c_export import REFERENCE_REQUANTIZE_C, check_arena_bytes, check_requantize_c
 from ptqlib.checkpoints import save_fp32
@@ -37,12 +37,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = pytest.mark.skipif(
     not HAS_COMPILER and not IN_CI, reason="no C compiler (install gcc); CI=true makes this fail"
 )
-
-
-def assert_one_line_error(result, message):
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")

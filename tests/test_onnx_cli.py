@@ -5,7 +5,7 @@ import json
 import onnx
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from ptqlib.app.pipeline import MODEL_NAMES
 from ptqlib.checkpoints import save_fp32
 from ptqlib.data import calibration_images, load_mnist
@@ -14,12 +14,6 @@ from ptqlib.deploy.ort_quantizer import ort_quantize_static
 from ptqlib.evaluation import agreement, predict
 from ptqlib.int8_checkpoint import load_int8
 from ptqlib.training import load_or_train_baseline
-
-
-def assert_one_line_error(result, message):
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
