@@ -27,14 +27,16 @@ only go forward along this list; the one import of a sub-package from the core i
 
 Alternative flows, backends and tooling are one level down:
 
-- ``ptqlib.fast``                the same integers, fast (``mlp``, ``cnn``, ``profiling``)
+- ``ptqlib.fast``                the same integers, fast (``model``, ``folding``, ``cnn``,
+  ``profiling``)
 - ``ptqlib.lowbit``              2-8 bits (``packing``, ``rounding``, ``weights``, ``diagnose``,
   ``qat``)
 - ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer;
   the model as one C file (``c_export``, ``c_runtime``; notebook 10)
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
 - ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
-- ``ptqlib.app``                 the command line (``cli``, ``commands``), pipeline, quantize
+- ``ptqlib.app``                 the command line (``cli``, ``commands``), ``pipeline``,
+  ``quantize``; ``exercises``, ``grade`` and ``grade_report`` for a class
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
 ``ptqlib.figures`` (saving figures) and ``ptqlib.digests`` (the SHA-256 digest every saved
