@@ -273,20 +273,6 @@ def layer_parity(
     return rows
 
 
-def parity_markdown(rows: list[LayerParity]) -> list[str]:
-    """The parity table as Markdown lines."""
-    lines = [
-        "| tensor | values | identical | within 1 LSB | max difference |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row.name} | {row.values:,} | {row.identical:.4%} | {row.within_one:.4%} "
-            f"| {row.max_difference} |"
-        )
-    return lines
-
-
 def onnx_runtime_models(
     fp32_model: nn.Sequential, int8_model: Int8Model, threads: int = 2
 ) -> dict[str, OnnxModel]:
