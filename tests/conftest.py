@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ptqlib.checkpoints import save_fp32
 from ptqlib.data import load_mnist
+from ptqlib.training import load_or_train_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
@@ -50,6 +52,26 @@ def offline_data(tmp_path_factory):
     """The offline MNIST sample (4,000 train / 1,000 test), whatever lies in data/."""
     empty = tmp_path_factory.mktemp("no-mnist-here")
     return load_mnist(empty, download=False, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def quantized_checkpoints(tmp_path_factory, offline_data) -> dict:
+    """The cached FP32 baseline (``baseline``) saved as a checkpoint (``fp32``), quantized by
+    ``python -m ptqlib quantize`` as a user runs it (``int8``), with ``data`` an empty data
+    directory (so the CLI reads the offline sample). Tests copy these files before changing
+    them."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    data_dir = folder / "empty-data"  # no IDX files: the offline sample
+    data_dir.mkdir()
+    baseline, meta = load_or_train_baseline(offline_data, progress=False)
+    paths = {"fp32": save_fp32(baseline, folder / "fp32.pt", meta), "data": data_dir}
+    paths["int8"] = folder / "int8.pt"
+    result = run_cli(
+        "quantize", "--checkpoint", str(paths["fp32"]), "--out", str(paths["int8"]),
+        "--calib", "200", "--data-dir", str(data_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {**paths, "baseline": baseline}
 
 
 def idx_bytes(array: torch.Tensor) -> bytes:

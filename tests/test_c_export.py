@@ -15,7 +15,6 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from ptqlib.calibration import calibrate
 from ptqlib.checkers.c_export import REFERENCE_REQUANTIZE_C, check_arena_bytes, check_requantize_c
-from ptqlib.checkpoints import save_fp32
 from ptqlib.data import calibration_images, normalise
 from ptqlib.deploy.c_budget import arena_bytes, flash_bytes
 from ptqlib.deploy.c_export import export_c, fold_layer
@@ -29,7 +28,6 @@ from ptqlib.int8_layers import Int8Linear, Int8MaxPool2d
 from ptqlib.int8_model import Int8Model, convert
 from ptqlib.models import SmallCNN, fold_input_normalization
 from ptqlib.quantization import QParams
-from ptqlib.training import load_or_train_baseline
 
 HAS_COMPILER = any(shutil.which(name) for name in ("cc", "gcc", "clang"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -40,20 +38,12 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, offline_data):
+def setup(tmp_path_factory, offline_data, quantized_checkpoints):
     """FP32 and INT8 checkpoints (quantize), both exported as C (export --format c), and a
     pixel-input INT8 model (normalisation folded) exported from Python."""
     folder = tmp_path_factory.mktemp("c-export")
-    data_dir = folder / "empty-data"  # no IDX files: the offline sample
-    data_dir.mkdir()
-    baseline, meta = load_or_train_baseline(offline_data, progress=False)
-    paths = {"fp32": save_fp32(baseline, folder / "fp32.pt", meta), "data": data_dir}
-    paths["int8"] = folder / "int8.pt"
-    result = run_cli(
-        "quantize", "--checkpoint", str(paths["fp32"]), "--out", str(paths["int8"]),
-        "--calib", "200", "--data-dir", str(data_dir),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    paths = dict(quantized_checkpoints)
+    baseline = paths["baseline"]
     for kind in ("int8", "fp32"):
         paths[f"{kind}_c"] = folder / f"{kind}_c"
         result = run_cli(
@@ -68,7 +58,6 @@ def setup(tmp_path_factory, offline_data):
     calibration = calibrate(pixel_model, pixels, progress=False)
     paths["pixel_int8"] = convert(pixel_model, calibration.qparams, pixel_input=True)
     paths["pixel_int8_c"] = export_c(paths["pixel_int8"], folder / "pixel_int8_c").directory
-    paths["baseline"] = baseline
     return paths
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from ptqlib.app.pipeline import MODEL_NAMES
-from ptqlib.checkpoints import save_fp32
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.deploy.onnx_runtime import load_onnx_model, with_requantization
 from ptqlib.deploy.ort_quantizer import ort_quantize_static
@@ -17,26 +16,10 @@ from ptqlib.training import load_or_train_baseline
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, offline_data):
+def files(tmp_path_factory, quantized_checkpoints):
     """An FP32 checkpoint, its INT8 checkpoint (quantize) and both exported (export)."""
     folder = tmp_path_factory.mktemp("deploy")
-    data_dir = folder / "empty-data"  # no IDX files: the offline sample
-    data_dir.mkdir()
-    baseline, meta = load_or_train_baseline(offline_data, progress=False)
-    paths = {"fp32": save_fp32(baseline, folder / "fp32.pt", meta), "data": data_dir}
-    paths["int8"] = folder / "int8.pt"
-    result = run_cli(
-        "quantize",
-        "--checkpoint",
-        str(paths["fp32"]),
-        "--out",
-        str(paths["int8"]),
-        "--calib",
-        "200",
-        "--data-dir",
-        str(data_dir),
-    )
-    assert result.returncode == 0, result.stderr
+    paths = dict(quantized_checkpoints)
     for kind in ("int8", "fp32"):
         paths[f"{kind}_onnx"] = folder / f"{kind}.onnx"
         result = run_cli(
