@@ -34,9 +34,10 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer;
   the model as one C file (``c_export``, ``c_runtime``; notebook 10)
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
-- ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
 - ``ptqlib.app``                 the command line (``cli``, ``commands``), ``pipeline``,
-  ``quantize``; ``exercises``, ``grade`` and ``grade_report`` for a class
+  ``quantize``
+- ``ptqlib.classroom``           the tools of a class: ``checkers`` (known-answer checks of a
+  student's code, one module a notebook), ``exercises``, ``grade``; the core never imports it
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
 ``ptqlib.figures`` (saving figures) and ``ptqlib.digests`` (the SHA-256 digest every saved

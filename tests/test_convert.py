@@ -10,8 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ptqlib.integer_arithmetic as integer_arithmetic
 from ptqlib.calibration import calibrate
-from ptqlib.checkers.int8_conversion import _fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
 from ptqlib.int8_checkpoint import int8_state, load_int8, load_model, save_int8

@@ -131,7 +131,7 @@ def run_grade(args: argparse.Namespace) -> int:
             f"grade needs {' and '.join(missing)} to run notebooks; install the dev extras: "
             "pip install -e '.[dev]'"
         )
-    from ptqlib.app.grade_report import run_grade as grade_submissions
+    from ptqlib.classroom.grade_report import run_grade as grade_submissions
 
     return grade_submissions(args)
 
