@@ -25,6 +25,7 @@ from torch import nn
 
 from ptqlib.calibration import calibrate_fused
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import carrier_of, from_carrier, to_carrier
 from ptqlib.int8_layers import (
     DTYPE_NAMES,
     Int8Conv2d,
@@ -34,15 +35,8 @@ from ptqlib.int8_layers import (
     Int8Step,
     activation_qparams_from,
 )
-from ptqlib.integer_arithmetic import (
-    Requantization,
-    carrier_of,
-    from_carrier,
-    quantize_bias,
-    quantize_by_division,
-    requantization_mode,
-    to_carrier,
-)
+from ptqlib.integer_arithmetic import Requantization, quantize_bias, requantization_mode
+from ptqlib.ort_arithmetic import quantize_by_division
 from ptqlib.plan import (
     RESTRICTED_WEIGHT_RANGE,
     Step,

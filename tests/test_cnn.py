@@ -9,7 +9,7 @@ from test_convert import RecordOps  # one recorder of aten operations for both t
 from torch import nn
 from torch.nn import functional
 
-import ptqlib.integer_arithmetic as integer_arithmetic
+import ptqlib.int8_gemm as int8_gemm
 from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_batchnorm
 from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
@@ -295,7 +295,7 @@ def test_int8_cnn_accuracy_is_close_to_fp32(cnn, quantized, offline_data):
 
 def test_integer_cnn_forward_is_integer_only(quantized, offline_data, monkeypatch):
     # With the int8 GEMM; the float GEMM computes the same integers (test_parity_matrix.py).
-    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
+    monkeypatch.setattr(int8_gemm, "default_uses_int8_gemm", lambda: True)
     int8_model = quantized[0]
     carriers = int8_model.quantize_input(offline_data.test.images[:4])
     with RecordOps() as recorder:

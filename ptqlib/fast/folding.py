@@ -50,8 +50,9 @@ from enum import StrEnum
 
 import torch
 
+from ptqlib.int8_gemm import carrier_of, gemm_weight
 from ptqlib.int8_layers import Int8Step
-from ptqlib.integer_arithmetic import Requantization, carrier_of, gemm_weight
+from ptqlib.integer_arithmetic import Requantization
 
 FLOAT64_EXACT_INTEGERS = 2**53  # every integer of at most this magnitude is a float64
 INT64_LIMIT = 2**63

@@ -40,9 +40,9 @@ from torch import nn
 
 from ptqlib.errors import InputError
 from ptqlib.evaluation import mcnemar_p_value
+from ptqlib.int8_gemm import from_carrier
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import from_carrier
 from ptqlib.lowbit.packing import bits_for_range
 from ptqlib.lowbit.rounding import round_to_nearest
 from ptqlib.lowbit.weights import layer_inputs, linear_names, weight_qparams

@@ -32,7 +32,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, run_cases
-from ptqlib.deploy.ort_arithmetic import (
+from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
@@ -130,7 +130,7 @@ def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
 
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
-    quant_max) -> q``: ORT's requantization (see ``ptqlib.deploy.ort_arithmetic``)."""
+    quant_max) -> q``: ORT's requantization (see ``ptqlib.ort_arithmetic``)."""
     run_cases("check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers)
 
 
