@@ -34,6 +34,7 @@ from ptqlib.int8_layers import (
     Int8MaxPool2d,
     Int8Step,
     activation_qparams_from,
+    rebuilt,
 )
 from ptqlib.integer_arithmetic import Requantization, quantize_bias, requantization_mode
 from ptqlib.ort_arithmetic import quantize_by_division
@@ -146,6 +147,20 @@ class Int8Model(nn.Module):
     def extra_repr(self) -> str:
         mode = ", float32 requantization" if self.requantization == "float32" else ""
         return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}{mode}"
+
+
+def with_requantization(model: Int8Model, requantization: Requantization | str) -> Int8Model:
+    """The same INT8 model (the same integers and scales) computing with another
+    ``requantization``, e.g. a loaded checkpoint made to compute as ONNX Runtime does. Every
+    integer layer is built again by its own constructor (``ptqlib.int8_layers.rebuilt``)."""
+    if not isinstance(model, Int8Model):
+        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
+    requantization = requantization_mode(requantization)
+    layers = [
+        rebuilt(layer, requantization=requantization) if isinstance(layer, Int8Step) else layer
+        for layer in model.layers
+    ]
+    return Int8Model(model.input_qparams, layers, requantization).eval()
 
 
 def integer_layer(step: Step, requantization: Requantization) -> nn.Module:

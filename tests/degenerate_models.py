@@ -10,12 +10,13 @@ teaching path, the fast path and the int64 reference (``int64_reference.py``) eq
 bit for bit, and the C export's tests can take the same members.
 
 ``degenerate_family(requantization)`` returns the members as :class:`DegenerateCase`
-(name, the teaching-path model, images to run it on). Everything is seeded and small: the
-whole family converts in about a second.
+(name, the teaching-path model, images to run it on). Everything is seeded and small; the
+fixed-point family is built once per process and the float32 one derived from it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from ptqlib.calibration import calibrate, calibrate_fused
 from ptqlib.int8_layers import Int8Linear
-from ptqlib.int8_model import Int8Model, convert
+from ptqlib.int8_model import Int8Model, convert, with_requantization
 from ptqlib.models import DepthwiseCNN, SimpleNet
 from ptqlib.quantization import EPS, QParams
 
@@ -61,15 +62,18 @@ def images_for(qparams: QParams, shape: tuple[int, ...], seed: int) -> torch.Ten
     low = scale * (qparams.quant_min - zero_point)
     high = scale * (qparams.quant_max - zero_point)
     margin = 0.05 * (high - low)
-    return torch.rand(shape, generator=_generator(seed), dtype=torch.float64).mul(
-        high - low + 2 * margin
-    ).add(low - margin).float()
+    return (
+        torch.rand(shape, generator=_generator(seed), dtype=torch.float64)
+        .mul(high - low + 2 * margin)
+        .add(low - margin)
+        .float()
+    )
 
 
 # --- hand-built layers: exact scales and zero-points --------------------------------------------
 
 
-def issue_zero_row_linear(output_zero_point: int, requantization: str) -> Int8Model:
+def issue_zero_row_linear(output_zero_point: int) -> Int8Model:
     """The 16 -> 2 Int8Linear whose row 0 is all zero (S_w = EPS, n = 58): S_x = 0.0233,
     Z_x = 77, S_y = 0.7147, bias [0, -677]."""
     weight = torch.randint(-127, 128, (2, 16), generator=_generator(0), dtype=torch.int8)
@@ -83,9 +87,8 @@ def issue_zero_row_linear(output_zero_point: int, requantization: str) -> Int8Mo
         output_qparams=activation(0.7147, output_zero_point),
         relu=False,
         name="fc",
-        requantization=requantization,
     )
-    return Int8Model(input_qparams, [layer], requantization).eval()
+    return Int8Model(input_qparams, [layer]).eval()
 
 
 def scaled_linear(
@@ -95,7 +98,6 @@ def scaled_linear(
     dtype: torch.dtype,
     multiplier_range: tuple[float, float],
     relu: bool,
-    requantization: str,
     seed: int,
 ) -> Int8Model:
     """A 9 -> 7 -> 5 MLP of random int8 weights (row 3 of each layer zero, with S_w = EPS)
@@ -126,11 +128,10 @@ def scaled_linear(
                 output_qparams=output,
                 relu=relu and index == 0,
                 name=f"fc{index + 1}",
-                requantization=requantization,
             )
         )
         current = output
-    return Int8Model(first_input, layers, requantization).eval()
+    return Int8Model(first_input, layers).eval()
 
 
 # --- calibrated models: the path a user's model takes -------------------------------------------
@@ -139,14 +140,13 @@ def scaled_linear(
 def _converted(
     model: nn.Sequential,
     images: torch.Tensor,
-    requantization: str,
     dtype: torch.dtype = torch.uint8,
     per_channel: bool = True,
 ) -> Int8Model:
     qparams = calibrate(
         model, images, "minmax", activation_kwargs={"dtype": dtype}, progress=False
     ).qparams
-    return convert(model, qparams, per_channel, requantization=requantization)
+    return convert(model, qparams, per_channel)
 
 
 def pruned_simplenet(rows: dict[str, list[int]], seed: int) -> nn.Sequential:
@@ -230,9 +230,7 @@ def one_wide_mlp(seed: int) -> nn.Sequential:
     """Linear(1, 5) (``in_features == 1``: ``weight.t()`` is [1, 5] with stride (1, 1)),
     ReLU, Linear(5, 1), Linear(1, 3)."""
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(1, 5), nn.ReLU(), nn.Linear(5, 1), nn.Linear(1, 3)
-    ).eval()
+    return nn.Sequential(nn.Linear(1, 5), nn.ReLU(), nn.Linear(5, 1), nn.Linear(1, 3)).eval()
 
 
 def one_channel_cnn(seed: int) -> nn.Sequential:
@@ -258,16 +256,18 @@ def depthwise_cnn_with_dead_channel(seed: int) -> nn.Sequential:
     return model
 
 
-def degenerate_family(requantization: str) -> list[DegenerateCase]:
-    """Every member, converted with ``requantization`` ("fixed_point" or "float32")."""
+@functools.cache
+def fixed_point_family() -> tuple[DegenerateCase, ...]:
+    """Every member, with ptqlib's fixed-point requantization (built once per process)."""
     cases = []
 
     def add(name: str, model: Int8Model, images: torch.Tensor) -> None:
-        cases.append(DegenerateCase(f"{name}-{requantization}", model, images))
+        cases.append(DegenerateCase(name, model, images))
 
     for output_zero_point in (170, 20):
-        model = issue_zero_row_linear(output_zero_point, requantization)
-        add(f"zero-row-linear-Zy{output_zero_point}", model, images_for(model.input_qparams, (9, 16), 1))
+        model = issue_zero_row_linear(output_zero_point)
+        images = images_for(model.input_qparams, (9, 16), 1)
+        add(f"zero-row-linear-Zy{output_zero_point}", model, images)
 
     for input_scale in (1e-6, 1e-3, 1.0, 1e3):
         for dtype, zero_points in ((torch.uint8, (0, 255)), (torch.int8, (-128, 127))):
@@ -281,7 +281,6 @@ def degenerate_family(requantization: str) -> list[DegenerateCase]:
                         dtype,
                         multipliers,
                         relu=seed % 2 == 0,
-                        requantization=requantization,
                         seed=seed,
                     )
                     name = (
@@ -294,42 +293,54 @@ def degenerate_family(requantization: str) -> list[DegenerateCase]:
     for name, rows in (("fc3-class-9", {"fc3": [9]}), ("fc1-unit-5", {"fc1": [5]})):
         float_model = pruned_simplenet(rows, seed=0)
         for per_channel in (True, False):
-            model = _converted(float_model, digits, requantization, per_channel=per_channel)
-            add(f"simplenet-{name}-{'per-channel' if per_channel else 'per-tensor'}", model, digits[:5])
+            model = _converted(float_model, digits, per_channel=per_channel)
+            granularity = "per-channel" if per_channel else "per-tensor"
+            add(f"simplenet-{name}-{granularity}", model, digits[:5])
 
     small = torch.rand(16, 1, 10, 10, generator=_generator(3)) * 2 - 0.5
     for dtype in (torch.uint8, torch.int8):
-        model = _converted(zero_channel_cnn(seed=0), small, requantization, dtype)
-        add(f"zero-channel-cnn-{dtype}", model, small[:5])
+        add(
+            f"zero-channel-cnn-{dtype}",
+            _converted(zero_channel_cnn(seed=0), small, dtype),
+            small[:5],
+        )
 
     for gamma_zero, tiny_variance in ((True, False), (False, True), (True, True)):
         folded, calibration = calibrate_fused(
             batchnorm_cnn(gamma_zero, tiny_variance, seed=0), small, "minmax", progress=False
         )
         for per_channel in (True, False):
-            model = convert(
-                folded, calibration.qparams, per_channel, requantization=requantization
-            )
+            model = convert(folded, calibration.qparams, per_channel)
             name = f"batchnorm-gamma0-{gamma_zero}-var0-{tiny_variance}-per-channel-{per_channel}"
             add(name, model, small[:5])
 
+    # The DepthwiseCNN ends with a global average pool: 12 x 12 images keep it small.
+    patches = torch.rand(8, 1, 12, 12, generator=_generator(4)) * 3.2 - 0.42
     folded, calibration = calibrate_fused(
-        depthwise_cnn_with_dead_channel(seed=0), digits[:8], "minmax", progress=False
+        depthwise_cnn_with_dead_channel(seed=0), patches, "minmax", progress=False
     )
-    add(
-        "depthwise-cnn-gamma0",
-        convert(folded, calibration.qparams, requantization=requantization),
-        digits[:3],
-    )
+    add("depthwise-cnn-gamma0", convert(folded, calibration.qparams), patches[:3])
 
     scalars = torch.linspace(-3, 3, 20).reshape(20, 1)
-    add("one-wide-mlp", _converted(one_wide_mlp(seed=0), scalars, requantization), scalars[::3])
-    model = _converted(one_channel_cnn(seed=0), small, requantization, torch.int8)
-    add("one-channel-cnn", model, small[:4])
+    add("one-wide-mlp", _converted(one_wide_mlp(seed=0), scalars), scalars[::3])
+    add("one-channel-cnn", _converted(one_channel_cnn(seed=0), small, torch.int8), small[:4])
 
     # Constant inputs: the input range is one point (S_x from 0 alone is EPS).
     for value in (0.0, 0.7):
         constant = torch.full((6, 1, 28, 28), value)
-        float_model = pruned_simplenet({"fc2": [0]}, seed=1)
-        add(f"constant-input-{value:g}", _converted(float_model, constant, requantization), constant[:2])
-    return cases
+        model = _converted(pruned_simplenet({"fc2": [0]}, seed=1), constant)
+        add(f"constant-input-{value:g}", model, constant[:2])
+    return tuple(cases)
+
+
+def degenerate_family(requantization: str) -> list[DegenerateCase]:
+    """Every member, computing with ``requantization`` ("fixed_point" or "float32"): the
+    float32 members are the fixed-point ones with ORT's arithmetic (``with_requantization``)."""
+    return [
+        DegenerateCase(
+            f"{case.name}-{requantization}",
+            with_requantization(case.model, requantization),
+            case.images,
+        )
+        for case in fixed_point_family()
+    ]

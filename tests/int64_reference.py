@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from ptqlib.int8_gemm import from_carrier
 from ptqlib.int8_layers import Int8Conv2d, Int8GlobalAvgPool2d, Int8Linear, Int8MaxPool2d
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import from_carrier
 
 
 def requantized(accumulator: torch.Tensor, layer, channel_dim: int) -> torch.Tensor:

@@ -17,12 +17,11 @@ from ptqlib.deploy.onnx_runtime import (
     load_onnx,
     load_onnx_model,
     optimized_op_types,
-    with_requantization,
 )
 from ptqlib.deploy.ort_quantizer import gemm_qparams, ort_quantize_static
 from ptqlib.evaluation import agreement, predict
 from ptqlib.int8_layers import Int8Linear
-from ptqlib.int8_model import RESTRICTED_WEIGHT_RANGE, Int8Model, convert
+from ptqlib.int8_model import RESTRICTED_WEIGHT_RANGE, Int8Model, convert, with_requantization
 from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
@@ -68,7 +67,14 @@ def stress_model():
     scales = 0.01 * (1 + torch.rand(64, generator=generator))
     weight_qparams = QParams(scales, torch.zeros(64, dtype=torch.int64), -128, 127, torch.int8, 0)
     bias = torch.randint(-(2**29), 2**29, (64,), generator=generator, dtype=torch.int32)
-    layer = Int8Linear(weight, bias, weight_qparams, act(0.02, 128), act(2000.0, 128), False)
+    layer = Int8Linear(
+        weight=weight,
+        bias=bias,
+        weight_qparams=weight_qparams,
+        input_qparams=act(0.02, 128),
+        output_qparams=act(2000.0, 128),
+        relu=False,
+    )
     images = torch.randn(2000, 1, 28, 28, generator=generator)
     return Int8Model(act(0.02, 128), [nn.Flatten(), layer]).eval(), images
 

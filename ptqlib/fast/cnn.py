@@ -32,7 +32,7 @@ def conv_products(x: torch.Tensor, conv: Int8Conv2d, weight_t: torch.Tensor) -> 
     ``conv`` for int8 carriers ``x [N, H, W, C]``; ``weight_t`` is the folded ``[K, O]``
     weight (:func:`ptqlib.fast.folding.fold`), unused by a depthwise conv."""
     pad_h, pad_w = conv.padding
-    padded = functional.pad(x, (0, 0, pad_w, pad_w, pad_h, pad_h), value=conv.padding_carrier())
+    padded = functional.pad(x, (0, 0, pad_w, pad_w, pad_h, pad_h), value=conv.zero_carrier())
     windows = padded.unfold(1, conv.kernel_size[0], conv.stride[0])
     windows = windows.unfold(2, conv.kernel_size[1], conv.stride[1])  # N OH OW C kh kw
     batch, out_h, out_w = windows.shape[:3]

@@ -129,7 +129,9 @@ def _fixed_point_folding(
         # Scaling by 2^-n is exact: A and N are integers below 2^53.
         multiplier = [math.ldexp(channel.multiplier, -channel.shift) for channel in channels]
         constant = [math.ldexp(channel.constant, -channel.shift) for channel in channels]
-        multiplier, constant = (torch.tensor(v, dtype=torch.float64) for v in (multiplier, constant))
+        multiplier, constant = (
+            torch.tensor(v, dtype=torch.float64) for v in (multiplier, constant)
+        )
         return FoldedArithmetic.FLOAT64, multiplier, constant, None
     if largest < INT64_LIMIT:
         tensors = [
