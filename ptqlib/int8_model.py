@@ -53,6 +53,17 @@ from ptqlib.quantization import quantize as quantize_tensor
 PIXEL_QPARAMS = QParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int64), 0, 255, torch.uint8)
 
 
+def check_batch(images: object) -> None:
+    """Raise a clear error unless ``images`` is a tensor holding at least one image: what
+    both paths (teaching and fast) say about an empty batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 0 or len(images) == 0:
+        raise InputError(
+            f"images: expected a batch of at least one image, got shape {tuple(images.shape)}"
+        )
+
+
 def is_pixel_input(qparams: QParams) -> bool:
     """Whether these input qparams are :data:`PIXEL_QPARAMS`: the model takes raw pixels."""
     return (
@@ -112,6 +123,7 @@ class Int8Model(nn.Module):
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``quantize(x) - offset``, with the division this
         model's ``requantization`` prescribes."""
+        check_batch(images)
         qparams = self.input_qparams
         if self.requantization == Requantization.FLOAT32:
             quantized = quantize_by_division(images.float(), qparams)

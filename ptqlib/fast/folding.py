@@ -68,15 +68,19 @@ class FoldedArithmetic(StrEnum):
 
 @dataclass(frozen=True)
 class FoldedStep:
-    """One integer step's weights for the GEMM and its folded requantization constants."""
+    """One integer step's weights for the GEMM, its folded requantization constants and the
+    numbers the fast path reads on every call, taken from its buffers once."""
 
     weight_t: torch.Tensor  # [K, out]: int8 for _int_mm, or float for the exact float GEMM
     arithmetic: FoldedArithmetic
     multiplier: torch.Tensor | None  # A'_j (float64) or A_j (int64); None: TEACHING
     constant: torch.Tensor | None  # N'_j (float64) or N_j (int64)
     shift: torch.Tensor | None  # n_j (int64) for INT64
-    lowest: int  # clamp bounds of the int8 carriers
+    lowest: int  # clamp bounds of the output's carriers
     highest: int
+    input_zero_carrier: int  # Z_x - offset: what a conv pads with
+    output_zero_carrier: int  # Z_y - offset
+    output_scale: torch.Tensor  # S_y (float32), to dequantize the logits
 
 
 @dataclass(frozen=True)
@@ -150,19 +154,32 @@ def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
     else:
         arithmetic, multiplier, constant, shift = _fixed_point_folding(step)
     lowest, highest = (carrier_of(bound, step.output_dtype) for bound in step.output_range())
-    return FoldedStep(weight_t, arithmetic, multiplier, constant, shift, lowest, highest)
+    return FoldedStep(
+        weight_t,
+        arithmetic,
+        multiplier,
+        constant,
+        shift,
+        lowest,
+        highest,
+        input_zero_carrier=step.zero_carrier(),
+        output_zero_carrier=carrier_of(int(step.output_zero_point), step.output_dtype),
+        output_scale=step.output_scale.clone(),
+    )
 
 
 def requantize_folded(product: torch.Tensor, step: Int8Step, folded: FoldedStep) -> torch.Tensor:
-    """The int8 carriers of ``step``'s output from the GEMM's sums ``g`` (int32, one column per
-    output channel, carrier correction and bias *not* added): the same integers as
-    ``step.requantize(g + correction + bias)``."""
+    """The carriers of ``step``'s output from the GEMM's sums ``g`` (one column per output
+    channel, carrier correction and bias *not* added; int32, or the float GEMM's exact
+    integers): the same integers as ``step.requantize(g + correction + bias)``, in float64
+    (FLOAT64), int64 (INT64) or int8 (TEACHING). The next GEMM converts them to its own type
+    anyway, so they are not narrowed here."""
     if folded.arithmetic == FoldedArithmetic.FLOAT64:  # exact: see the module docstring
         scaled = product.double().mul_(folded.multiplier).add_(folded.constant)
-        scaled.floor_()
-    elif folded.arithmetic == FoldedArithmetic.INT64:
+        return scaled.floor_().clamp_(folded.lowest, folded.highest)
+    if folded.arithmetic == FoldedArithmetic.INT64:
         scaled = product.long().mul_(folded.multiplier).add_(folded.constant)
         scaled >>= folded.shift
-    else:
-        return step.requantize(product + (step.carrier_correction() + step.bias))
-    return scaled.clamp_(folded.lowest, folded.highest).to(torch.int8)
+        return scaled.clamp_(folded.lowest, folded.highest)
+    accumulator = product.to(torch.int32) + (step.carrier_correction() + step.bias)
+    return step.requantize(accumulator)
