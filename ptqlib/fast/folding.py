@@ -32,7 +32,7 @@ arithmetic:
 ONNX Runtime's float32 requantization has nothing to fold (its M_f32 already is one
 constant, and the order of its float32 operations is part of its result), so the fast path
 runs the teaching path's ``requantize`` for it. Both modes are monotone in the accumulator,
-which lets the fast CNN max-pool before requantizing (``ptqlib.fast.cnn``).
+which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``).
 """
 
 from __future__ import annotations
