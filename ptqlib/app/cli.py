@@ -25,6 +25,7 @@ from ptqlib.catalog import (
     DEFAULT_SEED,
     MODEL_NAMES,
     RECIPE_NAMES,
+    RECIPE_SEEDS,
 )
 from ptqlib.errors import InputError
 
@@ -170,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--seed",
         type=int,
-        default=DEFAULT_SEED,
-        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
+        default=None,
+        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED}; "
+        f"{RECIPE_SEEDS[('dwcnn', 'hot')]} for dwcnn's hot recipe, the seed of notebook 09's "
+        "shipped model)",
     )
     train.add_argument(
         "--recipe",
