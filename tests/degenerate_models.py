@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ptqlib.calibration import calibrate, calibrate_fused
+from ptqlib.calibration import calibrate
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model, convert, with_requantization
 from ptqlib.models import DepthwiseCNN, SimpleNet
+from ptqlib.ptq import calibrate_fused
 from ptqlib.quantization import EPS, QParams
 
 ACTIVATION_RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127)}

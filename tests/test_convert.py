@@ -9,12 +9,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ptqlib.int8_gemm as int8_gemm
+from ptqlib.app.model_files import load_model
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import save_checkpoint, save_fp32
 from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
-from ptqlib.int8_checkpoint import int8_state, load_int8, load_model, save_int8
+from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
 from ptqlib.int8_gemm import carrier_offset
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import convert

@@ -21,13 +21,13 @@ from ptqlib.deploy.onnx_runtime import (
 from ptqlib.deploy.ort_quantizer import gemm_qparams, ort_quantize_static
 from ptqlib.evaluation import agreement, predict
 from ptqlib.int8_layers import Int8Linear
-from ptqlib.int8_model import RESTRICTED_WEIGHT_RANGE, Int8Model, convert, with_requantization
+from ptqlib.int8_model import Int8Model, convert, with_requantization
 from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
 )
-from ptqlib.quantization import QParams, quantize
+from ptqlib.quantization import RESTRICTED_WEIGHT_RANGE, QParams, quantize
 from ptqlib.reference.pt2e import cpu_has_vnni
 from ptqlib.training import load_or_train_baseline
 

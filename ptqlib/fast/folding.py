@@ -39,7 +39,7 @@ But its g is 0 for every input, so its output is one constant, the teaching path
 ONNX Runtime's float32 requantization has nothing to fold (its M_f32 already is one
 constant, and the order of its float32 operations is part of its result), so the fast path
 runs the teaching path's ``requantize`` for it too. Every mode is monotone in the
-accumulator, which lets the fast CNN max-pool before requantizing (``ptqlib.fast.cnn``).
+accumulator, which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One class for the MLP and the CNN. :class:`FastInt8Model` computes exactly the teaching
 path's integers, with the changes of ``ptqlib.fast.folding`` (requantization folded into one
-multiply-add) and ``ptqlib.fast.cnn`` (convolutions channels last, max-pool before
+multiply-add) and ``ptqlib.fast.conv`` (convolutions channels last, max-pool before
 requantizing), plus:
 
 - **Input quantization folded.** The teaching path quantizes the images
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ptqlib.errors import InputError
-from ptqlib.fast.cnn import conv_products, max_pool_channels_last
+from ptqlib.fast.conv import conv_products, max_pool_channels_last
 from ptqlib.fast.folding import FoldedStep, fold, requantize_folded
 from ptqlib.int8_gemm import carrier_of, default_uses_int8_gemm, int8_matmul
 from ptqlib.int8_layers import (

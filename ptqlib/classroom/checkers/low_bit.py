@@ -22,9 +22,9 @@ from ptqlib.classroom.checkers.core import (
     compare_integers,
     run_cases,
 )
-from ptqlib.lowbit.packing import pack
 from ptqlib.lowbit.rounding import rectified_sigmoid
 from ptqlib.lowbit.weights import weight_qparams
+from ptqlib.packing import pack
 
 
 def _compare_close(case: Case, got: Any) -> None:
