@@ -2,6 +2,12 @@
 batches, bad files and odd options. Each test pins one behaviour that broke before it was
 written; the degenerate models and the random-model fuzz are in ``test_parity_matrix.py``."""
 
+import argparse
+import os
+import stat
+import struct
+from pathlib import Path
+
 import pytest
 import torch
 from degenerate_models import issue_zero_row_linear
@@ -9,11 +15,21 @@ from int64_reference import reference_integers
 from torch import nn
 
 import ptqlib.int8_gemm as int8_gemm
+from ptqlib.app.cli import build_parser, main
+from ptqlib.app.commands import quantize_settings
+from ptqlib.app.quantize import QuantizeSettings, check_settings, checkpoint_meta
+from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
+from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.data import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
+from ptqlib.errors import InputError
 from ptqlib.fast import FastInt8Model
+from ptqlib.int8_checkpoint import int8_state, load_int8
 from ptqlib.int8_gemm import int8_matmul
 from ptqlib.int8_model import Int8Model, convert, with_requantization
-from ptqlib.models import SimpleNet
+from ptqlib.lowbit.rounding import ADAROUND_ITERATIONS, ADAROUND_SEED
+from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
+from ptqlib.models import MODELS, SimpleNet, SmallCNN, fold_input_normalization
 
 GEMMS = pytest.mark.parametrize("use_int8_gemm", [True, False], ids=["int8_gemm", "float_gemm"])
 MODES = ("fixed_point", "float32")
@@ -166,3 +182,161 @@ def test_the_fast_path_notices_every_replaced_buffer():
         layer.bias = torch.zeros_like(values, dtype=torch.int32)  # frees the folded one
         layer.bias = values.to(torch.int32)  # may land where the folded one was
         assert torch.equal(fast.quantized_logits(images), model.quantized_logits(images))
+
+
+# --- bad input: one clear error, never a traceback ---------------------------------------------
+
+
+def write_idx(path, magic: int, shape: tuple[int, ...], payload: bytes) -> None:
+    header = struct.pack(">i", magic) + struct.pack(f">{len(shape)}i", *shape)
+    path.write_bytes(header + payload)
+
+
+def test_an_idx_file_with_no_images_is_one_clear_error(tmp_path):
+    """Zero images (and zero labels): a RuntimeError from ``labels.max()`` before."""
+    write_idx(tmp_path / "train-images-idx3-ubyte", IMAGES_MAGIC, (0, 28, 28), b"")
+    write_idx(tmp_path / "train-labels-idx1-ubyte", LABELS_MAGIC, (0,), b"")
+    with pytest.raises(InputError, match="holds no images"):
+        load_mnist(tmp_path, splits=("train",), download=False, verbose=False)
+
+
+def test_metadata_that_is_not_a_dict_is_one_clear_error(tmp_path, capsys):
+    """An INT8 checkpoint whose ``meta`` is a list: ``layer-errors`` died with an
+    AttributeError (``meta.get``)."""
+    state = {"kind": "int8", **int8_state(calibrated_simplenet()), "meta": ["not", "a", "dict"]}
+    path = save_checkpoint(state, tmp_path / "odd_meta.pt")
+    with pytest.raises(InputError, match="not a dict"):
+        load_int8(path)
+    assert main(["layer-errors", "--checkpoint", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "not a dict" in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("pixels", [True, False])
+def test_an_empty_batch_is_refused_alike_by_both_paths(pixels):
+    """Before, the teaching path raised and the fast path returned an empty tensor for a
+    batch of 0 raw pixel images."""
+    model = calibrated_simplenet(pixel_input=True) if pixels else calibrated_simplenet()
+    empty = torch.zeros(0, 1, 28, 28, dtype=torch.uint8 if pixels else torch.float32)
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match="at least one image"):
+            runner(empty)
+
+
+# --- options that were ignored or checked late ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fp32_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fp32")
+    torch.manual_seed(0)
+    return {
+        "simplenet": save_fp32(SimpleNet().eval(), folder / "simplenet.pt"),
+        "cnn": save_fp32(SmallCNN().eval(), folder / "cnn.pt"),
+    }
+
+
+def test_quantize_refuses_to_overwrite_its_fp32_checkpoint(fp32_files):
+    """``--out`` naming the FP32 checkpoint overwrote it and reported "1.00x smaller"."""
+    source = fp32_files["simplenet"]
+    same_file = source.parent / ".." / source.parent.name / source.name
+    for out in (source, same_file):
+        with pytest.raises(InputError, match="would overwrite it"):
+            check_settings(QuantizeSettings(checkpoint=source, out=out))
+
+
+def test_equalize_without_a_conv_pair_is_refused_before_any_data(fp32_files, tmp_path):
+    """SmallCNN has a max-pool between its convolutions: no pair to equalize. Before, the
+    settings passed and the run failed after loading the data."""
+    settings = QuantizeSettings(fp32_files["cnn"], tmp_path / "int8.pt", equalize=True)
+    with pytest.raises(InputError, match="no Conv2d -> ReLU -> Conv2d pair"):
+        check_settings(settings)
+
+
+def test_the_library_low_bit_path_refuses_a_cnn():
+    """``quantize_low_bit`` on a folded CNN quantized only ``fc`` and left every conv at 8
+    bits while reporting W2."""
+    torch.manual_seed(0)
+    folded = fold_model(SmallCNN().eval())
+    with pytest.raises(InputError, match="Linear layers only"):
+        quantize_low_bit(folded, random_images(20), LowBitSettings(weight_bits=2))
+
+
+def test_every_quantize_option_reaches_the_settings(fp32_files, tmp_path):
+    """``--pixel-input`` was parsed and dropped; ``--requantization`` did not exist."""
+    arguments = build_parser().parse_args(
+        ["quantize", "--checkpoint", str(fp32_files["simplenet"]), "--out", "x.pt"]
+        + ["--requantization", "float32", "--pixel-input", "--per-tensor", "--seed", "7"]
+        + ["--adaround-iterations", "9", "--rounding", "adaround", "--observer", "minmax"]
+    )
+    settings = quantize_settings(arguments)
+    assert settings.requantization == "float32" and settings.pixel_input
+    assert not settings.bits.per_channel and settings.bits.rounding == "adaround"
+    assert settings.bits.adaround_kwargs == {"seed": 7, "iterations": 9}
+    assert settings.observer == "minmax"
+    default = build_parser().parse_args(["quantize", "--checkpoint", "a.pt", "--out", "b.pt"])
+    assert quantize_settings(default).requantization == "fixed_point"
+
+
+def test_the_checkpoint_records_adarounds_seed_and_iterations(fp32_files, tmp_path):
+    """Without them an AdaRound checkpoint could not be made again from its metadata."""
+    bits = LowBitSettings(rounding="adaround", adaround_kwargs={"seed": 7, "iterations": 9})
+    settings = QuantizeSettings(fp32_files["simplenet"], tmp_path / "int8.pt", bits=bits)
+    meta = checkpoint_meta(settings, "simplenet", calibrated_simplenet(), seconds=1.0)
+    assert meta["seed"] == 7 and meta["adaround_iterations"] == 9
+    defaults = QuantizeSettings(fp32_files["simplenet"], tmp_path / "int8.pt")
+    meta = checkpoint_meta(defaults, "simplenet", calibrated_simplenet(), seconds=1.0)
+    assert meta["seed"] == ADAROUND_SEED and meta["adaround_iterations"] == ADAROUND_ITERATIONS
+
+
+@pytest.mark.parametrize(
+    "model, runtime",
+    [("cnn", "c"), ("dwcnn", "onnxruntime"), ("dwcnn", "pt2e"), ("dwcnn", "c"), ("cnn", "pt2e")],
+)
+def test_bench_refuses_a_runtime_model_pair_before_any_work(model, runtime, capsys):
+    """``cnn --runtime c`` and every runtime with ``dwcnn`` built (and might train)
+    everything first. The data directory does not exist: the refusal comes before it."""
+    arguments = ["bench", "--model", model, "--runtime", runtime, "--data-dir", "/nonexistent"]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert f"--runtime {runtime}: implemented for --model" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_bench_help_names_every_model():
+    bench = next(
+        action.choices["bench"]
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    model_help = next(action.help for action in bench._actions if action.dest == "model")
+    assert all(name in model_help for name in MODELS)
+
+
+def test_fold_input_normalization_refuses_a_model_that_does_not_start_with_linear():
+    """On SmallCNN it folded into ``fc``, the last layer (logits off by 0.44)."""
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match="its first layer is a Conv2d"):
+        fold_input_normalization(fold_model(SmallCNN().eval()))
+    folded = fold_input_normalization(nn.Sequential(nn.Linear(4, 2, bias=False)))
+    assert folded[0].bias is not None  # the shift went into a new bias
+
+
+# --- writing a checkpoint ----------------------------------------------------------------------
+
+
+def test_save_checkpoint_sets_the_files_mode_without_touching_the_umask(tmp_path, monkeypatch):
+    """It flipped the process-wide umask to read it (not thread-safe)."""
+    previous = os.umask(0o027)
+    try:
+
+        def forbidden(mask):
+            raise AssertionError("save_checkpoint changed the process umask")
+
+        monkeypatch.setattr(os, "umask", forbidden)
+        path = save_fp32(SimpleNet(), tmp_path / "model.pt")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 under the umask 0o027
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
