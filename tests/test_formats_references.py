@@ -16,7 +16,7 @@ from torchao.prototype.mx_formats.nvfp4_tensor import (
 from ptqlib.formats.microscaling import quantize_mx
 from ptqlib.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2
 from ptqlib.formats.nvfp4 import quantize_nvfp4
-from ptqlib.lowbit.packing import pack
+from ptqlib.packing import pack
 
 TORCHAO_ELEMENTS = {
     "e4m3": torch.float8_e4m3fn,

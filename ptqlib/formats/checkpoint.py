@@ -12,7 +12,7 @@ SHA-256 digest like every ptqlib checkpoint (``ptqlib.checkpoints``, ``ptqlib.di
     meta             where it came from
 
 A weight holds exactly what the format stores, its codes packed bit after bit
-(``ptqlib.lowbit.packing``: two E2M1 codes per byte, four E2M3 codes in three bytes), so the
+(``ptqlib.packing``: two E2M1 codes per byte, four E2M3 codes in three bytes), so the
 file's size is the format's size plus the (small) dict around it:
 
     fp8        codes (uint8) and the FP32 scale
@@ -47,8 +47,8 @@ from ptqlib.formats.minifloat import E2M1, MINIFLOATS
 from ptqlib.formats.nvfp4 import NVFP4Tensor
 from ptqlib.formats.schemes import QuantizedTensor, get_scheme
 from ptqlib.formats.simulation import quantize_weights, simulate, weighted_layers
-from ptqlib.lowbit.packing import pack, unpack
 from ptqlib.models import build_model
+from ptqlib.packing import pack, unpack
 
 KIND = "formats"
 
