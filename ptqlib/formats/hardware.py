@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NATIVE, CONVERT, EMULATED = "native", "convert", "emulated"
+STATUSES = (NATIVE, CONVERT, EMULATED)
 FORMAT_COLUMNS = ("INT8", "FP16/BF16", "FP8", "MXFP8/MXFP6", "MXFP4", "NVFP4")
 
 SOURCES = {

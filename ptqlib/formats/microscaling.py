@@ -86,14 +86,16 @@ class MXTensor:
         return self.numel * self.element_format.bits + blocks * E8M0.bits
 
 
-def shared_exponent(block_amax: torch.Tensor, element_format: Minifloat) -> torch.Tensor:
+def shared_exponent(block_amax: torch.Tensor, element_emax: int) -> torch.Tensor:
     """``floor(log2(amax)) - emax_elem`` of every block, clamped to [-127, 127] (int64).
 
-    ``floor(log2(amax))`` comes from ``frexp`` (amax = m * 2^p with m in [0.5, 1), so it is
-    p - 1): exact, also for FP32 subnormals. An amax of 0 gives -127."""
-    _, power = torch.frexp(block_amax.double())
-    exponent = power.to(torch.int64) - 1 - element_format.max_exponent
-    exponent = torch.where(block_amax == 0, SCALE_EXPONENT_RANGE[0], exponent)
+    ``element_emax`` is the exponent of the element format's largest normal number
+    (``Minifloat.max_exponent``: E4M3 8, E2M1 2). ``floor(log2(amax))`` comes from ``frexp``
+    (amax = m * 2^p with m in [0.5, 1), so it is p - 1): exact, also for FP32 subnormals.
+    An amax of 0 gives -127."""
+    _, power = torch.frexp(torch.as_tensor(block_amax).double())
+    exponent = power.to(torch.int64) - 1 - element_emax
+    exponent = torch.where(torch.as_tensor(block_amax) == 0, SCALE_EXPONENT_RANGE[0], exponent)
     return exponent.clamp(*SCALE_EXPONENT_RANGE)
 
 
@@ -109,7 +111,7 @@ def quantize_mx(
         names = ", ".join(fmt.name for fmt in MX_ELEMENT_FORMATS)
         raise InputError(f"element_format: MX elements are {names}; got {element_format.name}")
     blocks = split_into_blocks(x.detach().double(), block_size)
-    exponent = shared_exponent(blocks.abs().amax(dim=-1), element_format)
+    exponent = shared_exponent(blocks.abs().amax(dim=-1), element_format.max_exponent)
     # V_i / X: dividing by a power of two is exact in float64.
     scaled = torch.ldexp(blocks, -exponent.unsqueeze(-1))
     element_codes = join_blocks(encode(scaled, element_format, saturate=True), x.shape[-1])
