@@ -21,6 +21,7 @@ from ptqlib.formats.minifloat import (
     MINIFLOATS,
     decode,
     encode,
+    lookup,
     representable_values,
     round_to_format,
 )
@@ -53,6 +54,14 @@ def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_every_byte_decodes_as_torch_does(fmt):
     codes = torch.arange(256)
     assert same_values(decode(codes, fmt), torch_decode(codes, fmt))
+
+
+@pytest.mark.parametrize("fmt", list(MINIFLOATS.values()), ids=lambda f: f.name)
+def test_the_lookup_table_decodes_every_code_as_the_formula_does(fmt):
+    codes = torch.arange(2**fmt.bits).flip(0).reshape(-1, 2)  # any shape, any order
+    assert same_values(lookup(codes, fmt), decode(codes, fmt))
+    with pytest.raises(InputError, match="codes"):
+        lookup(torch.tensor([2**fmt.bits]), fmt)
 
 
 @pytest.mark.parametrize("fmt", TORCH_FORMATS, ids=lambda f: f.name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ptqlib.errors import InputError
-from ptqlib.formats.minifloat import E4M3, Minifloat, decode, encode
+from ptqlib.formats.minifloat import E4M3, Minifloat, encode, lookup
 from ptqlib.quantization import check_finite
 
 # Bits of the FP32 per-tensor scale.
@@ -40,7 +40,7 @@ class FP8Tensor:
     element_format: Minifloat
 
     def dequantize(self) -> torch.Tensor:
-        return decode(self.codes, self.element_format) * self.scale
+        return lookup(self.codes, self.element_format) * self.scale
 
     @property
     def numel(self) -> int:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 NATIVE, CONVERT, EMULATED = "native", "convert", "emulated"
 STATUSES = (NATIVE, CONVERT, EMULATED)
 FORMAT_COLUMNS = ("INT8", "FP16/BF16", "FP8", "MXFP8/MXFP6", "MXFP4", "NVFP4")
@@ -125,3 +127,21 @@ def markdown_table() -> str:
     lines.extend(f"- [{key}] {text}" for key, text in SOURCES.items())
     lines.extend(f"- {note}" for note in NOTES)
     return "\n".join(lines)
+
+
+# torch.cpu.get_capabilities() flags that say which formats this CPU multiplies natively.
+CPU_FLAGS = {
+    "INT8 dot products": ("avx512_vnni", "avx_vnni", "amx_int8"),
+    "BF16/FP16 arithmetic": ("avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16"),
+    "FP8 conversions (AVX10.2)": ("avx10_2",),
+}
+
+
+def cpu_format_support() -> dict[str, list[str]]:
+    """For each kind of arithmetic in :data:`CPU_FLAGS`, the flags this CPU has (as PyTorch
+    detects them; an empty list: none, so those formats are emulated here)."""
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return {
+        kind: [flag for flag in flags if capabilities.get(flag)]
+        for kind, flags in CPU_FLAGS.items()
+    }

@@ -47,7 +47,18 @@ from ptqlib.formats.blocks import (
     repeat_per_element,
     split_into_blocks,
 )
-from ptqlib.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, Minifloat, decode, encode
+from ptqlib.formats.minifloat import (
+    E2M1,
+    E2M3,
+    E3M2,
+    E4M3,
+    E5M2,
+    E8M0,
+    Minifloat,
+    decode,
+    encode,
+    lookup,
+)
 from ptqlib.quantization import check_finite
 
 MX_BLOCK_SIZE = 32  # OCP MX v1.0, section 5.2, Table 1: k = 32 for every concrete format
@@ -73,7 +84,7 @@ class MXTensor:
         """``X * P_i`` for every element, float32."""
         length = self.element_codes.shape[-1]
         per_element = repeat_per_element(self.scales(), self.block_size, length)
-        return decode(self.element_codes, self.element_format) * per_element
+        return lookup(self.element_codes, self.element_format) * per_element
 
     @property
     def numel(self) -> int:
@@ -110,9 +121,10 @@ def quantize_mx(
     if element_format not in MX_ELEMENT_FORMATS:
         names = ", ".join(fmt.name for fmt in MX_ELEMENT_FORMATS)
         raise InputError(f"element_format: MX elements are {names}; got {element_format.name}")
-    blocks = split_into_blocks(x.detach().double(), block_size)
+    blocks = split_into_blocks(x.detach().float(), block_size)
     exponent = shared_exponent(blocks.abs().amax(dim=-1), element_format.max_exponent)
-    # V_i / X: dividing by a power of two is exact in float64.
+    # V_i / X: dividing by a power of two is exact in float32 (a quotient below 2^-126, where
+    # float32 would round, is far below every element format's smallest value).
     scaled = torch.ldexp(blocks, -exponent.unsqueeze(-1))
     element_codes = join_blocks(encode(scaled, element_format, saturate=True), x.shape[-1])
     scale_codes = (exponent - SCALE_EXPONENT_RANGE[0]).to(torch.uint8)  # E8M0: e = exp + 127

@@ -31,11 +31,14 @@ Table 7: an unsigned biased exponent, 2^(e - 127) for e = 0..254, 0xFF = NaN, no
 **Rounding** (:func:`encode`) is round to nearest, ties to even, as IEEE 754 and all these
 specifications require. For a magnitude ``a`` the binade is ``k = floor(log2 a)`` (exact, from
 ``frexp``), raised to the lowest binade for subnormals; then ``a / 2^(k - M)`` is rounded to an
-integer ``n`` (exact in float64: dividing by a power of two loses nothing) and the code is::
+integer ``n`` and the code is::
 
     code = (k - k_min) * 2^M + n   (- 2^M for a format without subnormals)
 
-which also carries into the next binade when ``n`` rounds up to 2^(M+1).
+which also carries into the next binade when ``n`` rounds up to 2^(M+1). The arithmetic is
+exact in the input's own float type (float32, or float64 for float64 input): ``a / 2^(k - M)``
+lies in [0, 2^(M+1)], a multiplication by a power of two that loses nothing, except for inputs
+so small that they round to 0 in every format here.
 
 **Overflow**: a magnitude whose rounded value exceeds the largest finite number ``max``.
 The FP8 paper (section 3) saturates: "values that overflow are then saturated to the maximum
@@ -52,6 +55,7 @@ NaN keeps its sign: S.1..1 (all other bits one) in every format with a NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -175,11 +179,12 @@ def _check_codes(codes: torch.Tensor, fmt: Minifloat) -> torch.Tensor:
 def decode(codes: torch.Tensor, fmt: Minifloat) -> torch.Tensor:
     """The float32 value of every bit pattern in ``codes`` (an integer tensor).
 
-    Exact: every minifloat value here is a float32 (E8M0's 2^-127 is a float32 subnormal)."""
+    Exact: every minifloat value here is a float32 (E8M0's 2^-127 is a float32 subnormal),
+    and so is every product ``(2^M + f) * 2^p`` it is computed from."""
     codes = _check_codes(codes, fmt)
     mantissa_steps = 2**fmt.mantissa_bits
     exponent_field = (codes >> fmt.mantissa_bits) & (2**fmt.exponent_bits - 1)
-    mantissa_field = (codes & (mantissa_steps - 1)).to(torch.float64)
+    mantissa_field = (codes & (mantissa_steps - 1)).to(torch.float32)
     normal = torch.ldexp(
         mantissa_steps + mantissa_field, exponent_field - fmt.bias - fmt.mantissa_bits
     )
@@ -203,6 +208,19 @@ def decode(codes: torch.Tensor, fmt: Minifloat) -> torch.Tensor:
     return value.to(torch.float32)
 
 
+@functools.cache
+def value_table(fmt: Minifloat) -> torch.Tensor:
+    """The value of every code of ``fmt``: :func:`decode` applied to 0 .. 2^bits - 1 once.
+    Indexing it (:func:`lookup`) is how software decodes a small format quickly: a table of
+    256 floats for FP8, 16 for FP4."""
+    return decode(torch.arange(2**fmt.bits), fmt)
+
+
+def lookup(codes: torch.Tensor, fmt: Minifloat) -> torch.Tensor:
+    """The same values as ``decode(codes, fmt)``, read from :func:`value_table`."""
+    return value_table(fmt)[_check_codes(codes, fmt)]
+
+
 def encode(x: torch.Tensor, fmt: Minifloat, saturate: bool = True) -> torch.Tensor:
     """The ``fmt`` code of every value of ``x``, rounded to nearest, ties to even (uint8).
 
@@ -213,7 +231,8 @@ def encode(x: torch.Tensor, fmt: Minifloat, saturate: bool = True) -> torch.Tens
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x: expected a float tensor to encode as {fmt.name}")
-    x = x.detach().to(torch.float64)  # exact for float32/float16/bfloat16 inputs
+    if x.dtype != torch.float64:
+        x = x.detach().float()  # exact for float16 and bfloat16 inputs
     is_nan = torch.isnan(x)
     if not fmt.has_nan and bool(is_nan.any()):
         raise InputError(f"x: contains NaN, which {fmt.name} cannot represent (it has no NaN)")

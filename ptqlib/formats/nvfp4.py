@@ -41,7 +41,7 @@ import torch
 from ptqlib.errors import InputError
 from ptqlib.formats.blocks import block_count, join_blocks, repeat_per_element, split_into_blocks
 from ptqlib.formats.fp8 import TENSOR_SCALE_BITS
-from ptqlib.formats.minifloat import E2M1, E4M3, decode, encode
+from ptqlib.formats.minifloat import E2M1, E4M3, decode, encode, lookup
 from ptqlib.quantization import check_finite
 
 NVFP4_BLOCK_SIZE = 16
@@ -61,7 +61,7 @@ class NVFP4Tensor:
         """E2M1 value * (tensor_scale * block_scale), float32."""
         scales = self.tensor_scale * decode(self.block_scale_codes, E4M3)
         per_element = repeat_per_element(scales, self.block_size, self.element_codes.shape[-1])
-        return decode(self.element_codes, E2M1) * per_element
+        return lookup(self.element_codes, E2M1) * per_element
 
     @property
     def numel(self) -> int:
