@@ -25,6 +25,7 @@ from ptqlib.catalog import (
     DEFAULT_SEED,
     MODEL_NAMES,
     RECIPE_NAMES,
+    RECIPE_SEEDS,
 )
 from ptqlib.errors import InputError
 
@@ -56,6 +57,12 @@ DATA_HELP = (
 
 def add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help=DATA_HELP)
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="try torchvision's download of MNIST again, although it failed before (without "
+        "this, a failed download is noted in the data directory and not retried)",
+    )
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
@@ -164,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--seed",
         type=int,
-        default=DEFAULT_SEED,
-        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
+        default=None,
+        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED}; "
+        f"{RECIPE_SEEDS[('dwcnn', 'hot')]} for dwcnn's hot recipe, the seed of notebook 09's "
+        "shipped model)",
     )
     train.add_argument(
         "--recipe",
@@ -364,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "download", False):
+            from ptqlib.data import forget_download_failure
+
+            forget_download_failure(args.data_dir)
         return args.handler(args)
     # Bad input (a missing or broken file, a wrong setting) is reported in one line. Any other
     # exception, a TypeError included, is a bug in ptqlib: it keeps its traceback.

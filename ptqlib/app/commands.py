@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ptqlib.catalog import default_seed
     from ptqlib.checkpoints import save_fp32
     from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
@@ -29,8 +30,9 @@ def run_train(args: argparse.Namespace) -> int:
     recipe_for(args.model, args.recipe)  # a recipe the model lacks fails before any work
     data = load_mnist(args.data_dir)
     epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
-    result = train(data, epochs=epochs, seed=args.seed, model=args.model, recipe=args.recipe)
-    meta = training_meta(result, data, epochs, args.seed, args.recipe)
+    seed = default_seed(args.model, args.recipe) if args.seed is None else args.seed
+    result = train(data, epochs=epochs, seed=seed, model=args.model, recipe=args.recipe)
+    meta = training_meta(result, data, epochs, seed, args.recipe)
     stem = args.model if args.recipe == "default" else f"{args.model}_{args.recipe}"
     out = args.out or artifacts_dir() / f"{stem}_fp32.pt"
     path = save_fp32(result.model, out, meta)
