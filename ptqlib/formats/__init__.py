@@ -12,7 +12,25 @@
 - ``simulation``    a model with its weights (and activations) in a format, in FP32
 - ``scaled_mm``     an FP8 model on ``torch._scaled_mm``, PyTorch's FP8 GEMM
 - ``checkpoint``    the ``"formats"`` checkpoint: the codes, packed, and the scales
+- ``command``       ``python -m ptqlib quantize --format``, and what ``evaluate`` and
+  ``layer-errors`` report for such a checkpoint
 - ``hardware``      which hardware computes in which format, with sources
 
 The core of ptqlib never imports this package; it imports only the core.
 """
+
+# The formats by name, as plain data so that ``python -m ptqlib quantize --help`` lists them
+# without importing torch; ``schemes.SCHEMES`` implements exactly these (a test checks it).
+FORMAT_NAMES = (
+    "fp8-e4m3",
+    "fp8-e5m2",
+    "mxfp8",
+    "mxfp8-e5m2",
+    "mxfp6",
+    "mxfp6-e3m2",
+    "mxfp4",
+    "nvfp4",
+    "int4-g32",
+    "int4-g128",
+    "kmeans-16",
+)

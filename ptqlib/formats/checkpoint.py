@@ -214,6 +214,7 @@ class FormatModel:
     """A loaded ``"formats"`` checkpoint: the simulated ``model`` and what it was made of."""
 
     model: nn.Sequential
+    model_name: str
     scheme_name: str
     weights: dict[str, QuantizedTensor]
     activation_amax: dict[str, float] | None
@@ -290,7 +291,8 @@ def format_model_from_payload(payload: dict[str, Any], path: str | os.PathLike) 
         simulated = simulate(model, scheme, amax, quantized=weights)
     except InputError as error:
         raise InputError(f"{path} is not a valid formats checkpoint: {error}") from error
-    return FormatModel(simulated, scheme.name, weights, amax, payload.get("meta", {}))
+    meta = payload.get("meta", {})
+    return FormatModel(simulated, payload["model"], scheme.name, weights, amax, meta)
 
 
 def load_formats(path: str | os.PathLike) -> FormatModel:

@@ -34,14 +34,14 @@ def as_float8(quantized: FP8Tensor) -> torch.Tensor:
 
 
 class ScaledMMLinear(nn.Module):
-    """A Linear computed by ``torch._scaled_mm`` on FP8 E4M3 weights and inputs."""
+    """A Linear computed by ``torch._scaled_mm`` on FP8 E4M3 weights and inputs: ``weight``
+    holds the weight's codes and scale, ``input_amax`` the calibrated range of the input."""
 
-    def __init__(self, linear: nn.Linear, input_amax: float) -> None:
+    def __init__(self, weight: FP8Tensor, bias: torch.Tensor | None, input_amax: float) -> None:
         super().__init__()
-        weight = quantize_fp8(linear.weight.detach(), E4M3)
         self.weight = as_float8(weight)  # [out, in]; .T is the column-major operand it wants
         self.weight_scale = weight.scale
-        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.bias = None if bias is None else bias.detach().clone()
         self.input_amax = input_amax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,14 +57,20 @@ class ScaledMMLinear(nn.Module):
 
 
 @torch.no_grad()
-def scaled_mm_model(model: nn.Sequential, activation_amax: dict[str, float]) -> nn.Sequential:
+def scaled_mm_model(
+    model: nn.Sequential,
+    activation_amax: dict[str, float],
+    weights: dict[str, FP8Tensor] | None = None,
+) -> nn.Sequential:
     """A copy of an MLP (``nn.Sequential`` of Flatten, Linear and ReLU, like SimpleNet) with
     every Linear replaced by a :class:`ScaledMMLinear`; ``activation_amax`` holds each
-    Linear's calibrated input range (``simulation.activation_amax``)."""
+    Linear's calibrated input range (``simulation.activation_amax``), ``weights`` each
+    Linear's weight in E4M3 (default: quantized here from the Linear's weight)."""
     converted = copy.deepcopy(model).eval()
     for name, layer in converted.named_children():
         if isinstance(layer, nn.Linear):
-            setattr(converted, name, ScaledMMLinear(layer, activation_amax[name]))
+            weight = quantize_fp8(layer.weight, E4M3) if weights is None else weights[name]
+            setattr(converted, name, ScaledMMLinear(weight, layer.bias, activation_amax[name]))
         elif not isinstance(layer, (nn.Flatten, nn.ReLU)):
             raise InputError(
                 f"model: layer {name!r} is a {type(layer).__name__}; the _scaled_mm model takes "
