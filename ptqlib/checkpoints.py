@@ -67,6 +67,7 @@ UNREADABLE_FILE_ERRORS = (
     OSError,
 )
 KINDS = ("fp32", "int8", "formats")
+KIND_NAMES = {"fp32": "an FP32", "int8": "an INT8", "formats": "a number-format"}
 # What an FP32 file without a "model" field holds: SimpleNet (see save_fp32).
 DEFAULT_MODEL = "simplenet"
 MODEL_DESCRIPTIONS = {
@@ -173,8 +174,8 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
         )
     if expected_kind is not None and payload["kind"] != expected_kind:
         raise InputError(
-            f"{path} is an {payload['kind'].upper()} checkpoint, but an "
-            f"{expected_kind.upper()} checkpoint is needed here"
+            f"{path} is {KIND_NAMES[payload['kind']]} checkpoint, but "
+            f"{KIND_NAMES[expected_kind]} checkpoint is needed here"
         )
     # What the caller saved (and the format_version); the digest has done its work.
     return {key: value for key, value in payload.items() if key != DIGEST_KEY}
