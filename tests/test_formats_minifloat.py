@@ -208,7 +208,7 @@ finite_floats = st.floats(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(finite_floats, min_size=2, max_size=2), st.sampled_from(list(MINIFLOATS)))
 def test_rounding_is_monotone_and_to_a_nearest_value(pair, name):
     fmt = MINIFLOATS[name]
