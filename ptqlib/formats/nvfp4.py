@@ -21,13 +21,15 @@ Storage: 4 bits per value + 8 bits per 16 values = 4.5 bits, plus 32 bits per te
 
 The FP32 operations run in the order of torchao's reference ``nvfp4_quantize`` (with its
 ``per_tensor_scale``), so the two agree bit for bit; the NVIDIA paper writes the element
-multiplier as ``1 / (block_scale * tensor_scale)``, the same number up to FP32 rounding.
+multiplier as ``1 / (block_scale * tensor_scale)`` and NVIDIA's Model Optimizer divides by
+that product (``modelopt.torch.quantization.qtensor.nvfp4_tensor``): the same number up to
+FP32 rounding, so the two references can differ on an exact tie.
 
 **Small block scales.** A block whose amax is tiny next to the tensor's (an outlier elsewhere)
 needs a block scale below E4M3's smallest normal 2^-6, i.e. an E4M3 subnormal (down to 2^-9).
 The scale is clamped below at ``smallest_block_scale`` so that it is never 0 (which would
 make the element multiplier infinite). By default that is E4M3's smallest subnormal 2^-9, so
-every E4M3 scale can be used (NVIDIA's TensorRT Model Optimizer clamps at 2^-9 too). torchao
+every E4M3 scale can be used (NVIDIA's Model Optimizer clamps at 2^-9 too). torchao
 0.18 clamps at 2^-6 (``torch.finfo(float8_e4m3fn).tiny``), so such blocks get a scale up to
 8x too large and lose resolution; ``smallest_block_scale=2**-6`` reproduces it exactly.
 """
