@@ -79,9 +79,14 @@ def canonical(value: Any, tensors: list[torch.Tensor]) -> Any:
     if kind in (torch.Tensor, torch.nn.Parameter) and value.layout == torch.strided:
         tensors.append(value)
         return ["tensor", str(value.dtype), list(value.shape), len(tensors) - 1]
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     raise InputError(
         f"payload: a checkpoint holds dicts, lists, tuples, strings, numbers, None and dense "
-        f"tensors (of exactly these types), not a {kind.__module__}.{kind.__qualname__}"
+        f"tensors (of exactly these types), not a {name}"
     )
 
 
