@@ -22,6 +22,7 @@ from ptqlib.errors import InputError
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(model: nn.Module, split: MNISTSplit, batch_size: int = 1024) -> torch.Tensor:
     """The predicted class (argmax of the logits) for every image of ``split``."""
     if not isinstance(split, MNISTSplit):

@@ -213,22 +213,24 @@ class Int8Step(nn.Module):
             lowest = max(lowest, int(self.output_zero_point))
         return lowest, highest
 
-    def requantize(self, accumulator: torch.Tensor) -> torch.Tensor:
-        """int32 accumulators ``[..., out]`` (one column per output channel) to the output's
-        int8 carriers: ``q_y = clamp(round(M acc) + Z_y, lo, hi)`` the way this step's
-        ``requantization`` rounds (the ReLU is lo = Z_y), then ``q_y - offset``."""
+    def output_integers(self, accumulator: torch.Tensor) -> torch.Tensor:
+        """Integer accumulators ``[..., out]`` (one column per output channel) to the output's
+        integers ``q_y = clamp(round(M acc) + Z_y, lo, hi)`` (int64), rounded the way this
+        step's ``requantization`` rounds; the ReLU is lo = Z_y."""
         lowest, highest = self.output_range()
         zero_point = int(self.output_zero_point)
         if self.requantization == Requantization.FLOAT32:
             # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
-            output = requantize_float32(
+            return requantize_float32(
                 accumulator, self.float32_multiplier, zero_point, lowest, highest
             )
-        else:  # M ~= M0 2^-n in integers
-            output = requantize(
-                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
-            )
-        return to_carrier(output, self.output_dtype)
+        # M ~= M0 2^-n in integers
+        return requantize(accumulator, self.multiplier, self.shift, zero_point, lowest, highest)
+
+    def requantize(self, accumulator: torch.Tensor) -> torch.Tensor:
+        """int32 accumulators ``[..., out]`` to the output's int8 carriers:
+        :meth:`output_integers`, then ``q_y - offset``."""
+        return to_carrier(self.output_integers(accumulator), self.output_dtype)
 
     def _describe(self) -> str:
         granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"

@@ -23,6 +23,7 @@ from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import save_checkpoint, save_fp32
 from ptqlib.data import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
 from ptqlib.errors import InputError
+from ptqlib.fake_quant import simulate
 from ptqlib.fast import FastInt8Model
 from ptqlib.int8_checkpoint import int8_state, load_int8
 from ptqlib.int8_gemm import int8_matmul
@@ -80,6 +81,35 @@ def test_a_pruned_simplenet_is_not_refused_by_the_fast_path(pruned):
     images = random_images(20, seed=1)
     fast = FastInt8Model(int8_model)
     assert torch.equal(fast.quantized_logits(images), int8_model.quantized_logits(images))
+
+
+# --- the simulation takes every option of convert ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"weight_range": (-127, 127)},
+        {"requantization": "float32"},
+        {"pixel_input": True},
+        {"pixel_input": True, "requantization": "float32", "weight_range": (-127, 127)},
+        {"per_channel": False, "weight_range": (-64, 63)},
+    ],
+    ids=["weight_range", "float32", "pixel_input", "all_three", "per_tensor"],
+)
+def test_simulate_takes_every_option_of_convert_and_equals_it(options):
+    """``simulate`` had no ``weight_range``, ``pixel_input`` or ``requantization``: with
+    ``weight_range=(-127, 127)`` only 63.6% of the logits were equal, with pixels 86.4%."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    images = random_images(96)
+    if options.get("pixel_input"):
+        model = fold_input_normalization(model)
+        images = torch.round((images * 0.3081 + 0.1307) * 255).clamp(0, 255)
+    qparams = calibrate(model, images[:64], "minmax", progress=False).qparams
+    expected = convert(model, qparams, **options).quantized_logits(images[64:]).long()
+    simulated = simulate(model, qparams, **options)
+    assert torch.equal(simulated.quantized_logits(images[64:]), expected)
 
 
 # --- int8_matmul: every stride -----------------------------------------------------------------

@@ -32,6 +32,7 @@ import ptqlib.int8_gemm as int8_gemm
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
 from ptqlib.errors import InputError
+from ptqlib.fake_quant import FakeQuantModel
 from ptqlib.fast import FastInt8Model
 from ptqlib.fast.folding import FoldedArithmetic
 from ptqlib.int8_checkpoint import load_int8, save_int8
@@ -102,6 +103,15 @@ def test_fast_equals_teaching_bit_for_bit(architecture, mode, bits, dtype):
 
 
 @MATRIX
+def test_the_float_simulation_computes_the_same_integers(architecture, mode, bits, dtype):
+    """``ptqlib.fake_quant`` with everything quantized: the INT8 model's logits, every one."""
+    model = teaching(architecture, mode, bits, dtype)
+    some = images()[:63]
+    simulated = FakeQuantModel(model).quantized_logits(some)
+    assert torch.equal(simulated, model.quantized_logits(some).long())
+
+
+@MATRIX
 def test_checkpoint_and_state_dict_round_trips(architecture, mode, bits, dtype, tmp_path):
     model = teaching(architecture, mode, bits, dtype)
     some = images()[:63]
@@ -143,11 +153,12 @@ def test_the_teaching_path_uses_the_one_gemm_entry_point(architecture, monkeypat
 
 
 def assert_all_paths_equal(model, images: torch.Tensor, name: str) -> None:
-    """Teaching path = fast path (both GEMMs) = int64 reference, bit for bit, on ``images``
-    and on its first image alone."""
+    """Teaching path = fast path (both GEMMs) = float simulation = int64 reference, bit for
+    bit, on ``images`` and on its first image alone."""
     for batch in (images, images[:1]):
         expected = reference_integers(model, batch)
         assert torch.equal(model.quantized_logits(batch).long(), expected), name
+        assert torch.equal(FakeQuantModel(model).quantized_logits(batch), expected), name
         for use_int8_gemm in (True, False):
             fast = FastInt8Model(model, use_int8_gemm=use_int8_gemm)
             found = fast.quantized_logits(batch).long()

@@ -16,6 +16,10 @@ measured four ways, which separate the causes:
 - ``weights_only``: FP32 input and bias, quantized weights, no output rounding;
 - ``activations_only``: FP32 weights, quantized input and output.
 
+The last three, and the FP32 reference, are configurations of the one float simulation
+(``ptqlib.fake_quant``): the same code that, with everything quantized, computes the INT8
+model's integers.
+
 A layer whose ``alone`` SQNR is low is hard to quantize by itself; one whose
 ``propagated`` SQNR is much lower than its ``alone`` SQNR mostly inherits error. Which of
 ``weights_only``/``activations_only`` is lower says which fix to try first.
@@ -38,15 +42,17 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ptqlib.data import MNISTSplit
 from ptqlib.errors import InputError
-from ptqlib.evaluation import mcnemar_p_value
+from ptqlib.evaluation import accuracy, mcnemar_p_value
+from ptqlib.fake_quant import FakeQuantModel, output_points
 from ptqlib.int8_gemm import from_carrier
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
 from ptqlib.lowbit.rounding import round_to_nearest
-from ptqlib.lowbit.weights import layer_inputs, linear_names, weight_qparams
+from ptqlib.lowbit.weights import linear_names, weight_qparams
 from ptqlib.packing import bits_for_range
-from ptqlib.quantization import dequantize, fake_quantize, sqnr_db
+from ptqlib.quantization import dequantize, sqnr_db
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,6 @@ def _linears(model: Int8Model) -> list[Int8Linear]:
     return [layer for layer in model.layers if isinstance(layer, Int8Linear)]
 
 
-def _float_layer(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool
-) -> torch.Tensor:
-    """``relu?(x W^T + b)`` in float: one layer as the FP32 model (or a simulation) runs it."""
-    y = x @ weight.T if bias is None else x @ weight.T + bias
-    return torch.relu(y) if relu else y
-
-
 @torch.no_grad()
 def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every Int8Linear's output in the integer engine, dequantized: ``S_y (q_y - Z_y)``."""
@@ -92,7 +90,10 @@ def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, to
 
 @torch.no_grad()
 def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> list[LayerError]:
-    """The four SQNRs of every layer of ``int8_model`` against ``fp32`` on ``images``."""
+    """The four SQNRs of every layer of ``int8_model`` against ``fp32`` on ``images``. The
+    reference and the three one-layer configurations are the one simulation of
+    ``ptqlib.fake_quant`` (FP32 where nothing is chosen), quantized where the module
+    docstring says."""
     layers = _linears(int8_model)
     names = linear_names(fp32)
     if [layer.name for layer in layers] != names:
@@ -100,19 +101,23 @@ def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -
             f"int8_model: its layers {[layer.name for layer in layers]} are not the FP32 "
             f"model's {names}; was it quantized from this model?"
         )
+
+    def simulated(weights: list[str], activations: list[str]) -> dict[str, torch.Tensor]:
+        simulation = FakeQuantModel(int8_model, fp32, weights=weights, activations=activations)
+        return {name: x.real() for name, x in simulation.layer_outputs(images).items()}
+
+    reference = simulated([], [])
     propagated = integer_outputs(int8_model, images)
+    points = output_points(fp32)
+    input_point = "input"
     rows = []
     for layer in layers:
-        module = fp32.get_submodule(layer.name)
-        x = layer_inputs(fp32, layer.name, images)
-        reference = _float_layer(x, module.weight, module.bias, layer.relu)
-        weight = dequantize(layer.weight, layer.weight_qparams)
-        bias = layer.bias.double() * layer.input_scale.double() * layer.weight_scale.double()
-        x_q = fake_quantize(x, layer.input_qparams)
-        alone = fake_quantize(
-            _float_layer(x_q, weight, bias.float(), layer.relu), layer.output_qparams
-        )
-        activations = _float_layer(x_q, module.weight, module.bias, layer.relu)
+        around = [input_point, points[layer.name]]  # this layer's input and output
+        input_point = points[layer.name]
+
+        def sqnr(weights: list[str], activations: list[str], name: str = layer.name) -> float:
+            return sqnr_db(reference[name], simulated(weights, activations)[name])
+
         rows.append(
             LayerError(
                 name=layer.name,
@@ -120,12 +125,10 @@ def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -
                 activation_bits=bits_for_range(
                     layer.output_qparams.quant_min, layer.output_qparams.quant_max
                 ),
-                propagated=sqnr_db(reference, propagated[layer.name]),
-                alone=sqnr_db(reference, alone),
-                weights_only=sqnr_db(reference, _float_layer(x, weight, module.bias, layer.relu)),
-                activations_only=sqnr_db(
-                    reference, fake_quantize(activations, layer.output_qparams)
-                ),
+                propagated=sqnr_db(reference[layer.name], propagated[layer.name]),
+                alone=sqnr([layer.name], around),
+                weights_only=sqnr([layer.name], []),
+                activations_only=sqnr([], around),
             )
         )
     return rows
@@ -205,11 +208,6 @@ def weight_quantized_copy(
     return quantized
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((model(images).argmax(dim=1) == labels).float().mean())
-
-
 def sensitivity(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, widths: Sequence[int] = (2, 3, 4)
 ) -> dict[str, dict[int, float]]:
@@ -217,7 +215,7 @@ def sensitivity(
     ``{layer: {bits: accuracy}}``."""
     return {
         name: {
-            width: _accuracy(weight_quantized_copy(model, {name: width}), images, labels)
+            width: accuracy(weight_quantized_copy(model, {name: width}), MNISTSplit(images, labels))
             for width in widths
         }
         for name in linear_names(model)
@@ -257,7 +255,9 @@ def mixed_precision_points(
         quantized = weight_quantized_copy(model, bits)
         points.append(
             MixedPrecisionPoint(
-                bits, packed_weight_bytes(model, bits), _accuracy(quantized, images, labels)
+                bits,
+                packed_weight_bytes(model, bits),
+                accuracy(quantized, MNISTSplit(images, labels)),
             )
         )
     return points
