@@ -189,6 +189,10 @@ class PairedComparison:
     def p_value(self) -> float:
         return mcnemar_p_value(self.fixed, self.broken)
 
+    def __str__(self) -> str:
+        net = self.fixed - self.broken
+        return f"+{self.fixed} / -{self.broken} digits (net {net:+d}, p = {self.p_value:.2g})"
+
 
 def paired_comparison(
     reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor

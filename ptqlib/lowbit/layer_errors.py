@@ -27,8 +27,8 @@ A layer whose ``alone`` SQNR is low is hard to quantize by itself; one whose
 Then: *sensitivity* (accuracy with one layer's weights at low bits, the others FP32) and a
 *mixed-precision* choice (a bit width per layer under a size budget), chosen on held-out
 training images, never on the test set. Differences between two models are judged by the
-digits that changed (:func:`paired_flips`), not by each model's own standard error: both
-models see the same 1,000 digits, and most of their answers are the same.
+digits that changed (``ptqlib.evaluation.paired_comparison``), not by each model's own
+standard error: both models see the same 1,000 digits, and most of their answers are the same.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from torch import nn
 
 from ptqlib.data import MNISTSplit
 from ptqlib.errors import InputError
-from ptqlib.evaluation import accuracy, mcnemar_p_value
+from ptqlib.evaluation import accuracy
 from ptqlib.fake_quant import FakeQuantModel, output_points
 from ptqlib.int8_gemm import from_carrier
 from ptqlib.int8_layers import Int8Linear
@@ -152,41 +152,6 @@ def layer_error_json(rows: Sequence[LayerError]) -> list[dict]:
     return [
         {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()} for r in rows
     ]
-
-
-# --- paired comparison -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PairedFlips:
-    """Digits where two models disagree on being right: ``gained`` (B right, A wrong),
-    ``lost`` (A right, B wrong), and McNemar's exact two-sided p-value for them."""
-
-    gained: int
-    lost: int
-    p_value: float
-
-    def __str__(self) -> str:
-        net = self.gained - self.lost
-        return f"+{self.gained} / -{self.lost} digits (net {net:+d}, p = {self.p_value:.2g})"
-
-
-def paired_flips(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> PairedFlips:
-    """Compare predictions ``after`` with ``before`` on the same digits (McNemar's test).
-
-    Only the digits that changed from right to wrong or back carry information; under "no
-    difference" each is equally likely to go either way, so the p-value is the two-sided
-    binomial tail ``P(min(gained, lost) or fewer of n flips | p = 1/2)``, doubled (max 1).
-    """
-    if not (before.shape == after.shape == labels.shape):
-        raise InputError(
-            f"before {tuple(before.shape)}, after {tuple(after.shape)} and labels "
-            f"{tuple(labels.shape)} must have the same shape"
-        )
-    right_before, right_after = before == labels, after == labels
-    gained = int((right_after & ~right_before).sum())
-    lost = int((right_before & ~right_after).sum())
-    return PairedFlips(gained, lost, mcnemar_p_value(gained, lost))
 
 
 # --- sensitivity and mixed precision -----------------------------------------------------------
