@@ -111,7 +111,8 @@ def test_the_flags_read_the_definition_above_the_checker_and_name_hiding_code():
     cells = cells_of(
         "def affine_qparams(*a):\n    return eval('1')",
         "check_qparams(affine_qparams)",
-        "from ptqlib.quantization import qparams_from_range\ndef affine_qparams(*a):\n    return qparams_from_range(*a)",
+        "from ptqlib.quantization import qparams_from_range\n"
+        "def affine_qparams(*a):\n    return qparams_from_range(*a)",
     )
     assert exercise_flags(cells, QPARAMS, 1) == ["uses eval (hides what it runs)"]
     assert exercise_flags(cells, QPARAMS, 3) == ["uses ptqlib.quantization.qparams_from_range"]
