@@ -159,10 +159,10 @@ def environment(grading: Path, work: Path) -> dict[str, str]:
     return variables
 
 
-def bwrap_command(host: Path, limits: Limits) -> list[str]:
-    """bubblewrap around the runner; the grading folder appears at /grading."""
+def bwrap_options(host: Path, limits: Limits) -> list[str]:
+    """bubblewrap's options for the runner's sandbox; the grading folder is /grading."""
     grading = SANDBOX_GRADING
-    command = [shutil.which("bwrap") or "bwrap", *namespace_options(), *readonly_binds()]
+    command = [*namespace_options(), *readonly_binds()]
     command += ["--proc", "/proc", "--dev", "/dev"]
     command += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
     command += ["--ro-bind", str(host / "in"), str(grading / "in")]
@@ -172,7 +172,7 @@ def bwrap_command(host: Path, limits: Limits) -> list[str]:
     command += ["--chdir", str(grading / "work"), "--clearenv"]
     for name, value in environment(grading, grading / "work").items():
         command += ["--setenv", name, value]
-    return [*command, *runner_command(grading)]
+    return command
 
 
 def runner_command(grading: Path) -> list[str]:
@@ -207,23 +207,31 @@ def run_notebook(
     """Run the prepared ``notebook`` (its cells and what each collects) with ``inputs`` in a
     sandbox whose files live in the empty folder ``host``."""
     prepare(host, notebook, inputs, limits, sandboxed)
-    if sandboxed:
-        command, variables, cwd = bwrap_command(host, limits), None, None
-    else:
-        command, variables = runner_command(host), environment(host, host / "work")
-        cwd = host / "work"
-    group = ControlGroup.create(limits)
-    if group is not None:
-        command = group.entry_command(command)
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=variables if variables is not None else {"PATH": "/usr/bin:/bin"},
-        cwd=cwd,
-        start_new_session=True,  # its own process group, killed below
-    )
+    with open(host / "bwrap-arguments", "wb+") as arguments:
+        if sandboxed:
+            # bubblewrap reads its arguments from a file: as its command line they would be
+            # in /proc/1/cmdline inside the sandbox, host paths and all.
+            options = bwrap_options(host, limits)
+            arguments.write(b"".join(option.encode() + b"\0" for option in options))
+            arguments.seek(0)
+            bwrap = [shutil.which("bwrap") or "bwrap", "--args", str(arguments.fileno())]
+            command, variables, cwd = [*bwrap, *runner_command(SANDBOX_GRADING)], None, None
+        else:
+            command, variables = runner_command(host), environment(host, host / "work")
+            cwd = host / "work"
+        group = ControlGroup.create(limits)
+        if group is not None:
+            command = group.entry_command(command)
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=variables if variables is not None else {"PATH": "/usr/bin:/bin"},
+            cwd=cwd,
+            pass_fds=(arguments.fileno(),) if sandboxed else (),
+            start_new_session=True,  # its own process group, killed below
+        )
     report, errors = Capture(process.stdout, limits.report_bytes), Capture(process.stderr, 4096)
     problem = None
     try:
