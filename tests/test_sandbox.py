@@ -117,7 +117,10 @@ for pid in children:
     os.kill(pid, 9)
 report(forks=len(children))""",
             """report(memory=attempt(lambda: bytearray(5 * 2**30)),
-       tmp=attempt(lambda: open("/tmp/big", "wb").write(b"x" * 2**26)))""",
+       tmp=attempt(lambda: open("/tmp/big", "wb").write(b"x" * 2**26)),
+       shm=attempt(lambda: open("/dev/shm/big", "wb").write(b"x" * 2**26)),
+       dev=attempt(lambda: open("/dev/big", "wb")),
+       null=attempt(lambda: open("/dev/null", "w")))""",
             DAEMON,
         ],
         limits,
@@ -143,7 +146,13 @@ report(forks=len(children))""",
     assert seen["grader"] is False and seen["processes"] < 10
     if sandbox.ControlGroup.create(limits) is not None or os.getuid() != 0:
         assert facts(report, 4)["forks"] < limits.processes
-    assert facts(report, 5) == {"memory": "MemoryError", "tmp": "OSError"}
+    assert facts(report, 5) == {
+        "memory": "MemoryError",
+        "tmp": "OSError",
+        "shm": "OSError",
+        "dev": "OSError",
+        "null": "ok",
+    }
     assert survivors() == []
     assert (grader_environment / "output" / "artifacts" / "baseline.pt").read_text() == "cached"
     assert classmate.read_text() == "{}"

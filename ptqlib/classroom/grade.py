@@ -159,7 +159,7 @@ def grade_notebook(
     the whole notebook."""
 
     def row(exercise: str, outcome: str, detail: str = "") -> Grade:
-        return Grade(student, name, exercise, outcome, clean(detail))
+        return Grade(clean(student), clean(name), exercise, outcome, clean(detail))
 
     try:
         if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):

@@ -11,8 +11,8 @@ With bubblewrap (Debian's ``bubblewrap``, the sandbox Flatpak uses) the runner
 - ``/grading/in`` read-only: the prepared notebook and the exercises' inputs (no answers);
 - ``/grading/cache`` read-only: the grader's cached checkpoints (``artifacts/``), which the
   runner copies into the work folder;
-- ``/grading/work`` and ``/tmp``: private, size-limited memory file systems, gone when the
-  sandbox ends.
+- ``/grading/work``, ``/tmp`` and ``/dev/shm``: private, size-limited memory file systems,
+  gone when the sandbox ends; everything else is read-only.
 
 No network (a new network namespace with only loopback), a new PID namespace (when the
 runner ends, every process it or the notebook started is killed), a new user namespace
@@ -70,8 +70,8 @@ class Limits:
     file_bytes: int = GIB // 2  # one file
     work_bytes: int = GIB  # the work folder, with bubblewrap
     tmp_bytes: int = GIB // 2  # /tmp, with bubblewrap
-    report_bytes: int = 64 * 2**20  # the runner's report
-    answer_bytes: int = 16 * 2**20  # one exercise's answers
+    report_bytes: int = 8 * 2**20  # the runner's report (an honest one is a few kB)
+    answer_bytes: int = 4 * 2**20  # one exercise's answers
 
     @property
     def address_space_bytes(self) -> int:
@@ -164,7 +164,9 @@ def bwrap_options(host: Path, limits: Limits) -> list[str]:
     grading = SANDBOX_GRADING
     command = [*namespace_options(), *readonly_binds()]
     command += ["--proc", "/proc", "--dev", "/dev"]
-    command += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    for memory in ("/tmp", "/dev/shm"):  # bubblewrap's /dev is a tmpfs of half the RAM
+        command += ["--size", str(limits.tmp_bytes), "--tmpfs", memory]
+    command += ["--remount-ro", "/dev"]
     command += ["--ro-bind", str(host / "in"), str(grading / "in")]
     command += ["--ro-bind-try", str(artifacts_dir()), str(grading / "cache")]
     command += ["--size", str(limits.work_bytes), "--tmpfs", str(grading / "work")]
