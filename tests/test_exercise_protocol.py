@@ -15,6 +15,7 @@ from conftest import NOTEBOOKS
 from ptqlib.classroom import checkers
 from ptqlib.classroom.cells import called_ids, find_exercises
 from ptqlib.classroom.checkers import EXERCISES
+from ptqlib.classroom.checkers.core import WrongAnswer
 from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.classroom.collect import answer, answer_cases
 from ptqlib.classroom.plain import decode, encode
@@ -120,3 +121,21 @@ def test_the_skeletons_are_not_attempted_on_the_graders_path():
         inputs = [[value for _, value in case.arguments] for case in cases]
         record = answer_cases(exercise, skeletons[exercise.id], inputs)
         assert record == {"status": "answered", "results": [["not attempted"]]}, exercise.id
+
+
+@pytest.mark.parametrize("exercise", GRADED, ids=lambda exercise: exercise.id)
+def test_not_a_number_is_never_right(exercise):
+    """NaN compares False with everything: a comparison written "wrong if error > tolerance"
+    lets a NaN answer through. Every exercise must fail one, in a tensor or as a number."""
+    nan = float("nan")
+
+    def nan_like(value):
+        if isinstance(value, torch.Tensor):
+            return torch.full_like(value, nan, dtype=torch.float64)
+        if isinstance(value, (tuple, list)):
+            return type(value)(nan_like(item) for item in value)
+        return nan
+
+    for case in exercise.cases():
+        with pytest.raises(WrongAnswer):
+            exercise.compare(case, decode(encode(nan_like(case.expected))))
