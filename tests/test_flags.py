@@ -64,6 +64,10 @@ def test_the_series_notebooks_raise_no_flag(path):
         ("text = open('notebooks/02_quantization_math.ipynb').read()", "opens a notebook file"),
         ("import subprocess\nsubprocess.Popen(['sleep', '9'])", "starts or signals processes"),
         ("import os\nos.fork()", "starts or signals processes (os.fork)"),
+        ("exec(bytes.fromhex('7072696e74').decode())", "hides what it runs (exec)"),
+        ("import sys\nm = sys.modules['ptqlib.classroom.collect']", "hides what it runs"),
+        ("import importlib\nm = importlib.import_module('x')", "hides what it runs (importlib"),
+        ("import gc\nfound = gc.get_objects()", "hides what it runs (gc.get_objects)"),
     ],
 )
 def test_each_trick_against_a_grader_is_flagged(source, flag):
