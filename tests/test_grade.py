@@ -342,7 +342,9 @@ subprocess.Popen(["/bin/sh", "-c", "while true; do echo hacked > '{paths["csv"]}
 
 
 def frank_floods_the_grader():
-    """Malformed kernel messages, 300 MB of output and a daemon, then one right answer."""
+    """Malformed kernel messages, 300 MB of output and a daemon; a right answer, then its
+    answers file rewritten by a later cell; a huge tensor; an object that runs code when
+    unpickled."""
     malformed = """kernel = get_ipython().kernel
 identity = kernel._parent_ident["shell"]
 kernel.session.send(kernel.shell_stream, "execute_reply",
@@ -353,14 +355,28 @@ kernel.shell_stream.send_multipart([identity, b"<IDS|MSG>", b"not json"])"""
         "import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 300', "
         f"'{MARKER}'], start_new_session=True)"
     )
+    late_edit = (
+        "import os\nanswers = os.environ['PTQLIB_GRADING_DIR'] + '/work/answers/'\n"
+        "open(answers + 'linear_parameters.json', 'w').write('{\"status\": \"forged\"}')"
+    )
+    payload = """class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/pwned",))
+
+def hardest_digits(matrix):
+    return Payload()"""
     return notebook(
         code(IMPORTS_01),
         code(malformed),
         code("print('x' * 300_000_000)"),
         code(daemon),
         exercise(LINEAR_PARAMETERS, CHECKERS["linear_parameters"]),
-        exercise(skeleton("int8_bytes"), CHECKERS["int8_bytes"]),
-        exercise(skeleton("hardest_digits"), CHECKERS["hardest_digits"]),
+        code(late_edit),
+        exercise(
+            "def int8_bytes(model):\n    return torch.zeros(3 * 10**6, dtype=torch.int8)",
+            CHECKERS["int8_bytes"],
+        ),  # fmt: skip
+        exercise(payload, CHECKERS["hardest_digits"]),
     )
 
 
@@ -551,7 +567,8 @@ def test_tricks_in_the_notebook_format_neither_pass_nor_go_unnoticed(graded_clas
     assert problems["checker edited"] == "cell 3: tagged checker, but checks no exercise"
     assert problems["checker missing"].startswith("no checker cell for linear_parameters")
     assert problems["cell error"].startswith("cell 2: FileNotFoundError")
-    assert problems["suspicious"] == "cell 2: opens a notebook file"
+    assert ("suspicious", "cell 2: opens a notebook file") in erin["(notebook)"]
+    assert ("suspicious", "cell 2: hides what it runs (exec)") in erin["(notebook)"]
 
 
 @needs_bwrap
@@ -601,8 +618,12 @@ def test_attacks_on_classmates_and_the_grader_find_nothing(graded_class):
         assert dave[exercise] == [("not attempted", "")]
     assert ("suspicious", "cell 2: reads /proc") in dave["(notebook)"]
     frank = outcomes(graded_class["rows"], "frank")
-    assert frank["linear_parameters"] == [("passed", "")]
-    assert frank["int8_bytes"] == frank["hardest_digits"] == [("not attempted", "")]
+    assert frank["linear_parameters"] == [("passed", "")]  # the later rewrite changed nothing
+    ((int8_outcome, int8_detail),) = frank["int8_bytes"]
+    assert int8_outcome == "failed" and "more than 2,000,000 values, not plain data" in int8_detail
+    ((payload_outcome, payload_detail),) = frank["hardest_digits"]
+    assert payload_outcome == "failed" and "returned a Payload, not plain data" in payload_detail
+    assert not Path("/tmp/pwned").exists()
     assert ("cell error", "cell 2: {'not': 'text'}: [1, 2]") in frank["(notebook)"]
     assert only(graded_class["rows"], "link", "(notebook)") == (
         "not a notebook", "not a regular file (a link, a device...)"
