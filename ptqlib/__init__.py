@@ -36,8 +36,9 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
 - ``ptqlib.app``                 the command line (``cli``, ``commands``), ``pipeline``,
   ``quantize``
-- ``ptqlib.classroom``           the tools of a class: ``checkers`` (known-answer checks of a
-  student's code, one module a notebook), ``exercises``, ``grade``; the core never imports it
+- ``ptqlib.classroom``           the tools of a class: ``checkers`` (each exercise defined once,
+  its known-answer checks, one module a notebook), ``cells``, ``grade`` in a sandbox; the
+  core never imports it
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
 ``ptqlib.figures`` (saving figures) and ``ptqlib.digests`` (the SHA-256 digest every saved
