@@ -27,9 +27,10 @@ from ptqlib.classroom.checkers.integer_layer import _zero_point_correction_refer
 from ptqlib.errors import InputError
 from ptqlib.fast import FastInt8Model
 from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
+from ptqlib.int8_gemm import from_carrier, to_carrier
 from ptqlib.int8_layers import Int8Conv2d
 from ptqlib.int8_model import convert
-from ptqlib.integer_arithmetic import from_carrier, to_carrier, zero_point_correction
+from ptqlib.integer_arithmetic import zero_point_correction
 from ptqlib.models import SimpleNet, SmallCNN
 
 IMAGES = torch.rand(4096, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 3.2 - 0.42

@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, draw_uniform
 from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
-from ptqlib.deploy.ort_arithmetic import (
+from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
@@ -158,7 +158,7 @@ def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
 
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
-    quant_max) -> q``: ORT's requantization (see ``ptqlib.deploy.ort_arithmetic``)."""
+    quant_max) -> q``: ORT's requantization (see ``ptqlib.ort_arithmetic``)."""
     run_exercise(REQUANTIZE_FLOAT32, student_fn)
 
 
@@ -307,7 +307,7 @@ QUANTIZE_LINEAR = Exercise(
     cases=quantize_linear_cases,
     draw=draw_quantize_linear_cases,
     compare=compare_integers,
-    answers=("ptqlib.deploy.ort_arithmetic.quantize_by_division",),
+    answers=("ptqlib.ort_arithmetic.quantize_by_division",),
 )
 REQUANTIZE_FLOAT32 = Exercise(
     id="requantize_float32",
@@ -317,8 +317,8 @@ REQUANTIZE_FLOAT32 = Exercise(
     draw=draw_requantize_float32_cases,
     compare=compare_integers,
     answers=(
-        "ptqlib.deploy.ort_arithmetic.requantize_float32",
-        "ptqlib.deploy.ort_arithmetic.float32_multiplier",
+        "ptqlib.ort_arithmetic.requantize_float32",
+        "ptqlib.ort_arithmetic.float32_multiplier",
     ),
 )
 QDQ_READING = Exercise(

@@ -248,7 +248,7 @@ REQUANTIZE = Exercise(
     compare=compare_integers,
     answers=(
         "ptqlib.integer_arithmetic.requantize",
-        "ptqlib.integer_arithmetic.requantize_float32",
+        "ptqlib.ort_arithmetic.requantize_float32",
     ),
 )
 FIXED_POINT_MULTIPLIER = Exercise(

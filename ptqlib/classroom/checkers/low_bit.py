@@ -23,9 +23,9 @@ from ptqlib.classroom.checkers.core import (
     draw_uniform,
 )
 from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
-from ptqlib.lowbit.packing import pack
 from ptqlib.lowbit.rounding import rectified_sigmoid
 from ptqlib.lowbit.weights import weight_qparams
+from ptqlib.packing import pack
 
 
 def _compare_close(case: Case, got: Any) -> None:
@@ -381,7 +381,7 @@ PACK_TWO_BIT = Exercise(
     cases=pack_cases,
     draw=draw_pack_cases,
     compare=compare_integers,
-    answers=("ptqlib.lowbit.packing.pack", "ptqlib.lowbit.packing.pack_entry"),
+    answers=("ptqlib.packing.pack", "ptqlib.packing.pack_entry"),
 )
 BIAS_SHIFT = Exercise(
     id="bias_shift",
