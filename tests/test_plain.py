@@ -57,6 +57,12 @@ def test_what_an_honest_answer_holds_becomes_plain():
     assert type(back[6]) is torch.Tensor and back[6].tolist() == [0.0, 0.0]
 
 
+def self_containing_list() -> list:
+    items: list = []
+    items.append(items)
+    return items
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -66,6 +72,9 @@ def test_what_an_honest_answer_holds_becomes_plain():
         torch.zeros(2, dtype=torch.complex64),
         torch.zeros(2).to_sparse(),
         torch.zeros(MAX_ELEMENTS + 1, dtype=torch.int8),
+        "x" * (8 * MAX_ELEMENTS + 8),  # 16 MB of text
+        10**1000,  # JSON cannot even write it (Python's 4300-digit limit is near)
+        self_containing_list(),
     ],
 )
 def test_anything_else_is_refused_when_encoding(value):
@@ -86,6 +95,7 @@ def test_anything_else_is_refused_when_encoding(value):
         '{"dict": [[[1], 2]]}',  # a list as a key
         "[" * 100 + "]" * 100,
         json.dumps(list(range(MAX_ELEMENTS + 1))),
+        "1" * 5000,  # an integer Python refuses to read from text
     ],
 )
 def test_hostile_text_is_refused_when_decoding(text):
