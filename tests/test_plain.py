@@ -117,3 +117,20 @@ def test_the_pickle_loader_this_replaces_builds_huge_objects_from_tiny_files():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     assert len(loaded["x"]) == 10**6 and loaded["big"].numel() == 10**9
+
+
+def test_the_collector_turns_whatever_a_function_does_into_a_result():
+    from ptqlib.classroom.collect import answer
+
+    class Hostile(torch.Tensor):
+        def detach(self):
+            raise RuntimeError("no")
+
+    def raises_system_exit():
+        raise SystemExit(3)
+
+    assert answer(lambda: (1, torch.ones(2, dtype=torch.int8)), [])[0] == "returned"
+    assert answer(lambda: torch.zeros(2).as_subclass(Hostile), [])[0] == "not plain"
+    assert answer(lambda: object(), []) == ["not plain", "a object"]
+    assert answer(raises_system_exit, []) == ["raised", "SystemExit: 3"]
+    assert answer(lambda x: x + 1, [1]) == ["returned", 2]
