@@ -102,7 +102,11 @@ def test_a_notebook_in_bubblewrap_sees_and_keeps_nothing_of_the_graders(grader_e
        own_copy=attempt(lambda: open("artifacts/baseline.pt", "w").write("changed")))""",
             """import socket, glob
 cmdlines = [open(path, "rb").read() for path in glob.glob("/proc/[0-9]*/cmdline")]
-report(network=attempt(lambda: socket.create_connection(("8.8.8.8", 53), timeout=3)),
+runner = os.getppid()  # the runner: undumpable, so its fds, memory and environment are closed
+report(runner_fd=attempt(lambda: os.stat(f"/proc/{runner}/fd/1")),
+       runner_environ=attempt(lambda: open(f"/proc/{runner}/environ").read()),
+       inputs=attempt(lambda: open("/grading/in/inputs.json", "w")),
+       network=attempt(lambda: socket.create_connection(("8.8.8.8", 53), timeout=3)),
        interfaces=[name for _, name in socket.if_nameindex()], processes=len(cmdlines),
        grader=any(b"pytest" in line for line in cmdlines))""",
             """import time
@@ -145,6 +149,8 @@ report(forks=len(children))""",
         "own_copy": "ok",
     }
     seen = facts(report, 3)
+    assert seen["runner_fd"] == seen["runner_environ"] == "PermissionError"
+    assert seen["inputs"] == "OSError"
     assert seen["network"] == "OSError" and seen["interfaces"] == ["lo"]
     assert seen["grader"] is False and seen["processes"] < 10
     if sandbox.ControlGroup.create(limits) is not None or os.getuid() != 0:
