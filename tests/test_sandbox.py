@@ -103,7 +103,7 @@ def test_a_notebook_in_bubblewrap_sees_and_keeps_nothing_of_the_graders(grader_e
             """import socket, glob
 cmdlines = [open(path, "rb").read() for path in glob.glob("/proc/[0-9]*/cmdline")]
 runner = os.getppid()  # the runner: undumpable, so its fds, memory and environment are closed
-report(runner_fd=attempt(lambda: os.stat(f"/proc/{runner}/fd/1")),
+report(runner=runner, runner_fd=attempt(lambda: os.stat(f"/proc/{runner}/fd/1")),
        runner_environ=attempt(lambda: open(f"/proc/{runner}/environ").read()),
        inputs=attempt(lambda: open("/grading/in/inputs.json", "w")),
        network=attempt(lambda: socket.create_connection(("8.8.8.8", 53), timeout=3)),
@@ -149,6 +149,7 @@ report(forks=len(children))""",
         "own_copy": "ok",
     }
     seen = facts(report, 3)
+    assert seen["runner"] == 1  # no bubblewrap process inside that holds the report's pipe
     assert seen["runner_fd"] == seen["runner_environ"] == "PermissionError"
     assert seen["inputs"] == "OSError"
     assert seen["network"] == "OSError" and seen["interfaces"] == ["lo"]

@@ -14,8 +14,8 @@ With bubblewrap (Debian's ``bubblewrap``, the sandbox Flatpak uses) the runner
 - ``/grading/work``, ``/tmp`` and ``/dev/shm``: private, size-limited memory file systems,
   gone when the sandbox ends; everything else is read-only.
 
-No network (a new network namespace with only loopback), a new PID namespace (when the
-runner ends, every process it or the notebook started is killed), a new user namespace
+No network (a new network namespace with only loopback), a new PID namespace whose PID 1 is
+the runner (when it ends, every process it or the notebook started is killed), a new user namespace
 (the notebook runs as ``nobody`` with no capabilities and cannot make a namespace of its
 own), a new session, and only the environment variables the grader sets. The runner gives
 itself and the kernel rlimits (address space, file size, processes, no core files); when
@@ -115,6 +115,9 @@ def namespace_options() -> list[str]:
         "ALL",
         "--die-with-parent",
         "--new-session",
+        # The runner is PID 1: no bubblewrap process inside holding the report's pipe for
+        # the notebook to open through /proc/1/fd, and a PID 1 the kernel cannot kill.
+        "--as-pid-1",
     ]
 
 
