@@ -351,6 +351,7 @@ class ControlGroup:
         group = cls([])
         try:
             for folder, settings in specification:
+                _remove_stale_groups(folder.parent)
                 folder.mkdir()
                 group.folders.append(folder)
                 for setting, value in settings.items():
@@ -382,12 +383,24 @@ class ControlGroup:
                         os.kill(int(pid), signal.SIGKILL)
                     except (ProcessLookupError, PermissionError, ValueError):
                         pass
-            for _ in range(100):
+            for attempt in range(40):  # the killed processes leave it as they are reaped
                 try:
                     folder.rmdir()
                     break
                 except OSError:
-                    threading.Event().wait(0.05)
+                    threading.Event().wait(min(0.05 * 2**attempt, 1.0))
+
+
+def _remove_stale_groups(parent: Path) -> None:
+    """Remove the empty groups of graders that are gone (``ptqlib-grade-<their pid>-...``):
+    one that could not be removed at the time, or left by a grader that was killed."""
+    for folder in parent.glob("ptqlib-grade-*"):
+        owner = folder.name.split("-")[2]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                folder.rmdir()
+            except OSError:  # still busy, or not empty: next time
+                pass
 
 
 def _own_cgroups() -> dict[str, str]:
