@@ -29,6 +29,9 @@ from ptqlib.quantization import check_finite
 
 # Bits of the FP32 per-tensor scale.
 TENSOR_SCALE_BITS = 32
+# The smallest scale: FP32's smallest normal number, 2^-126. Below it amax / max_value would
+# be an FP32 subnormal or 0 (for amax < 448 * 2^-126 with E4M3), and x / 0 is NaN.
+SMALLEST_SCALE = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,14 @@ class FP8Tensor:
 
 def tensor_scale(amax: float | torch.Tensor, element_format: Minifloat = E4M3) -> torch.Tensor:
     """``amax / max_value`` in FP32, so that the largest magnitude lands on the largest code
-    (1.0 for an all-zero tensor, whose codes are all 0 whatever the scale)."""
+    (1.0 for an all-zero tensor, whose codes are all 0 whatever the scale; at least
+    :data:`SMALLEST_SCALE` for a tensor so tiny that the quotient would underflow)."""
     amax = torch.as_tensor(amax, dtype=torch.float32)
     if amax.dim() != 0 or not bool(torch.isfinite(amax)) or float(amax) < 0:
         raise InputError(f"amax: expected one finite number >= 0, got {amax}")
     if float(amax) == 0:
         return torch.tensor(1.0)
-    return amax / element_format.max_value
+    return torch.clamp(amax / element_format.max_value, min=SMALLEST_SCALE)
 
 
 def quantize_fp8(
