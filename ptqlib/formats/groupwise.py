@@ -72,6 +72,12 @@ def quantize_groupwise(
     largest = 2 ** (bits - 1) - 1
     groups = split_into_blocks(x.detach().float(), group_size)
     scales = (groups.abs().amax(dim=-1) / largest).to(scale_dtype)
+    if not bool(torch.isfinite(scales).all()):
+        raise InputError(
+            f"x: a group's largest magnitude {float(groups.abs().max()):g} needs a scale above "
+            f"{scale_dtype}'s largest, {torch.finfo(scale_dtype).max:g}; scale the tensor "
+            "down first, or use scale_dtype=torch.float32"
+        )
     # A scale is at least the smallest normal number of its format (2^-14 for FP16): an
     # all-zero group then rounds to 0 instead of dividing by zero, and a group of tiny weights
     # (amax < 7 * 2^-14) keeps a step of 2^-14, an error far below any weight that matters.
