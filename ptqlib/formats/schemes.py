@@ -162,6 +162,6 @@ SCHEMES: dict[str, Scheme] = {
 
 def get_scheme(name: str) -> Scheme:
     """The scheme called ``name``, or an InputError listing the known ones."""
-    if name not in SCHEMES:
+    if not isinstance(name, str) or name not in SCHEMES:
         raise InputError(f"format: unknown format {name!r}; expected one of {', '.join(SCHEMES)}")
     return SCHEMES[name]
