@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from ptqlib.app.model_files import load_model
 from ptqlib.checkpoints import load_checkpoint, save_checkpoint
 from ptqlib.errors import InputError
 from ptqlib.formats.checkpoint import format_payload, load_formats, save_formats
@@ -115,6 +116,16 @@ def test_a_damaged_checkpoint_is_refused_naming_the_problem(damage, files, tmp_p
         load_formats(path)
     assert "is not a valid formats checkpoint" in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_evaluate_reports_what_the_weights_are_not_what_the_meta_says(files, tmp_path):
+    lying = {"format": "nvfp4", "bits_per_weight": 1.0, "activations": False}
+    path = damaged(files, tmp_path, "mxfp4", set_field("meta", lying))
+    _, kind, meta = load_model(path)
+    assert kind == "formats" and meta["format"] == "mxfp4" and meta["activations"]
+    assert 4.25 <= meta["bits_per_weight"] < 4.26 and meta["activation_bits"] == 4
+    _, _, meta = load_model(damaged(files, tmp_path, "int4-g32", set_field("meta", {})))
+    assert meta["format"] == "int4-g32" and meta["activation_bits"] == 32
 
 
 @pytest.mark.parametrize("key", ["format", "model"])
