@@ -9,9 +9,12 @@ its largest magnitude onto the format's largest number, then rounded::
     code  = encode(x / scale)            (round to nearest even; saturating)
     x~    = decode(code) * scale
 
-This is "per-tensor scaling" (Micikevicius et al. 2022, section 4: one scale per tensor,
-calibrated or computed from the tensor's amax), what ``torch._scaled_mm(a, b, scale_a,
-scale_b)`` consumes: it computes ``(decode(a) * scale_a) @ (decode(b) * scale_b)`` in FP32.
+This is the scaling of Micikevicius et al. 2022 (section 2: "choose a scaling factor such
+that the maximum magnitude in the tensor becomes close to the maximum representable
+magnitude"; section 4.3: some networks need a scale per tensor), one scale per tensor, which
+is what ``torch._scaled_mm(a, b, scale_a, scale_b)`` consumes: it computes
+``(decode(a) * scale_a) @ (decode(b) * scale_b)`` in FP32. (The paper's post-training
+experiments, section 4.2, give each output channel of a weight its own scale.)
 After scaling, the relative error of a value is set by the mantissa alone (at most 2^-4 for
 E4M3, 2^-3 for E5M2, in the normal range): FP8 keeps small values relatively as precise as
 large ones, unlike a uniform integer grid.

@@ -11,10 +11,11 @@ axis its own scale: a group is simply a smaller channel. With B-bit symmetric in
 The scale is rounded to FP16 *before* the weights are divided by it, because FP16 is what the
 file holds and what the kernel multiplies by: quantizing with the unrounded scale would leave
 every weight slightly off the grid the kernel really uses. The grid is the symmetric
-restricted one, -7..7 (the code -8 stays unused), so that w = -amax and w = +amax are both
-exact. Each weight costs B bits plus its share of the scale, ``B + 16 / g``:
-4.5 bits for g32, 4.125 for g128. (GPTQ checkpoints and llama.cpp's Q4 blocks are variants of
-this: GPTQ adds a zero-point per group, llama.cpp's Q4_0 uses blocks of 32 with the -8..7 grid.)
+restricted one, -7..7 (the code -8 stays unused), so that w = -amax and w = +amax both land on
+the ends of the grid, +-7 * scale (equal to +-amax up to the FP16 rounding of the scale).
+Each weight costs B bits plus its share of the scale, ``B + 16 / g``: 4.5 bits for g32, 4.125
+for g128. (GPTQ checkpoints and llama.cpp's Q4 blocks are variants of this: GPTQ adds a
+zero-point per group, llama.cpp's Q4_0 uses blocks of 32 with the -8..7 grid.)
 
 The rounding itself is ``ptqlib.quantization.quantize`` with one scale per group, the same
 code as per-channel quantization in notebook 02.
