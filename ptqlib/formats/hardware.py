@@ -102,7 +102,7 @@ TABLE = (
         mxfp4=(NATIVE, "ptx"),
         nvfp4=(NATIVE, "ptx"),
     ),
-    _row("Cortex-M4/M7 (DSP extension)", "cmsis-nn", int8=NATIVE, fp16=(CONVERT, "armv7m")),
+    _row("Cortex-M4/M7 (DSP extension)", "cmsis-nn", int8=CONVERT, fp16=(CONVERT, "armv7m")),
     _row("Cortex-M55/M85 (Helium)", "helium", int8=NATIVE, fp16=NATIVE),
 )
 
