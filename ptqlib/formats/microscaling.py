@@ -33,9 +33,11 @@ blocks whose scale code is 0 (2^-127, blocks with amax below 2^(emax - 126)): it
 blocks by 2^-126 (``F32_MIN_NORMAL``, to avoid FP32 subnormals on GPUs) but stores 2^-127, so
 their dequantized values come out half as large (``tests/test_formats_references.py``).
 
-A block holding Inf or NaN gets E8M0's NaN scale (0xFF) in torchao's ``to_mx`` and in
-microxcaling (the MX reference code), which makes the whole block NaN; :func:`quantize_mx`
-refuses such a tensor with an InputError instead.
+microxcaling (Microsoft's MX reference code, ``mx.mx_ops._quantize_mx``) agrees bit for bit
+with ``round="even"``; its default ``round="nearest"`` rounds ties away from zero instead of
+to even. A block holding Inf or NaN gets E8M0's NaN scale (0xFF) in torchao's ``to_mx`` and
+in microxcaling, which makes the whole block NaN; :func:`quantize_mx` refuses such a tensor
+with an InputError instead.
 """
 
 from __future__ import annotations
