@@ -94,6 +94,11 @@ DAMAGE = {
         set_field("state_dict", "fc1.bias", torch.zeros(5)),
         "fc1.bias",
     ),
+    "a NaN bias": (
+        "nvfp4",
+        set_field("state_dict", "fc2.bias", lambda bias: torch.full_like(bias, math.nan)),
+        "fc2.bias must be a finite",
+    ),
     "an activation range that is not a number": (
         "mxfp4",
         set_field("activation_amax", "fc1", "big"),

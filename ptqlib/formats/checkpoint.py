@@ -272,8 +272,11 @@ def _check_state(model: nn.Module, state: Any, weight_keys: set[str]) -> None:
     for key, shape in expected.items():
         value = state[key]
         _require(
-            isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == shape,
-            f"state_dict: {key} must be a float tensor of shape {tuple(shape)}",
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and value.shape == shape
+            and bool(torch.isfinite(value).all()),
+            f"state_dict: {key} must be a finite float tensor of shape {tuple(shape)}",
         )
 
 
