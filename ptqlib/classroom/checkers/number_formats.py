@@ -42,6 +42,7 @@ def decode_cases() -> list[Case]:
         (0x05, "a subnormal: 0 0000 101", "exponent 0: value = 2^(1 - 7) * (m / 8), no leading 1"),
         (0x80, "negative zero", "-0.0: the sign bit alone"),
         (0x7F, "0 1111 111", "the one NaN pattern (with either sign): return float('nan')"),
+        (0xFF, "1 1111 111", "S.1111.111 is NaN with either sign: test the bits below the sign"),
     ):
         cases.append(_decode_case(name, byte, hint))
     return cases
@@ -108,6 +109,12 @@ def scale_cases() -> list[Case]:
             torch.zeros(32),
             E2M1.max_exponent,
             "log2(0) is -inf: the exponent is clamped to E8M0's smallest, -127 (code 0)",
+        ),
+        (
+            "a block of tiny values (amax 2^-130, an FP32 subnormal)",
+            torch.full((32,), 2.0**-130),
+            E2M1.max_exponent,
+            "clamp to E8M0's range: the exponent never goes below -127 (code 0)",
         ),
     ):
         cases.append(_scale_case(name, block, emax, hint))
