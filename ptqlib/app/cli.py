@@ -133,11 +133,11 @@ def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_grade(args: argparse.Namespace) -> int:
-    """The ``grade`` command, imported when it runs: it needs jupyter_client and ipykernel,
-    which come with the dev extras, and the other commands must work without them."""
-    missing = [
-        name for name in ("jupyter_client", "ipykernel") if importlib.util.find_spec(name) is None
-    ]
+    """The ``grade`` command, imported when it runs: it needs nbformat, jupyter_client and
+    ipykernel, which come with the dev extras, and the other commands must work without
+    them."""
+    needed = ("nbformat", "jupyter_client", "ipykernel")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(
             f"grade needs {' and '.join(missing)} to run notebooks; install the dev extras: "

@@ -105,3 +105,5 @@ def answer(
         return ["returned", decode(encode(got))]  # plain types from here on
     except NotPlainData as error:
         return ["not plain", str(error)]
+    except BaseException as error:  # noqa: BLE001 - an object whose methods raise
+        return ["not plain", f"a {type(got).__name__} that could not be read ({error_text(error)})"]

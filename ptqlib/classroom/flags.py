@@ -34,7 +34,9 @@ from ptqlib.classroom.submission import Cell, parse
 # Builtins and modules whose use hides what a function runs.
 HIDING_BUILTINS = ("exec", "eval", "compile", "__import__", "globals", "vars", "open")
 HIDING_MODULES = ("importlib", "sys.modules", "inspect", "pickle", "marshal", "ctypes",
-                  "subprocess", "os.system")  # fmt: skip
+                  "subprocess", "os.system", "gc")  # fmt: skip
+# Anywhere in a notebook: code run from text, or objects found at run time.
+RUNTIME_LOOKUPS = ("importlib", "sys.modules", "marshal", "ctypes", "gc")
 # Attributes only a cheat touches: IPython's hooks and stack frames.
 GRADER_HOOKS = {
     "set_custom_exc": "an IPython exception handler",
@@ -227,6 +229,11 @@ def _tampering(tree: ast.Module, imports: Imports) -> Iterator[str]:
                 if text in node.value:
                     yield problem
     for reference in _references(tree):
+        hiding = imports.imported(reference, RUNTIME_LOOKUPS)
+        if reference in ("exec", "eval", "compile", "__import__"):
+            hiding = reference
+        if hiding is not None and not hiding.startswith("importlib.metadata"):
+            yield f"hides what it runs ({hiding})"
         processes = imports.imported(reference, PROCESSES)
         if processes is not None:
             yield f"starts or signals processes ({processes})"

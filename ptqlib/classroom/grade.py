@@ -159,7 +159,7 @@ def grade_notebook(
     the whole notebook."""
 
     def row(exercise: str, outcome: str, detail: str = "") -> Grade:
-        return Grade(student, name, exercise, outcome, clean(detail))
+        return Grade(clean(student), clean(name), exercise, outcome, clean(detail))
 
     try:
         if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
@@ -192,9 +192,7 @@ def grade_notebook(
             detail = "; ".join(filter(None, [detail, "flag: " + "; ".join(flags)]))
         rows.append(row(exercise.id, outcome, detail))
     problems = list(match.problems)
-    suspicious = notebook_flags(cells)
-    if suspicious:
-        problems.append((SUSPICIOUS, "; ".join(suspicious)))
+    problems += [(SUSPICIOUS, flag) for flag in notebook_flags(cells)]
     collectors = {index for index in match.checks}
     for index, error in sorted(run.errors.items()):
         if index not in collectors:

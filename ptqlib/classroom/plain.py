@@ -46,6 +46,7 @@ DTYPES = {
 # Every answer of the series holds well under a million numbers.
 MAX_ELEMENTS = 2_000_000
 MAX_DEPTH = 32
+MAX_INTEGER_BITS = 256
 
 
 class NotPlainData(ValueError):
@@ -77,6 +78,10 @@ def _encode(value: Any, depth: int, budget: list[int]) -> Any:
     if depth > MAX_DEPTH:
         raise NotPlainData(f"nested more than {MAX_DEPTH} levels deep")
     _spend(budget, 1)
+    if type(value) is int and value.bit_length() > MAX_INTEGER_BITS:
+        raise NotPlainData(f"an integer of more than {MAX_INTEGER_BITS} bits")
+    if type(value) is str:
+        _spend(budget, len(value) // 8)  # a character is far less than a number
     if value is None or type(value) in (bool, int, str):
         return value
     if type(value) is float:
@@ -85,6 +90,8 @@ def _encode(value: Any, depth: int, budget: list[int]) -> Any:
         return _encode_tensor(value, budget)
     if isinstance(value, bool):  # a numpy bool_ is not a bool: see the numpy branch below
         return bool(value)
+    if isinstance(value, str):  # a str subclass: keep the text only
+        return _encode(str(value), depth, budget)
     if isinstance(value, (int, float)):  # an int or float subclass: keep the number only
         return _encode(int(value) if isinstance(value, int) else float(value), depth, budget)
     if type(value).__module__ == "numpy":  # numpy scalars and arrays, without importing numpy
@@ -118,7 +125,7 @@ def _encode_tensor(tensor: torch.Tensor, budget: list[int]) -> dict[str, Any]:
 def _decode(data: Any, depth: int, budget: list[int]) -> Any:
     if depth > MAX_DEPTH:
         raise NotPlainData(f"nested more than {MAX_DEPTH} levels deep")
-    _spend(budget, 1)
+    _spend(budget, 1 + (len(data) // 8 if type(data) is str else 0))
     if data is None or type(data) in (bool, int, float, str):
         return data
     if type(data) is list:

@@ -156,8 +156,11 @@ def run_cells(notebook: dict[str, Any], work: Path) -> dict[str, Any]:
                 report["cells"][str(cell["index"])] = error_text(reply)
             for exercise_id in cell["collects"]:
                 path = answers_path(exercise_id)
-                if path.is_file() and path.stat().st_size <= notebook["answer_bytes"]:
-                    answers[exercise_id] = path.read_text("utf-8", errors="replace")
+                if path.is_file():  # not a device or a pipe: at most answer_bytes of it
+                    with open(path, "rb") as file:
+                        text = file.read(notebook["answer_bytes"] + 1)
+                    if len(text) <= notebook["answer_bytes"]:
+                        answers[exercise_id] = text.decode("utf-8", errors="replace")
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)

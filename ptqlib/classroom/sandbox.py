@@ -11,8 +11,8 @@ With bubblewrap (Debian's ``bubblewrap``, the sandbox Flatpak uses) the runner
 - ``/grading/in`` read-only: the prepared notebook and the exercises' inputs (no answers);
 - ``/grading/cache`` read-only: the grader's cached checkpoints (``artifacts/``), which the
   runner copies into the work folder;
-- ``/grading/work`` and ``/tmp``: private, size-limited memory file systems, gone when the
-  sandbox ends.
+- ``/grading/work``, ``/tmp`` and ``/dev/shm``: private, size-limited memory file systems,
+  gone when the sandbox ends; everything else is read-only.
 
 No network (a new network namespace with only loopback), a new PID namespace (when the
 runner ends, every process it or the notebook started is killed), a new user namespace
@@ -70,8 +70,8 @@ class Limits:
     file_bytes: int = GIB // 2  # one file
     work_bytes: int = GIB  # the work folder, with bubblewrap
     tmp_bytes: int = GIB // 2  # /tmp, with bubblewrap
-    report_bytes: int = 64 * 2**20  # the runner's report
-    answer_bytes: int = 16 * 2**20  # one exercise's answers
+    report_bytes: int = 8 * 2**20  # the runner's report (an honest one is a few kB)
+    answer_bytes: int = 4 * 2**20  # one exercise's answers
 
     @property
     def address_space_bytes(self) -> int:
@@ -159,12 +159,14 @@ def environment(grading: Path, work: Path) -> dict[str, str]:
     return variables
 
 
-def bwrap_command(host: Path, limits: Limits) -> list[str]:
-    """bubblewrap around the runner; the grading folder appears at /grading."""
+def bwrap_options(host: Path, limits: Limits) -> list[str]:
+    """bubblewrap's options for the runner's sandbox; the grading folder is /grading."""
     grading = SANDBOX_GRADING
-    command = [shutil.which("bwrap") or "bwrap", *namespace_options(), *readonly_binds()]
+    command = [*namespace_options(), *readonly_binds()]
     command += ["--proc", "/proc", "--dev", "/dev"]
-    command += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    for memory in ("/tmp", "/dev/shm"):  # bubblewrap's /dev is a tmpfs of half the RAM
+        command += ["--size", str(limits.tmp_bytes), "--tmpfs", memory]
+    command += ["--remount-ro", "/dev"]
     command += ["--ro-bind", str(host / "in"), str(grading / "in")]
     command += ["--ro-bind-try", str(artifacts_dir()), str(grading / "cache")]
     command += ["--size", str(limits.work_bytes), "--tmpfs", str(grading / "work")]
@@ -172,7 +174,7 @@ def bwrap_command(host: Path, limits: Limits) -> list[str]:
     command += ["--chdir", str(grading / "work"), "--clearenv"]
     for name, value in environment(grading, grading / "work").items():
         command += ["--setenv", name, value]
-    return [*command, *runner_command(grading)]
+    return command
 
 
 def runner_command(grading: Path) -> list[str]:
@@ -207,23 +209,31 @@ def run_notebook(
     """Run the prepared ``notebook`` (its cells and what each collects) with ``inputs`` in a
     sandbox whose files live in the empty folder ``host``."""
     prepare(host, notebook, inputs, limits, sandboxed)
-    if sandboxed:
-        command, variables, cwd = bwrap_command(host, limits), None, None
-    else:
-        command, variables = runner_command(host), environment(host, host / "work")
-        cwd = host / "work"
-    group = ControlGroup.create(limits)
-    if group is not None:
-        command = group.entry_command(command)
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=variables if variables is not None else {"PATH": "/usr/bin:/bin"},
-        cwd=cwd,
-        start_new_session=True,  # its own process group, killed below
-    )
+    with open(host / "bwrap-arguments", "wb+") as arguments:
+        if sandboxed:
+            # bubblewrap reads its arguments from a file: as its command line they would be
+            # in /proc/1/cmdline inside the sandbox, host paths and all.
+            options = bwrap_options(host, limits)
+            arguments.write(b"".join(option.encode() + b"\0" for option in options))
+            arguments.seek(0)
+            bwrap = [shutil.which("bwrap") or "bwrap", "--args", str(arguments.fileno())]
+            command, variables, cwd = [*bwrap, *runner_command(SANDBOX_GRADING)], None, None
+        else:
+            command, variables = runner_command(host), environment(host, host / "work")
+            cwd = host / "work"
+        group = ControlGroup.create(limits)
+        if group is not None:
+            command = group.entry_command(command)
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=variables if variables is not None else {"PATH": "/usr/bin:/bin"},
+            cwd=cwd,
+            pass_fds=(arguments.fileno(),) if sandboxed else (),
+            start_new_session=True,  # its own process group, killed below
+        )
     report, errors = Capture(process.stdout, limits.report_bytes), Capture(process.stderr, 4096)
     problem = None
     try:

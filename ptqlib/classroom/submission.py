@@ -113,9 +113,10 @@ def match_notebook(cells: list[Cell], file_name: str) -> Match:
         checked = [each for each in called_ids(cell.source) if each in ids]
         if CHECKER_TAG in cell.tags and not checked:
             checked = _exercises_above(cells, cell.index, match.exercises)
-            if checked:
-                detail = f"cell {cell.index + 1}: changed; the hand-out's checker ran instead"
-                match.problems.append((CHECKER_EDITED, detail))
+            detail = f"cell {cell.index + 1}: changed; the hand-out's checker ran instead"
+            if not checked:
+                detail = f"cell {cell.index + 1}: tagged checker, but checks no exercise"
+            match.problems.append((CHECKER_EDITED, detail))
         elif checked and CHECKER_TAG not in cell.tags and not _only_checks(cell.source):
             continue  # the student calls a checker in their own cell: it stays theirs
         elif checked and not _only_checks(cell.source, [ids[each] for each in checked]):

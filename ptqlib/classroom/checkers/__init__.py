@@ -97,6 +97,7 @@ from ptqlib.classroom.checkers import (
     integer_layer,
     l2_search,
     low_bit,
+    number_formats,
     observer_choice,
     observers_and_calibration,
     quantization_math,
@@ -215,6 +216,9 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     debugging.FIND_CULPRIT,
     c_export.REQUANTIZE_C,
     c_export.ARENA_BYTES,
+    number_formats.DECODE_E4M3,
+    number_formats.MX_SCALE_CODE,
+    number_formats.KMEANS_STEP,
 )
 
 __all__ = [

@@ -44,7 +44,7 @@ RELATIVE_TOLERANCE = 1e-5
 
 
 def _close(got: float, expected: float, what: str, tolerance: float = RELATIVE_TOLERANCE) -> None:
-    if abs(got - expected) > tolerance * max(1.0, abs(expected)):
+    if not abs(got - expected) <= tolerance * max(1.0, abs(expected)):  # NaN is wrong too
         raise WrongAnswer(f"{what}: expected {describe(expected)}, got {describe(got)}")
 
 
@@ -202,7 +202,7 @@ def _compare_scales(case: Case, got: Any) -> None:
             "per output neuron"
         )
     got = got.detach().to(torch.float64)
-    wrong = (got - expected).abs() > RELATIVE_TOLERANCE * expected.abs()
+    wrong = ~((got - expected).abs() <= RELATIVE_TOLERANCE * expected.abs())  # NaN is wrong
     if bool(wrong.any()):
         row = int(torch.nonzero(wrong)[0])
         raise WrongAnswer(
