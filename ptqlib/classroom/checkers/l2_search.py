@@ -149,7 +149,8 @@ def draw_l2_error_cases(generator: torch.Generator) -> list[Case]:
 def _compare_error(case: Case, got: Any) -> None:
     error = as_float(got, "the L2 error")
     expected = case.expected
-    if abs(error - expected) > RELATIVE_TOLERANCE * max(abs(expected), 1e-12):
+    # "not <=": a NaN answer compares False with everything and must fail.
+    if not abs(error - expected) <= RELATIVE_TOLERANCE * max(abs(expected), 1e-12):
         raise WrongAnswer(f"the error is {error:.7g}, expected {expected:.7g}")
 
 
