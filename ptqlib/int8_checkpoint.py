@@ -234,7 +234,9 @@ def _linear_from_entry(
         f"{where}: takes {weight.shape[1]} inputs, but the layer before gives {in_features}",
     )
     fields = _weighted_fields(entry, weight, where)
-    return Int8Linear(weight, input_qparams=input_qparams, name=name, requantization=mode, **fields)
+    return Int8Linear(
+        weight, input_qparams=input_qparams, name=name, requantization=mode, **fields
+    )
 
 
 # --- convolutional layers (notebook 07) ----------------------------------------------------------

@@ -68,6 +68,15 @@ def survivors() -> list[str]:
     return found
 
 
+def left_groups() -> list[Path]:
+    """Control groups this process made for a sandbox and did not remove."""
+    parents = [
+        Path("/sys/fs/cgroup", *([] if name == "" else [name])) / path.lstrip("/")
+        for name, path in sandbox._own_cgroups().items()
+    ]
+    return [group for parent in parents for group in parent.glob(f"ptqlib-grade-{os.getpid()}-*")]
+
+
 @pytest.fixture
 def grader_environment(tmp_path, monkeypatch):
     """A secret in the grader's environment, a cache holding one checkpoint, a classmate."""
@@ -102,7 +111,11 @@ def test_a_notebook_in_bubblewrap_sees_and_keeps_nothing_of_the_graders(grader_e
        own_copy=attempt(lambda: open("artifacts/baseline.pt", "w").write("changed")))""",
             """import socket, glob
 cmdlines = [open(path, "rb").read() for path in glob.glob("/proc/[0-9]*/cmdline")]
-report(network=attempt(lambda: socket.create_connection(("8.8.8.8", 53), timeout=3)),
+runner = os.getppid()  # the runner: undumpable, so its fds, memory and environment are closed
+report(runner=runner, runner_fd=attempt(lambda: os.stat(f"/proc/{runner}/fd/1")),
+       runner_environ=attempt(lambda: open(f"/proc/{runner}/environ").read()),
+       inputs=attempt(lambda: open("/grading/in/inputs.json", "w")),
+       network=attempt(lambda: socket.create_connection(("8.8.8.8", 53), timeout=3)),
        interfaces=[name for _, name in socket.if_nameindex()], processes=len(cmdlines),
        grader=any(b"pytest" in line for line in cmdlines))""",
             """import time
@@ -145,9 +158,15 @@ report(forks=len(children))""",
         "own_copy": "ok",
     }
     seen = facts(report, 3)
+    assert seen["runner"] == 1  # no bubblewrap process inside that holds the report's pipe
+    assert seen["runner_fd"] == seen["runner_environ"] == "PermissionError"
+    assert seen["inputs"] == "OSError"
     assert seen["network"] == "OSError" and seen["interfaces"] == ["lo"]
     assert seen["grader"] is False and seen["processes"] < 10
-    if sandbox.ControlGroup.create(limits) is not None or os.getuid() != 0:
+    group = sandbox.ControlGroup.create(limits)  # can this process make one?
+    if group is not None:
+        group.kill_and_remove()
+    if group is not None or os.getuid() != 0:  # root without a control group: no cap
         assert facts(report, 4)["forks"] < limits.processes
     assert facts(report, 5) == {
         "memory": "MemoryError",
@@ -157,6 +176,7 @@ report(forks=len(children))""",
         "null": "ok",
     }
     assert survivors() == []
+    assert left_groups() == []
     assert (grader_environment / "output" / "artifacts" / "baseline.pt").read_text() == "cached"
     assert classmate.read_text() == "{}"
 
@@ -195,3 +215,20 @@ def test_a_cell_and_a_whole_notebook_have_time_limits(tmp_path):
 def test_a_dead_kernel_stops_the_notebook(tmp_path):
     report = run(tmp_path, ["x = 1", "import os\nos._exit(3)", "y = 2"], sandboxed=False)
     assert (report["stopped"], report["stopped_at"], report["ran"]) == ("kernel died", 1, [0])
+
+
+def test_groups_left_by_a_grader_that_is_gone_are_removed():
+    limits = Limits()
+    group = sandbox.ControlGroup.create(limits)
+    if group is None:
+        pytest.skip("this process may not create a control group")
+    dead = max(int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()) + 1
+    while Path(f"/proc/{dead}").exists():
+        dead += 1
+    stale = [folder.parent / f"ptqlib-grade-{dead}-1-2" for folder in group.folders]
+    for folder in stale:
+        folder.mkdir()
+    group.kill_and_remove()
+    sandbox.ControlGroup.create(limits).kill_and_remove()
+    assert not any(folder.exists() for folder in stale)
+    assert left_groups() == []

@@ -94,9 +94,23 @@ def error_text(content: dict[str, Any]) -> str:
     return f"{name}: {first}" if first else name
 
 
+def reap_orphans() -> None:
+    """Collect every child that has exited. In the sandbox the runner is PID 1, so every
+    process the notebook orphans becomes its child; unreaped, they would stay zombies (and
+    count against the process limit) until the sandbox ends."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # no children left
+            return
+        if pid == 0:  # children, none of them exited
+            return
+
+
 def wait_for_reply(client: Any, manager: Any, msg_id: str, deadline: float) -> dict | str:
     """The content of the execute_reply to ``msg_id``, or TIMED_OUT / KERNEL_DIED."""
     while True:
+        reap_orphans()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return TIMED_OUT
@@ -164,6 +178,7 @@ def run_cells(notebook: dict[str, Any], work: Path) -> dict[str, Any]:
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+        reap_orphans()
     return report
 
 

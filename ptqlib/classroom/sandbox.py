@@ -14,8 +14,8 @@ With bubblewrap (Debian's ``bubblewrap``, the sandbox Flatpak uses) the runner
 - ``/grading/work``, ``/tmp`` and ``/dev/shm``: private, size-limited memory file systems,
   gone when the sandbox ends; everything else is read-only.
 
-No network (a new network namespace with only loopback), a new PID namespace (when the
-runner ends, every process it or the notebook started is killed), a new user namespace
+No network (a new network namespace with only loopback), a new PID namespace whose PID 1 is
+the runner (when it ends, every process it or the notebook started is killed), a new user namespace
 (the notebook runs as ``nobody`` with no capabilities and cannot make a namespace of its
 own), a new session, and only the environment variables the grader sets. The runner gives
 itself and the kernel rlimits (address space, file size, processes, no core files); when
@@ -115,6 +115,9 @@ def namespace_options() -> list[str]:
         "ALL",
         "--die-with-parent",
         "--new-session",
+        # The runner is PID 1: no bubblewrap process inside holding the report's pipe for
+        # the notebook to open through /proc/1/fd, and a PID 1 the kernel cannot kill.
+        "--as-pid-1",
     ]
 
 
@@ -348,6 +351,7 @@ class ControlGroup:
         group = cls([])
         try:
             for folder, settings in specification:
+                _remove_stale_groups(folder.parent)
                 folder.mkdir()
                 group.folders.append(folder)
                 for setting, value in settings.items():
@@ -379,12 +383,24 @@ class ControlGroup:
                         os.kill(int(pid), signal.SIGKILL)
                     except (ProcessLookupError, PermissionError, ValueError):
                         pass
-            for _ in range(100):
+            for attempt in range(40):  # the killed processes leave it as they are reaped
                 try:
                     folder.rmdir()
                     break
                 except OSError:
-                    threading.Event().wait(0.05)
+                    threading.Event().wait(min(0.05 * 2**attempt, 1.0))
+
+
+def _remove_stale_groups(parent: Path) -> None:
+    """Remove the empty groups of graders that are gone (``ptqlib-grade-<their pid>-...``):
+    one that could not be removed at the time, or left by a grader that was killed."""
+    for folder in parent.glob("ptqlib-grade-*"):
+        owner = folder.name.split("-")[2]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                folder.rmdir()
+            except OSError:  # still busy, or not empty: next time
+                pass
 
 
 def _own_cgroups() -> dict[str, str]:

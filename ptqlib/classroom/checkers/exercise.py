@@ -31,7 +31,7 @@ the checker does (:func:`~ptqlib.classroom.checkers.core.call_case`) and sends b
 result as plain data (:mod:`ptqlib.classroom.plain`). The grader compares them with
 ``compare``, in its own process. Nothing the kernel prints decides a grade.
 
-Rules for a new exercise (notebooks 11, 12, or reworking one):
+Rules for a new exercise (or for reworking one):
 
 - **Arguments are plain data**: tensors, numbers, strings, lists, tuples, dicts, None. An
   exercise whose function takes a model or an ONNX graph keeps a plain description in its
