@@ -49,9 +49,9 @@ IMPORTS_02 = (
     "check_symmetric_qparams"
 )
 IMPORTS_03 = (
-    "import torch\nfrom ptqlib.observers.base import Observer\nfrom ptqlib.classroom.checkers "
-    "import check_moving_average_range, check_observer_choice, check_per_channel_scales, "
-    "check_quantization_points, check_three_sigma_observer"
+    "import math\nimport torch\nfrom ptqlib.observers.base import Observer\n"
+    "from ptqlib.classroom.checkers import check_l2_error, check_moving_average_range, "
+    "check_observer_choice, check_quantization_points, check_three_sigma_observer"
 )
 CHECKERS = {
     "linear_parameters": "check_linear_parameters(linear_parameters)",
@@ -63,7 +63,7 @@ CHECKERS = {
     "per_channel_qparams": "check_per_channel_qparams(per_channel_qparams)",
     "sqnr_db": "check_sqnr_db(my_sqnr_db)",
     "moving_average_range": "check_moving_average_range(moving_average_range)",
-    "per_channel_scales": "check_per_channel_scales(per_channel_scales)",
+    "l2_error": "check_l2_error(l2_error)",
     "quantization_points": "check_quantization_points(my_quantization_points)",
     "three_sigma_observer": "check_three_sigma_observer(ThreeSigmaObserver)",
     "observer_choice": (
@@ -71,6 +71,20 @@ CHECKERS = {
         "calibrations)"
     ),
 }
+L2_ERROR_SOLUTION = """def l2_error(counts, bin_width, first_bin, last_bin, levels):
+    start = first_bin * bin_width
+    cell = (last_bin - first_bin + 1) * bin_width / levels
+    total = 0.0
+    for index, count in enumerate(counts.tolist()):
+        for which in range(levels):
+            low = -math.inf if which == 0 else start + which * cell
+            high = math.inf if which == levels - 1 else start + (which + 1) * cell
+            begin = max(index * bin_width, low)
+            end = min((index + 1) * bin_width, high)
+            if count and begin < end:
+                centre = start + (which + 0.5) * cell
+                total += count / bin_width * ((end - centre) ** 3 - (begin - centre) ** 3) / 3
+    return total"""
 THREE_SIGMA_SKELETON = """class ThreeSigmaObserver(Observer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -179,10 +193,7 @@ def yann_03_under_02s_name():
             "    return low, high",
             CHECKERS["moving_average_range"],
         ),
-        exercise(
-            "def per_channel_scales(weight):\n    return weight.abs().amax(dim=1) / 127.5",
-            CHECKERS["per_channel_scales"],
-        ),
+        exercise(L2_ERROR_SOLUTION, CHECKERS["l2_error"]),
         exercise(skeleton("my_quantization_points"), CHECKERS["quantization_points"]),
         exercise(THREE_SIGMA_SKELETON, CHECKERS["three_sigma_observer"]),
         exercise(
@@ -334,7 +345,7 @@ subprocess.Popen(["/bin/sh", "-c", "while true; do echo hacked > '{paths["csv"]}
         code(IMPORTS_03),
         code(attacks),
         exercise(skeleton("moving_average_range"), CHECKERS["moving_average_range"]),
-        exercise(skeleton("per_channel_scales"), CHECKERS["per_channel_scales"]),
+        exercise(skeleton("l2_error"), CHECKERS["l2_error"]),
         exercise(skeleton("my_quantization_points"), CHECKERS["quantization_points"]),
         exercise(THREE_SIGMA_SKELETON, CHECKERS["three_sigma_observer"]),
         exercise(
@@ -532,7 +543,7 @@ def test_honest_notebooks_are_graded_right(graded_class):
     ]
     assert yann == {
         "moving_average_range": [("passed", "")],
-        "per_channel_scales": [("passed", "")],
+        "l2_error": [("passed", "")],
         "quantization_points": [("not attempted", "")],
         "three_sigma_observer": [("not attempted", "")],
         "observer_choice": [
@@ -617,7 +628,7 @@ def test_attacks_on_classmates_and_the_grader_find_nothing(graded_class):
     assert outcome == "answered"
     assert "'secret': None" in detail and "'saw_class': False" in detail
     assert "'copied': 0" in detail and "done" not in detail
-    for exercise in ("moving_average_range", "per_channel_scales", "quantization_points"):
+    for exercise in ("moving_average_range", "l2_error", "quantization_points"):
         assert dave[exercise] == [("not attempted", "")]
     assert ("suspicious", "cell 2: reads /proc") in dave["(notebook)"]
     frank = outcomes(graded_class["rows"], "frank")

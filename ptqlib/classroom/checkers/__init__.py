@@ -24,12 +24,17 @@ The function you write for each checker, with its arguments in this order:
   float tensor;
 - :func:`check_requantize`: ``(acc, multiplier, zero_point, quant_min, quant_max) -> q``,
   int32 accumulators to the output's integers;
-- :func:`check_fixed_point_multiplier`: ``(multiplier) -> (m0, shift)``, the integer form
-  of the requantization multiplier;
+- :func:`check_fixed_point_multiplier`: ``(multiplier, bits) -> (m0, shift)``, the integer
+  form of the requantization multiplier with ``bits`` significant bits;
+- :func:`check_affine_accumulator`: ``(products, input_sums, q_w, input_zero_point,
+  weight_zero_point) -> acc``, the accumulator of affine weights from its expansion;
+- :func:`check_folded_constant`: ``(bias, correction, multiplier, shift,
+  output_zero_point) -> constant``, a layer's requantization folded into one constant per
+  row;
 - :func:`check_int32_bias`: ``(bias, input_scale, weight_scale, output_scale) -> q_b``, the
-  int32 bias;
+  int32 bias (to practise with: no notebook asks for it);
 - :func:`check_zero_point_correction`: ``(weight, input_zero_point) -> correction``, the
-  ``-Z_x sum_k q_w,k`` term per output row;
+  ``-Z_x sum_k q_w,k`` term per output row (to practise with);
 - :func:`check_integer_layer`: ``(q_x, q_w, q_b, input_zero_point, multiplier, shift,
   output_zero_point, relu) -> q_y``, a whole integer Linear (+ ReLU), int8 in and out.
 - :func:`check_symmetric_qparams`: ``(min_val, max_val, quant_min, quant_max) -> (scale,
@@ -41,6 +46,8 @@ The function you write for each checker, with its arguments in this order:
 - :func:`check_int8_bytes`: ``(model) -> int``, bytes with int8 weights and int32 biases;
 - :func:`check_hardest_digits`: ``(matrix) -> list[int]``, every digit tied for the lowest
   per-class accuracy in a confusion matrix;
+- :func:`check_l2_error`: ``(counts, bin_width, first_bin, last_bin, levels) -> float``,
+  the exact L2 error of a candidate histogram range (notebook 03);
 - :func:`check_mcnemar_p_value`: ``(gained, lost) -> p``, McNemar's exact two-sided p-value
   (notebook 05);
 - notebook 06: :func:`check_pack_two_bit`, :func:`check_bias_shift`,
@@ -62,11 +69,11 @@ test_checkers.py`` verifies that): any correct rounding to the nearest integer p
 One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline``
 (notebook 01: parameter count, INT8 size, hardest digits), ``quantization_math`` (notebook
 02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
-per-channel qparams, SQNR), ``observers_and_calibration`` and ``observer_choice`` (03),
-``int8_conversion`` and ``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06),
-``cnn`` (07), ``deploy`` (08), ``debugging`` (09), ``c_export`` (10) and ``number_formats``
-(12). The expected answers come from ptqlib itself or from private functions that the tests
-compare with ptqlib; no solution is exported.
+per-channel qparams, SQNR), ``observers_and_calibration``, ``l2_search`` and
+``observer_choice`` (03), ``int8_conversion``, ``integer_layer`` and ``accumulator_terms``
+(04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08), ``debugging``
+(09), ``c_export`` (10) and ``number_formats`` (12). The expected answers come from ptqlib
+itself or from private functions that the tests compare with ptqlib; no solution is exported.
 
 Each exercise is defined once, as an
 :class:`~ptqlib.classroom.checkers.exercise.Exercise` (its id, notebook, function name,
@@ -79,6 +86,7 @@ of your own.
 """
 
 from ptqlib.classroom.checkers import (
+    accumulator_terms,
     c_export,
     cnn,
     debugging,
@@ -87,12 +95,17 @@ from ptqlib.classroom.checkers import (
     fp32_baseline,
     int8_conversion,
     integer_layer,
+    l2_search,
     low_bit,
     number_formats,
     observer_choice,
     observers_and_calibration,
     quantization_math,
     quantization_schemes,
+)
+from ptqlib.classroom.checkers.accumulator_terms import (
+    check_affine_accumulator,
+    check_folded_constant,
 )
 from ptqlib.classroom.checkers.c_export import check_arena_bytes, check_requantize_c
 from ptqlib.classroom.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
@@ -124,6 +137,7 @@ from ptqlib.classroom.checkers.integer_layer import (
     integer_layer_cases,
     zero_point_correction_cases,
 )
+from ptqlib.classroom.checkers.l2_search import check_l2_error
 from ptqlib.classroom.checkers.low_bit import (
     check_adaround_loss,
     check_bias_shift,
@@ -174,14 +188,18 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     quantization_schemes.PER_CHANNEL_QPARAMS,
     quantization_schemes.SQNR_DB,
     observers_and_calibration.MOVING_AVERAGE_RANGE,
-    observers_and_calibration.PER_CHANNEL_SCALES,
+    l2_search.L2_ERROR,
     observers_and_calibration.QUANTIZATION_POINTS,
     observers_and_calibration.THREE_SIGMA_OBSERVER,
     observer_choice.OBSERVER_CHOICE,
     int8_conversion.FIXED_POINT_MULTIPLIER,
+    accumulator_terms.AFFINE_ACCUMULATOR,
+    accumulator_terms.FOLDED_CONSTANT,
+    integer_layer.INTEGER_LAYER,
+    # Practice checkers, in no notebook:
+    observers_and_calibration.PER_CHANNEL_SCALES,
     integer_layer.INT32_BIAS,
     integer_layer.ZERO_POINT_CORRECTION,
-    integer_layer.INTEGER_LAYER,
     int8_conversion.REQUANTIZE,
     evaluation.MCNEMAR_P_VALUE,
     low_bit.PACK_TWO_BIT,
@@ -211,6 +229,7 @@ __all__ = [
     "ObserverChoiceResult",
     "changed_digits",
     "check_adaround_loss",
+    "check_affine_accumulator",
     "check_arena_bytes",
     "check_bias_shift",
     "check_cle_scales",
@@ -218,12 +237,14 @@ __all__ = [
     "check_dequantize",
     "check_find_culprit",
     "check_fixed_point_multiplier",
+    "check_folded_constant",
     "check_fold_batchnorm",
     "check_gptq_column",
     "check_hardest_digits",
     "check_int32_bias",
     "check_int8_bytes",
     "check_integer_layer",
+    "check_l2_error",
     "check_kmeans_step",
     "check_linear_parameters",
     "check_mcnemar_p_value",

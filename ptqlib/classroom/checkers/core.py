@@ -189,10 +189,10 @@ def call_case(
 
 
 def not_attempted(checker: str) -> None:
-    print(
-        f"{checker}: NOT ATTEMPTED yet (your function raises NotImplementedError): "
-        "fill in the exercise cell above, run it, then run this cell again"
-    )
+    # Two short lines: a notebook's output column shows about 80 characters.
+    print(f"{checker}: NOT ATTEMPTED yet")
+    print("    (your function raises NotImplementedError): fill in the exercise cell above,")
+    print("    run it, then run this cell again")
 
 
 def run_cases(

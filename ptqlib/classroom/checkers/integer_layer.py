@@ -414,7 +414,7 @@ def check_integer_layer(student_fn: Callable[..., Any]) -> None:
 
 INT32_BIAS = Exercise(
     id="int32_bias",
-    notebook="04_int8_conversion",
+    notebook=None,  # no notebook asks for it: a checker to practise with
     function="my_int32_bias",
     cases=int32_bias_cases,
     draw=draw_int32_bias_cases,
@@ -427,7 +427,7 @@ INT32_BIAS = Exercise(
 )
 ZERO_POINT_CORRECTION = Exercise(
     id="zero_point_correction",
-    notebook="04_int8_conversion",
+    notebook=None,  # no notebook asks for it: a checker to practise with
     function="my_zero_point_correction",
     cases=zero_point_correction_cases,
     draw=draw_zero_point_correction_cases,

@@ -133,10 +133,9 @@ def check_observer_choice(
     try:
         choice = choose_fn()
     except NotImplementedError:
-        print(
-            "check_observer_choice: NOT ATTEMPTED yet (your function raises "
-            "NotImplementedError): fill in the exercise cell above, run it, then this cell"
-        )
+        print("check_observer_choice: NOT ATTEMPTED yet")
+        print("    (your function raises NotImplementedError): fill in the exercise cell above,")
+        print("    run it, then run this cell again")
         return None
     calibrations = {} if calibrations is None else calibrations
     result = evaluate_observer_choice(model, images, choice, test, calibrations)

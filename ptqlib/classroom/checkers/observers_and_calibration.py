@@ -410,7 +410,7 @@ MOVING_AVERAGE_RANGE = Exercise(
 )
 PER_CHANNEL_SCALES = Exercise(
     id="per_channel_scales",
-    notebook="03_observers_and_calibration",
+    notebook=None,  # no notebook asks for it: a checker to practise with
     function="per_channel_scales",
     cases=per_channel_scale_cases,
     draw=draw_per_channel_scale_cases,

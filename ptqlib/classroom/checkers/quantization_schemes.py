@@ -63,7 +63,9 @@ def symmetric_qparams_cases() -> list[Case]:
             0.9,
             -8,
             7,
-            "(quant_max - quant_min) / 2 with the range you are given: 7.5 for -8..7",
+            "torch.ao's convention divides by (quant_max - quant_min) / 2 of the range you "
+            "are given: 7.5 for -8..7 (notebook 06's 4-bit weights use another rule, m / 8; "
+            "this exercise asks for torch.ao's)",
         ),
         ("an all-zero tensor (min_val = max_val = 0)", 0.0, 0.0, -128, 127, HINT_EPS),
     ]
@@ -105,11 +107,12 @@ def draw_symmetric_qparams_cases(generator: torch.Generator) -> list[Case]:
 def check_symmetric_qparams(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(min_val, max_val, quant_min, quant_max) -> (scale, zero_point)``.
 
-    Symmetric quantization onto a signed range quant_min..quant_max (which contains 0):
-    S = max(|min_val|, |max_val|) / ((quant_max - quant_min) / 2), at least float32 eps,
-    and Z = 0. For the full int8 range -128..127 that is PyTorch's S = m / 127.5; for the
-    restricted range -127..127 (TFLite, TensorRT) it is S = m / 127. The scale is compared
-    to a relative tolerance of 1e-5, the zero-point exactly.
+    Symmetric quantization onto a signed range quant_min..quant_max (which contains 0), with
+    torch.ao's convention: S = max(|min_val|, |max_val|) / ((quant_max - quant_min) / 2), at
+    least float32 eps, and Z = 0 (notebook 06 chooses max / 2^(B-1) for its B-bit weights,
+    B <= 4: a different rule). For the full int8 range -128..127 that is PyTorch's
+    S = m / 127.5; for the restricted range -127..127 (TFLite, TensorRT) it is S = m / 127.
+    The scale is compared to a relative tolerance of 1e-5, the zero-point exactly.
     """
     run_exercise(SYMMETRIC_QPARAMS, student_fn)
 
