@@ -43,8 +43,9 @@ Alternative flows, backends and tooling are one level down:
   INT4, codebooks; their checkpoint and the hardware that runs them (notebook 12)
 - ``ptqlib.app``                 the command line (``cli``, ``commands``), ``quantize``,
   ``pipeline``, ``report``, ``model_files``
-- ``ptqlib.classroom``           the tools of a class: ``checkers`` (known-answer checks of a
-  student's code, one module a notebook), ``exercises``, ``grade``; the core never imports it
+- ``ptqlib.classroom``           the tools of a class: ``checkers`` (each exercise defined once,
+  its known-answer checks, one module a notebook), ``cells``, ``grade`` in a sandbox; the
+  core never imports it
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
 ``ptqlib.figures`` (saving figures) and ``ptqlib.digests`` (the SHA-256 digest every saved

@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import struct
+import textwrap
 import urllib.error
 import zlib
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ class MNISTSplit:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+# The column a notebook's printed lines must fit in (the site shows about 80 characters).
+DESCRIBE_WIDTH = 80
+
+
 @dataclass(frozen=True)
 class MNIST:
     """The loaded splits and where they came from (``source`` says it in words)."""
@@ -99,14 +104,18 @@ class MNIST:
     test: MNISTSplit | None
     source: str
 
-    def describe(self) -> str:
-        """One line naming the source and the size of each split."""
+    def describe(self, width: int | None = DESCRIBE_WIDTH) -> str:
+        """A sentence naming the source and the size of each split, wrapped to ``width``
+        columns (a notebook's output is read in a narrow column); ``width=None``: one line."""
         sizes = ", ".join(
             f"{len(split):,} {name}"
             for name, split in (("train", self.train), ("test", self.test))
             if split is not None
         )
-        return f"MNIST from {self.source}: {sizes} digits"
+        sentence = f"MNIST from {self.source}: {sizes} digits"
+        if width is None:
+            return sentence
+        return textwrap.fill(sentence, width, break_long_words=False, break_on_hyphens=False)
 
     def fingerprint(self) -> str:
         """A short hash of all pixels and labels: tells whether two loads hold the same data."""
@@ -134,7 +143,7 @@ def load_mnist(
 
     ``data_dir`` overrides ``$PTQLIB_DATA_DIR``, which overrides the repository's ``data/``.
     ``download=False`` never downloads; otherwise a download is tried unless one failed
-    before (the directory's ``.download-failed`` note). With ``verbose`` the one line of
+    before (the directory's ``.download-failed`` note). With ``verbose`` the sentence of
     :meth:`MNIST.describe` is printed.
     """
     for split in splits:
@@ -310,7 +319,7 @@ def _torchvision_download(directory: Path) -> str | None:
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        # torchvision prints every attempted URL; the one line of describe() says enough.
+        # torchvision prints every attempted URL; the sentence of describe() says enough.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             for train in (True, False):
                 TorchvisionMNIST(root=str(directory), train=train, download=True)

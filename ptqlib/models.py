@@ -186,7 +186,7 @@ MODELS = dict(zip(MODEL_NAMES, (SimpleNet, SmallCNN, DepthwiseCNN), strict=True)
 
 def build_model(name: str) -> nn.Sequential:
     """A fresh, untrained model by its name in :data:`MODELS` ("simplenet", "cnn", "dwcnn")."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise InputError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
     return MODELS[name]()
 

@@ -31,6 +31,16 @@ def decode_without_subnormals(byte):
     return sign * 2.0 ** (exponent - 7) * (1 + mantissa / 8)  # a leading 1 at exponent 0 too
 
 
+def decode_with_one_nan(byte):
+    sign = -1.0 if byte & 0x80 else 1.0
+    exponent, mantissa = (byte >> 3) & 0xF, byte & 0x7
+    if byte == 0x7F:  # forgets the negative pattern: 0xFF becomes -480
+        return math.nan
+    if exponent == 0:
+        return sign * 2.0**-6 * mantissa / 8
+    return sign * 2.0 ** (exponent - 7) * (1 + mantissa / 8)
+
+
 def right_scale_code(block, emax):
     amax = float(block.abs().max())
     if amax == 0:
@@ -41,6 +51,11 @@ def right_scale_code(block, emax):
 def rounded_scale_code(block, emax):
     amax = float(block.abs().max())
     return 0 if amax == 0 else round(math.log2(amax)) - emax + 127  # round, not floor
+
+
+def unclamped_scale_code(block, emax):
+    amax = float(block.abs().max())
+    return 0 if amax == 0 else math.floor(math.log2(amax)) - emax + 127  # may go below 0
 
 
 def right_kmeans_step(values, centroids):
@@ -72,8 +87,12 @@ def test_right_answers_pass(capsys):
 def test_the_usual_mistakes_fail_with_their_hints():
     with pytest.raises(AssertionError, match="no leading 1"):
         check_decode_e4m3(decode_without_subnormals)
+    with pytest.raises(AssertionError, match="either sign"):
+        check_decode_e4m3(decode_with_one_nan)
     with pytest.raises(AssertionError, match="floor, not round"):
         check_mx_scale_code(rounded_scale_code)
+    with pytest.raises(AssertionError, match="E8M0's range"):
+        check_mx_scale_code(unclamped_scale_code)
     with pytest.raises(AssertionError, match="keeps its place"):
         check_kmeans_step(kmeans_step_dividing_by_zero)
 

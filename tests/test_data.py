@@ -7,6 +7,7 @@ import torchvision.datasets
 
 from ptqlib.data import (
     DOWNLOAD_FAILED_NOTE,
+    MNIST,
     MNIST_MEAN,
     MNIST_STD,
     calibration_images,
@@ -99,6 +100,14 @@ def test_label_count_mismatch(tmp_path, write_idx_split):
         load_mnist(tmp_path, splits=("test",), verbose=False)
 
 
+def test_describe_wraps_to_the_notebook_column_and_one_line_on_request(offline_data):
+    long_source = MNIST(offline_data.train, offline_data.test, "a source " * 20 + "(with a note)")
+    wrapped = long_source.describe()
+    assert "\n" in wrapped and all(len(line) <= 80 for line in wrapped.splitlines())
+    assert " ".join(wrapped.split()) == long_source.describe(width=None)
+    assert "\n" not in long_source.describe(width=None)
+
+
 def test_offline_sample_is_stratified_and_deterministic(offline_data, tmp_path):
     assert (len(offline_data.train), len(offline_data.test)) == (4000, 1000)
     assert torch.equal(torch.bincount(offline_data.test.labels), torch.full((10,), 100))
@@ -174,8 +183,8 @@ def test_a_failed_download_falls_back_to_the_offline_sample(tmp_path, monkeypatc
     monkeypatch.setattr(torchvision.datasets, "MNIST", failing_mnist(error))
     data = load_mnist(tmp_path, splits=("test",), verbose=False)
     assert len(data.test) == 1000
-    assert f"MNIST could not be downloaded: {reason}" in data.describe()
-    assert "RuntimeError" not in data.describe()
+    assert f"MNIST could not be downloaded: {reason}" in data.describe(width=None)
+    assert "RuntimeError" not in data.describe(width=None)
 
 
 @pytest.mark.parametrize(

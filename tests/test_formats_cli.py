@@ -73,6 +73,8 @@ def test_an_unknown_format_is_a_usage_error(tmp_path, capsys):
     [
         (["--format", "mxfp4", "--per-tensor"], "--per-tensor set the INT8 quantization"),
         (["--format", "nvfp4", "--weight-bits", "4"], "--weight-bits set the INT8 quantization"),
+        (["--format", "int4-g32", "--seed", "3"], "--seed set the INT8 quantization"),
+        (["--format", "kmeans-16", "--adaround-iterations", "9"], "--adaround-iterations set"),
     ],
 )
 def test_int8_options_are_refused_before_any_work(extra, message, tmp_path, capsys):

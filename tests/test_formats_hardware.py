@@ -16,3 +16,9 @@ def test_the_markdown_lists_every_platform_and_source():
     text = markdown_table()
     assert all(platform.name in text for platform in TABLE)
     assert all(f"[{key}]" in text for key in SOURCES)
+
+
+def test_a_multiply_in_a_wider_type_is_convert_not_native():
+    # Cortex-M4/M7 sign-extend INT8 pairs to 16 bits (SXTB16) and multiply those (SMLAD).
+    cortex_m4 = next(platform for platform in TABLE if platform.name.startswith("Cortex-M4"))
+    assert cortex_m4.support["INT8"][0] == "convert"

@@ -187,6 +187,8 @@ INT8_OPTIONS = {
     "bias_correction": False,
     "weight_clipping": "minmax",
     "layer_bits": None,
+    "seed": 0,
+    "adaround_iterations": 400,
 }
 
 

@@ -16,15 +16,16 @@ from ptqlib.int8_checkpoint import int8_from_payload
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, str, dict]:
     """Load an FP32, INT8 or number-format checkpoint: ``(model, kind, meta)``, kind "fp32",
-    "int8" or "formats" (whose meta also says how its arithmetic runs: ``"arithmetic"``)."""
+    "int8" or "formats" (whose meta also says how its arithmetic runs, ``"arithmetic"``, and
+    what its tensors hold: ``ptqlib.formats.command.what_it_holds``)."""
     payload = load_checkpoint(path)
     if payload["kind"] == "formats":
         from ptqlib.formats.checkpoint import format_model_from_payload
-        from ptqlib.formats.command import runnable_model
+        from ptqlib.formats.command import runnable_model, what_it_holds
 
         loaded = format_model_from_payload(payload, path)
         model, arithmetic = runnable_model(loaded)
-        return model, "formats", {**loaded.meta, "arithmetic": arithmetic}
+        return model, "formats", {**loaded.meta, **what_it_holds(loaded), "arithmetic": arithmetic}
     if payload["kind"] == "int8":
         return int8_from_payload(payload, path), "int8", payload.get("meta", {})
     model, meta = fp32_from_payload(payload, path)

@@ -150,7 +150,7 @@ def collect_results(
     rows = latency_rows(latencies)
     results: dict = {
         "setup": {
-            "data": data.describe(),
+            "data": data.describe(width=None),
             "n_train": len(data.train),
             "n_test": len(data.test),
             **setup,

@@ -32,6 +32,10 @@ def split_into_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """``x [..., K]`` as ``[..., ceil(K / block_size), block_size]``, zero-padded at the end
     (``[..., 1, K]`` if K < block_size: the one partial block, unpadded)."""
     check_block_size(block_size)
+    if x.dim() == 0:
+        raise InputError(
+            "x: a 0-d tensor has no axis to cut into blocks; give it one (x.reshape(1))"
+        )
     length = x.shape[-1]
     block_size = min(block_size, length)
     padding = (-length) % block_size

@@ -43,7 +43,7 @@ from ptqlib.formats.codebook import CodebookTensor
 from ptqlib.formats.fp8 import FP8Tensor
 from ptqlib.formats.groupwise import GroupwiseTensor
 from ptqlib.formats.microscaling import MXTensor
-from ptqlib.formats.minifloat import E2M1, MINIFLOATS
+from ptqlib.formats.minifloat import E2M1, E4M3, MINIFLOATS, decode
 from ptqlib.formats.nvfp4 import NVFP4Tensor
 from ptqlib.formats.schemes import QuantizedTensor, get_scheme
 from ptqlib.formats.simulation import quantize_weights, simulate, weighted_layers
@@ -160,7 +160,17 @@ def _scales(entry: dict, key: str, dtype: torch.dtype, shape: tuple, size: int, 
 
 
 def tensor_from_entry(entry: Any, where: str) -> QuantizedTensor:
-    """The quantized tensor of :func:`weight_entry`, every field checked."""
+    """The quantized tensor of :func:`weight_entry`, every field checked, and its values
+    finite (a NaN code or scale never loads)."""
+    tensor = _tensor_from_entry(entry, where)
+    _require(
+        bool(torch.isfinite(tensor.dequantize()).all()),
+        f"{where}: its codes or scales decode to NaN or infinity",
+    )
+    return tensor
+
+
+def _tensor_from_entry(entry: Any, where: str) -> QuantizedTensor:
     _require(isinstance(entry, dict), f"{where}: expected a dict")
     shape = entry.get("shape")
     _require(
@@ -190,6 +200,10 @@ def tensor_from_entry(entry: Any, where: str) -> QuantizedTensor:
         size = _block_size(entry, "block_size", where)
         codes = _unpacked(entry.get("elements"), E2M1.bits, shape, where)
         scales = _scales(entry, "block_scale_codes", torch.uint8, shape, size, where)
+        _require(
+            bool((decode(scales, E4M3) > 0).all()),
+            f"{where}: the E4M3 block scales must be positive (codes 0x01..0x7E)",
+        )
         return NVFP4Tensor(codes, scales, _number(entry, "tensor_scale", where), size)
     if kind == "groupwise":
         size = _block_size(entry, "group_size", where)
@@ -198,15 +212,72 @@ def tensor_from_entry(entry: Any, where: str) -> QuantizedTensor:
         _require(isinstance(bits, int) and 2 <= bits <= 8, f"{where}: bits must be 2..8")
         integers = _unpacked(values, bits, shape, where).to(torch.int8)
         scales = _scales(entry, "scales", torch.float16, shape, size, where)
+        _require(
+            bool((torch.isfinite(scales) & (scales > 0)).all()),
+            f"{where}: the group scales must be positive FP16 numbers",
+        )
         return GroupwiseTensor(integers, scales, size, bits)
     if kind == "codebook":
         centroids = _tensor(entry, "centroids", torch.float32, where)
         _require(2 <= centroids.numel() <= 256, f"{where}: a codebook holds 2..256 values")
+        _require(bool(torch.isfinite(centroids).all()), f"{where}: the centroids must be finite")
         bits = max(1, math.ceil(math.log2(centroids.numel())))
         indices = _unpacked(entry.get("indices"), bits, shape, where)
         _require(int(indices.max()) < centroids.numel(), f"{where}: an index is out of range")
         return CodebookTensor(indices, centroids)
     raise InputError(f"{where}: unknown weight type {kind!r}")
+
+
+def layout(entry: dict) -> dict[str, Any]:
+    """What a weight entry's format fixes, whatever the weight: its type, element format,
+    block or group size, the width and offset of its packed codes, a codebook's size."""
+    packed = next(
+        (
+            entry[key]
+            for key in ("elements", "values", "indices")
+            if isinstance(entry.get(key), dict)
+        ),
+        {},
+    )
+    centroids = entry.get("centroids")
+    return {
+        "type": entry.get("type"),
+        "element_format": entry.get("element_format"),
+        "block_size": entry.get("block_size"),
+        "group_size": entry.get("group_size"),
+        "bits": packed.get("bits"),
+        "lowest": packed.get("lowest"),
+        "entries": centroids.numel() if isinstance(centroids, torch.Tensor) else None,
+    }
+
+
+def _is_range(value: Any) -> bool:
+    """A calibrated input range: a finite number >= 0."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _check_state(model: nn.Module, state: Any, weight_keys: set[str]) -> None:
+    """``state`` holds every tensor of ``model`` but the weights, each of its shape."""
+    _require(isinstance(state, dict), "state_dict: expected a dict")
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in weight_keys}
+    _require(
+        sorted(state) == sorted(expected),
+        f"state_dict: expected {sorted(expected)}, got {sorted(state)}",
+    )
+    for key, shape in expected.items():
+        value = state[key]
+        _require(
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and value.shape == shape
+            and bool(torch.isfinite(value).all()),
+            f"state_dict: {key} must be a finite float tensor of shape {tuple(shape)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -275,23 +346,30 @@ def format_model_from_payload(payload: dict[str, Any], path: str | os.PathLike) 
         names = [name for name, _ in weighted_layers(model)]
         _require(sorted(layers) == sorted(names), f"layers: expected {names}, got {sorted(layers)}")
         weights = {name: tensor_from_entry(layers[name], f"layer {name!r}") for name in names}
-        state = payload.get("state_dict")
-        _require(isinstance(state, dict), "state_dict: expected a dict")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        _require(
-            not unexpected and sorted(missing) == sorted(f"{name}.weight" for name in names),
-            f"state_dict: does not fit the {payload.get('model')} (missing {missing}, "
-            f"unexpected {unexpected})",
-        )
+        # The layers must be stored as the named format stores any weight.
+        expected = layout(weight_entry(scheme.quantize(torch.zeros(1, 1))))
+        for name in names:
+            _require(
+                layout(layers[name]) == expected,
+                f"layer {name!r} is not stored as {scheme.name} (expected {expected})",
+            )
+        _check_state(model, payload.get("state_dict"), {f"{name}.weight" for name in names})
+        model.load_state_dict(payload["state_dict"], strict=False)
         amax = payload.get("activation_amax")
         _require(
-            amax is None or (isinstance(amax, dict) and sorted(amax) == sorted(names)),
-            "activation_amax: expected None or one range per layer",
+            amax is None
+            or (
+                isinstance(amax, dict)
+                and sorted(amax) == sorted(names)
+                and all(map(_is_range, amax.values()))
+            ),
+            "activation_amax: expected None or one range (a finite number >= 0) per layer",
         )
+        meta = payload.get("meta", {})
+        _require(isinstance(meta, dict), f"meta: expected a dict, got {type(meta).__name__}")
         simulated = simulate(model, scheme, amax, quantized=weights)
     except InputError as error:
         raise InputError(f"{path} is not a valid formats checkpoint: {error}") from error
-    meta = payload.get("meta", {})
     return FormatModel(simulated, payload["model"], scheme.name, weights, amax, meta)
 
 

@@ -67,10 +67,14 @@ def nearest_centroid(values: torch.Tensor, centroids: torch.Tensor) -> torch.Ten
     """The index of the nearest of the sorted ``centroids`` for every value (the lower one on
     a tie): the values up to the midpoint between two neighbours go to the lower one.
 
+    The comparison is in float64, with each midpoint as ``a / 2 + b / 2``: exact for float32
+    centroids (a float32 ``(a + b) / 2`` is rounded, and overflows above 1.7e38).
+
     (In one dimension k-means keeps its centroids in order: each moves to the mean of the
     values between its two midpoints, which lies between its neighbours' means.)"""
-    midpoints = (centroids[1:] + centroids[:-1]) / 2
-    return torch.bucketize(values.reshape(-1), midpoints)
+    centroids = centroids.double()
+    midpoints = centroids[1:] / 2 + centroids[:-1] / 2
+    return torch.bucketize(values.reshape(-1).double(), midpoints)
 
 
 def kmeans_codebook(x: torch.Tensor, entries: int = 16, iterations: int = 30) -> CodebookTensor:
@@ -93,5 +97,5 @@ def kmeans_codebook(x: torch.Tensor, entries: int = 16, iterations: int = 30) ->
         assignment = updated
     # Store the centroids in float32 and assign to those, so the indices match what is stored.
     stored = centroids.float()
-    indices = nearest_centroid(values.float(), stored).to(torch.uint8).reshape(x.shape)
+    indices = nearest_centroid(values, stored).to(torch.uint8).reshape(x.shape)
     return CodebookTensor(indices, stored)

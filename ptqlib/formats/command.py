@@ -115,6 +115,19 @@ def quantize_to_format(
     return FormatQuantizeResult(path, path.stat().st_size, Path(checkpoint).stat().st_size, meta)
 
 
+def what_it_holds(loaded: FormatModel) -> dict:
+    """What ``evaluate`` reports about a loaded checkpoint, read from its tensors (the meta
+    a file carries is only what it claims): the format, the bits per weight with every
+    scale, whether the activations are quantized too and in how many bits."""
+    activations = loaded.activation_amax is not None
+    return {
+        "format": loaded.scheme_name,
+        "bits_per_weight": round(bits_per_weight(loaded.weights), 4),
+        "activations": activations,
+        "activation_bits": get_scheme(loaded.scheme_name).element_bits if activations else 32,
+    }
+
+
 def runnable_model(loaded: FormatModel) -> tuple[nn.Module, str]:
     """The model to run for a loaded checkpoint and how its arithmetic is done: the FP8 GEMM
     for E4M3 weights and activations of an MLP (SimpleNet), the FP32 simulation otherwise."""

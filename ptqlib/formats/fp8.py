@@ -9,9 +9,12 @@ its largest magnitude onto the format's largest number, then rounded::
     code  = encode(x / scale)            (round to nearest even; saturating)
     x~    = decode(code) * scale
 
-This is "per-tensor scaling" (Micikevicius et al. 2022, section 4: one scale per tensor,
-calibrated or computed from the tensor's amax), what ``torch._scaled_mm(a, b, scale_a,
-scale_b)`` consumes: it computes ``(decode(a) * scale_a) @ (decode(b) * scale_b)`` in FP32.
+This is the scaling of Micikevicius et al. 2022 (section 2: "choose a scaling factor such
+that the maximum magnitude in the tensor becomes close to the maximum representable
+magnitude"; section 4.3: some networks need a scale per tensor), one scale per tensor, which
+is what ``torch._scaled_mm(a, b, scale_a, scale_b)`` consumes: it computes
+``(decode(a) * scale_a) @ (decode(b) * scale_b)`` in FP32. (The paper's post-training
+experiments, section 4.2, give each output channel of a weight its own scale.)
 After scaling, the relative error of a value is set by the mantissa alone (at most 2^-4 for
 E4M3, 2^-3 for E5M2, in the normal range): FP8 keeps small values relatively as precise as
 large ones, unlike a uniform integer grid.
@@ -29,6 +32,9 @@ from ptqlib.quantization import check_finite
 
 # Bits of the FP32 per-tensor scale.
 TENSOR_SCALE_BITS = 32
+# The smallest scale: FP32's smallest normal number, 2^-126. Below it amax / max_value would
+# be an FP32 subnormal or 0 (for amax < 448 * 2^-126 with E4M3), and x / 0 is NaN.
+SMALLEST_SCALE = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,14 @@ class FP8Tensor:
 
 def tensor_scale(amax: float | torch.Tensor, element_format: Minifloat = E4M3) -> torch.Tensor:
     """``amax / max_value`` in FP32, so that the largest magnitude lands on the largest code
-    (1.0 for an all-zero tensor, whose codes are all 0 whatever the scale)."""
+    (1.0 for an all-zero tensor, whose codes are all 0 whatever the scale; at least
+    :data:`SMALLEST_SCALE` for a tensor so tiny that the quotient would underflow)."""
     amax = torch.as_tensor(amax, dtype=torch.float32)
     if amax.dim() != 0 or not bool(torch.isfinite(amax)) or float(amax) < 0:
         raise InputError(f"amax: expected one finite number >= 0, got {amax}")
     if float(amax) == 0:
         return torch.tensor(1.0)
-    return amax / element_format.max_value
+    return torch.clamp(amax / element_format.max_value, min=SMALLEST_SCALE)
 
 
 def quantize_fp8(

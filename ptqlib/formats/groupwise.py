@@ -11,10 +11,11 @@ axis its own scale: a group is simply a smaller channel. With B-bit symmetric in
 The scale is rounded to FP16 *before* the weights are divided by it, because FP16 is what the
 file holds and what the kernel multiplies by: quantizing with the unrounded scale would leave
 every weight slightly off the grid the kernel really uses. The grid is the symmetric
-restricted one, -7..7 (the code -8 stays unused), so that w = -amax and w = +amax are both
-exact. Each weight costs B bits plus its share of the scale, ``B + 16 / g``:
-4.5 bits for g32, 4.125 for g128. (GPTQ checkpoints and llama.cpp's Q4 blocks are variants of
-this: GPTQ adds a zero-point per group, llama.cpp's Q4_0 uses blocks of 32 with the -8..7 grid.)
+restricted one, -7..7 (the code -8 stays unused), so that w = -amax and w = +amax both land on
+the ends of the grid, +-7 * scale (equal to +-amax up to the FP16 rounding of the scale).
+Each weight costs B bits plus its share of the scale, ``B + 16 / g``: 4.5 bits for g32, 4.125
+for g128. (GPTQ checkpoints and llama.cpp's Q4 blocks are variants of this: GPTQ adds a
+zero-point per group, llama.cpp's Q4_0 uses blocks of 32 with the -8..7 grid.)
 
 The rounding itself is ``ptqlib.quantization.quantize`` with one scale per group, the same
 code as per-channel quantization in notebook 02.
@@ -72,6 +73,12 @@ def quantize_groupwise(
     largest = 2 ** (bits - 1) - 1
     groups = split_into_blocks(x.detach().float(), group_size)
     scales = (groups.abs().amax(dim=-1) / largest).to(scale_dtype)
+    if not bool(torch.isfinite(scales).all()):
+        raise InputError(
+            f"x: a group's largest magnitude {float(groups.abs().max()):g} needs a scale above "
+            f"{scale_dtype}'s largest, {torch.finfo(scale_dtype).max:g}; scale the tensor "
+            "down first, or use scale_dtype=torch.float32"
+        )
     # A scale is at least the smallest normal number of its format (2^-14 for FP16): an
     # all-zero group then rounds to 0 instead of dividing by zero, and a group of tiny weights
     # (amax < 7 * 2^-14) keeps a step of 2^-14, an error far below any weight that matters.

@@ -13,7 +13,9 @@ costs, plus the decoding. Group-wise INT4 and codebooks are always used this way
 
 - ``native``: a matrix or dot-product instruction takes the format as an operand;
 - ``convert``: instructions convert to and from it, the multiply runs in a wider type;
-- ``emulated``: no support; software decodes it (the cost above);
+- ``emulated``: no instruction takes the format as it is stored: software decodes it (the
+  cost above), or, where the elements are native but the block scales are not (MX on
+  Hopper's FP8 tensor cores), applies the scales to the partial products;
 
 and the key of its source in ``SOURCES`` (vendor manuals and whitepapers, by section).
 """
@@ -100,7 +102,7 @@ TABLE = (
         mxfp4=(NATIVE, "ptx"),
         nvfp4=(NATIVE, "ptx"),
     ),
-    _row("Cortex-M4/M7 (DSP extension)", "cmsis-nn", int8=NATIVE, fp16=(CONVERT, "armv7m")),
+    _row("Cortex-M4/M7 (DSP extension)", "cmsis-nn", int8=CONVERT, fp16=(CONVERT, "armv7m")),
     _row("Cortex-M55/M85 (Helium)", "helium", int8=NATIVE, fp16=NATIVE),
 )
 

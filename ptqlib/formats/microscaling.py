@@ -27,11 +27,17 @@ can exceed the format's largest number: with E2M1 (max 6 = 1.5 * 2^2), a block w
 scale up instead (NVIDIA's "RCEIL", ``X = 2^ceil(log2(amax / max))``) never saturates but
 wastes part of the top binade; the specification's rule is the floor.
 
-torchao's ``to_mx(x, elem_dtype, block_size)`` implements this rule as its default
+torchao 0.18's ``to_mx(x, elem_dtype, block_size)`` implements this rule as its default
 ``ScaleCalculationMode.FLOOR`` and agrees with :func:`quantize_mx` bit for bit, except for
 blocks whose scale code is 0 (2^-127, blocks with amax below 2^(emax - 126)): it divides such
 blocks by 2^-126 (``F32_MIN_NORMAL``, to avoid FP32 subnormals on GPUs) but stores 2^-127, so
 their dequantized values come out half as large (``tests/test_formats_references.py``).
+
+microxcaling (Microsoft's MX reference code, ``mx.mx_ops._quantize_mx``) agrees bit for bit
+with ``round="even"``; its default ``round="nearest"`` rounds ties away from zero instead of
+to even. A block holding Inf or NaN gets E8M0's NaN scale (0xFF) in torchao's ``to_mx`` and
+in microxcaling, which makes the whole block NaN; :func:`quantize_mx` refuses such a tensor
+with an InputError instead.
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ others are from the OCP Microscaling (MX) specification v1.0: FP6 E3M2/E2M3 (sec
 FP4 E2M1 (section 5.3.3, Table 5: no inf, no NaN) and the scale format E8M0 (section 5.4.1,
 Table 7: an unsigned biased exponent, 2^(e - 127) for e = 0..254, 0xFF = NaN, no zero).
 
-**Rounding** (:func:`encode`) is round to nearest, ties to even, as IEEE 754 and all these
-specifications require. For a magnitude ``a`` the binade is ``k = floor(log2 a)`` (exact, from
+**Rounding** (:func:`encode`) is round to nearest, ties to even: IEEE 754's default, the
+mode the MX specification requires every implementation to support (section 6.3), and what
+PyTorch's casts do. (The FP8 paper, section 2, leaves the rounding mode to the
+implementation.) For a magnitude ``a`` the binade is ``k = floor(log2 a)`` (exact, from
 ``frexp``), raised to the lowest binade for subnormals; then ``a / 2^(k - M)`` is rounded to an
 integer ``n`` and the code is::
 
@@ -41,8 +43,9 @@ lies in [0, 2^(M+1)], a multiplication by a power of two that loses nothing, exc
 so small that they round to 0 in every format here.
 
 **Overflow**: a magnitude whose rounded value exceeds the largest finite number ``max``.
-The FP8 paper (section 3) saturates: "values that overflow are then saturated to the maximum
-representable value"; its authors clarified (recorded in ONNX's float8 design, onnx/onnx pull
+The FP8 paper (section 2) saturates: "values that overflow are then saturated to the maximum
+representable value"; it also turns infinities into NaN for E4M3 and allows a non-saturating
+mode. Its authors clarified (recorded in ONNX's float8 design, onnx/onnx pull
 request 4805) that conversions come in two modes: *saturating* gives +-max, *non-saturating*
 gives inf for E5M2 and NaN for E4M3. :func:`encode` does both (``saturate``). A format with
 neither inf nor NaN (E2M1, E2M3, E3M2) can only saturate, which is what MX section 6.3

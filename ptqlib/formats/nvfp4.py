@@ -47,6 +47,11 @@ from ptqlib.formats.minifloat import E2M1, E4M3, decode, encode, lookup
 from ptqlib.quantization import check_finite
 
 NVFP4_BLOCK_SIZE = 16
+# The smallest tensor scale. The element multiplier (1 / tensor_scale) / block_scale must stay
+# a finite FP32 number for block scales down to E4M3's smallest, 2^-9, so 1 / tensor_scale
+# must stay below 2^(128 - 9). Only a tensor with amax below 6 * 448 * 2^-118 (about 8e-33)
+# reaches this floor; without it, its zeros would become 0 * inf = NaN.
+SMALLEST_TENSOR_SCALE = 2.0**-118
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,14 @@ class NVFP4Tensor:
 
 
 def nvfp4_tensor_scale(amax: float | torch.Tensor) -> torch.Tensor:
-    """``amax / (6 * 448)`` in FP32 (1.0 for an all-zero tensor)."""
+    """``amax / (6 * 448)`` in FP32 (1.0 for an all-zero tensor, at least
+    :data:`SMALLEST_TENSOR_SCALE` for a tiny one)."""
     amax = torch.as_tensor(amax, dtype=torch.float32)
     if amax.dim() != 0 or not bool(torch.isfinite(amax)) or float(amax) < 0:
         raise InputError(f"amax: expected one finite number >= 0, got {amax}")
     if float(amax) == 0:
         return torch.tensor(1.0)
-    return amax / (E2M1.max_value * E4M3.max_value)
+    return torch.clamp(amax / (E2M1.max_value * E4M3.max_value), min=SMALLEST_TENSOR_SCALE)
 
 
 def quantize_nvfp4(

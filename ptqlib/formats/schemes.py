@@ -20,9 +20,9 @@ of a quantized tensor counts what it really stores (partial blocks included).
 
 ``for_activations`` marks the formats meant for activations as well as weights: the FP8 and
 block-float formats, which Hopper (FP8) and Blackwell (MX, NVFP4) tensor cores take as both
-GEMM operands. E5M2 is meant for gradients (FP8 paper, section 4: its extra range is for
-them), the group-wise integers and the codebook for weights only (LLM runtimes keep the
-activations in 16 bits).
+GEMM operands. E5M2 is meant for gradients (FP8 paper, section 3: "E4M3 for weight and
+activation tensors, and E5M2 for gradient tensors"), the group-wise integers and the codebook
+for weights only (LLM runtimes keep the activations in 16 bits).
 """
 
 from __future__ import annotations
@@ -162,6 +162,6 @@ SCHEMES: dict[str, Scheme] = {
 
 def get_scheme(name: str) -> Scheme:
     """The scheme called ``name``, or an InputError listing the known ones."""
-    if name not in SCHEMES:
+    if not isinstance(name, str) or name not in SCHEMES:
         raise InputError(f"format: unknown format {name!r}; expected one of {', '.join(SCHEMES)}")
     return SCHEMES[name]

@@ -12,7 +12,12 @@ simulation predicts a real kernel's result up to the order of the FP32 sums; for
 Blocks run along the reduction axis (``ptqlib.formats.blocks``): a Linear's weight
 ``[out, in]`` as it is, a convolution's ``[out, in, kh, kw]`` as ``[out, in * kh * kw]``;
 an activation along its features (a Linear's input ``[N, in]``) or its channels (a
-convolution's input ``[N, C, H, W]``, blocks of C at every pixel). Per-tensor activation
+convolution's input ``[N, C, H, W]``, blocks of C at every pixel). For a Linear and a 1x1
+convolution the blocks of weight and input line up along K, as in a block-scaled GEMM. A 3x3
+convolution's operands are each rounded with their own blocks: PyTorch orders a weight's K as
+(in, kh, kw), so a weight block spans the taps of several channels, while an input block
+spans channels at one pixel (a hardware MX convolution, an implicit GEMM on channels-last
+data, orders K as (kh, kw, in) so that both run along the channels). Per-tensor activation
 scales (FP8, NVFP4's FP32 scale) come from a calibration run, :func:`activation_amax`, like
 the INT8 model's activation ranges; block scales are computed from each block as it arrives.
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_integer, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_integer, draw_uniform
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.formats.codebook import nearest_centroid
 from ptqlib.formats.microscaling import shared_exponent
 from ptqlib.formats.minifloat import E2M1, E4M3, decode
@@ -41,10 +42,22 @@ def decode_cases() -> list[Case]:
         (0x05, "a subnormal: 0 0000 101", "exponent 0: value = 2^(1 - 7) * (m / 8), no leading 1"),
         (0x80, "negative zero", "-0.0: the sign bit alone"),
         (0x7F, "0 1111 111", "the one NaN pattern (with either sign): return float('nan')"),
+        (0xFF, "1 1111 111", "S.1111.111 is NaN with either sign: test the bits below the sign"),
     ):
-        expected = float(decode(torch.tensor([byte]), E4M3))
-        cases.append(Case(name, (("byte", byte),), expected, hint))
+        cases.append(_decode_case(name, byte, hint))
     return cases
+
+
+def _decode_case(name: str, byte: int, hint: str) -> Case:
+    return Case(name, (("byte", byte),), float(decode(torch.tensor([byte]), E4M3)), hint)
+
+
+def draw_decode_cases(generator: torch.Generator) -> list[Case]:
+    """Random bytes: normal and subnormal numbers of both signs."""
+    hint = "sign * 2^(e - 7) * (1 + m / 8); exponent 0: 2^(1 - 7) * (m / 8); 0x7F and 0xFF: NaN"
+    bytes_ = torch.randint(0, 256, (8,), generator=generator).tolist()
+    bytes_[0] = int(torch.randint(1, 8, (), generator=generator))  # one subnormal at least
+    return [_decode_case(f"the byte 0x{byte:02X}", byte, hint) for byte in bytes_]
 
 
 def _compare_decoded(case: Case, got: Any) -> None:
@@ -58,7 +71,7 @@ def _compare_decoded(case: Case, got: Any) -> None:
 
 def check_decode_e4m3(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(byte) -> float`` against ``ptqlib.formats.minifloat.decode``."""
-    run_cases("check_decode_e4m3", student_fn, decode_cases(), _compare_decoded)
+    run_exercise(DECODE_E4M3, student_fn)
 
 
 # --- exercise 2: an MX block's scale --------------------------------------------------------
@@ -97,9 +110,41 @@ def scale_cases() -> list[Case]:
             E2M1.max_exponent,
             "log2(0) is -inf: the exponent is clamped to E8M0's smallest, -127 (code 0)",
         ),
+        (
+            "a block of tiny values (amax 2^-130, an FP32 subnormal)",
+            torch.full((32,), 2.0**-130),
+            E2M1.max_exponent,
+            "clamp to E8M0's range: the exponent never goes below -127 (code 0)",
+        ),
     ):
-        arguments = (("block", block), ("emax", emax))
-        cases.append(Case(name, arguments, _scale_code(block, emax), hint))
+        cases.append(_scale_case(name, block, emax, hint))
+    return cases
+
+
+def _scale_case(name: str, block: torch.Tensor, emax: int, hint: str) -> Case:
+    return Case(name, (("block", block), ("emax", emax)), _scale_code(block, emax), hint)
+
+
+def draw_scale_cases(generator: torch.Generator) -> list[Case]:
+    """Random blocks of 32 over many binades, E2M1 and E4M3 elements; the largest magnitude
+    is never within a millionth of a binade of a power of two."""
+    hint = "X = 2^(floor(log2(max |v|)) - emax); its E8M0 code is the exponent + 127"
+    cases = []
+    for emax in (E2M1.max_exponent, E4M3.max_exponent, E2M1.max_exponent):
+        while True:
+            block = torch.randn(32, generator=generator) * 10 ** draw_uniform(generator, -4, 3)
+            block = block.float()
+            binade = math.log2(float(block.abs().max()))
+            if abs(binade - round(binade)) > 1e-6:
+                break
+        cases.append(
+            _scale_case(
+                f"a random block, amax {float(block.abs().max()):.4g}, emax {emax}",
+                block,
+                emax,
+                hint,
+            )
+        )
     return cases
 
 
@@ -113,7 +158,7 @@ def _compare_code(case: Case, got: Any) -> None:
 
 def check_mx_scale_code(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(block, emax) -> int`` (the E8M0 code of the block's scale)."""
-    run_cases("check_mx_scale_code", student_fn, scale_cases(), _compare_code)
+    run_exercise(MX_SCALE_CODE, student_fn)
 
 
 # --- exercise 3: one k-means step -----------------------------------------------------------
@@ -150,8 +195,30 @@ def kmeans_cases() -> list[Case]:
             "nearest by absolute distance |v - c|",
         ),
     ):
-        arguments = (("values", values), ("centroids", centroids))
-        cases.append(Case(name, arguments, _kmeans_step(values, centroids), hint))
+        cases.append(_kmeans_case(name, values, centroids, hint))
+    return cases
+
+
+def _kmeans_case(name: str, values: torch.Tensor, centroids: torch.Tensor, hint: str) -> Case:
+    arguments = (("values", values), ("centroids", centroids))
+    return Case(name, arguments, _kmeans_step(values, centroids), hint)
+
+
+def draw_kmeans_cases(generator: torch.Generator) -> list[Case]:
+    """Random weights and 2 to 8 random centroids in increasing order (as ptqlib keeps a
+    codebook), the last far from every value."""
+    hint = "assign each value to its nearest centroid; a centroid with no values stays"
+    cases = []
+    for _ in range(3):
+        values = torch.randn(
+            int(torch.randint(10, 200, (), generator=generator)), generator=generator
+        )
+        count = int(torch.randint(2, 9, (), generator=generator))
+        centroids = torch.randn(count, generator=generator).sort().values
+        centroids[-1] = 50.0  # gets no value
+        cases.append(
+            _kmeans_case(f"{len(values)} values, {count} centroids", values, centroids, hint)
+        )
     return cases
 
 
@@ -165,4 +232,33 @@ def _compare_centroids(case: Case, got: Any) -> None:
 
 def check_kmeans_step(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(values, centroids) -> new_centroids`` (one Lloyd iteration)."""
-    run_cases("check_kmeans_step", student_fn, kmeans_cases(), _compare_centroids)
+    run_exercise(KMEANS_STEP, student_fn)
+
+
+DECODE_E4M3 = Exercise(
+    id="decode_e4m3",
+    notebook="12_number_formats",
+    function="decode_e4m3",
+    cases=decode_cases,
+    draw=draw_decode_cases,
+    compare=_compare_decoded,
+    answers=("ptqlib.formats.minifloat.decode",),
+)
+MX_SCALE_CODE = Exercise(
+    id="mx_scale_code",
+    notebook="12_number_formats",
+    function="mx_scale_code",
+    cases=scale_cases,
+    draw=draw_scale_cases,
+    compare=_compare_code,
+    answers=("ptqlib.formats.microscaling.shared_exponent",),
+)
+KMEANS_STEP = Exercise(
+    id="kmeans_step",
+    notebook="12_number_formats",
+    function="kmeans_step",
+    cases=kmeans_cases,
+    draw=draw_kmeans_cases,
+    compare=_compare_centroids,
+    answers=("ptqlib.formats.codebook.nearest_centroid",),
+)
