@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO_ROOT, run_cli
 from ptqlib.app import cli
 from ptqlib.classroom import grade, grade_report
-from ptqlib.classroom.exercises import find_exercises, solved_edition, student_edition
+from ptqlib.classroom.cells import find_exercises, solved_edition, student_edition
 from ptqlib.data import load_mnist
 from ptqlib.errors import InputError
 from ptqlib.training import load_or_train_baseline

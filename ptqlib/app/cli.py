@@ -131,9 +131,11 @@ def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_grade(args: argparse.Namespace) -> int:
-    """The ``grade`` command, imported when it runs: it needs nbformat and nbclient, which
-    come with the dev extras, and the other commands must work without them."""
-    missing = [name for name in ("nbformat", "nbclient") if importlib.util.find_spec(name) is None]
+    """The ``grade`` command, imported when it runs: it needs jupyter_client and ipykernel,
+    which come with the dev extras, and the other commands must work without them."""
+    missing = [
+        name for name in ("jupyter_client", "ipykernel") if importlib.util.find_spec(name) is None
+    ]
     if missing:
         raise InputError(
             f"grade needs {' and '.join(missing)} to run notebooks; install the dev extras: "
@@ -331,13 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     grade = subcommands.add_parser(
         "grade",
-        help="run handed-in student notebooks and grade their exercises (executes their code: "
-        "use a container or a throwaway account)",
+        help="run handed-in student notebooks, each in a sandbox (bubblewrap), and grade "
+        "their exercises from their answers",
     )
     grade.add_argument(
         "submissions",
         metavar="SUBMISSIONS",
-        help="folder of .ipynb files: one per student (alice.ipynb) or one subfolder per student",
+        help="folder of hand-ins: one notebook per student (alice.ipynb) or one subfolder "
+        "per student",
     )
     grade.add_argument(
         "--out", default="grades.csv", help="the CSV grade sheet to write (default grades.csv)"
@@ -349,15 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one cell may run before its notebook is stopped (default 120)",
     )
     grade.add_argument(
-        "--handout",
+        "--notebook-timeout",
+        type=positive_int,
         default=None,
-        help="folder of the handed-out notebooks whose checker cells grade (default the "
-        "repository's notebooks/); a submission with the same file name runs their checkers",
+        help="seconds a whole notebook may run (default 600)",
     )
     grade.add_argument(
-        "--trust-checkers",
-        action="store_true",
-        help="run the submissions' own checker cells, even if edited",
+        "--memory",
+        type=positive_int,
+        default=None,
+        help="MiB of memory a notebook's processes may use together, where a control group "
+        "can be made (default 4096)",
+    )
+    grade.add_argument(
+        "--jobs", type=positive_int, default=1, help="notebooks graded at once (default 1)"
     )
     grade.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of the table"

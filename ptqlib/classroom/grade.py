@@ -1,56 +1,67 @@
-"""Grade a class: ``python -m ptqlib grade SUBMISSIONS/`` runs every handed-in notebook and
-records, per exercise, what its checker said.
+"""Grade a class: ``python -m ptqlib grade SUBMISSIONS/`` runs every handed-in notebook in a
+sandbox and decides, per exercise, from the answers alone, in this process.
 
-Each ``.ipynb`` under ``SUBMISSIONS/`` is one student's notebook: ``alice.ipynb`` belongs to
-the student ``alice``; ``alice/02_quantization_math.ipynb`` (one subfolder per student) too.
-A notebook is read, never written: it runs in a fresh kernel (the ``python3`` kernel of this
-environment) whose working directory and ``PTQLIB_OUTPUT_DIR`` are a temporary folder, cell by
-cell, in order, each cell with a time limit. A cell that raises does not stop the notebook (a
-student who got exercise 1 wrong is still graded on exercise 2); a cell that runs past the
-limit, or a kernel that dies, stops that notebook and grading goes on with the next one.
+Every file under ``SUBMISSIONS/`` is one student's hand-in: ``alice.ipynb`` belongs to
+``alice``; ``alice/02_quantization_math.ipynb`` (one subfolder per student) too. Hidden
+files and folders (``.ipynb_checkpoints``) are skipped; anything else that is not a notebook
+is a row that says so. A submission is read, never written.
 
-The exercises are the cells tagged ``checker`` (see :mod:`ptqlib.classroom.exercises`, the
-definition ``make student`` uses too). Each gets one outcome, from its checker cell's run:
+For each notebook (see :mod:`ptqlib.classroom.submission`): its exercises are found by the
+checkers its cells call, whatever its file name; the grader draws each exercise's cases
+afresh (the known-answer cases and random ones, :mod:`ptqlib.classroom.checkers.exercise`),
+keeps their answers, and runs the notebook in a sandbox (:mod:`ptqlib.classroom.sandbox`)
+with only the cases' inputs; in place of each checker cell the student's function is
+called on them and its results come back as plain data. The outcome of an exercise:
 
-- ``passed``: the checker printed PASS;
-- ``failed``: the checker raised AssertionError; the detail is its first line and its hint;
-- ``not attempted``: the checker printed NOT ATTEMPTED (the skeleton still raises
-  NotImplementedError);
-- ``answered``: the checker ran and gave no verdict (an open question such as notebook 03's
-  choice of observers): read its output;
-- ``errored``: the checker raised anything else, or never ran; the detail names the cell that
-  raised before it (cell numbers count every cell from 1, markdown included) and the error's
-  last line.
+- ``passed``: every result equals the grader's answer (the exercise's own comparison);
+- ``failed``: a result differs, is not plain data, or the function raised; the detail names
+  the case and its hint;
+- ``not attempted``: the function still raises NotImplementedError;
+- ``answered``: an open question (no right answer) whose function returned a choice, shown
+  in the detail; never ``passed``;
+- ``errored``: no answers: the function is not defined (the detail names the cell that
+  raised before defining it), or its checker cell never ran.
 
-The checker cells that run are the hand-out's: when the folder of handed-out notebooks
-(``--handout``, default the repository's ``notebooks/``) has a notebook of the same file name,
-its checker cells replace the submission's, one for one, so an edited checker
-(``print("PASS")``) does not grade itself.
-
-Problems of the whole notebook get a row with the exercise ``(notebook)``: ``not a notebook``
-(the file is not notebook JSON), ``cell error`` (a cell outside the checkers raised),
-``timed out``, ``kernel died``, ``checker edited`` (the hand-out's checker ran instead) and
-``checkers changed`` (not as many checker cells as the hand-out: the notebook's own ran).
-
-Grading executes the students' code: run it in a container or a throwaway account.
+A passed or failed exercise whose function calls ptqlib's own answer (or the checkers' code,
+or hides what it runs) says so in its detail: ``flag: uses ...`` (:mod:`ptqlib.classroom.
+flags`). Problems of the whole notebook get a row with the exercise ``(notebook)``: ``not a
+notebook``, ``no exercises``, ``wrong notebook``, ``checker edited``, ``checker missing``,
+``suspicious`` (code that only makes sense against a grader), ``cell error`` (a cell that
+raised; cell numbers count every cell from 1, markdown included), ``timed out``,
+``kernel died`` and ``not run`` (the sandbox itself failed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
+import secrets
+import stat
 import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import nbformat
+import torch
 
-from ptqlib.classroom.exercises import CHECKER_TAG, Exercise, find_exercises, tags
+from ptqlib.classroom.checkers.core import Case, WrongAnswer
+from ptqlib.classroom.checkers.exercise import Exercise, OpenQuestion
+from ptqlib.classroom.flags import exercise_flags, notebook_flags
+from ptqlib.classroom.plain import NotPlainData, decode, encode
+from ptqlib.classroom.runner import KERNEL_DIED, NOTEBOOK_TIMED_OUT, TIMED_OUT
+from ptqlib.classroom.sandbox import Limits, SandboxRun, isolation_problem, run_notebook
+from ptqlib.classroom.submission import (
+    Cell,
+    Match,
+    defined_names,
+    match_notebook,
+    read_cells,
+    runnable_cells,
+)
 from ptqlib.errors import InputError
-from ptqlib.paths import OUTPUT_DIR_ENV, REPO_ROOT, artifacts_dir
 
 # The outcome of an exercise.
 PASSED = "passed"
@@ -58,18 +69,16 @@ FAILED = "failed"
 NOT_ATTEMPTED = "not attempted"
 ANSWERED = "answered"
 ERRORED = "errored"
-# Problems of a whole notebook.
+# Problems of a whole notebook (and those of ptqlib.classroom.submission).
 NOT_A_NOTEBOOK = "not a notebook"
+NO_EXERCISES = "no exercises"
+SUSPICIOUS = "suspicious"
 CELL_ERROR = "cell error"
-TIMED_OUT = "timed out"
-KERNEL_DIED = "kernel died"
-CHECKER_EDITED = "checker edited"
-CHECKERS_CHANGED = "checkers changed"
+NOT_RUN = "not run"
 WHOLE_NOTEBOOK = "(notebook)"  # the exercise column of a row about the whole notebook
-DEFAULT_TIMEOUT_S = 120
-KERNEL_NAME = "python3"
-# The notebooks make student hands out: their checker cells are the ones that grade.
-DEFAULT_HANDOUT = REPO_ROOT / "notebooks"
+DETAIL_CHARS = 400
+STOPS = (None, TIMED_OUT, NOTEBOOK_TIMED_OUT, KERNEL_DIED)
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 @dataclass(frozen=True)
@@ -78,246 +87,260 @@ class Grade:
 
     student: str
     notebook: str  # the file's path inside the student's folder (or its name)
-    exercise: str  # the checker(s) the exercise calls, or "(notebook)"
+    exercise: str  # the exercise's id, or "(notebook)"
     outcome: str
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class CellRun:
-    """How one code cell ran: its printed text and, if it raised, the error's last line."""
-
-    index: int  # 0-based position in the notebook
-    stdout: str
-    error: str | None  # "ZeroDivisionError: division by zero"
-    error_name: str | None  # "ZeroDivisionError"
-    error_message: str  # the exception's whole message (a checker's hint is in it)
-
-
-@dataclass(frozen=True)
+@dataclass
 class NotebookRun:
-    """The cells that ran, in order, and why the run stopped early (None: it did not)."""
+    """What the sandbox reported: cells that raised, how far it got, the answers."""
 
-    cells: dict[int, CellRun]
-    stopped: str | None  # TIMED_OUT or KERNEL_DIED
-    stopped_at: int | None  # the cell that timed out or killed the kernel
+    errors: dict[int, str] = field(default_factory=dict)
+    ran: set[int] = field(default_factory=set)
+    stopped: str | None = None
+    stopped_at: int | None = None
+    answers: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None  # the run gave no usable report
+
+
+def clean(text: str) -> str:
+    """One line without control characters (terminal escapes), at most DETAIL_CHARS."""
+    text = CONTROL.sub(" ", str(text)).strip()
+    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
 
 
 def find_submissions(folder: Path) -> list[tuple[str, str, Path]]:
-    """(student, notebook, path) of every ``.ipynb`` under ``folder``, sorted.
-
-    A notebook directly in ``folder`` is its own student (the file's stem); one further down
-    belongs to the subfolder it is in. Jupyter's ``.ipynb_checkpoints`` copies are skipped."""
+    """(student, file, path) of every file under ``folder``, sorted; hidden ones skipped."""
     if not folder.is_dir():
         raise InputError(f"SUBMISSIONS: {str(folder)!r} is not a folder of handed-in notebooks")
     found = []
-    for path in sorted(folder.rglob("*.ipynb")):
-        relative = path.relative_to(folder)
-        if ".ipynb_checkpoints" in relative.parts or not path.is_file():
-            continue
-        if len(relative.parts) == 1:
-            found.append((path.stem, path.name, path))
-        else:
-            found.append((relative.parts[0], Path(*relative.parts[1:]).as_posix(), path))
+    for root, folders, files in os.walk(folder):  # does not follow links to folders
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            relative = path.relative_to(folder)
+            if name.startswith("."):
+                continue
+            if len(relative.parts) == 1:
+                found.append((path.stem, name, path))
+            else:
+                found.append((relative.parts[0], Path(*relative.parts[1:]).as_posix(), path))
     if not found:
-        raise InputError(f"SUBMISSIONS: no .ipynb files under {str(folder)!r}")
+        raise InputError(f"SUBMISSIONS: no files under {str(folder)!r}")
     return found
 
 
-def read_submission(path: Path) -> nbformat.NotebookNode:
-    """The notebook in ``path``; InputError naming the problem if it is not one."""
+def read_report(run: SandboxRun) -> NotebookRun:
+    """The runner's report, checked field by field: it comes from the sandbox."""
     try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text)
-    except ValueError as error:  # invalid JSON or not UTF-8 (UnicodeDecodeError)
-        raise InputError(f"not JSON: {error}") from None
-    if not isinstance(raw, dict) or raw.get("nbformat") != 4:
-        raise InputError("JSON, but not a notebook in Jupyter's format 4 (nbformat: 4)")
-    cells = raw.get("cells")
-    # nbformat's validator expects a list of objects; it checks their fields.
-    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
-        raise InputError("not a valid notebook: 'cells' is not a list of cells")
-    try:
-        nbformat.validate(raw, version=4)
-    except nbformat.ValidationError as error:
-        raise InputError(f"not a valid notebook: {str(error).splitlines()[0]}") from None
-    return nbformat.reads(text, as_version=4)  # valid now; joins each source's lines
-
-
-def kernel_environment(workdir: Path) -> dict[str, str]:
-    """This process's environment, with ptqlib's outputs sent into ``workdir``."""
-    environment = dict(os.environ)
-    environment[OUTPUT_DIR_ENV] = str(workdir)
-    return environment
-
-
-def prepare_workdir(workdir: Path) -> None:
-    """Copy the grader's cached checkpoints (``artifacts/``) into ``workdir``, so notebooks
-    that load the cached baseline do not each train it again. A copy, not a link: a student's
-    notebook cannot change the cache the next student's notebook reads."""
-    cached = artifacts_dir()
-    if cached.is_dir():
-        shutil.copytree(cached, workdir / "artifacts")
-
-
-def error_line(name: str, message: str) -> str:
-    """The last line of a traceback, ``Name: first line of the message``."""
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    return f"{name}: {first}" if first else name
-
-
-def cell_run(index: int, cell: nbformat.NotebookNode) -> CellRun:
-    """What an executed cell printed on stdout and the error it raised, from its outputs."""
-    stdout, error, name, message = [], None, None, ""
-    for output in cell.outputs:
-        if output.output_type == "stream" and output.name == "stdout":
-            stdout.append(output.text)
-        elif output.output_type == "error":
-            name, message = output.ename, output.evalue
-            error = error_line(name, message)
-    return CellRun(index, "".join(stdout), error, name, message)
-
-
-def run_notebook(notebook: nbformat.NotebookNode, timeout: int) -> NotebookRun:
-    """Execute the code cells of a copy of ``notebook`` in order, in a fresh kernel, each
-    with ``timeout`` seconds; go on past cells that raise, stop at a timeout or a dead
-    kernel."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    notebook = nbformat.from_dict(notebook)  # the executed outputs land in this copy
-    cells: dict[int, CellRun] = {}
-    with tempfile.TemporaryDirectory(prefix="ptqlib-grade-") as folder:
-        workdir = Path(folder)
-        prepare_workdir(workdir)
-        client = NotebookClient(
-            notebook,
-            timeout=timeout,
-            kernel_name=KERNEL_NAME,
-            allow_errors=True,  # record the error and run the next cell
-            resources={"metadata": {"path": str(workdir)}},  # the kernel's working directory
+        data = json.loads(run.report.decode("utf-8"))
+        report = NotebookRun(
+            errors={int(index): clean(text) for index, text in data["cells"].items()},
+            ran={int(index) for index in data["ran"]},
+            stopped=data["stopped"]
+            if data["stopped"] in (None, TIMED_OUT, NOTEBOOK_TIMED_OUT, KERNEL_DIED)
+            else None,
+            stopped_at=None if data["stopped_at"] is None else int(data["stopped_at"]),
+            answers={str(key): str(text) for key, text in data["answers"].items()},
         )
-        with client.setup_kernel(env=kernel_environment(workdir)):
-            for index, cell in enumerate(notebook.cells):
-                if cell.cell_type != "code" or not cell.source.strip():
-                    continue
-                try:
-                    client.execute_cell(cell, index)
-                except CellTimeoutError:
-                    return NotebookRun(cells, TIMED_OUT, index)
-                except DeadKernelError:
-                    return NotebookRun(cells, KERNEL_DIED, index)
-                cells[index] = cell_run(index, cell)
-    return NotebookRun(cells, None, None)
-
-
-def failure_detail(message: str) -> str:
-    """A checker's AssertionError message in one line: which case failed, and the hint."""
-    # " ".join(split()): the checkers align their lines with runs of spaces ("hint:        ...")
-    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
-    if not lines:
-        return "AssertionError"
-    hints = [line for line in lines if line.startswith("hint:")]
-    return "; ".join([lines[0], *hints[:1]])
-
-
-def last_error_before(run: NotebookRun, index: int) -> CellRun | None:
-    """The closest cell above ``index`` that raised, if any."""
-    raised = [cell for cell in run.cells.values() if cell.index < index and cell.error]
-    return raised[-1] if raised else None
-
-
-def grade_exercise(exercise: Exercise, run: NotebookRun) -> tuple[str, str]:
-    """(outcome, detail) of one exercise from the run of its checker cell."""
-    checker = run.cells.get(exercise.checker)
-    if checker is None and run.stopped is None:
-        return ERRORED, f"cell {exercise.checker + 1}: the checker cell is empty"
-    if checker is None:  # the run stopped at or before the checker
-        return ERRORED, f"not run: cell {run.stopped_at + 1} {run.stopped}"
-    if checker.error_name == "AssertionError":
-        return FAILED, failure_detail(checker.error_message)
-    if checker.error:
-        earlier = last_error_before(run, exercise.checker)
-        culprit = earlier if earlier is not None else checker
-        return ERRORED, f"cell {culprit.index + 1}: {culprit.error}"
-    if "NOT ATTEMPTED" in checker.stdout:
-        return NOT_ATTEMPTED, ""
-    if "PASS" in checker.stdout:
-        return PASSED, ""
-    printed = checker.stdout.strip().splitlines()
-    return ANSWERED, printed[-1] if printed else "the checker printed nothing"
-
-
-def restore_checkers(
-    notebook: nbformat.NotebookNode, handout: nbformat.NotebookNode
-) -> tuple[list[int], str | None]:
-    """Put the hand-out's checker cells back into ``notebook`` (in place), so that a checker
-    a student edited (``print("PASS")``) is not what grades them.
-
-    Returns the indices of the cells put back, and a problem when the two notebooks do not
-    have the same number of checker cells (then nothing is changed: the notebook's own
-    checkers run)."""
-    theirs = [index for index, cell in enumerate(notebook.cells) if CHECKER_TAG in tags(cell)]
-    ours = [cell.source for cell in handout.cells if CHECKER_TAG in tags(cell)]
-    if len(theirs) != len(ours):
-        return [], f"the hand-out has {len(ours)} checker cells, this notebook {len(theirs)}"
-    edited = []
-    for index, source in zip(theirs, ours, strict=True):
-        if notebook.cells[index].source.strip() != source.strip():
-            notebook.cells[index].source = source
-            edited.append(index)
-    return edited, None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        last = (run.errors.strip().splitlines() or ["no message"])[-1]
+        problem = run.problem or "the grading runner gave no report"
+        return NotebookRun(problem=clean(f"{problem} ({last})"))
+    report.problem = run.problem
+    return report
 
 
 def grade_notebook(
-    student: str, name: str, path: Path, timeout: int, handout: Path | None = None
+    student: str, name: str, path: Path, limits: Limits, sandboxed: bool
 ) -> list[Grade]:
-    """The grade sheet rows of one handed-in notebook: one per exercise, then one per problem
-    of the whole notebook. Its checkers are those of the notebook with the same file name in
-    ``handout``, when there is one."""
+    """The grade sheet rows of one handed-in file: one per exercise, then one per problem of
+    the whole notebook."""
+
+    def row(exercise: str, outcome: str, detail: str = "") -> Grade:
+        return Grade(student, name, exercise, outcome, clean(detail))
+
     try:
-        notebook = read_submission(path)
-    except InputError as error:
-        return [Grade(student, name, WHOLE_NOTEBOOK, NOT_A_NOTEBOOK, str(error))]
-    problems: list[tuple[str, str]] = []  # (outcome, detail) of the whole notebook
-    reference = handout / Path(name).name if handout is not None else None
-    if reference is not None and reference.is_file():
+        if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+            raise InputError("not a regular file (a link, a device...)")
+        cells = read_cells(path)
+    except (InputError, OSError) as error:
+        return [row(WHOLE_NOTEBOOK, NOT_A_NOTEBOOK, str(error))]
+    match = match_notebook(cells, Path(name).name)
+    if match.notebook is None:
+        return [row(WHOLE_NOTEBOOK, NO_EXERCISES, "it calls no checker of the series")]
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    cases = {
+        exercise.id: exercise.cases() + exercise.draw(generator)
+        for exercise in match.exercises
+        if isinstance(exercise, Exercise)
+    }
+    inputs = {
+        key: [[value for _, value in case.arguments] for case in each]
+        for key, each in cases.items()
+    }
+    notebook = {"cells": runnable_cells(cells, match)}
+    with tempfile.TemporaryDirectory(prefix="ptqlib-grade-") as folder:
+        run = read_report(run_notebook(Path(folder), notebook, encode(inputs), limits, sandboxed))
+    rows = []
+    for exercise in match.exercises:
+        outcome, detail = grade_exercise(exercise, cases.get(exercise.id, []), run, match, cells)
+        checked_at = first_check(match, exercise.id, len(cells))
+        flags = exercise_flags(cells, exercise, checked_at)
+        if flags and outcome in (PASSED, FAILED, ANSWERED):
+            detail = "; ".join(filter(None, [detail, "flag: " + "; ".join(flags)]))
+        rows.append(row(exercise.id, outcome, detail))
+    problems = list(match.problems)
+    suspicious = notebook_flags(cells)
+    if suspicious:
+        problems.append((SUSPICIOUS, "; ".join(suspicious)))
+    collectors = {index for index in match.checks}
+    for index, error in sorted(run.errors.items()):
+        if index not in collectors:
+            problems.append((CELL_ERROR, f"cell {index + 1}: {error}"))
+    problems += stop_problems(run, limits, len(cells))
+    return rows + [row(WHOLE_NOTEBOOK, outcome, detail) for outcome, detail in problems]
+
+
+def stop_problems(run: NotebookRun, limits: Limits, cell_count: int) -> list[tuple[str, str]]:
+    if run.stopped is None and run.problem is None:
+        return []
+    if run.stopped is None:
+        return [(NOT_RUN, run.problem or "")]
+    cell = _cell_name(run.stopped_at, cell_count)
+    if run.stopped == KERNEL_DIED:
+        return [(KERNEL_DIED, f"the kernel died in {cell}; later cells not run")]
+    if run.stopped == NOTEBOOK_TIMED_OUT:
+        detail = f"the notebook ran longer than {limits.notebook_timeout} s, in {cell}"
+    else:
+        detail = f"{cell} ran longer than {limits.cell_timeout} s"
+    return [(TIMED_OUT, f"{detail}; later cells not run")]
+
+
+def _cell_name(index: int | None, cell_count: int) -> str:
+    if index is None:
+        return "a cell"
+    return f"cell {index + 1}" if index < cell_count else "the checks after the last cell"
+
+
+def first_check(match: Match, exercise_id: str, cell_count: int) -> int:
+    """The first cell that checks the exercise (after the last one if none does)."""
+    checking = [index for index, ids in match.checks.items() if exercise_id in ids]
+    return min(checking, default=cell_count)
+
+
+def grade_exercise(
+    exercise: Exercise | OpenQuestion,
+    cases: list[Case],
+    run: NotebookRun,
+    match: Match,
+    cells: list[Cell],
+) -> tuple[str, str]:
+    """(outcome, detail) of one exercise from the answers its checker cells collected."""
+    text = run.answers.get(exercise.id)
+    if text is None:
+        return ERRORED, not_collected(exercise, run, match, cells)
+    try:
+        record = decode(text)
+        status = record["status"]
+    except (NotPlainData, TypeError, KeyError) as error:
+        return ERRORED, f"its answers could not be read: {error}"
+    if status == "undefined":
+        return ERRORED, undefined(exercise, run, cells)
+    if status == "prepare raised":
+        return FAILED, f"{exercise.function}: {record.get('message', '')}"
+    results = record.get("results") if status == "answered" else None
+    if not isinstance(results, list) or not results or not all(_is_result(r) for r in results):
+        return ERRORED, "its answers could not be read"
+    if isinstance(exercise, OpenQuestion):
+        return open_answer(exercise, results[0])
+    for number, (case, result) in enumerate(zip(cases, results, strict=False), start=1):
+        where = f"case {number} of {len(cases)} failed: {case.name}"
+        kind = result[0]
+        if kind == "not attempted":
+            return NOT_ATTEMPTED, ""
+        if kind == "raised":
+            return FAILED, f"{where}: your function raised {result[1]}; hint: {case.hint}"
+        if kind == "not plain":
+            return FAILED, f"{where}: your function returned {result[1]}, not plain data"
         try:
-            edited, mismatch = restore_checkers(notebook, read_submission(reference))
-        except InputError as error:
-            raise InputError(f"--handout: {str(reference)!r}: {error}") from None
-        for index in edited:
-            problems.append((CHECKER_EDITED, f"cell {index + 1}: the hand-out's checker ran"))
-        if mismatch is not None:
-            problems.append((CHECKERS_CHANGED, f"{mismatch}; its own checkers ran"))
-    run = run_notebook(notebook, timeout)
-    for cell in run.cells.values():
-        if cell.error and CHECKER_TAG not in tags(notebook.cells[cell.index]):
-            problems.append((CELL_ERROR, f"cell {cell.index + 1}: {cell.error}"))
-    if run.stopped == TIMED_OUT:
-        detail = f"cell {run.stopped_at + 1} ran longer than {timeout} s; later cells not run"
-        problems.append((TIMED_OUT, detail))
-    elif run.stopped == KERNEL_DIED:
-        detail = f"the kernel died in cell {run.stopped_at + 1}; later cells not run"
-        problems.append((KERNEL_DIED, detail))
-    exercises = [
-        Grade(student, name, exercise.name, *grade_exercise(exercise, run))
-        for exercise in find_exercises(notebook)
+            exercise.compare(case, result[1])
+        except WrongAnswer as wrong:
+            return FAILED, f"{where}: {wrong}; hint: {case.hint}"
+        except Exception as error:  # noqa: BLE001 - an answer the comparison cannot handle
+            return FAILED, f"{where}: the answer cannot be compared ({type(error).__name__})"
+    if len(results) != len(cases):
+        return ERRORED, f"answers to {len(results)} of the {len(cases)} cases"
+    return PASSED, ""
+
+
+def _is_result(result: Any) -> bool:
+    if not isinstance(result, list) or not result or not isinstance(result[0], str):
+        return False
+    sizes = {"not attempted": 1, "raised": 2, "not plain": 2, "returned": 2}
+    return sizes.get(result[0]) == len(result)
+
+
+def open_answer(exercise: OpenQuestion, result: list) -> tuple[str, str]:
+    """An open question: answered (with the choice), not attempted, or errored."""
+    if result[0] == "not attempted":
+        return NOT_ATTEMPTED, ""
+    if result[0] == "returned":
+        return ANSWERED, f"{exercise.function}() returned {result[1]!r}"
+    return ERRORED, f"{exercise.function}() {result[0]}: {result[1]}"
+
+
+def not_collected(
+    exercise: Exercise | OpenQuestion, run: NotebookRun, match: Match, cells: list[Cell]
+) -> str:
+    """Why an exercise has no answers."""
+    if run.stopped is None and run.problem is not None:
+        return f"not graded: {run.problem}"
+    checking = [index for index, ids in match.checks.items() if exercise.id in ids]
+    checking = checking or [len(cells) + match.missing.index(exercise.id)]
+    if run.stopped is not None and not any(index in run.ran for index in checking):
+        return f"not run: {_cell_name(run.stopped_at, len(cells))} {run.stopped}"
+    for index in checking:
+        if index in run.errors:
+            return f"{_cell_name(index, len(cells))}: {run.errors[index]}"
+    return "its checker cell ran but collected no answers (the notebook changed the collector?)"
+
+
+def undefined(exercise: Exercise | OpenQuestion, run: NotebookRun, cells: list[Cell]) -> str:
+    """An undefined function: the cell that raised before defining it, if one did."""
+    defining = [
+        cell.index
+        for cell in cells
+        if cell.kind == "code" and exercise.function in defined_names(cell.source)
     ]
-    return exercises + [Grade(student, name, WHOLE_NOTEBOOK, *problem) for problem in problems]
+    for index in defining:
+        if index in run.errors:
+            return f"cell {index + 1}: {run.errors[index]} (before defining {exercise.function})"
+    if not defining:
+        return f"no cell defines {exercise.function}"
+    return f"{exercise.function} is not defined when its checker cell runs"
 
 
 def grade_folder(
     folder: Path,
-    timeout: int = DEFAULT_TIMEOUT_S,
-    handout: Path | None = DEFAULT_HANDOUT,
+    limits: Limits | None = None,
+    jobs: int = 1,
+    sandboxed: bool | None = None,
     progress: bool = False,
-) -> Iterator[Grade]:
-    """Grade every notebook under ``folder``, one after the other, row by row; ``handout``
-    is the folder of the notebooks handed out (None: trust the submitted checker cells)."""
-    if handout is not None and not handout.is_dir():
-        raise InputError(f"--handout: {str(handout)!r} is not a folder of notebooks")
-    for student, name, path in find_submissions(folder):
+) -> list[Grade]:
+    """Grade every file under ``folder``, ``jobs`` notebooks at a time; rows in the order
+    of the files. ``sandboxed`` None: with bubblewrap if it runs here."""
+    limits = Limits() if limits is None else limits
+    submissions = find_submissions(folder)
+    if sandboxed is None:
+        sandboxed = isolation_problem() is None
+
+    def grade(submission: tuple[str, str, Path]) -> list[Grade]:
+        student, name, path = submission
         if progress:
-            print(f"grading {student}: {name}", file=sys.stderr, flush=True)
-        yield from grade_notebook(student, name, path, timeout, handout)
+            print(f"grading {clean(student)}: {clean(name)}", file=sys.stderr, flush=True)
+        return grade_notebook(student, name, path, limits, sandboxed)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [row for rows in pool.map(grade, submissions) for row in rows]

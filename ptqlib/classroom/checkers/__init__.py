@@ -60,15 +60,37 @@ test_checkers.py`` verifies that): any correct rounding to the nearest integer p
 One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline``
 (notebook 01: parameter count, INT8 size, hardest digits), ``quantization_math`` (notebook
 02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
-per-channel qparams, SQNR), ``observers_and_calibration`` (03), ``int8_conversion`` and
-``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08),
-``debugging`` (09) and ``c_export`` (10). The expected answers come from ptqlib itself or
-from private functions that the tests compare with ptqlib; no solution is exported.
-``core`` holds what they share (:class:`~ptqlib.classroom.checkers.core.Case`,
+per-channel qparams, SQNR), ``observers_and_calibration`` and ``observer_choice`` (03),
+``int8_conversion`` and ``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06),
+``cnn`` (07), ``deploy`` (08), ``debugging`` (09) and ``c_export`` (10). The expected
+answers come from ptqlib itself or from private functions that the tests compare with
+ptqlib; no solution is exported.
+
+Each exercise is defined once, as an
+:class:`~ptqlib.classroom.checkers.exercise.Exercise` (its id, notebook, function name,
+cases, fresh cases for grading, comparison and ptqlib's own answer), and listed in
+:data:`EXERCISES`: the checker above and ``python -m ptqlib grade`` are both built from it
+(see :mod:`ptqlib.classroom.checkers.exercise` for the protocol a new exercise follows).
+``core`` holds what the checkers share (:class:`~ptqlib.classroom.checkers.core.Case`,
 :func:`~ptqlib.classroom.checkers.core.run_cases` and the comparisons), ready for a checker
 of your own.
 """
 
+from ptqlib.classroom.checkers import (
+    c_export,
+    cnn,
+    debugging,
+    deploy,
+    evaluation,
+    fp32_baseline,
+    int8_conversion,
+    integer_layer,
+    low_bit,
+    observer_choice,
+    observers_and_calibration,
+    quantization_math,
+    quantization_schemes,
+)
 from ptqlib.classroom.checkers.c_export import check_arena_bytes, check_requantize_c
 from ptqlib.classroom.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 from ptqlib.classroom.checkers.core import Case, run_cases
@@ -79,6 +101,7 @@ from ptqlib.classroom.checkers.deploy import (
     check_requantize_float32,
 )
 from ptqlib.classroom.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
+from ptqlib.classroom.checkers.exercise import Exercise, OpenQuestion
 from ptqlib.classroom.checkers.fp32_baseline import (
     check_hardest_digits,
     check_int8_bytes,
@@ -105,15 +128,17 @@ from ptqlib.classroom.checkers.low_bit import (
     check_pack_two_bit,
     check_per_tensor_scale,
 )
-from ptqlib.classroom.checkers.observers_and_calibration import (
+from ptqlib.classroom.checkers.observer_choice import (
     ObserverChoiceResult,
     changed_digits,
-    check_moving_average_range,
     check_observer_choice,
+    evaluate_observer_choice,
+)
+from ptqlib.classroom.checkers.observers_and_calibration import (
+    check_moving_average_range,
     check_per_channel_scales,
     check_quantization_points,
     check_three_sigma_observer,
-    evaluate_observer_choice,
 )
 from ptqlib.classroom.checkers.quantization_math import (
     check_dequantize,
@@ -129,8 +154,49 @@ from ptqlib.classroom.checkers.quantization_schemes import (
     check_symmetric_qparams,
 )
 
+# Every exercise of the series, notebook by notebook, in the order of the notebook's cells.
+EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
+    fp32_baseline.LINEAR_PARAMETERS,
+    fp32_baseline.INT8_BYTES,
+    fp32_baseline.HARDEST_DIGITS,
+    quantization_math.QPARAMS,
+    quantization_math.QUANTIZE,
+    quantization_math.DEQUANTIZE,
+    quantization_schemes.SYMMETRIC_QPARAMS,
+    quantization_schemes.PER_CHANNEL_QPARAMS,
+    quantization_schemes.SQNR_DB,
+    observers_and_calibration.MOVING_AVERAGE_RANGE,
+    observers_and_calibration.PER_CHANNEL_SCALES,
+    observers_and_calibration.QUANTIZATION_POINTS,
+    observers_and_calibration.THREE_SIGMA_OBSERVER,
+    observer_choice.OBSERVER_CHOICE,
+    int8_conversion.FIXED_POINT_MULTIPLIER,
+    integer_layer.INT32_BIAS,
+    integer_layer.ZERO_POINT_CORRECTION,
+    integer_layer.INTEGER_LAYER,
+    int8_conversion.REQUANTIZE,
+    evaluation.MCNEMAR_P_VALUE,
+    low_bit.PACK_TWO_BIT,
+    low_bit.BIAS_SHIFT,
+    low_bit.GPTQ_COLUMN,
+    low_bit.ADAROUND_LOSS,
+    low_bit.PER_TENSOR_SCALE,
+    cnn.FOLD_BATCHNORM,
+    cnn.PADDED_ACCUMULATOR,
+    deploy.QUANTIZE_LINEAR,
+    deploy.REQUANTIZE_FLOAT32,
+    deploy.QDQ_READING,
+    debugging.CLE_SCALES,
+    debugging.FIND_CULPRIT,
+    c_export.REQUANTIZE_C,
+    c_export.ARENA_BYTES,
+)
+
 __all__ = [
+    "EXERCISES",
     "Case",
+    "Exercise",
+    "OpenQuestion",
     "ObserverChoiceResult",
     "changed_digits",
     "check_adaround_loss",

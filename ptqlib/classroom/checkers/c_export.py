@@ -27,8 +27,8 @@ from ptqlib.classroom.checkers.core import (
     WrongAnswer,
     as_integer,
     compare_integers,
-    run_cases,
 )
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.deploy.c_budget import arena_bytes
 from ptqlib.deploy.c_runtime import find_compiler
 from ptqlib.integer_arithmetic import requantize
@@ -150,42 +150,69 @@ def requantize_cases() -> list[Case]:
             "clamp below at lowest (= Z_y for a ReLU), above at highest",
         ),
     ]
+    return [_requantize_case(*row) for row in settings]
+
+
+def _requantize_case(
+    name: str,
+    acc: torch.Tensor,
+    multiplier: int,
+    shift: int,
+    zero_point: int,
+    lowest: int,
+    highest: int,
+    hint: str,
+) -> Case:
+    expected = requantize(acc, multiplier, shift, zero_point, lowest, highest)
+    arguments = (
+        ("acc", acc.to(torch.int32)),
+        ("multiplier", multiplier),
+        ("shift", shift),
+        ("zero_point", zero_point),
+        ("lowest", lowest),
+        ("highest", highest),
+    )
+    return Case(name, arguments, expected, hint)
+
+
+def draw_requantize_cases(generator: torch.Generator) -> list[Case]:
+    """Random accumulators (the int32 extremes among them), multipliers, shifts, zero-points
+    and clamps."""
+    hint = (
+        "(int64_t)acc * multiplier, add 2^(shift-1) as an int64, shift right, add the "
+        "zero-point, clamp to [lowest, highest]"
+    )
     cases = []
-    for name, acc, multiplier, shift, zero_point, lowest, highest, hint in settings:
-        expected = requantize(acc, multiplier, shift, zero_point, lowest, highest)
-        arguments = (
-            ("acc", acc.to(torch.int32)),
-            ("multiplier", multiplier),
-            ("shift", shift),
-            ("zero_point", zero_point),
-            ("lowest", lowest),
-            ("highest", highest),
+    for _ in range(3):
+        acc = torch.randint(-(2**31), 2**31, (30,), generator=generator)
+        acc[:2] = torch.tensor([2**31 - 1, -(2**31)])
+        multiplier = int(torch.randint(2**30, 2**31, (), generator=generator))
+        shift = int(torch.randint(32, 63, (), generator=generator))
+        zero_point = int(torch.randint(-128, 128, (), generator=generator))
+        lowest = int(torch.randint(-(2**20), 0, (), generator=generator))
+        highest = int(torch.randint(1, 2**20, (), generator=generator))
+        name = f"random accumulators, M0 = {multiplier}, n = {shift}"
+        cases.append(
+            _requantize_case(name, acc, multiplier, shift, zero_point, lowest, highest, hint)
         )
-        cases.append(Case(name, arguments, expected, hint))
     return cases
 
 
-def check_requantize_c(student_source: str | Callable[[], str]) -> None:
-    """Compile your C ``requantize`` and compare it with ptqlib's on edge cases."""
+def compiled_requantize(student_source: str | Callable[[], str]) -> Callable[..., torch.Tensor]:
+    """The function the cases call: the student's C ``requantize`` (a string, or a function
+    returning it; NotImplementedError from that function: not attempted), compiled."""
     if callable(student_source):
-        try:
-            student_source = student_source()
-        except NotImplementedError:
-            print(
-                "check_requantize_c: NOT ATTEMPTED yet (your function raises "
-                "NotImplementedError): fill in the exercise cell above, run it, then this one"
-            )
-            return
+        student_source = student_source()
     if not isinstance(student_source, str):
         raise TypeError(
             f"check_requantize_c: expected C source as a string, got {student_source!r:.60}"
         )
-    run_cases(
-        "check_requantize_c",
-        compile_requantize(student_source),
-        requantize_cases(),
-        compare_integers,
-    )
+    return compile_requantize(student_source)
+
+
+def check_requantize_c(student_source: str | Callable[[], str]) -> None:
+    """Compile your C ``requantize`` and compare it with ptqlib's on edge cases."""
+    run_exercise(REQUANTIZE_C, student_source)
 
 
 def compare_count(case: Case, got: Any) -> None:
@@ -194,21 +221,58 @@ def compare_count(case: Case, got: Any) -> None:
         raise WrongAnswer(f"expected {case.expected} bytes, got {got}")
 
 
-def check_arena_bytes(student_fn: Callable[[list[int], int], int]) -> None:
-    """Check ``student_fn(sizes, element_bytes) -> bytes``: the largest pair of neighbouring
-    activation buffers, ``max_i (sizes[i] + sizes[i+1]) * element_bytes``."""
-    cases = [
-        Case(
-            f"{sizes}, {element} byte(s) per value",
-            (("sizes", sizes), ("element_bytes", element)),
-            arena_bytes(sizes, element),
-            hint,
-        )
-        for sizes, element, hint in (
+def _arena_case(sizes: list[int], element: int, hint: str) -> Case:
+    name = f"{sizes}, {element} byte(s) per value"
+    return Case(
+        name, (("sizes", sizes), ("element_bytes", element)), arena_bytes(sizes, element), hint
+    )
+
+
+def arena_cases() -> list[Case]:
+    return [
+        _arena_case(*row)
+        for row in (
             ([784, 128, 64, 10], 1, "only a layer's input and output are alive at once"),
             ([784, 128, 64, 10], 4, "multiply by the bytes per value (4 for float32)"),
             ([10, 500, 20], 1, "the largest pair need not include the input"),
             ([300, 8, 400, 16], 2, "take the largest sum of two neighbours, not the two largest"),
         )
     ]
-    run_cases("check_arena_bytes", student_fn, cases, compare_count)
+
+
+def draw_arena_cases(generator: torch.Generator) -> list[Case]:
+    """Random buffer sizes, 2 to 8 of them, 1, 2 or 4 bytes per value."""
+    hint = "max_i (sizes[i] + sizes[i+1]) * element_bytes"
+    cases = []
+    for element in (1, 2, 4):
+        count = int(torch.randint(2, 9, (), generator=generator))
+        sizes = [int(n) for n in torch.randint(1, 2000, (count,), generator=generator)]
+        cases.append(_arena_case(sizes, element, hint))
+    return cases
+
+
+def check_arena_bytes(student_fn: Callable[[list[int], int], int]) -> None:
+    """Check ``student_fn(sizes, element_bytes) -> bytes``: the largest pair of neighbouring
+    activation buffers, ``max_i (sizes[i] + sizes[i+1]) * element_bytes``."""
+    run_exercise(ARENA_BYTES, student_fn)
+
+
+REQUANTIZE_C = Exercise(
+    id="requantize_c",
+    notebook="10_to_the_metal",
+    function="requantize_c",
+    cases=requantize_cases,
+    draw=draw_requantize_cases,
+    compare=compare_integers,
+    answers=("ptqlib.deploy.c_export.export_c",),
+    prepare=compiled_requantize,
+)
+ARENA_BYTES = Exercise(
+    id="arena_bytes",
+    notebook="10_to_the_metal",
+    function="arena",
+    cases=arena_cases,
+    draw=draw_arena_cases,
+    compare=compare_count,
+    answers=("ptqlib.deploy.c_budget.arena_bytes",),
+)

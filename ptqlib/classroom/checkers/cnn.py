@@ -23,31 +23,38 @@ import torch
 from torch.nn import functional
 
 from ptqlib.batchnorm import fold_parameters
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, draw_uniform
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 
 # Folded weights are float32 products: a right answer agrees to float rounding.
 FOLD_RELATIVE_TOLERANCE = 1e-5
 
 
-def _run(
-    checker: str, student_fn: Callable, cases: list[Case], compare: Callable[[Any, Any], str]
-) -> None:
-    """``checkers.core.run_cases`` with a ``compare(got, expected)`` that returns "" when right,
-    else the problem."""
+def _raising(compare: Callable[[Any, Any], str]) -> Callable[[Case, Any], None]:
+    """A comparison for :class:`Exercise` from a ``compare(got, expected)`` that returns ""
+    when right, else the problem."""
 
     def raise_problem(case: Case, got: Any) -> None:
         problem = compare(got, case.expected)
         if problem:
             raise WrongAnswer(problem)
 
-    run_cases(checker, student_fn, cases, raise_problem)
+    return raise_problem
 
 
 # --- exercise 1: fold a BatchNorm --------------------------------------------------------------
 
 
-def _fold_case(name: str, shape: tuple[int, ...], with_bias: bool, eps: float, hint: str) -> Case:
-    generator = torch.Generator().manual_seed(len(name) + shape[0])
+def _fold_case(
+    name: str,
+    shape: tuple[int, ...],
+    with_bias: bool,
+    eps: float,
+    hint: str,
+    generator: torch.Generator | None = None,
+) -> Case:
+    if generator is None:
+        generator = torch.Generator().manual_seed(len(name) + shape[0])
     channels = shape[0]
     weight = torch.randn(shape, generator=generator)
     bias = torch.randn(channels, generator=generator) if with_bias else None
@@ -58,6 +65,18 @@ def _fold_case(name: str, shape: tuple[int, ...], with_bias: bool, eps: float, h
     arguments = (weight, bias, mean, var, gamma, beta, eps)
     names = ("weight", "bias", "mean", "var", "gamma", "beta", "eps")
     return Case(name, tuple(zip(names, arguments, strict=True)), fold_parameters(*arguments), hint)
+
+
+def draw_fold_cases(generator: torch.Generator) -> list[Case]:
+    """Random Linear and conv weights, with and without a bias, random eps."""
+    hint = "W'_c = W_c k_c and b'_c = (b_c - mu_c) k_c + beta_c, k_c = gamma_c / sqrt(var_c + eps)"
+    cases = []
+    for dims, with_bias in ((2, True), (4, True), (4, False)):
+        shape = tuple(int(n) for n in torch.randint(1, 5, (dims,), generator=generator))
+        eps = float(10 ** draw_uniform(generator, -5, 0))
+        name = f"a random weight {list(shape)}" + (" with a bias" if with_bias else ", no bias")
+        cases.append(_fold_case(name, shape, with_bias, eps, hint, generator))
+    return cases
 
 
 def fold_cases() -> list[Case]:
@@ -113,7 +132,7 @@ def check_fold_batchnorm(student_fn: Callable) -> None:
     """Check ``student_fn(weight, bias, running_mean, running_var, gamma, beta, eps)
     -> (W', b')`` with ``W'_c = W_c gamma_c / sqrt(var_c + eps)`` and
     ``b'_c = (b_c - mu_c) gamma_c / sqrt(var_c + eps) + beta_c`` (c along axis 0)."""
-    _run("check_fold_batchnorm", student_fn, fold_cases(), _compare_fold)
+    run_exercise(FOLD_BATCHNORM, student_fn)
 
 
 # --- exercise 2: pad with the zero-point ------------------------------------------------------
@@ -128,23 +147,39 @@ def _padded_accumulator(
     return functional.conv2d(centred, q_w.double(), padding=padding).round().long()
 
 
+HINT_PADDING = (
+    "pad with the zero-point Z_x (the integer of the real 0), not with 0: a padded pixel must "
+    "give q_x - Z_x = 0, like the float conv's zero padding"
+)
+
+
+def _padding_case(name: str, generator: torch.Generator, zero_point: int, padding: int) -> Case:
+    q_x = torch.randint(0, 256, (2, 3, 6, 5), dtype=torch.uint8, generator=generator)
+    q_w = torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8, generator=generator)
+    expected = _padded_accumulator(q_x, zero_point, q_w, padding)
+    arguments = (("q_x", q_x), ("zero_point", zero_point), ("q_w", q_w), ("padding", padding))
+    return Case(name, arguments, expected, HINT_PADDING)
+
+
 def padding_cases() -> list[Case]:
     generator = torch.Generator().manual_seed(7)
-    cases = []
-    for zero_point, padding, name in (
-        (0, 1, "zero-point 0: padding with 0 happens to be right"),
-        (37, 1, "zero-point 37, padding 1"),
-        (200, 2, "zero-point 200, padding 2"),
-    ):
-        q_x = torch.randint(0, 256, (2, 3, 6, 5), dtype=torch.uint8, generator=generator)
-        q_w = torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8, generator=generator)
-        expected = _padded_accumulator(q_x, zero_point, q_w, padding)
-        hint = (
-            "pad with the zero-point Z_x (the integer of the real 0), not with 0: a padded "
-            "pixel must give q_x - Z_x = 0, like the float conv's zero padding"
+    return [
+        _padding_case(name, generator, zero_point, padding)
+        for zero_point, padding, name in (
+            (0, 1, "zero-point 0: padding with 0 happens to be right"),
+            (37, 1, "zero-point 37, padding 1"),
+            (200, 2, "zero-point 200, padding 2"),
         )
-        arguments = (("q_x", q_x), ("zero_point", zero_point), ("q_w", q_w), ("padding", padding))
-        cases.append(Case(name, arguments, expected, hint))
+    ]
+
+
+def draw_padding_cases(generator: torch.Generator) -> list[Case]:
+    """Random inputs and filters, random zero-points and paddings of 1 and 2."""
+    cases = []
+    for padding in (1, 2):
+        zero_point = int(torch.randint(1, 256, (), generator=generator))
+        name = f"random input, zero-point {zero_point}, padding {padding}"
+        cases.append(_padding_case(name, generator, zero_point, padding))
     return cases
 
 
@@ -166,4 +201,24 @@ def check_padded_accumulator(student_fn: Callable) -> None:
     """Check ``student_fn(q_x, zero_point, q_w, padding) -> acc`` (stride 1): ``q_x`` uint8
     ``[N, C, H, W]``, ``q_w`` int8 ``[O, C, kh, kw]``; ``acc`` the integer sums
     ``sum (q_x - Z_x) q_w`` of every window of the input padded by ``padding`` pixels."""
-    _run("check_padded_accumulator", student_fn, padding_cases(), _compare_accumulators)
+    run_exercise(PADDED_ACCUMULATOR, student_fn)
+
+
+FOLD_BATCHNORM = Exercise(
+    id="fold_batchnorm",
+    notebook="07_convolutions_and_batchnorm",
+    function="my_fold",
+    cases=fold_cases,
+    draw=draw_fold_cases,
+    compare=_raising(_compare_fold),
+    answers=("ptqlib.batchnorm.fold_parameters", "ptqlib.batchnorm.fold_batchnorm"),
+)
+PADDED_ACCUMULATOR = Exercise(
+    id="padded_accumulator",
+    notebook="07_convolutions_and_batchnorm",
+    function="my_accumulator",
+    cases=padding_cases,
+    draw=draw_padding_cases,
+    compare=_raising(_compare_accumulators),
+    answers=("ptqlib.int8_layers.Int8Conv2d", "ptqlib.int8_layers.conv_accumulators"),
+)

@@ -22,6 +22,10 @@ from typing import Any
 
 import torch
 
+from ptqlib.classroom.plain import NotPlainData, decode, encode
+
+# What an answer may be made of (see ptqlib.classroom.plain).
+PLAIN_ANSWER = "return numbers, tensors, lists, tuples, dicts or strings"
 # Dequantized values may differ by float round-off: allow 1/10,000 of a step.
 DEQUANTIZE_TOLERANCE_IN_STEPS = 1e-4
 
@@ -93,6 +97,18 @@ def _check_tensor(got: Any, expected: torch.Tensor, kind: str) -> torch.Tensor:
     return got
 
 
+def distance_to_tie(values: torch.Tensor) -> torch.Tensor:
+    """How far each value is from the nearest x.5, where rounding conventions differ (half to
+    even, half up, fixed point). Drawn cases keep every rounded value far from one."""
+    fraction = values.double().abs() % 1.0
+    return (fraction - 0.5).abs()
+
+
+def draw_uniform(generator: torch.Generator, low: float, high: float, shape=()) -> torch.Tensor:
+    """float64 values uniformly in [low, high)."""
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
 def _first_difference(got: torch.Tensor, expected: torch.Tensor, close: torch.Tensor) -> str:
     index = tuple(int(i) for i in torch.nonzero(~close)[0])
     return (
@@ -146,29 +162,70 @@ def _failure(
     )
 
 
+def fresh_copy(value: Any) -> Any:
+    """A deep copy of the tensors in ``value`` (nested in lists, tuples and dicts), so that a
+    function that changes its input in place cannot change the case."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(fresh_copy(item) for item in value)
+    if isinstance(value, dict):
+        return {key: fresh_copy(item) for key, item in value.items()}
+    return value
+
+
+def call_case(
+    function: Callable[..., Any],
+    values: Sequence[Any],
+    build: Callable[..., tuple[Any, ...]] | None = None,
+) -> Any:
+    """``function`` called on fresh copies of a case's argument values, built into the
+    objects it takes first when ``build`` is given (a model from its layer sizes...). The
+    notebook's checker and the grader's collector both call a student's function this way."""
+    arguments = [fresh_copy(value) for value in values]
+    if build is not None:
+        arguments = build(*arguments)
+    return function(*arguments)
+
+
+def not_attempted(checker: str) -> None:
+    print(
+        f"{checker}: NOT ATTEMPTED yet (your function raises NotImplementedError): "
+        "fill in the exercise cell above, run it, then run this cell again"
+    )
+
+
 def run_cases(
     checker: str,
     student_fn: Callable[..., Any],
     cases: list[Case],
     compare: Callable[[Case, Any], None],
+    prepare: Callable[[Any], Callable[..., Any]] | None = None,
+    build: Callable[..., tuple[Any, ...]] | None = None,
 ) -> None:
     """Run ``student_fn`` on every case: print PASS, or raise AssertionError on a failure.
+
+    ``prepare`` turns what the student hands in into the function the cases call (their C
+    source into a compiled function, their observer class into a function of the batches);
+    ``build`` turns a case's plain argument values into what the function takes (see
+    :class:`~ptqlib.classroom.checkers.exercise.Exercise`). Each answer is compared as the
+    plain data the grader receives (:func:`ptqlib.classroom.plain.encode`).
 
     A function that raises ``NotImplementedError`` is the notebook's untouched skeleton: one
     line says so and nothing is raised, so a notebook still runs top to bottom before the
     exercise is done."""
-    if not callable(student_fn):
+    if prepare is None and not callable(student_fn):
         raise TypeError(f"{checker}: expected your function, got {student_fn!r}")
+    try:
+        function = student_fn if prepare is None else prepare(student_fn)
+    except NotImplementedError:
+        not_attempted(checker)
+        return
     for number, case in enumerate(cases, start=1):
-        # Fresh copies, so a function that changes its input in place cannot affect the answer.
-        arguments = [v.clone() if isinstance(v, torch.Tensor) else v for _, v in case.arguments]
         try:
-            got = student_fn(*arguments)
+            got = call_case(function, [value for _, value in case.arguments], build)
         except NotImplementedError:
-            print(
-                f"{checker}: NOT ATTEMPTED yet (your function raises NotImplementedError): "
-                "fill in the exercise cell above, run it, then run this cell again"
-            )
+            not_attempted(checker)
             return
         except Exception as error:
             message = _failure(
@@ -181,7 +238,10 @@ def run_cases(
             )
             raise AssertionError(message) from error
         try:
-            compare(case, got)
+            compare(case, decode(encode(got)))
+        except NotPlainData as error:
+            problem = f"your function returned {error}: {PLAIN_ANSWER}"
+            raise AssertionError(_failure(checker, number, cases, case, "?", problem)) from None
         except WrongAnswer as wrong:
             message = _failure(checker, number, cases, case, describe(got), str(wrong))
             raise AssertionError(message) from None

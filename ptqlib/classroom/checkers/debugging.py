@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, draw_uniform
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.equalization import equalization_scales
 
 # Scales are ratios of float32 ranges: a right answer agrees to float rounding.
@@ -85,10 +86,29 @@ def _compare_scales(case: Case, got: Any) -> None:
         raise WrongAnswer(f"expected scales {expected.tolist()}, got {got.tolist()}")
 
 
+def draw_cle_cases(generator: torch.Generator) -> list[Case]:
+    """Random pairs of convolutions, pointwise or depthwise second, ranges far apart."""
+    hint = (
+        "s_i = sqrt(r1_i r2_i) / r2_i with r1_i the largest |w| of output channel i of the "
+        "first conv and r2_i of input channel i of the second"
+    )
+    cases = []
+    for depthwise in (False, True, True):
+        channels, inputs, outputs = (int(n) for n in torch.randint(2, 6, (3,), generator=generator))
+        weight1 = torch.randn(channels, inputs, 3, 3, generator=generator)
+        weight1 *= 10 ** draw_uniform(generator, -2, 2, (channels, 1, 1, 1)).float()
+        shape2 = (channels, 1, 3, 3) if depthwise else (outputs, channels, 1, 1)
+        weight2 = torch.randn(shape2, generator=generator)
+        arguments = (("weight1", weight1), ("weight2", weight2), ("depthwise", depthwise))
+        name = f"random convs, {channels} channels, {'depthwise' if depthwise else 'pointwise'}"
+        cases.append(Case(name, arguments, _scale_reference(weight1, weight2, depthwise), hint))
+    return cases
+
+
 def check_cle_scales(student_fn: Callable) -> None:
     """Check ``student_fn(weight1, weight2, depthwise) -> scales`` (one per channel) against
     ``ptqlib.equalization.equalization_scales``."""
-    run_cases("check_cle_scales", student_fn, cle_cases(), _compare_scales)
+    run_exercise(CLE_SCALES, student_fn)
 
 
 # --- exercise 2: find the layer -------------------------------------------------------------
@@ -106,8 +126,7 @@ def culprit_cases() -> list[Case]:
     table = {"conv1": 0.962, "dw1": 0.958, "pw1": 0.961, "dw2": 0.10, "pw2": 0.960, "fc": 0.962}
     within = {name: 0.958 for name in table}
     two_bad = {**table, "dw1": 0.41}
-    cases = []
-    for name, accuracies, hint in (
+    rows = [
         ("one layer at chance", table, "the culprit is the layer whose accuracy alone is lowest"),
         (
             "no layer loses more than the tolerance",
@@ -115,10 +134,41 @@ def culprit_cases() -> list[Case]:
             "when every layer alone is within the tolerance of FP32, return None",
         ),
         ("two bad layers: the worse one first", two_bad, "pick the lowest accuracy, not the first"),
-    ):
-        arguments = (("accuracy_alone", accuracies), ("fp32_accuracy", 0.962), ("tolerance", 0.01))
-        expected = _culprit_reference(accuracies, 0.962, 0.01)
-        cases.append(Case(name, arguments, expected, hint))
+    ]
+    return [_culprit_case(*row, fp32_accuracy=0.962, tolerance=0.01) for row in rows]
+
+
+def _culprit_case(
+    name: str, accuracies: dict[str, float], hint: str, fp32_accuracy: float, tolerance: float
+) -> Case:
+    arguments = (
+        ("accuracy_alone", accuracies),
+        ("fp32_accuracy", fp32_accuracy),
+        ("tolerance", tolerance),
+    )
+    expected = _culprit_reference(accuracies, fp32_accuracy, tolerance)
+    return Case(name, arguments, expected, hint)
+
+
+def draw_culprit_cases(generator: torch.Generator) -> list[Case]:
+    """Random layer tables: one bad layer, none beyond the tolerance, two bad layers."""
+    hint = "the layer whose accuracy alone is lowest, if it loses more than the tolerance"
+    cases = []
+    for bad in (1, 0, 2):
+        accuracies: dict[str, float] = {}
+        while len(set(accuracies.values())) != len(accuracies) or not accuracies:  # no ties
+            fp32_accuracy = round(float(draw_uniform(generator, 0.9, 0.99)), 4)
+            tolerance = round(float(draw_uniform(generator, 0.005, 0.03)), 4)
+            count = int(torch.randint(3, 8, (), generator=generator))
+            losses = torch.randperm(999, generator=generator)[:count] / 1000 * tolerance
+            accuracies = {
+                f"layer{n}": round(fp32_accuracy - float(loss), 6) for n, loss in enumerate(losses)
+            }
+            for n in torch.randperm(count, generator=generator)[:bad].tolist():
+                low = float(draw_uniform(generator, 0.1, fp32_accuracy - 2 * tolerance))
+                accuracies[f"layer{n}"] = round(low, 4)
+        name = f"{count} layers, {bad} of them bad"
+        cases.append(_culprit_case(name, accuracies, hint, fp32_accuracy, tolerance))
     return cases
 
 
@@ -129,4 +179,27 @@ def _compare_names(case: Case, got: Any) -> None:
 
 def check_find_culprit(student_fn: Callable) -> None:
     """Check ``student_fn(accuracy_alone, fp32_accuracy, tolerance) -> layer name or None``."""
-    run_cases("check_find_culprit", student_fn, culprit_cases(), _compare_names)
+    run_exercise(FIND_CULPRIT, student_fn)
+
+
+CLE_SCALES = Exercise(
+    id="cle_scales",
+    notebook="09_when_8bit_ptq_breaks",
+    function="my_cle_scales",
+    cases=cle_cases,
+    draw=draw_cle_cases,
+    compare=_compare_scales,
+    answers=(
+        "ptqlib.equalization.equalization_scales",
+        "ptqlib.equalization.cross_layer_equalization",
+    ),
+)
+FIND_CULPRIT = Exercise(
+    id="find_culprit",
+    notebook="09_when_8bit_ptq_breaks",
+    function="my_find_culprit",
+    cases=culprit_cases,
+    draw=draw_culprit_cases,
+    compare=_compare_names,
+    answers=("ptqlib.debugging.debug_model",),
+)

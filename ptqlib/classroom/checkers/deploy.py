@@ -31,7 +31,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, draw_uniform
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
@@ -52,86 +53,113 @@ def _near_halfway(scale: torch.Tensor, count: int = 400) -> torch.Tensor:
     )
 
 
+def _quantize_linear_case(scale: float, zero_point: int) -> Case:
+    qparams = _uint8(scale, zero_point)
+    values = _near_halfway(qparams.scale)
+    by_product = torch.round(values * (1.0 / qparams.scale)) + zero_point
+    by_division = quantize_by_division(values, qparams)
+    differ = by_product.clamp(0, 255).to(torch.uint8) != by_division
+    chosen = torch.cat([values[differ][:6], values[:3], torch.tensor([1e6, -1e6])])
+    return Case(
+        f"scale {scale}: values where x / S and x * (1 / S) round differently",
+        (
+            ("x", chosen),
+            ("scale", float(qparams.scale)),
+            ("zero_point", zero_point),
+            ("quant_min", 0),
+            ("quant_max", 255),
+        ),
+        quantize_by_division(chosen, qparams),
+        "divide x by the scale in float32 (x * (1 / scale) rounds differently on rare "
+        "values), round half to even (torch.round), add the zero-point, clamp",
+    )
+
+
 def quantize_linear_cases() -> list[Case]:
     """Values where ``x / S`` and ``x * (1 / S)`` round to different integers, and ties."""
-    cases = []
-    for scale, zero_point in ((0.0127, 33), (0.1, 128), (0.0731, 0)):
-        qparams = _uint8(scale, zero_point)
-        values = _near_halfway(qparams.scale)
-        by_product = torch.round(values * (1.0 / qparams.scale)) + zero_point
-        by_division = quantize_by_division(values, qparams)
-        differ = by_product.clamp(0, 255).to(torch.uint8) != by_division
-        chosen = torch.cat([values[differ][:6], values[:3], torch.tensor([1e6, -1e6])])
-        cases.append(
-            Case(
-                f"scale {scale}: values where x / S and x * (1 / S) round differently",
-                (
-                    ("x", chosen),
-                    ("scale", float(qparams.scale)),
-                    ("zero_point", zero_point),
-                    ("quant_min", 0),
-                    ("quant_max", 255),
-                ),
-                quantize_by_division(chosen, qparams),
-                "divide x by the scale in float32 (x * (1 / scale) rounds differently on rare "
-                "values), round half to even (torch.round), add the zero-point, clamp",
-            )
+    return [_quantize_linear_case(*row) for row in ((0.0127, 33), (0.1, 128), (0.0731, 0))]
+
+
+def draw_quantize_linear_cases(generator: torch.Generator) -> list[Case]:
+    """The same kinds of values for random scales and zero-points."""
+    return [
+        _quantize_linear_case(
+            round(float(draw_uniform(generator, 0.005, 0.2)), 5),
+            int(torch.randint(0, 256, (), generator=generator)),
         )
-    return cases
+        for _ in range(3)
+    ]
+
+
+def _requantize_float32_case(
+    input_scale: float, weight_scale: float, output_scale: float, zero_point: int
+) -> Case:
+    scales = [
+        torch.tensor(s, dtype=torch.float32) for s in (input_scale, weight_scale, output_scale)
+    ]
+    multiplier = float32_multiplier(*scales)
+    accumulators = torch.arange(-(2**20), 2**20, 7, dtype=torch.int32)
+    exact = torch.round(
+        accumulators.double() * (scales[0].double() * scales[1].double() / scales[2].double())
+    )
+    ort = torch.round(accumulators.float() * multiplier).double()
+    differ = accumulators[exact != ort][:6]
+    chosen = torch.cat(
+        [differ, torch.tensor([1, 3, -3, 5, 2**31 - 1, -(2**31)], dtype=torch.int32)]
+    )
+    arguments = (
+        ("acc", chosen),
+        ("input_scale", float(scales[0])),
+        ("weight_scale", float(scales[1])),
+        ("output_scale", float(scales[2])),
+        ("zero_point", zero_point),
+        ("quant_min", 0),
+        ("quant_max", 255),
+    )
+    return Case(
+        f"M = {float(multiplier):.6g}: float32 vs float64 and ties",
+        arguments,
+        requantize_float32(chosen, multiplier, zero_point, 0, 255),
+        "M = float32(float32(S_x * S_w) / S_y); then float32(acc) * M in float32, "
+        "round half to even, add Z_y, clamp. float64 or 1/S_y gives other integers here",
+    )
 
 
 def requantize_float32_cases() -> list[Case]:
     """Accumulators where float32 and float64 multipliers round differently, and ties."""
-    cases = []
-    for input_scale, weight_scale, output_scale, zero_point in (
-        (0.0127, 0.00097, 0.0655, 0),
-        (0.0655, 0.0012, 0.1254, 103),
-        (0.5, 1.0, 1.0, 128),  # M = 0.5: odd accumulators are exact ties
-    ):
-        scales = [
-            torch.tensor(s, dtype=torch.float32) for s in (input_scale, weight_scale, output_scale)
-        ]
-        multiplier = float32_multiplier(*scales)
-        accumulators = torch.arange(-(2**20), 2**20, 7, dtype=torch.int32)
-        exact = torch.round(
-            accumulators.double() * (scales[0].double() * scales[1].double() / scales[2].double())
+    return [
+        _requantize_float32_case(*row)
+        for row in (
+            (0.0127, 0.00097, 0.0655, 0),
+            (0.0655, 0.0012, 0.1254, 103),
+            (0.5, 1.0, 1.0, 128),  # M = 0.5: odd accumulators are exact ties
         )
-        ort = torch.round(accumulators.float() * multiplier).double()
-        differ = accumulators[exact != ort][:6]
-        chosen = torch.cat(
-            [differ, torch.tensor([1, 3, -3, 5, 2**31 - 1, -(2**31)], dtype=torch.int32)]
+    ]
+
+
+def draw_requantize_float32_cases(generator: torch.Generator) -> list[Case]:
+    """The same kinds of accumulators for random scales and zero-points."""
+    return [
+        _requantize_float32_case(
+            round(float(draw_uniform(generator, 0.005, 0.1)), 5),
+            round(float(draw_uniform(generator, 0.0005, 0.005)), 6),
+            round(float(draw_uniform(generator, 0.02, 0.2)), 5),
+            int(torch.randint(0, 256, (), generator=generator)),
         )
-        arguments = (
-            ("acc", chosen),
-            ("input_scale", float(scales[0])),
-            ("weight_scale", float(scales[1])),
-            ("output_scale", float(scales[2])),
-            ("zero_point", zero_point),
-            ("quant_min", 0),
-            ("quant_max", 255),
-        )
-        cases.append(
-            Case(
-                f"M = {float(multiplier):.6g}: float32 vs float64 and ties",
-                arguments,
-                requantize_float32(chosen, multiplier, zero_point, 0, 255),
-                "M = float32(float32(S_x * S_w) / S_y); then float32(acc) * M in float32, "
-                "round half to even, add Z_y, clamp. float64 or 1/S_y gives other integers here",
-            )
-        )
-    return cases
+        for _ in range(3)
+    ]
 
 
 def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(x, scale, zero_point, quant_min, quant_max) -> q``: ONNX's
     QuantizeLinear, ``clamp(round_half_even(float32(x / scale)) + zero_point)``."""
-    run_cases("check_quantize_linear", student_fn, quantize_linear_cases(), compare_integers)
+    run_exercise(QUANTIZE_LINEAR, student_fn)
 
 
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
     quant_max) -> q``: ORT's requantization (see ``ptqlib.ort_arithmetic``)."""
-    run_cases("check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers)
+    run_exercise(REQUANTIZE_FLOAT32, student_fn)
 
 
 # --- Reading a QDQ graph (exercise 3) ---------------------------------------------------------
@@ -151,65 +179,104 @@ def _qdq_roles(onnx_model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return roles
 
 
-def _tiny_qdq_graph(activation_type: int, per_channel: bool, seed: int) -> onnx.ModelProto:
-    """x -> Q -> DQ -> Gemm(DQ(int8 W), DQ(int32 b)) -> Q -> DQ: one quantized linear layer."""
+def qdq_graph(
+    activation_type: int, per_channel: bool, seed: int, prefix: str = ""
+) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Gemm(DQ(int8 W), DQ(int32 b)) -> Q -> DQ: one quantized linear layer,
+    every tensor name starting with ``prefix``."""
     rng = np.random.default_rng(seed)
     np_type = helper.tensor_dtype_to_np_dtype(activation_type)
     channels = 3 if per_channel else 1
     shape = [channels] if per_channel else []
     weight_scale = rng.uniform(0.01, 0.02, size=channels).astype(np.float32).reshape(shape)
     x_scale = np.array(0.05, dtype=np.float32)
+
+    def named(name: str) -> str:
+        return prefix + name
+
     initializers = [
-        numpy_helper.from_array(x_scale, "x_scale"),
-        numpy_helper.from_array(np.array(0 if per_channel else 7, dtype=np_type), "x_zero_point"),
-        numpy_helper.from_array(rng.integers(-127, 128, (3, 4)).astype(np.int8), "w_int8"),
-        numpy_helper.from_array(weight_scale, "w_scale"),
-        numpy_helper.from_array(np.zeros(shape, dtype=np.int8), "w_zero_point"),
-        numpy_helper.from_array(rng.integers(-999, 999, 3).astype(np.int32), "b_int32"),
-        numpy_helper.from_array((x_scale * weight_scale).astype(np.float32), "b_scale"),
-        numpy_helper.from_array(np.zeros(shape, dtype=np.int32), "b_zero_point"),
-        numpy_helper.from_array(np.array(0.2, dtype=np.float32), "y_scale"),
-        numpy_helper.from_array(np.array(3, dtype=np_type), "y_zero_point"),
+        numpy_helper.from_array(array, named(name))
+        for name, array in (
+            ("x_scale", x_scale),
+            ("x_zero_point", np.array(0 if per_channel else 7, dtype=np_type)),
+            ("w_int8", rng.integers(-127, 128, (3, 4)).astype(np.int8)),
+            ("w_scale", weight_scale),
+            ("w_zero_point", np.zeros(shape, dtype=np.int8)),
+            ("b_int32", rng.integers(-999, 999, 3).astype(np.int32)),
+            ("b_scale", (x_scale * weight_scale).astype(np.float32)),
+            ("b_zero_point", np.zeros(shape, dtype=np.int32)),
+            ("y_scale", np.array(0.2, dtype=np.float32)),
+            ("y_zero_point", np.array(3, dtype=np_type)),
+        )
     ]
     axis = {"axis": 0} if per_channel else {}
     nodes = [
-        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"]),
-        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"]),
-        helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero_point"], ["w"], **axis),
-        helper.make_node("DequantizeLinear", ["b_int32", "b_scale", "b_zero_point"], ["b"], **axis),
-        helper.make_node("Gemm", ["x_dq", "w", "b"], ["y"], transB=1),
-        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero_point"], ["y_q"]),
-        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y_dq"]),
+        helper.make_node(kind, [named(n) for n in inputs], [named(n) for n in outputs], **options)
+        for kind, inputs, outputs, options in (
+            ("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"], {}),
+            ("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"], {}),
+            ("DequantizeLinear", ["w_int8", "w_scale", "w_zero_point"], ["w"], axis),
+            ("DequantizeLinear", ["b_int32", "b_scale", "b_zero_point"], ["b"], axis),
+            ("Gemm", ["x_dq", "w", "b"], ["y"], {"transB": 1}),
+            ("QuantizeLinear", ["y", "y_scale", "y_zero_point"], ["y_q"], {}),
+            ("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y_dq"], {}),
+        )
     ]
     graph = helper.make_graph(
         nodes,
         "one_quantized_linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y_dq", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info(named("x"), TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info(named("y_dq"), TensorProto.FLOAT, ["batch", 3])],
         initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
+def build_qdq_model(description: list) -> tuple[onnx.ModelProto]:
+    """The graph a case describes: ``[activation_type, per_channel, seed, prefix]``."""
+    return (qdq_graph(*description),)
+
+
+def _qdq_case(
+    name: str, activation_type: int, per_channel: bool, seed: int, prefix: str, hint: str
+) -> Case:
+    arguments = (("onnx_model", [activation_type, per_channel, seed, prefix]),)
+    expected = _qdq_roles(qdq_graph(activation_type, per_channel, seed, prefix))
+    return Case(name, arguments, expected, hint)
+
+
 def qdq_reading_cases() -> list[Case]:
-    cases = []
-    for name, activation_type, per_channel, hint in [
-        (
+    return [
+        _qdq_case(
             "uint8 activations, one weight scale (ptqlib's and PyTorch's choice)",
             TensorProto.UINT8,
             False,
+            0,
+            "",
             "the integer type of a DequantizeLinear's input is its zero-point's type; the "
             "scale is its second input",
         ),
-        (
+        _qdq_case(
             "int8 activations, a weight scale per output channel (ORT's S8S8)",
             TensorProto.INT8,
             True,
+            1,
+            "",
             "activations can be int8 too: read the zero-point's type, do not assume uint8",
         ),
-    ]:
-        model = _tiny_qdq_graph(activation_type, per_channel, seed=len(cases))
-        cases.append(Case(name, (("onnx_model", model),), _qdq_roles(model), hint))
+    ]
+
+
+def draw_qdq_reading_cases(generator: torch.Generator) -> list[Case]:
+    """Graphs of both activation types with random tensor names."""
+    hint = "for each DequantizeLinear: its first input -> (its zero-point's type, its scale)"
+    cases = []
+    for activation_type in (TensorProto.UINT8, TensorProto.INT8):
+        per_channel = bool(torch.rand((), generator=generator) < 0.5)
+        seed = int(torch.randint(2**31, (), generator=generator))
+        prefix = f"layer{int(torch.randint(1000, (), generator=generator))}_"
+        name = f"a graph whose names start with {prefix!r}"
+        cases.append(_qdq_case(name, activation_type, per_channel, seed, prefix, hint))
     return cases
 
 
@@ -230,4 +297,36 @@ def check_qdq_reading(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(onnx_model) -> dict``: for every DequantizeLinear node, the name of
     the integer tensor it reads -> (its integer type as numpy names it: "uint8", "int8",
     "int32", and the name of the scale that multiplies it)."""
-    run_cases("check_qdq_reading", student_fn, qdq_reading_cases(), _compare_roles)
+    run_exercise(QDQ_READING, student_fn)
+
+
+QUANTIZE_LINEAR = Exercise(
+    id="quantize_linear",
+    notebook="08_deploy",
+    function="quantize_linear",
+    cases=quantize_linear_cases,
+    draw=draw_quantize_linear_cases,
+    compare=compare_integers,
+    answers=("ptqlib.ort_arithmetic.quantize_by_division",),
+)
+REQUANTIZE_FLOAT32 = Exercise(
+    id="requantize_float32",
+    notebook="08_deploy",
+    function="requantize_float32",
+    cases=requantize_float32_cases,
+    draw=draw_requantize_float32_cases,
+    compare=compare_integers,
+    answers=(
+        "ptqlib.ort_arithmetic.requantize_float32",
+        "ptqlib.ort_arithmetic.float32_multiplier",
+    ),
+)
+QDQ_READING = Exercise(
+    id="qdq_reading",
+    notebook="08_deploy",
+    function="qdq_roles",
+    cases=qdq_reading_cases,
+    draw=draw_qdq_reading_cases,
+    compare=_compare_roles,
+    build=build_qdq_model,
+)

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, run_cases
+import torch
+
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.evaluation import mcnemar_p_value
 
 P_VALUE_TOLERANCE = 1e-9
@@ -29,10 +32,24 @@ def mcnemar_cases() -> list[Case]:
             "use the exact binomial, not the normal approximation: with 4 digits it is far off",
         ),
     ]
-    return [
-        Case(name, (("fixed", fixed), ("broken", broken)), mcnemar_p_value(fixed, broken), hint)
-        for name, fixed, broken, hint in table
-    ]
+    return [_mcnemar_case(*row) for row in table]
+
+
+def _mcnemar_case(name: str, fixed: int, broken: int, hint: str) -> Case:
+    return Case(name, (("fixed", fixed), ("broken", broken)), mcnemar_p_value(fixed, broken), hint)
+
+
+def draw_mcnemar_cases(generator: torch.Generator) -> list[Case]:
+    """Random counts: a lopsided split, a near-balanced one and a small one."""
+    hint = (
+        "two-sided exact binomial: p = min(1, 2 * P(X <= min(fixed, broken))), X ~ "
+        "Binomial(fixed + broken, 1/2)"
+    )
+    cases = []
+    for low, high in ((0, 60), (20, 40), (0, 8)):
+        fixed, broken = (int(n) for n in torch.randint(low, high, (2,), generator=generator))
+        cases.append(_mcnemar_case(f"{fixed} fixed, {broken} broken", fixed, broken, hint))
+    return cases
 
 
 def _compare_p_values(case: Case, got: Any) -> None:
@@ -43,4 +60,15 @@ def _compare_p_values(case: Case, got: Any) -> None:
 
 def check_mcnemar_p_value(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(fixed, broken) -> p``: McNemar's exact two-sided p-value."""
-    run_cases("check_mcnemar_p_value", student_fn, mcnemar_cases(), _compare_p_values)
+    run_exercise(MCNEMAR_P_VALUE, student_fn)
+
+
+MCNEMAR_P_VALUE = Exercise(
+    id="mcnemar_p_value",
+    notebook="05_evaluation",
+    function="my_mcnemar_p_value",
+    cases=mcnemar_cases,
+    draw=draw_mcnemar_cases,
+    compare=_compare_p_values,
+    answers=("ptqlib.evaluation.mcnemar_p_value", "ptqlib.evaluation.paired_comparison"),
+)

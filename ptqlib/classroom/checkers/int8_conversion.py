@@ -21,9 +21,14 @@ from ptqlib.classroom.checkers.core import (
     as_integer,
     as_pair,
     compare_integers,
-    run_cases,
+    distance_to_tie,
+    draw_uniform,
 )
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.errors import InputError
+
+# A drawn value to be rounded stays this far from a tie (x.5), in steps.
+TIE_MARGIN = 0.01
 
 
 def _requantize_reference(
@@ -90,18 +95,51 @@ def requantize_cases() -> list[Case]:
             "clamp to the quant_min and quant_max you are given",
         ),
     ]
+    return [_requantize_case(*row) for row in table]
+
+
+def _requantize_case(
+    name: str,
+    values: list | torch.Tensor,
+    multiplier: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    hint: str,
+) -> Case:
+    acc = torch.as_tensor(values).to(torch.int32)
+    expected = _requantize_reference(acc, multiplier, zero_point, quant_min, quant_max)
+    arguments = (
+        ("acc", acc),
+        ("multiplier", multiplier),
+        ("zero_point", zero_point),
+        ("quant_min", quant_min),
+        ("quant_max", quant_max),
+    )
+    return Case(name, arguments, expected, hint)
+
+
+def draw_requantize_cases(generator: torch.Generator) -> list[Case]:
+    """Random multipliers and accumulators whose scaled values lie around and beyond the
+    output range, far from rounding ties in float64 and in float32."""
+    hint = "q = clamp(zero_point + round(acc * multiplier), quant_min, quant_max)"
     cases = []
-    for name, values, multiplier, zero_point, quant_min, quant_max, hint in table:
-        acc = torch.tensor(values, dtype=torch.int32)
-        expected = _requantize_reference(acc, multiplier, zero_point, quant_min, quant_max)
-        arguments = (
-            ("acc", acc),
-            ("multiplier", multiplier),
-            ("zero_point", zero_point),
-            ("quant_min", quant_min),
-            ("quant_max", quant_max),
+    for quant_min, quant_max in ((0, 255), (-128, 127), (-128, 127)):
+        multiplier = float(10 ** draw_uniform(generator, -4, -0.05))
+        zero_point = int(torch.randint(quant_min, quant_max + 1, (), generator=generator))
+        acc = torch.zeros(10, dtype=torch.int32)
+        far = torch.zeros(10, dtype=torch.bool)
+        while not bool(far.all()):
+            targets = draw_uniform(generator, -300, 300, (10,))  # acc * multiplier
+            fresh = torch.round(targets / multiplier).to(torch.int32)
+            acc = torch.where(far, acc, fresh)
+            far = (distance_to_tie(acc.double() * multiplier) > TIE_MARGIN) & (
+                distance_to_tie(acc.float() * multiplier) > TIE_MARGIN
+            )
+        name = f"random accumulators, multiplier {multiplier:.4g}, output {quant_min}..{quant_max}"
+        cases.append(
+            _requantize_case(name, acc, multiplier, zero_point, quant_min, quant_max, hint)
         )
-        cases.append(Case(name, arguments, expected, hint))
     return cases
 
 
@@ -143,10 +181,26 @@ def fixed_point_cases() -> list[Case]:
         ("m0 rounds up to 2**31: M = 1 - 2**-33", 1 - 2.0**-33, rounds_up),
         ("m0 rounds up to 2**31: M = (1 - 2**-33) / 1024", (1 - 2.0**-33) / 1024, rounds_up),
     ]
+    return [_fixed_point_case(*row) for row in table]
+
+
+def _fixed_point_case(name: str, multiplier: float, hint: str) -> Case:
+    expected = _fixed_point_multiplier_reference(multiplier)
+    return Case(name, (("multiplier", multiplier),), expected, hint)
+
+
+def draw_fixed_point_cases(generator: torch.Generator) -> list[Case]:
+    """Random multipliers from 1e-6 to 1; f * 2**31 is never an exact tie."""
+    hint = (
+        "double M until it lies in [0.5, 1), counting the doublings k; then m0 = round(M * 2**k "
+        "* 2**31) must lie in [2**30, 2**31) and shift = 31 + k"
+    )
     cases = []
-    for name, multiplier, case_hint in table:
-        expected = _fixed_point_multiplier_reference(multiplier)
-        cases.append(Case(name, (("multiplier", multiplier),), expected, case_hint))
+    while len(cases) < 4:
+        multiplier = float(10 ** draw_uniform(generator, -6, -0.001))
+        fraction, _ = math.frexp(multiplier)
+        if (fraction * 2**31) % 1.0 != 0.5:
+            cases.append(_fixed_point_case(f"M = {multiplier!r}", multiplier, hint))
     return cases
 
 
@@ -173,7 +227,7 @@ def check_requantize(student_fn: Callable[..., Any]) -> None:
     an integer tensor of the same shape. A float or a fixed-point version
     (see :func:`check_fixed_point_multiplier`) both pass: no case is near a rounding tie.
     """
-    run_cases("check_requantize", student_fn, requantize_cases(), compare_integers)
+    run_exercise(REQUANTIZE, student_fn)
 
 
 def check_fixed_point_multiplier(student_fn: Callable[..., Any]) -> None:
@@ -182,4 +236,27 @@ def check_fixed_point_multiplier(student_fn: Callable[..., Any]) -> None:
     ``m0`` must be an int in [2**30, 2**31) (31 significant bits, fits in int32) equal to
     round(M * 2**shift); ``shift`` an int. See :func:`_fixed_point_multiplier_reference`.
     """
-    run_cases("check_fixed_point_multiplier", student_fn, fixed_point_cases(), _compare_fixed_point)
+    run_exercise(FIXED_POINT_MULTIPLIER, student_fn)
+
+
+REQUANTIZE = Exercise(
+    id="requantize",
+    notebook=None,  # no notebook asks for it: a checker to practise with
+    function="my_requantize",
+    cases=requantize_cases,
+    draw=draw_requantize_cases,
+    compare=compare_integers,
+    answers=(
+        "ptqlib.integer_arithmetic.requantize",
+        "ptqlib.integer_arithmetic.requantize_float32",
+    ),
+)
+FIXED_POINT_MULTIPLIER = Exercise(
+    id="fixed_point_multiplier",
+    notebook="04_int8_conversion",
+    function="my_fixed_point_multiplier",
+    cases=fixed_point_cases,
+    draw=draw_fixed_point_cases,
+    compare=_compare_fixed_point,
+    answers=("ptqlib.integer_arithmetic.fixed_point_multiplier",),
+)

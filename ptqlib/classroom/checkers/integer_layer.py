@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, run_cases
+from ptqlib.classroom.checkers.core import (
+    Case,
+    WrongAnswer,
+    compare_integers,
+    distance_to_tie,
+    draw_uniform,
+)
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -74,12 +81,37 @@ def _int32_bias_reference(
     return torch.round(bias.double() / (input_scale * weight_scale.double())).to(torch.int64)
 
 
+HINT_BIAS = (
+    "the accumulator sum_k (q_x - Z_x) q_w is in units of S_x * S_w, so q_b = round(b / "
+    "(S_x * S_w)) per output row, stored as torch.int32; S_y plays no part"
+)
+
+
+def _int32_bias_case(
+    name: str,
+    integers: list | torch.Tensor,
+    input_scale: float,
+    weight_scale: float | list | torch.Tensor,
+    output_scale: float,
+    fractions: torch.Tensor,
+) -> Case:
+    """A bias built from known integers plus ``fractions`` of a step (far from 0.5)."""
+    weight_scale = torch.as_tensor(weight_scale, dtype=torch.float32)
+    integers = torch.as_tensor(integers, dtype=torch.float64)
+    steps = integers + fractions[: len(integers)].double()
+    bias = (steps * input_scale * weight_scale.double()).float()
+    expected = _int32_bias_reference(bias, input_scale, weight_scale)
+    arguments = (
+        ("bias", bias),
+        ("input_scale", input_scale),
+        ("weight_scale", weight_scale),
+        ("output_scale", output_scale),
+    )
+    return Case(name, arguments, expected, HINT_BIAS)
+
+
 def int32_bias_cases() -> list[Case]:
     """Biases built from known integers plus a fraction at least 0.05 away from a tie."""
-    hint = (
-        "the accumulator sum_k (q_x - Z_x) q_w is in units of S_x * S_w, so q_b = round(b / "
-        "(S_x * S_w)) per output row, stored as torch.int32; S_y plays no part"
-    )
     table = [  # name, integers of q_b, input scale, weight scales, output scale
         (
             "per-channel weight scales, a few hundred steps",
@@ -98,21 +130,40 @@ def int32_bias_cases() -> list[Case]:
         ("a per-tensor weight scale (one number)", [7, -3, 0, 1234, -640], 0.5, 0.004, 0.25),
     ]
     fractions = torch.tensor([0.3, -0.7, 0.6, -0.2, 0.55])  # round() and trunc() differ
+    return [_int32_bias_case(*row, fractions) for row in table]
+
+
+def draw_int32_bias_cases(generator: torch.Generator) -> list[Case]:
+    """Random integers (some beyond int8), random scales per channel or per tensor, and
+    fractions of a step between 0.1 and 0.4 from an integer, of either sign."""
     cases = []
-    for name, integers, input_scale, weight_scale, output_scale in table:
-        weight_scale = torch.tensor(weight_scale, dtype=torch.float32)
-        integers = torch.tensor(integers, dtype=torch.float64)
-        steps = integers + fractions[: len(integers)].double()
-        bias = (steps * input_scale * weight_scale.double()).float()
-        expected = _int32_bias_reference(bias, input_scale, weight_scale)
-        arguments = (
-            ("bias", bias),
-            ("input_scale", input_scale),
-            ("weight_scale", weight_scale),
-            ("output_scale", output_scale),
-        )
-        cases.append(Case(name, arguments, expected, hint))
+    for per_channel in (True, True, False):
+        case = None
+        while case is None or not _bias_far_from_ties(case):
+            case = _draw_int32_bias_case(generator, per_channel)
+        cases.append(case)
     return cases
+
+
+def _draw_int32_bias_case(generator: torch.Generator, per_channel: bool) -> Case:
+    channels = int(torch.randint(3, 9, (), generator=generator))
+    integers = torch.randint(-200000, 200000, (channels,), generator=generator)
+    integers[: channels // 2] //= 1000  # some small, some far beyond int8
+    fractions = draw_uniform(generator, 0.1, 0.4, (channels,))
+    fractions = torch.where(torch.rand(channels, generator=generator) < 0.5, fractions, -fractions)
+    fractions += torch.where(torch.rand(channels, generator=generator) < 0.5, 0.0, 0.5)
+    input_scale = round(float(draw_uniform(generator, 0.005, 0.1)), 5)
+    weight_scale = draw_uniform(generator, 0.0005, 0.01, (channels,) if per_channel else ())
+    output_scale = round(float(draw_uniform(generator, 0.01, 0.2)), 4)
+    name = f"random biases, {'per-channel' if per_channel else 'per-tensor'} weight scales"
+    return _int32_bias_case(name, integers, input_scale, weight_scale, output_scale, fractions)
+
+
+def _bias_far_from_ties(case: Case) -> bool:
+    """Whether every b / (S_x S_w) of the case, as float32 gives it, is far from a tie."""
+    values = dict(case.arguments)
+    steps = values["bias"].double() / (values["input_scale"] * values["weight_scale"].double())
+    return bool((distance_to_tie(steps) > 0.04).all())
 
 
 def _bias_mistakes(arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -144,9 +195,7 @@ def check_int32_bias(student_fn: Callable[..., Any]) -> None:
     tensor, one per output row (or a 0-d tensor); ``output_scale`` S_y a float. ``q_b`` must
     be ``round(b / (S_x S_w))`` as a torch.int32 tensor of the bias's shape.
     """
-    why = "the bias is added to the int32 accumulator: return torch.int32"
-    compare = _compare_with_mistakes(torch.int32, why, _bias_mistakes)
-    run_cases("check_int32_bias", student_fn, int32_bias_cases(), compare)
+    run_exercise(INT32_BIAS, student_fn)
 
 
 # --- the zero-point correction -----------------------------------------------------------------
@@ -158,12 +207,21 @@ def _zero_point_correction_reference(weight: torch.Tensor, input_zero_point: int
     return -input_zero_point * weight.to(torch.int64).sum(dim=1)
 
 
+HINT_CORRECTION = (
+    "sum_k (q_x,k - Z_x) q_w,k = sum_k q_x,k q_w,k - Z_x sum_k q_w,k: the correction is "
+    "-Z_x times the sum of each output row (sum over dim=1 of the [out, in] weight), int32"
+)
+
+
+def _correction_case(name: str, weight: torch.Tensor, zero_point: int) -> Case:
+    weight = weight.to(torch.int8)
+    expected = _zero_point_correction_reference(weight, zero_point)
+    arguments = (("weight", weight), ("input_zero_point", zero_point))
+    return Case(name, arguments, expected, HINT_CORRECTION)
+
+
 def zero_point_correction_cases() -> list[Case]:
     """int8 weights ``[out, in]`` and an input zero-point."""
-    hint = (
-        "sum_k (q_x,k - Z_x) q_w,k = sum_k q_x,k q_w,k - Z_x sum_k q_w,k: the correction is "
-        "-Z_x times the sum of each output row (sum over dim=1 of the [out, in] weight), int32"
-    )
     extremes = torch.full((3, 784), -128, dtype=torch.int8)
     extremes[1] = 127
     extremes[2, ::2] = 127
@@ -181,12 +239,19 @@ def zero_point_correction_cases() -> list[Case]:
         ),
         ("784 inputs at the int8 extremes, Z_x = 255: sums need 32 bits", extremes, 255),
     ]
+    return [_correction_case(*row) for row in table]
+
+
+def draw_zero_point_correction_cases(generator: torch.Generator) -> list[Case]:
+    """Random int8 weights of random shapes, zero-points of uint8 and int8 inputs."""
     cases = []
-    for name, weight, zero_point in table:
-        weight = weight.to(torch.int8)
-        expected = _zero_point_correction_reference(weight, zero_point)
-        arguments = (("weight", weight), ("input_zero_point", zero_point))
-        cases.append(Case(name, arguments, expected, hint))
+    for low, high in ((0, 256), (-128, 128), (0, 256)):
+        shape = tuple(int(n) for n in torch.randint(2, 60, (2,), generator=generator))
+        weight = torch.randint(-128, 128, shape, generator=generator)
+        zero_point = int(torch.randint(low, high, (), generator=generator))
+        cases.append(
+            _correction_case(f"random weight {list(shape)}, Z_x = {zero_point}", weight, zero_point)
+        )
     return cases
 
 
@@ -209,9 +274,7 @@ def check_zero_point_correction(student_fn: Callable[..., Any]) -> None:
     ``weight`` int8 ``[out, in]``, ``input_zero_point`` Z_x an int. ``correction`` must be the
     torch.int32 tensor ``[out]`` with ``q_x @ weight.T + correction == (q_x - Z_x) @ weight.T``.
     """
-    why = "the correction joins the int32 accumulator: return torch.int32"
-    compare = _compare_with_mistakes(torch.int32, why, _correction_mistakes)
-    run_cases("check_zero_point_correction", student_fn, zero_point_correction_cases(), compare)
+    run_exercise(ZERO_POINT_CORRECTION, student_fn)
 
 
 # --- a whole integer layer ---------------------------------------------------------------------
@@ -243,39 +306,69 @@ def _integer_layer_reference(
     return (rounded + output_zero_point).clamp(max(lowest, INT8_MIN), INT8_MAX)
 
 
+HINT_LAYER = (
+    "acc = (q_x - Z_x) @ q_w.T + q_b in int32/int64; q_y = ((acc * M0 + 2**(n-1)) >> n) + Z_y; "
+    "clamp to [Z_y, 127] with a ReLU (real 0 is the integer Z_y), else to [-128, 127]; int8"
+)
+
+
+def _integer_layer_case(
+    name: str, generator: torch.Generator, input_zero_point: int, output_zero_point: int, relu: bool
+) -> Case:
+    """A random int8 layer (4 digits, 16 inputs, 5 outputs) whose outputs span int8."""
+    q_x = torch.randint(-128, 128, (4, 16), generator=generator, dtype=torch.int8)
+    q_w = torch.randint(-127, 128, (5, 16), generator=generator, dtype=torch.int8)
+    q_b = torch.randint(-3000, 3000, (5,), generator=generator, dtype=torch.int32)
+    reals = 0.002 + 0.004 * torch.rand(5, generator=generator, dtype=torch.float64)
+    pairs = [_fixed_point_multiplier_reference(float(real)) for real in reals]
+    multiplier = torch.tensor([m0 for m0, _ in pairs], dtype=torch.int64)
+    shift = torch.tensor([n for _, n in pairs], dtype=torch.int64)
+    arguments = (
+        ("q_x", q_x),
+        ("q_w", q_w),
+        ("q_b", q_b),
+        ("input_zero_point", input_zero_point),
+        ("multiplier", multiplier),
+        ("shift", shift),
+        ("output_zero_point", output_zero_point),
+        ("relu", relu),
+    )
+    expected = _integer_layer_reference(*(value for _, value in arguments))
+    return Case(name, arguments, expected, HINT_LAYER)
+
+
+def _far_from_ties(case: Case) -> bool:
+    """Whether every acc * M0 / 2**n of the layer is far from a rounding tie."""
+    values = dict(case.arguments)
+    acc = (values["q_x"].long() - values["input_zero_point"]) @ values["q_w"].long().T
+    remainder = ((acc + values["q_b"].long()) * values["multiplier"]) % (1 << values["shift"])
+    return bool(((remainder.double() / 2.0 ** values["shift"].double() - 0.5).abs() > 1e-3).all())
+
+
 def integer_layer_cases() -> list[Case]:
     """Random int8 layers (4 digits, 16 inputs, 5 outputs) whose outputs span the int8 range."""
-    hint = (
-        "acc = (q_x - Z_x) @ q_w.T + q_b in int32/int64; q_y = ((acc * M0 + 2**(n-1)) >> n) + Z_y; "
-        "clamp to [Z_y, 127] with a ReLU (real 0 is the integer Z_y), else to [-128, 127]; int8"
-    )
     table = [  # name, seed, Z_x, Z_y, relu
         ("no ReLU, Z_y = 7", 11, -5, 7, False),
         ("fused ReLU with a negative Z_y = -20: the lower clamp is Z_y, not 0", 12, 3, -20, True),
         ("fused ReLU with a positive Z_y = 10", 13, -128, 10, True),
     ]
+    return [
+        _integer_layer_case(name, _generator(seed), zero_x, zero_y, relu)
+        for name, seed, zero_x, zero_y, relu in table
+    ]
+
+
+def draw_integer_layer_cases(generator: torch.Generator) -> list[Case]:
+    """Random layers, zero-points and ReLUs, far from rounding ties."""
     cases = []
-    for name, seed, input_zero_point, output_zero_point, relu in table:
-        generator = _generator(seed)
-        q_x = torch.randint(-128, 128, (4, 16), generator=generator, dtype=torch.int8)
-        q_w = torch.randint(-127, 128, (5, 16), generator=generator, dtype=torch.int8)
-        q_b = torch.randint(-3000, 3000, (5,), generator=generator, dtype=torch.int32)
-        reals = 0.002 + 0.004 * torch.rand(5, generator=generator, dtype=torch.float64)
-        pairs = [_fixed_point_multiplier_reference(float(real)) for real in reals]
-        multiplier = torch.tensor([m0 for m0, _ in pairs], dtype=torch.int64)
-        shift = torch.tensor([n for _, n in pairs], dtype=torch.int64)
-        arguments = (
-            ("q_x", q_x),
-            ("q_w", q_w),
-            ("q_b", q_b),
-            ("input_zero_point", input_zero_point),
-            ("multiplier", multiplier),
-            ("shift", shift),
-            ("output_zero_point", output_zero_point),
-            ("relu", relu),
-        )
-        expected = _integer_layer_reference(*(value for _, value in arguments))
-        cases.append(Case(name, arguments, expected, hint))
+    for relu in (False, True, True):
+        zero_x = int(torch.randint(-128, 128, (), generator=generator))
+        zero_y = int(torch.randint(-40, 40, (), generator=generator))
+        name = f"a random layer, Z_x = {zero_x}, Z_y = {zero_y}" + (", fused ReLU" if relu else "")
+        case = _integer_layer_case(name, generator, zero_x, zero_y, relu)
+        while not _far_from_ties(case):
+            case = _integer_layer_case(name, generator, zero_x, zero_y, relu)
+        cases.append(case)
     return cases
 
 
@@ -316,6 +409,47 @@ def check_integer_layer(student_fn: Callable[..., Any]) -> None:
     output row, ``output_zero_point`` Z_y, ``relu`` whether a ReLU is fused. ``q_y`` must be
     the int8 ``[N, out]`` of :func:`_integer_layer_reference`.
     """
-    why = "the layer's output is an int8 activation: return torch.int8"
-    compare = _compare_with_mistakes(torch.int8, why, _layer_mistakes)
-    run_cases("check_integer_layer", student_fn, integer_layer_cases(), compare)
+    run_exercise(INTEGER_LAYER, student_fn)
+
+
+INT32_BIAS = Exercise(
+    id="int32_bias",
+    notebook="04_int8_conversion",
+    function="my_int32_bias",
+    cases=int32_bias_cases,
+    draw=draw_int32_bias_cases,
+    compare=_compare_with_mistakes(
+        torch.int32,
+        "the bias is added to the int32 accumulator: return torch.int32",
+        _bias_mistakes,
+    ),
+    answers=("ptqlib.integer_arithmetic.quantize_bias",),
+)
+ZERO_POINT_CORRECTION = Exercise(
+    id="zero_point_correction",
+    notebook="04_int8_conversion",
+    function="my_zero_point_correction",
+    cases=zero_point_correction_cases,
+    draw=draw_zero_point_correction_cases,
+    compare=_compare_with_mistakes(
+        torch.int32,
+        "the correction joins the int32 accumulator: return torch.int32",
+        _correction_mistakes,
+    ),
+    answers=("ptqlib.integer_arithmetic.zero_point_correction",),
+)
+INTEGER_LAYER = Exercise(
+    id="integer_layer",
+    notebook="04_int8_conversion",
+    function="my_integer_layer",
+    cases=integer_layer_cases,
+    draw=draw_integer_layer_cases,
+    compare=_compare_with_mistakes(
+        torch.int8, "the layer's output is an int8 activation: return torch.int8", _layer_mistakes
+    ),
+    answers=(
+        "ptqlib.int8_layers.Int8Linear",
+        "ptqlib.integer_arithmetic.requantize",
+        "ptqlib.integer_arithmetic.rounding_right_shift",
+    ),
+)

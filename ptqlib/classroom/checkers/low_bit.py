@@ -20,8 +20,9 @@ from ptqlib.classroom.checkers.core import (
     _check_tensor,
     _first_difference,
     compare_integers,
-    run_cases,
+    draw_uniform,
 )
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.lowbit.rounding import rectified_sigmoid
 from ptqlib.lowbit.weights import weight_qparams
 from ptqlib.packing import pack
@@ -38,41 +39,49 @@ def _compare_close(case: Case, got: Any) -> None:
         raise WrongAnswer(_first_difference(got, expected, close))
 
 
+def _pack_case(name: str, values: list | torch.Tensor, hint: str) -> Case:
+    values = torch.as_tensor(values, dtype=torch.int64)
+    return Case(name, (("values", values),), pack(values, 2, 0), hint)
+
+
 def pack_cases() -> list[Case]:
     generator = torch.Generator().manual_seed(6)
     random = torch.randint(0, 4, (24,), generator=generator)
     return [
-        Case(
+        _pack_case(
             "four values, one byte",
-            (("values", torch.tensor([0, 1, 2, 3])),),
-            pack(torch.tensor([0, 1, 2, 3]), 2, 0),
+            [0, 1, 2, 3],
             "value i goes to bits 2i and 2i+1 of the byte: byte = sum_i u_i * 4**i",
         ),
-        Case(
-            "all threes",
-            (("values", torch.full((8,), 3)),),
-            pack(torch.full((8,), 3), 2, 0),
-            "four 2-bit values of 3 fill a byte with ones: 255",
-        ),
-        Case(
+        _pack_case("all threes", [3] * 8, "four 2-bit values of 3 fill a byte with ones: 255"),
+        _pack_case(
             "a count that is not a multiple of 4",
-            (("values", torch.tensor([1, 2, 3, 1, 2])),),
-            pack(torch.tensor([1, 2, 3, 1, 2]), 2, 0),
+            [1, 2, 3, 1, 2],
             "pad the last byte with zeros: ceil(5 / 4) = 2 bytes",
         ),
-        Case(
+        _pack_case(
             "24 random values",
-            (("values", random),),
-            pack(random, 2, 0),
+            random,
             "reshape to [-1, 4] after padding, then weight the columns by 1, 4, 16, 64",
         ),
     ]
 
 
+def draw_pack_cases(generator: torch.Generator) -> list[Case]:
+    """Random values 0..3 of random lengths, some not a multiple of 4."""
+    hint = "four values per byte, the first in the lowest two bits; pad the last byte with zeros"
+    cases = []
+    for _ in range(3):
+        count = int(torch.randint(1, 40, (), generator=generator))
+        values = torch.randint(0, 4, (count,), generator=generator)
+        cases.append(_pack_case(f"{count} random values", values, hint))
+    return cases
+
+
 def check_pack_two_bit(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(values) -> bytes``: values 0..3 (int64, 1-d), four per byte, the
     first value in the lowest two bits, the last byte padded with zeros; a uint8 tensor."""
-    run_cases("check_pack_two_bit", student_fn, pack_cases(), compare_integers)
+    run_exercise(PACK_TWO_BIT, student_fn)
 
 
 def _bias_shift(
@@ -114,10 +123,28 @@ def bias_shift_cases() -> list[Case]:
     ]
 
 
+def draw_bias_shift_cases(generator: torch.Generator) -> list[Case]:
+    """Random layers rounded to random grids, random inputs."""
+    hint = "average the output error over the rows (images), one number per output"
+    cases = []
+    for _ in range(3):
+        out_features, in_features = (int(n) for n in torch.randint(2, 8, (2,), generator=generator))
+        weight = torch.randn(out_features, in_features, generator=generator)
+        step = float(draw_uniform(generator, 0.1, 1.0))
+        quantized = torch.round(weight / step) * step
+        inputs = torch.rand(
+            int(torch.randint(5, 60, (), generator=generator)), in_features, generator=generator
+        )
+        arguments = (("weight", weight), ("quantized_weight", quantized), ("inputs", inputs))
+        name = f"a random {out_features}x{in_features} layer rounded to steps of {step:.3f}"
+        cases.append(Case(name, arguments, _bias_shift(weight, quantized, inputs), hint))
+    return cases
+
+
 def check_bias_shift(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(weight, quantized_weight, inputs) -> shift``: the mean over the
     rows of ``inputs`` [N, in] of ``x W~^T - x W^T``, one value per output (float)."""
-    run_cases("check_bias_shift", student_fn, bias_shift_cases(), _compare_close)
+    run_exercise(BIAS_SHIFT, student_fn)
 
 
 # --- GPTQ: one column (exercise 3) -----------------------------------------------------------
@@ -184,6 +211,21 @@ def gptq_column_cases() -> list[Case]:
     return cases
 
 
+def draw_gptq_column_cases(generator: torch.Generator) -> list[Case]:
+    """Random layers and columns (the first, a middle one, the last)."""
+    hint = "q = clamp(round(w_j / S)); err = (w_j - S q) / Hinv_jj; w_k -= err * Hinv_jk, k > j"
+    cases = []
+    for where in ("first", "middle", "last"):
+        seed = int(torch.randint(2**31, (), generator=generator))
+        out_features, in_features = (int(n) for n in torch.randint(2, 7, (2,), generator=generator))
+        column = {"first": 0, "middle": in_features // 2, "last": in_features - 1}[where]
+        arguments = _gptq_arguments(seed, out_features, in_features, column)
+        expected = _gptq_column(*(value for _, value in arguments))
+        name = f"the {where} column of a random {out_features}x{in_features} layer"
+        cases.append(Case(name, arguments, expected, hint))
+    return cases
+
+
 def _compare_gptq_column(case: Case, got: Any) -> None:
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise WrongAnswer(f"your function should return a pair (q, weight), got {got!r}")
@@ -195,7 +237,7 @@ def check_gptq_column(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(weight, hessian_inverse, column, scale, quant_min, quant_max) ->
     (q, updated_weight)``: quantize column ``column`` of ``weight`` [out, in] to nearest
     (one ``scale`` per output row), then move every later column to compensate its error."""
-    run_cases("check_gptq_column", student_fn, gptq_column_cases(), _compare_gptq_column)
+    run_exercise(GPTQ_COLUMN, student_fn)
 
 
 # --- AdaRound: the loss (exercise 4) ---------------------------------------------------------
@@ -215,6 +257,9 @@ def _adaround_loss(
     soft = scale[:, None] * (torch.floor(weight / scale[:, None]) + h)
     reconstruction = ((inputs @ (soft - weight).T) ** 2).sum(dim=1).mean()
     return reconstruction + regularisation * (1 - (2 * h - 1).abs().pow(beta)).sum()
+
+
+ADAROUND_NAMES = ("weight", "v", "scale", "inputs", "regularisation", "beta")
 
 
 def adaround_loss_cases() -> list[Case]:
@@ -242,47 +287,135 @@ def adaround_loss_cases() -> list[Case]:
             "h = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1) with zeta = 1.1, gamma = -0.1",
         ),
     ]:
-        names = ("weight", "v", "scale", "inputs", "regularisation", "beta")
         expected = _adaround_loss(*arguments).detach()
-        cases.append(Case(name, tuple(zip(names, arguments, strict=True)), expected, hint))
+        cases.append(Case(name, tuple(zip(ADAROUND_NAMES, arguments, strict=True)), expected, hint))
     return cases
+
+
+def draw_adaround_loss_cases(generator: torch.Generator) -> list[Case]:
+    """Random layers, rounding variables, inputs, regularisation weights and betas."""
+    hint = (
+        "W~ = S (floor(W / S) + h(V)); mean over rows of ||x W~^T - x W^T||^2 plus "
+        "lambda * sum(1 - |2h - 1|^beta)"
+    )
+    cases = []
+    for _ in range(3):
+        out_features, in_features = (int(n) for n in torch.randint(2, 7, (2,), generator=generator))
+        weight = torch.randn(out_features, in_features, generator=generator)
+        scale = weight.abs().amax(dim=1) / 2
+        inputs = torch.rand(
+            int(torch.randint(4, 20, (), generator=generator)), in_features, generator=generator
+        )
+        v = torch.randn(out_features, in_features, generator=generator) * 2
+        regularisation = round(float(draw_uniform(generator, 0.0, 0.5)), 3)
+        beta = round(float(draw_uniform(generator, 2.0, 20.0)), 2)
+        arguments = (weight, v, scale, inputs, regularisation, beta)
+        expected = _adaround_loss(*arguments).detach()
+        name = f"a random {out_features}x{in_features} layer, lambda {regularisation}, beta {beta}"
+        cases.append(Case(name, tuple(zip(ADAROUND_NAMES, arguments, strict=True)), expected, hint))
+    return cases
+
+
+def _compare_loss(case: Case, got: Any) -> None:
+    _compare_close(case, got.detach() if isinstance(got, torch.Tensor) else got)
 
 
 def check_adaround_loss(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(weight, v, scale, inputs, regularisation, beta) -> loss``:
     AdaRound's reconstruction error plus its rounding regulariser, one number."""
-
-    def compare(case: Case, got: Any) -> None:
-        if isinstance(got, torch.Tensor):
-            got = got.detach()
-        _compare_close(case, got)
-
-    run_cases("check_adaround_loss", student_fn, adaround_loss_cases(), compare)
+    run_exercise(ADAROUND_LOSS, student_fn)
 
 
 # --- Per-tensor low-bit scale (exercise 5) ---------------------------------------------------
 
 
+def _per_tensor_scale_case(name: str, weight: torch.Tensor, bits: int, hint: str) -> Case:
+    expected = weight_qparams(weight, bits, per_channel=False).scale
+    return Case(name, (("weight", weight), ("bits", bits)), expected, hint)
+
+
 def per_tensor_scale_cases() -> list[Case]:
     generator = torch.Generator().manual_seed(65)
     gaussian = torch.randn(8, 16, generator=generator)
-    cases = []
-    for name, weight, bits, hint in [
-        (
+    return [
+        _per_tensor_scale_case(
             "2 bits, the largest |w| negative",
             torch.tensor([[0.5, -2.0], [1.0, 0.25]]),
             2,
             "S = max|w| / 2^(B-1): -max|w| lands exactly on -2^(B-1)",
         ),
-        ("3 bits, a Gaussian layer", gaussian, 3, "one scale for the whole tensor: max over all"),
-        ("4 bits, a Gaussian layer", gaussian * 0.1, 4, "at 4 bits divide by 2^3 = 8, not 7.5"),
-    ]:
-        expected = weight_qparams(weight, bits, per_channel=False).scale
-        cases.append(Case(name, (("weight", weight), ("bits", bits)), expected, hint))
+        _per_tensor_scale_case(
+            "3 bits, a Gaussian layer", gaussian, 3, "one scale for the whole tensor: max over all"
+        ),
+        _per_tensor_scale_case(
+            "4 bits, a Gaussian layer", gaussian * 0.1, 4, "at 4 bits divide by 2^3 = 8, not 7.5"
+        ),
+    ]
+
+
+def draw_per_tensor_scale_cases(generator: torch.Generator) -> list[Case]:
+    """Random weights of random shapes and magnitudes, 2 to 4 bits."""
+    hint = "S = max|w| / 2^(B-1) over the whole tensor"
+    cases = []
+    for bits in (2, 3, 4):
+        shape = tuple(int(n) for n in torch.randint(1, 12, (2,), generator=generator))
+        weight = torch.randn(shape, generator=generator) * float(draw_uniform(generator, 0.01, 3))
+        cases.append(
+            _per_tensor_scale_case(
+                f"{bits} bits, a random {list(shape)} weight", weight, bits, hint
+            )
+        )
     return cases
 
 
 def check_per_tensor_scale(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(weight, bits) -> scale``: one B-bit weight scale (B <= 4) for the
     whole tensor, as section 1 of notebook 06 defines it."""
-    run_cases("check_per_tensor_scale", student_fn, per_tensor_scale_cases(), _compare_close)
+    run_exercise(PER_TENSOR_SCALE, student_fn)
+
+
+PACK_TWO_BIT = Exercise(
+    id="pack_two_bit",
+    notebook="06_when_ptq_breaks",
+    function="pack_two_bit",
+    cases=pack_cases,
+    draw=draw_pack_cases,
+    compare=compare_integers,
+    answers=("ptqlib.packing.pack", "ptqlib.packing.pack_entry"),
+)
+BIAS_SHIFT = Exercise(
+    id="bias_shift",
+    notebook="06_when_ptq_breaks",
+    function="bias_shift",
+    cases=bias_shift_cases,
+    draw=draw_bias_shift_cases,
+    compare=_compare_close,
+    answers=("ptqlib.lowbit.weights.output_shift",),
+)
+GPTQ_COLUMN = Exercise(
+    id="gptq_column",
+    notebook="06_when_ptq_breaks",
+    function="gptq_column",
+    cases=gptq_column_cases,
+    draw=draw_gptq_column_cases,
+    compare=_compare_gptq_column,
+    answers=("ptqlib.lowbit.rounding.gptq",),
+)
+ADAROUND_LOSS = Exercise(
+    id="adaround_loss",
+    notebook="06_when_ptq_breaks",
+    function="adaround_loss",
+    cases=adaround_loss_cases,
+    draw=draw_adaround_loss_cases,
+    compare=_compare_loss,
+    answers=("ptqlib.lowbit.rounding.adaround", "ptqlib.lowbit.rounding.reconstruction_error"),
+)
+PER_TENSOR_SCALE = Exercise(
+    id="per_tensor_scale",
+    notebook="06_when_ptq_breaks",
+    function="per_tensor_scale",
+    cases=per_tensor_scale_cases,
+    draw=draw_per_tensor_scale_cases,
+    compare=_compare_close,
+    answers=("ptqlib.lowbit.weights.weight_qparams",),
+)

@@ -1,4 +1,5 @@
-"""Checkers for notebook 03 (observers and calibration), and the helper of its activity.
+"""Checkers for notebook 03 (observers and calibration); its activity, one observer per
+quantization point, is :mod:`ptqlib.classroom.checkers.observer_choice`.
 
 The checkers (see :mod:`ptqlib.classroom.checkers` for how a checker reports):
 
@@ -13,34 +14,29 @@ The checkers (see :mod:`ptqlib.classroom.checkers` for how a checker reports):
 
 The answers come from ptqlib itself (its observers, :func:`ptqlib.calibration.
 quantization_points`) or, for the three-sigma observer, from float64 arithmetic.
-
-:func:`evaluate_observer_choice` is the helper of the "pick an observer for each layer"
-activity: ``calibrate`` takes one activation observer for the whole model, so it
-calibrates once per observer named in the choice and merges the qparams key by key (the
-merged dict is what ``convert`` takes), then measures the INT8 model's accuracy;
-:func:`check_observer_choice` runs it on a student's choice and prints the evidence (there
-is no single right answer: the notebook grades the justification with a rubric).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ptqlib.calibration import Calibration, calibrate
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_pair, describe, run_cases
-from ptqlib.data import MNISTSplit
+from ptqlib.classroom.checkers.core import (
+    Case,
+    WrongAnswer,
+    as_float,
+    as_pair,
+    describe,
+    draw_uniform,
+)
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.errors import InputError
-from ptqlib.evaluation import predict
 from ptqlib.fusion import quantization_points
-from ptqlib.int8_model import convert
-from ptqlib.observers import OBSERVERS, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
-from ptqlib.quantization import QParams
+from ptqlib.observers import MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
 # Ranges and scales are float32 in ptqlib; a student's float64 arithmetic may differ in
 # the last bits. One part in 100,000 is far below any real mistake.
@@ -103,23 +99,38 @@ def moving_average_cases() -> list[Case]:
             "with c = 1 the update m + 1 * (min(x_b) - m) is min(x_b)",
         ),
     ]
+    return [_moving_average_case(*row) for row in table]
+
+
+def _moving_average_case(name: str, values: list, constant: float, hint: str) -> Case:
+    batches = [torch.as_tensor(batch, dtype=torch.float32) for batch in values]
+    expected = _moving_average_reference(batches, constant)
+    return Case(name, (("batches", batches), ("averaging_constant", constant)), expected, hint)
+
+
+def draw_moving_average_cases(generator: torch.Generator) -> list[Case]:
+    """Two to five random batches of random sizes and a random averaging constant."""
+    hint = (
+        "the first batch sets the range; each later batch moves it: m <- m + c (min(x_b) - m), "
+        "the same for the max"
+    )
     cases = []
-    for name, values, constant, hint in table:
-        batches = [torch.tensor(batch) for batch in values]
-        expected = _moving_average_reference(batches, constant)
-        arguments = (("batches", batches), ("averaging_constant", constant))
-        cases.append(Case(name, arguments, expected, hint))
+    for _ in range(3):
+        count = int(torch.randint(2, 6, (), generator=generator))
+        batches = [
+            torch.randn(int(torch.randint(2, 9, (), generator=generator)), generator=generator) * 3
+            + float(draw_uniform(generator, -2, 2))
+            for _ in range(count)
+        ]
+        constant = round(float(draw_uniform(generator, 0.01, 1.0)), 3)
+        name = f"{count} random batches, c = {constant}"
+        cases.append(_moving_average_case(name, batches, constant, hint))
     return cases
 
 
 def check_moving_average_range(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(batches, averaging_constant) -> (low, high)``."""
-
-    def call(batches: list[torch.Tensor], constant: float) -> Any:
-        # Fresh copies of every batch: run_cases only copies top-level tensors.
-        return student_fn([batch.clone() for batch in batches], constant)
-
-    run_cases("check_moving_average_range", call, moving_average_cases(), _compare_range)
+    run_exercise(MOVING_AVERAGE_RANGE, student_fn)
 
 
 # --- Exercise: per-channel symmetric weight scales --------------------------------------
@@ -160,10 +171,24 @@ def per_channel_scale_cases() -> list[Case]:
             "per input column instead",
         ),
     ]
+    return [_per_channel_scale_case(*row) for row in table]
+
+
+def _per_channel_scale_case(name: str, rows: list | torch.Tensor, hint: str) -> Case:
+    weight = torch.as_tensor(rows, dtype=torch.float32)
+    return Case(name, (("weight", weight),), _per_channel_scales_reference(weight), hint)
+
+
+def draw_per_channel_scale_cases(generator: torch.Generator) -> list[Case]:
+    """Random weights [out, in], rows of different magnitudes."""
+    hint = "one scale per output row: max_j |W_ij| / 127.5, reducing over the inputs (dim=1)"
     cases = []
-    for name, rows, hint in table:
-        weight = torch.tensor(rows)
-        cases.append(Case(name, (("weight", weight),), _per_channel_scales_reference(weight), hint))
+    for _ in range(3):
+        out_features, in_features = (int(n) for n in torch.randint(2, 9, (2,), generator=generator))
+        magnitudes = 10 ** draw_uniform(generator, -2, 1, (out_features, 1))
+        weight = (torch.randn(out_features, in_features, generator=generator) * magnitudes).float()
+        name = f"a random weight [{out_features}, {in_features}]"
+        cases.append(_per_channel_scale_case(name, weight, hint))
     return cases
 
 
@@ -188,14 +213,24 @@ def _compare_scales(case: Case, got: Any) -> None:
 
 def check_per_channel_scales(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(weight) -> scales``: int8 symmetric, one scale per output row."""
-    run_cases("check_per_channel_scales", student_fn, per_channel_scale_cases(), _compare_scales)
+    run_exercise(PER_CHANNEL_SCALES, student_fn)
 
 
 # --- Exercise: which tensors are quantization points after fusion -----------------------
 
 
-def _sequential(*modules: tuple[str, nn.Module]) -> nn.Sequential:
-    return nn.Sequential(OrderedDict(modules))
+def build_sequential(layers: list[list]) -> tuple[nn.Sequential]:
+    """The nn.Sequential a case describes: ``[name, "linear", in, out]``, ``[name, "relu"]``
+    or ``[name, "flatten"]`` for each child, in order (fork_rng: only the layout matters)."""
+    kinds = {"linear": nn.Linear, "relu": nn.ReLU, "flatten": nn.Flatten}
+    with torch.random.fork_rng():
+        children = [(name, kinds[kind](*sizes)) for name, kind, *sizes in layers]
+    return (nn.Sequential(OrderedDict(children)),)
+
+
+def _quantization_point_case(name: str, layers: list[list], hint: str) -> Case:
+    expected = quantization_points(*build_sequential(layers))
+    return Case(name, (("model", layers),), expected, hint)
 
 
 def quantization_point_cases() -> list[Case]:
@@ -203,39 +238,55 @@ def quantization_point_cases() -> list[Case]:
     table = [
         (
             "SimpleNet's shape: Linear+ReLU, Linear+ReLU, Linear",
-            _sequential(
-                ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(4, 3)),
-                ("relu1", nn.ReLU()),
-                ("fc2", nn.Linear(3, 3)),
-                ("relu2", nn.ReLU()),
-                ("fc3", nn.Linear(3, 2)),
-            ),
+            [
+                ["flatten", "flatten"],
+                ["fc1", "linear", 4, 3],
+                ["relu1", "relu"],
+                ["fc2", "linear", 3, 3],
+                ["relu2", "relu"],
+                ["fc3", "linear", 3, 2],
+            ],
             "a Linear followed directly by a ReLU is fused with it: the Linear's own output "
             "is never stored, so 'fc1' and 'fc2' are not quantization points (the ReLU's are)",
         ),
         (
             "a Linear without a ReLU after it",
-            _sequential(("a", nn.Linear(4, 4)), ("b", nn.Linear(4, 4)), ("act", nn.ReLU())),
+            [["a", "linear", 4, 4], ["b", "linear", 4, 4], ["act", "relu"]],
             "every Linear not followed by a ReLU is a step of its own, and its output is "
             "stored: here 'a' stays, 'b' fuses with 'act'",
         ),
         (
             "the model's input is always a quantization point",
-            _sequential(("fc", nn.Linear(4, 2)), ("relu", nn.ReLU())),
+            [["fc", "linear", 4, 2], ["relu", "relu"]],
             "start the list with 'input': the first layer reads the quantized input",
         ),
         (
             "a Flatten is not quantized on its own; a ReLU first is",
-            _sequential(("relu0", nn.ReLU()), ("flat", nn.Flatten()), ("fc", nn.Linear(4, 2))),
+            [["relu0", "relu"], ["flat", "flatten"], ["fc", "linear", 4, 2]],
             "only Linear and ReLU outputs are stored (a Flatten just reshapes the same "
             "integers); a ReLU with no Linear before it runs alone, so its output is stored",
         ),
     ]
-    return [
-        Case(name, (("model", model),), quantization_points(model), hint)
-        for name, model, hint in table
-    ]
+    return [_quantization_point_case(*row) for row in table]
+
+
+def draw_quantization_point_cases(generator: torch.Generator) -> list[Case]:
+    """Random stacks of Linear, ReLU and Flatten layers with random names."""
+    hint = (
+        "'input', then the output of every step: a Linear and the ReLU right after it are one "
+        "step named by the ReLU; a Linear or a ReLU alone is a step; a Flatten is none"
+    )
+    kinds = ("linear", "linear", "relu", "flatten")
+    cases = []
+    for _ in range(3):
+        layers: list[list] = []
+        for number in range(int(torch.randint(3, 8, (), generator=generator))):
+            kind = kinds[int(torch.randint(len(kinds), (), generator=generator))]
+            name = f"{kind[:2]}{number}_{int(torch.randint(100, (), generator=generator))}"
+            layers.append([name, kind, 4, 4] if kind == "linear" else [name, kind])
+        names = ", ".join(f"{name}={kind}" for name, kind, *_ in layers)
+        cases.append(_quantization_point_case(f"a random model: {names}", layers, hint))
+    return cases
 
 
 def _compare_names(case: Case, got: Any) -> None:
@@ -251,7 +302,7 @@ def _compare_names(case: Case, got: Any) -> None:
 
 def check_quantization_points(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(model) -> ["input", ...]``, in run order, for an nn.Sequential."""
-    run_cases("check_quantization_points", student_fn, quantization_point_cases(), _compare_names)
+    run_exercise(QUANTIZATION_POINTS, student_fn)
 
 
 # --- Exercise: an observer of your own, mean +- 3 standard deviations -------------------
@@ -263,6 +314,16 @@ def _three_sigma_reference(batches: list[torch.Tensor]) -> tuple[float, float]:
     values = torch.cat([batch.reshape(-1) for batch in batches]).double()
     mean, std = float(values.mean()), float(values.std(correction=0))
     return max(float(values.min()), mean - 3 * std), min(float(values.max()), mean + 3 * std)
+
+
+HINT_THREE_SIGMA = (
+    "accumulate count, sum x and sum x^2 over ALL batches; range = [mean - 3 std, mean + 3 std] "
+    "(population std), intersected with the observed [min, max]"
+)
+
+
+def _three_sigma_case(name: str, batches: list[torch.Tensor], hint: str) -> Case:
+    return Case(name, (("batches", batches),), _three_sigma_reference(batches), hint)
 
 
 def three_sigma_cases() -> list[Case]:
@@ -288,154 +349,94 @@ def three_sigma_cases() -> list[Case]:
             "an average of per-batch standard deviations, misses the spread between batches",
         ),
     ]
-    return [
-        Case(name, (("batches", batches),), _three_sigma_reference(batches), hint)
-        for name, batches, hint in table
+    return [_three_sigma_case(*row) for row in table]
+
+
+def draw_three_sigma_cases(generator: torch.Generator) -> list[Case]:
+    """Heavy-tailed batches with random means and sizes, and a short one."""
+    cases = []
+    for count in (1, 3):
+        batches = [
+            torch.randn(int(torch.randint(200, 800, (), generator=generator)), generator=generator)
+            ** 3
+            + float(draw_uniform(generator, -4, 4))
+            for _ in range(count)
+        ]
+        cases.append(_three_sigma_case(f"{count} random batch(es)", batches, HINT_THREE_SIGMA))
+    short = [
+        torch.randint(
+            0, 2, (int(torch.randint(2, 6, (), generator=generator)),), generator=generator
+        ).float()
     ]
+    cases.append(
+        _three_sigma_case(
+            "a few values of 0 and 1", short + [torch.tensor([0.0, 1.0])], HINT_THREE_SIGMA
+        )
+    )
+    return cases
 
 
-def check_three_sigma_observer(observer_class: type) -> None:
-    """Check an Observer subclass: ``observer_class(dtype=torch.int8, symmetric=True)``,
-    called on every batch, must return each batch unchanged and end with the range
-    ``clipping_range()`` of :func:`_three_sigma_reference`."""
+def observed_range_of(observer_class: type) -> Callable[[list[torch.Tensor]], Any]:
+    """The function the three-sigma cases call: feed ``observer_class(dtype=torch.int8,
+    symmetric=True)`` every batch, then return its ``clipping_range()``."""
     if not isinstance(observer_class, type):
         raise TypeError(f"check_three_sigma_observer: expected your class, got {observer_class!r}")
 
     def observed_range(batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         observer = observer_class(dtype=torch.int8, symmetric=True)
         for batch in batches:
-            batch = batch.clone()
             if observer(batch) is not batch:
                 raise InputError("observer(x) must return x itself, unchanged")
         return observer.clipping_range()
 
-    run_cases("check_three_sigma_observer", observed_range, three_sigma_cases(), _compare_range)
+    return observed_range
 
 
-# --- The activity: an observer for each quantization point ------------------------------
+def check_three_sigma_observer(observer_class: type) -> None:
+    """Check an Observer subclass: ``observer_class(dtype=torch.int8, symmetric=True)``,
+    called on every batch, must return each batch unchanged and end with the range
+    ``clipping_range()`` of :func:`_three_sigma_reference`."""
+    run_exercise(THREE_SIGMA_OBSERVER, observer_class)
 
 
-@dataclass
-class ObserverChoiceResult:
-    """What a per-point observer choice gives: the merged qparams, every chosen range, and
-    the INT8 model's accuracy and predictions on the test split."""
-
-    choice: dict[str, str]
-    qparams: dict[str, QParams]
-    ranges: dict[str, tuple[float, float]]
-    accuracy: float
-    predictions: torch.Tensor
-
-    def report(self) -> str:
-        lines = [f"{'point':7s} {'observer':22s} {'chosen range':>20s}"]
-        for point, name in self.choice.items():
-            low, high = self.ranges[point]
-            lines.append(f"{point:7s} {name:22s} [{low:8.3f}, {high:8.3f}]")
-        lines.append(f"INT8 accuracy on the test split: {self.accuracy:.2%}")
-        return "\n".join(lines)
-
-
-def _check_choice(model: nn.Module, choice: Mapping[str, str]) -> dict[str, str]:
-    if not isinstance(choice, Mapping):
-        raise TypeError(f"choice: expected a dict {{point: observer name}}, got {choice!r}")
-    points = quantization_points(model)
-    if sorted(choice) != sorted(points):
-        raise InputError(
-            f"choice: expected one observer for each quantization point {points}, "
-            f"got keys {list(choice)}"
-        )
-    for point, name in choice.items():
-        if name not in OBSERVERS or name.startswith("per_channel"):
-            allowed = [each for each in OBSERVERS if not each.startswith("per_channel")]
-            raise InputError(f"choice[{point!r}]: {name!r} is not one of {allowed}")
-    return {point: choice[point] for point in points}  # in run order
-
-
-def evaluate_observer_choice(
-    model: nn.Module,
-    images: torch.Tensor,
-    choice: Mapping[str, str],
-    test: MNISTSplit,
-    calibrations: dict[str, Calibration] | None = None,
-) -> ObserverChoiceResult:
-    """Calibrate ``model`` on ``images`` with ``choice[point]`` as the activation observer
-    of each quantization point, convert it to INT8 and measure its accuracy on ``test``.
-
-    ``calibrate`` uses one activation observer for all points, so this calibrates once per
-    distinct observer in ``choice`` (reusing any in ``calibrations``, a dict observer name
-    -> Calibration of the same model and images, which it fills) and takes each point's
-    qparams from its observer's calibration. Weights keep the default per-channel min/max
-    (the same in every calibration). The merged dict is a valid ``convert`` input.
-    """
-    choice = _check_choice(model, choice)
-    if not isinstance(test, MNISTSplit):
-        raise TypeError(
-            f"test: expected an MNISTSplit such as data.test, got {type(test).__name__}"
-        )
-    calibrations = {} if calibrations is None else calibrations
-    for name in dict.fromkeys(choice.values()):
-        if name not in calibrations:
-            calibrations[name] = calibrate(model, images, activation_observer=name, progress=False)
-    first = calibrations[next(iter(choice.values()))]
-    qparams = dict(first.qparams)  # the weights' qparams; every activation is replaced below
-    ranges = {}
-    for point, name in choice.items():
-        qparams[point] = calibrations[name].qparams[point]
-        low, high = calibrations[name].observers[point].clipping_range()
-        ranges[point] = (float(low), float(high))
-    predictions = predict(convert(model, qparams), test)
-    accuracy = float((predictions == test.labels).float().mean())
-    return ObserverChoiceResult(dict(choice), qparams, ranges, accuracy, predictions)
-
-
-def changed_digits(predictions: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> str:
-    """The paired comparison of two models on the same digits: how many predictions differ,
-    how many of those the first model gets right and the reference wrong, and vice versa."""
-    differ = predictions != reference
-    fixed = int((differ & (predictions == labels)).sum())
-    broken = int((differ & (reference == labels)).sum())
-    changed = int(differ.sum())
-    digits = "digit" if changed == 1 else "digits"
-    return f"{changed} {digits} changed ({fixed} now right, {broken} now wrong)"
-
-
-def check_observer_choice(
-    choose_fn: Callable[[], Mapping[str, str]],
-    model: nn.Module,
-    images: torch.Tensor,
-    test: MNISTSplit,
-    calibrations: dict[str, Calibration] | None = None,
-) -> ObserverChoiceResult | None:
-    """Evaluate the activity's answer: ``choose_fn() -> {point: observer name}``.
-
-    There is no single right answer, so this does not print PASS: it prints the evidence a
-    justification should use (each chosen range as a share of the observed range, the INT8
-    accuracy, and the digits that change against min/max everywhere, a paired count) and
-    returns the :class:`ObserverChoiceResult`. An untouched skeleton (NotImplementedError)
-    is reported as not attempted.
-    """
-    try:
-        choice = choose_fn()
-    except NotImplementedError:
-        print(
-            "check_observer_choice: NOT ATTEMPTED yet (your function raises "
-            "NotImplementedError): fill in the exercise cell above, run it, then this cell"
-        )
-        return None
-    calibrations = {} if calibrations is None else calibrations
-    result = evaluate_observer_choice(model, images, choice, test, calibrations)
-    baseline_choice = dict.fromkeys(result.choice, "minmax")
-    baseline = evaluate_observer_choice(model, images, baseline_choice, test, calibrations)
-    print(f"{'point':7s} {'observer':22s} {'chosen range':>20s} {'share of observed':>18s}")
-    for point, name in result.choice.items():
-        low, high = result.ranges[point]
-        observer = calibrations[name].observers[point]
-        observed = float(observer.max_val) - float(observer.min_val)
-        share = (high - low) / observed if observed > 0 else 1.0
-        print(f"{point:7s} {name:22s} [{low:8.3f}, {high:8.3f}] {share:18.1%}")
-    print(f"INT8 accuracy: {result.accuracy:.2%} (min/max everywhere: {baseline.accuracy:.2%})")
-    print(
-        "against min/max everywhere: "
-        + changed_digits(result.predictions, baseline.predictions, test.labels)
-    )
-    return result
+MOVING_AVERAGE_RANGE = Exercise(
+    id="moving_average_range",
+    notebook="03_observers_and_calibration",
+    function="moving_average_range",
+    cases=moving_average_cases,
+    draw=draw_moving_average_cases,
+    compare=_compare_range,
+    answers=("ptqlib.observers.MovingAverageMinMaxObserver",),
+)
+PER_CHANNEL_SCALES = Exercise(
+    id="per_channel_scales",
+    notebook="03_observers_and_calibration",
+    function="per_channel_scales",
+    cases=per_channel_scale_cases,
+    draw=draw_per_channel_scale_cases,
+    compare=_compare_scales,
+    answers=(
+        "ptqlib.observers.PerChannelMinMaxObserver",
+        "ptqlib.quantization.qparams_from_range",
+        "ptqlib.calibration.calibrate",
+    ),
+)
+QUANTIZATION_POINTS = Exercise(
+    id="quantization_points",
+    notebook="03_observers_and_calibration",
+    function="my_quantization_points",
+    cases=quantization_point_cases,
+    draw=draw_quantization_point_cases,
+    compare=_compare_names,
+    answers=("ptqlib.fusion.quantization_points", "ptqlib.fusion.fusion_groups"),
+    build=build_sequential,
+)
+THREE_SIGMA_OBSERVER = Exercise(
+    id="three_sigma_observer",
+    notebook="03_observers_and_calibration",
+    function="ThreeSigmaObserver",
+    cases=three_sigma_cases,
+    draw=draw_three_sigma_cases,
+    compare=_compare_range,
+    prepare=observed_range_of,
+)

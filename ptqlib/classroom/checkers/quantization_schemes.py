@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_pair, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_pair, draw_uniform
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.classroom.checkers.quantization_math import compare_qparams
 from ptqlib.quantization import fake_quantize, min_max, qparams_from_range, sqnr_db
 
@@ -66,18 +67,38 @@ def symmetric_qparams_cases() -> list[Case]:
         ),
         ("an all-zero tensor (min_val = max_val = 0)", 0.0, 0.0, -128, 127, HINT_EPS),
     ]
+    return [_symmetric_case(*row) for row in table]
+
+
+def _symmetric_case(
+    name: str, min_val: float, max_val: float, quant_min: int, quant_max: int, hint: str
+) -> Case:
+    answer = qparams_from_range(
+        min_val, max_val, torch.int8, symmetric=True, quant_min=quant_min, quant_max=quant_max
+    )
+    arguments = (
+        ("min_val", min_val),
+        ("max_val", max_val),
+        ("quant_min", quant_min),
+        ("quant_max", quant_max),
+    )
+    return Case(name, arguments, (answer.scale.item(), 0), hint)
+
+
+def draw_symmetric_qparams_cases(generator: torch.Generator) -> list[Case]:
+    """Random ranges (around 0, all positive, all negative) on random signed ranges."""
+    signed = ((-128, 127), (-127, 127), (-8, 7), (-4, 3))
+    kinds = [
+        ("a random range around 0", (-6.0, -0.1), (0.1, 6.0), HINT_SYMMETRIC_DENOMINATOR),
+        ("a random positive range", (0.1, 2.0), (2.0, 7.0), HINT_SYMMETRIC_DENOMINATOR),
+        ("a random negative range", (-7.0, -2.0), (-2.0, -0.1), HINT_BOTH_SIGNS),
+    ]
     cases = []
-    for name, min_val, max_val, quant_min, quant_max, hint in table:
-        answer = qparams_from_range(
-            min_val, max_val, torch.int8, symmetric=True, quant_min=quant_min, quant_max=quant_max
-        )
-        arguments = (
-            ("min_val", min_val),
-            ("max_val", max_val),
-            ("quant_min", quant_min),
-            ("quant_max", quant_max),
-        )
-        cases.append(Case(name, arguments, (answer.scale.item(), 0), hint))
+    for name, lows, highs, hint in kinds:
+        min_val = round(float(draw_uniform(generator, *lows)), 4)
+        max_val = round(float(draw_uniform(generator, *highs)), 4)
+        quant_min, quant_max = signed[int(torch.randint(len(signed), (), generator=generator))]
+        cases.append(_symmetric_case(name, min_val, max_val, quant_min, quant_max, hint))
     return cases
 
 
@@ -90,7 +111,7 @@ def check_symmetric_qparams(student_fn: Callable[..., Any]) -> None:
     restricted range -127..127 (TFLite, TensorRT) it is S = m / 127. The scale is compared
     to a relative tolerance of 1e-5, the zero-point exactly.
     """
-    run_cases("check_symmetric_qparams", student_fn, symmetric_qparams_cases(), compare_qparams)
+    run_exercise(SYMMETRIC_QPARAMS, student_fn)
 
 
 def per_channel_qparams_cases() -> list[Case]:
@@ -130,13 +151,31 @@ def per_channel_qparams_cases() -> list[Case]:
             "then .abs().amax(dim=1): reducing over just one of them leaves a 2-d result",
         ),
     ]
+    return [_per_channel_case(*row) for row in table]
+
+
+HINT_AXIS = (
+    "one scale per slice along `axis`: reduce over every OTHER axis, and take the largest "
+    "magnitude w.abs(), not w.amax()"
+)
+
+
+def _per_channel_case(name: str, weight: torch.Tensor, axis: int, hint: str) -> Case:
+    answer = qparams_from_range(*min_max(weight, axis=axis), torch.int8, symmetric=True, axis=axis)
+    expected = (answer.scale, answer.zero_point)
+    return Case(name, (("weight", weight), ("axis", axis)), expected, hint)
+
+
+def draw_per_channel_qparams_cases(generator: torch.Generator) -> list[Case]:
+    """Random 2-d, 3-d and 4-d weights of both signs, the channel axis drawn too."""
     cases = []
-    for name, weight, axis, hint in table:
-        answer = qparams_from_range(
-            *min_max(weight, axis=axis), torch.int8, symmetric=True, axis=axis
+    for dims in (2, 3, 4):
+        shape = [int(n) for n in torch.randint(2, 6, (dims,), generator=generator)]
+        weight = (torch.randn(shape, generator=generator) * draw_uniform(generator, 0.1, 3)).float()
+        axis = int(torch.randint(dims, (), generator=generator))
+        cases.append(
+            _per_channel_case(f"a random weight {shape}, axis {axis}", weight, axis, HINT_AXIS)
         )
-        expected = (answer.scale, answer.zero_point)
-        cases.append(Case(name, (("weight", weight), ("axis", axis)), expected, hint))
     return cases
 
 
@@ -181,9 +220,7 @@ def check_per_channel_qparams(student_fn: Callable[..., Any]) -> None:
     tensors with ``weight.shape[axis]`` entries; scales are compared to a relative
     tolerance of 1e-5, zero-points exactly.
     """
-    run_cases(
-        "check_per_channel_qparams", student_fn, per_channel_qparams_cases(), _compare_per_channel
-    )
+    run_exercise(PER_CHANNEL_QPARAMS, student_fn)
 
 
 def sqnr_cases() -> list[Case]:
@@ -212,10 +249,31 @@ def sqnr_cases() -> list[Case]:
             hint_formula + " (a 2-d tensor too: sum over every element)",
         ),
     ]
+    return [_sqnr_case(*row) for row in table]
+
+
+def _sqnr_case(name: str, reference: torch.Tensor, approximation: torch.Tensor, hint: str) -> Case:
+    arguments = (("reference", reference), ("approximation", approximation))
+    return Case(name, arguments, sqnr_db(reference, approximation), hint)
+
+
+def draw_sqnr_cases(generator: torch.Generator) -> list[Case]:
+    """Random tensors and noisy copies, from about 10 to 60 dB."""
+    hint = "SQNR = 10 * log10(sum r^2 / sum (r - r_hat)^2), over all elements"
     cases = []
-    for name, original, approximation, hint in table:
-        arguments = (("reference", original), ("approximation", approximation))
-        cases.append(Case(name, arguments, sqnr_db(original, approximation), hint))
+    for shape in ((16,), (4, 6), (2, 3, 5)):
+        reference = torch.randn(shape, generator=generator)
+        noise = torch.randn(shape, generator=generator) * float(
+            10 ** draw_uniform(generator, -3, -0.5)
+        )
+        cases.append(
+            _sqnr_case(
+                f"a random {list(shape)} tensor and a noisy copy",
+                reference,
+                reference + noise,
+                hint,
+            )
+        )
     return cases
 
 
@@ -243,4 +301,33 @@ def check_sqnr_db(student_fn: Callable[..., Any]) -> None:
 
     SQNR = 10 log10(sum r^2 / sum (r - r_hat)^2) over all elements, compared to 0.001 dB.
     """
-    run_cases("check_sqnr_db", student_fn, sqnr_cases(), _compare_sqnr)
+    run_exercise(SQNR_DB, student_fn)
+
+
+SYMMETRIC_QPARAMS = Exercise(
+    id="symmetric_qparams",
+    notebook="02_quantization_math",
+    function="symmetric_qparams",
+    cases=symmetric_qparams_cases,
+    draw=draw_symmetric_qparams_cases,
+    compare=compare_qparams,
+    answers=("ptqlib.quantization.qparams_from_range",),
+)
+PER_CHANNEL_QPARAMS = Exercise(
+    id="per_channel_qparams",
+    notebook="02_quantization_math",
+    function="per_channel_qparams",
+    cases=per_channel_qparams_cases,
+    draw=draw_per_channel_qparams_cases,
+    compare=_compare_per_channel,
+    answers=("ptqlib.quantization.qparams_from_range",),
+)
+SQNR_DB = Exercise(
+    id="sqnr_db",
+    notebook="02_quantization_math",
+    function="my_sqnr_db",
+    cases=sqnr_cases,
+    draw=draw_sqnr_cases,
+    compare=_compare_sqnr,
+    answers=("ptqlib.quantization.sqnr_db", "ptqlib.quantization.mse"),
+)

@@ -1,58 +1,66 @@
 """Which cells of a notebook are exercises, checkers and solutions: one definition, read by
-``make student`` (which removes the solutions) and by ``python -m ptqlib grade`` (which runs
-the checkers of a handed-in notebook).
+``make student`` (which removes the solutions) and by ``python -m ptqlib grade``.
 
 The notebooks mark an exercise with three cell tags::
 
     [exercise]  def affine_qparams(...):        the skeleton the student fills in;
                     # YOUR CODE HERE            it raises NotImplementedError until then
                     raise NotImplementedError
-    [checker]   check_qparams(affine_qparams)   runs the matching checker function:
-                                                PASS, NOT ATTEMPTED, or an AssertionError
-                                                whose message ends with a hint
+    [checker]   check_qparams(affine_qparams)   runs the exercise's checker: PASS, NOT
+                                                ATTEMPTED, or an AssertionError whose
+                                                message ends with a hint
     [solution]  # Solution 1 ...                the model answer; not in the student edition
 
-An exercise is a checker cell; its skeleton is the closest exercise cell above it and its
-solution the first solution cell below it (before the next exercise). Solution cells with no
-checker (questions answered in prose or by a free-form cell) are not graded. A new exercise
-tagged this way is handed out and graded without changing any code.
+The checker cell calls ``check_<id>`` of the exercises it checks (one or several): the id
+names the exercise's definition in :data:`ptqlib.classroom.checkers.EXERCISES`, which the
+grader uses (see :mod:`ptqlib.classroom.checkers.exercise`). The skeleton is the closest
+exercise cell above the checker and the solution the first solution cell below it (before
+the next exercise). Solution cells with no checker (questions answered in prose or by a
+free-form cell) are not graded.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import nbformat
 
 EXERCISE_TAG = "exercise"
 CHECKER_TAG = "checker"
 SOLUTION_TAG = "solution"
-# A checker cell calls one or more ptqlib.classroom.checkers functions, e.g. check_qparams(my_fn) or
-# checkers.check_int32_bias(my_fn); their names name the exercise.
-CHECKER_CALL = re.compile(r"\b(check_\w+)\s*\(")
+# A checker cell calls check_<id>(...), e.g. check_qparams(my_fn) or checkers.check_int32_bias(f).
+CHECKER_CALL = re.compile(r"\bcheck_(\w+)\s*\(")
 
 
-def tags(cell: nbformat.NotebookNode) -> list[str]:
-    """The cell's tags (an empty list when it has none)."""
-    return list(cell.get("metadata", {}).get("tags", []))
+def tags(cell: Any) -> list[str]:
+    """The cell's tags (an empty list when it has none, or when they are not strings)."""
+    metadata = cell.get("metadata") if isinstance(cell, dict) else None
+    found = metadata.get("tags") if isinstance(metadata, dict) else None
+    return [tag for tag in found if isinstance(tag, str)] if isinstance(found, list) else []
 
 
 def is_solution(cell: nbformat.NotebookNode) -> bool:
     return SOLUTION_TAG in tags(cell)
 
 
-@dataclass(frozen=True)
-class Exercise:
-    """One graded exercise of a notebook; the numbers are cell indices (0 = the first cell)."""
+def called_ids(source: str) -> list[str]:
+    """The ids of the checkers ``source`` calls (``check_<id>(``), in order, no repeats."""
+    return list(dict.fromkeys(CHECKER_CALL.findall(source)))
 
-    name: str  # the checker functions its checker cell calls, e.g. "check_qparams"
+
+@dataclass(frozen=True)
+class ExerciseCells:
+    """The cells of one checker cell's exercises; numbers are cell indices (0 = first)."""
+
+    ids: tuple[str, ...]  # the exercises its checker cell checks, e.g. ("qparams",)
     checker: int  # the cell tagged "checker"
     skeleton: int | None  # the closest cell tagged "exercise" above the checker
     solution: int | None  # the first cell tagged "solution" below the checker
 
 
-def find_exercises(notebook: nbformat.NotebookNode) -> list[Exercise]:
+def find_exercises(notebook: nbformat.NotebookNode) -> list[ExerciseCells]:
     """Every checker cell of ``notebook`` with its skeleton and solution cells, in order."""
     cells = notebook.cells
     exercises = []
@@ -69,9 +77,7 @@ def find_exercises(notebook: nbformat.NotebookNode) -> list[Exercise]:
             if is_solution(cells[later]):
                 solution = later
                 break
-        called = dict.fromkeys(CHECKER_CALL.findall(cell.source))  # in order, no repeats
-        name = "+".join(called) or f"exercise {len(exercises) + 1}"
-        exercises.append(Exercise(name, index, skeleton, solution))
+        exercises.append(ExerciseCells(tuple(called_ids(cell.source)), index, skeleton, solution))
     return exercises
 
 
