@@ -87,12 +87,14 @@ def int8_gemm_is_fast() -> bool:
 
 
 def int8_summary() -> str:
-    """One line for a notebook's version cell: the int8 instructions and the GEMM path."""
+    """Three short lines for a notebook's version cell: the CPU, its int8 instructions and
+    the GEMM path (short enough for a narrow page)."""
     flags = [name for name, present in int8_instructions().items() if present]
     path = "int8 GEMM (_int_mm)" if int8_gemm_is_fast() else "float32 GEMM (exact integers)"
     return (
-        f"CPU {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"int8 dot-product instructions: {', '.join(flags) or 'none'}; "
+        f"CPU {cpu_name()}\n"
+        f"capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"int8 dot-product instructions: {', '.join(flags) or 'none'}\n"
         f"ptqlib's fast path accumulates with the {path}"
     )
 
