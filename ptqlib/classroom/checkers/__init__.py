@@ -50,7 +50,9 @@ The function you write for each checker, with its arguments in this order:
   :func:`check_qdq_reading`;
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
 - notebook 10: :func:`check_requantize_c` (your C function, compiled and run),
-  :func:`check_arena_bytes`.
+  :func:`check_arena_bytes`;
+- notebook 12: :func:`check_decode_e4m3`, :func:`check_mx_scale_code`,
+  :func:`check_kmeans_step`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -62,9 +64,9 @@ One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline
 02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
 per-channel qparams, SQNR), ``observers_and_calibration`` and ``observer_choice`` (03),
 ``int8_conversion`` and ``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06),
-``cnn`` (07), ``deploy`` (08), ``debugging`` (09) and ``c_export`` (10). The expected
-answers come from ptqlib itself or from private functions that the tests compare with
-ptqlib; no solution is exported.
+``cnn`` (07), ``deploy`` (08), ``debugging`` (09), ``c_export`` (10) and ``number_formats``
+(12). The expected answers come from ptqlib itself or from private functions that the tests
+compare with ptqlib; no solution is exported.
 
 Each exercise is defined once, as an
 :class:`~ptqlib.classroom.checkers.exercise.Exercise` (its id, notebook, function name,
@@ -127,6 +129,11 @@ from ptqlib.classroom.checkers.low_bit import (
     check_pack_two_bit,
     check_relu_mean,
     check_step_gain_db,
+)
+from ptqlib.classroom.checkers.number_formats import (
+    check_decode_e4m3,
+    check_kmeans_step,
+    check_mx_scale_code,
 )
 from ptqlib.classroom.checkers.observer_choice import (
     ObserverChoiceResult,
@@ -203,6 +210,7 @@ __all__ = [
     "check_arena_bytes",
     "check_border_error",
     "check_cle_scales",
+    "check_decode_e4m3",
     "check_dequantize",
     "check_find_culprit",
     "check_fixed_point_multiplier",
@@ -212,9 +220,11 @@ __all__ = [
     "check_int32_bias",
     "check_int8_bytes",
     "check_integer_layer",
+    "check_kmeans_step",
     "check_linear_parameters",
     "check_mcnemar_p_value",
     "check_moving_average_range",
+    "check_mx_scale_code",
     "check_observer_choice",
     "check_pack_two_bit",
     "check_per_channel_qparams",
