@@ -260,6 +260,8 @@ def read_idx(path: Path, expected_magic: int) -> torch.Tensor:
             f"{path}: wrong length, {len(raw)} bytes for shape {tuple(shape)} "
             f"(expected {expected}); the file is truncated or corrupt"
         )
+    if expected == header:  # a size of 0: nothing to read (frombuffer refuses an empty buffer)
+        return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -271,6 +273,8 @@ def _read_split(directory: Path, split: str) -> MNISTSplit:
     labels = read_idx(labels_path, LABELS_MAGIC)
     if pixels.shape[1:] != (28, 28):
         raise InputError(f"{images_path}: images are {tuple(pixels.shape[1:])}, expected 28x28")
+    if len(pixels) == 0:
+        raise InputError(f"{images_path}: holds no images (its header says 0)")
     if len(pixels) != len(labels):
         raise InputError(
             f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"

@@ -63,13 +63,14 @@ def int8_instructions() -> dict[str, bool]:
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def cpu_has_vnni() -> bool:
-    """Whether the CPU has a VNNI int8 dot product (AVX-512 VNNI or AVX-VNNI), as torch
-    detects it: four uint8 x int8 products summed into 32 bits, no int16 saturation, so x86
-    int8 kernels (PT2E's, ONNX Runtime's) are exact with full 8-bit activations; without it
-    they need 7-bit ones (``reduce_range``). The one VNNI predicate of ptqlib."""
+def cpu_has_vnni(avx512_only: bool = False) -> bool:
+    """Whether the CPU has a VNNI int8 dot product (AVX-512 VNNI or AVX-VNNI; with
+    ``avx512_only``, AVX-512 VNNI), as torch detects it: four uint8 x int8 products summed
+    into 32 bits, no int16 saturation, so x86 int8 kernels (PT2E's, ONNX Runtime's) are exact
+    with full 8-bit activations; without it they need 7-bit ones (``reduce_range``). The one
+    VNNI predicate of ptqlib."""
     flags = int8_instructions()
-    return flags["avx512_vnni"] or flags["avx_vnni"]
+    return flags["avx512_vnni"] or (flags["avx_vnni"] and not avx512_only)
 
 
 def int8_gemm_is_fast() -> bool:
@@ -82,8 +83,8 @@ def int8_gemm_is_fast() -> bool:
     then computes the same int32 sums with an exact float GEMM instead. Both give the same
     integers; only speed differs.
     """
-    # Narrower than cpu_has_vnni: AVX-VNNI alone was not measured (see above).
-    return int8_instructions()["avx512_vnni"] and torch.backends.mkldnn.is_available()
+    # AVX-VNNI alone was not measured (see above): AVX-512 VNNI only.
+    return cpu_has_vnni(avx512_only=True) and torch.backends.mkldnn.is_available()
 
 
 def int8_summary() -> str:

@@ -15,7 +15,9 @@ Read literally, the graph computes in float on fake-quantized values. A runtime 
 Runtime recognises each ``DQ -> Gemm -> (Relu) -> Q`` group and runs it as one integer
 kernel (QGemm: int8 GEMM, int32 bias, requantization), which is what ptqlib's Int8Linear
 does. The ReLU stays in the graph; where Z_y is the lowest integer (the usual case after a
-ReLU) the runtime drops it, since the clamp already does its work.
+ReLU) the runtime drops it, since the clamp already does its work. An activation of fewer
+bits (4-bit: 0..15) gets a ``Clip`` to its range after its ``QuantizeLinear``, which
+saturates at the dtype's ends only (:func:`clip_range`).
 
 **The weights are stored as uint8 with zero-point 128** (``weight_dtype="uint8"``, the
 default): the integer ``q_w + 128`` with Z_w = 128 dequantizes to the same real weight as
@@ -89,19 +91,43 @@ class _GraphBuilder:
         return output
 
     def quantize(self, x: str, qparams: QParams, output: str) -> str:
+        """QuantizeLinear with ``qparams``, named ``output``; a ``Clip`` to the qparams' range
+        after it where that range is narrower than its dtype's (see :func:`clip_range`)."""
         # Per-tensor qparams are scalars in ONNX (a 1-d scale would mean per-axis).
+        numpy_dtype = NUMPY_DTYPES[qparams.dtype]
         scale = self.constant(
             f"{output}_scale", qparams.scale.reshape(()).numpy().astype(np.float32)
         )
         zero_point = self.constant(
-            f"{output}_zero_point",
-            np.array(int(qparams.zero_point), dtype=NUMPY_DTYPES[qparams.dtype]),
+            f"{output}_zero_point", np.array(int(qparams.zero_point), dtype=numpy_dtype)
         )
-        return self.node("QuantizeLinear", [x, scale, zero_point], output)
+        bounds = clip_range(qparams)
+        if bounds is None:
+            return self.node("QuantizeLinear", [x, scale, zero_point], output)
+        saturated = self.node("QuantizeLinear", [x, scale, zero_point], f"{output}_saturated")
+        lowest, highest = (
+            self.constant(f"{output}_{end}", np.array(bound, dtype=numpy_dtype))
+            for end, bound in zip(("min", "max"), bounds, strict=True)
+        )
+        return self.node("Clip", [saturated, lowest, highest], output)
 
     def dequantize(self, q: str, output: str) -> str:
         """DequantizeLinear reusing the scale and zero-point initializers of ``q``'s Q node."""
         return self.node("DequantizeLinear", [q, f"{q}_scale", f"{q}_zero_point"], output)
+
+
+def clip_range(qparams: QParams) -> tuple[int, int] | None:
+    """``(quant_min, quant_max)`` if they are narrower than the dtype's range, else None.
+
+    ``QuantizeLinear`` saturates at its dtype's ends (0..255 for uint8): a 4-bit activation
+    (0..15) needs its own clamp, or the runtime passes 16..255 on to the next layer. ONNX
+    has no 4- or 6-bit type that every runtime fuses, so the clamp is a ``Clip`` on the
+    integers right after the quantization: ``clamp(clamp(q, 0, 255), lo, hi)`` is
+    ``clamp(q, lo, hi)``, the integer layer's own output."""
+    info = torch.iinfo(qparams.dtype)
+    if (qparams.quant_min, qparams.quant_max) == (info.min, info.max):
+        return None
+    return qparams.quant_min, qparams.quant_max
 
 
 def _int8_linear_nodes(

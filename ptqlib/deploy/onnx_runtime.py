@@ -12,8 +12,9 @@ sessions here stop spinning when a call returns (``session_options``).
 
 :func:`layer_parity` compares every quantized activation of ORT (the file exported with
 ``expose_integers=True``) with ptqlib's: the fraction identical, the fraction within one
-step (1 LSB), the largest difference. :func:`with_requantization` turns an INT8 model (e.g.
-a loaded checkpoint) into the same model computing with ORT's arithmetic, for that comparison.
+step (1 LSB), the largest difference. ``ptqlib.int8_model.with_requantization`` turns an INT8
+model (e.g. a loaded checkpoint) into the same model computing with ORT's arithmetic, for that
+comparison.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ from ptqlib.deploy.onnx_export import (
     onnx_digest,
 )
 from ptqlib.errors import InputError
-from ptqlib.int8_layers import Int8Conv2d, Int8Linear
+from ptqlib.int8_gemm import from_carrier
+from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import requantization_mode
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
 ORT_ERRORS = (
@@ -198,28 +199,6 @@ def optimized_op_types(onnx_model: onnx.ModelProto, folder: str | os.PathLike) -
 # --- parity with ptqlib, layer by layer --------------------------------------------------------
 
 
-def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
-    """The same INT8 model (same integers and scales) with the other ``requantization``,
-    e.g. a loaded checkpoint made to compute as ONNX Runtime does."""
-    if not isinstance(model, Int8Model):
-        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
-    requantization = requantization_mode(requantization)
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, (Int8Linear, Int8Conv2d)):
-            arguments = [layer.weight, layer.bias, layer.weight_qparams, layer.input_qparams]
-            arguments += [layer.output_qparams, layer.relu]
-            if isinstance(layer, Int8Conv2d):
-                layer = Int8Conv2d(
-                    *arguments, layer.stride, layer.padding, layer.name, requantization,
-                    layer.groups,
-                )  # fmt: skip
-            else:
-                layer = Int8Linear(*arguments, layer.name, requantization)
-        layers.append(layer)
-    return Int8Model(model.input_qparams, layers, requantization).eval()
-
-
 @dataclass(frozen=True)
 class LayerParity:
     """How the integers of one quantized tensor compare between ptqlib and ORT."""
@@ -235,18 +214,13 @@ def ptqlib_integers(model: Int8Model, images: torch.Tensor) -> dict[str, torch.T
     """ptqlib's quantized input and every layer's quantized output, as ORT names them
     (``input_quantized``, ``<layer>_quantized``), in their own dtype (uint8 0..255)."""
     carriers = model.quantize_input(images).flatten(1)
-    integers = {"input_quantized": _from_carriers(carriers, model.input_qparams.dtype)}
+    integers = {"input_quantized": from_carrier(carriers, model.input_qparams.dtype).long()}
     for layer in model.layers:
         carriers = layer(carriers)
         if isinstance(layer, Int8Linear):
             dtype = layer.output_qparams.dtype
-            integers[f"{layer.name}_quantized"] = _from_carriers(carriers, dtype)
+            integers[f"{layer.name}_quantized"] = from_carrier(carriers, dtype).long()
     return integers
-
-
-def _from_carriers(carriers: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    offset = 128 if dtype == torch.uint8 else 0
-    return carriers.to(torch.int64) + offset
 
 
 @torch.no_grad()

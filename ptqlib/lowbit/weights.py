@@ -266,7 +266,15 @@ def quantize_weights(
 ) -> QuantizedWeights:
     """Quantize every Linear weight of ``model`` as ``settings`` say, layer by layer (see
     the module docstring). ``images`` (calibration images) are needed for GPTQ, AdaRound
-    and bias correction; ``model`` itself is not changed."""
+    and bias correction; ``model`` itself is not changed. A model with convolutions is
+    refused: their weights would stay at 8 bits while the result claims fewer."""
+    convolutions = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if convolutions:
+        raise InputError(
+            f"model: the low-bit path quantizes Linear layers only, and this model has "
+            f"Conv2d layers ({', '.join(convolutions)}); quantize it with the 8-bit path "
+            "(ptqlib.ptq.post_training_quantize)"
+        )
     names = linear_names(model)
     unknown = sorted(set(settings.layer_bits) - set(names))
     if unknown:
