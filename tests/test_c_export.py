@@ -23,13 +23,12 @@ from ptqlib.data import calibration_images, normalise
 from ptqlib.deploy.c_budget import arena_bytes, flash_bytes
 from ptqlib.deploy.c_export import export_c, fold_layer
 from ptqlib.deploy.c_runtime import find_compiler, load_c_model
-from ptqlib.deploy.onnx_runtime import with_requantization
 from ptqlib.errors import InputError
 from ptqlib.evaluation import predict
 from ptqlib.hardware import int8_instructions
 from ptqlib.int8_checkpoint import load_int8
 from ptqlib.int8_layers import Int8Linear, Int8MaxPool2d
-from ptqlib.int8_model import Int8Model, convert
+from ptqlib.int8_model import Int8Model, convert, with_requantization
 from ptqlib.models import SmallCNN, fold_input_normalization
 from ptqlib.quantization import QParams
 
@@ -238,8 +237,9 @@ def test_accumulator_bound_is_checked():
     activation = QParams(scale, torch.tensor(128), 0, 255, torch.uint8)
     weights = QParams(torch.tensor([0.01]), torch.tensor([0]), -128, 127, torch.int8, axis=0)
     layer = Int8Linear(
-        torch.full((1, 70_000), 127, dtype=torch.int8), torch.zeros(1, dtype=torch.int32),
-        weights, activation, activation, relu=False,
+        weight=torch.full((1, 70_000), 127, dtype=torch.int8),
+        bias=torch.zeros(1, dtype=torch.int32),
+        weight_qparams=weights, input_qparams=activation, output_qparams=activation, relu=False,
     )  # fmt: skip
     with pytest.raises(InputError, match="does not fit in int32"):
         fold_layer(layer)
