@@ -175,8 +175,15 @@ def calibration_images(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor
     """A fixed, class-balanced subset of ``n`` images from ``split``.
 
     Each class gives ``n // 10`` images (the first ``n % 10`` classes one more), drawn
-    with a generator seeded by ``seed``, so the same arguments give the same images.
+    with a generator seeded by ``seed``, so the same arguments give the same images
+    (``split.images[calibration_indices(split, n, seed)]``).
     """
+    return split.images[calibration_indices(split, n, seed)]
+
+
+def calibration_indices(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor:
+    """The sorted row numbers in ``split`` of :func:`calibration_images`: what a held-out
+    set must leave out to be disjoint from the calibration images."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"n: expected a positive number of calibration images, got {n!r}")
     if n > len(split):
@@ -193,8 +200,7 @@ def calibration_images(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor
             )
         order = torch.randperm(len(of_class), generator=generator)
         chosen.append(of_class[order[:wanted]])
-    indices = torch.cat(chosen).sort().values
-    return split.images[indices]
+    return torch.cat(chosen).sort().values
 
 
 # --- IDX files -------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ every timing and every parity claim is printed next to what this module detects.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -96,3 +98,34 @@ def int8_summary() -> str:
         f"int8 dot-product instructions: {', '.join(flags) or 'none'}\n"
         f"ptqlib's fast path accumulates with the {path}"
     )
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU time all processes have spent busy since boot (Linux ``/proc/stat``), else None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    ticks = [int(value) for value in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cores_busy_elsewhere(seconds: float = 0.5) -> float | None:
+    """How many cores *other* processes kept busy, on average, while this process slept for
+    ``seconds``: the machine's busy CPU time minus this process's own, over the wall time.
+    Unlike the load average (which counts this process's threads too, and lags by a
+    minute), it says whether someone else shares the cores right now: near 0 on an idle
+    machine. None where ``/proc/stat`` is missing (not Linux)."""
+    busy_before, own_before = _busy_cpu_seconds(), os.times()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    busy_after, own_after = _busy_cpu_seconds(), os.times()
+    if busy_before is None or busy_after is None:
+        return None
+    own = (own_after.user - own_before.user) + (own_after.system - own_before.system)
+    elsewhere = (busy_after - busy_before) - own
+    return max(0.0, elsewhere / (time.perf_counter() - start))

@@ -4,6 +4,7 @@
 - ``ptqlib.deploy.onnx_runtime``    running and checking it in ONNX Runtime
 - ``ptqlib.deploy.onnx_figure``     drawing an ONNX graph
 - ``ptqlib.deploy.ort_quantizer``   ONNX Runtime's own ``quantize_static``, for comparison
+- ``ptqlib.deploy.u8s8_saturation`` why ORT's int8-weight kernels saturate without VNNI
 - ``ptqlib.deploy.c_export``        the model as one dependency-free C file pair (notebook 10)
 - ``ptqlib.deploy.c_source``        the C text it writes (integer kernels, VNNI path, main.c)
 - ``ptqlib.deploy.c_runtime``       compiling it with the system C compiler, calling it via ctypes

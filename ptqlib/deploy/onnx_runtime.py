@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +58,18 @@ ORT_ERRORS = (
 )
 
 
-def session_options(threads: int = 2) -> onnxruntime.SessionOptions:
-    """``threads`` intra-op threads, one inter-op thread, and no spinning after a call."""
+def session_options(
+    threads: int = 2, x64_quant_precision: bool = False
+) -> onnxruntime.SessionOptions:
+    """``threads`` intra-op threads, one inter-op thread, and no spinning after a call.
+    ``x64_quant_precision`` sets ORT's ``session.x64quantprecision``: on x86 CPUs where its
+    U8S8 kernels saturate (``ptqlib.deploy.u8s8_saturation``), int8 weights are rewritten to
+    uint8 at load time, for the exact (slower) U8U8 kernels; elsewhere it changes nothing."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise InputError(f"threads: expected a positive whole number, got {threads!r}")
     options = onnxruntime.SessionOptions()
+    if x64_quant_precision:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Without these, idle ORT threads spin on the cores and slow torch down (module docstring).
@@ -75,10 +83,12 @@ class OnnxModel(nn.Module):
     """An ONNX Runtime session as a module: float images ``[N, 1, 28, 28]`` to float logits.
 
     ``kind`` is ``"int8"`` or ``"fp32"`` (from the file's metadata); ``size_bytes`` the size
-    of the serialized model.
+    of the serialized model. ``x64_quant_precision``: see :func:`session_options`.
     """
 
-    def __init__(self, onnx_model: onnx.ModelProto, threads: int = 2) -> None:
+    def __init__(
+        self, onnx_model: onnx.ModelProto, threads: int = 2, x64_quant_precision: bool = False
+    ) -> None:
         super().__init__()
         serialized = onnx_model.SerializeToString()
         self.size_bytes = len(serialized)
@@ -87,7 +97,9 @@ class OnnxModel(nn.Module):
         self.takes_pixels = metadata(onnx_model).get("ptqlib.input") == "pixels"
         self.output_names = [output.name for output in onnx_model.graph.output]
         self.session = onnxruntime.InferenceSession(
-            serialized, session_options(threads), providers=["CPUExecutionProvider"]
+            serialized,
+            session_options(threads, x64_quant_precision),
+            providers=["CPUExecutionProvider"],
         )
 
     def run(self, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -213,23 +225,30 @@ def ptqlib_integers(model: Int8Model, images: torch.Tensor) -> dict[str, torch.T
 
 @torch.no_grad()
 def layer_parity(
-    model: Int8Model, onnx_model: OnnxModel, images: torch.Tensor, batch_size: int = 1000
+    model: Int8Model,
+    onnx_model: OnnxModel,
+    images: torch.Tensor,
+    batch_size: int = 1000,
+    integers: Callable[[Int8Model, torch.Tensor], dict[str, torch.Tensor]] = ptqlib_integers,
 ) -> list[LayerParity]:
     """Compare ptqlib's integers with ORT's, tensor by tensor, on ``images``. ``onnx_model``
-    must be the export of ``model`` with ``expose_integers=True``."""
+    must be the export of ``model`` with ``expose_integers=True``. ``integers`` computes
+    ours (:func:`ptqlib_integers`; ``ptqlib.deploy.u8s8_saturation.u8s8_integers`` for the
+    arithmetic of ORT's saturating U8S8 kernels)."""
     differences: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        ours = ptqlib_integers(model, batch)
+        ours = integers(model, batch)
         theirs = onnx_model.run(batch)
         missing = sorted(set(ours) - set(theirs))
         if missing:
             raise InputError(
                 f"onnx_model: has no output {missing[0]!r}; export with expose_integers=True"
             )
-        for name, integers in ours.items():
+        for name, our_integers in ours.items():
             ort_integers = torch.from_numpy(theirs[name].astype(np.int64))
-            differences.setdefault(name, []).append((integers - ort_integers).abs().flatten())
+            difference = (our_integers - ort_integers).abs().flatten()
+            differences.setdefault(name, []).append(difference)
     rows = []
     for name, parts in differences.items():
         difference = torch.cat(parts)
