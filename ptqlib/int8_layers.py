@@ -255,14 +255,14 @@ class Int8Linear(Int8Step):
         return self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, integers only."""
+        """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, in integers."""
         if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.int8:
             raise InputError(
-                f"layer {self.name!r}: expected input [N, {self.in_features}] of int8 "
-                f"carriers, got {x.dtype} {tuple(x.shape)}"
+                f"layer {self.name!r}: expected input [N, {self.in_features}] "
+                f"of int8 carriers, got {x.dtype} {tuple(x.shape)}"
             )
-        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the carrier correction and
-        # the int32 bias, all int32.
+        # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the carrier
+        # correction and the int32 bias, all int32.
         accumulator = int8_matmul(x, self.weight.t())
         accumulator = accumulator + self.carrier_correction() + self.bias
         # q_y = clamp(round(M acc) + Z_y, lo, hi), as int8 carriers.

@@ -110,6 +110,15 @@ def test_counting_simplenets_named_layers_only_fails_on_another_model():
     assert "count EVERY Linear layer" in message
 
 
+def test_counting_only_the_top_level_fails_on_a_nested_model():
+    def top_level_only(model):
+        linears = [m for m in model.children() if isinstance(m, nn.Linear)]
+        return sum(m.weight.numel() + 4 * m.bias.numel() for m in linears)
+
+    message = failure(check_int8_bytes, top_level_only)
+    assert "inside a sub-module" in message and "model.children() only" in message
+
+
 def test_argmin_on_a_tie_fails_with_its_hint():
     def argmin(matrix):
         return [int((matrix.diagonal() / matrix.sum(dim=1)).argmin())]

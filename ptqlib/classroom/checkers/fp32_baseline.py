@@ -6,7 +6,7 @@ hint that names it:
 
 - :func:`check_linear_parameters`: forgetting the bias, or one bias per input;
 - :func:`check_int8_bytes`: storing the biases in one byte too (they stay 4-byte int32),
-  or counting only some of the layers;
+  or counting only some of the layers (a fixed few, or only the top level of the model);
 - :func:`check_hardest_digits`: ``argmin`` silently picking one digit of a tie, column
   sums (precision) instead of row sums (recall), raw counts instead of accuracies.
 """
@@ -84,15 +84,29 @@ HINT_INT32_BIAS = (
 )
 
 
+def _sequential(layers: list[list]) -> nn.Sequential:
+    """``["linear", in, out]``, ``["relu"]`` or ``["block", [...]]`` (a nested nn.Sequential
+    of the layers inside) for each child, in order."""
+    modules: list[nn.Module] = []
+    for kind, *rest in layers:
+        if kind == "linear":
+            modules.append(nn.Linear(*rest))
+        elif kind == "block":
+            modules.append(_sequential(rest[0]))
+        else:
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
 def build_model(layers: str | list[list]) -> tuple[nn.Module]:
-    """The model a case describes: "SimpleNet", or a list of layers, ``["linear", in, out]``
-    or ``["relu"]``, made into an nn.Sequential. fork_rng: only the shapes matter, and the
-    caller's random stream stays untouched."""
+    """The model a case describes: "SimpleNet", or a list of layers, ``["linear", in, out]``,
+    ``["relu"]`` or ``["block", [...]]`` (a sub-module holding more layers), made into an
+    nn.Sequential. fork_rng: only the shapes matter, and the caller's random stream stays
+    untouched."""
     with torch.random.fork_rng():
         if layers == "SimpleNet":
             return (SimpleNet(),)
-        modules = [nn.Linear(*sizes) if kind == "linear" else nn.ReLU() for kind, *sizes in layers]
-        return (nn.Sequential(*modules),)
+        return (_sequential(layers),)
 
 
 def _int8_bytes_case(name: str, layers: str | list[list], hint: str) -> Case:
@@ -111,6 +125,12 @@ def int8_bytes_cases() -> list[Case]:
             "and only the Linear layers: a ReLU has no parameters",
         ),
         _int8_bytes_case("a single Linear layer 10 -> 1", [["linear", 10, 1]], HINT_INT32_BIAS),
+        _int8_bytes_case(
+            "Linear layers inside a sub-module (a block of the model)",
+            [["linear", 6, 4], ["block", [["relu"], ["linear", 4, 3]]], ["linear", 3, 2]],
+            "count the Linear layers inside sub-modules too: model.modules() walks the whole "
+            "tree of modules, model.children() only its top level",
+        ),
     ]
 
 
