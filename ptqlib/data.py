@@ -358,7 +358,10 @@ def _download_unless_it_failed(directory: Path, download: bool) -> str | None:
     if not download:
         return "download not attempted"
     if note.is_file():
-        return f"{note.read_text().strip()} (noted earlier; --download tries again)"
+        return (
+            f"{note.read_text().strip()}; not tried again until "
+            f"{_display(directory)}{note.name} is deleted"
+        )
     failure = _torchvision_download(directory)
     with contextlib.suppress(OSError):  # a read-only directory: try again next time
         if failure is None:

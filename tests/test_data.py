@@ -234,7 +234,8 @@ def test_a_failed_download_is_noted_and_not_tried_again(tmp_path, monkeypatch):
     second = load_mnist(tmp_path, splits=("test",), verbose=False)
     assert len(calls) == 1 and (tmp_path / DOWNLOAD_FAILED_NOTE).is_file()
     assert "MNIST could not be downloaded: no network" in first.source
-    assert "noted earlier; --download tries again" in second.source
+    assert "not tried again until " in second.source
+    assert "/.download-failed is deleted" in second.source
     assert torch.equal(first.test.images, second.test.images)
     forget_download_failure(tmp_path)
     load_mnist(tmp_path, splits=("test",), verbose=False)
