@@ -219,9 +219,9 @@ def run_export(args: argparse.Namespace) -> int:
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
     from ptqlib.int8_checkpoint import load_model
 
-    model, kind, _ = load_model(args.checkpoint)
+    model, kind, meta = load_model(args.checkpoint)
     if getattr(args, "format", "onnx") == "c":
-        return export_as_c(model, args.out)
+        return export_as_c(model, args.out, meta.get("model") if isinstance(meta, dict) else None)
     onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
     path = save_onnx(onnx_model, args.out)
     print(
@@ -231,14 +231,14 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_as_c(model, out: str) -> int:
+def export_as_c(model, out: str, model_name: str | None = None) -> int:
     """``export --format c``: the loaded model as C99 in the directory ``out``."""
     from ptqlib.deploy.c_export import export_c
 
-    exported = export_c(model, out)
+    exported = export_c(model, out, model_name)
+    files = ", ".join(sorted(path.name for path in exported.directory.iterdir()))
     print(
-        f"wrote {exported.directory}: {exported.prefix}.h, {exported.prefix}.c, main.c, "
-        f"BUILD, model.json (the {exported.kind.upper()} model as C99)\n"
+        f"wrote {exported.directory}: {files} (the {exported.kind.upper()} model as C99)\n"
         f"build the program with: cd {exported.directory} && {exported.build}"
     )
     return 0
