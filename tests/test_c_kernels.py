@@ -88,7 +88,13 @@ def int64_reference(model: Int8Model, pixels: torch.Tensor) -> torch.Tensor:
 def stress_pixels() -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (60, 784), dtype=torch.uint8, generator=generator)
-    return torch.cat([torch.zeros(2, 784, dtype=torch.uint8), torch.full((2, 784), 255, dtype=torch.uint8), noise])
+    return torch.cat(
+        [
+            torch.zeros(2, 784, dtype=torch.uint8),
+            torch.full((2, 784), 255, dtype=torch.uint8),
+            noise,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

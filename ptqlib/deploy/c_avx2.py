@@ -294,8 +294,9 @@ static void finish(const int32_t *sums, int32_t images, int32_t panel_count,
 {
     for (int32_t i = 0; i < images; i++)
         for (int32_t p = 0; p < panel_count; p++) {
-            const __m256i sum = _mm256_loadu_si256((const __m256i *)(sums + 8 * (i * panel_count + p)));
-            const __m256i acc = _mm256_add_epi32(sum, _mm256_loadu_si256((const __m256i *)(bias + 8 * p)));
+            const int32_t *sum = sums + 8 * (i * panel_count + p), *b = bias + 8 * p;
+            const __m256i acc = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)sum),
+                                                 _mm256_loadu_si256((const __m256i *)b));
             const __m256i q = requantize8(acc, requantization + 48 * p);
             const size_t at = (size_t)i * y_stride + (size_t)first_output + 8 * (size_t)p;
             if (y16)
@@ -339,7 +340,8 @@ static void widen_input(const uint8_t *pixels, int32_t count, int16_t *x, size_t
                 const __m256i hit = _mm256_cmpeq_epi8(high, _mm256_set1_epi8((char)r));
                 u = _mm256_or_si256(u, _mm256_and_si256(_mm256_shuffle_epi8(row, low), hit));
             }
-            _mm256_storeu_si256((__m256i *)(x + k), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)));
+            _mm256_storeu_si256((__m256i *)(x + k),
+                                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)));
             _mm256_storeu_si256((__m256i *)(x + k + 16),
                                 _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1)));
         }
@@ -355,9 +357,10 @@ static void widen_input(const uint8_t *pixels, int32_t count, int16_t *x, size_t
 {
     for (int32_t t = 0; t < count; t++, pixels += INPUTS, x += x_stride) {
         int32_t k = 0;
-        for (; k + 16 <= INPUTS; k += 16)
-            _mm256_storeu_si256((__m256i *)(x + k),
-                                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(pixels + k))));
+        for (; k + 16 <= INPUTS; k += 16) {
+            const __m128i p = _mm_loadu_si128((const __m128i *)(pixels + k));
+            _mm256_storeu_si256((__m256i *)(x + k), _mm256_cvtepu8_epi16(p));
+        }
         for (; k < INPUTS; k++) x[k] = pixels[k];
         for (; k < (int32_t)x_stride; k++) x[k] = 0;  /* an odd input count: pad the pair */
     }
@@ -518,7 +521,8 @@ def source_text(prefix: str, kind: str, layers: list[CLayer], lookup) -> str:
         "#if !defined(__AVX2__) || !defined(__FMA__)\n"
         '#error "this file needs AVX2 and FMA: -march=x86-64-v3, or -march=native on such a CPU"\n'
         "#endif\n"
-        f'#include <immintrin.h>\n#include <stddef.h>\n#include <string.h>\n#include "{prefix}.h"\n\n'
+        "#include <immintrin.h>\n#include <stddef.h>\n#include <string.h>\n"
+        f'#include "{prefix}.h"\n\n'
         + constants_text(prefix, kind, layers, lookup)
         + "\n"
         + (INT8_STEP if int8 else FLOAT_STEP)
