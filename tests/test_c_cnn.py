@@ -15,6 +15,7 @@ import torch
 from conftest import run_guarded
 from ptqlib.app.cli import main
 from ptqlib.data import calibration_images, normalise
+from ptqlib.deploy.c_budget import stack_usage
 from ptqlib.deploy.c_export import export_c, verify_directory
 from ptqlib.deploy.c_files import activation_plan
 from ptqlib.deploy.c_graph import fp32_graph, int8_graph
@@ -107,19 +108,15 @@ def test_liveness_plan_is_the_ram_of_the_generated_code(cnns, tmp_path, name, ki
     model = cnns[name][kind]
     layers = int8_graph(model) if kind == "int8" else fp32_graph(model)
     _, plan = activation_plan(layers, kind, lookup=kind == "int8")
-    objects = tmp_path / f"{prefix}.o"
-    subprocess.run(
-        [find_compiler(), "-std=c99", "-O2", "-fstack-usage", f"-D{prefix.upper()}_TILE=1",
-         "-c", "-I", str(directory), "-o", str(objects), str(directory / f"{prefix}.c")],
-        check=True, timeout=300,
-    )  # fmt: skip
-    frames = {
-        function: int(size)
-        for function, size in re.findall(r":(\w+)\t(\d+)\t", objects.with_suffix(".su").read_text())
-    }
+    frames = stack_usage(directory / f"{prefix}.c", ("-O2", f"-D{prefix.upper()}_TILE=1"))
     forward = frames.pop(f"{prefix}_forward")
     assert plan.size <= forward <= plan.size + 512, (forward, plan.size)
     assert all(size <= 128 for size in frames.values()), frames
+    objects = tmp_path / f"{prefix}.o"
+    subprocess.run(
+        [find_compiler(), "-std=c99", "-O2", "-c", "-I", str(directory), "-o", str(objects),
+         str(directory / f"{prefix}.c")], check=True, timeout=300,
+    )  # fmt: skip
     sizes = subprocess.run(["size", "-A", str(objects)], capture_output=True, text=True).stdout
     static = {
         section: int(size)

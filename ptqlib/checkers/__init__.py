@@ -49,8 +49,8 @@ The function you write for each checker, with its arguments in this order:
 - notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
   :func:`check_qdq_reading`;
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
-- notebook 10: :func:`check_requantize_c` (your C function, compiled and run),
-  :func:`check_arena_bytes`.
+- notebook 10: :func:`check_double_rounding` (CMSIS-NN's requantization),
+  :func:`check_live_bytes`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -71,7 +71,7 @@ is exported. ``ptqlib.checkers.core`` holds what they share
 comparisons), ready for a checker of your own.
 """
 
-from ptqlib.checkers.c_export import check_arena_bytes, check_requantize_c
+from ptqlib.checkers.c_export import check_double_rounding, check_live_bytes
 from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 from ptqlib.checkers.core import Case, run_cases
 from ptqlib.checkers.debugging import check_cle_scales, check_find_culprit
@@ -136,10 +136,10 @@ __all__ = [
     "ObserverChoiceResult",
     "changed_digits",
     "check_adaround_loss",
-    "check_arena_bytes",
     "check_bias_shift",
     "check_cle_scales",
     "check_dequantize",
+    "check_double_rounding",
     "check_find_culprit",
     "check_fixed_point_multiplier",
     "check_fold_batchnorm",
@@ -149,6 +149,7 @@ __all__ = [
     "check_int8_bytes",
     "check_integer_layer",
     "check_linear_parameters",
+    "check_live_bytes",
     "check_mcnemar_p_value",
     "check_moving_average_range",
     "check_observer_choice",
@@ -163,7 +164,6 @@ __all__ = [
     "check_quantize",
     "check_quantize_linear",
     "check_requantize",
-    "check_requantize_c",
     "check_requantize_float32",
     "check_sqnr_db",
     "check_symmetric_qparams",
