@@ -76,6 +76,7 @@ def test_every_file_is_in_the_digest(simplenet_c, tmp_path):
     manifest = verify_directory(simplenet_c["int8_dir"])
     assert set(manifest["files"]) == {
         "BUILD", "main.c", "model.json", "simplenet_int8.c", "simplenet_int8.h",
+        "simplenet_int8_avx2.c",
     }  # fmt: skip
     for name in manifest["files"]:
         broken = tmp_path / name
@@ -353,3 +354,17 @@ def test_bench_adds_c_rows(cli):
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert {"c_fp32_portable", "c_int8_portable"} <= set(names)
     assert ("c_int8_avx2" in names) is native_targets()["avx2"]
+
+
+def test_generated_c_fits_80_columns(simplenet_c):
+    """The portable files read like hand-written C (80 columns; the digest line and the rows
+    of numbers aside); the AVX2 file stays within 100."""
+    for directory in (simplenet_c["int8_dir"], simplenet_c["fp32_dir"]):
+        for path in directory.iterdir():
+            if path.suffix not in (".c", ".h"):
+                continue
+            limit = 100 if path.stem.endswith("avx2") else 80
+            lines = path.read_text().splitlines()[1:]
+            wide = [line for line in lines if len(line) > limit and not line[4:5].isdigit()]
+            wide = [line for line in wide if not line.startswith("    -")]
+            assert not wide, (path.name, wide[:3])

@@ -45,7 +45,8 @@ import torch
 
 from ptqlib.deploy.c_files import c_array
 from ptqlib.deploy.c_graph import CLayer
-from ptqlib.deploy.c_memory import chain_buffers, plan_arena
+from ptqlib.deploy.c_memory import ArenaPlan, chain_buffers, plan_arena
+from ptqlib.deploy.c_source import c_call
 from ptqlib.errors import InputError
 
 PANEL = 8  # outputs per 256-bit register (int32 or float lanes)
@@ -239,7 +240,7 @@ def block_function(kind: str, images: int, panel_count: int) -> str:
         f"static void block_{images}x{panel_count}(const {element} *x, size_t x_stride, "
         f"const {'int8_t' if int8 else 'float'} *w,\n"
         f"    size_t panel_size, size_t steps, {scalar} *sums)\n{{\n",
-        f"    {vector} {', '.join(f'{name} = {zero}' for name in flat)};\n",
+        "".join(f"    {vector} {name} = {zero};\n" for name in flat),
         "    size_t k = 0;\n",
     ]
 
@@ -277,10 +278,10 @@ def block_function(kind: str, images: int, panel_count: int) -> str:
     store = "_mm256_storeu_si256((__m256i *)" if int8 else "_mm256_storeu_ps("
     for i in range(images):
         for p in range(panel_count):
-            total = names[i][p][0]
-            for other in names[i][p][1:]:
-                total = f"{add}({total}, {other})"
-            lines.append(f"    {store}(sums + {i * panel_count * PANEL + p * PANEL}), {total});\n")
+            first, *others = names[i][p]
+            for other in others:  # the K split: add the partial sums up
+                lines.append(f"    {first} = {add}({first}, {other});\n")
+            lines.append(f"    {store}(sums + {i * panel_count * PANEL + p * PANEL}), {first});\n")
     lines.append("}\n")
     return "".join(lines)
 
@@ -392,10 +393,10 @@ def layer_function(prefix: str, kind: str, layer: CLayer, width: int, last: bool
     y_stride = layer.outputs if last else count * PANEL
     rows = f"y + (size_t)t * {y_stride}"
     if int8:
-        target = f"NULL, {rows}" if last else f"{rows}, NULL"
-        constants = f"{name}_panel_bias + 8 * p, {name}_requantization + 48 * p"
+        target = ["NULL", rows] if last else [rows, "NULL"]
+        constants = [f"{name}_panel_bias + 8 * p", f"{name}_requantization + 48 * p"]
     else:
-        target, constants = rows, f"{name}_panel_bias + 8 * p, {int(layer.relu)}"
+        target, constants = [rows], [f"{name}_panel_bias + 8 * p", str(int(layer.relu))]
     lines = [
         f"static void {name}(const {element} *x, int32_t count, {out_type} *y)\n{{\n",
         f"    {'int32_t' if int8 else 'float'} sums[{IMAGES * 2 * PANEL}];\n",
@@ -405,13 +406,12 @@ def layer_function(prefix: str, kind: str, layer: CLayer, width: int, last: bool
                          (1, "for (; t < count; t++)")):  # fmt: skip
         lines.append(f"    {loop} {{\n        int32_t p = 0;\n")
         for size in panel_groups(count, images):
-            lines.append(
-                f"        block_{images}x{size}(x + (size_t)t * {width}, {width}, "
-                f"{name}_packed + (size_t)p * {panel_size}, {panel_size}, {steps}, sums);\n"
-                f"        finish(sums, {images}, {size}, {constants}, 8 * p, {target}, "
-                f"{y_stride}, {y_stride if last else count * PANEL});\n"
-                f"        p += {size};\n"
-            )
+            block = [f"x + (size_t)t * {width}", str(width)]
+            block += [f"{name}_packed + (size_t)p * {panel_size}", str(panel_size)]
+            lines.append(c_call(f"block_{images}x{size}", [*block, str(steps), "sums"]))
+            finish = ["sums", str(images), str(size), *constants, "8 * p", *target]
+            finish += [str(y_stride), str(y_stride if last else count * PANEL)]
+            lines.append(c_call("finish", finish) + f"        p += {size};\n")
         lines.append("    }\n")
     lines.append("}\n")
     return "".join(lines)
@@ -445,34 +445,46 @@ def constants_text(prefix: str, kind: str, layers: list[CLayer], lookup) -> str:
     return "".join(parts)
 
 
+def activation_plan(layers: list[CLayer], kind: str) -> tuple[list, ArenaPlan]:
+    """The buffers of one image (INT8: the input widened to int16, then every layer's
+    output but the last as int16 rows of whole panels; FP32: the outputs as float rows) and
+    their liveness plan, each buffer 32-byte aligned."""
+    int8 = kind == "int8"
+    element_bytes = 2 if int8 else 4
+    names, sizes = (["input_x"], [padded_inputs(layers[0], 0, layers, kind)]) if int8 else ([], [])
+    for layer in layers[:-1]:
+        names.append(f"out_{layer.name}")
+        sizes.append(panels(layer.outputs) * PANEL)
+    buffers = chain_buffers([size * element_bytes for size in sizes], names)
+    return buffers, plan_arena(buffers, 32)
+
+
 def forward_text(prefix: str, kind: str, layers: list[CLayer], lookup) -> str:
     """The forward function: a tile of images at a time, the activations in one arena."""
     upper, int8 = prefix.upper(), kind == "int8"
     element, element_bytes = ("int16_t", 2) if int8 else ("float", 4)
     io = "uint8_t" if int8 else "float"
     tile = f"{upper}_AVX2_TILE"
-    names, sizes = (["input_x"], [padded_inputs(layers[0], 0, layers, kind)]) if int8 else ([], [])
-    for layer in layers[:-1]:
-        names.append(f"out_{layer.name}")
-        sizes.append(panels(layer.outputs) * PANEL)
-    buffers = chain_buffers([size * element_bytes for size in sizes], names)
-    plan = plan_arena(buffers, 32)
+    buffers, plan = activation_plan(layers, kind)
+    sizes = [buffer.size // element_bytes for buffer in buffers]
     per_image = plan.size // element_bytes
     lines = [
         "/* Images per pass over the weights: a multiple of the 6-image block. */\n"
         f"#ifndef {tile}\n#define {tile} {TILE}\n#endif\n"
         f'#if {tile} < 1\n#error "{tile} must be at least 1"\n#endif\n\n'
-        f"void {prefix}_forward(const {io} *input, {io} *output, int32_t batch)\n{{\n"
+        f"void {prefix}_forward(const {io} *input, {io} *output,\n"
+        f"{' ' * (len(prefix) + 14)}int32_t batch)\n{{\n"
+        f"    const int32_t tile = {tile};\n"
     ]
     if buffers:
         lines.append(f"    {element} arena[{tile} * {per_image}];  /* the liveness plan */\n")
         for buffer in buffers:
             offset = plan.offsets[buffer.name] // element_bytes
-            lines.append(f"    {element} *const {buffer.name} = arena + {tile} * {offset};\n")
+            lines.append(f"    {element} *const {buffer.name} = arena + tile * {offset};\n")
     inputs, outputs = layers[0].inputs, layers[-1].outputs
     lines += [
-        f"    for (int32_t first = 0; first < batch; first += {tile}) {{\n",
-        f"        const int32_t count = batch - first < {tile} ? batch - first : {tile};\n",
+        "    for (int32_t first = 0; first < batch; first += tile) {\n",
+        "        const int32_t count = batch - first < tile ? batch - first : tile;\n",
     ]
     source = f"input + (size_t)first * {inputs}"
     if int8:

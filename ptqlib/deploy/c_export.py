@@ -34,7 +34,13 @@ from torch import nn
 
 from ptqlib.data import MNIST_MEAN, MNIST_STD
 from ptqlib.deploy import c_avx2
-from ptqlib.deploy.c_files import digest_line, header_text, main_text, source_text
+from ptqlib.deploy.c_files import (
+    activation_plan,
+    digest_line,
+    header_text,
+    main_text,
+    source_text,
+)
 from ptqlib.deploy.c_graph import (
     c_prefix,
     check_unique_names,
@@ -143,9 +149,11 @@ def export_c(
         "main.c": main_text(prefix, kind, inputs, outputs, MNIST_MEAN, MNIST_STD),
     }
     builds = {"portable": f"{prefix}.c"}
+    arena = {"portable": activation_plan(layers, kind, lookup is not None)[1].size}
     if linear_only:
         builds["avx2"] = f"{prefix}_avx2.c"
         bodies[builds["avx2"]] = c_avx2.source_text(prefix, kind, layers, lookup)
+        arena["avx2"] = c_avx2.activation_plan(layers, kind)[1].size
     bodies["BUILD"] = build_file(prefix, builds)
     manifest: dict = {
         "format": FORMAT,
@@ -157,6 +165,7 @@ def export_c(
         "outputs": outputs,
         "tile": tile,
         "builds": builds,
+        "arena_bytes_per_image": arena,
         "files": sorted([*bodies, MANIFEST]),
         "layers": [f"{layer.kind} {layer.name}" for layer in layers],
     }

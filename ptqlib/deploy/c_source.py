@@ -22,12 +22,12 @@ from ptqlib.deploy.c_graph import CLayer
 
 REQUANTIZE_C = """\
 /* q_y = clamp(round(acc * M0 * 2^-n) + Z_y, lowest, highest), integers only.
- * acc * M0 needs up to 62 bits, so the product is int64. Adding 2^(n-1) and shifting right by
- * n rounds to nearest with ties upwards, exactly as ptqlib's requantize does in torch, if >>
- * of a negative int64 is an arithmetic shift: C99 (6.5.7p5) leaves that to the compiler, and
- * gcc, clang and MSVC all shift arithmetically (gcc documents it; a test checks this build). */
-static uint8_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t zero_point,
-                          int32_t lowest, int32_t highest)
+ * acc * M0 needs up to 62 bits: the product is int64. Adding 2^(n-1) and
+ * shifting right by n rounds to nearest, ties upwards, as ptqlib does, if >>
+ * of a negative int64 is an arithmetic shift: C99 (6.5.7p5) leaves that to
+ * the compiler; gcc documents it, clang and MSVC do the same. */
+static uint8_t requantize(int32_t acc, int32_t multiplier, int32_t shift,
+                          int32_t zero_point, int32_t lowest, int32_t highest)
 {
     const int64_t scaled = (int64_t)acc * (int64_t)multiplier;
     int64_t q = ((scaled + ((int64_t)1 << (shift - 1))) >> shift) + zero_point;
@@ -36,51 +36,65 @@ static uint8_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_
     return (uint8_t)q;
 }
 
-/* What follows the int32 sum of a layer: per output channel M0 and n, then Z_y, the clamp. */
+/* After the int32 sum: per output channel M0 and n, then Z_y and the clamp. */
 struct requantization {
     const int32_t *multiplier;
     const int8_t *shift;
     int32_t zero_point, lowest, highest;
 };
+
+/* requantize() of output channel o with the constants of r. */
+static uint8_t output(const struct requantization *r, int32_t o, int32_t acc)
+{
+    return requantize(acc, r->multiplier[o], r->shift[o], r->zero_point,
+                      r->lowest, r->highest);
+}
 """
 
 MAXPOOL_C = """\
-/* Max-pooling (no padding). On the integers too: dequantization is increasing, so the
- * largest integer of a window is the integer of the largest real value, and the output keeps
- * the input's qparams. */
-static void maxpool_layer(const ELEMENT *restrict x, int32_t count, const struct window *s,
-                          ELEMENT *restrict y)
+/* Max-pooling (no padding). On the integers too: dequantization increases, so
+ * the largest integer of a window is the integer of the largest real value,
+ * and the output keeps the input's qparams. */
+static void maxpool_layer(const ELEMENT *restrict x, int32_t count,
+                          const struct window *s, ELEMENT *restrict y)
 {
     const int32_t channels = s->channels;
+    const size_t line = (size_t)s->width * channels;  /* one row of the image */
+    const size_t in_size = s->height * line;
+    const size_t out_size = (size_t)s->out_height * s->out_width * channels;
     for (int32_t t = 0; t < count; t++) {
-        const ELEMENT *image = x + (size_t)t * s->height * s->width * channels;
-        ELEMENT *pixel = y + (size_t)t * s->out_height * s->out_width * channels;
+        const ELEMENT *image = x + t * in_size;
+        ELEMENT *pixel = y + t * out_size;
         for (int32_t oy = 0; oy < s->out_height; oy++)
-            for (int32_t ox = 0; ox < s->out_width; ox++, pixel += channels)
+            for (int32_t ox = 0; ox < s->out_width; ox++, pixel += channels) {
+                const ELEMENT *corner = image + oy * s->stride_h * line +
+                                        (size_t)ox * s->stride_w * channels;
                 for (int32_t c = 0; c < channels; c++) {
-                    const ELEMENT *corner = image + ((size_t)oy * s->stride_h * s->width +
-                                                     ox * s->stride_w) * channels + c;
-                    ELEMENT best = corner[0];
-                    for (int32_t ky = 0; ky < s->kernel_h; ky++)
+                    ELEMENT best = corner[c];
+                    for (int32_t ky = 0; ky < s->kernel_h; ky++) {
+                        const ELEMENT *row = corner + ky * line;
                         for (int32_t kx = 0; kx < s->kernel_w; kx++) {
-                            const ELEMENT v = corner[((size_t)ky * s->width + kx) * channels];
+                            const ELEMENT v = row[kx * channels + c];
                             best = v > best ? v : best;
                         }
+                    }
                     pixel[c] = best;
                 }
+            }
     }
 }
 """
 
 INT8_KERNELS = {
     "linear": """\
-/* A Linear: for each output o, a dot product of the input with row o of the weights (the
- * "dot" form), for each of the `count` images of the tile while that row is in the cache.
- * The sum starts at the bias, so no partial sum leaves int32 (the export checked it). */
+/* A Linear, the "dot" form: for each output o, the dot product of row o of the
+ * weights with each of the `count` images of the tile, while the row is in the
+ * cache. The sum starts at the bias: no partial sum leaves int32 (the export
+ * checked it). */
 static void linear_layer(const uint8_t *restrict x, int32_t count,
                          const int8_t *restrict weight, const int32_t *bias,
-                         const struct requantization *r, int32_t in, int32_t out,
-                         uint8_t *restrict y)
+                         const struct requantization *r, int32_t in,
+                         int32_t out, uint8_t *restrict y)
 {
     for (int32_t o = 0; o < out; o++) {
         const int8_t *row = weight + (size_t)o * in;
@@ -89,24 +103,25 @@ static void linear_layer(const uint8_t *restrict x, int32_t count,
             int32_t acc = bias[o];
             for (int32_t k = 0; k < in; k++)
                 acc += (int32_t)xt[k] * (int32_t)row[k];
-            y[(size_t)t * out + o] = requantize(acc, r->multiplier[o], r->shift[o],
-                                                r->zero_point, r->lowest, r->highest);
+            y[(size_t)t * out + o] = output(r, o, acc);
         }
     }
 }
 """,
     "conv": """\
-/* A convolution, channels last: filter o is [kernel_h][kernel_w][channels]. A tap outside
- * the image reads the input's zero point (the integer of real 0), as ptqlib pads, so the
- * folded bias (b = q_b - Z_x sum w) holds at the border too. */
-static void conv_layer(const uint8_t *restrict x, int32_t count, const struct window *s,
-                       const int8_t *restrict weight, const int32_t *bias, int32_t out,
-                       int32_t zero_point_in, const struct requantization *r,
-                       uint8_t *restrict y)
+/* A convolution, channels last: filter o is [kernel_h][kernel_w][channels]. A
+ * tap outside the image reads `pad`, the input's zero point (the integer of
+ * real 0), as ptqlib pads, so the folded bias (q_b - Z_x sum w) holds at the
+ * border. */
+static void conv_layer(const uint8_t *restrict x, int32_t count,
+                       const struct window *s, const int8_t *restrict weight,
+                       const int32_t *bias, int32_t out, int32_t pad,
+                       const struct requantization *r, uint8_t *restrict y)
 {
-    const size_t in_size = (size_t)s->height * s->width * s->channels;
+    const int32_t channels = s->channels;
+    const size_t in_size = (size_t)s->height * s->width * channels;
     const size_t out_size = (size_t)s->out_height * s->out_width * out;
-    const int32_t taps = s->kernel_h * s->kernel_w * s->channels;
+    const int32_t taps = s->kernel_h * s->kernel_w * channels;
     for (int32_t t = 0; t < count; t++) {
         const uint8_t *image = x + t * in_size;
         uint8_t *pixel = y + t * out_size;
@@ -117,19 +132,19 @@ static void conv_layer(const uint8_t *restrict x, int32_t count, const struct wi
                     int32_t acc = bias[o];
                     for (int32_t ky = 0; ky < s->kernel_h; ky++) {
                         const int32_t iy = oy * s->stride_h + ky - s->pad_h;
-                        for (int32_t kx = 0; kx < s->kernel_w; kx++, w += s->channels) {
+                        for (int32_t kx = 0; kx < s->kernel_w; kx++) {
                             const int32_t ix = ox * s->stride_w + kx - s->pad_w;
-                            const int inside = iy >= 0 && iy < s->height && ix >= 0 &&
-                                               ix < s->width;
-                            const uint8_t *in = image + ((size_t)iy * s->width + ix) *
-                                                            s->channels;
-                            for (int32_t c = 0; c < s->channels; c++)
-                                acc += (inside ? (int32_t)in[c] : zero_point_in) *
-                                       (int32_t)w[c];
+                            const int inside = iy >= 0 && iy < s->height &&
+                                               ix >= 0 && ix < s->width;
+                            const uint8_t *in =
+                                image + ((size_t)iy * s->width + ix) * channels;
+                            for (int32_t c = 0; c < channels; c++, w++) {
+                                const int32_t u = inside ? in[c] : pad;
+                                acc += u * (int32_t)*w;
+                            }
                         }
                     }
-                    pixel[o] = requantize(acc, r->multiplier[o], r->shift[o], r->zero_point,
-                                          r->lowest, r->highest);
+                    pixel[o] = output(r, o, acc);
                 }
             }
         }
@@ -137,11 +152,13 @@ static void conv_layer(const uint8_t *restrict x, int32_t count, const struct wi
 }
 """,
     "depthwise": """\
-/* A depthwise convolution: channel c of the output filters channel c of the input alone
- * (filter c is [kernel_h][kernel_w]); padding reads the zero point, as in conv_layer. */
-static void depthwise_layer(const uint8_t *restrict x, int32_t count, const struct window *s,
+/* A depthwise convolution: channel c of the output filters channel c of the
+ * input alone (filter c is [kernel_h][kernel_w]); a tap outside the image
+ * reads `pad`, as in conv_layer. */
+static void depthwise_layer(const uint8_t *restrict x, int32_t count,
+                            const struct window *s,
                             const int8_t *restrict weight, const int32_t *bias,
-                            int32_t zero_point_in, const struct requantization *r,
+                            int32_t pad, const struct requantization *r,
                             uint8_t *restrict y)
 {
     const int32_t channels = s->channels, taps = s->kernel_h * s->kernel_w;
@@ -153,20 +170,21 @@ static void depthwise_layer(const uint8_t *restrict x, int32_t count, const stru
         for (int32_t oy = 0; oy < s->out_height; oy++) {
             for (int32_t ox = 0; ox < s->out_width; ox++, pixel += channels) {
                 for (int32_t c = 0; c < channels; c++) {
+                    const int8_t *w = weight + (size_t)c * taps;
                     int32_t acc = bias[c];
                     for (int32_t ky = 0; ky < s->kernel_h; ky++) {
                         const int32_t iy = oy * s->stride_h + ky - s->pad_h;
-                        for (int32_t kx = 0; kx < s->kernel_w; kx++) {
+                        for (int32_t kx = 0; kx < s->kernel_w; kx++, w++) {
                             const int32_t ix = ox * s->stride_w + kx - s->pad_w;
-                            const int inside = iy >= 0 && iy < s->height && ix >= 0 &&
-                                               ix < s->width;
-                            const int32_t u = inside ? image[((size_t)iy * s->width + ix) *
-                                                             channels + c] : zero_point_in;
-                            acc += u * (int32_t)weight[c * taps + ky * s->kernel_w + kx];
+                            const int inside = iy >= 0 && iy < s->height &&
+                                               ix >= 0 && ix < s->width;
+                            const size_t at =
+                                ((size_t)iy * s->width + ix) * channels + c;
+                            const int32_t u = inside ? image[at] : pad;
+                            acc += u * (int32_t)*w;
                         }
                     }
-                    pixel[c] = requantize(acc, r->multiplier[c], r->shift[c], r->zero_point,
-                                          r->lowest, r->highest);
+                    pixel[c] = output(r, c, acc);
                 }
             }
         }
@@ -175,16 +193,18 @@ static void depthwise_layer(const uint8_t *restrict x, int32_t count, const stru
 """,
     "maxpool": MAXPOOL_C.replace("ELEMENT", "uint8_t"),
     "avgpool": """\
-/* The global average pool on the integers: round(sum / n) to nearest, ties upwards,
- * floor((2 sum + n) / (2 n)) as ptqlib's rounded_mean (non-negative here: C's / is floor). */
-static void avgpool_layer(const uint8_t *restrict x, int32_t count, const struct window *s,
-                          uint8_t *restrict y)
+/* The global average pool on the integers: round(sum / n), to nearest, ties
+ * upwards: floor((2 sum + n) / (2 n)), as ptqlib's rounded_mean (the values
+ * are non-negative here, so C's / is the floor). */
+static void avgpool_layer(const uint8_t *restrict x, int32_t count,
+                          const struct window *s, uint8_t *restrict y)
 {
     const int32_t channels = s->channels, n = s->height * s->width;
     for (int32_t t = 0; t < count; t++)
         for (int32_t c = 0; c < channels; c++) {
+            const uint8_t *value = x + (size_t)t * n * channels + c;
             int32_t sum = 0;
-            for (int32_t p = 0; p < n; p++) sum += x[((size_t)t * n + p) * channels + c];
+            for (int32_t p = 0; p < n; p++) sum += value[(size_t)p * channels];
             y[(size_t)t * channels + c] = (uint8_t)((2 * sum + n) / (2 * n));
         }
 }
@@ -195,15 +215,17 @@ static void avgpool_layer(const uint8_t *restrict x, int32_t count, const struct
 
 FLOAT_KERNELS = {
     "linear": """\
-/* y = W x + b, then ReLU if asked, for the `count` images of the tile. The "axpy" form: for
- * each input k, add x[k] times row k of the transposed weights to all outputs; row k serves
- * every image of the tile while it is in the cache. The inner loop runs over independent
- * outputs, so compilers vectorize it without reordering any sum (the "dot" form would need
- * -ffast-math). Contracting y + x * w into one fused multiply-add needs -ffp-contract=fast:
- * gcc turns contraction off under ISO C (-std=c99), which BUILD therefore adds. */
+/* y = W x + b, then ReLU if asked, for the `count` images of the tile. The
+ * "axpy" form: for each input k, add x[k] times row k of the transposed
+ * weights to all outputs; row k serves every image of the tile while it is in
+ * the cache. The inner loop runs over independent outputs, so compilers
+ * vectorize it without reordering a sum (the "dot" form would need
+ * -ffast-math). Contracting y + x * w into one fused multiply-add needs
+ * -ffp-contract=fast: gcc turns contraction off under ISO C (-std=c99), so
+ * BUILD adds it. */
 static void linear_layer(const float *restrict x, int32_t count,
-                         const float *restrict weight_t, const float *bias, int relu,
-                         int32_t in, int32_t out, float *restrict y)
+                         const float *restrict weight_t, const float *bias,
+                         int relu, int32_t in, int32_t out, float *restrict y)
 {
     for (int32_t t = 0; t < count; t++)
         for (int32_t o = 0; o < out; o++) y[(size_t)t * out + o] = bias[o];
@@ -216,18 +238,22 @@ static void linear_layer(const float *restrict x, int32_t count,
         }
     }
     if (relu)
-        for (int32_t o = 0; o < count * out; o++) y[o] = y[o] > 0.0f ? y[o] : 0.0f;
+        for (int32_t o = 0; o < count * out; o++)
+            y[o] = y[o] > 0.0f ? y[o] : 0.0f;
 }
 """,
     "conv": """\
-/* A convolution, channels last, with the weights as [kernel_h][kernel_w][channels][out]:
- * each input value is added, times its weights, to every output of the pixel (the axpy form
- * again). Taps outside the image are skipped (padding holds 0.0). */
-static void conv_layer(const float *restrict x, int32_t count, const struct window *s,
-                       const float *restrict weight_t, const float *bias, int relu,
-                       int32_t out, float *restrict y)
+/* A convolution, channels last, the weights as [kernel_h][kernel_w][channels]
+ * [out]: each input value is added, times its weights, to every output of the
+ * pixel (the axpy form again). Taps outside the image are skipped (padding
+ * holds 0.0). */
+static void conv_layer(const float *restrict x, int32_t count,
+                       const struct window *s, const float *restrict weight_t,
+                       const float *bias, int relu, int32_t out,
+                       float *restrict y)
 {
-    const size_t in_size = (size_t)s->height * s->width * s->channels;
+    const int32_t channels = s->channels;
+    const size_t in_size = (size_t)s->height * s->width * channels;
     const size_t out_size = (size_t)s->out_height * s->out_width * out;
     for (int32_t t = 0; t < count; t++) {
         const float *image = x + t * in_size;
@@ -239,27 +265,34 @@ static void conv_layer(const float *restrict x, int32_t count, const struct wind
                     const int32_t iy = oy * s->stride_h + ky - s->pad_h;
                     for (int32_t kx = 0; kx < s->kernel_w; kx++) {
                         const int32_t ix = ox * s->stride_w + kx - s->pad_w;
-                        if (iy < 0 || iy >= s->height || ix < 0 || ix >= s->width) continue;
-                        const float *in = image + ((size_t)iy * s->width + ix) * s->channels;
-                        const float *w = weight_t + (size_t)(ky * s->kernel_w + kx) *
-                                                        s->channels * out;
-                        for (int32_t c = 0; c < s->channels; c++, w += out)
-                            for (int32_t o = 0; o < out; o++) pixel[o] += in[c] * w[o];
+                        const int outside = iy < 0 || iy >= s->height ||
+                                            ix < 0 || ix >= s->width;
+                        if (outside) continue;
+                        const float *in =
+                            image + ((size_t)iy * s->width + ix) * channels;
+                        const float *w = weight_t +
+                            (size_t)(ky * s->kernel_w + kx) * channels * out;
+                        for (int32_t c = 0; c < channels; c++, w += out)
+                            for (int32_t o = 0; o < out; o++)
+                                pixel[o] += in[c] * w[o];
                     }
                 }
                 if (relu)
-                    for (int32_t o = 0; o < out; o++) pixel[o] = pixel[o] > 0.0f ? pixel[o] : 0.0f;
+                    for (int32_t o = 0; o < out; o++)
+                        pixel[o] = pixel[o] > 0.0f ? pixel[o] : 0.0f;
             }
         }
     }
 }
 """,
     "depthwise": """\
-/* A depthwise convolution: channel c of the output filters channel c of the input alone,
- * with the weights as [kernel_h][kernel_w][channels]; taps outside the image are skipped. */
-static void depthwise_layer(const float *restrict x, int32_t count, const struct window *s,
-                            const float *restrict weight_t, const float *bias, int relu,
-                            float *restrict y)
+/* A depthwise convolution: channel c of the output filters channel c of the
+ * input alone, the weights as [kernel_h][kernel_w][channels]; taps outside the
+ * image are skipped. */
+static void depthwise_layer(const float *restrict x, int32_t count,
+                            const struct window *s,
+                            const float *restrict weight_t, const float *bias,
+                            int relu, float *restrict y)
 {
     const int32_t channels = s->channels;
     const size_t in_size = (size_t)s->height * s->width * channels;
@@ -274,10 +307,15 @@ static void depthwise_layer(const float *restrict x, int32_t count, const struct
                     const int32_t iy = oy * s->stride_h + ky - s->pad_h;
                     for (int32_t kx = 0; kx < s->kernel_w; kx++) {
                         const int32_t ix = ox * s->stride_w + kx - s->pad_w;
-                        if (iy < 0 || iy >= s->height || ix < 0 || ix >= s->width) continue;
-                        const float *in = image + ((size_t)iy * s->width + ix) * channels;
-                        const float *w = weight_t + (size_t)(ky * s->kernel_w + kx) * channels;
-                        for (int32_t c = 0; c < channels; c++) pixel[c] += in[c] * w[c];
+                        const int outside = iy < 0 || iy >= s->height ||
+                                            ix < 0 || ix >= s->width;
+                        if (outside) continue;
+                        const float *in =
+                            image + ((size_t)iy * s->width + ix) * channels;
+                        const float *w = weight_t +
+                            (size_t)(ky * s->kernel_w + kx) * channels;
+                        for (int32_t c = 0; c < channels; c++)
+                            pixel[c] += in[c] * w[c];
                     }
                 }
                 if (relu)
@@ -290,14 +328,15 @@ static void depthwise_layer(const float *restrict x, int32_t count, const struct
 """,
     "maxpool": MAXPOOL_C.replace("ELEMENT", "float"),
     "avgpool": """\
-static void avgpool_layer(const float *restrict x, int32_t count, const struct window *s,
-                          float *restrict y)
+static void avgpool_layer(const float *restrict x, int32_t count,
+                          const struct window *s, float *restrict y)
 {
     const int32_t channels = s->channels, n = s->height * s->width;
     for (int32_t t = 0; t < count; t++)
         for (int32_t c = 0; c < channels; c++) {
+            const float *value = x + (size_t)t * n * channels + c;
             float sum = 0.0f;
-            for (int32_t p = 0; p < n; p++) sum += x[((size_t)t * n + p) * channels + c];
+            for (int32_t p = 0; p < n; p++) sum += value[(size_t)p * channels];
             y[(size_t)t * channels + c] = sum / (float)n;
         }
 }
@@ -314,6 +353,21 @@ struct window {
 """
 
 
+def c_call(function: str, arguments: list[str], indent: str = "        ") -> str:
+    """``function(arguments);`` as C lines of at most 80 characters, the arguments packed
+    greedily and aligned after the parenthesis."""
+    lines, line = [], f"{indent}{function}("
+    align = " " * len(line)
+    for index, argument in enumerate(arguments):
+        piece = argument + (");" if index == len(arguments) - 1 else ",")
+        if len(line) + len(piece) > 80 and line != align and not line.endswith("("):
+            lines.append(line.rstrip())
+            line = align
+        line += piece + " "
+    lines.append(line.rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def window_literal(layer: CLayer) -> str:
     """The ``struct window`` initializer of a window layer."""
     height, width, channels = layer.input_shape
@@ -327,34 +381,29 @@ def int8_call(prefix: str, layer: CLayer, source: str, target: str) -> str:
     """The statement of the forward function that runs ``layer`` on ``source``."""
     name = f"{prefix}_{layer.name}"
     if layer.kind in ("maxpool", "avgpool"):
-        return f"        {layer.kind}_layer({source}, count, &{name}_window, {target});\n"
-    weights = f"{name}_weight, {name}_bias"
+        return c_call(f"{layer.kind}_layer", [source, "count", f"&{name}_window", target])
+    weights = [f"{name}_weight", f"{name}_bias"]
+    requantization = f"&{name}_requantization"
     if layer.kind == "linear":
-        return (
-            f"        linear_layer({source}, count, {weights}, &{name}_requantization,\n"
-            f"                     {layer.inputs}, {layer.outputs}, {target});\n"
-        )
-    out = f", {layer.output_shape[2]}" if layer.kind == "conv" else ""
-    return (
-        f"        {layer.kind}_layer({source}, count, &{name}_window, {weights}{out},\n"
-        f"                     {layer.input_zero_point}, &{name}_requantization, {target});\n"
-    )
+        sizes = [str(layer.inputs), str(layer.outputs)]
+        return c_call("linear_layer", [source, "count", *weights, requantization, *sizes, target])
+    out = [str(layer.output_shape[2])] if layer.kind == "conv" else []
+    arguments = [source, "count", f"&{name}_window", *weights, *out]
+    arguments += [str(layer.input_zero_point), requantization, target]
+    return c_call(f"{layer.kind}_layer", arguments)
 
 
 def float_call(prefix: str, layer: CLayer, source: str, target: str) -> str:
     name = f"{prefix}_{layer.name}"
     if layer.kind in ("maxpool", "avgpool"):
-        return f"        {layer.kind}_layer({source}, count, &{name}_window, {target});\n"
-    weights = f"{name}_weight_t, {name}_bias, {int(layer.relu)}"
+        return c_call(f"{layer.kind}_layer", [source, "count", f"&{name}_window", target])
+    weights = [f"{name}_weight_t", f"{name}_bias", str(int(layer.relu))]
     if layer.kind == "linear":
-        return (
-            f"        linear_layer({source}, count, {weights},\n"
-            f"                     {layer.inputs}, {layer.outputs}, {target});\n"
-        )
-    out = f", {layer.output_shape[2]}" if layer.kind == "conv" else ""
-    return (
-        f"        {layer.kind}_layer({source}, count, &{name}_window, {weights}{out},\n"
-        f"                     {target});\n"
+        sizes = [str(layer.inputs), str(layer.outputs)]
+        return c_call("linear_layer", [source, "count", *weights, *sizes, target])
+    out = [str(layer.output_shape[2])] if layer.kind == "conv" else []
+    return c_call(
+        f"{layer.kind}_layer", [source, "count", f"&{name}_window", *weights, *out, target]
     )
 
 
@@ -364,12 +413,14 @@ def layer_objects(prefix: str, layers: list[CLayer], kind: str) -> str:
     for layer in layers:
         name = f"{prefix}_{layer.name}"
         if layer.kind != "linear":
-            lines.append(f"static const struct window {name}_window = {window_literal(layer)};\n")
+            lines.append(
+                f"static const struct window {name}_window =\n    {window_literal(layer)};\n"
+            )
         if kind == "int8" and layer.weighted:
             lines.append(
                 f"static const struct requantization {name}_requantization = {{\n"
-                f"    {name}_multiplier, {name}_shift, {layer.output_zero_point}, "
-                f"{layer.lowest}, {layer.highest}}};\n"
+                f"    {name}_multiplier,\n    {name}_shift,\n"
+                f"    {layer.output_zero_point}, {layer.lowest}, {layer.highest}}};\n"
             )
     return "".join(lines)
 
