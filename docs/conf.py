@@ -64,7 +64,7 @@ html_theme = "sphinx_book_theme"
 html_title = "Post-training quantization in PyTorch"
 html_math_renderer = "mathml"
 html_static_path = ["_static"]
-html_css_files = ["mathml.css"]
+html_css_files = ["mathml.css", "notebook.css"]
 # _extra/index.html sends docs/_build/html/index.html on to the home page.
 html_extra_path = ["_extra"]
 html_favicon = "_static/favicon.svg"  # also spares the browser a request for /favicon.ico

@@ -38,7 +38,8 @@ def machine_info(threads: int) -> dict[str, str | int]:
 
 
 def environment_summary() -> str:
-    """Python, torch, CPU threads and the quantized engine, one per line (the version cell)."""
+    """Python, torch, CPU threads, the quantized engine and the CPU's int8 instructions, in
+    lines that fit a notebook's output column (the version cell)."""
     return "\n".join(
         [
             f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
@@ -76,7 +77,7 @@ def int8_gemm_is_fast() -> bool:
     With AVX-512 VNNI (AMX machines have it too) PyTorch sends it to oneDNN's int8 GEMM,
     measured 9x faster than the float32 GEMM at batch 1024 on a Xeon. On an AVX2-only CPU
     it runs a plain C++ loop, measured 26x slower. Other CPUs (AVX-VNNI laptops, ARM) were
-    not measured, so they are treated as slow: ``ptqlib.integer_arithmetic.int8_matmul``
+    not measured, so they are treated as slow: ``ptqlib.int8_gemm.int8_matmul``
     then computes the same int32 sums with an exact float GEMM instead. Both give the same
     integers; only speed differs.
     """
@@ -85,11 +86,12 @@ def int8_gemm_is_fast() -> bool:
 
 
 def int8_summary() -> str:
-    """One line for a notebook's version cell: the int8 instructions and the GEMM path."""
+    """Three lines for a notebook's version cell: the CPU, its int8 instructions and the GEMM
+    ptqlib's fast path uses on it."""
     flags = [name for name, present in int8_instructions().items() if present]
     path = "int8 GEMM (_int_mm)" if int8_gemm_is_fast() else "float32 GEMM (exact integers)"
     return (
-        f"CPU {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"int8 dot-product instructions: {', '.join(flags) or 'none'}; "
+        f"CPU {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}\n"
+        f"int8 dot-product instructions: {', '.join(flags) or 'none'}\n"
         f"ptqlib's fast path accumulates with the {path}"
     )

@@ -25,6 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ptqlib.catalog import MODEL_NAMES
 from ptqlib.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from ptqlib.errors import InputError
 
@@ -172,12 +173,12 @@ class DepthwiseCNN(nn.Sequential):
 
 
 # The models ptqlib can train and quantize, by the name checkpoints and the CLI use.
-MODELS = {"simplenet": SimpleNet, "cnn": SmallCNN, "dwcnn": DepthwiseCNN}
+MODELS = dict(zip(MODEL_NAMES, (SimpleNet, SmallCNN, DepthwiseCNN), strict=True))
 
 
 def build_model(name: str) -> nn.Sequential:
     """A fresh, untrained model by its name in :data:`MODELS` ("simplenet", "cnn", "dwcnn")."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise InputError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
     return MODELS[name]()
 

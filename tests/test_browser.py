@@ -5,6 +5,9 @@ page and the first notebook's page; for each it takes a screenshot, and the test
 that the browser logged no console error, no uncaught exception and no failed request,
 that nothing was requested from another host (the site must work offline), that the
 expected heading is shown, that every image decoded, and that math is laid out as MathML.
+On every notebook page, in a window 1280 pixels wide, no cell's code or printed output may
+need sideways scrolling (solutions unfolded): the failure names the page, the first block
+that does and its widest line.
 
 Chromium is driven through ``--remote-debugging-pipe``: the DevTools protocol as
 NUL-terminated JSON messages on file descriptors 3 (commands) and 4 (replies and events),
@@ -138,3 +141,68 @@ def test_glossary_math_is_laid_out(browser, site_url, tmp_path):
     assert not facts["problems"], "\n".join(facts["problems"])
     assert facts["heading"] == "Glossary"
     assert facts["maths"] >= 20 and facts["unrendered_maths"] == 0
+
+
+# Runs inside a notebook page: unfold the hidden solutions, then list every code or output
+# block of a cell whose content is wider than its box (it scrolls sideways), with its cell's
+# number and its widest line.
+WIDE_BLOCKS_JS = """
+(() => {
+  document.querySelectorAll("article details").forEach((d) => { d.open = true; });
+  const cells = Array.from(document.querySelectorAll("article div.cell"));
+  const wide = [];
+  cells.forEach((cell, number) => {
+    for (const part of cell.querySelectorAll(".cell_input, .cell_output")) {
+      for (const box of [part, ...part.querySelectorAll("*")]) {
+        if (!["auto", "scroll"].includes(getComputedStyle(box).overflowX)) continue;
+        if (box.scrollWidth <= box.clientWidth + 1) continue;
+        const lines = (box.innerText || "").split("\\n");
+        const widest = lines.reduce((a, b) => (b.length > a.length ? b : a), "");
+        const input = cell.querySelector(".cell_input");
+        wide.push({
+          cell: number,
+          starts: input ? input.innerText.split("\\n")[0] : "",
+          kind: part.classList.contains("cell_input") ? "code" : "output",
+          content: box.scrollWidth,
+          box: box.clientWidth,
+          widest: widest,
+        });
+      }
+    }
+  });
+  return {cells: cells.length, wide: wide};
+})()
+"""
+
+
+def wide_blocks(browser: DevToolsPipe, url: str) -> dict:
+    """Load ``url`` in a fresh tab (1280 x 900, the browser's window) and run WIDE_BLOCKS_JS."""
+    target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+    session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    browser.send("Page.enable", session)
+    browser.events.clear()
+    browser.send("Page.navigate", session, url=url)
+    browser.wait_for_event("Page.loadEventFired", session)
+    time.sleep(0.5)  # the theme's scripts and fonts settle after "load"
+    result = browser.send(
+        "Runtime.evaluate", session, expression=WIDE_BLOCKS_JS, returnByValue=True
+    )["result"]["value"]
+    browser.send("Target.closeTarget", targetId=target)
+    return result
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
+def test_no_cell_scrolls_sideways_at_1280_pixels(browser, site_url, notebook):
+    page = f"notebooks/{notebook.stem}.html"
+    found = wide_blocks(browser, f"{site_url}/{page}")
+    assert found["cells"] > 0, f"{page}: no notebook cell found (did the theme change?)"
+    if found["wide"]:
+        first = found["wide"][0]
+        pytest.fail(
+            f"{page}: {len(found['wide'])} code or output block(s) need sideways scrolling in "
+            f"a 1280-pixel-wide window. The first: the {first['kind']} of code cell "
+            f"{first['cell']} of the page (counting from 0; its code starts "
+            f"{first['starts']!r}), {first['content']} pixels of content in a "
+            f"{first['box']}-pixel box; its widest line has {len(first['widest'])} characters: "
+            f"{first['widest']!r}"
+        )

@@ -22,8 +22,8 @@ from ptqlib.deploy.c_graph import fp32_graph, int8_graph
 from ptqlib.deploy.c_memory import Buffer, plan_arena
 from ptqlib.deploy.c_runtime import find_compiler, load_c_model
 from ptqlib.int8_checkpoint import save_int8
-from ptqlib.int8_model import quantize_cnn
 from ptqlib.models import DepthwiseCNN, SmallCNN
+from ptqlib.ptq import post_training_quantize
 
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(name) for name in ("cc", "gcc", "clang"))
@@ -53,7 +53,7 @@ def cnns(offline_data, tmp_path_factory):
     found = {}
     for name, model_class in (("cnn", SmallCNN), ("dwcnn", DepthwiseCNN)):
         fp32 = untrained(model_class, len(name))
-        int8, _, _ = quantize_cnn(fp32, images, "minmax", progress=False)
+        int8 = post_training_quantize(fp32, images, observer="minmax", progress=False).int8_model
         found[name] = {
             "fp32": fp32,
             "int8": int8,

@@ -1,4 +1,5 @@
-"""Tests for ptqlib.checkers: right answers pass, typical student mistakes fail clearly."""
+"""Tests for ptqlib.classroom.checkers: right answers pass, typical student mistakes fail
+clearly."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ptqlib import checkers
-from ptqlib.checkers import (
+from ptqlib.classroom import checkers
+from ptqlib.classroom.checkers import (
     check_dequantize,
     check_fixed_point_multiplier,
     check_qparams,
@@ -40,12 +41,13 @@ def good_requantize(acc, multiplier, zero_point, quant_min, quant_max):
     return (scaled + zero_point).clamp(quant_min, quant_max)
 
 
-def good_fixed_point_multiplier(multiplier):
+def good_fixed_point_multiplier(multiplier, bits=31):
     shift = 0
-    while multiplier * 2**shift < 2**30:
+    while multiplier * 2**shift < 2 ** (bits - 1):
         shift += 1
     m0 = round(multiplier * 2**shift)
-    return (2**30, shift - 1) if m0 == 2**31 else (m0, shift)  # rounded up: renormalise
+    # rounded up to 2**bits: renormalise
+    return (2 ** (bits - 1), shift - 1) if m0 == 2**bits else (m0, shift)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +98,9 @@ def test_ptqlib_convert_integer_requantization_passes(capsys):
     """The library's integer-only path agrees with the checkers' exact answers."""
     from ptqlib import integer_arithmetic
 
-    def fixed_point(multiplier):
+    def fixed_point(multiplier, bits):
+        if bits != 31:  # ptqlib's multipliers have 31 bits; others from the reference
+            return good_fixed_point_multiplier(multiplier, bits)
         m0, shift = integer_arithmetic.fixed_point_multiplier(multiplier)
         return int(m0), int(shift)
 
@@ -142,11 +146,11 @@ def test_full_range_quantize_answers_agree_with_pytorch():
 
 def test_fixed_point_reference_reconstructs_the_multiplier():
     for case in checkers.fixed_point_cases():
-        multiplier = dict(case.arguments)["multiplier"]
+        multiplier, bits = dict(case.arguments)["multiplier"], dict(case.arguments)["bits"]
         m0, shift = case.expected
-        assert 2**30 <= m0 < 2**31
-        # m0 has 31 significant bits: the relative error is at most 2**-31.
-        assert abs(m0 * 2.0**-shift - multiplier) <= multiplier * 2.0**-30
+        assert 2 ** (bits - 1) <= m0 < 2**bits
+        # m0 has `bits` significant bits: the relative error is at most 2**-bits.
+        assert abs(m0 * 2.0**-shift - multiplier) <= multiplier * 2.0 ** -(bits - 1)
 
 
 def distance_to_tie(values: torch.Tensor) -> float:
@@ -310,11 +314,11 @@ def test_requantize_truncating_or_without_clamp():
 
 
 def test_fixed_point_multiplier_with_m0_out_of_range():
-    def fixed_shift(multiplier):
-        return round(multiplier * 2**31), 31
+    def fixed_shift(multiplier, bits):
+        return round(multiplier * 2**bits), bits
 
     message = failure_message(check_fixed_point_multiplier, fixed_shift)
-    assert "case 3 of 8 failed: a typical M = 0.0042" in message
+    assert "case 3 of 11 failed: a typical M = 0.0042" in message
     assert "m0 = 9019431 is not in [2**30, 2**31)" in message
 
 
@@ -346,7 +350,7 @@ def test_the_message_shows_the_inputs_even_if_the_student_changed_them_in_place(
 
 
 def test_checkers_live_in_the_module_of_their_notebook():
-    from ptqlib.checkers import int8_conversion, quantization_math
+    from ptqlib.classroom.checkers import int8_conversion, quantization_math
 
     for checker in (check_qparams, check_quantize, check_dequantize):
         assert checker.__module__ == quantization_math.__name__
@@ -355,7 +359,7 @@ def test_checkers_live_in_the_module_of_their_notebook():
 
 
 def test_a_new_checker_can_be_built_from_the_core(capsys):
-    from ptqlib.checkers.core import Case, compare_integers, run_cases
+    from ptqlib.classroom.checkers.core import Case, compare_integers, run_cases
 
     x = torch.tensor([-2, 0, 3])
     cases = [Case("negative and positive integers", (("x", x),), 2 * x, "multiply by 2")]

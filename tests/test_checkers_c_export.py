@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from ptqlib.checkers.c_export import _double_rounding, check_double_rounding, check_live_bytes
+from ptqlib.classroom.checkers.c_export import (
+    _double_rounding,
+    check_double_rounding,
+    check_live_bytes,
+)
 from ptqlib.deploy.c_memory import Buffer, live_bytes, plan_arena
 from ptqlib.integer_arithmetic import requantize
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from ptqlib import checkers
-from ptqlib.checkers import (
+from ptqlib.classroom import checkers
+from ptqlib.classroom.checkers import (
     check_fixed_point_multiplier,
     check_int32_bias,
     check_integer_layer,
@@ -39,12 +39,12 @@ def good_layer(q_x, q_w, q_b, input_zero_point, multiplier, shift, output_zero_p
     return (rounded + output_zero_point).clamp(lowest, 127).to(torch.int8)
 
 
-def good_fixed_point(multiplier):
+def good_fixed_point(multiplier, bits):
     fraction, exponent = math.frexp(multiplier)
-    m0 = round(fraction * 2**31)
-    if m0 == 2**31:
-        return 2**30, 30 - exponent
-    return m0, 31 - exponent
+    m0 = round(fraction * 2**bits)
+    if m0 == 2**bits:
+        return 2 ** (bits - 1), bits - 1 - exponent
+    return m0, bits - exponent
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,9 @@ def test_the_library_passes_every_checker(capsys):
     def library_bias(bias, input_scale, weight_scale, output_scale):
         return quantize_bias(bias, torch.tensor(input_scale), weight_scale)
 
-    def library_fixed_point(multiplier):
+    def library_fixed_point(multiplier, bits):
+        if bits != 31:  # ptqlib's multipliers have 31 bits
+            return good_fixed_point(multiplier, bits)
         m0, shift = fixed_point_multiplier(multiplier)
         return int(m0), int(shift)
 
@@ -156,11 +158,12 @@ def test_layer_and_bias_cases_are_far_from_rounding_ties():
 
 def test_fixed_point_round_up_cases_really_round_up():
     rounding_up = [c for c in checkers.fixed_point_cases() if "rounds up" in c.name]
-    assert len(rounding_up) == 2
+    assert len(rounding_up) == 3
     for case in rounding_up:
-        fraction, _ = math.frexp(dict(case.arguments)["multiplier"])
-        assert round(fraction * 2**31) == 2**31
-        assert case.expected[0] == 2**30
+        multiplier, bits = dict(case.arguments)["multiplier"], dict(case.arguments)["bits"]
+        fraction, _ = math.frexp(multiplier)
+        assert round(fraction * 2**bits) == 2**bits
+        assert case.expected[0] == 2 ** (bits - 1)
 
 
 # --- Classic mistakes fail, and the message names the mistake ------------------------------
@@ -276,14 +279,14 @@ def test_a_layer_returning_int32_has_the_wrong_dtype():
 
 
 def test_m0_rounding_up_to_2_to_the_31_is_named():
-    def without_renormalising(multiplier):
+    def without_renormalising(multiplier, bits):
         fraction, exponent = math.frexp(multiplier)
-        return round(fraction * 2**31), 31 - exponent
+        return round(fraction * 2**bits), bits - exponent
 
     message = failure_message(check_fixed_point_multiplier, without_renormalising)
-    assert "case 7 of 8 failed: m0 rounds up to 2**31" in message
-    assert "does not fit in an int32" in message
-    assert "m0 = 2**30 and a shift one smaller" in message
+    assert "case 9 of 11 failed: m0 rounds up to 2**31" in message
+    assert "needs 32 bits" in message
+    assert "m0 = 2**(bits-1) and a shift one smaller" in message
 
 
 @pytest.mark.parametrize(

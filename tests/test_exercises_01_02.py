@@ -1,6 +1,6 @@
 """Notebooks 01 and 02 follow the instructor-kit convention for every exercise that asks for
 code: a skeleton cell (tag ``exercise``) that raises NotImplementedError, then a cell (tag
-``checker``) that calls a ``ptqlib.checkers`` function on it, then the solution (tags
+``checker``) that calls a ``ptqlib.classroom.checkers`` function on it, then the solution (tags
 ``solution`` and ``hide-cell``) that defines the same function and passes the same checker.
 The skeleton and checker cells are run here, outside Jupyter: the untouched skeleton is
 reported as not attempted, and nothing raises, so a student notebook runs top to bottom."""
@@ -76,8 +76,10 @@ def test_untouched_skeletons_are_reported_as_not_attempted(name):
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             exec(source(checker), namespace)
-        lines = printed.getvalue().strip().splitlines()
-        assert lines and all("NOT ATTEMPTED" in line for line in lines), printed.getvalue()
+        # One NOT ATTEMPTED report per checker the cell calls, and nothing else.
+        reports = printed.getvalue()
+        assert reports.count("NOT ATTEMPTED") == len(called_checkers(source(checker))), reports
+        assert "PASS" not in reports and "failed" not in reports, reports
 
 
 @pytest.mark.parametrize("name", OWNED)

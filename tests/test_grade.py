@@ -1,344 +1,734 @@
-"""``python -m ptqlib grade``: handed-in notebooks run in real kernels, one outcome per exercise.
+"""``python -m ptqlib grade``: a class of hand-ins, honest and hostile, graded in one run.
 
-Two folders of submissions: notebook 02 (a real notebook of the series, math exercises) as a
-student hands it in solved, untouched and with one wrong answer; and tiny notebooks with the
-same tags calling real checkers, for the failures a run must survive (a cell that raises,
-an infinite loop, a dying kernel, a file that is not a notebook, a checker replaced by a
-PASS of the student's own).
+One folder, graded once through the command line (two notebooks at a time, each in its own
+sandbox): a real notebook of the series solved with one classic mistake; small notebooks
+(a few cells each) that try every cheat a student or a careless classmate tried against
+the previous grader; the honest cases it graded wrong; and files that are not notebooks.
+Every cheat must end failed, not attempted, errored or flagged, every honest case right;
+afterwards the submissions, the hand-out, the cache and the grade sheet are as they were and
+nothing the notebooks started is still running. The rest are quick checks in-process.
 """
 
 import csv
 import hashlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import REPO_ROOT, run_cli
-from ptqlib.app import cli, grade, grade_report
-from ptqlib.app.exercises import find_exercises, solved_edition, student_edition
-from ptqlib.data import load_mnist
+from conftest import REPO_ROOT
+from ptqlib.app import cli
+from ptqlib.classroom import grade, grade_report
+from ptqlib.classroom.cells import solved_edition, student_edition
+from ptqlib.classroom.sandbox import isolation_problem
+from ptqlib.classroom.submission import read_cells
 from ptqlib.errors import InputError
+from ptqlib.paths import artifacts_dir
 from ptqlib.training import load_or_train_baseline
 
-REAL_NOTEBOOK = "02_quantization_math.ipynb"
-# A wrong affine_qparams: the range is not widened to include 0, so a range of positive
-# values gets a zero-point outside [quant_min, quant_max].
-WRONG_QPARAMS = """def affine_qparams(min_val, max_val, quant_min, quant_max):
-    scale = (max_val - min_val) / (quant_max - quant_min)
-    return scale, quant_min - round(min_val / scale)
-"""
-LINEAR_PARAMETERS = """def linear_parameters(in_features, out_features):
-    return in_features * out_features + out_features
-"""
-HARDEST_DIGITS = """def hardest_digits(matrix):
-    accuracy = matrix.diagonal() / matrix.sum(dim=1)
-    return torch.nonzero(accuracy == accuracy.min()).flatten().tolist()
-"""
-SKELETON = "def {name}(*args):\n    # YOUR CODE HERE\n    raise NotImplementedError"
+SECRET = "instructor-secret-77d0"
+MARKER = "ptqlib-grade-test-daemon-31c5"
+# .ci/run installs bubblewrap; with CI=true a missing one fails these tests instead.
+needs_bwrap = pytest.mark.skipif(
+    isolation_problem() is not None and os.environ.get("CI") != "true", reason="bubblewrap missing"
+)
+
+IMPORTS_01 = (
+    "import torch\nfrom ptqlib.classroom.checkers import "
+    "check_hardest_digits, check_int8_bytes, check_linear_parameters"
+)
+IMPORTS_02 = (
+    "import math, sys\nimport torch\nfrom ptqlib.classroom.checkers import check_dequantize, "
+    "check_per_channel_qparams, check_qparams, check_quantize, check_sqnr_db, "
+    "check_symmetric_qparams"
+)
+IMPORTS_03 = (
+    "import math\nimport torch\nfrom ptqlib.observers.base import Observer\n"
+    "from ptqlib.classroom.checkers import check_l2_error, check_moving_average_range, "
+    "check_observer_choice, check_quantization_points, check_three_sigma_observer"
+)
+CHECKERS = {
+    "linear_parameters": "check_linear_parameters(linear_parameters)",
+    "int8_bytes": "check_int8_bytes(int8_bytes)",
+    "hardest_digits": "check_hardest_digits(hardest_digits)",
+    "qparams": "check_qparams(affine_qparams)",
+    "quantize": "check_quantize(my_quantize)\ncheck_dequantize(my_dequantize)",
+    "symmetric_qparams": "check_symmetric_qparams(symmetric_qparams)",
+    "per_channel_qparams": "check_per_channel_qparams(per_channel_qparams)",
+    "sqnr_db": "check_sqnr_db(my_sqnr_db)",
+    "moving_average_range": "check_moving_average_range(moving_average_range)",
+    "l2_error": "check_l2_error(l2_error)",
+    "quantization_points": "check_quantization_points(my_quantization_points)",
+    "three_sigma_observer": "check_three_sigma_observer(ThreeSigmaObserver)",
+    "observer_choice": (
+        "choice_result = check_observer_choice(choose_observers, model, images, data.test, "
+        "calibrations)"
+    ),
+}
+L2_ERROR_SOLUTION = """def l2_error(counts, bin_width, first_bin, last_bin, levels):
+    start = first_bin * bin_width
+    cell = (last_bin - first_bin + 1) * bin_width / levels
+    total = 0.0
+    for index, count in enumerate(counts.tolist()):
+        for which in range(levels):
+            low = -math.inf if which == 0 else start + which * cell
+            high = math.inf if which == levels - 1 else start + (which + 1) * cell
+            begin = max(index * bin_width, low)
+            end = min((index + 1) * bin_width, high)
+            if count and begin < end:
+                centre = start + (which + 0.5) * cell
+                total += count / bin_width * ((end - centre) ** 3 - (begin - centre) ** 3) / 3
+    return total"""
+THREE_SIGMA_SKELETON = """class ThreeSigmaObserver(Observer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._reset_statistics()
+
+    def _observe(self, x, batch_min, batch_max):
+        raise NotImplementedError
+
+    def _choose_range(self):
+        raise NotImplementedError
+
+    def _reset_statistics(self):
+        raise NotImplementedError"""
+LINEAR_PARAMETERS = "def linear_parameters(in_features, out_features):\n    return in_features * out_features + out_features"  # noqa: E501
+AFFINE_QPARAMS = """def affine_qparams(min_val, max_val, quant_min, quant_max):
+    min_val, max_val = min(min_val, 0.0), max(max_val, 0.0)
+    scale = max((max_val - min_val) / (quant_max - quant_min), torch.finfo(torch.float32).eps)
+    return scale, quant_min - round(min_val / scale)"""
+ARGMIN = """def hardest_digits(matrix):
+    return [int((matrix.diagonal() / matrix.sum(dim=1)).argmin())]"""
 
 
-def digest(folder) -> dict[str, str]:
+def skeleton(*names: str) -> str:
+    return "\n\n".join(
+        f"def {name}(*arguments):\n    # YOUR CODE HERE\n    raise NotImplementedError"
+        for name in names
+    )
+
+
+def code(source: str, *tags: str, outputs=()) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": list(tags)} if tags else {})
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text) for text in outputs]
+    return cell
+
+
+def exercise(source: str, checker: str, *checker_tags: str) -> list:
+    return [code(source, "exercise"), code(checker, "checker", *checker_tags)]
+
+
+def notebook(*cells) -> nbformat.NotebookNode:
+    flat = [cell for each in cells for cell in (each if isinstance(each, list) else [each])]
+    return nbformat.v4.new_notebook(cells=flat)
+
+
+# --- the class: each function builds one hand-in ---------------------------------------------
+
+
+def ruth_real_notebook_with_one_mistake():
+    """Notebook 01 of the series, solved, but argmin for the hardest digits (a tie fails)."""
+    solved = solved_edition(nbformat.read(REPO_ROOT / "notebooks" / "01_fp32_baseline.ipynb", 4))
+    skeletons = [cell for cell in solved.cells if "exercise" in cell.metadata.get("tags", [])]
+    skeletons[-1].source = ARGMIN
+    return solved
+
+
+def zoe_honest_nbformat_4_4():
+    """Notebook 02's exercises written in nbformat 4.4 with cell ids and stale outputs: a
+    duplicated checker cell, a half-done combined exercise, ptqlib's own answer used, an
+    exercise cell that raises before defining its function (tagged raises-exception)."""
+    return notebook(
+        code(IMPORTS_02),
+        nbformat.v4.new_markdown_cell("# Exercises"),
+        exercise(AFFINE_QPARAMS, CHECKERS["qparams"]),
+        code(CHECKERS["qparams"], "checker", outputs=["check_qparams: PASS (8 cases)\n"]),
+        exercise(
+            "def my_quantize(x, scale, zero_point, quant_min, quant_max):\n"
+            "    q = torch.round(x / scale) + zero_point\n"
+            "    return q.clamp(quant_min, quant_max).to(torch.int64)\n\n"
+            + skeleton("my_dequantize"),
+            CHECKERS["quantize"],
+        ),
+        exercise(
+            "from ptqlib.quantization import qparams_from_range\n\n"
+            "def symmetric_qparams(min_val, max_val, quant_min, quant_max):\n"
+            "    answer = qparams_from_range(min_val, max_val, torch.int8, symmetric=True,\n"
+            "                                quant_min=quant_min, quant_max=quant_max)\n"
+            "    return answer.scale.item(), 0",
+            CHECKERS["symmetric_qparams"],
+        ),
+        [
+            code(
+                "floor = undefined_name\n" + skeleton("per_channel_qparams"),
+                "exercise",
+                "raises-exception",
+            ),
+            code(CHECKERS["per_channel_qparams"], "checker"),
+        ],
+        exercise(
+            "def my_sqnr_db(reference, approximation):\n"
+            "    noise = ((reference.double() - approximation.double()) ** 2).sum()\n"
+            "    return 10 * math.log10(float((reference.double() ** 2).sum() / noise))",
+            CHECKERS["sqnr_db"],
+        ),
+    )
+
+
+def yann_03_under_02s_name():
+    return notebook(
+        code(IMPORTS_03),
+        exercise(
+            "def moving_average_range(batches, averaging_constant):\n"
+            "    low, high = batches[0].min(), batches[0].max()\n"
+            "    for batch in batches[1:]:\n"
+            "        low = low + averaging_constant * (batch.min() - low)\n"
+            "        high = high + averaging_constant * (batch.max() - high)\n"
+            "    return low, high",
+            CHECKERS["moving_average_range"],
+        ),
+        exercise(L2_ERROR_SOLUTION, CHECKERS["l2_error"]),
+        exercise(skeleton("my_quantization_points"), CHECKERS["quantization_points"]),
+        exercise(THREE_SIGMA_SKELETON, CHECKERS["three_sigma_observer"]),
+        exercise(
+            'def choose_observers():\n    return {"input": "minmax", "relu1": "mse", '
+            '"relu2": "mse", "fc3": "minmax"}',
+            CHECKERS["observer_choice"],
+        ),
+    )
+
+
+def mallory_notebook_level_tricks():
+    """An edited checker in the flat layout, a checker cell tagged skip-execution with a
+    forged PASS output, an extra cell tagged checker that prints PASS."""
+    return notebook(
+        code(IMPORTS_01),
+        exercise(skeleton("linear_parameters"), 'print("check_linear_parameters: PASS (4 cases)")'),
+        code(skeleton("int8_bytes"), "exercise"),
+        code(
+            CHECKERS["int8_bytes"],
+            "checker",
+            "skip-execution",
+            outputs=["check_int8_bytes: PASS (3 cases)\n"],
+        ),  # fmt: skip
+        exercise(skeleton("hardest_digits"), CHECKERS["hardest_digits"]),
+        code('print("check_hardest_digits: PASS (4 cases)")', "checker"),
+    )
+
+
+def erin_renamed_runs_the_solutions(repository: Path):
+    """A renamed file whose exercise cell runs the repository's own solution cell."""
+    cheat = f"""import json, pathlib
+cells = json.loads(pathlib.Path("{repository}/notebooks/01_fp32_baseline.ipynb").read_text())
+solution = next("".join(c["source"]) for c in cells["cells"] if "Solution 1" in "".join(c["source"]))
+exec(solution.split("check_linear_parameters")[0])"""  # noqa: E501
+    return notebook(
+        code(IMPORTS_01),
+        exercise(cheat, 'print("check_linear_parameters: PASS (4 cases)")'),
+        exercise(skeleton("int8_bytes"), CHECKERS["int8_bytes"]),
+        exercise(skeleton("hardest_digits"), CHECKERS["hardest_digits"]),
+    )
+
+
+def gina_kernel_tricks():
+    """Tricks in the exercise cells that once made the in-kernel checkers print PASS; then
+    the kernel dies."""
+    transformer = (
+        "get_ipython().input_transformers_cleanup.append(lambda lines: "
+        "['print(\"check_sqnr_db: PASS\")\\n'] if any('check_' in line or 'collect' in line "
+        "for line in lines) else lines)"
+    )
+    return notebook(
+        code(IMPORTS_02),
+        exercise(
+            skeleton("affine_qparams")
+            + "\n\ndef check_qparams(f):\n    print('check_qparams: PASS')",
+            CHECKERS["qparams"],
+        ),
+        exercise(
+            skeleton("my_quantize", "my_dequantize")
+            + "\nimport ptqlib.classroom.checkers.core as core\n"
+            + "core.run_cases = lambda *a, **k: print('PASS')",
+            CHECKERS["quantize"],
+        ),
+        exercise(
+            skeleton("symmetric_qparams") + "\nimport builtins\noriginal = builtins.print\n"
+            "builtins.print = lambda *a, **k: original(*(str(x).replace('NOT ATTEMPTED', 'PASS') "
+            "for x in a), **k)",
+            CHECKERS["symmetric_qparams"],
+        ),
+        exercise(
+            skeleton("per_channel_qparams")
+            + "\nget_ipython().set_custom_exc((AssertionError,), lambda *a, **k: print('PASS'))",
+            CHECKERS["per_channel_qparams"],
+        ),
+        exercise(skeleton("my_sqnr_db") + "\n" + transformer, CHECKERS["sqnr_db"]),
+        code("import os\nos._exit(1)"),
+    )
+
+
+def hugo_answer_tricks():
+    """Answers that once compared equal to anything, or were read off the checker."""
+    return notebook(
+        code(IMPORTS_02),
+        exercise(
+            "from ptqlib.classroom.checkers import qparams_cases\n"
+            "table = {tuple(v for _, v in c.arguments): c.expected for c in qparams_cases()}\n"
+            "def affine_qparams(*arguments):\n    return table[arguments]",
+            CHECKERS["qparams"],
+        ),
+        exercise(
+            "torch.Tensor.__eq__ = lambda self, other: torch.ones(self.shape, dtype=torch.bool)\n"
+            "class Always(torch.Tensor):\n    def __eq__(self, other):\n        return True\n\n"
+            "def my_quantize(x, scale, zero_point, quant_min, quant_max):\n"
+            "    return torch.zeros_like(x, dtype=torch.int64)\n\n"
+            "def my_dequantize(q, scale, zero_point):\n"
+            "    return torch.zeros(q.shape).as_subclass(Always)",
+            CHECKERS["quantize"],
+        ),
+        exercise(
+            "class Yes(float):\n    def __eq__(self, other):\n        return True\n"
+            "    __hash__ = float.__hash__\n\n"
+            "def symmetric_qparams(min_val, max_val, quant_min, quant_max):\n"
+            "    return Yes(1.0), Yes(0.0)",
+            CHECKERS["symmetric_qparams"],
+        ),
+        exercise(
+            "def per_channel_qparams(weight, axis):\n"
+            "    return sys._getframe(1).f_locals['case'].expected",
+            CHECKERS["per_channel_qparams"],
+        ),
+        exercise(
+            "from ptqlib.classroom.checkers.quantization_schemes import sqnr_db as reference\n"
+            "def my_sqnr_db(original, approximation):\n"
+            "    return reference(original, approximation)",
+            CHECKERS["sqnr_db"],
+        ),
+    )
+
+
+def dave_attacks_the_others(paths: dict[str, Path]):
+    """Looks for the class through /proc, copies and rewrites classmates' files, the
+    hand-out, the repository and the cache, leaves a daemon writing the grade sheet, reads
+    the grader's environment, and answers the open question with all it found."""
+    attacks = f"""import glob, json, os, pathlib, subprocess
+found = {{"secret": os.environ.get("INSTRUCTOR_SECRET")}}
+lines = []
+for path in glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+        lines.append(open(path, "rb").read().decode(errors="replace"))
+    except OSError:
+        pass
+found["saw_class"] = any("{paths["class"]}" in line for line in lines)
+found["copied"] = len(glob.glob("{paths["class"]}/**/*.ipynb", recursive=True))
+def attempt(action):
+    try:
+        action()
+        return "done"
+    except OSError as error:
+        return type(error).__name__
+found["classmate"] = attempt(lambda: pathlib.Path("{paths["classmate"]}").write_text("{{}}"))
+found["repository"] = attempt(lambda: pathlib.Path("{paths["repository"]}").write_text("{{}}"))
+found["handout"] = attempt(lambda: pathlib.Path("{paths["handout"]}").write_text("{{}}"))
+found["cache"] = attempt(lambda: pathlib.Path("{paths["cache"]}").write_bytes(b"poison"))
+found["sandbox_cache"] = attempt(lambda: [pathlib.Path(p).write_bytes(b"poison")
+                                          for p in glob.glob("/grading/cache/*")])
+subprocess.Popen(["/bin/sh", "-c", "while true; do echo hacked > '{paths["csv"]}'; sleep 0.2; done",
+                  "{MARKER}"], start_new_session=True)"""  # noqa: E501
+    return notebook(
+        code(IMPORTS_03),
+        code(attacks),
+        exercise(skeleton("moving_average_range"), CHECKERS["moving_average_range"]),
+        exercise(skeleton("l2_error"), CHECKERS["l2_error"]),
+        exercise(skeleton("my_quantization_points"), CHECKERS["quantization_points"]),
+        exercise(THREE_SIGMA_SKELETON, CHECKERS["three_sigma_observer"]),
+        exercise(
+            "def choose_observers():\n    print('check_observer_choice: PASS')\n    return found",
+            CHECKERS["observer_choice"],
+        ),
+    )
+
+
+def frank_floods_the_grader():
+    """Malformed kernel messages, 300 MB of output and a daemon; a right answer, then its
+    answers file rewritten by a later cell; a huge tensor; an object that runs code when
+    unpickled."""
+    malformed = """kernel = get_ipython().kernel
+identity = kernel._parent_ident["shell"]
+kernel.session.send(kernel.shell_stream, "execute_reply",
+                    {"status": "error", "ename": {"not": "text"}, "evalue": [1, 2]},
+                    kernel.get_parent("shell"), identity)
+kernel.shell_stream.send_multipart([identity, b"<IDS|MSG>", b"not json"])"""
+    daemon = (
+        "import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 300', "
+        f"'{MARKER}'], start_new_session=True)"
+    )
+    late_edit = (
+        "import os\nanswers = os.environ['PTQLIB_GRADING_DIR'] + '/work/answers/'\n"
+        "open(answers + 'linear_parameters.json', 'w').write('{\"status\": \"forged\"}')"
+    )
+    payload = """class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/pwned",))
+
+def hardest_digits(matrix):
+    return Payload()"""
+    return notebook(
+        code(IMPORTS_01),
+        code(malformed),
+        code("print('x' * 300_000_000)"),
+        code(daemon),
+        exercise(LINEAR_PARAMETERS, CHECKERS["linear_parameters"]),
+        code(late_edit),
+        exercise(
+            "def int8_bytes(model):\n    return torch.zeros(3 * 10**6, dtype=torch.int8)",
+            CHECKERS["int8_bytes"],
+        ),  # fmt: skip
+        exercise(payload, CHECKERS["hardest_digits"]),
+    )
+
+
+def digest(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
-        if path.is_file()
+        if path.is_file() and not path.is_symlink()
     }
 
 
-def outcomes(rows, student) -> dict[str, tuple[str, str]]:
-    return {row.exercise: (row.outcome, row.detail) for row in rows if row.student == student}
-
-
-def code(source, *tags):
-    return nbformat.v4.new_code_cell(source, metadata={"tags": list(tags)} if tags else {})
-
-
-def tiny_notebook(*cells) -> nbformat.NotebookNode:
-    """A notebook whose first cell imports torch and two checkers of notebook 01."""
-    imports = code(
-        "import torch\nfrom ptqlib.checkers import check_hardest_digits, check_linear_parameters"
-    )
-    return nbformat.v4.new_notebook(cells=[imports, *cells])
-
-
-def exercise(solution: str, checker: str):
-    return [code(solution, "exercise"), code(checker, "checker")]
-
-
-LINEAR = "check_linear_parameters(linear_parameters)"
-HARDEST = "check_hardest_digits(hardest_digits)"
-
-
-def test_every_exercise_of_the_series_has_a_skeleton_and_a_solution():
-    notebooks = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
-    graded = 0
-    for path in notebooks:
-        notebook = nbformat.read(path, as_version=4)
-        for each in find_exercises(notebook):
-            assert each.skeleton == each.checker - 1, (path.name, each)
-            assert each.solution is not None, (path.name, each)
-            assert each.name.startswith("check_"), (path.name, each)
-            graded += 1
-        solved = solved_edition(notebook)
-        assert len(find_exercises(solved)) == len(find_exercises(notebook))
-        for each in find_exercises(solved):
-            assert "NotImplementedError" not in solved.cells[each.skeleton].source, path.name
-    assert graded >= 15  # 18 in notebooks 01-05 today
-
-
-def test_an_exercise_is_named_after_the_checkers_it_calls():
-    notebook = tiny_notebook(
-        *exercise(SKELETON.format(name="f"), "check_qparams(f)\ncheckers.check_quantize(f)"),
-        *exercise(SKELETON.format(name="g"), "print(g)"),
-    )
-    names = [each.name for each in find_exercises(notebook)]
-    assert names == ["check_qparams+check_quantize", "exercise 2"]
-
-
-def run_with(stdout="", error_name=None, message="") -> grade.NotebookRun:
-    error = grade.error_line(error_name, message) if error_name else None
-    checker = grade.CellRun(1, stdout, error, error_name, message)
-    return grade.NotebookRun({1: checker}, None, None)
-
-
-def test_outcomes_follow_what_the_checker_printed_or_raised():
-    each = grade.Exercise("check_x", checker=1, skeleton=0, solution=None)
-    assert grade.grade_exercise(each, run_with("check_x: PASS (3 cases)\n")) == ("passed", "")
-    assert grade.grade_exercise(each, run_with("check_x: NOT ATTEMPTED yet\n"))[0] == (
-        "not attempted"
-    )
-    message = "check_x: case 2 of 3 failed: zero\n  got:  1\n  hint:        widen the range"
-    assert grade.grade_exercise(each, run_with(error_name="AssertionError", message=message)) == (
-        "failed",
-        "check_x: case 2 of 3 failed: zero; hint: widen the range",
-    )
-    assert grade.grade_exercise(each, run_with("accuracy 97.1%\n")) == (
-        "answered",
-        "accuracy 97.1%",
-    )
-    assert grade.grade_exercise(each, run_with(error_name="NameError", message="name 'f'")) == (
-        "errored",
-        "cell 2: NameError: name 'f'",
-    )
+def survivors() -> list[str]:
+    alive = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if MARKER.encode() in (entry / "cmdline").read_bytes():
+                alive.append(entry.name)
+        except OSError:
+            continue
+    return alive
 
 
 @pytest.fixture(scope="module")
-def real_submissions(tmp_path_factory):
-    """alice solved notebook 02, bob handed in the student edition untouched, carol got the
-    first exercise wrong; one subfolder per student."""
-    load_or_train_baseline(load_mnist(verbose=False), progress=False)  # cached for every copy
-    original = nbformat.read(REPO_ROOT / "notebooks" / REAL_NOTEBOOK, as_version=4)
-    folder = tmp_path_factory.mktemp("submissions")
-    wrong = solved_edition(original)
-    first = find_exercises(wrong)[0]
-    assert first.name == "check_qparams"
-    wrong.cells[first.skeleton].source = WRONG_QPARAMS
-    for student, notebook in {
-        "alice": solved_edition(original),
-        "bob": student_edition(original),
-        "carol": wrong,
-    }.items():
-        (folder / student).mkdir()
-        nbformat.write(notebook, folder / student / REAL_NOTEBOOK)
-    before = digest(folder)
-    rows = list(grade.grade_folder(folder, timeout=300))
-    assert digest(folder) == before, "grading changed the submissions"
-    return rows, [each.name for each in find_exercises(original)]
-
-
-@pytest.mark.slow
-def test_a_solved_notebook_passes_every_exercise(real_submissions):
-    rows, exercises = real_submissions
-    assert outcomes(rows, "alice") == {name: ("passed", "") for name in exercises}
-    assert {row.notebook for row in rows} == {REAL_NOTEBOOK}
-
-
-@pytest.mark.slow
-def test_the_untouched_student_edition_is_not_attempted(real_submissions):
-    rows, exercises = real_submissions
-    assert outcomes(rows, "bob") == {name: ("not attempted", "") for name in exercises}
-
-
-@pytest.mark.slow
-def test_one_wrong_answer_fails_that_exercise_with_the_checkers_hint(real_submissions):
-    rows, exercises = real_submissions
-    carol = outcomes(rows, "carol")
-    outcome, detail = carol.pop("check_qparams")
-    assert outcome == "failed"
-    assert detail.startswith("check_qparams: case ") and "hint:" in detail
-    assert carol == {name: ("passed", "") for name in exercises[1:]}
-    table = grade_report.summary_table(rows)
-    assert "alice" in table and "carol" in table and "FAIL" in table
-
-
-@pytest.fixture(scope="module")
-def broken_submissions(tmp_path_factory):
-    """Tiny notebooks, one per student, in the order they are graded."""
-    folder = tmp_path_factory.mktemp("broken")
-    raises_in_cell_3 = tiny_notebook(
-        nbformat.v4.new_markdown_cell("# Exercises"),
-        *exercise("steps = 1 / 0\n" + LINEAR_PARAMETERS, LINEAR),
-        *exercise(HARDEST_DIGITS, HARDEST),
+def graded_class(tmp_path_factory, offline_data):
+    """The class folder, graded once through the command line."""
+    load_or_train_baseline(offline_data, progress=False)  # cached: every sandbox gets a copy
+    root = tmp_path_factory.mktemp("grade")
+    folder, handout, out = root / "class", root / "handout", root / "grades.csv"
+    tools = importlib.util.spec_from_file_location(
+        "make_student", REPO_ROOT / "tools" / "make_student.py"
     )
-    loops = tiny_notebook(
-        *exercise(LINEAR_PARAMETERS, LINEAR),
-        code("while True:\n    pass"),
-        *exercise(HARDEST_DIGITS, HARDEST),
-    )
-    dies = tiny_notebook(code("import os\nos._exit(1)"), *exercise(LINEAR_PARAMETERS, LINEAR))
-    solved = tiny_notebook(*exercise(LINEAR_PARAMETERS, LINEAR), *exercise(HARDEST_DIGITS, HARDEST))
-    for name, notebook in [
-        ("a_raises", raises_in_cell_3),
-        ("b_loops", loops),
-        ("c_dies", dies),
-        ("e_solved", solved),
-    ]:
-        nbformat.write(notebook, folder / f"{name}.ipynb")
-    # f_edited replaced its checker with a PASS of its own: the hand-out's checker runs.
-    handout = folder.parent / f"{folder.name}-handout"
-    handout.mkdir()
-    nbformat.write(
-        tiny_notebook(*exercise(SKELETON.format(name="linear_parameters"), LINEAR)),
-        handout / "f_edited.ipynb",
-    )
-    edited = tiny_notebook(
-        *exercise(
-            SKELETON.format(name="linear_parameters"), 'print("check_linear_parameters: PASS")'
-        )
-    )
-    nbformat.write(edited, folder / "f_edited.ipynb")
-    (folder / "d_not_a_notebook.ipynb").write_text("{this is not JSON", encoding="utf-8")
-    (folder / "notes.txt").write_text("not graded", encoding="utf-8")
-    return folder, handout
-
-
-@pytest.mark.slow
-def test_failures_are_recorded_and_grading_goes_on(broken_submissions, tmp_path):
-    broken_submissions, handout = broken_submissions
-    before = digest(broken_submissions)
-    out = tmp_path / "grades.csv"
-    # 20 s per cell: enough for the cell importing torch on a busy machine.
-    arguments = ["--timeout", "20", "--out", str(out), "--json", "--handout", str(handout)]
-    result = run_cli("grade", str(broken_submissions), *arguments)
+    make_student = importlib.util.module_from_spec(tools)
+    tools.loader.exec_module(make_student)
+    make_student.write_student_notebooks(REPO_ROOT / "notebooks", handout)
+    cached = sorted(artifacts_dir().glob("*.pt"))[0]
+    paths = {
+        "class": folder,
+        "classmate": folder / "ruth" / "01_fp32_baseline.ipynb",
+        "repository": REPO_ROOT / "notebooks" / "01_fp32_baseline.ipynb",
+        "handout": handout / "01_fp32_baseline.ipynb",
+        "cache": cached,
+        "csv": out,
+    }
+    hand_ins = {
+        "ruth/01_fp32_baseline.ipynb": ruth_real_notebook_with_one_mistake(),
+        "zoe/02_quantization_math.ipynb": zoe_honest_nbformat_4_4(),
+        "yann/02_quantization_math.ipynb": yann_03_under_02s_name(),
+        "mallory.ipynb": mallory_notebook_level_tricks(),
+        "erin/01_fp32_baseline (1).ipynb": erin_renamed_runs_the_solutions(REPO_ROOT),
+        "gina.ipynb": gina_kernel_tricks(),
+        "hugo.ipynb": hugo_answer_tricks(),
+        "dave/03_observers_and_calibration.ipynb": dave_attacks_the_others(paths),
+        "frank.ipynb": frank_floods_the_grader(),
+        "lena.ipynb": notebook(nbformat.v4.new_markdown_cell("My notes, no code.")),
+        ".ipynb_checkpoints/gina-checkpoint.ipynb": gina_kernel_tricks(),
+    }
+    for name, hand_in in hand_ins.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(hand_in, folder / name)
+    zoe = json.loads((folder / "zoe/02_quantization_math.ipynb").read_text())
+    zoe["nbformat_minor"] = 4  # cell ids, as Jupyter writes them, in a 4.4 notebook
+    (folder / "zoe/02_quantization_math.ipynb").write_text(json.dumps(zoe))
+    (folder / "yann" / "notes.py").write_text("def affine_qparams(): ...\n")
+    (folder / "kim.pdf").write_bytes(b"%PDF-1.4\n")
+    (folder / "broken.ipynb").write_text("{this is not JSON")
+    (folder / "link.ipynb").symlink_to("/etc/passwd")
+    before = {
+        "class": digest(folder),
+        "handout": digest(handout),
+        "cache": hashlib.sha256(cached.read_bytes()).hexdigest(),
+        "repository": hashlib.sha256(paths["repository"].read_bytes()).hexdigest(),
+    }
+    environment = {**os.environ, "INSTRUCTOR_SECRET": SECRET}
+    command = [sys.executable, "-m", "ptqlib", "grade", str(folder), "--out", str(out)]
+    command += ["--json", "--jobs", "2", "--notebook-timeout", "400"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200)
     assert result.returncode == 0, result.stderr
-    assert digest(broken_submissions) == before, "grading changed the submissions"
+    time.sleep(1.5)  # a daemon that survived would have rewritten the grade sheet by now
+    after = {
+        "class": digest(folder),
+        "handout": digest(handout),
+        "cache": hashlib.sha256(cached.read_bytes()).hexdigest(),
+        "repository": hashlib.sha256(paths["repository"].read_bytes()).hexdigest(),
+    }
     rows = [grade.Grade(**row) for row in json.loads(result.stdout)]
+    return {"rows": rows, "before": before, "after": after, "csv": out, "stderr": result.stderr}
+
+
+def outcomes(rows, student) -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        if row.student == student:
+            found.setdefault(row.exercise, []).append((row.outcome, row.detail))
+    return found
+
+
+def only(rows, student, exercise) -> tuple[str, str]:
+    (result,) = outcomes(rows, student)[exercise]
+    return result
+
+
+@needs_bwrap
+def test_nothing_outside_a_notebooks_sandbox_changed(graded_class):
+    assert graded_class["after"] == graded_class["before"]
+    assert survivors() == []
+    with open(graded_class["csv"], newline="", encoding="utf-8") as file:
+        written = list(csv.DictReader(file))
+    expected = [
+        {key: grade_report.spreadsheet_safe(value) for key, value in vars(row).items()}
+        for row in graded_class["rows"]
+    ]
+    assert written == expected
+    assert "WARNING" not in graded_class["stderr"]
+    assert all(SECRET not in row.detail for row in graded_class["rows"])
+
+
+@needs_bwrap
+def test_a_real_notebook_is_graded_from_its_answers(graded_class):
+    ruth = outcomes(graded_class["rows"], "ruth")
+    assert list(ruth) == ["linear_parameters", "int8_bytes", "hardest_digits"]
+    assert ruth["linear_parameters"] == ruth["int8_bytes"] == [("passed", "")]
+    ((outcome, detail),) = ruth["hardest_digits"]
+    assert outcome == "failed" and detail.startswith("case 2 of 7 failed: two digits tie")
+    assert "argmin silently returns only the first of a tie" in detail
+
+
+@needs_bwrap
+def test_honest_notebooks_are_graded_right(graded_class):
+    rows = graded_class["rows"]
+    cell_10 = "cell 10: NameError: name 'undefined_name' is not defined"
+    assert outcomes(rows, "zoe") == {
+        "qparams": [("passed", "")],
+        "quantize": [("passed", "")],
+        "dequantize": [("not attempted", "")],
+        "symmetric_qparams": [
+            ("passed", "flag: uses ptqlib.quantization.qparams_from_range"),
+        ],
+        "per_channel_qparams": [("errored", f"{cell_10} (before defining per_channel_qparams)")],
+        "sqnr_db": [("passed", "")],
+        "(notebook)": [("cell error", cell_10)],
+    }
+    yann = outcomes(rows, "yann")
+    assert yann.pop("(notebook)") == [
+        (
+            "wrong notebook",
+            "handed in as 02_quantization_math.ipynb, but its exercises are "
+            "those of 03_observers_and_calibration.ipynb",
+        ),  # fmt: skip
+        ("not a notebook", "a .py file, not a notebook: hand in the .ipynb"),
+    ]
+    assert yann == {
+        "moving_average_range": [("passed", "")],
+        "l2_error": [("passed", "")],
+        "quantization_points": [("not attempted", "")],
+        "three_sigma_observer": [("not attempted", "")],
+        "observer_choice": [
+            (
+                "answered",
+                "choose_observers() returned {'input': 'minmax', 'relu1': 'mse', "
+                "'relu2': 'mse', 'fc3': 'minmax'}",
+            )
+        ],
+    }
+    assert only(rows, "kim", "(notebook)") == (
+        "not a notebook", "a .pdf file, not a notebook: hand in the .ipynb"
+    )  # fmt: skip
+    assert only(rows, "broken", "(notebook)")[0] == "not a notebook"
+    assert only(rows, "lena", "(notebook)") == ("no exercises", "it calls no checker of the series")
+    assert not any("checkpoint" in row.notebook for row in rows)
+
+
+NOT_PASSED = {"failed", "not attempted", "errored", "answered"}
+
+
+@needs_bwrap
+def test_tricks_in_the_notebook_format_neither_pass_nor_go_unnoticed(graded_class):
+    rows = graded_class["rows"]
+    mallory = outcomes(rows, "mallory")
+    for name in ("linear_parameters", "int8_bytes", "hardest_digits"):
+        assert mallory[name] == [("not attempted", "")]
+    assert mallory["(notebook)"] == [
+        ("checker edited", "cell 3: changed; the hand-out's checker ran instead"),
+        ("checker edited", "cell 8: changed; the hand-out's checker ran instead"),
+    ]
+    erin = outcomes(rows, "erin")
+    assert erin["linear_parameters"] == [("errored", "no cell defines linear_parameters")]
+    problems = dict(erin["(notebook)"])
+    assert problems["checker edited"] == "cell 3: tagged checker, but checks no exercise"
+    assert problems["checker missing"].startswith("no checker cell for linear_parameters")
+    assert problems["cell error"].startswith("cell 2: FileNotFoundError")
+    assert ("suspicious", "cell 2: opens a notebook file") in erin["(notebook)"]
+    assert ("suspicious", "cell 2: hides what it runs (exec)") in erin["(notebook)"]
+
+
+@needs_bwrap
+def test_tricks_in_the_kernel_neither_pass_nor_go_unnoticed(graded_class):
+    rows = graded_class["rows"]
+    gina = outcomes(rows, "gina")
+    problems = gina.pop("(notebook)")
+    assert all(outcome == "not attempted" for ((outcome, _),) in list(gina.values())[:5])
+    assert gina["sqnr_db"][0][0] == "errored"
+    assert ("kernel died", "the kernel died in cell 12; later cells not run") in problems
+    suspicious = " ".join(detail for outcome, detail in problems if outcome == "suspicious")
+    for flag in (
+        "defines its own check_qparams",
+        "patches ptqlib.classroom.checkers.core.run_cases",
+        "patches builtins.print",
+        "an IPython exception handler",
+        "an IPython input transformer",
+    ):
+        assert flag in suspicious
+    hugo = outcomes(rows, "hugo")
+    flags = " ".join(detail for _, detail in hugo.pop("(notebook)"))
+    for name in ("qparams", "quantize", "dequantize", "symmetric_qparams", "per_channel_qparams"):
+        assert hugo[name][0][0] == "failed", name
+    assert "your function raised KeyError" in hugo["qparams"][0][1]  # a fresh case
+    assert "the checkers' own code" in hugo["qparams"][0][1]
+    assert "raised KeyError: 'case'" in hugo["per_channel_qparams"][0][1]
+    sqnr_outcome, sqnr_detail = hugo["sqnr_db"][0]
+    assert sqnr_outcome == "passed" and "flag: uses ptqlib.quantization.sqnr_db" in sqnr_detail
+    for flag in (
+        "patches torch.Tensor.__eq__",
+        "subclasses torch.Tensor",
+        "defines __eq__",
+        "reads the caller's stack frame",
+        "imports ptqlib.classroom.checkers.qparams_cases",
+    ):
+        assert flag in flags
+
+
+@needs_bwrap
+def test_attacks_on_classmates_and_the_grader_find_nothing(graded_class):
+    dave = outcomes(graded_class["rows"], "dave")
+    outcome, detail = dave["observer_choice"][0]
+    assert outcome == "answered"
+    assert "'secret': None" in detail and "'saw_class': False" in detail
+    assert "'copied': 0" in detail and "done" not in detail
+    for exercise in ("moving_average_range", "l2_error", "quantization_points"):
+        assert dave[exercise] == [("not attempted", "")]
+    assert ("suspicious", "cell 2: reads /proc") in dave["(notebook)"]
+    frank = outcomes(graded_class["rows"], "frank")
+    assert frank["linear_parameters"] == [("passed", "")]  # the later rewrite changed nothing
+    ((int8_outcome, int8_detail),) = frank["int8_bytes"]
+    assert int8_outcome == "failed" and "more than 2,000,000 values, not plain data" in int8_detail
+    ((payload_outcome, payload_detail),) = frank["hardest_digits"]
+    assert payload_outcome == "failed" and "returned a Payload, not plain data" in payload_detail
+    assert not Path("/tmp/pwned").exists()
+    assert ("cell error", "cell 2: {'not': 'text'}: [1, 2]") in frank["(notebook)"]
+    assert only(graded_class["rows"], "link", "(notebook)") == (
+        "not a notebook", "not a regular file (a link, a device...)"
+    )  # fmt: skip
+
+
+# --- quick checks, in-process ----------------------------------------------------------------
+
+
+def test_a_submission_is_read_whatever_its_nbformat_minor_and_refused_if_not_a_notebook(tmp_path):
+    path = tmp_path / "alice.ipynb"
+    for minor in (0, 4, 5):
+        original = notebook(code(CHECKERS["qparams"], "checker"))
+        text = json.loads(nbformat.writes(original))
+        text["nbformat_minor"] = minor
+        path.write_text(json.dumps(text))
+        assert read_cells(path)[0].tags == ("checker",)
+    for text in ("[]", '{"cells": []}', '{"nbformat": 4, "cells": [1]}', "\udcff"):
+        path.write_text(text, errors="surrogateescape")
+        with pytest.raises(InputError, match="not"):
+            read_cells(path)
+
+
+def test_the_sheet_is_safe_in_a_spreadsheet_and_written_whole(tmp_path):
+    rows = [grade.Grade("=cmd|' /C calc'!A0", "a.ipynb", "qparams", "failed", "-2+3")]
+    out = tmp_path / "grades.csv"
+    out.write_text("old")
+    grade_report.write_csv(rows, out)
     with open(out, newline="", encoding="utf-8") as file:
-        assert [grade.Grade(**row) for row in csv.DictReader(file)] == rows
-
-    assert outcomes(rows, "a_raises") == {
-        "check_linear_parameters": ("errored", "cell 3: ZeroDivisionError: division by zero"),
-        "check_hardest_digits": ("passed", ""),
-        "(notebook)": ("cell error", "cell 3: ZeroDivisionError: division by zero"),
-    }
-    loops = outcomes(rows, "b_loops")
-    assert loops["check_linear_parameters"] == ("passed", "")
-    assert loops["check_hardest_digits"] == ("errored", "not run: cell 4 timed out")
-    assert (
-        loops["(notebook)"][0] == "timed out"
-        and "cell 4 ran longer than 20 s" in (loops["(notebook)"][1])
-    )
-    dies = outcomes(rows, "c_dies")
-    assert dies["check_linear_parameters"] == ("errored", "not run: cell 2 kernel died")
-    assert dies["(notebook)"][0] == "kernel died"
-    not_a_notebook = outcomes(rows, "d_not_a_notebook")
-    assert list(not_a_notebook) == ["(notebook)"]
-    assert not_a_notebook["(notebook)"][0] == "not a notebook"
-    assert outcomes(rows, "e_solved") == {
-        "check_linear_parameters": ("passed", ""),
-        "check_hardest_digits": ("passed", ""),
-    }
-    assert outcomes(rows, "f_edited") == {
-        "check_linear_parameters": ("not attempted", ""),
-        "(notebook)": ("checker edited", "cell 3: the hand-out's checker ran"),
-    }
-    assert [row.student for row in rows][-1] == "f_edited"
+        (written,) = list(csv.DictReader(file))
+    assert written["student"].startswith("'=") and written["detail"] == "'-2+3"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["grades.csv"]
 
 
-@pytest.mark.slow
-def test_the_table_is_printed_without_json(broken_submissions, tmp_path):
-    broken_submissions, _ = broken_submissions
-    solved_only = tmp_path / "one"
-    solved_only.mkdir()
-    (solved_only / "e_solved.ipynb").write_bytes(
-        (broken_submissions / "e_solved.ipynb").read_bytes()
-    )
-    result = run_cli("grade", str(solved_only), "--out", str(tmp_path / "g.csv"))
-    assert result.returncode == 0, result.stderr
-    assert "1=check_linear_parameters" in result.stdout
-    assert "e_solved  pass  pass    2/2   ok" in result.stdout
+def test_the_table_shows_flags_and_problems():
+    rows = [
+        grade.Grade("alice", "02.ipynb", "qparams", "passed", "flag: uses ptqlib.x"),
+        grade.Grade("alice", "02.ipynb", "quantize", "not attempted"),
+        grade.Grade("alice", "02.ipynb", "(notebook)", "wrong notebook", "..."),
+    ]
+    table = grade_report.summary_table(rows).splitlines()
+    assert "1=qparams  2=quantize" in table[0]
+    assert table[2].split() == ["alice", "pass*", "-", "1/2", "wrong", "notebook"]
+    assert table[-1].startswith("* flagged")
 
 
-def test_a_notebook_whose_checker_cells_differ_in_number_keeps_its_own():
-    handout = tiny_notebook(*exercise(SKELETON.format(name="f"), LINEAR))
-    edited = tiny_notebook(*exercise(SKELETON.format(name="f"), "print('PASS')"))
-    assert grade.restore_checkers(edited, handout) == ([2], None)
-    assert edited.cells[2].source == LINEAR
-    fewer = tiny_notebook(code(SKELETON.format(name="f"), "exercise"))
-    assert grade.restore_checkers(fewer, handout) == (
-        [],
-        "the hand-out has 1 checker cells, this notebook 0",
-    )
+def test_detail_text_cannot_drive_the_terminal():
+    assert grade.clean("a\x1b[2J\nb") == "a [2J b"
+    assert len(grade.clean("x" * 10_000)) == grade.DETAIL_CHARS
 
 
-def test_the_help_states_the_default_timeout():
-    assert f"(default {grade.DEFAULT_TIMEOUT_S})" in " ".join(
-        run_cli("grade", "--help").stdout.split()
-    )
+def test_the_help_states_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["grade", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default 120)", "(default 600)", "(default 4096)", "(default 1)"):
+        assert default in text
 
 
-def test_without_nbclient_grade_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+def test_without_jupyter_client_grade_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name: None if name == "nbclient" else find_spec(name)
+        importlib.util,
+        "find_spec",
+        lambda name: None if name == "jupyter_client" else find_spec(name),
     )
     assert cli.main(["grade", str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert "grade needs nbclient" in error and "pip install -e '.[dev]'" in error
+    assert "grade needs jupyter_client" in error and "pip install -e '.[dev]'" in error
 
 
-def test_the_other_commands_work_without_nbformat_and_nbclient():
-    blocked = "import sys; sys.modules['nbformat'] = sys.modules['nbclient'] = None; "
-    run = blocked + "from ptqlib.app.cli import build_parser; build_parser()"
-    result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["grade", str(tmp_path / "missing")]) == 2
+    error = capsys.readouterr().err
+    assert error.strip().count("\n") == 0 and "not a folder" in error
+    assert cli.main(["grade", str(tmp_path)]) == 2
+    assert "no files" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["grade", str(tmp_path), "--timeout", "0"])
+    assert stopped.value.code == 2 and "positive" in capsys.readouterr().err
 
 
-def test_bad_input_is_one_line_and_exit_2(tmp_path):
-    missing = run_cli("grade", str(tmp_path / "missing"))
-    assert missing.returncode == 2
-    assert missing.stderr.strip().count("\n") == 0 and "not a folder" in missing.stderr
-    empty = run_cli("grade", str(tmp_path))
-    assert empty.returncode == 2 and "no .ipynb files" in empty.stderr
-    timeout = run_cli("grade", str(tmp_path), "--timeout", "0")
-    assert timeout.returncode == 2 and "positive" in timeout.stderr
-    (tmp_path / "alice.ipynb").write_text("{}", encoding="utf-8")
-    handout = run_cli("grade", str(tmp_path), "--handout", str(tmp_path / "nowhere"))
-    assert handout.returncode == 2 and "--handout" in handout.stderr
+def test_the_student_edition_is_what_the_grader_expects():
+    """make student's hand-out of every notebook matches its exercises, untouched."""
+    from ptqlib.classroom.submission import Cell, match_notebook
 
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "{this is not JSON",
-        "[]",
-        '{"cells": []}',
-        '{"cells": [1], "nbformat": 4, "nbformat_minor": 5, "metadata": {}}',
-        '{"cells": [{"cell_type": "code"}], "nbformat": 4, "nbformat_minor": 5, "metadata": {}}',
-    ],
-)
-def test_a_file_that_is_not_a_notebook_is_an_input_error(tmp_path, text):
-    path = tmp_path / "alice.ipynb"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(InputError, match="not"):
-        grade.read_submission(path)
-    assert grade.grade_notebook("alice", path.name, path, timeout=1)[0].outcome == "not a notebook"
-
-
-def test_a_real_notebook_reads_as_nbformat_reads_it():
-    path = REPO_ROOT / "notebooks" / REAL_NOTEBOOK
-    assert grade.read_submission(path) == nbformat.read(path, as_version=4)
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        handout = student_edition(nbformat.read(path, as_version=4))
+        cells = [
+            Cell(i, c.cell_type, c.source, tuple(c.metadata.get("tags", [])))
+            for i, c in enumerate(handout.cells)
+        ]
+        match = match_notebook(cells, path.name)
+        assert match.notebook == path.stem and match.problems == [] and match.missing == []

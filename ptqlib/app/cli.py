@@ -13,18 +13,22 @@ import argparse
 import importlib.util
 import sys
 
+# Only what --help needs: plain names and defaults. The commands import torch and the library
+# when they run (``ptqlib.app.commands``), so --help and a usage error answer at once.
 from ptqlib.app import commands
-from ptqlib.app.pipeline import BATCH_SIZES
-from ptqlib.app.quantize import ACTIVATION_OBSERVERS
-from ptqlib.errors import InputError
-from ptqlib.models import MODELS
-from ptqlib.training import (
+from ptqlib.catalog import (
+    ACTIVATION_OBSERVERS,
+    BATCH_SIZES,
     DEFAULT_EPOCHS,
     DEFAULT_EPOCHS_BY_MODEL,
     DEFAULT_RECIPE,
     DEFAULT_SEED,
-    RECIPES,
+    MODEL_NAMES,
+    RECIPE_NAMES,
+    RECIPE_SEEDS,
 )
+from ptqlib.errors import InputError
+from ptqlib.formats import FORMAT_NAMES
 
 EXIT_ERROR = 2
 
@@ -54,6 +58,12 @@ DATA_HELP = (
 
 def add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help=DATA_HELP)
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="try torchvision's download of MNIST again, although it failed before (without "
+        "this, a failed download is noted in the data directory and not retried)",
+    )
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +91,7 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_option(parser: argparse.ArgumentParser, help_text: str, default: str | None) -> None:
-    parser.add_argument("--model", choices=sorted(MODELS), default=default, help=help_text)
+    parser.add_argument("--model", choices=MODEL_NAMES, default=default, help=help_text)
 
 
 def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
@@ -123,15 +133,17 @@ def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_grade(args: argparse.Namespace) -> int:
-    """The ``grade`` command, imported when it runs: it needs nbformat and nbclient, which
-    come with the dev extras, and the other commands must work without them."""
-    missing = [name for name in ("nbformat", "nbclient") if importlib.util.find_spec(name) is None]
+    """The ``grade`` command, imported when it runs: it needs nbformat, jupyter_client and
+    ipykernel, which come with the dev extras, and the other commands must work without
+    them."""
+    needed = ("nbformat", "jupyter_client", "ipykernel")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(
             f"grade needs {' and '.join(missing)} to run notebooks; install the dev extras: "
             "pip install -e '.[dev]'"
         )
-    from ptqlib.app.grade_report import run_grade as grade_submissions
+    from ptqlib.classroom.grade_report import run_grade as grade_submissions
 
     return grade_submissions(args)
 
@@ -162,13 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--seed",
         type=int,
-        default=DEFAULT_SEED,
-        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
+        default=None,
+        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED}; "
+        f"{RECIPE_SEEDS[('dwcnn', 'hot')]} for dwcnn's hot recipe, the seed of notebook 09's "
+        "shipped model)",
     )
     train.add_argument(
         "--recipe",
         default=DEFAULT_RECIPE,
-        choices=sorted({name for recipes in RECIPES.values() for name in recipes}),
+        choices=sorted({name for names in RECIPE_NAMES.values() for name in names}),
         help="optimizer settings (default: default); dwcnn also has 'hot' (SGD, lr 2.0: "
         "notebook 09's model that breaks under per-tensor INT8)",
     )
@@ -181,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=commands.run_train)
 
     evaluate = subcommands.add_parser(
-        "evaluate", help="test accuracy of an FP32 or INT8 checkpoint"
+        "evaluate", help="test accuracy of an FP32, INT8 or number-format checkpoint"
     )
     evaluate.add_argument(
         "--checkpoint",
@@ -198,10 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=commands.run_evaluate)
 
     quantize = subcommands.add_parser(
-        "quantize", help="calibrate an FP32 checkpoint and write the INT8 model"
+        "quantize",
+        help="calibrate an FP32 checkpoint and write the INT8 model (or, with --format, the "
+        "model in a number format)",
     )
     quantize.add_argument("--checkpoint", required=True, help="the FP32 checkpoint to quantize")
-    quantize.add_argument("--out", required=True, help="where to write the INT8 checkpoint")
+    quantize.add_argument("--out", required=True, help="where to write the checkpoint")
+    quantize.add_argument(
+        "--format",
+        default=None,
+        choices=FORMAT_NAMES,
+        help="a number format instead of INT8 (notebook 12): the weights, and the activations "
+        "of the formats meant for them (fp8-e4m3, mx*, nvfp4), calibrated on --calib images",
+    )
     add_calibration_options(quantize)
     add_model_option(
         quantize, "the model the checkpoint must hold (default: the one it records)", None
@@ -217,46 +240,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-layer equalization (ptqlib.equalization) of the folded CNN before "
         "calibrating: a data-free repair for --per-tensor",
     )
+    quantize.add_argument(
+        "--pixel-input",
+        action="store_true",
+        help="fold the input normalisation into fc1, so the INT8 model reads raw uint8 "
+        "pixels (S = 1, Z = 0; SimpleNet, 8 bits): what the pipeline does",
+    )
     add_data_option(quantize)
     add_low_bit_options(quantize)
     quantize.set_defaults(handler=commands.run_quantize)
 
-    diagnose = subcommands.add_parser(
-        "diagnose", help="per-layer SQNR of an INT8 checkpoint against its FP32 model"
+    layer_errors = subcommands.add_parser(
+        "layer-errors",
+        help="measure a quantized checkpoint: each layer's SQNR against its FP32 model",
     )
-    diagnose.add_argument("--checkpoint", required=True, help="an INT8 checkpoint")
-    diagnose.add_argument(
+    layer_errors.add_argument(
+        "--checkpoint", required=True, help="an INT8 checkpoint, or one written with --format"
+    )
+    layer_errors.add_argument(
         "--fp32",
         default=None,
         help="the FP32 checkpoint it was quantized from (default: the one its meta names)",
     )
-    add_data_option(diagnose)
-    diagnose.add_argument("--json", action="store_true", help="print the table as JSON")
-    diagnose.set_defaults(handler=commands.run_diagnose)
+    add_data_option(layer_errors)
+    layer_errors.add_argument("--json", action="store_true", help="print the table as JSON")
+    layer_errors.set_defaults(handler=commands.run_layer_errors)
 
-    debug = subcommands.add_parser(
-        "debug",
-        help="the PTQ debugging procedure on an FP32 checkpoint: which layer breaks and the fixes",
+    find_culprit = subcommands.add_parser(
+        "find-culprit",
+        help="experiment on an FP32 checkpoint: which layer breaks it under INT8, and the repairs",
     )
-    debug.add_argument("--checkpoint", required=True, help="an FP32 checkpoint (a CNN)")
-    debug.add_argument(
+    find_culprit.add_argument("--checkpoint", required=True, help="an FP32 checkpoint (a CNN)")
+    find_culprit.add_argument(
         "--observer",
         default="minmax",
         choices=ACTIVATION_OBSERVERS,
         help="activation observer (default minmax)",
     )
-    debug.add_argument(
+    find_culprit.add_argument(
         "--calib",
         type=positive_int,
         default=500,
         help="class-balanced training images to calibrate on (default 500)",
     )
-    debug.add_argument(
+    find_culprit.add_argument(
         "--sweeps", type=positive_int, default=20, help="CLE sweeps over all pairs (default 20)"
     )
-    add_data_option(debug)
-    debug.add_argument("--json", action="store_true", help="print the report as JSON")
-    debug.set_defaults(handler=commands.run_debug)
+    add_data_option(find_culprit)
+    find_culprit.add_argument("--json", action="store_true", help="print the report as JSON")
+    find_culprit.set_defaults(handler=commands.run_find_culprit)
 
     pipeline = subcommands.add_parser(
         "pipeline",
@@ -316,13 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     grade = subcommands.add_parser(
         "grade",
-        help="run handed-in student notebooks and grade their exercises (executes their code: "
-        "use a container or a throwaway account)",
+        help="run handed-in student notebooks, each in a sandbox (bubblewrap), and grade "
+        "their exercises from their answers",
     )
     grade.add_argument(
         "submissions",
         metavar="SUBMISSIONS",
-        help="folder of .ipynb files: one per student (alice.ipynb) or one subfolder per student",
+        help="folder of hand-ins: one notebook per student (alice.ipynb) or one subfolder "
+        "per student",
     )
     grade.add_argument(
         "--out", default="grades.csv", help="the CSV grade sheet to write (default grades.csv)"
@@ -334,15 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one cell may run before its notebook is stopped (default 120)",
     )
     grade.add_argument(
-        "--handout",
+        "--notebook-timeout",
+        type=positive_int,
         default=None,
-        help="folder of the handed-out notebooks whose checker cells grade (default the "
-        "repository's notebooks/); a submission with the same file name runs their checkers",
+        help="seconds a whole notebook may run (default 600)",
     )
     grade.add_argument(
-        "--trust-checkers",
-        action="store_true",
-        help="run the submissions' own checker cells, even if edited",
+        "--memory",
+        type=positive_int,
+        default=None,
+        help="MiB of memory a notebook's processes may use together, where a control group "
+        "can be made (default 4096)",
+    )
+    grade.add_argument(
+        "--jobs", type=positive_int, default=1, help="notebooks graded at once (default 1)"
     )
     grade.add_argument(
         "--json", action="store_true", help="print the rows as JSON instead of the table"
@@ -355,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "download", False):
+            from ptqlib.data import forget_download_failure
+
+            forget_download_failure(args.data_dir)
         return args.handler(args)
     # Bad input (a missing or broken file, a wrong setting) is reported in one line. Any other
     # exception, a TypeError included, is a bug in ptqlib: it keeps its traceback.

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ptqlib.data import calibration_images, load_mnist
 from ptqlib.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
@@ -21,7 +20,9 @@ if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ptqlib.catalog import default_seed
     from ptqlib.checkpoints import save_fp32
+    from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
     from ptqlib.paths import artifacts_dir
     from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, recipe_for, train, training_meta
@@ -29,8 +30,9 @@ def run_train(args: argparse.Namespace) -> int:
     recipe_for(args.model, args.recipe)  # a recipe the model lacks fails before any work
     data = load_mnist(args.data_dir)
     epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
-    result = train(data, epochs=epochs, seed=args.seed, model=args.model, recipe=args.recipe)
-    meta = training_meta(result, data, epochs, args.seed, args.recipe)
+    seed = default_seed(args.model, args.recipe) if args.seed is None else args.seed
+    result = train(data, epochs=epochs, seed=seed, model=args.model, recipe=args.recipe)
+    meta = training_meta(result, data, epochs, seed, args.recipe)
     stem = args.model if args.recipe == "default" else f"{args.model}_{args.recipe}"
     out = args.out or artifacts_dir() / f"{stem}_fp32.pt"
     path = save_fp32(result.model, out, meta)
@@ -42,8 +44,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ptqlib.app.model_files import load_model
+    from ptqlib.checkpoints import KIND_NAMES
+    from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
-    from ptqlib.int8_checkpoint import load_model
 
     if Path(args.checkpoint).is_dir():
         return run_evaluate_c(args)
@@ -54,7 +58,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model = load_onnx_model(args.checkpoint)
         kind = model.kind
     else:
-        model, kind, _ = load_model(args.checkpoint)
+        model, kind, meta = load_model(args.checkpoint)
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
     # With --json, stdout holds only the JSON object; the data line goes to stderr.
     print(data.describe(), file=sys.stderr if args.json else sys.stdout)
@@ -68,20 +72,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "runtime": "onnxruntime" if is_onnx else "pytorch",
         **({} if is_onnx else bit_widths(model, kind)),
     }
+    if kind == "formats":  # what the file holds and how its arithmetic ran
+        result.update(
+            format=meta["format"],
+            weight_bits=meta["bits_per_weight"],
+            activation_bits=meta["activation_bits"],
+            arithmetic=meta["arithmetic"],
+        )
     if args.json:
         print(json.dumps(result))
     else:
         what = "ONNX model, run in ONNX Runtime" if is_onnx else "checkpoint"
         print(
-            f"loaded an {kind.upper()} {what} ({result['size_bytes']:,} bytes): test accuracy "
-            f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
+            f"loaded {KIND_NAMES[kind]} {what} "
+            f"({result['size_bytes']:,} bytes): test accuracy {result['accuracy']:.2%} on "
+            f"{result['n_test']:,} digits"
         )
+        if kind == "formats":
+            inputs = " and activations" if meta["activations"] else ""
+            print(
+                f"{meta['format']} weights{inputs} ({meta['bits_per_weight']:.3f} bits per "
+                f"weight); arithmetic {meta['arithmetic']}"
+            )
     return 0
 
 
 def run_evaluate_c(args: argparse.Namespace) -> int:
     """``evaluate --checkpoint DIR``: a directory written by ``export --format c``, checked
     (its digest), compiled and run through ctypes; the same report as for a checkpoint."""
+    from ptqlib.data import load_mnist
     from ptqlib.deploy.c_runtime import load_c_model
     from ptqlib.evaluation import accuracy
 
@@ -121,12 +140,18 @@ def bit_widths(model, kind: str) -> dict:
     return {"weight_bits": weight_bits(model), "activation_bits": activation_bits(model)}
 
 
-def run_diagnose(args: argparse.Namespace) -> int:
-    from ptqlib.checkpoints import load_fp32
+def run_layer_errors(args: argparse.Namespace) -> int:
+    from ptqlib.checkpoints import load_checkpoint, load_fp32
+    from ptqlib.data import load_mnist
     from ptqlib.int8_checkpoint import load_int8
-    from ptqlib.lowbit.diagnose import diagnose, diagnosis_json, diagnosis_table
+    from ptqlib.lowbit.layer_errors import layer_error_json, layer_error_table, layer_errors
     from ptqlib.models import model_name
 
+    if load_checkpoint(args.checkpoint)["kind"] == "formats":
+        from ptqlib.formats.command import layer_error_report
+
+        print(layer_error_report(args.checkpoint, args.fp32, args.data_dir, args.json))
+        return 0
     int8_model, meta = load_int8(args.checkpoint)
     # quantize records the FP32 file it read (source_path); --fp32 overrides it.
     fp32_path = args.fp32 or meta.get("source_path")
@@ -141,12 +166,44 @@ def run_diagnose(args: argparse.Namespace) -> int:
             "for simplenet only"
         )
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
-    rows = diagnose(fp32, int8_model, data.test.images)
+    rows = layer_errors(fp32, int8_model, data.test.images)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "layers": diagnosis_json(rows)}))
+        print(json.dumps({"checkpoint": args.checkpoint, "layers": layer_error_json(rows)}))
     else:
         print(f"{data.describe()}\nSQNR of every layer's output against FP32:")
-        print(diagnosis_table(rows))
+        print(layer_error_table(rows))
+    return 0
+
+
+# The options of the INT8 quantization, with their defaults: --format refuses them.
+INT8_OPTIONS = {
+    "observer": "histogram",
+    "per_tensor": False,
+    "equalize": False,
+    "pixel_input": False,
+    "weight_bits": 8,
+    "activation_bits": 8,
+    "rounding": "nearest",
+    "bias_correction": False,
+    "weight_clipping": "minmax",
+    "layer_bits": None,
+    "seed": 0,
+    "adaround_iterations": 400,
+}
+
+
+def run_quantize_format(args: argparse.Namespace) -> int:
+    """``quantize --format NAME``: ``ptqlib.formats.command.quantize_to_format``."""
+    from ptqlib.formats.command import quantize_to_format
+
+    given = [name for name, default in INT8_OPTIONS.items() if getattr(args, name) != default]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InputError(f"--format {args.format}: {options} set the INT8 quantization; drop it")
+    result = quantize_to_format(
+        args.checkpoint, args.out, args.format, args.calib, args.model, args.data_dir
+    )
+    print(result.summary())
     return 0
 
 
@@ -183,6 +240,8 @@ def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
 def run_quantize(args: argparse.Namespace) -> int:
     from ptqlib.app import quantize
 
+    if args.format is not None:
+        return run_quantize_format(args)
     settings = quantize_settings(args)
     result = quantize.quantize_checkpoint(settings)
     meta = result.meta
@@ -200,8 +259,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_debug(args: argparse.Namespace) -> int:
+def run_find_culprit(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import load_fp32
+    from ptqlib.data import calibration_images, load_mnist
     from ptqlib.debugging import debug_model, format_report
 
     model, _ = load_fp32(args.checkpoint)
@@ -216,10 +276,15 @@ def run_debug(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ptqlib.app.model_files import load_model
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
-    from ptqlib.int8_checkpoint import load_model
 
     model, kind, meta = load_model(args.checkpoint)
+    if kind == "formats":
+        raise InputError(
+            f"{args.checkpoint} holds a model in a number format, which export does not "
+            "write; export its FP32 checkpoint or an INT8 one"
+        )
     if getattr(args, "format", "onnx") == "c":
         return export_as_c(model, args.out, meta.get("model") if isinstance(meta, dict) else None)
     onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
@@ -245,7 +310,8 @@ def export_as_c(model, out: str, model_name: str | None = None) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from ptqlib.app.pipeline import results_markdown, run_pipeline
+    from ptqlib.app.pipeline import run_pipeline
+    from ptqlib.app.report import results_markdown
 
     results = run_pipeline(
         args.data_dir, args.calib, args.observer, args.out, args.threads, model=args.model
@@ -270,13 +336,9 @@ def check_runtimes(model: str, runtimes: list[str]) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from ptqlib.app.pipeline import (
-        build_models,
-        latency_markdown,
-        latency_rows,
-        latency_table,
-        machine_line,
-    )
+    from ptqlib.app.pipeline import build_models, latency_rows, latency_table
+    from ptqlib.app.report import latency_markdown, machine_line
+    from ptqlib.data import calibration_images, load_mnist
     from ptqlib.hardware import machine_info
 
     check_runtimes(args.model, args.runtime)

@@ -52,8 +52,8 @@ from ptqlib.digests import content_digest
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import Int8Step
 from ptqlib.int8_model import Int8Model
-from ptqlib.lowbit.packing import bits_for_range
 from ptqlib.models import MODELS
+from ptqlib.packing import bits_for_range
 
 MANIFEST = "model.json"
 FORMAT = "ptqlib-c"

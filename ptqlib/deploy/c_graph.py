@@ -54,10 +54,11 @@ from torch import nn
 from ptqlib.batchnorm import fold_model, has_batchnorm
 from ptqlib.data import normalise
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import carrier_offset
 from ptqlib.int8_layers import Int8Conv2d, Int8GlobalAvgPool2d, Int8Linear, Int8MaxPool2d
 from ptqlib.int8_model import Int8Model, is_pixel_input
 from ptqlib.int8_pooling import int_pair
-from ptqlib.integer_arithmetic import INT32_MAX, INT32_MIN, MAX_SHIFT, carrier_offset
+from ptqlib.integer_arithmetic import INT32_MAX, INT32_MIN, MAX_SHIFT
 
 SUPPORTED = (
     "C export supports Linear, Conv2d (plain or depthwise), ReLU, MaxPool2d, "

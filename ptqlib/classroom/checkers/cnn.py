@@ -1,0 +1,224 @@
+"""Known-answer checkers for notebook 07's exercises (BatchNorm folding, zero-point padding).
+
+As with ``ptqlib.classroom.checkers``: write your own function, hand it to the checker, and it
+runs it on a few hand-picked cases whose answers come from ptqlib. It prints one ``PASS`` line, or
+raises ``AssertionError`` naming the first case that fails, what was expected, what your
+function returned and a hint about the usual mistake behind that case. A function that
+still raises ``NotImplementedError`` (the exercise skeleton) is reported as not attempted
+yet, without an error, so the notebook runs top to bottom before you solve anything.
+
+- :func:`check_fold_batchnorm`: ``(weight, bias, running_mean, running_var, gamma, beta,
+  eps) -> (folded_weight, folded_bias)``; ``bias`` may be None (no bias: b = 0).
+- :func:`check_padded_accumulator`: ``(q_x, zero_point, q_w, padding) -> acc``: the int32
+  accumulators ``sum (q_x - Z_x) q_w`` of a stride-1 convolution whose input is padded
+  by ``padding`` pixels on every side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+from ptqlib.batchnorm import fold_parameters
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, draw_uniform
+from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
+
+# Folded weights are float32 products: a right answer agrees to float rounding.
+FOLD_RELATIVE_TOLERANCE = 1e-5
+
+
+def _raising(compare: Callable[[Any, Any], str]) -> Callable[[Case, Any], None]:
+    """A comparison for :class:`Exercise` from a ``compare(got, expected)`` that returns ""
+    when right, else the problem."""
+
+    def raise_problem(case: Case, got: Any) -> None:
+        problem = compare(got, case.expected)
+        if problem:
+            raise WrongAnswer(problem)
+
+    return raise_problem
+
+
+# --- exercise 1: fold a BatchNorm --------------------------------------------------------------
+
+
+def _fold_case(
+    name: str,
+    shape: tuple[int, ...],
+    with_bias: bool,
+    eps: float,
+    hint: str,
+    generator: torch.Generator | None = None,
+) -> Case:
+    if generator is None:
+        generator = torch.Generator().manual_seed(len(name) + shape[0])
+    channels = shape[0]
+    weight = torch.randn(shape, generator=generator)
+    bias = torch.randn(channels, generator=generator) if with_bias else None
+    mean = torch.randn(channels, generator=generator)
+    var = torch.rand(channels, generator=generator) * 2 + 1  # eps=1e-5 is then below tolerance
+    gamma = torch.randn(channels, generator=generator)
+    beta = torch.randn(channels, generator=generator)
+    arguments = (weight, bias, mean, var, gamma, beta, eps)
+    names = ("weight", "bias", "mean", "var", "gamma", "beta", "eps")
+    return Case(name, tuple(zip(names, arguments, strict=True)), fold_parameters(*arguments), hint)
+
+
+def draw_fold_cases(generator: torch.Generator) -> list[Case]:
+    """Random Linear and conv weights, with and without a bias, random eps."""
+    hint = "W'_c = W_c k_c and b'_c = (b_c - mu_c) k_c + beta_c, k_c = gamma_c / sqrt(var_c + eps)"
+    cases = []
+    for dims, with_bias in ((2, True), (4, True), (4, False)):
+        shape = tuple(int(n) for n in torch.randint(1, 5, (dims,), generator=generator))
+        eps = float(10 ** draw_uniform(generator, -5, 0))
+        name = f"a random weight {list(shape)}" + (" with a bias" if with_bias else ", no bias")
+        cases.append(_fold_case(name, shape, with_bias, eps, hint, generator))
+    return cases
+
+
+def fold_cases() -> list[Case]:
+    return [
+        _fold_case(
+            "a Linear weight [3, 3] with a bias",
+            (3, 3),
+            True,
+            1e-5,
+            "scale every row (output channel c, axis 0) by k_c = gamma_c / sqrt(var_c + eps), "
+            "not every column",
+        ),
+        _fold_case(
+            "a conv weight [3, 2, 3, 3]: k_c multiplies the whole filter c",
+            (3, 2, 3, 3),
+            True,
+            1e-5,
+            "reshape k to [C, 1, 1, 1] so it broadcasts over each filter, not over the last axis",
+        ),
+        _fold_case(
+            "no bias (None means b = 0): b' = -mu k + beta",
+            (5, 1, 3, 3),
+            False,
+            1e-5,
+            "treat a missing bias as zeros; the folded layer always has one",
+        ),
+        _fold_case(
+            "a large eps, so forgetting it shows",
+            (2, 4),
+            True,
+            0.5,
+            "divide by sqrt(var + eps), not sqrt(var)",
+        ),
+    ]
+
+
+def _compare_fold(got: Any, expected: tuple[torch.Tensor, torch.Tensor]) -> str:
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return f"expected a pair (folded_weight, folded_bias), got {type(got).__name__}"
+    for label, value, right in zip(("weight", "bias"), got, expected, strict=True):
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(right.shape):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            return f"folded {label}: expected shape {tuple(right.shape)}, got {shape}"
+        if not torch.allclose(
+            value.double(), right.double(), rtol=FOLD_RELATIVE_TOLERANCE, atol=1e-5
+        ):
+            worst = (value.double() - right.double()).abs().max().item()
+            return f"folded {label} is off by up to {worst:.4g}"
+    return ""
+
+
+def check_fold_batchnorm(student_fn: Callable) -> None:
+    """Check ``student_fn(weight, bias, running_mean, running_var, gamma, beta, eps)
+    -> (W', b')`` with ``W'_c = W_c gamma_c / sqrt(var_c + eps)`` and
+    ``b'_c = (b_c - mu_c) gamma_c / sqrt(var_c + eps) + beta_c`` (c along axis 0)."""
+    run_exercise(FOLD_BATCHNORM, student_fn)
+
+
+# --- exercise 2: pad with the zero-point ------------------------------------------------------
+
+
+def _padded_accumulator(
+    q_x: torch.Tensor, zero_point: int, q_w: torch.Tensor, padding: int
+) -> torch.Tensor:
+    """``sum (q_x - Z_x) q_w`` over each window, the input padded with the real 0 (whose
+    integer is Z_x, so ``q_x - Z_x`` is 0 there); exact in float64, returned as int64."""
+    centred = q_x.double() - zero_point
+    return functional.conv2d(centred, q_w.double(), padding=padding).round().long()
+
+
+HINT_PADDING = (
+    "pad with the zero-point Z_x (the integer of the real 0), not with 0: a padded pixel must "
+    "give q_x - Z_x = 0, like the float conv's zero padding"
+)
+
+
+def _padding_case(name: str, generator: torch.Generator, zero_point: int, padding: int) -> Case:
+    q_x = torch.randint(0, 256, (2, 3, 6, 5), dtype=torch.uint8, generator=generator)
+    q_w = torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8, generator=generator)
+    expected = _padded_accumulator(q_x, zero_point, q_w, padding)
+    arguments = (("q_x", q_x), ("zero_point", zero_point), ("q_w", q_w), ("padding", padding))
+    return Case(name, arguments, expected, HINT_PADDING)
+
+
+def padding_cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(7)
+    return [
+        _padding_case(name, generator, zero_point, padding)
+        for zero_point, padding, name in (
+            (0, 1, "zero-point 0: padding with 0 happens to be right"),
+            (37, 1, "zero-point 37, padding 1"),
+            (200, 2, "zero-point 200, padding 2"),
+        )
+    ]
+
+
+def draw_padding_cases(generator: torch.Generator) -> list[Case]:
+    """Random inputs and filters, random zero-points and paddings of 1 and 2."""
+    cases = []
+    for padding in (1, 2):
+        zero_point = int(torch.randint(1, 256, (), generator=generator))
+        name = f"random input, zero-point {zero_point}, padding {padding}"
+        cases.append(_padding_case(name, generator, zero_point, padding))
+    return cases
+
+
+def _compare_accumulators(got: Any, expected: torch.Tensor) -> str:
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        return f"expected a tensor of shape {tuple(expected.shape)}, got {shape}"
+    if got.is_floating_point():
+        return f"expected integers (int32 accumulators), got {got.dtype}"
+    wrong = got.long() != expected
+    if not bool(wrong.any()):
+        return ""
+    interior = wrong[..., 1:-1, 1:-1]
+    where = "only along the border" if not bool(interior.any()) else "inside the image too"
+    return f"{int(wrong.sum())} of {wrong.numel()} accumulators are wrong, {where}"
+
+
+def check_padded_accumulator(student_fn: Callable) -> None:
+    """Check ``student_fn(q_x, zero_point, q_w, padding) -> acc`` (stride 1): ``q_x`` uint8
+    ``[N, C, H, W]``, ``q_w`` int8 ``[O, C, kh, kw]``; ``acc`` the integer sums
+    ``sum (q_x - Z_x) q_w`` of every window of the input padded by ``padding`` pixels."""
+    run_exercise(PADDED_ACCUMULATOR, student_fn)
+
+
+FOLD_BATCHNORM = Exercise(
+    id="fold_batchnorm",
+    notebook="07_convolutions_and_batchnorm",
+    function="my_fold",
+    cases=fold_cases,
+    draw=draw_fold_cases,
+    compare=_raising(_compare_fold),
+    answers=("ptqlib.batchnorm.fold_parameters", "ptqlib.batchnorm.fold_batchnorm"),
+)
+PADDED_ACCUMULATOR = Exercise(
+    id="padded_accumulator",
+    notebook="07_convolutions_and_batchnorm",
+    function="my_accumulator",
+    cases=padding_cases,
+    draw=draw_padding_cases,
+    compare=_raising(_compare_accumulators),
+    answers=("ptqlib.int8_layers.Int8Conv2d", "ptqlib.int8_layers.conv_accumulators"),
+)

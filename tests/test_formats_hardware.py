@@ -1,0 +1,24 @@
+"""The formats x hardware table: every cell has a known status and a source that exists."""
+
+from ptqlib.formats.hardware import FORMAT_COLUMNS, SOURCES, STATUSES, TABLE, markdown_table
+
+
+def test_every_cell_has_a_status_and_a_cited_source():
+    for platform in TABLE:
+        assert tuple(platform.support) == FORMAT_COLUMNS, platform.name
+        for status, source in platform.support.values():
+            assert status in STATUSES and source in SOURCES, (platform.name, status, source)
+    cited = {source for platform in TABLE for _, source in platform.support.values()}
+    assert cited == set(SOURCES), f"sources nobody cites: {set(SOURCES) - cited}"
+
+
+def test_the_markdown_lists_every_platform_and_source():
+    text = markdown_table()
+    assert all(platform.name in text for platform in TABLE)
+    assert all(f"[{key}]" in text for key in SOURCES)
+
+
+def test_a_multiply_in_a_wider_type_is_convert_not_native():
+    # Cortex-M4/M7 sign-extend INT8 pairs to 16 bits (SXTB16) and multiply those (SMLAD).
+    cortex_m4 = next(platform for platform in TABLE if platform.name.startswith("Cortex-M4"))
+    assert cortex_m4.support["INT8"][0] == "convert"
