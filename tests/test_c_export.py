@@ -3,6 +3,8 @@ condition, the CLI, and the errors (no compiler, corrupt directory, bad options)
 every build with ptqlib is in test_c_kernels.py. Without a C compiler these tests skip
 locally and fail in CI (CI=true)."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -13,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_one_line_error, run_cli
+from ptqlib.app.cli import EXIT_ERROR, main
 from ptqlib.deploy.c_export import export_c, verify_directory
 from ptqlib.deploy.c_graph import check_int32_sums
 from ptqlib.deploy.c_runtime import find_compiler, load_c_model, native_targets
@@ -34,19 +36,35 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory, quantized_checkpoints):
-    """The CLI's checkpoints (normalised-input INT8 and FP32) exported by export --format c."""
+    """The CLI's checkpoints (normalised-input INT8 and FP32) exported by export --format c
+    (in-process, as the other CLI tests run the command line)."""
     folder = tmp_path_factory.mktemp("c-export")
     paths = dict(quantized_checkpoints)
     for kind in ("int8", "fp32"):
         paths[f"{kind}_c"] = folder / f"{kind}_c"
-        result = run_cli(
-            "export", "--checkpoint", str(paths[kind]), "--format", "c",
-            "--out", str(paths[f"{kind}_c"]),
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            arguments = ["--checkpoint", str(paths[kind]), "--format", "c"]
+            assert main(["export", *arguments, "--out", str(paths[f"{kind}_c"])]) == 0
         first_build = (paths[f"{kind}_c"] / "BUILD").read_text().splitlines()[1]
-        assert first_build in result.stdout and first_build.startswith("cc ")
+        assert first_build in out.getvalue() and first_build.startswith("cc ")
     return paths
+
+
+def evaluate(checkpoint, data_dir, capsys, *extra) -> tuple[int, str, str]:
+    """``python -m ptqlib evaluate`` in-process: exit status, stdout, stderr."""
+    capsys.readouterr()
+    status = main(
+        ["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(data_dir), *extra]
+    )
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_error_line(result: tuple[int, str, str], message: str) -> None:
+    status, _, err = result
+    assert status == EXIT_ERROR and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def compile_program(directory, sources, output, *flags):
@@ -265,15 +283,12 @@ def test_fp32_build_contracts_to_fma(simplenet_c):
     assert "vfmadd" in listing
 
 
-def test_evaluate_directory_gives_ptqlib_accuracy(cli):
+def test_evaluate_directory_gives_ptqlib_accuracy(cli, capsys):
     reports = {}
     for which in ("int8", "int8_c", "fp32", "fp32_c"):
-        result = run_cli(
-            "evaluate", "--checkpoint", str(cli[which]), "--data-dir", str(cli["data"]),
-            "--json",
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        reports[which] = json.loads(result.stdout)
+        status, out, err = evaluate(cli[which], cli["data"], capsys, "--json")
+        assert status == 0, err
+        reports[which] = json.loads(out)
     assert reports["int8_c"]["accuracy"] == reports["int8"]["accuracy"]
     assert reports["int8_c"]["runtime"] == "c" and reports["int8_c"]["kind"] == "int8"
     assert reports["int8_c"]["n_test"] == 1000 and reports["int8_c"]["size_bytes"] > 100_000
@@ -302,18 +317,18 @@ def test_main_program_classifies_a_digit(simplenet_c, offline_data, tmp_path):
     assert result.returncode == 2
 
 
-def test_missing_compiler_is_one_line(cli, monkeypatch, tmp_path):
+def test_missing_compiler_is_one_line(cli, monkeypatch, tmp_path, capsys):
     empty = tmp_path / "no-compilers-here"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.delenv("CC", raising=False)
     with pytest.raises(InputError, match=r"no C compiler found \(install gcc\)"):
         find_compiler()
-    result = run_cli("evaluate", "--checkpoint", str(cli["int8_c"]), "--data-dir", str(cli["data"]))
-    assert_one_line_error(result, "no C compiler found (install gcc)")
+    result = evaluate(cli["int8_c"], cli["data"], capsys)
+    assert_error_line(result, "no C compiler found (install gcc)")
 
 
-def test_corrupt_directory_is_one_line(cli, tmp_path):
+def test_corrupt_directory_is_one_line(cli, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(cli["int8_c"], broken)
     source = broken / "simplenet_int8.c"
@@ -322,14 +337,11 @@ def test_corrupt_directory_is_one_line(cli, tmp_path):
     number = re.compile(r"-?\d+").search(text, text.index("{", start))
     changed = str(int(number.group()) // 2 + 1)
     source.write_text(text[: number.start()] + changed + text[number.end() :])
-    result = run_cli("evaluate", "--checkpoint", str(broken), "--data-dir", str(cli["data"]))
-    assert_one_line_error(result, "changed since export")
+    assert_error_line(evaluate(broken, cli["data"], capsys), "changed since export")
     (broken / "model.json").write_text("{not json")
-    result = run_cli("evaluate", "--checkpoint", str(broken), "--data-dir", str(cli["data"]))
-    assert_one_line_error(result, "not valid JSON")
+    assert_error_line(evaluate(broken, cli["data"], capsys), "not valid JSON")
     (broken / "model.json").unlink()
-    result = run_cli("evaluate", "--checkpoint", str(broken), "--data-dir", str(cli["data"]))
-    assert_one_line_error(result, "no model.json")
+    assert_error_line(evaluate(broken, cli["data"], capsys), "no model.json")
 
 
 def test_refuses_what_the_c_does_not_implement(simplenet_c, tmp_path):
@@ -344,13 +356,13 @@ def test_refuses_what_the_c_does_not_implement(simplenet_c, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_adds_c_rows(cli):
-    result = run_cli(
-        "bench", "--runtime", "c", "--batch-sizes", "1", "--calib", "100",
-        "--observer", "minmax", "--threads", "1", "--data-dir", str(cli["data"]),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+def test_bench_adds_c_rows(cli, capsys):
+    """bench --runtime c adds every C build this CPU runs, timed as the C call itself."""
+    arguments = ["--runtime", "c", "--batch-sizes", "1", "--calib", "100"]
+    arguments += ["--observer", "minmax", "--threads", "1", "--data-dir", str(cli["data"])]
+    capsys.readouterr()
+    assert main(["bench", *arguments]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert {"c_fp32_portable", "c_int8_portable"} <= set(names)
     assert ("c_int8_avx2" in names) is native_targets()["avx2"]

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from ptqlib.deploy.c_files import c_array
+from ptqlib.deploy.c_files import c_array, forward_opening
 from ptqlib.deploy.c_graph import CLayer
 from ptqlib.deploy.c_memory import ArenaPlan, chain_buffers, plan_arena
 from ptqlib.deploy.c_source import c_call
@@ -466,29 +466,17 @@ def forward_text(prefix: str, kind: str, layers: list[CLayer], lookup) -> str:
     io = "uint8_t" if int8 else "float"
     tile = f"{upper}_AVX2_TILE"
     buffers, plan = activation_plan(layers, kind)
-    sizes = [buffer.size // element_bytes for buffer in buffers]
-    per_image = plan.size // element_bytes
     lines = [
         "/* Images per pass over the weights: a multiple of the 6-image block. */\n"
         f"#ifndef {tile}\n#define {tile} {TILE}\n#endif\n"
-        f'#if {tile} < 1\n#error "{tile} must be at least 1"\n#endif\n\n'
-        f"void {prefix}_forward(const {io} *input, {io} *output,\n"
-        f"{' ' * (len(prefix) + 14)}int32_t batch)\n{{\n"
-        f"    const int32_t tile = {tile};\n"
+        f'#if {tile} < 1\n#error "{tile} must be at least 1"\n#endif\n\n',
+        *forward_opening(prefix, io, (element, element_bytes), tile, buffers, plan),
     ]
-    if buffers:
-        lines.append(f"    {element} arena[{tile} * {per_image}];  /* the liveness plan */\n")
-        for buffer in buffers:
-            offset = plan.offsets[buffer.name] // element_bytes
-            lines.append(f"    {element} *const {buffer.name} = arena + tile * {offset};\n")
     inputs, outputs = layers[0].inputs, layers[-1].outputs
-    lines += [
-        "    for (int32_t first = 0; first < batch; first += tile) {\n",
-        "        const int32_t count = batch - first < tile ? batch - first : tile;\n",
-    ]
     source = f"input + (size_t)first * {inputs}"
     if int8:
-        lines.append(f"        widen_input({source}, count, input_x, {sizes[0]});\n")
+        width = buffers[0].size // element_bytes
+        lines.append(f"        widen_input({source}, count, input_x, {width});\n")
         source = "input_x"
     for index, layer in enumerate(layers):
         last = index == len(layers) - 1

@@ -123,30 +123,43 @@ def activation_plan(layers: list[CLayer], kind: str, lookup: bool) -> tuple[list
     return buffers, plan_arena(buffers, ELEMENT_BYTES[kind])
 
 
-def forward_text(prefix: str, kind: str, layers: list[CLayer], lookup: bool) -> str:
-    """``<prefix>_forward``: the images in tiles of TILE, each tile through every layer, the
-    activations in one local arena at the offsets of :func:`activation_plan`."""
-    upper, element, element_bytes = prefix.upper(), ELEMENT[kind], ELEMENT_BYTES[kind]
-    tile = f"{upper}_TILE"
-    buffers, plan = activation_plan(layers, kind, lookup)
+def forward_opening(
+    prefix: str, io: str, element: tuple[str, int], tile: str, buffers: list, plan: ArenaPlan
+) -> list[str]:
+    """The opening of a forward function (``io`` the input and output type): the arena of
+    ``tile`` images (values of ``element``, its C type and bytes), a pointer per buffer at
+    its planned offset, and the loop over the tiles, with ``first`` and ``count`` images."""
+    element, element_bytes = element
     per_image = plan.size // element_bytes
     lines = [
-        f"/* The activations of one tile live in one array, {per_image} values per image,\n"
-        " * at the offsets of a liveness plan: buffers never alive at once share. */\n"
-        f"#define {upper}_ARENA_PER_IMAGE {per_image}\n\n"
-        f"void {prefix}_forward(const {element} *input, {element} *output,\n"
+        f"void {prefix}_forward(const {io} *input, {io} *output,\n"
         f"{' ' * (len(prefix) + 14)}int32_t batch)\n{{\n"
         f"    const int32_t tile = {tile};\n"
     ]
     if buffers:
-        lines.append(f"    {element} arena[{tile} * {upper}_ARENA_PER_IMAGE];\n")
+        lines.append(f"    {element} arena[{tile} * {per_image}];  /* the liveness plan */\n")
         for buffer in buffers:
             offset = plan.offsets[buffer.name] // element_bytes
             lines.append(f"    {element} *const {buffer.name} = arena + tile * {offset};\n")
-    inputs, outputs = layers[0].inputs, layers[-1].outputs
     lines += [
         "    for (int32_t first = 0; first < batch; first += tile) {\n",
         "        const int32_t count = batch - first < tile ? batch - first : tile;\n",
+    ]
+    return lines
+
+
+def forward_text(prefix: str, kind: str, layers: list[CLayer], lookup: bool) -> str:
+    """``<prefix>_forward``: the images in tiles of TILE, each tile through every layer, the
+    activations in one local arena at the offsets of :func:`activation_plan`."""
+    element = ELEMENT[kind]
+    buffers, plan = activation_plan(layers, kind, lookup)
+    inputs, outputs = layers[0].inputs, layers[-1].outputs
+    lines = [
+        "/* The activations of one tile live in one array at the offsets of a liveness\n"
+        " * plan: buffers never alive at once share bytes. */\n",
+        *forward_opening(
+            prefix, element, (element, ELEMENT_BYTES[kind]), f"{prefix.upper()}_TILE", buffers, plan
+        ),
         f"        const {element} *images = input + (size_t)first * {inputs};\n",
     ]
     source = "images"
