@@ -29,9 +29,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import secrets
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -83,14 +83,14 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
         raise InputError(f"payload['kind']: expected one of {KINDS}, got {payload.get('kind')!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    temporary = path.parent / f"{path.name}.{secrets.token_hex(8)}.tmp"
+    # Created with mode 0o666 like any new file, so the process's umask applies (the usual
+    # mode, e.g. 0o644), and exclusively: never someone else's file of that name.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    handle = os.open(temporary, flags, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             write_payload(with_digest({**payload, "format_version": FORMAT_VERSION}), file)
-        # mkstemp creates the file readable by its owner only; give it the usual mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -171,6 +171,11 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
             f"note: {path} was written before ptqlib checkpoints carried a SHA-256 digest, so "
             "it loads unchecked; save it again to add one",
             file=sys.stderr,
+        )
+    if not isinstance(payload.get("meta", {}), dict):
+        raise InputError(
+            f"{path}: its metadata ('meta') is a {type(payload['meta']).__name__}, not a dict; "
+            "the file was not written by ptqlib or was edited"
         )
     if expected_kind is not None and payload["kind"] != expected_kind:
         raise InputError(

@@ -175,8 +175,15 @@ def calibration_images(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor
     """A fixed, class-balanced subset of ``n`` images from ``split``.
 
     Each class gives ``n // 10`` images (the first ``n % 10`` classes one more), drawn
-    with a generator seeded by ``seed``, so the same arguments give the same images.
+    with a generator seeded by ``seed``, so the same arguments give the same images
+    (``split.images[calibration_indices(split, n, seed)]``).
     """
+    return split.images[calibration_indices(split, n, seed)]
+
+
+def calibration_indices(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor:
+    """The sorted row numbers in ``split`` of :func:`calibration_images`: what a held-out
+    set must leave out to be disjoint from the calibration images."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"n: expected a positive number of calibration images, got {n!r}")
     if n > len(split):
@@ -193,8 +200,7 @@ def calibration_images(split: MNISTSplit, n: int, seed: int = 0) -> torch.Tensor
             )
         order = torch.randperm(len(of_class), generator=generator)
         chosen.append(of_class[order[:wanted]])
-    indices = torch.cat(chosen).sort().values
-    return split.images[indices]
+    return torch.cat(chosen).sort().values
 
 
 # --- IDX files -------------------------------------------------------------------------------
@@ -263,6 +269,8 @@ def read_idx(path: Path, expected_magic: int) -> torch.Tensor:
             f"{path}: wrong length, {len(raw)} bytes for shape {tuple(shape)} "
             f"(expected {expected}); the file is truncated or corrupt"
         )
+    if expected == header:  # a size of 0: nothing to read (frombuffer refuses an empty buffer)
+        return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -274,6 +282,8 @@ def _read_split(directory: Path, split: str) -> MNISTSplit:
     labels = read_idx(labels_path, LABELS_MAGIC)
     if pixels.shape[1:] != (28, 28):
         raise InputError(f"{images_path}: images are {tuple(pixels.shape[1:])}, expected 28x28")
+    if len(pixels) == 0:
+        raise InputError(f"{images_path}: holds no images (its header says 0)")
     if len(pixels) != len(labels):
         raise InputError(
             f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"

@@ -2,10 +2,12 @@
 Paper on Neural Network Quantization", section 4.8), as code.
 
 Everything here runs the network in float with *chosen* tensors fake-quantized,
-``fake_quantize(x) = S (clamp(round(x / S) + Z) - Z)`` (``ptqlib.quantization``): the weights
-of chosen layers (int8 symmetric, one scale per tensor or per output channel, from their
-min/max) and the activations at chosen quantization points (uint8 affine, from calibration).
-Switching them on one group at a time is how the flowchart isolates a failure:
+``fake_quantize(x) = S (clamp(round(x / S) + Z) - Z)``: the weights of chosen layers (int8
+symmetric, one scale per tensor or per output channel, from their min/max) and the
+activations at chosen quantization points (uint8 affine, from calibration). That is the one
+simulation of ``ptqlib.fake_quant``, configured by :func:`partially_quantized`; with
+everything chosen it computes the INT8 model's own integers. Switching the tensors on one
+group at a time is how the flowchart isolates a failure:
 
 1. FP32, then everything quantized (W8A8). Within a point or so: done.
 2. Weights only (W8, activations float) and activations only (A8): which side breaks?
@@ -18,12 +20,12 @@ Switching them on one group at a time is how the flowchart isolates a failure:
    bias absorption, another activation range (the histogram observer); report each with
    accuracy and McNemar's counts against FP32 (``ptqlib.evaluation``).
 
-Biases stay float here (the INT8 model keeps them in int32 at ``S_x S_w``: a far finer grid).
+A layer's bias is on its int32 grid (scale ``S_x S_w``, far finer than the activations')
+where its input and weights are both quantized, float elsewhere.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -38,10 +40,10 @@ from ptqlib.equalization import (
     data_free_quantization_prep,
     equalization_pairs,
 )
-from ptqlib.errors import InputError
 from ptqlib.evaluation import paired_comparison, predict
+from ptqlib.fake_quant import FakeQuantModel, simulate
 from ptqlib.fusion import quantization_points
-from ptqlib.quantization import QParams, fake_quantize, min_max, qparams_from_range
+from ptqlib.quantization import QParams
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
 # A BatchNorm channel whose running variance is below this saw (almost) constant input.
@@ -55,14 +57,6 @@ def weighted_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, WEIGHTED)]
 
 
-def weight_qparams(weight: torch.Tensor, per_channel: bool) -> QParams:
-    """Int8 symmetric qparams from the weight's min/max: ``S = max|w| / 127.5``, one per
-    tensor or one per output channel (axis 0)."""
-    axis = 0 if per_channel else None
-    low, high = min_max(weight, axis=axis)
-    return qparams_from_range(low, high, torch.int8, True, axis=axis)
-
-
 def calibrated_activation_qparams(
     model: nn.Sequential, images: torch.Tensor, observer: str = "minmax"
 ) -> dict[str, QParams]:
@@ -73,37 +67,20 @@ def calibrated_activation_qparams(
     return {name: calibration.qparams[name] for name in points}
 
 
-@torch.no_grad()
 def partially_quantized(
     model: nn.Sequential,
     qparams: Mapping[str, QParams],
     weights: Iterable[str] = (),
     activations: Iterable[str] = (),
     per_channel: bool = False,
-) -> nn.Sequential:
-    """A copy of the folded ``model`` with the weights of the layers in ``weights``
-    fake-quantized (int8, per tensor or per channel) and the activations named in
-    ``activations`` (quantization points: ``"input"``, ``"relu1"``...) fake-quantized with
-    ``qparams`` on every forward pass (hooks). Everything else stays float."""
-    simulated = copy.deepcopy(model).eval()
-    for name in weights:
-        layer = simulated.get_submodule(name)
-        if not isinstance(layer, WEIGHTED):
-            raise InputError(f"weights: {name!r} is not a Conv2d or Linear of the model")
-        layer.weight.copy_(fake_quantize(layer.weight, weight_qparams(layer.weight, per_channel)))
-    for point in activations:
-        if point not in qparams:
-            raise InputError(f"activations: no qparams for {point!r}; have {sorted(qparams)}")
-        point_qparams = qparams[point]
-        if point == "input":
-            simulated.register_forward_pre_hook(
-                lambda module, inputs, q=point_qparams: (fake_quantize(inputs[0], q),)
-            )
-        else:
-            simulated.get_submodule(point).register_forward_hook(
-                lambda module, inputs, output, q=point_qparams: fake_quantize(output, q)
-            )
-    return simulated
+) -> FakeQuantModel:
+    """The simulation (``ptqlib.fake_quant``) of the folded ``model`` with the weights of the
+    layers in ``weights`` quantized (int8, per tensor or per channel, from their min/max) and
+    the activations named in ``activations`` (quantization points: ``"input"``,
+    ``"relu1"``...) quantized with ``qparams``. Everything else stays float."""
+    return simulate(
+        model, qparams, per_channel, weights=list(weights), activations=list(activations)
+    )
 
 
 @dataclass

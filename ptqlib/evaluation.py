@@ -22,6 +22,7 @@ from ptqlib.errors import InputError
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(model: nn.Module, split: MNISTSplit, batch_size: int = 1024) -> torch.Tensor:
     """The predicted class (argmax of the logits) for every image of ``split``."""
     if not isinstance(split, MNISTSplit):
@@ -225,6 +226,10 @@ class PairedComparison:
     @property
     def p_value(self) -> float:
         return mcnemar_p_value(self.fixed, self.broken)
+
+    def __str__(self) -> str:
+        net = self.fixed - self.broken
+        return f"+{self.fixed} / -{self.broken} digits (net {net:+d}, p = {self.p_value:.2g})"
 
 
 def paired_comparison(

@@ -1,90 +1,243 @@
-"""The quantized network simulated in float: fake quantization.
+"""The quantized network simulated in float: one simulation, configured by what is quantized.
 
-*Fake quantization* rounds a real tensor to the grid of its qparams and maps it straight
-back to reals, ``fake_quantize(x) = S (clamp(round(x / S) + Z) - Z)``: the values are float,
-but only the ones the integers could represent. Doing this at every quantization point of
-the INT8 model (the input, the weights, the bias, each fused layer's output) and computing
-everything else in real (float64) arithmetic with the real multiplier ``S_x S_w / S_y``
-gives an independent check of ``ptqlib.int8_model``: it needs none of the integer tricks
-(carriers, fixed-point multipliers, rounding shifts), so agreement within 1 LSB shows that
-those tricks are right.
+*Fake quantization* rounds a real tensor to the grid of its qparams and maps it straight back
+to reals, ``fake_quantize(x) = S (clamp(round(x / S) + Z) - Z)``: the values are float, but
+only the ones the integers could represent. :class:`FakeQuantModel` runs an INT8 model's
+network in float64 with a chosen set of quantization points on the grid: every layer's
+weights or some of them, the activations (the input and each fused step's output, named as
+``ptqlib.fusion`` names them) or some of them. Everything else is the float model's own
+arithmetic. Three uses, one code:
+
+- **the whole model** (:func:`simulate`, notebooks 04 and 07): everything quantized. It then
+  equals the integer model on every logit, and needs none of its devices: no carriers, no
+  int8 GEMM, no im2col, no folded constants; a convolution pads with the real 0, pools run on
+  the values. What it shares with the integer model is the definition of the quantized
+  network: the integers (weights, int32 bias, qparams) and how a layer's output is rounded.
+- **some layers or points** (``ptqlib.debugging``, notebook 09): which ones break accuracy;
+- **one layer alone** (``ptqlib.lowbit.layer_errors``, notebook 06): the error of a layer's
+  weights, its activations, or both.
+
+**How a layer's output is rounded.** A layer whose input and weights are both on their grids
+has an integer accumulator, ``y = S_x S_w acc`` with
+``acc = sum_k (q_x,k - Z_x) q_w,k + q_b`` (the bias on its int32 grid, scale S_x S_w). The
+simulation computes ``acc`` with the float op itself (``F.linear``, ``F.conv2d``) on the grid
+values ``q_x - Z_x`` and ``q_w``: integers, which float64 sums exactly (every sum is far
+below 2^53). If the output is quantized, ``y / S_y = M acc`` is rounded as the integer layer
+rounds it (``Int8Step.output_integers``: M0 2^-n with ties upwards, or ONNX Runtime's
+float32). A layer with a float input or float weights has no integer accumulator: it
+computes ``y`` in float64 with the float bias, and a quantized output is
+``quantize(y)``, the rounding of ``ptqlib.quantization``. A max-pool picks values; a global
+average pool of integers rounds its mean back to the grid as the integer pool does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from ptqlib.integer_arithmetic import quantize_bias
-from ptqlib.plan import Step, WeightedStep, bias_of, plan_conversion
+from ptqlib.errors import InputError
+from ptqlib.fusion import fusion_groups
+from ptqlib.int8_gemm import from_carrier
+from ptqlib.int8_layers import (
+    Int8Conv2d,
+    Int8GlobalAvgPool2d,
+    Int8MaxPool2d,
+    Int8Step,
+    rounded_mean,
+)
+from ptqlib.int8_model import Int8Model, convert
+from ptqlib.integer_arithmetic import Requantization
+from ptqlib.plan import bias_of
 from ptqlib.quantization import QParams, dequantize, quantize
 
 
-def _dequantized_weight(step: WeightedStep) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight as the integers represent it and the real bias S_x S_w q_b, in float64."""
-    layer = step.layer
-    weight_q = quantize(layer.weight.detach(), step.weight_qparams)
-    weight = dequantize(weight_q, step.weight_qparams).double()
-    bias_q = quantize_bias(bias_of(layer), step.input_qparams.scale, step.weight_qparams.scale)
-    bias = bias_q.double() * step.input_qparams.scale.double() * step.weight_qparams.scale.double()
-    return weight, bias
+class Activation:
+    """A tensor between two layers: integers on a grid (``qparams`` set) or real values."""
+
+    def __init__(self, values: torch.Tensor, qparams: QParams | None) -> None:
+        self.values, self.qparams = values, qparams
+
+    def real(self) -> torch.Tensor:
+        """The real values, float64: ``S (q - Z)`` on a grid."""
+        if self.qparams is None:
+            return self.values
+        return (self.values - self.qparams.zero_point).double() * self.qparams.scale.double()
+
+    def centred(self) -> torch.Tensor:
+        """``q - Z`` as float64 (integers): the grid values a layer's accumulator sums."""
+        return (self.values - self.qparams.zero_point).double()
+
+
+def output_points(float_model: nn.Module) -> dict[str, str]:
+    """The name of each fused step's output point by its Linear's or Conv2d's name
+    (``{"fc1": "relu1", ..., "fc3": "fc3"}`` for SimpleNet), as ``ptqlib.fusion`` names them."""
+    return {group[0]: group[-1] for group in fusion_groups(float_model)}
+
+
+def _chosen(names: Collection[str] | None, valid: list[str], what: str) -> set[str]:
+    """``names`` as a set, every one of ``valid`` for None; an unknown name is an InputError."""
+    if names is None:
+        return set(valid)
+    if isinstance(names, str):
+        raise InputError(f"{what}: expected a collection of names, got the string {names!r}")
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        raise InputError(f"{what}: unknown {unknown}; expected names from {valid}")
+    return set(names)
 
 
 class FakeQuantModel(nn.Module):
-    """The same quantized network simulated in float64: quantize and dequantize at every
-    quantization point (input, weights, bias, each fused step's output), everything else real
-    arithmetic with the real multiplier S_x S_w / S_y (a convolution pads with the real 0, as
-    the float model does; a max-pool runs on the real values; a global average pool takes the
-    real mean and rounds it back to its input's grid, ties upwards as the integer pool does).
-    It needs no integer tricks at all, so it is an independent check of
-    :class:`~ptqlib.int8_model.Int8Model`; both are built from ``plan_conversion``'s steps."""
+    """An INT8 model's network simulated in float64, quantized where chosen (module
+    docstring): ``weights`` (layer names; None: every layer) and ``activations`` (point
+    names, ``"input"`` and each fused step's output; None: every point). ``float_model``
+    supplies the float weights, biases and point names where something is left float; with
+    everything quantized it is not needed."""
 
-    def __init__(self, steps: list[Step]) -> None:
+    def __init__(
+        self,
+        int8_model: Int8Model,
+        float_model: nn.Module | None = None,
+        *,
+        weights: Collection[str] | None = None,
+        activations: Collection[str] | None = None,
+    ) -> None:
         super().__init__()
-        self.steps = steps
-        layers = [s for s in steps if isinstance(s, WeightedStep)]
-        self.input_qparams, self.output_qparams = layers[0].input_qparams, layers[-1].output_qparams
+        if not isinstance(int8_model, Int8Model):
+            raise TypeError(f"int8_model: expected an Int8Model, got {type(int8_model).__name__}")
+        self.int8_model = int8_model
+        steps = int8_model.integer_layers()
+        layer_names = [step.name for step in steps]
+        if float_model is None:
+            if weights is not None or activations is not None:
+                raise InputError("float_model: needed to leave weights or activations float")
+            self.points = {name: name for name in layer_names}
+        else:
+            named = output_points(float_model)
+            missing = sorted(set(layer_names) - set(named))
+            if missing:
+                raise InputError(f"float_model: has no layers {missing} of the INT8 model")
+            self.points = {name: named[name] for name in layer_names}
+        self.float_model = float_model
+        self.quantized_weights = _chosen(weights, layer_names, "weights")
+        point_names = ["input", *self.points.values()]
+        self.quantized_points = _chosen(activations, point_names, "activations")
+
+    @property
+    def takes_pixels(self) -> bool:
+        return self.int8_model.takes_pixels
+
+    @property
+    def output_qparams(self) -> QParams:
+        return self.int8_model.output_qparams
+
+    def _input(self, images: torch.Tensor) -> Activation:
+        if "input" not in self.quantized_points:
+            return Activation(images.double(), None)
+        qparams = self.int8_model.input_qparams
+        # The model's own input quantization (x (1 / S), or x / S for ORT's arithmetic).
+        carriers = self.int8_model.quantize_input(images)
+        return Activation(from_carrier(carriers, qparams.dtype).long(), qparams)
+
+    def _float_parameters(self, step: Int8Step) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.float_model.get_submodule(step.name)
+        return layer.weight.detach().double(), bias_of(layer).double()
+
+    def _weighted(self, step: Int8Step, x: Activation) -> Activation:
+        """One fused step (module docstring, "How a layer's output is rounded")."""
+        conv = isinstance(step, Int8Conv2d)
+        quantized_weights = step.name in self.quantized_weights
+        quantized_output = self.points[step.name] in self.quantized_points
+
+        def apply(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            if conv:
+                return functional.conv2d(
+                    inputs, weight, bias, step.stride, step.padding, groups=step.groups
+                )
+            return functional.linear(inputs, weight, bias)
+
+        if x.qparams is not None and quantized_weights:  # the integer accumulator, exactly
+            accumulator = apply(x.centred(), step.weight.double(), step.bias.double()).long()
+            if quantized_output:
+                # Channels last for the requantization, one column per output channel.
+                layout = accumulator.movedim(1, -1) if conv else accumulator
+                integers = step.output_integers(layout)
+                return Activation(
+                    integers.movedim(-1, 1) if conv else integers, step.output_qparams
+                )
+            scale = step.input_scale.double() * step.weight_scale.double()
+            y = accumulator.double() * (scale.reshape(-1, 1, 1) if conv and scale.dim() else scale)
+        else:
+            weight, bias = self._float_parameters(step)
+            if quantized_weights:
+                weight = dequantize(step.weight, step.weight_qparams).double()
+            y = apply(x.real(), weight, bias)
+        if step.relu:
+            y = torch.relu(y)
+        if quantized_output:
+            return Activation(quantize(y, step.output_qparams).long(), step.output_qparams)
+        return Activation(y, None)
 
     @torch.no_grad()
+    def layer_outputs(self, images: torch.Tensor) -> dict[str, Activation]:
+        """Every fused step's output (after its ReLU and its quantization, if chosen), by the
+        name of its Linear or Conv2d."""
+        outputs = {}
+        x = self._input(images)
+        for layer in self.int8_model.layers:
+            if isinstance(layer, Int8Step):
+                x = outputs[layer.name] = self._weighted(layer, x)
+            elif isinstance(layer, Int8MaxPool2d):  # the largest value: on the grid or not
+                values = x.values if x.qparams is None else x.values.double()
+                pooled = functional.max_pool2d(values, layer.kernel_size, layer.stride)
+                x = Activation(pooled if x.qparams is None else pooled.long(), x.qparams)
+            elif isinstance(layer, Int8GlobalAvgPool2d):
+                if x.qparams is None:
+                    x = Activation(x.values.mean(dim=(2, 3), keepdim=True), None)
+                else:  # the mean rounded back to the grid, ties upwards
+                    x = Activation(rounded_mean(x.values, (2, 3)), x.qparams)
+            else:  # Flatten
+                x = Activation(layer(x.values), x.qparams)
+        return outputs
+
     def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The logits' integers (int64) as the simulation finds them."""
-        qparams = self.input_qparams
-        q = quantize(images, qparams).long()
-        for step in self.steps:
-            if isinstance(step, nn.Flatten):
-                q = step(q)
-                continue
-            x = (q - qparams.zero_point).double() * qparams.scale.double()
-            if isinstance(step, nn.MaxPool2d):  # real max-pool, then back to the same grid
-                y = functional.max_pool2d(x, step.kernel_size, step.stride)
-                q = torch.round(y / qparams.scale.double()).long() + qparams.zero_point
-                continue
-            if isinstance(step, nn.AdaptiveAvgPool2d):  # real mean, back to the grid, ties up
-                y = x.mean(dim=(2, 3), keepdim=True)
-                q = torch.floor(y / qparams.scale.double() + 0.5).long() + qparams.zero_point
-                continue
-            weight, bias = _dequantized_weight(step)
-            if step.is_conv:
-                conv = step.layer
-                y = functional.conv2d(x, weight, bias, conv.stride, conv.padding, 1, conv.groups)
-            else:
-                y = x @ weight.T + bias
-            if step.relu_name is not None:
-                y = torch.relu(y)
-            qparams = step.output_qparams
-            q = torch.round(y / qparams.scale.double()).long() + qparams.zero_point
-            q = q.clamp(qparams.quant_min, qparams.quant_max)
-        return q
+        """The logits' integers (int64); the logits must be a quantized point."""
+        last = self.int8_model.integer_layers()[-1]
+        logits = self.layer_outputs(images)[last.name]
+        if logits.qparams is None:
+            raise InputError(f"activations: the logits ({self.points[last.name]!r}) are float")
+        return logits.values
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return dequantize(self.quantized_logits(images), self.output_qparams)
+        """Float logits: ``S_y (q - Z_y)`` where the logits are quantized."""
+        last = self.int8_model.integer_layers()[-1]
+        logits = self.layer_outputs(images)[last.name]
+        if logits.qparams is None:
+            return logits.values.float()
+        return dequantize(logits.values, logits.qparams)
 
 
 def simulate(
-    model: nn.Module, qparams: Mapping[str, QParams], per_channel: bool = True
+    model: nn.Module,
+    qparams: Mapping[str, QParams],
+    per_channel: bool = True,
+    *,
+    pixel_input: bool = False,
+    requantization: Requantization | str = Requantization.FIXED_POINT,
+    weight_range: tuple[int, int] | None = None,
+    weights: Collection[str] | None = None,
+    activations: Collection[str] | None = None,
 ) -> FakeQuantModel:
-    """A float (fake-quant) simulation of ``convert(model, qparams, per_channel)``."""
-    return FakeQuantModel(plan_conversion(model, qparams, per_channel))
+    """The float simulation of ``convert(model, qparams, per_channel, ...)`` (every option
+    of ``convert``), quantized at the chosen ``weights`` and ``activations`` (None: all)."""
+    int8_model = convert(
+        model,
+        qparams,
+        per_channel,
+        pixel_input=pixel_input,
+        requantization=requantization,
+        weight_range=weight_range,
+    )
+    return FakeQuantModel(int8_model, model, weights=weights, activations=activations)

@@ -7,7 +7,9 @@ every timing and every parity claim is printed next to what this module detects.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -62,13 +64,14 @@ def int8_instructions() -> dict[str, bool]:
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def cpu_has_vnni() -> bool:
-    """Whether the CPU has a VNNI int8 dot product (AVX-512 VNNI or AVX-VNNI), as torch
-    detects it: four uint8 x int8 products summed into 32 bits, no int16 saturation, so x86
-    int8 kernels (PT2E's, ONNX Runtime's) are exact with full 8-bit activations; without it
-    they need 7-bit ones (``reduce_range``). The one VNNI predicate of ptqlib."""
+def cpu_has_vnni(avx512_only: bool = False) -> bool:
+    """Whether the CPU has a VNNI int8 dot product (AVX-512 VNNI or AVX-VNNI; with
+    ``avx512_only``, AVX-512 VNNI), as torch detects it: four uint8 x int8 products summed
+    into 32 bits, no int16 saturation, so x86 int8 kernels (PT2E's, ONNX Runtime's) are exact
+    with full 8-bit activations; without it they need 7-bit ones (``reduce_range``). The one
+    VNNI predicate of ptqlib."""
     flags = int8_instructions()
-    return flags["avx512_vnni"] or flags["avx_vnni"]
+    return flags["avx512_vnni"] or (flags["avx_vnni"] and not avx512_only)
 
 
 def int8_gemm_is_fast() -> bool:
@@ -81,8 +84,8 @@ def int8_gemm_is_fast() -> bool:
     then computes the same int32 sums with an exact float GEMM instead. Both give the same
     integers; only speed differs.
     """
-    # Narrower than cpu_has_vnni: AVX-VNNI alone was not measured (see above).
-    return int8_instructions()["avx512_vnni"] and torch.backends.mkldnn.is_available()
+    # AVX-VNNI alone was not measured (see above): AVX-512 VNNI only.
+    return cpu_has_vnni(avx512_only=True) and torch.backends.mkldnn.is_available()
 
 
 def int8_summary() -> str:
@@ -95,3 +98,34 @@ def int8_summary() -> str:
         f"int8 dot-product instructions: {', '.join(flags) or 'none'}\n"
         f"ptqlib's fast path accumulates with the {path}"
     )
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU time all processes have spent busy since boot (Linux ``/proc/stat``), else None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    ticks = [int(value) for value in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cores_busy_elsewhere(seconds: float = 0.5) -> float | None:
+    """How many cores *other* processes kept busy, on average, while this process slept for
+    ``seconds``: the machine's busy CPU time minus this process's own, over the wall time.
+    Unlike the load average (which counts this process's threads too, and lags by a
+    minute), it says whether someone else shares the cores right now: near 0 on an idle
+    machine. None where ``/proc/stat`` is missing (not Linux)."""
+    busy_before, own_before = _busy_cpu_seconds(), os.times()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    busy_after, own_after = _busy_cpu_seconds(), os.times()
+    if busy_before is None or busy_after is None:
+        return None
+    own = (own_after.user - own_before.user) + (own_after.system - own_before.system)
+    elsewhere = (busy_after - busy_before) - own
+    return max(0.0, elsewhere / (time.perf_counter() - start))

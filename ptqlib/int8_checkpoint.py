@@ -30,6 +30,7 @@ from ptqlib.int8_layers import (
     Int8Linear,
     Int8MaxPool2d,
     Int8Step,
+    int_pair,
 )
 from ptqlib.int8_model import Int8Model
 from ptqlib.integer_arithmetic import Requantization, requantization_mode
@@ -235,7 +236,7 @@ def _linear_from_entry(
     )
     fields = _weighted_fields(entry, weight, where)
     return Int8Linear(
-        weight, input_qparams=input_qparams, name=name, requantization=mode, **fields
+        weight=weight, input_qparams=input_qparams, name=name, requantization=mode, **fields
     )
 
 
@@ -250,20 +251,10 @@ def _maxpool_entry(layer: Int8MaxPool2d) -> dict[str, Any]:
     }
 
 
-def _int_pair(entry: dict, key: str, where: str, smallest: int) -> tuple[int, int]:
-    value = entry.get(key)
-    _require(
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, int) and v >= smallest for v in value),
-        f"{where}: {key} must be a pair of integers >= {smallest}, got {value!r}",
-    )
-    return value[0], value[1]
-
-
 def _maxpool_from_entry(entry: dict, where: str) -> Int8MaxPool2d:
     return Int8MaxPool2d(
-        _int_pair(entry, "kernel_size", where, 1), _int_pair(entry, "stride", where, 1)
+        int_pair(entry.get("kernel_size"), f"{where}: kernel_size", 1),
+        int_pair(entry.get("stride"), f"{where}: stride", 1),
     )
 
 
@@ -290,10 +281,10 @@ def _conv_from_entry(
         f"{where}: takes {channels} channels, but the layer before gives {in_channels}",
     )
     return Int8Conv2d(
-        weight,
+        weight=weight,
         input_qparams=input_qparams,
-        stride=_int_pair(entry, "stride", where, 1),
-        padding=_int_pair(entry, "padding", where, 0),
+        stride=int_pair(entry.get("stride"), f"{where}: stride", 1),
+        padding=int_pair(entry.get("padding"), f"{where}: padding", 0),
         name=name,
         requantization=mode,
         groups=groups,

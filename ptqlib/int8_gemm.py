@@ -78,33 +78,58 @@ def gemm_weight(weight_t: torch.Tensor, use_int8_gemm: bool | None = None) -> to
     return weight_t.to(exact_float_dtype(weight_t.shape[0]))
 
 
+def has_gemm_layout(matrix: torch.Tensor) -> bool:
+    """Whether a BLAS-style GEMM reads the 2-d ``matrix`` ``[R, C]`` right from its pointer
+    and strides: row-major, strides exactly (C, 1); or column-major (a transposed row-major
+    matrix, as ``weight.t()``), strides exactly (1, R) with R > 1, so that it cannot be
+    mistaken for a row-major one."""
+    rows, columns = matrix.shape
+    strides = matrix.stride()
+    return strides == (columns, 1) or (rows > 1 and strides == (1, rows))
+
+
+def with_gemm_layout(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` itself if it :func:`has_gemm_layout`, else a row-major copy of it."""
+    if has_gemm_layout(matrix):
+        return matrix
+    return torch.empty(matrix.shape, dtype=matrix.dtype).copy_(matrix)
+
+
 def int8_matmul(
-    carriers: torch.Tensor, weight_t: torch.Tensor, use_int8_gemm: bool | None = None
+    carriers: torch.Tensor,
+    weight_t: torch.Tensor,
+    use_int8_gemm: bool | None = None,
+    *,
+    exact_floats: bool = False,
 ) -> torch.Tensor:
     """``sum_k c_k w_k``: int8 carriers ``[N, K]`` times int8 weights ``[K, out]``, as int32.
 
     Which GEMM computes it is a question of speed only; the integers are the same:
 
     - ``torch._int_mm`` (``use_int8_gemm=True``; the default where oneDNN has a fast int8
-      kernel, AVX-512 VNNI or AMX). One guard: a dimension of size 1 may have any stride,
-      and PyTorch calls such a tensor contiguous whatever it is; but oneDNN's int8 GEMM
-      misreads a ``[1, K]`` input whose row stride is not K (torch 2.14.1; ``torch.compile``
-      produces such tensors, see the README's "Known issues"). Copying the row costs nothing.
+      kernel, AVX-512 VNNI or AMX). One guard: oneDNN reads each operand from its pointer
+      and strides as a row-major or column-major matrix, and PyTorch hands it legal tensors
+      that are neither: a dimension of size 1 may have any stride (``weight.t()`` of a layer
+      with one input is ``[1, out]`` with strides (1, 1); ``torch.compile`` makes ``[1, K]``
+      rows with stride (1, 1), see the README's "Known issues"), ``expand`` gives stride 0,
+      ``as_strided`` overlapping rows. oneDNN misreads them (torch 2.14.1), so every operand
+      without a :func:`has_gemm_layout` is copied first; the usual ones are not.
     - an exact float GEMM of the same integers (``use_int8_gemm=False``; the default
       elsewhere, where ``_int_mm`` is a scalar loop): float32 while ``K <= 1024``, float64
       beyond (:func:`exact_float_dtype`). ``weight_t`` may already be that float tensor
-      (:func:`gemm_weight`), as the fast path keeps it.
+      (:func:`gemm_weight`), as the fast path keeps it, and the carriers may already be
+      floats holding the integers. ``exact_floats=True`` returns the float sums as they are
+      (exact integers) instead of converting them to int32, for a caller that goes on in
+      float (the fast path).
     """
-    if weight_t.is_floating_point():
-        use_int8_gemm = False
-    elif use_int8_gemm is None:
-        use_int8_gemm = default_uses_int8_gemm()
-    if use_int8_gemm:
-        if carriers.shape[0] == 1 and carriers.stride() != (carriers.shape[1], 1):
-            carriers = torch.empty(carriers.shape, dtype=carriers.dtype).copy_(carriers)
-        return torch._int_mm(carriers, weight_t)
-    weight_t = gemm_weight(weight_t, use_int8_gemm=False)
-    return torch.mm(carriers.to(weight_t.dtype), weight_t).to(torch.int32)
+    if not weight_t.is_floating_point():
+        if use_int8_gemm is None:
+            use_int8_gemm = default_uses_int8_gemm()
+        if use_int8_gemm:
+            return torch._int_mm(with_gemm_layout(carriers), with_gemm_layout(weight_t))
+        weight_t = gemm_weight(weight_t, use_int8_gemm=False)
+    sums = torch.mm(carriers.to(weight_t.dtype), weight_t)
+    return sums if exact_floats else sums.to(torch.int32)
 
 
 def int8_channelwise_dot(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,7 @@ class Int8Step(nn.Module):
 
     def __init__(
         self,
+        *,
         weight: torch.Tensor,
         bias: torch.Tensor,
         weight_qparams: QParams,
@@ -116,6 +117,9 @@ class Int8Step(nn.Module):
         name: str,
         requantization: Requantization | str = Requantization.FIXED_POINT,
     ) -> None:
+        """Every argument is a keyword: the one way to build an integer layer, whether from
+        the plan (``ptqlib.int8_model.convert``), a checkpoint (``ptqlib.int8_checkpoint``) or
+        another layer (:func:`rebuilt`)."""
         super().__init__()
         if weight_qparams.dtype != torch.int8 or bool((weight_qparams.zero_point != 0).any()):
             raise InputError(
@@ -174,6 +178,19 @@ class Int8Step(nn.Module):
     def output_dtype(self) -> torch.dtype:
         return self._output_like.dtype
 
+    def construction_arguments(self) -> dict[str, object]:
+        """The keyword arguments that build this layer again, from its state now."""
+        return {
+            "weight": self.weight,
+            "bias": self.bias,
+            "weight_qparams": self.weight_qparams,
+            "input_qparams": self.input_qparams,
+            "output_qparams": self.output_qparams,
+            "relu": self.relu,
+            "name": self.name,
+            "requantization": self.requantization,
+        }
+
     def weight_matrix(self) -> torch.Tensor:
         """The weights as rows ``[out, K]``, one row per output channel."""
         return self.weight.reshape(len(self.weight), -1)
@@ -185,7 +202,8 @@ class Int8Step(nn.Module):
         return zero_point_correction(self.weight_matrix(), self.zero_carrier())
 
     def zero_carrier(self) -> int:
-        """The carrier of the input's real 0, ``Z_x - offset`` (a conv pads with it)."""
+        """The carrier of the input's real 0, ``Z_x - offset``: what a conv's padded pixels
+        hold."""
         return carrier_of(int(self.input_zero_point), self.input_dtype)
 
     def output_range(self) -> tuple[int, int]:
@@ -195,22 +213,24 @@ class Int8Step(nn.Module):
             lowest = max(lowest, int(self.output_zero_point))
         return lowest, highest
 
-    def requantize(self, accumulator: torch.Tensor) -> torch.Tensor:
-        """int32 accumulators ``[..., out]`` (one column per output channel) to the output's
-        int8 carriers: ``q_y = clamp(round(M acc) + Z_y, lo, hi)`` the way this step's
-        ``requantization`` rounds (the ReLU is lo = Z_y), then ``q_y - offset``."""
+    def output_integers(self, accumulator: torch.Tensor) -> torch.Tensor:
+        """Integer accumulators ``[..., out]`` (one column per output channel) to the output's
+        integers ``q_y = clamp(round(M acc) + Z_y, lo, hi)`` (int64), rounded the way this
+        step's ``requantization`` rounds; the ReLU is lo = Z_y."""
         lowest, highest = self.output_range()
         zero_point = int(self.output_zero_point)
         if self.requantization == Requantization.FLOAT32:
             # ONNX Runtime's way: q_y = clamp(round_half_even(float32(acc) M_f32) + Z_y).
-            output = requantize_float32(
+            return requantize_float32(
                 accumulator, self.float32_multiplier, zero_point, lowest, highest
             )
-        else:  # M ~= M0 2^-n in integers
-            output = requantize(
-                accumulator, self.multiplier, self.shift, zero_point, lowest, highest
-            )
-        return to_carrier(output, self.output_dtype)
+        # M ~= M0 2^-n in integers
+        return requantize(accumulator, self.multiplier, self.shift, zero_point, lowest, highest)
+
+    def requantize(self, accumulator: torch.Tensor) -> torch.Tensor:
+        """int32 accumulators ``[..., out]`` to the output's int8 carriers:
+        :meth:`output_integers`, then ``q_y - offset``."""
+        return to_carrier(self.output_integers(accumulator), self.output_dtype)
 
     def _describe(self) -> str:
         granularity = "per-channel" if self.weight_scale.dim() == 1 else "per-tensor"
@@ -223,22 +243,11 @@ class Int8Linear(Int8Step):
     """A Linear (and its fused ReLU) on integers: int8 carriers ``[N, in]`` in, ``[N, out]``
     out. The state is :class:`Int8Step`'s; its weight already is the matrix ``[out, in]``."""
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        weight_qparams: QParams,
-        input_qparams: QParams,
-        output_qparams: QParams,
-        relu: bool,
-        name: str = "linear",
-        requantization: Requantization | str = Requantization.FIXED_POINT,
-    ) -> None:
+    def __init__(self, *, weight: torch.Tensor, name: str = "linear", **step_arguments) -> None:
+        """``step_arguments``: the other keyword arguments of :class:`Int8Step`."""
         if weight.dim() != 2:
             raise InputError(f"layer {name!r}: weight must be [out, in], got {tuple(weight.shape)}")
-        super().__init__(
-            weight, bias, weight_qparams, input_qparams, output_qparams, relu, name, requantization
-        )
+        super().__init__(weight=weight, name=name, **step_arguments)
         self.out_features, self.in_features = self.weight.shape
 
     def weight_matrix(self) -> torch.Tensor:
@@ -299,18 +308,15 @@ class Int8Conv2d(Int8Step):
 
     def __init__(
         self,
+        *,
         weight: torch.Tensor,
-        bias: torch.Tensor,
-        weight_qparams: QParams,
-        input_qparams: QParams,
-        output_qparams: QParams,
-        relu: bool,
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] = (0, 0),
-        name: str = "conv",
-        requantization: Requantization | str = Requantization.FIXED_POINT,
+        stride: int | tuple[int, int] = (1, 1),
+        padding: int | tuple[int, int] = (0, 0),
         groups: int = 1,
+        name: str = "conv",
+        **step_arguments,
     ) -> None:
+        """``step_arguments``: the other keyword arguments of :class:`Int8Step`."""
         if weight.dim() != 4:
             raise InputError(
                 f"layer {name!r}: weight must be [O, C, kh, kw], got {tuple(weight.shape)}"
@@ -322,9 +328,7 @@ class Int8Conv2d(Int8Step):
                 f"layer {name!r}: groups={groups!r} with weight {tuple(weight.shape)}; expected "
                 "1, or a depthwise conv (groups == channels, weight [C, 1, kh, kw])"
             )
-        super().__init__(
-            weight, bias, weight_qparams, input_qparams, output_qparams, relu, name, requantization
-        )
+        super().__init__(weight=weight, name=name, **step_arguments)
         self.stride, self.padding = int_pair(stride, "stride", 1), int_pair(padding, "padding", 0)
         self.groups = groups
         self.out_channels = self.weight.shape[0]
@@ -335,9 +339,10 @@ class Int8Conv2d(Int8Step):
     def depthwise(self) -> bool:
         return self.groups > 1
 
-    def padding_carrier(self) -> int:
-        """What padded pixels hold: the carrier of the real 0, ``Z_x - offset``."""
-        return self.zero_carrier()
+    def construction_arguments(self) -> dict[str, object]:
+        """:meth:`Int8Step.construction_arguments` and the convolution's geometry."""
+        geometry = {"stride": self.stride, "padding": self.padding, "groups": self.groups}
+        return {**super().construction_arguments(), **geometry}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:
@@ -347,7 +352,7 @@ class Int8Conv2d(Int8Step):
             )
         pad_h, pad_w = self.padding
         # Pad with the integer of the real 0 (see the module docstring), not with 0.
-        padded = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=self.padding_carrier())
+        padded = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=self.zero_carrier())
         out_h = (padded.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
         out_w = (padded.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
         # acc = sum_k (q_x,k - Z_x) q_w,k + q_b for every output pixel and channel (columns),
@@ -363,3 +368,9 @@ class Int8Conv2d(Int8Step):
             f"{self.in_channels} -> {self.out_channels}, {kind}kernel {self.kernel_size}, "
             f"stride {self.stride}, padding {self.padding}, {self._describe()}"
         )
+
+
+def rebuilt(layer: Int8Step, **changes) -> Int8Step:
+    """``layer`` built again from its state, with the keyword arguments in ``changes``
+    replaced (e.g. ``requantization="float32"``): the same class, the same constructor."""
+    return type(layer)(**{**layer.construction_arguments(), **changes})

@@ -33,6 +33,7 @@ from ptqlib.int8_layers import (
     Int8MaxPool2d,
     Int8Step,
     activation_qparams_from,
+    rebuilt,
 )
 from ptqlib.integer_arithmetic import Requantization, quantize_bias, requantization_mode
 from ptqlib.ort_arithmetic import quantize_by_division
@@ -42,6 +43,17 @@ from ptqlib.quantization import RESTRICTED_WEIGHT_RANGE, QParams, quantize
 # Raw pixels as the input (a model from ptqlib.models.fold_input_normalization): S = 1, Z = 0,
 # so the quantized input is the uint8 pixel itself.
 PIXEL_QPARAMS = QParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int64), 0, 255, torch.uint8)
+
+
+def check_batch(images: object) -> None:
+    """Raise a clear error unless ``images`` is a tensor holding at least one image: what
+    both paths (teaching and fast) say about an empty batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+    if images.dim() == 0 or len(images) == 0:
+        raise InputError(
+            f"images: expected a batch of at least one image, got shape {tuple(images.shape)}"
+        )
 
 
 def is_pixel_input(qparams: QParams) -> bool:
@@ -103,6 +115,7 @@ class Int8Model(nn.Module):
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``quantize(x) - offset``, with the division this
         model's ``requantization`` prescribes."""
+        check_batch(images)
         qparams = self.input_qparams
         if self.requantization == Requantization.FLOAT32:
             quantized = quantize_by_division(images.float(), qparams)
@@ -138,6 +151,20 @@ class Int8Model(nn.Module):
     def extra_repr(self) -> str:
         mode = ", float32 requantization" if self.requantization == "float32" else ""
         return f"input {DTYPE_NAMES[self._input_like.dtype]} {self.input_qparams}{mode}"
+
+
+def with_requantization(model: Int8Model, requantization: Requantization | str) -> Int8Model:
+    """The same INT8 model (the same integers and scales) computing with another
+    ``requantization``, e.g. a loaded checkpoint made to compute as ONNX Runtime does. Every
+    integer layer is built again by its own constructor (``ptqlib.int8_layers.rebuilt``)."""
+    if not isinstance(model, Int8Model):
+        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
+    requantization = requantization_mode(requantization)
+    layers = [
+        rebuilt(layer, requantization=requantization) if isinstance(layer, Int8Step) else layer
+        for layer in model.layers
+    ]
+    return Int8Model(model.input_qparams, layers, requantization).eval()
 
 
 def integer_layer(step: Step, requantization: Requantization) -> nn.Module:

@@ -90,9 +90,15 @@ class Int8GlobalAvgPool2d(nn.Module):
 
 
 def int_pair(value: object, name: str, smallest: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= smallest for v in pair):
+    """``value`` (one integer, used twice, or a pair of them) as a pair of integers of at
+    least ``smallest``: a kernel size, a stride, a padding. Else an InputError naming ``name``."""
+    pair = (value, value) if isinstance(value, int) else value
+    if not (
+        isinstance(pair, tuple | list)
+        and len(pair) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= smallest for v in pair)
+    ):
         raise InputError(
-            f"{name}: expected an integer >= {smallest} or a pair of them, got {value!r}"
+            f"{name} must be a pair of integers >= {smallest} (or one integer), got {value!r}"
         )
-    return pair
+    return pair[0], pair[1]

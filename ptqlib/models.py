@@ -72,11 +72,19 @@ def fold_input_normalization(
         )
     if not (isinstance(std, int | float) and std > 0):
         raise InputError(f"std: expected a positive number, got {std!r}")
-    first = next((module for module in model if isinstance(module, nn.Linear)), None)
-    if first is None:
-        raise InputError("model: has no Linear layer to fold the normalisation into")
+    # The first layer that computes (a Flatten only reshapes) must be the Linear: folding
+    # into a later one (a CNN's classifier) would change what the layers before it see.
+    first = next((module for module in model if not isinstance(module, nn.Flatten)), None)
+    if not isinstance(first, nn.Linear):
+        found = "nothing" if first is None else f"a {type(first).__name__}"
+        raise InputError(
+            f"model: its first layer is {found}; the input normalisation folds into a first "
+            "Linear layer (after an optional Flatten), as in SimpleNet"
+        )
     folded = copy.deepcopy(model).eval()
     linear = next(module for module in folded if isinstance(module, nn.Linear))
+    if linear.bias is None:  # the shift needs a bias to go into
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features))
     weight, bias = linear.weight.double(), linear.bias.double()
     scale, shift = 1.0 / (255.0 * std), -mean / std
     linear.bias.copy_(bias + shift * weight.sum(dim=1))

@@ -157,9 +157,14 @@ def check_float_tensor(x: object, name: str, action: str = "quantize") -> None:
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise a clear error for a non-tensor, an empty tensor, or one holding NaN or Inf."""
+    """Raise a clear error for a non-tensor, an empty tensor, or one holding NaN or Inf.
+
+    One pass: the smallest and largest values are finite exactly when all values are (a
+    NaN makes both NaN). ``torch.isfinite(x).all()`` is the same test at several times the
+    cost on a large batch."""
     check_float_tensor(x, name)
-    if not bool(torch.isfinite(x).all()):
+    lowest, highest = torch.aminmax(x.detach())
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise InputError(f"{name}: the tensor contains NaN or Inf; quantize finite values only")
 
 

@@ -19,11 +19,10 @@ from ptqlib.app.cli import EXIT_ERROR, main
 from ptqlib.deploy.c_export import export_c, verify_directory
 from ptqlib.deploy.c_graph import check_int32_sums
 from ptqlib.deploy.c_runtime import find_compiler, load_c_model, native_targets
-from ptqlib.deploy.onnx_runtime import with_requantization
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import load_int8
 from ptqlib.int8_layers import Int8MaxPool2d
-from ptqlib.int8_model import Int8Model
+from ptqlib.int8_model import Int8Model, with_requantization
 from ptqlib.integer_arithmetic import INT32_MAX, INT32_MIN
 
 HAS_COMPILER = any(shutil.which(name) for name in ("cc", "gcc", "clang"))

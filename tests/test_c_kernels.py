@@ -47,7 +47,15 @@ def linear(generator, sizes, qparams, relu, name) -> Int8Linear:
     bias = torch.randint(-(2**20), 2**20, (out,), generator=generator, dtype=torch.int32)
     scales = torch.rand(out, generator=generator, dtype=torch.float64) * 0.01 + 1e-4
     weights = QParams(scales.float(), torch.zeros(out, dtype=torch.int64), -128, 127, torch.int8, 0)
-    layer = Int8Linear(weight, bias, weights, *qparams, relu=relu, name=name)
+    layer = Int8Linear(
+        weight=weight,
+        bias=bias,
+        weight_qparams=weights,
+        input_qparams=qparams[0],
+        output_qparams=qparams[1],
+        relu=relu,
+        name=name,
+    )
     shifts = torch.tensor([1, 2, 20, 31, 40, 55, 61, 62])[torch.arange(out) % 8]
     multipliers = torch.tensor([2**30, 2**31 - 1, 1518500250])[torch.arange(out) % 3]
     layer.shift.copy_(shifts)

@@ -124,7 +124,7 @@ def test_qdq_roles_on_ptqlibs_export_of_simplenet():
     images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     onnx_model = int8_to_onnx(convert(model, calibrate(model, images, progress=False).qparams))
     roles = _qdq_roles(onnx_model)
-    assert roles["fc1_weight_quantized"] == ("int8", "fc1_weight_scale")
+    assert roles["fc1_weight_quantized"] == ("uint8", "fc1_weight_scale")  # zero-point 128
     assert roles["fc1_bias_quantized"] == ("int32", "fc1_bias_scale")
     assert roles["input_quantized"][0] == "uint8"
     constants = {t.name: onnx.numpy_helper.to_array(t) for t in onnx_model.graph.initializer}

@@ -114,7 +114,14 @@ def test_the_layer_reference_equals_int8_linear(relu):
     input_qparams, output_qparams = int8_qparams(-1.0, 3.0), int8_qparams(-2.5, 4.0)
     q_w = quantize(weight, weight_qparams)
     q_b = quantize_bias(bias, input_qparams.scale, weight_qparams.scale)
-    layer = Int8Linear(q_w, q_b, weight_qparams, input_qparams, output_qparams, relu)
+    layer = Int8Linear(
+        weight=q_w,
+        bias=q_b,
+        weight_qparams=weight_qparams,
+        input_qparams=input_qparams,
+        output_qparams=output_qparams,
+        relu=relu,
+    )
     q_x = torch.randint(-128, 128, (64, 40), generator=generator, dtype=torch.int8)
     expected = layer(q_x)
     got = integer_layer._integer_layer_reference(

@@ -1,16 +1,20 @@
 """The notebook-06 checkers accept right answers, reject wrong ones, and wait for attempts."""
 
+import math
+
 import pytest
 import torch
 
 from ptqlib.classroom.checkers.low_bit import (
     _adaround_loss,
     _gptq_column,
+    _relu_mean,
+    _step_gain_db,
     check_adaround_loss,
-    check_bias_shift,
     check_gptq_column,
     check_pack_two_bit,
-    check_per_tensor_scale,
+    check_relu_mean,
+    check_step_gain_db,
 )
 from ptqlib.lowbit.rounding import (
     GPTQ_DAMPENING,
@@ -27,8 +31,10 @@ def pack_two_bit(values):
     return (padded * torch.tensor([1, 4, 16, 64])).sum(dim=1).to(torch.uint8)
 
 
-def bias_shift(weight, quantized_weight, inputs):
-    return (inputs @ quantized_weight.T - inputs @ weight.T).mean(dim=0)
+def relu_mean(beta, gamma):
+    normal = torch.distributions.Normal(0.0, 1.0)
+    sigma = gamma.abs()
+    return sigma * normal.log_prob(beta / sigma).exp() + beta * normal.cdf(beta / sigma)
 
 
 def gptq_column(weight, hessian_inverse, column, scale, quant_min, quant_max):
@@ -47,18 +53,18 @@ def adaround_loss(weight, v, scale, inputs, regularisation, beta):
     return error + regularisation * (1 - (2 * h - 1).abs() ** beta).sum()
 
 
-def per_tensor_scale(weight, bits):
-    return weight.abs().max() / 2 ** (bits - 1)
+def step_gain_db(bits):
+    return 20 * math.log10(2**bits / (2**bits - 1))
 
 
 @pytest.mark.parametrize(
     "checker, solution",
     [
         (check_pack_two_bit, pack_two_bit),
-        (check_bias_shift, bias_shift),
+        (check_relu_mean, relu_mean),
         (check_gptq_column, gptq_column),
         (check_adaround_loss, adaround_loss),
-        (check_per_tensor_scale, per_tensor_scale),
+        (check_step_gain_db, step_gain_db),
     ],
 )
 def test_right_answers_pass(checker, solution, capsys):
@@ -75,7 +81,14 @@ def test_right_answers_pass(checker, solution, capsys):
             lambda v: pack_two_bit(v.flip(0)).flip(0) if len(v) % 4 == 0 else pack_two_bit(v) + 1,
             "case 1 of 4 failed",
         ),
-        (check_bias_shift, lambda w, q, x: (x @ (w - q).T).mean(0), "case 2 of 3 failed"),
+        # The ReLU of the mean instead of the mean of the ReLU.
+        (check_relu_mean, lambda beta, gamma: beta.clamp(min=0), "case 1 of 4 failed"),
+        # gamma used as the standard deviation with its sign.
+        (
+            check_relu_mean,
+            lambda beta, gamma: relu_mean(beta, gamma) if bool((gamma > 0).all()) else beta,
+            "case 3 of 4 failed",
+        ),
         # The error as w - q, forgetting the scale (the slip notebook 06 once printed).
         (
             check_gptq_column,
@@ -87,8 +100,8 @@ def test_right_answers_pass(checker, solution, capsys):
         ),
         # No regulariser at all.
         (check_adaround_loss, lambda w, v, s, x, lam, b: adaround_loss(w, v, s, x, 0, b), "case 2"),
-        # torch.ao's scale c / ((2^B - 1) / 2): one level wasted.
-        (check_per_tensor_scale, lambda w, b: w.abs().max() / ((2**b - 1) / 2), "case 1 of 3"),
+        # 10 log10 of the step ratio: a power ratio taken for an amplitude ratio.
+        (check_step_gain_db, lambda b: step_gain_db(b) / 2, "case 1 of 3"),
     ],
 )
 def test_wrong_answers_fail_with_the_case(checker, wrong, message):
@@ -102,10 +115,10 @@ def test_an_unattempted_exercise_is_not_a_failure(capsys):
 
     checkers = (
         check_pack_two_bit,
-        check_bias_shift,
+        check_relu_mean,
         check_gptq_column,
         check_adaround_loss,
-        check_per_tensor_scale,
+        check_step_gain_db,
     )
     for checker in checkers:
         checker(skeleton)
@@ -148,3 +161,20 @@ def test_the_adaround_loss_at_hard_rounding_is_ptqlibs_reconstruction_error():
     expected = reconstruction_error(weight, integers, qparams, inputs)
     got = float(_adaround_loss(weight, v, qparams.scale, inputs, 0.0, 2.0))
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_relu_mean_reference_is_the_mean_of_sampled_rectified_gaussians():
+    generator = torch.Generator().manual_seed(8)
+    beta, gamma = torch.tensor([-1.0, 0.0, 0.7]), torch.tensor([0.5, -2.0, 1.3])
+    samples = beta + gamma.abs() * torch.randn(400_000, 3, generator=generator)
+    sampled = samples.clamp(min=0).mean(dim=0).double()
+    torch.testing.assert_close(_relu_mean(beta, gamma), sampled, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_the_step_gain_is_the_ratio_of_ptqlibs_two_scales(bits):
+    weight = torch.randn(4, 64, generator=torch.Generator().manual_seed(bits))
+    ao = weight_qparams(weight, bits, full_grid_bits=0).scale
+    full = weight_qparams(weight, bits, full_grid_bits=8).scale
+    ratio_db = 20 * torch.log10(ao.double() / full.double())
+    torch.testing.assert_close(ratio_db, _step_gain_db(bits).expand(4), rtol=1e-6, atol=1e-6)

@@ -15,7 +15,7 @@ from ptqlib.data import calibration_images
 from ptqlib.evaluation import accuracy, agreement
 from ptqlib.fake_quant import simulate
 from ptqlib.fusion import fusion_groups, quantization_points
-from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d, patches
+from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d, patches, rebuilt
 from ptqlib.int8_model import convert
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.models import SmallCNN
@@ -197,11 +197,11 @@ def conv_layer_and_reference(stride, padding, kernel, zero_point, per_channel=Tr
         *min_max(weight, axis=axis), torch.int8, symmetric=True, axis=axis
     )
     layer = Int8Conv2d(
-        quantize(weight, weight_qparams),
-        quantize_bias(bias, input_qparams.scale, weight_qparams.scale),
-        weight_qparams,
-        input_qparams,
-        output_qparams,
+        weight=quantize(weight, weight_qparams),
+        bias=quantize_bias(bias, input_qparams.scale, weight_qparams.scale),
+        weight_qparams=weight_qparams,
+        input_qparams=input_qparams,
+        output_qparams=output_qparams,
         relu=True,
         stride=stride,
         padding=padding,
@@ -247,8 +247,10 @@ def test_padding_with_zero_instead_of_the_zero_point_is_wrong():
     layer, reference = conv_layer_and_reference(1, 1, (3, 3), zero_point=200)
     q = torch.randint(0, 256, (1, 3, 8, 8), generator=torch.Generator().manual_seed(3))
     carriers = (q - 128).to(torch.int8)
-    layer.padding_carrier = lambda: -128  # the integer 0 as a uint8 carrier
-    wrong = layer(carriers).to(torch.int64) + 128
+    # The same conv without its own padding, on the input padded with the integer 0 (the
+    # uint8 carrier -128) by hand.
+    unpadded = rebuilt(layer, padding=(0, 0))
+    wrong = unpadded(functional.pad(carriers, (1, 1, 1, 1), value=-128)).to(torch.int64) + 128
     difference = (wrong - reference(q)).abs()
     assert int(difference[..., 1:-1, 1:-1].max()) <= 1  # the interior is unaffected
     assert int(difference.max()) > 10  # the borders are far off

@@ -143,7 +143,14 @@ def test_int8_linear_equals_the_textbook_formula(input_dtype, output_dtype, relu
 
     weight_q = quantize(weight, weight_qparams)
     bias_q = quantize_bias(linear.bias.detach(), input_qparams.scale, weight_qparams.scale)
-    layer = Int8Linear(weight_q, bias_q, weight_qparams, input_qparams, output_qparams, relu)
+    layer = Int8Linear(
+        weight=weight_q,
+        bias=bias_q,
+        weight_qparams=weight_qparams,
+        input_qparams=input_qparams,
+        output_qparams=output_qparams,
+        relu=relu,
+    )
 
     x_q = quantize(x, input_qparams)
     carriers = (x_q.to(torch.int16) - carrier_offset(input_dtype)).to(torch.int8)

@@ -11,6 +11,7 @@ from ptqlib.data import (
     MNIST_MEAN,
     MNIST_STD,
     calibration_images,
+    calibration_indices,
     forget_download_failure,
     load_mnist,
     normalise,
@@ -125,6 +126,16 @@ def test_offline_sample_is_stratified_and_deterministic(offline_data, tmp_path):
 def test_unknown_split_is_rejected():
     with pytest.raises(ValueError, match="unknown split 'validation'"):
         load_mnist(splits=("validation",))
+
+
+def test_calibration_indices_are_the_rows_of_the_calibration_images(offline_data):
+    split = offline_data.train
+    rows = calibration_indices(split, 1000)
+    assert len(rows) == len(set(rows.tolist())) == 1000 and bool((rows[1:] > rows[:-1]).all())
+    assert torch.equal(split.images[rows], calibration_images(split, 1000))
+    # A second seeded draw overlaps the first (notebook 06 holds its images out instead).
+    second = set(calibration_indices(split, 1000, seed=1).tolist())
+    assert second & set(rows.tolist())
 
 
 def test_calibration_images_balanced_and_seeded(offline_data):

@@ -4,6 +4,7 @@ names the depthwise layer whose BatchNorm folding did it, and the repairs hold.
 
 The outcome is asserted qualitatively (below 50%, within a point), not as exact numbers."""
 
+import copy
 import json
 
 import pytest
@@ -22,8 +23,10 @@ from ptqlib.debugging import (
     weighted_layers,
 )
 from ptqlib.errors import InputError
+from ptqlib.int8_model import convert
 from ptqlib.models import DepthwiseCNN
 from ptqlib.plan import is_depthwise
+from ptqlib.quantization import fake_quantize, min_max, qparams_from_range
 
 SEED = 2  # notebook 09's pinned seed
 
@@ -43,24 +46,37 @@ def test_partially_quantized_with_nothing_quantized_is_the_float_model():
     images = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     qparams = calibrated_activation_qparams(folded, images)
     assert list(qparams)[:3] == ["input", "relu1", "dw1_relu"]
-    assert torch.equal(partially_quantized(folded, qparams)(images), folded(images))
-    # every point quantized: close to float, but not equal
-    quantized = partially_quantized(folded, qparams, weighted_layers(folded), list(qparams))(images)
-    assert not torch.equal(quantized, folded(images))
-    assert torch.allclose(quantized, folded(images), atol=0.2 * float(folded(images).abs().max()))
+    in_float64 = copy.deepcopy(folded).double()(images.double()).float()
+    assert torch.allclose(partially_quantized(folded, qparams)(images), in_float64, atol=1e-5)
+    # every point quantized: the INT8 model's own logits
+    everything = partially_quantized(folded, qparams, weighted_layers(folded), list(qparams))
+    int8_model = convert(folded, qparams, per_channel=False)
+    assert torch.equal(
+        everything.quantized_logits(images), int8_model.quantized_logits(images).long()
+    )
 
 
-@pytest.mark.parametrize("per_channel, most_levels", [(False, 256), (True, 256 * 16)])
-def test_partially_quantized_puts_a_layers_weights_on_the_int8_grid(per_channel, most_levels):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_partially_quantized_puts_a_layers_weights_on_the_int8_grid(per_channel):
+    """Quantizing dw1's weights alone is the float model with dw1's weight fake-quantized
+    (int8 symmetric, from its min/max), everything else float."""
     folded = random_folded()
-    simulated = partially_quantized(folded, {}, weights=["dw1"], per_channel=per_channel)
-    assert len(torch.unique(simulated.dw1.weight)) <= most_levels
-    assert not torch.equal(simulated.dw1.weight, folded.dw1.weight)
-    assert torch.equal(simulated.pw1.weight, folded.pw1.weight)  # the others stay float
+    images = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    qparams = calibrated_activation_qparams(folded, images)
+    simulated = partially_quantized(folded, qparams, weights=["dw1"], per_channel=per_channel)
+    by_hand = copy.deepcopy(folded).double()
+    axis = 0 if per_channel else None
+    weight = by_hand.dw1.weight.detach()
+    grid = qparams_from_range(*min_max(weight.float(), axis=axis), torch.int8, True, axis=axis)
+    with torch.no_grad():
+        by_hand.dw1.weight.copy_(fake_quantize(weight.float(), grid).double())
+    expected = by_hand(images.double()).float()
+    assert torch.allclose(simulated(images), expected, rtol=0, atol=1e-7)
+    assert not torch.allclose(simulated(images), folded(images), rtol=0, atol=1e-6)
     with pytest.raises(InputError, match="relu1"):
-        partially_quantized(folded, {}, weights=["relu1"])
+        partially_quantized(folded, qparams, weights=["relu1"])
     with pytest.raises(InputError, match="nowhere"):
-        partially_quantized(folded, {}, activations=["nowhere"])
+        partially_quantized(folded, qparams, activations=["nowhere"])
 
 
 def test_dead_channels_are_never_positive():

@@ -2,6 +2,7 @@
 unchanged, the ranges are equalized, and bias absorption narrows an activation's range."""
 
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -149,9 +150,16 @@ def test_bias_absorption_matters_when_an_activation_sits_far_from_zero():
     assert torch.allclose(absorbed(images), reference, atol=1e-4)  # every value >= c
 
     def error_with_quantized_activation(network: nn.Sequential) -> float:
+        # The simulation needs the logits a Linear (as every INT8 model): an identity.
+        classifier = nn.Linear(32, 32)
+        with torch.no_grad():
+            classifier.weight.copy_(torch.eye(32))
+            classifier.bias.zero_()
+        children = [*network.named_children(), ("flatten", nn.Flatten()), ("fc", classifier)]
+        network = nn.Sequential(OrderedDict(children)).eval()
         qparams = calibrated_activation_qparams(network, images)
         quantized = partially_quantized(network, qparams, activations=["2"])
-        return float((quantized(images) - reference).abs().mean())
+        return float((quantized(images) - reference.flatten(1)).abs().mean())
 
     # the same 256 levels now cover [0, ~3] instead of [0, ~11.5]
     assert error_with_quantized_activation(absorbed) < error_with_quantized_activation(folded) / 2

@@ -110,27 +110,6 @@ def test_too_many_inputs_for_float32_sums_use_float64(offline_data):
     assert FastInt8Model(int8_model, use_int8_gemm=False).accumulator == "float64 GEMM (exact)"
 
 
-# --- the batch-1 miscompile: torch._int_mm and a [1, K] row with an odd stride --------------------
-
-
-def odd_stride_row(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A [1, 784] int8 row with stride (1, 1): legal for a size-1 dimension, and what
-    torch.compile's kernels produce for a flattened [1, 1, 28, 28] batch."""
-    row = torch.randint(-128, 128, (1, 784), dtype=torch.int8, generator=generator)
-    return torch.as_strided(row.clone(), (1, 784), (1, 1)), row
-
-
-@GEMMS
-def test_int8_matmul_is_exact_for_a_row_with_any_stride(use_int8_gemm):
-    """The guard gives the right integers whether or not this torch still has the bug
-    (the README's "Known issues" keeps the reproduction)."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randint(-128, 128, (784, 128), dtype=torch.int8, generator=generator)
-    odd, row = odd_stride_row(generator)
-    exact = row.long() @ weight.long()
-    assert torch.equal(int8_matmul(odd, weight, use_int8_gemm=use_int8_gemm).long(), exact)
-
-
 def test_int64_requantization_where_float64_would_round():
     """1,024 inputs with large weights: 128 sum|q_w| M0 > 2^53, so the first layer keeps int64
     (and the float32 GEMM, > 2^24, is refused); the integers still equal the teaching path."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptqlib.data import calibration_images
-from ptqlib.evaluation import predict
+from ptqlib.evaluation import paired_comparison, predict
 from ptqlib.lowbit.layer_errors import (
     MixedPrecisionPoint,
     best_under_budget,
@@ -14,7 +14,6 @@ from ptqlib.lowbit.layer_errors import (
     layer_errors,
     mixed_precision_points,
     packed_weight_bytes,
-    paired_flips,
     pareto_front,
     sensitivity,
     weight_quantized_copy,
@@ -58,20 +57,22 @@ def test_diagnosis_refuses_a_model_of_other_layers(baseline, images, offline_dat
         layer_errors(baseline, quantized.int8_model, offline_data.test.images[:10])
 
 
-def test_paired_flips_counts_and_mcnemar_p_value():
+def test_paired_comparison_counts_and_reads_as_one_line():
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     before = torch.tensor([0, 1, 2, 3, 0, 0, 0, 7])  # right on 0-3 and 7
     after = torch.tensor([0, 1, 9, 9, 4, 5, 6, 7])  # loses 2, 3; gains 4, 5, 6
-    flips = paired_flips(before, after, labels)
-    assert (flips.gained, flips.lost) == (3, 2)
+    flips = paired_comparison(before, after, labels)
+    assert (flips.fixed, flips.broken) == (3, 2)
     # 5 discordant digits, 2 the other way: 2 * P(X <= 2 | n=5, p=1/2) = 2 * 16/32 = 1.
     assert flips.p_value == 1.0
-    lopsided = paired_flips(torch.zeros(10, dtype=torch.long), torch.arange(10), torch.arange(10))
-    assert lopsided.gained == 9 and lopsided.lost == 0
+    lopsided = paired_comparison(
+        torch.zeros(10, dtype=torch.long), torch.arange(10), torch.arange(10)
+    )
+    assert lopsided.fixed == 9 and lopsided.broken == 0
     assert lopsided.p_value == pytest.approx(2 / 2**9)
-    assert "+9 / -0 digits" in str(lopsided)
-    with pytest.raises(ValueError, match="same shape"):
-        paired_flips(labels, labels[:3], labels)
+    assert "+9 / -0 digits (net +9" in str(lopsided)
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_comparison(labels, labels[:3], labels)
 
 
 def test_pareto_front_and_budget():
@@ -129,8 +130,8 @@ def test_qat_recovers_what_nearest_rounding_loses_at_two_bits(baseline, offline_
     ptq = predict(weight_quantized_copy(baseline, everything), test)
     result = qat_finetune(baseline, offline_data.train, weight_bits=2, epochs=1)
     qat = predict(weight_quantized_copy(result.model, everything), test)
-    flips = paired_flips(ptq, qat, test.labels)
-    assert flips.gained > flips.lost + 10
+    flips = paired_comparison(ptq, qat, test.labels)
+    assert flips.fixed > flips.broken + 10
     assert result.epochs == 1 and len(result.losses) == 1 and math.isfinite(result.losses[0])
     with pytest.raises(ValueError, match="epochs"):
         qat_finetune(baseline, offline_data.train, weight_bits=2, epochs=0)

@@ -156,6 +156,19 @@ def test_wider_weights_keep_torch_ao_symmetric_scale(bits):
     torch.testing.assert_close(qparams.scale, expected)
 
 
+def test_full_grid_bits_chooses_the_scale_rule_at_every_width():
+    weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(2))
+    largest = weight.abs().amax(dim=1)
+    torch.testing.assert_close(
+        weight_qparams(weight, 2, full_grid_bits=0).scale, largest / 1.5
+    )  # torch.ao's rule: ternary 2-bit weights
+    torch.testing.assert_close(weight_qparams(weight, 6, full_grid_bits=8).scale, largest / 32)
+    settings = LowBitSettings(weight_bits=2, full_grid_bits=0)
+    assert settings.full_grid_bits == 0
+    with pytest.raises(ValueError, match="full_grid_bits: expected a whole number from 0"):
+        LowBitSettings(full_grid_bits=9)
+
+
 def test_mse_clipping_never_has_a_larger_error_than_minmax(baseline):
     weight = baseline.fc1.weight.detach()
     for bits in (2, 3, 4):

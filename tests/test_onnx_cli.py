@@ -8,10 +8,11 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from ptqlib.app.pipeline import MODEL_NAMES
 from ptqlib.data import calibration_images, load_mnist
-from ptqlib.deploy.onnx_runtime import load_onnx_model, with_requantization
+from ptqlib.deploy.onnx_runtime import load_onnx_model
 from ptqlib.deploy.ort_quantizer import ort_quantize_static
 from ptqlib.evaluation import agreement, predict
 from ptqlib.int8_checkpoint import load_int8
+from ptqlib.int8_model import with_requantization
 from ptqlib.training import load_or_train_baseline
 
 

@@ -11,12 +11,19 @@ models have random weights and are calibrated on random images, so the matrix ru
 seconds; the CNN's Linear has 1,568 inputs, so its exact float GEMM sums in float64. The
 teaching path of SmallCNN takes seconds at batch 1024, so SmallCNN runs that batch in its
 8-bit uint8 rows (both requantizations) only; every other row runs every batch.
+
+Two more families, against an int64 reference written from the math alone
+(``int64_reference.py``): the degenerate models of ``degenerate_models.py`` (zero output
+channels, BatchNorm gamma = 0 and variance ~0, one-wide layers, constant inputs, extreme
+scales and zero-points) and a seeded fuzz of small MLPs with odd widths and zero rows.
 """
 
 import functools
 
 import pytest
 import torch
+from degenerate_models import degenerate_family
+from int64_reference import reference_integers
 from test_convert import RecordOps
 from test_depthwise import depthwise_cnn
 from torch import nn
@@ -24,7 +31,10 @@ from torch import nn
 import ptqlib.int8_gemm as int8_gemm
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
+from ptqlib.errors import InputError
+from ptqlib.fake_quant import FakeQuantModel
 from ptqlib.fast import FastInt8Model
+from ptqlib.fast.folding import FoldedArithmetic
 from ptqlib.int8_checkpoint import load_int8, save_int8
 from ptqlib.int8_model import convert
 from ptqlib.models import SimpleNet, SmallCNN
@@ -93,6 +103,15 @@ def test_fast_equals_teaching_bit_for_bit(architecture, mode, bits, dtype):
 
 
 @MATRIX
+def test_the_float_simulation_computes_the_same_integers(architecture, mode, bits, dtype):
+    """``ptqlib.fake_quant`` with everything quantized: the INT8 model's logits, every one."""
+    model = teaching(architecture, mode, bits, dtype)
+    some = images()[:63]
+    simulated = FakeQuantModel(model).quantized_logits(some)
+    assert torch.equal(simulated, model.quantized_logits(some).long())
+
+
+@MATRIX
 def test_checkpoint_and_state_dict_round_trips(architecture, mode, bits, dtype, tmp_path):
     model = teaching(architecture, mode, bits, dtype)
     some = images()[:63]
@@ -128,3 +147,81 @@ def test_the_teaching_path_uses_the_one_gemm_entry_point(architecture, monkeypat
     assert torch.equal(results[True], results[False])
     weighted = [step for step in model.integer_layers() if not getattr(step, "depthwise", False)]
     assert gemms == {True: len(weighted), False: 0}
+
+
+# --- degenerate models and a fuzz, against the int64 reference ---------------------------------
+
+
+def assert_all_paths_equal(model, images: torch.Tensor, name: str) -> None:
+    """Teaching path = fast path (both GEMMs) = float simulation = int64 reference, bit for
+    bit, on ``images`` and on its first image alone."""
+    for batch in (images, images[:1]):
+        expected = reference_integers(model, batch)
+        assert torch.equal(model.quantized_logits(batch).long(), expected), name
+        assert torch.equal(FakeQuantModel(model).quantized_logits(batch), expected), name
+        for use_int8_gemm in (True, False):
+            fast = FastInt8Model(model, use_int8_gemm=use_int8_gemm)
+            found = fast.quantized_logits(batch).long()
+            assert torch.equal(found, expected), (name, fast.accumulator, len(batch))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_degenerate_models_agree_with_the_int64_reference(mode):
+    cases = degenerate_family(mode)
+    for case in cases:
+        assert_all_paths_equal(case.model, case.images, case.name)
+    # The family reaches every arithmetic of the fast path's requantization.
+    if mode == "fixed_point":
+        arithmetics = {
+            FastInt8Model(case.model).folded(step).arithmetic
+            for case in cases
+            for step in case.model.integer_layers()
+        }
+        assert arithmetics == set(FoldedArithmetic)
+
+
+def random_mlp(generator: torch.Generator) -> tuple[nn.Sequential, list[int]]:
+    """An MLP of 1-3 Linear layers with odd widths from 1 to 17, ReLUs at random, and each
+    output row pruned (weights and bias 0) with probability 1/4."""
+    depth = int(torch.randint(1, 4, (), generator=generator))
+    widths = (2 * torch.randint(0, 9, (depth + 1,), generator=generator) + 1).tolist()
+    layers = []
+    for inputs, outputs in zip(widths, widths[1:], strict=False):
+        linear = nn.Linear(inputs, outputs)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(outputs, inputs, generator=generator))
+            linear.bias.copy_(torch.randn(outputs, generator=generator))
+            pruned = torch.rand(outputs, generator=generator) < 0.25
+            linear.weight[pruned] = 0
+            linear.bias[pruned] = 0
+        layers.append(linear)
+        if bool(torch.rand((), generator=generator) < 0.5):
+            layers.append(nn.ReLU())
+    if isinstance(layers[-1], nn.ReLU) and bool(torch.rand((), generator=generator) < 0.5):
+        layers.pop()
+    return nn.Sequential(*layers).eval(), widths
+
+
+def test_random_mlps_with_zero_rows_agree_with_the_int64_reference():
+    """Every random model that convert accepts (a few are refused: a layer whose input is
+    always 0 gets S_x = EPS, and its bias does not fit in int32 at S_x S_w)."""
+    generator = torch.Generator().manual_seed(25)
+    converted = 0
+    for trial in range(40):
+        model, widths = random_mlp(generator)
+        scale = 10 ** float(torch.empty(()).uniform_(-3, 2, generator=generator))
+        images = torch.randn(33, widths[0], generator=generator) * scale
+        dtype = (torch.uint8, torch.int8)[trial % 2]
+        qparams = calibrate(
+            model, images, "minmax", activation_kwargs={"dtype": dtype}, progress=False
+        ).qparams
+        mode = MODES[(trial // 2) % 2]
+        per_channel = trial % 5 != 0
+        try:
+            int8_model = convert(model, qparams, per_channel, requantization=mode)
+        except InputError as refused:
+            assert "does not fit in int32" in str(refused)
+            continue
+        converted += 1
+        assert_all_paths_equal(int8_model, images, f"trial {trial}: {widths} {mode} {dtype}")
+    assert converted >= 30

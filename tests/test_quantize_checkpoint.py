@@ -23,6 +23,8 @@ SCHEMA = {
     "per_channel",
     "requantization",
     "equalized",
+    "seed",
+    "adaround_iterations",
     "pixel_input",
     "weight_bits",
     "activation_bits",

@@ -37,3 +37,6 @@ def test_one_vnni_predicate(monkeypatch):
     ]:
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
         assert hardware.cpu_has_vnni() is expected, flags
+        # _int_mm counts as fast with AVX-512 VNNI only, through the same predicate.
+        avx512 = flags.get("avx512_vnni", False) and torch.backends.mkldnn.is_available()
+        assert hardware.int8_gemm_is_fast() is avx512, flags

@@ -31,6 +31,9 @@ from ptqlib.errors import InputError
 from ptqlib.formats import FORMAT_NAMES
 
 EXIT_ERROR = 2
+# --requantization's choices, spelled for the command line (ptqlib.integer_arithmetic's names
+# with a hyphen).
+REQUANTIZATIONS = ["fixed-point", "float32"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -246,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold the input normalisation into fc1, so the INT8 model reads raw uint8 "
         "pixels (S = 1, Z = 0; SimpleNet, 8 bits): what the pipeline does",
     )
+    quantize.add_argument(
+        "--requantization",
+        choices=REQUANTIZATIONS,
+        default="fixed-point",
+        help="how each layer rounds its int32 sums: fixed-point (M0 2^-n, the default) or "
+        "float32 (ONNX Runtime's arithmetic, notebook 08)",
+    )
     add_data_option(quantize)
     add_low_bit_options(quantize)
     quantize.set_defaults(handler=commands.run_quantize)
@@ -324,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add_options in (add_data_option, add_calibration_options, add_threads_option):
         add_options(bench)
-    add_model_option(bench, "simplenet or cnn (default simplenet)", "simplenet")
+    add_model_option(bench, "simplenet, cnn or dwcnn (default simplenet)", "simplenet")
     bench.add_argument(
         "--batch-sizes",
         type=positive_int,

@@ -232,8 +232,10 @@ def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
         calib=args.calib,
         model=args.model,
         data_dir=args.data_dir,
+        requantization=args.requantization.replace("-", "_"),
         bits=bits,
         equalize=args.equalize,
+        pixel_input=args.pixel_input,
     )
 
 
@@ -321,18 +323,24 @@ def run_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+# The models each extra runtime of ``bench`` can run, and why only those.
+# The runtimes that run only some models, and why (the C export takes every model).
+RUNTIME_MODELS = {
+    "onnxruntime": ("simplenet", "ptqlib's ONNX export writes Linear layers only"),
+    "pt2e": ("simplenet", "torch 2.14.1's Inductor fails to compile PT2E's quantized convs"),
+}
+
+
 def check_runtimes(model: str, runtimes: list[str]) -> None:
-    """Refuse, before any work, a runtime ``bench`` cannot run ``model`` ("simplenet" or
-    "cnn") in: ptqlib's ONNX export writes Linear layers only, and torch 2.14.1's Inductor
-    fails to compile the PT2E CNN (a stride assertion in its quantized conv lowering)."""
-    if model != "cnn":
-        return
-    unsupported = [runtime for runtime in runtimes if runtime in ("onnxruntime", "pt2e")]
-    if unsupported:
-        raise InputError(
-            f"--runtime {' '.join(unsupported)}: implemented for --model simplenet only "
-            "(the ONNX export writes Linear layers; PT2E's compiled CNN fails in torch 2.14.1)"
-        )
+    """Refuse, before any work (no data loaded, no model built or trained), a runtime
+    ``bench`` cannot run ``model`` in (:data:`RUNTIME_MODELS`)."""
+    for runtime in runtimes:
+        supported, why = RUNTIME_MODELS.get(runtime, (model, ""))
+        if model != supported:
+            raise InputError(
+                f"--runtime {runtime}: implemented for --model {supported} only, not "
+                f"--model {model} ({why})"
+            )
 
 
 def run_bench(args: argparse.Namespace) -> int:

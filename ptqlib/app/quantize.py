@@ -31,12 +31,13 @@ from ptqlib.batchnorm import fold_model
 from ptqlib.catalog import ACTIVATION_OBSERVERS
 from ptqlib.checkpoints import load_fp32
 from ptqlib.data import MNIST, calibration_images, load_mnist
-from ptqlib.equalization import cross_layer_equalization
+from ptqlib.equalization import cross_layer_equalization, equalization_pairs
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import save_int8
 from ptqlib.int8_layers import Int8Step
 from ptqlib.int8_model import Int8Model, convert
 from ptqlib.integer_arithmetic import requantization_mode
+from ptqlib.lowbit.rounding import ADAROUND_ITERATIONS, ADAROUND_SEED
 from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
 from ptqlib.models import MODELS, model_name
 from ptqlib.packing import bits_for_range
@@ -151,11 +152,21 @@ def check_settings(settings: QuantizeSettings) -> nn.Module:
         raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
     if Path(settings.out).is_dir():
         raise InputError(f"out: {settings.out} is a directory; expected a file name")
+    if Path(settings.out).resolve() == Path(settings.checkpoint).resolve():
+        raise InputError(
+            f"out: {settings.out} is the FP32 checkpoint being quantized; writing the INT8 "
+            "model there would overwrite it: give another file name"
+        )
     model, _ = load_fp32(settings.checkpoint, expected_model=settings.model)
     kind = model_name(model)
     problem = unsupported_for_model(kind, settings)
     if problem is not None:
         raise InputError(f"{settings.checkpoint} holds a {kind}: {problem}")
+    if settings.equalize and not equalization_pairs(fold_model(model)):
+        raise InputError(
+            f"{settings.checkpoint} holds a {kind}: equalize: it has no Conv2d -> ReLU -> "
+            "Conv2d pair to equalize (a pool between two convolutions breaks the pair)"
+        )
     unknown = sorted(set(settings.bits.layer_bits) - set(linear_names(model)))
     if unknown:
         raise InputError(
@@ -203,6 +214,9 @@ def checkpoint_meta(
         "rounding": bits.rounding,
         "clipping": bits.clipping,
         "bias_correction": bits.bias_correction,
+        # AdaRound's batches and steps: with them the file can be made again exactly.
+        "seed": bits.adaround_kwargs.get("seed", ADAROUND_SEED),
+        "adaround_iterations": bits.adaround_kwargs.get("iterations", ADAROUND_ITERATIONS),
         "equalized": settings.equalize,
         "pixel_input": settings.pixel_input,
         "seconds": round(seconds, 3),

@@ -4,6 +4,7 @@
 - ``ptqlib.deploy.onnx_runtime``    running and checking it in ONNX Runtime
 - ``ptqlib.deploy.onnx_figure``     drawing an ONNX graph
 - ``ptqlib.deploy.ort_quantizer``   ONNX Runtime's own ``quantize_static``, for comparison
+- ``ptqlib.deploy.u8s8_saturation`` why ORT's int8-weight kernels saturate without VNNI
 - ``ptqlib.deploy.c_export``        the model as dependency-free C files, their digest (notebook 10)
 - ``ptqlib.deploy.c_graph``         the layers as the C computes them: shapes, folded constants
 - ``ptqlib.deploy.c_source``        the portable C kernels (Linear, conv, depthwise, pools)

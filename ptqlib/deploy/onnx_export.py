@@ -7,7 +7,7 @@ ONNX describes a quantized network in the *QDQ* form: the float graph, with a
            -> Q(S_y, Z_y) -> DQ -> Gemm ... -> Q -> DQ -> logits
 
 - ``QuantizeLinear``:   q = clamp(round(x / S) + Z)   (uint8 activations, per tensor);
-- ``DequantizeLinear``: r = S (q - Z)                 (int8 weights, per output channel: axis 0;
+- ``DequantizeLinear``: r = S (q - Z)                 (weights, per output channel: axis 0;
   int32 biases with scale S_x S_w and zero-point 0);
 - ``Gemm`` with ``transB=1`` is ``x W^T + b``, exactly ``nn.Linear``.
 
@@ -15,7 +15,22 @@ Read literally, the graph computes in float on fake-quantized values. A runtime 
 Runtime recognises each ``DQ -> Gemm -> (Relu) -> Q`` group and runs it as one integer
 kernel (QGemm: int8 GEMM, int32 bias, requantization), which is what ptqlib's Int8Linear
 does. The ReLU stays in the graph; where Z_y is the lowest integer (the usual case after a
-ReLU) the runtime drops it, since the clamp already does its work.
+ReLU) the runtime drops it, since the clamp already does its work. An activation of fewer
+bits (4-bit: 0..15) gets a ``Clip`` to its range after its ``QuantizeLinear``, which
+saturates at the dtype's ends only (:func:`clip_range`).
+
+**The weights are stored as uint8 with zero-point 128** (``weight_dtype="uint8"``, the
+default): the integer ``q_w + 128`` with Z_w = 128 dequantizes to the same real weight as
+ptqlib's int8 ``q_w`` with Z_w = 0, and ``q_w,k + 128 - 128`` puts the same integer into every
+product. What changes is the kernel ONNX Runtime picks. With int8 weights (U8S8, what
+``quantize_static`` writes) its MLAS library uses, on x86 CPUs without VNNI (AVX2, AVX-512
+without VNNI), ``vpmaddubsw``, which adds each pair of uint8 x int8 products into a
+*saturating* int16: 2 * 255 * 127 > 32767, so some accumulators are not the exact sum
+(``ptqlib.deploy.u8s8_saturation`` reproduces them). With uint8 weights (U8U8) MLAS widens both
+operands to int16 and uses ``vpmaddwd`` (exact) there; with VNNI or AMX it turns them back into
+int8 (XOR 0x80: zero-point 0) for its exact U8S8 kernel (``vpdpbusd``, ``tdpbusd``). So the
+uint8 file gives ptqlib's integers on every x86 CPU. ``weight_dtype="int8"`` writes ORT's
+U8S8 layout instead: faster without VNNI, exact only with VNNI, AMX or on ARM.
 
 The graph is written node by node with the ``onnx`` package's helpers: every initializer is a
 buffer of ptqlib's model, so the file holds ptqlib's integers and scales, nothing
@@ -53,6 +68,9 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 IMAGE_SHAPE = ["batch", 1, 28, 28]
 ONNX_DTYPES = {torch.uint8: TensorProto.UINT8, torch.int8: TensorProto.INT8}
 NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int8: np.int8}
+# How the weights are stored (module docstring): the dtype and the zero-point of ptqlib's int8
+# symmetric weights (zero-point 0) in each layout.
+WEIGHT_ZERO_POINTS = {"uint8": 128, "int8": 0}
 
 
 class _GraphBuilder:
@@ -73,34 +91,63 @@ class _GraphBuilder:
         return output
 
     def quantize(self, x: str, qparams: QParams, output: str) -> str:
+        """QuantizeLinear with ``qparams``, named ``output``; a ``Clip`` to the qparams' range
+        after it where that range is narrower than its dtype's (see :func:`clip_range`)."""
         # Per-tensor qparams are scalars in ONNX (a 1-d scale would mean per-axis).
+        numpy_dtype = NUMPY_DTYPES[qparams.dtype]
         scale = self.constant(
             f"{output}_scale", qparams.scale.reshape(()).numpy().astype(np.float32)
         )
         zero_point = self.constant(
-            f"{output}_zero_point",
-            np.array(int(qparams.zero_point), dtype=NUMPY_DTYPES[qparams.dtype]),
+            f"{output}_zero_point", np.array(int(qparams.zero_point), dtype=numpy_dtype)
         )
-        return self.node("QuantizeLinear", [x, scale, zero_point], output)
+        bounds = clip_range(qparams)
+        if bounds is None:
+            return self.node("QuantizeLinear", [x, scale, zero_point], output)
+        saturated = self.node("QuantizeLinear", [x, scale, zero_point], f"{output}_saturated")
+        lowest, highest = (
+            self.constant(f"{output}_{end}", np.array(bound, dtype=numpy_dtype))
+            for end, bound in zip(("min", "max"), bounds, strict=True)
+        )
+        return self.node("Clip", [saturated, lowest, highest], output)
 
     def dequantize(self, q: str, output: str) -> str:
         """DequantizeLinear reusing the scale and zero-point initializers of ``q``'s Q node."""
         return self.node("DequantizeLinear", [q, f"{q}_scale", f"{q}_zero_point"], output)
 
 
-def _int8_linear_nodes(builder: _GraphBuilder, layer: Int8Linear, x_q: str) -> str:
+def clip_range(qparams: QParams) -> tuple[int, int] | None:
+    """``(quant_min, quant_max)`` if they are narrower than the dtype's range, else None.
+
+    ``QuantizeLinear`` saturates at its dtype's ends (0..255 for uint8): a 4-bit activation
+    (0..15) needs its own clamp, or the runtime passes 16..255 on to the next layer. ONNX
+    has no 4- or 6-bit type that every runtime fuses, so the clamp is a ``Clip`` on the
+    integers right after the quantization: ``clamp(clamp(q, 0, 255), lo, hi)`` is
+    ``clamp(q, lo, hi)``, the integer layer's own output."""
+    info = torch.iinfo(qparams.dtype)
+    if (qparams.quant_min, qparams.quant_max) == (info.min, info.max):
+        return None
+    return qparams.quant_min, qparams.quant_max
+
+
+def _int8_linear_nodes(
+    builder: _GraphBuilder, layer: Int8Linear, x_q: str, weight_dtype: str
+) -> str:
     """DQ(x), DQ(W), DQ(b) -> Gemm -> Relu? -> Q(y): one Int8Linear. Returns Q(y)'s name."""
     name = layer.name
     per_channel = layer.weight_scale.numel() > 1
     axis = {"axis": 0} if per_channel else {}
     scale_shape = (layer.out_features,) if per_channel else ()
     x = builder.dequantize(x_q, f"{name}_input")
-    weight_q = builder.constant(f"{name}_weight_quantized", layer.weight.numpy())
+    # q_w + Z_w with zero-point Z_w: the same real weights, the same products (docstring).
+    zero_point = WEIGHT_ZERO_POINTS[weight_dtype]
+    stored = (layer.weight.numpy().astype(np.int16) + zero_point).astype(weight_dtype)
+    weight_q = builder.constant(f"{name}_weight_quantized", stored)
     weight_scale = builder.constant(
         f"{name}_weight_scale", layer.weight_scale.reshape(scale_shape).numpy()
     )
     weight_zero = builder.constant(
-        f"{name}_weight_zero_point", np.zeros(scale_shape, dtype=np.int8)
+        f"{name}_weight_zero_point", np.full(scale_shape, zero_point, dtype=weight_dtype)
     )
     weight = builder.node(
         "DequantizeLinear", [weight_q, weight_scale, weight_zero], f"{name}_weight", **axis
@@ -134,19 +181,28 @@ def _check_exportable(model: Int8Model) -> list[Int8Linear]:
     return linears
 
 
-def int8_to_onnx(model: Int8Model, expose_integers: bool = False) -> onnx.ModelProto:
+def int8_to_onnx(
+    model: Int8Model, expose_integers: bool = False, weight_dtype: str = "uint8"
+) -> onnx.ModelProto:
     """The QDQ ONNX graph of an :class:`Int8Model` (see the module docstring).
 
     ``expose_integers`` adds the quantized input and every layer's quantized output
-    (uint8/int8, named ``<layer>_quantized``) as graph outputs.
+    (uint8/int8, named ``<layer>_quantized``) as graph outputs. ``weight_dtype`` stores the
+    weights as ``"uint8"`` (zero-point 128: exact in ONNX Runtime on x86, with or without
+    VNNI, and ARM) or ``"int8"`` (zero-point 0: ORT's U8S8 kernels, which can saturate on x86
+    without VNNI).
     """
+    if weight_dtype not in WEIGHT_ZERO_POINTS:
+        raise InputError(
+            f"weight_dtype: expected one of {sorted(WEIGHT_ZERO_POINTS)}, got {weight_dtype!r}"
+        )
     linears = _check_exportable(model)
     builder = _GraphBuilder()
     flat = builder.node("Flatten", [INPUT_NAME], "flat", axis=1)
     current = builder.quantize(flat, model.input_qparams, "input_quantized")
     integer_outputs = [(current, model.input_qparams)]
     for layer in linears:
-        current = _int8_linear_nodes(builder, layer, current)
+        current = _int8_linear_nodes(builder, layer, current, weight_dtype)
         integer_outputs.append((current, layer.output_qparams))
     builder.dequantize(current, OUTPUT_NAME)
     outputs = [

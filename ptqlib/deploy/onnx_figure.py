@@ -36,7 +36,9 @@ def _describe(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str:
         shape = "x".join(str(size) for size in stored.shape)
         role = "W" if stored.ndim == 2 else "b"
         scales = "per channel" if constants[node.input[1]].size > 1 else "per tensor"
-        return f"{role}: {stored.dtype} [{shape}], {scales}"
+        zero_points = np.unique(constants[node.input[2]]) if len(node.input) > 2 else [0]
+        offset = f", Z={int(zero_points[0])}" if len(zero_points) == 1 and zero_points[0] else ""
+        return f"{role}: {stored.dtype} [{shape}]{offset}, {scales}"
     for attribute in node.attribute:
         details.append(f"{attribute.name}={onnx.helper.get_attribute_value(attribute)}")
     return ", ".join(details)

@@ -12,14 +12,16 @@ sessions here stop spinning when a call returns (``session_options``).
 
 :func:`layer_parity` compares every quantized activation of ORT (the file exported with
 ``expose_integers=True``) with ptqlib's: the fraction identical, the fraction within one
-step (1 LSB), the largest difference. :func:`with_requantization` turns an INT8 model (e.g.
-a loaded checkpoint) into the same model computing with ORT's arithmetic, for that comparison.
+step (1 LSB), the largest difference. ``ptqlib.int8_model.with_requantization`` turns an INT8
+model (e.g. a loaded checkpoint) into the same model computing with ORT's arithmetic, for that
+comparison.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +43,9 @@ from ptqlib.deploy.onnx_export import (
     onnx_digest,
 )
 from ptqlib.errors import InputError
-from ptqlib.int8_layers import Int8Conv2d, Int8Linear
+from ptqlib.int8_gemm import from_carrier
+from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import requantization_mode
 
 # What ONNX Runtime raises for a graph it cannot load or run (none derive from ValueError).
 ORT_ERRORS = (
@@ -56,11 +58,18 @@ ORT_ERRORS = (
 )
 
 
-def session_options(threads: int = 2) -> onnxruntime.SessionOptions:
-    """``threads`` intra-op threads, one inter-op thread, and no spinning after a call."""
+def session_options(
+    threads: int = 2, x64_quant_precision: bool = False
+) -> onnxruntime.SessionOptions:
+    """``threads`` intra-op threads, one inter-op thread, and no spinning after a call.
+    ``x64_quant_precision`` sets ORT's ``session.x64quantprecision``: on x86 CPUs where its
+    U8S8 kernels saturate (``ptqlib.deploy.u8s8_saturation``), int8 weights are rewritten to
+    uint8 at load time, for the exact (slower) U8U8 kernels; elsewhere it changes nothing."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise InputError(f"threads: expected a positive whole number, got {threads!r}")
     options = onnxruntime.SessionOptions()
+    if x64_quant_precision:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Without these, idle ORT threads spin on the cores and slow torch down (module docstring).
@@ -74,10 +83,12 @@ class OnnxModel(nn.Module):
     """An ONNX Runtime session as a module: float images ``[N, 1, 28, 28]`` to float logits.
 
     ``kind`` is ``"int8"`` or ``"fp32"`` (from the file's metadata); ``size_bytes`` the size
-    of the serialized model.
+    of the serialized model. ``x64_quant_precision``: see :func:`session_options`.
     """
 
-    def __init__(self, onnx_model: onnx.ModelProto, threads: int = 2) -> None:
+    def __init__(
+        self, onnx_model: onnx.ModelProto, threads: int = 2, x64_quant_precision: bool = False
+    ) -> None:
         super().__init__()
         serialized = onnx_model.SerializeToString()
         self.size_bytes = len(serialized)
@@ -86,7 +97,9 @@ class OnnxModel(nn.Module):
         self.takes_pixels = metadata(onnx_model).get("ptqlib.input") == "pixels"
         self.output_names = [output.name for output in onnx_model.graph.output]
         self.session = onnxruntime.InferenceSession(
-            serialized, session_options(threads), providers=["CPUExecutionProvider"]
+            serialized,
+            session_options(threads, x64_quant_precision),
+            providers=["CPUExecutionProvider"],
         )
 
     def run(self, images: torch.Tensor) -> dict[str, np.ndarray]:
@@ -186,28 +199,6 @@ def optimized_op_types(onnx_model: onnx.ModelProto, folder: str | os.PathLike) -
 # --- parity with ptqlib, layer by layer --------------------------------------------------------
 
 
-def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
-    """The same INT8 model (same integers and scales) with the other ``requantization``,
-    e.g. a loaded checkpoint made to compute as ONNX Runtime does."""
-    if not isinstance(model, Int8Model):
-        raise TypeError(f"model: expected an Int8Model, got {type(model).__name__}")
-    requantization = requantization_mode(requantization)
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, (Int8Linear, Int8Conv2d)):
-            arguments = [layer.weight, layer.bias, layer.weight_qparams, layer.input_qparams]
-            arguments += [layer.output_qparams, layer.relu]
-            if isinstance(layer, Int8Conv2d):
-                layer = Int8Conv2d(
-                    *arguments, layer.stride, layer.padding, layer.name, requantization,
-                    layer.groups,
-                )  # fmt: skip
-            else:
-                layer = Int8Linear(*arguments, layer.name, requantization)
-        layers.append(layer)
-    return Int8Model(model.input_qparams, layers, requantization).eval()
-
-
 @dataclass(frozen=True)
 class LayerParity:
     """How the integers of one quantized tensor compare between ptqlib and ORT."""
@@ -223,39 +214,41 @@ def ptqlib_integers(model: Int8Model, images: torch.Tensor) -> dict[str, torch.T
     """ptqlib's quantized input and every layer's quantized output, as ORT names them
     (``input_quantized``, ``<layer>_quantized``), in their own dtype (uint8 0..255)."""
     carriers = model.quantize_input(images).flatten(1)
-    integers = {"input_quantized": _from_carriers(carriers, model.input_qparams.dtype)}
+    integers = {"input_quantized": from_carrier(carriers, model.input_qparams.dtype).long()}
     for layer in model.layers:
         carriers = layer(carriers)
         if isinstance(layer, Int8Linear):
             dtype = layer.output_qparams.dtype
-            integers[f"{layer.name}_quantized"] = _from_carriers(carriers, dtype)
+            integers[f"{layer.name}_quantized"] = from_carrier(carriers, dtype).long()
     return integers
-
-
-def _from_carriers(carriers: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    offset = 128 if dtype == torch.uint8 else 0
-    return carriers.to(torch.int64) + offset
 
 
 @torch.no_grad()
 def layer_parity(
-    model: Int8Model, onnx_model: OnnxModel, images: torch.Tensor, batch_size: int = 1000
+    model: Int8Model,
+    onnx_model: OnnxModel,
+    images: torch.Tensor,
+    batch_size: int = 1000,
+    integers: Callable[[Int8Model, torch.Tensor], dict[str, torch.Tensor]] = ptqlib_integers,
 ) -> list[LayerParity]:
     """Compare ptqlib's integers with ORT's, tensor by tensor, on ``images``. ``onnx_model``
-    must be the export of ``model`` with ``expose_integers=True``."""
+    must be the export of ``model`` with ``expose_integers=True``. ``integers`` computes
+    ours (:func:`ptqlib_integers`; ``ptqlib.deploy.u8s8_saturation.u8s8_integers`` for the
+    arithmetic of ORT's saturating U8S8 kernels)."""
     differences: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        ours = ptqlib_integers(model, batch)
+        ours = integers(model, batch)
         theirs = onnx_model.run(batch)
         missing = sorted(set(ours) - set(theirs))
         if missing:
             raise InputError(
                 f"onnx_model: has no output {missing[0]!r}; export with expose_integers=True"
             )
-        for name, integers in ours.items():
+        for name, our_integers in ours.items():
             ort_integers = torch.from_numpy(theirs[name].astype(np.int64))
-            differences.setdefault(name, []).append((integers - ort_integers).abs().flatten())
+            difference = (our_integers - ort_integers).abs().flatten()
+            differences.setdefault(name, []).append(difference)
     rows = []
     for name, parts in differences.items():
         difference = torch.cat(parts)

@@ -90,9 +90,11 @@ def ort_quantize_static(
 
 
 def gemm_qparams(onnx_model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """For every ``Gemm`` of a QDQ graph, in order: the input's scale and zero-point, the int8
-    weight and its scales, the int32 bias, and the output's scale and zero-point (of the
-    ``QuantizeLinear`` after the Gemm, or after its Relu)."""
+    """For every ``Gemm`` of a QDQ graph, in order: the input's scale and zero-point, the
+    weight as stored (int8, or uint8 in ptqlib's export), its scales and zero-points, the
+    int32 bias, and the output's scale and zero-point (of the ``QuantizeLinear`` after the
+    Gemm, or after its Relu). ``"weight_integers"`` is ``weight - weight_zero_point`` (int32):
+    the integers that enter the products, whatever the stored type."""
     graph = onnx_model.graph
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
@@ -110,7 +112,7 @@ def gemm_qparams(onnx_model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
     layers = []
     for gemm in (node for node in graph.node if node.op_type == "Gemm"):
         x_q, x_scale, x_zero = dequantize_inputs(gemm.input[0])
-        w_q, w_scale, _ = dequantize_inputs(gemm.input[1])
+        w_q, w_scale, w_zero = dequantize_inputs(gemm.input[1])
         b_q, _, _ = dequantize_inputs(gemm.input[2])
         output = gemm.output[0]
         following = consumers.get(output, [])
@@ -126,6 +128,8 @@ def gemm_qparams(onnx_model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
                 "input_zero_point": constants[x_zero],
                 "weight": constants[w_q],
                 "weight_scale": constants[w_scale],
+                "weight_zero_point": constants[w_zero],
+                "weight_integers": _integers_of(constants[w_q], constants[w_zero]),
                 "bias": constants[b_q],
                 "output_scale": constants[y_scale],
                 "output_zero_point": constants[y_zero],
@@ -134,12 +138,19 @@ def gemm_qparams(onnx_model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
     return layers
 
 
+def _integers_of(stored: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """``q - Z`` in int32, with a per-channel zero-point broadcast along axis 0."""
+    zero_point = zero_point.astype(np.int32).reshape((-1,) + (1,) * (stored.ndim - 1))
+    return stored.astype(np.int32) - zero_point
+
+
 def compare_qparams(
     ours: onnx.ModelProto, theirs: onnx.ModelProto, names: list[str]
 ) -> list[dict[str, object]]:
     """Layer by layer, how two QDQ graphs' qparams compare: the scales' largest relative
-    difference, whether zero-points are equal, and the fraction of identical weight and
-    bias integers. ``names`` labels the layers (e.g. fc1, fc2, fc3)."""
+    difference, whether zero-points are equal, and the fraction of identical weight
+    integers (``q_w - Z_w``, so int8 and uint8 storage compare by value) and bias
+    integers. ``names`` labels the layers (e.g. fc1, fc2, fc3)."""
     rows = []
     pairs = zip(gemm_qparams(ours), gemm_qparams(theirs), strict=True)
     for name, (a, b) in zip(names, pairs, strict=True):
@@ -149,9 +160,10 @@ def compare_qparams(
             row[f"{key} rel. diff"] = float(difference.max())
         for key in ("input_zero_point", "output_zero_point"):
             row[f"{key}s"] = f"{int(a[key])} / {int(b[key])}"
-        row["weights identical"] = float((a["weight"] == b["weight"]).mean())
-        row["weight range"] = f"{int(a['weight'].min())}..{int(a['weight'].max())} / "
-        row["weight range"] += f"{int(b['weight'].min())}..{int(b['weight'].max())}"
+        ours_w, theirs_w = a["weight_integers"], b["weight_integers"]
+        row["weights identical"] = float((ours_w == theirs_w).mean())
+        row["weight range"] = f"{int(ours_w.min())}..{int(ours_w.max())} / "
+        row["weight range"] += f"{int(theirs_w.min())}..{int(theirs_w.max())}"
         row["biases identical"] = float((a["bias"] == b["bias"]).mean())
         rows.append(row)
     return rows

@@ -23,16 +23,21 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
+from ptqlib.fast.folding import FoldedStep
 from ptqlib.int8_gemm import int8_channelwise_dot, int8_matmul
 from ptqlib.int8_layers import Int8Conv2d, max_of_windows
 
 
-def conv_products(x: torch.Tensor, conv: Int8Conv2d, weight_t: torch.Tensor) -> torch.Tensor:
-    """The sums ``g = sum_k c_k q_w,k`` ``[N, OH, OW, O]`` (int32, no correction or bias) of
-    ``conv`` for int8 carriers ``x [N, H, W, C]``; ``weight_t`` is the folded ``[K, O]``
-    weight (:func:`ptqlib.fast.folding.fold`), unused by a depthwise conv."""
+def conv_products(x: torch.Tensor, conv: Int8Conv2d, folded: FoldedStep) -> torch.Tensor:
+    """The sums ``g = sum_k c_k q_w,k`` ``[N, OH, OW, O]`` (no correction or bias) of ``conv``
+    for carriers ``x [N, H, W, C]`` (int8, or floats holding them); ``folded`` holds the
+    ``[K, O]`` GEMM weight (unused by a depthwise conv) and the padding carrier. int32, or
+    the float GEMM's exact integers."""
+    if not conv.depthwise:  # convert before im2col, which copies every value kh kw times
+        x = x.to(folded.weight_t.dtype)
     pad_h, pad_w = conv.padding
-    padded = functional.pad(x, (0, 0, pad_w, pad_w, pad_h, pad_h), value=conv.padding_carrier())
+    padding = (0, 0, pad_w, pad_w, pad_h, pad_h)
+    padded = functional.pad(x, padding, value=folded.input_zero_carrier)
     windows = padded.unfold(1, conv.kernel_size[0], conv.stride[0])
     windows = windows.unfold(2, conv.kernel_size[1], conv.stride[1])  # N OH OW C kh kw
     batch, out_h, out_w = windows.shape[:3]
@@ -41,7 +46,7 @@ def conv_products(x: torch.Tensor, conv: Int8Conv2d, weight_t: torch.Tensor) -> 
         by_channel = rows.view(len(rows), conv.in_channels, -1)
         product = int8_channelwise_dot(by_channel, conv.weight_matrix())
     else:
-        product = int8_matmul(rows, weight_t)
+        product = int8_matmul(rows, folded.weight_t, exact_floats=True)
     return product.view(batch, out_h, out_w, conv.out_channels)
 
 

@@ -4,122 +4,182 @@ The teaching path (``Int8Step.requantize``) does each step of the math as its ow
 operation: add the carrier correction, add the bias, widen to int64, multiply by M0, add the
 rounding half, shift, add Z_y, clamp, subtract the carrier offset, narrow to int8. Each is
 one pass over an ``[N, out]`` tensor, and at small batch each is a few microseconds of call
-overhead. :func:`fold` rewrites the fixed-point step with two identities of integer
-arithmetic:
+overhead. :func:`fold` rewrites the fixed-point step with an identity of integer arithmetic.
 
-1. **Constants folded.** Per output channel j, with the GEMM's sum ``g = sum_k c_k q_w,k``
-   over the int8 carriers, the teaching path computes
-   ``floor(((g + d_j) M0_j + 2^(n_j - 1)) / 2^n_j) + Z_y`` with ``d_j`` = carrier correction
-   + bias. Multiplying numerator and denominator by ``2^(s - n_j)`` for the layer's largest
-   shift ``s`` changes nothing, so every channel shares one shift::
+**Constants folded.** Per output channel j, with the GEMM's sum ``g = sum_k c_k q_w,k`` over
+the int8 carriers, the teaching path computes
+``floor(((g + d_j) M0_j + 2^(n_j - 1)) / 2^n_j) + Z'_y`` with ``d_j`` = carrier correction +
+bias and ``Z'_y`` the output zero-point minus the carrier offset (so the result already is
+the int8 carrier). ``Z'_y`` is an integer, so it moves inside the floor::
 
-       q = clamp((g * A_j + C_j) >> s, lo, hi)      A_j = M0_j 2^(s - n_j)
-                                                     C_j = d_j A_j + 2^(s - 1) + Z'_y 2^s
+    q = clamp(floor((g A_j + N_j) / 2^n_j), lo, hi)     A_j = M0_j
+                                                          N_j = d_j M0_j + 2^(n_j - 1) + Z'_y 2^n_j
 
-   (``Z'_y`` is the output zero-point minus the carrier offset, so ``q`` is already the
-   int8 carrier). A multiply-add, a shift, a clamp and a cast: four passes instead of ten.
-   Int64 cannot overflow: :func:`fold` checks ``max|g| A_j + |C_j| < 2^63`` per channel,
-   with ``max|g| <= 128 sum_k |q_w,k|``.
-2. **Float64 where exact.** Most CPUs multiply int64 vectors slowly, float64 ones fast.
-   ``g A_j + C_j`` is an integer, and when ``max|g| A_j + |C_j| < 2^53`` every integer the
-   float64 multiply-add meets is representable, so it rounds nothing; scaling by a power of
-   two is exact too, and ``floor`` of the exact quotient is the arithmetic shift. Here each
-   channel keeps its own shift n_j (``A_j = M0_j``), which keeps the bound lowest:
-   ``q = clamp(floor(g A'_j + C'_j), lo, hi)`` with ``A'_j = M0_j 2^-n_j`` and
-   ``C'_j = C_j 2^-n_j`` gives the same integers. The bound is checked per layer; where it
-   fails, int64 it is.
+A multiply-add, a shift, a clamp and a cast: four passes instead of ten. ``A_j``, ``N_j``
+and the bound below are computed in Python integers, which cannot overflow; only numbers
+that fit go into tensors.
+
+**All-zero rows.** A pruned output channel has weights all 0, so its weight scale is the
+smallest one (EPS) and its shift n_j is 56-62: ``Z'_y 2^n_j`` alone would not fit in int64.
+But its g is 0 for every input, so its output is one constant, the teaching path's own
+``requantize(d_j)``: such a channel gets ``A_j = 0, n_j = 0, N_j`` = that constant.
+
+**Which arithmetic.** With ``max|g| <= G_j = 128 sum_k |q_w,k|``:
+
+1. *float64*, if ``G_j A_j + |N_j| < 2^53`` for every channel. Most CPUs multiply int64
+   vectors slowly and float64 ones fast. ``A_j 2^-n_j`` and ``N_j 2^-n_j`` are then exact
+   float64 numbers, and every value the multiply-add meets is an integer below 2^53 times
+   ``2^-n_j``, so it rounds nothing; ``floor`` of the exact quotient is the shift:
+   ``q = clamp(floor(g A'_j + N'_j), lo, hi)``.
+2. *int64*, if ``G_j A_j + |N_j| < 2^63`` for every channel: ``(g A_j + N_j) >> n_j``, one
+   shift per channel.
+3. otherwise (extreme scales: a shift near 62 with a large ``Z'_y``) the teaching path's own
+   ``requantize`` for that layer. No layer the teaching path runs is refused.
 
 ONNX Runtime's float32 requantization has nothing to fold (its M_f32 already is one
 constant, and the order of its float32 operations is part of its result), so the fast path
-runs the teaching path's ``requantize`` for it. Both modes are monotone in the accumulator,
-which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``).
+runs the teaching path's ``requantize`` for it too. Every mode is monotone in the
+accumulator, which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
-from ptqlib.errors import InputError
 from ptqlib.int8_gemm import carrier_of, gemm_weight
 from ptqlib.int8_layers import Int8Step
 from ptqlib.integer_arithmetic import Requantization
 
 FLOAT64_EXACT_INTEGERS = 2**53  # every integer of at most this magnitude is a float64
 INT64_LIMIT = 2**63
-# The requantizations the fast path runs; any other is refused by name.
-FAST_REQUANTIZATIONS = (Requantization.FIXED_POINT, Requantization.FLOAT32)
+
+
+class FoldedArithmetic(StrEnum):
+    """How a folded step requantizes (module docstring, "Which arithmetic")."""
+
+    FLOAT64 = "float64 multiply-add"
+    INT64 = "int64 multiply-add"
+    TEACHING = "the teaching path's requantize"
 
 
 @dataclass(frozen=True)
 class FoldedStep:
-    """One integer step's weights for the GEMM and its folded requantization constants."""
+    """One integer step's weights for the GEMM, its folded requantization constants and the
+    numbers the fast path reads on every call, taken from its buffers once."""
 
     weight_t: torch.Tensor  # [K, out]: int8 for _int_mm, or float for the exact float GEMM
-    multiplier: torch.Tensor | None  # A_j (int64) or A'_j (float64); None: float32 mode
-    constant: torch.Tensor | None  # C_j (int64) or C'_j (float64)
-    shift: int  # s (0 for float64: already applied)
-    lowest: int  # clamp bounds of the int8 carriers
+    arithmetic: FoldedArithmetic
+    multiplier: torch.Tensor | None  # A'_j (float64) or A_j (int64); None: TEACHING
+    constant: torch.Tensor | None  # N'_j (float64) or N_j (int64)
+    shift: torch.Tensor | None  # n_j (int64) for INT64
+    lowest: int  # clamp bounds of the output's carriers
     highest: int
+    input_zero_carrier: int  # Z_x - offset: what a conv pads with
+    output_zero_carrier: int  # Z_y - offset
+    output_scale: torch.Tensor  # S_y (float32), to dequantize the logits
 
 
-def _largest_sum(largest_g: torch.Tensor, factor: torch.Tensor, added: torch.Tensor) -> int:
-    """``max_j (max|g_j| factor_j + |added_j|)``, in Python integers (which cannot overflow)."""
-    return max(
-        g * f + abs(a)
-        for g, f, a in zip(largest_g.tolist(), factor.tolist(), added.tolist(), strict=True)
-    )
+@dataclass(frozen=True)
+class ChannelConstants:
+    """Exact Python integers of one output channel: ``q = floor((g A + N) / 2^n)`` for every
+    GEMM sum ``|g| <= largest_g``."""
+
+    multiplier: int  # A
+    constant: int  # N
+    shift: int  # n
+    largest_g: int  # G
+
+    def largest_sum(self) -> int:
+        """``G A + |N|``: a bound of ``|g A + N|``."""
+        return self.largest_g * self.multiplier + abs(self.constant)
 
 
-def _fixed_point_constants(step: Int8Step) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(multiplier, constant, shift)`` of one step: float64 ``(A'_j, C'_j, 0)`` where the
-    bound of the module docstring makes float64 exact, else int64 ``(A_j, C_j, s)``."""
-    offset = step.carrier_correction().long() + step.bias.long()
+def channel_constants(step: Int8Step) -> list[ChannelConstants]:
+    """The fixed-point step's folded constants, channel by channel (module docstring)."""
+    largest_gs = (128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)).tolist()
+    offsets = step.carrier_correction() + step.bias  # d_j, int32 (the accumulator fits)
+    # What every channel gives for g = 0: the output of an all-zero row, whatever its input.
+    constant_outputs = step.requantize(offsets.unsqueeze(0))[0].tolist()
     output_zero_point = carrier_of(int(step.output_zero_point), step.output_dtype)
-    largest_g = 128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)
-    # Each channel with its own shift n_j: float64 if exact.
-    multiplier, shift = step.multiplier, step.shift
-    constant = offset * multiplier + (1 << (shift - 1)) + output_zero_point * (1 << shift)
-    if _largest_sum(largest_g, multiplier, constant) < FLOAT64_EXACT_INTEGERS:
-        power = torch.pow(2.0, -shift.double())
-        return multiplier.double() * power, constant.double() * power, 0
-    # One shift s for all channels: int64.
-    common = int(shift.max())
-    multiplier = multiplier << (common - shift)
-    constant = offset * multiplier + (1 << (common - 1)) + output_zero_point * (1 << common)
-    if _largest_sum(largest_g, multiplier, constant) >= INT64_LIMIT:
-        raise InputError(f"layer {step.name!r}: the fast path's int64 sum could overflow")
-    return multiplier, constant, common
+    channels = []
+    for largest_g, offset, multiplier, shift, constant_output in zip(
+        largest_gs,
+        offsets.tolist(),
+        step.multiplier.tolist(),
+        step.shift.tolist(),
+        constant_outputs,
+        strict=True,
+    ):
+        if largest_g == 0:  # an all-zero row
+            channels.append(ChannelConstants(0, constant_output, 0, 0))
+            continue
+        constant = offset * multiplier + (1 << (shift - 1)) + (output_zero_point << shift)
+        channels.append(ChannelConstants(multiplier, constant, shift, largest_g))
+    return channels
+
+
+def _fixed_point_folding(
+    step: Int8Step,
+) -> tuple[FoldedArithmetic, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(arithmetic, multiplier, constant, shift)`` of a fixed-point step: the first
+    arithmetic of the module docstring whose bound every channel meets."""
+    channels = channel_constants(step)
+    largest = max(channel.largest_sum() for channel in channels)
+    if largest < FLOAT64_EXACT_INTEGERS:
+        # Scaling by 2^-n is exact: A and N are integers below 2^53.
+        multiplier = [math.ldexp(channel.multiplier, -channel.shift) for channel in channels]
+        constant = [math.ldexp(channel.constant, -channel.shift) for channel in channels]
+        multiplier, constant = (
+            torch.tensor(v, dtype=torch.float64) for v in (multiplier, constant)
+        )
+        return FoldedArithmetic.FLOAT64, multiplier, constant, None
+    if largest < INT64_LIMIT:
+        tensors = [
+            torch.tensor([getattr(channel, field) for channel in channels], dtype=torch.int64)
+            for field in ("multiplier", "constant", "shift")
+        ]
+        return FoldedArithmetic.INT64, *tensors
+    return FoldedArithmetic.TEACHING, None, None, None
 
 
 def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
     """One teaching-path step's GEMM weight and folded constants, from its buffers now."""
-    if step.requantization not in FAST_REQUANTIZATIONS:
-        raise InputError(
-            f"layer {step.name!r}: the fast path does not implement the "
-            f"{step.requantization!r} requantization"
-        )
     weight_t = gemm_weight(step.weight_matrix().t().contiguous(), use_int8_gemm)
-    lowest, highest = step.output_range()
     if step.requantization == Requantization.FLOAT32:
-        multiplier, constant, shift = None, None, 0
+        arithmetic, multiplier, constant, shift = FoldedArithmetic.TEACHING, None, None, None
     else:
-        multiplier, constant, shift = _fixed_point_constants(step)
-    lowest, highest = (carrier_of(bound, step.output_dtype) for bound in (lowest, highest))
-    return FoldedStep(weight_t, multiplier, constant, shift, lowest, highest)
+        arithmetic, multiplier, constant, shift = _fixed_point_folding(step)
+    lowest, highest = (carrier_of(bound, step.output_dtype) for bound in step.output_range())
+    return FoldedStep(
+        weight_t,
+        arithmetic,
+        multiplier,
+        constant,
+        shift,
+        lowest,
+        highest,
+        input_zero_carrier=step.zero_carrier(),
+        output_zero_carrier=carrier_of(int(step.output_zero_point), step.output_dtype),
+        output_scale=step.output_scale.clone(),
+    )
 
 
 def requantize_folded(product: torch.Tensor, step: Int8Step, folded: FoldedStep) -> torch.Tensor:
-    """The int8 carriers of ``step``'s output from the GEMM's sums ``g`` (int32, one column per
-    output channel, carrier correction and bias *not* added): the same integers as
-    ``step.requantize(g + correction + bias)``."""
-    if folded.multiplier is None:  # float32 mode: the teaching path's own requantize
-        return step.requantize(product + (step.carrier_correction() + step.bias))
-    if folded.multiplier.dtype == torch.float64:  # exact: see the module docstring
+    """The carriers of ``step``'s output from the GEMM's sums ``g`` (one column per output
+    channel, carrier correction and bias *not* added; int32, or the float GEMM's exact
+    integers): the same integers as ``step.requantize(g + correction + bias)``, in float64
+    (FLOAT64), int64 (INT64) or int8 (TEACHING). The next GEMM converts them to its own type
+    anyway, so they are not narrowed here."""
+    if folded.arithmetic == FoldedArithmetic.FLOAT64:  # exact: see the module docstring
         scaled = product.double().mul_(folded.multiplier).add_(folded.constant)
-        scaled.floor_()
-    else:
+        return scaled.floor_().clamp_(folded.lowest, folded.highest)
+    if folded.arithmetic == FoldedArithmetic.INT64:
         scaled = product.long().mul_(folded.multiplier).add_(folded.constant)
         scaled >>= folded.shift
-    return scaled.clamp_(folded.lowest, folded.highest).to(torch.int8)
+        return scaled.clamp_(folded.lowest, folded.highest)
+    accumulator = product.to(torch.int32) + (step.carrier_correction() + step.bias)
+    return step.requantize(accumulator)

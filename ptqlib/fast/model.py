@@ -5,22 +5,32 @@ path's integers, with the changes of ``ptqlib.fast.folding`` (requantization fol
 multiply-add) and ``ptqlib.fast.conv`` (convolutions channels last, max-pool before
 requantizing), plus:
 
+- **Input quantization folded.** The teaching path quantizes the images
+  (``clamp(round(x (1 / S)) + Z)``, or ``round(x / S)`` for ORT's arithmetic), then subtracts
+  the carrier offset. Here the offset is folded into the zero-point and the clamp,
+  ``clamp(round(x (1 / S)) + Z', lo', hi')`` with ``Z' = Z - offset``: the same float32
+  operations, the same integers (exact: every integer involved is below 2^24).
 - **Raw pixels in.** For a model converted with ``pixel_input=True`` (input qparams S = 1,
   Z = 0, uint8), a uint8 image already is the quantized input; its carrier ``p - 128`` is
   ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts 128 modulo 256): no
-  float work at all before the first GEMM. Float images are quantized by the teaching path's
-  own ``quantize_input``.
-- **The right GEMM for this CPU**: ``int8_gemm.int8_matmul``, ``torch._int_mm`` or
-  the exact float GEMM (``use_int8_gemm``; default: whichever is fast here).
+  float work at all before the first GEMM.
+- **The right GEMM for this CPU**: ``int8_gemm.int8_matmul``, ``torch._int_mm`` or the exact
+  float GEMM (``use_int8_gemm``; default: whichever is fast here). With the float GEMM the
+  carriers stay floats between layers (exact integers, far below 2^24): converting them to
+  int8 and back would cost two passes per layer and change nothing.
 
-**State.** Like the teaching path, the fast path follows the model's state: it holds the
-teaching model and folds each layer's constants from its buffers when they are first needed,
-then again whenever a buffer changed (every in-place write, ``load_state_dict`` included,
-bumps a tensor's version; a replaced buffer has a new identity) or the layer was replaced.
-So ``load_state_dict`` on the teaching model changes the fast path's results too.
+**State.** Like the teaching path, the fast path follows the model's state. It holds the
+teaching model and, on every call, checks that the model still has the layers, the buffer
+objects (held here, not their ``id()``, which a new tensor can reuse) and the buffer
+versions it folded its constants from (every in-place write, ``load_state_dict`` included,
+bumps a tensor's version). If anything changed, it folds again before computing. So
+``load_state_dict`` on the teaching model changes the fast path's results too.
 """
 
 from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,26 +38,106 @@ from torch import nn
 from ptqlib.errors import InputError
 from ptqlib.fast.conv import conv_products, max_pool_channels_last
 from ptqlib.fast.folding import FoldedStep, fold, requantize_folded
-from ptqlib.int8_gemm import default_uses_int8_gemm, int8_matmul
+from ptqlib.int8_gemm import carrier_of, default_uses_int8_gemm, int8_matmul
 from ptqlib.int8_layers import (
     Int8Conv2d,
     Int8GlobalAvgPool2d,
     Int8Linear,
     Int8MaxPool2d,
     Int8Step,
+    max_of_windows,
     rounded_mean,
 )
-from ptqlib.int8_model import Int8Model
+from ptqlib.int8_model import Int8Model, check_batch
+from ptqlib.integer_arithmetic import Requantization
+from ptqlib.quantization import check_finite
 
 SIGN_BIT = torch.tensor(0x80, dtype=torch.uint8)  # a tensor: XOR with it is ~3x faster than 128
 FAST_LAYERS = (Int8Linear, Int8Conv2d, Int8MaxPool2d, Int8GlobalAvgPool2d, nn.Flatten)
 
 
-def _stamp(step: Int8Step) -> tuple:
-    """What the folded constants of ``step`` depend on: its buffers (identity and version)
-    and its requantization. Read from the module's own buffer dict: ``step.buffers()`` walks
-    the module tree and costs about four times as much on every call."""
-    return (step.requantization, *[(id(b), b._version) for b in step._buffers.values()])
+VERSION = operator.attrgetter("_version")
+REQUANTIZATION = operator.attrgetter("requantization")
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer of the fast forward pass: the teaching layer, its folded constants (integer
+    steps), the max-pool run before its requantization (a conv followed by one), and the
+    activation layout it starts from (``[N, H, W, C]`` after the first convolution)."""
+
+    layer: nn.Module
+    folded: FoldedStep | None
+    pool: Int8MaxPool2d | None
+    channels_last: bool
+
+
+def plan_layers(layers: tuple[nn.Module, ...], steps: dict[int, FoldedStep]) -> list[PlannedLayer]:
+    """The layers as the fast path runs them: a conv absorbs the max-pool after it."""
+    plan, channels_last, index = [], False, 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        pool = (
+            following
+            if isinstance(layer, Int8Conv2d) and isinstance(following, Int8MaxPool2d)
+            else None
+        )
+        plan.append(PlannedLayer(layer, steps.get(id(layer)), pool, channels_last))
+        if isinstance(layer, Int8Conv2d):
+            channels_last = True
+        elif isinstance(layer, nn.Flatten):
+            channels_last = False
+        index += 2 if pool is not None else 1
+    return plan
+
+
+class FoldedModel:
+    """Everything the fast path computes with, folded from the teaching model's state once,
+    and that state (layers, buffer objects, versions, modes) to tell when it is stale."""
+
+    def __init__(self, model: Int8Model, use_int8_gemm: bool) -> None:
+        self.layer_list = model.layers
+        self.layers = tuple(model.layers)
+        self.integer_steps = tuple(layer for layer in self.layers if isinstance(layer, Int8Step))
+        # The modules' own buffer dicts: module.buffers() walks the module tree and costs
+        # several times as much on every call.
+        self.buffer_dicts = tuple(module._buffers for module in (model, *self.integer_steps))
+        self.buffers = self._buffers_now()
+        self.versions = tuple(map(VERSION, self.buffers))
+        self.modes = (model.requantization, *map(REQUANTIZATION, self.integer_steps))
+        self.steps = {id(step): fold(step, use_int8_gemm) for step in self.integer_steps}
+        self.plan = plan_layers(self.layers, self.steps)
+        self.last = self.steps[id(self.integer_steps[-1])]
+        qparams = model.input_qparams
+        self.pixels = model.takes_pixels
+        self.divide = model.requantization == Requantization.FLOAT32
+        # The teaching path's own float32 numbers: 1 / S as torch computes it, and S.
+        self.input_scale = qparams.scale.to(torch.float32).clone()
+        self.inverse_input_scale = 1.0 / self.input_scale
+        self.input_zero_carrier = carrier_of(int(qparams.zero_point), qparams.dtype)
+        self.input_lowest = carrier_of(qparams.quant_min, qparams.dtype)
+        self.input_highest = carrier_of(qparams.quant_max, qparams.dtype)
+
+    def _buffers_now(self) -> list[torch.Tensor]:
+        return [buffer for buffers in self.buffer_dicts for buffer in buffers.values()]
+
+    def is_current(self, model: Int8Model) -> bool:
+        """Whether ``model`` still has the layers, buffer objects, versions and modes these
+        constants were folded from. Runs on every call: C-level loops (``map``) only."""
+        if model._modules.get("layers") is not self.layer_list:
+            return False
+        layers = self.layer_list._modules.values()
+        if len(layers) != len(self.layers) or not all(map(operator.is_, layers, self.layers)):
+            return False
+        # The same layers: their buffers now against the ones folded from.
+        buffers = self._buffers_now()
+        return (
+            len(buffers) == len(self.buffers)
+            and all(map(operator.is_, buffers, self.buffers))
+            and tuple(map(VERSION, buffers)) == self.versions
+            and (model.requantization, *map(REQUANTIZATION, self.integer_steps)) == self.modes
+        )
 
 
 class FastInt8Model(nn.Module):
@@ -59,21 +149,32 @@ class FastInt8Model(nn.Module):
         super().__init__()
         if not isinstance(model, Int8Model):
             raise TypeError(f"model: expected an Int8Model (from convert), got {type(model)}")
-        for layer in model.layers:
-            if not isinstance(layer, FAST_LAYERS):
-                raise InputError(f"model: the fast path cannot run a {type(layer).__name__}")
         self.model = model
         self.use_int8_gemm = default_uses_int8_gemm() if use_int8_gemm is None else use_int8_gemm
-        self._folded: dict[int, tuple[Int8Step, tuple, FoldedStep]] = {}
-        for step in model.integer_layers():
-            self.folded(step)  # refuses an unsupported requantization now, not at the first call
+        self._folded = self._fold()  # refuses an unsupported layer now, not at the first call
+
+    def _fold(self) -> FoldedModel:
+        for layer in self.model.layers:
+            if not isinstance(layer, FAST_LAYERS):
+                raise InputError(f"model: the fast path cannot run a {type(layer).__name__}")
+        return FoldedModel(self.model, self.use_int8_gemm)
+
+    def current(self) -> FoldedModel:
+        """The folded constants of the model's state now, folded again if it changed."""
+        if not self._folded.is_current(self.model):
+            self._folded = self._fold()
+        return self._folded
+
+    def folded(self, step: Int8Step) -> FoldedStep:
+        """``step``'s folded constants, from the model's state now."""
+        return self.current().steps[id(step)]
 
     @property
     def accumulator(self) -> str:
         """Which GEMM sums the int8 products: for reports and the benchmark table."""
         if self.use_int8_gemm:
             return "int8 GEMM (_int_mm)"
-        dtypes = {self.folded(step).weight_t.dtype for step in self.model.integer_layers()}
+        dtypes = {folded.weight_t.dtype for folded in self.current().steps.values()}
         return "float64 GEMM (exact)" if torch.float64 in dtypes else "float32 GEMM (exact)"
 
     @property
@@ -88,68 +189,78 @@ class FastInt8Model(nn.Module):
     def takes_pixels(self) -> bool:
         return self.model.takes_pixels
 
-    def folded(self, step: Int8Step) -> FoldedStep:
-        """``step``'s folded constants, refolded whenever its state changed."""
-        stamp = _stamp(step)
-        cached = self._folded.get(id(step))
-        if cached is None or cached[0] is not step or cached[1] != stamp:
-            cached = (step, stamp, fold(step, self.use_int8_gemm))
-            self._folded[id(step)] = cached
-        return cached[2]
+    def _input_carriers(self, images: torch.Tensor, folded: FoldedModel) -> torch.Tensor:
+        """The teaching path's input carriers (module docstring), as floats for the float
+        GEMM and int8 for ``_int_mm``; uint8 pixels by flipping their top bit."""
+        check_batch(images)
+        if images.dtype == torch.uint8 and folded.pixels:
+            carriers = torch.bitwise_xor(images, SIGN_BIT).view(torch.int8)
+            return carriers if self.use_int8_gemm else carriers.float()
+        x = images.float()
+        check_finite(x, "x")  # the errors of the teaching path's quantize, on the same input
+        # One new tensor, then in place: a batch of images is megabytes, and every fresh
+        # allocation of that size costs page faults.
+        if folded.divide:
+            carriers = torch.div(x, folded.input_scale)
+        else:
+            carriers = torch.mul(x, folded.inverse_input_scale)
+        carriers.round_().add_(folded.input_zero_carrier)
+        carriers.clamp_(folded.input_lowest, folded.input_highest)
+        return carriers.to(torch.int8) if self.use_int8_gemm else carriers
 
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Images to int8 carriers: uint8 pixels by flipping their top bit (``p XOR 0x80`` is
-        ``p - 128``), float images as the teaching path quantizes them."""
-        if images.dtype == torch.uint8 and self.takes_pixels:
-            return torch.bitwise_xor(images, SIGN_BIT).view(torch.int8)
-        return self.model.quantize_input(images)
+        """Images to int8 carriers, as ``Int8Model.quantize_input`` gives them."""
+        return self._input_carriers(images, self.current()).to(torch.int8)
+
+    def _carriers(self, images: torch.Tensor) -> tuple[torch.Tensor, FoldedModel]:
+        """The logits' carriers (in float64, int64 or int8: exact integers) and the folded
+        state they were computed with."""
+        folded = self.current()
+        x = self._input_carriers(images, folded)
+        for planned in folded.plan:
+            layer, step = planned.layer, planned.folded
+            if isinstance(layer, Int8Linear):
+                weight_t = step.weight_t
+                product = int8_matmul(x.to(weight_t.dtype), weight_t, exact_floats=True)
+                x = requantize_folded(product, layer, step)
+            elif isinstance(layer, Int8Conv2d):
+                if not planned.channels_last:
+                    x = x.permute(0, 2, 3, 1)
+                product = conv_products(x, layer, step)
+                if planned.pool is not None:  # pool first: requantize is monotone
+                    pool = planned.pool
+                    product = max_pool_channels_last(product, pool.kernel_size, pool.stride)
+                x = requantize_folded(product, layer, step)
+            elif isinstance(layer, Int8MaxPool2d):
+                if planned.channels_last:
+                    x = max_pool_channels_last(x, layer.kernel_size, layer.stride)
+                else:
+                    x = max_of_windows(x, layer.kernel_size, layer.stride)
+            elif isinstance(layer, Int8GlobalAvgPool2d):
+                x = rounded_mean(x, (1, 2) if planned.channels_last else (2, 3))
+            else:  # Flatten, in the teaching path's C, H, W order
+                if planned.channels_last:
+                    x = x.permute(0, 3, 1, 2)
+                # The tensor method: calling a module costs microseconds of hook checks.
+                x = x.flatten(layer.start_dim, layer.end_dim)
+        return x, folded
 
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
         """The logits as int8 carriers, equal to ``Int8Model.integer_forward``."""
-        x = self.quantize_input(images)
-        channels_last = False  # after the first convolution, activations are [N, H, W, C]
-        layers = list(self.model.layers)
-        index = 0
-        while index < len(layers):
-            layer = layers[index]
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            if isinstance(layer, Int8Conv2d):
-                if not channels_last:
-                    x, channels_last = x.permute(0, 2, 3, 1), True
-                folded = self.folded(layer)
-                product = conv_products(x, layer, folded.weight_t)
-                if isinstance(following, Int8MaxPool2d):  # pool first: requantize is monotone
-                    product = max_pool_channels_last(
-                        product, following.kernel_size, following.stride
-                    )
-                    index += 1
-                x = requantize_folded(product, layer, folded)
-            elif isinstance(layer, Int8Linear):
-                folded = self.folded(layer)
-                x = requantize_folded(int8_matmul(x, folded.weight_t), layer, folded)
-            elif isinstance(layer, Int8MaxPool2d):
-                if channels_last:
-                    x = max_pool_channels_last(x, layer.kernel_size, layer.stride)
-                else:
-                    x = layer(x)
-            elif isinstance(layer, Int8GlobalAvgPool2d):
-                x = rounded_mean(x, (1, 2) if channels_last else (2, 3)).to(torch.int8)
-            else:  # Flatten, in the teaching path's C, H, W order
-                if channels_last:
-                    x, channels_last = x.permute(0, 3, 1, 2), False
-                x = layer(x)
-            index += 1
-        return x
+        return self._carriers(images)[0].to(torch.int8)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """The predicted class, straight from the integers: argmax needs no dequantization
         (dequantizing is increasing, so it keeps the order of the logits)."""
-        return self.integer_forward(images).argmax(dim=1)
+        return self._carriers(images)[0].argmax(dim=1)
 
     def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The logits' integers in their own dtype, as ``Int8Model.quantized_logits``."""
         return self.model.logits_from_carriers(self.integer_forward(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Float logits ``S_y (q - Z_y)``, so ``ptqlib.evaluation`` works unchanged."""
-        return self.model.dequantize_output(self.integer_forward(images))
+        """Float logits ``S_y (q - Z_y)``, computed as ``Int8Model.dequantize_output`` does
+        them, so ``ptqlib.evaluation`` works unchanged."""
+        carriers, folded = self._carriers(images)
+        last = folded.last
+        return (carriers.float() - last.output_zero_carrier) * last.output_scale

@@ -37,7 +37,9 @@ class TimeSplit:
 
 
 def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list:
-    """``(function, argument)`` per layer: the GEMM alone, on that layer's real input."""
+    """``(carriers, weight_t, exact_floats)`` per Linear: the arguments of its GEMM
+    (``int8_matmul``, the one entry point) on that layer's real input, as each path calls it
+    (the fast path keeps the float GEMM's sums as floats)."""
     calls, x = [], carriers
     if isinstance(model, FastInt8Model):
         for layer in model.model.layers:
@@ -45,14 +47,13 @@ def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list:
                 x = layer(x)
                 continue
             folded = model.folded(layer)
-            gemm = torch._int_mm if model.use_int8_gemm else torch.mm
-            argument = x if model.use_int8_gemm else x.to(folded.weight_t.dtype)
-            calls.append((gemm, argument, folded.weight_t))
-            x = requantize_folded(int8_matmul(x, folded.weight_t), layer, folded)
+            argument = x.to(folded.weight_t.dtype)  # what the fast path hands the GEMM
+            calls.append((argument, folded.weight_t, True))
+            x = requantize_folded(int8_matmul(argument, folded.weight_t), layer, folded)
         return calls
     for layer in model.layers:
         if isinstance(layer, Int8Linear):
-            calls.append((int8_matmul, x, layer.weight.t()))
+            calls.append((x, layer.weight.t(), False))
         x = layer(x)
     return calls
 
@@ -71,8 +72,8 @@ def time_split(
     gemms = _gemms(model, carriers)
 
     def all_gemms() -> None:
-        for gemm, x, weight in gemms:
-            gemm(x, weight)
+        for x, weight, exact_floats in gemms:
+            int8_matmul(x, weight, exact_floats=exact_floats)
 
     samples = time_interleaved(
         {

@@ -16,6 +16,10 @@ measured four ways, which separate the causes:
 - ``weights_only``: FP32 input and bias, quantized weights, no output rounding;
 - ``activations_only``: FP32 weights, quantized input and output.
 
+The last three, and the FP32 reference, are configurations of the one float simulation
+(``ptqlib.fake_quant``): the same code that, with everything quantized, computes the INT8
+model's integers.
+
 A layer whose ``alone`` SQNR is low is hard to quantize by itself; one whose
 ``propagated`` SQNR is much lower than its ``alone`` SQNR mostly inherits error. Which of
 ``weights_only``/``activations_only`` is lower says which fix to try first.
@@ -23,8 +27,8 @@ A layer whose ``alone`` SQNR is low is hard to quantize by itself; one whose
 Then: *sensitivity* (accuracy with one layer's weights at low bits, the others FP32) and a
 *mixed-precision* choice (a bit width per layer under a size budget), chosen on held-out
 training images, never on the test set. Differences between two models are judged by the
-digits that changed (:func:`paired_flips`), not by each model's own standard error: both
-models see the same 1,000 digits, and most of their answers are the same.
+digits that changed (``ptqlib.evaluation.paired_comparison``), not by each model's own
+standard error: both models see the same 1,000 digits, and most of their answers are the same.
 """
 
 from __future__ import annotations
@@ -38,15 +42,17 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ptqlib.data import MNISTSplit
 from ptqlib.errors import InputError
-from ptqlib.evaluation import mcnemar_p_value
+from ptqlib.evaluation import accuracy
+from ptqlib.fake_quant import FakeQuantModel, output_points
 from ptqlib.int8_gemm import from_carrier
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
 from ptqlib.lowbit.rounding import round_to_nearest
-from ptqlib.lowbit.weights import layer_inputs, linear_names, weight_qparams
+from ptqlib.lowbit.weights import linear_names, weight_qparams
 from ptqlib.packing import bits_for_range
-from ptqlib.quantization import dequantize, fake_quantize, sqnr_db
+from ptqlib.quantization import dequantize, sqnr_db
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,6 @@ def _linears(model: Int8Model) -> list[Int8Linear]:
     return [layer for layer in model.layers if isinstance(layer, Int8Linear)]
 
 
-def _float_layer(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool
-) -> torch.Tensor:
-    """``relu?(x W^T + b)`` in float: one layer as the FP32 model (or a simulation) runs it."""
-    y = x @ weight.T if bias is None else x @ weight.T + bias
-    return torch.relu(y) if relu else y
-
-
 @torch.no_grad()
 def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every Int8Linear's output in the integer engine, dequantized: ``S_y (q_y - Z_y)``."""
@@ -92,7 +90,10 @@ def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, to
 
 @torch.no_grad()
 def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> list[LayerError]:
-    """The four SQNRs of every layer of ``int8_model`` against ``fp32`` on ``images``."""
+    """The four SQNRs of every layer of ``int8_model`` against ``fp32`` on ``images``. The
+    reference and the three one-layer configurations are the one simulation of
+    ``ptqlib.fake_quant`` (FP32 where nothing is chosen), quantized where the module
+    docstring says."""
     layers = _linears(int8_model)
     names = linear_names(fp32)
     if [layer.name for layer in layers] != names:
@@ -100,19 +101,23 @@ def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -
             f"int8_model: its layers {[layer.name for layer in layers]} are not the FP32 "
             f"model's {names}; was it quantized from this model?"
         )
+
+    def simulated(weights: list[str], activations: list[str]) -> dict[str, torch.Tensor]:
+        simulation = FakeQuantModel(int8_model, fp32, weights=weights, activations=activations)
+        return {name: x.real() for name, x in simulation.layer_outputs(images).items()}
+
+    reference = simulated([], [])
     propagated = integer_outputs(int8_model, images)
+    points = output_points(fp32)
+    input_point = "input"
     rows = []
     for layer in layers:
-        module = fp32.get_submodule(layer.name)
-        x = layer_inputs(fp32, layer.name, images)
-        reference = _float_layer(x, module.weight, module.bias, layer.relu)
-        weight = dequantize(layer.weight, layer.weight_qparams)
-        bias = layer.bias.double() * layer.input_scale.double() * layer.weight_scale.double()
-        x_q = fake_quantize(x, layer.input_qparams)
-        alone = fake_quantize(
-            _float_layer(x_q, weight, bias.float(), layer.relu), layer.output_qparams
-        )
-        activations = _float_layer(x_q, module.weight, module.bias, layer.relu)
+        around = [input_point, points[layer.name]]  # this layer's input and output
+        input_point = points[layer.name]
+
+        def sqnr(weights: list[str], activations: list[str], name: str = layer.name) -> float:
+            return sqnr_db(reference[name], simulated(weights, activations)[name])
+
         rows.append(
             LayerError(
                 name=layer.name,
@@ -120,12 +125,10 @@ def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -
                 activation_bits=bits_for_range(
                     layer.output_qparams.quant_min, layer.output_qparams.quant_max
                 ),
-                propagated=sqnr_db(reference, propagated[layer.name]),
-                alone=sqnr_db(reference, alone),
-                weights_only=sqnr_db(reference, _float_layer(x, weight, module.bias, layer.relu)),
-                activations_only=sqnr_db(
-                    reference, fake_quantize(activations, layer.output_qparams)
-                ),
+                propagated=sqnr_db(reference[layer.name], propagated[layer.name]),
+                alone=sqnr([layer.name], around),
+                weights_only=sqnr([layer.name], []),
+                activations_only=sqnr([], around),
             )
         )
     return rows
@@ -151,41 +154,6 @@ def layer_error_json(rows: Sequence[LayerError]) -> list[dict]:
     ]
 
 
-# --- paired comparison -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PairedFlips:
-    """Digits where two models disagree on being right: ``gained`` (B right, A wrong),
-    ``lost`` (A right, B wrong), and McNemar's exact two-sided p-value for them."""
-
-    gained: int
-    lost: int
-    p_value: float
-
-    def __str__(self) -> str:
-        net = self.gained - self.lost
-        return f"+{self.gained} / -{self.lost} digits (net {net:+d}, p = {self.p_value:.2g})"
-
-
-def paired_flips(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> PairedFlips:
-    """Compare predictions ``after`` with ``before`` on the same digits (McNemar's test).
-
-    Only the digits that changed from right to wrong or back carry information; under "no
-    difference" each is equally likely to go either way, so the p-value is the two-sided
-    binomial tail ``P(min(gained, lost) or fewer of n flips | p = 1/2)``, doubled (max 1).
-    """
-    if not (before.shape == after.shape == labels.shape):
-        raise InputError(
-            f"before {tuple(before.shape)}, after {tuple(after.shape)} and labels "
-            f"{tuple(labels.shape)} must have the same shape"
-        )
-    right_before, right_after = before == labels, after == labels
-    gained = int((right_after & ~right_before).sum())
-    lost = int((right_before & ~right_after).sum())
-    return PairedFlips(gained, lost, mcnemar_p_value(gained, lost))
-
-
 # --- sensitivity and mixed precision -----------------------------------------------------------
 
 
@@ -205,11 +173,6 @@ def weight_quantized_copy(
     return quantized
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((model(images).argmax(dim=1) == labels).float().mean())
-
-
 def sensitivity(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, widths: Sequence[int] = (2, 3, 4)
 ) -> dict[str, dict[int, float]]:
@@ -217,7 +180,7 @@ def sensitivity(
     ``{layer: {bits: accuracy}}``."""
     return {
         name: {
-            width: _accuracy(weight_quantized_copy(model, {name: width}), images, labels)
+            width: accuracy(weight_quantized_copy(model, {name: width}), MNISTSplit(images, labels))
             for width in widths
         }
         for name in linear_names(model)
@@ -257,7 +220,9 @@ def mixed_precision_points(
         quantized = weight_quantized_copy(model, bits)
         points.append(
             MixedPrecisionPoint(
-                bits, packed_weight_bytes(model, bits), _accuracy(quantized, images, labels)
+                bits,
+                packed_weight_bytes(model, bits),
+                accuracy(quantized, MNISTSplit(images, labels)),
             )
         )
     return points

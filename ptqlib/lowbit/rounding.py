@@ -53,6 +53,11 @@ ZETA, GAMMA = 1.1, -0.1
 GPTQ_DAMPENING = 0.01
 
 
+# AdaRound's defaults: Adam steps per layer and the seed of its batches (the CLI's --seed).
+ADAROUND_ITERATIONS = 400
+ADAROUND_SEED = 0
+
+
 def _check_layer(weight: torch.Tensor, inputs: torch.Tensor, qparams: QParams) -> None:
     check_finite(weight, "weight")
     check_finite(inputs, "inputs")
@@ -139,13 +144,13 @@ def adaround(
     weight: torch.Tensor,
     inputs: torch.Tensor,
     qparams: QParams,
-    iterations: int = 400,
+    iterations: int = ADAROUND_ITERATIONS,
     batch_size: int = 256,
     learning_rate: float = 0.05,
     regularisation: float = 0.1,
     beta_range: tuple[float, float] = (20.0, 2.0),
     warmup: float = 0.2,
-    seed: int = 0,
+    seed: int = ADAROUND_SEED,
 ) -> torch.Tensor:
     """AdaRound's integers for ``weight`` [out, in] on the grid of ``qparams`` (see the
     module docstring), learned on the layer's calibration ``inputs`` [N, in].

@@ -13,15 +13,20 @@ where ``c`` is the *clipping value* of a channel: its largest |w| (``"minmax"``)
 that minimises the channel's mean squared error ``||w - S clamp(round(w/S))||^2``
 (``"mse"``: shrinking c clips a few outliers but makes the step S finer for all the others).
 
-**Which scale.** torch.ao's symmetric scale c / ((2^B - 1) / 2) maps the weights onto
-``w/S`` in [-(2^B - 1)/2, (2^B - 1)/2]: at 2 bits that is [-1.5, 1.5], so nearest rounding
-reaches -2 only for the one weight at exactly -c, and "2-bit" weights are in practice
-ternary {-1, 0, 1} (about 1.58 bits). At 8 bits the same rule wastes one level of 256
-(and keeps ptqlib bit-exact with torch.ao), at 4 bits one of 16, at 2 bits one of 4. So for
-B <= 4 the scale is c / 2^(B-1): -c lands exactly on -2^(B-1) and every level of the
-asymmetric integer range is used; the price is that positive weights above
-(2^(B-1) - 1/2) S are clipped to the top level (at 2 bits, those above 0.75 c: the few
-largest of a channel). An MSE-chosen c (``clipping="mse"``) then trades the two ends.
+**Which scale: a trade-off.** torch.ao's symmetric scale c / ((2^B - 1) / 2) maps the
+weights onto ``w/S`` in [-(2^B - 1)/2, (2^B - 1)/2]: at 2 bits that is [-1.5, 1.5], so nearest
+rounding reaches -2 only for the one weight at exactly -c, and "2-bit" weights are in
+practice ternary {-1, 0, 1} (about 1.58 bits). It uses 2^B - 1 of the 2^B levels: one of 256
+at 8 bits, one of 16 at 4, one of 4 at 2. The *full-grid* scale c / 2^(B-1) puts -c exactly on
+-2^(B-1) and uses every level, with a step smaller by the factor (2^B - 1) / 2^B; the price
+is that positive weights above (2^(B-1) - 1/2) S = (1 - 2^-B) c are clipped to the top level
+(at 2 bits, those above 0.75 c: the few largest of a channel). The finer step alone is worth
+-20 log10(1 - 2^-B) dB of weight SQNR, before the clipping takes its share: 2.5 dB at 2 bits,
+0.56 dB at 4, 0.03 dB at 8. So
+ptqlib uses the full grid for B <= ``full_grid_bits`` (4 by default) and torch.ao's scale
+above, where the gain is a fraction of a dB and torch.ao's rule keeps ptqlib bit-exact with
+PyTorch; ``full_grid_bits=0`` gives torch.ao's scale at every width (notebook 06 measures
+both). An MSE-chosen c (``clipping="mse"``) then trades the two ends.
 
 :func:`quantize_weights` goes layer by layer, in order. Each layer's inputs are recorded from
 a working copy in which the earlier layers are already quantized, so a later layer sees (and
@@ -73,8 +78,8 @@ from ptqlib.quantization import (
 ROUNDINGS = ("nearest", "gptq", "adaround")
 CLIPPINGS = ("minmax", "mse")
 WEIGHT_BITS = range(2, 9)
-# At this many bits or fewer the scale is c / 2^(B-1), not c / ((2^B - 1) / 2): see the module
-# docstring ("Which scale").
+# By default, at this many bits or fewer the scale is c / 2^(B-1), not c / ((2^B - 1) / 2): see
+# the module docstring ("Which scale").
 FULL_GRID_BITS = 4
 ACTIVATION_BITS = range(4, 9)
 # Candidate clipping values for "mse": c = fraction * max|w|, fraction from 0.2 to 1.
@@ -89,6 +94,20 @@ def check_bits(bits: object, name: str, allowed: range = WEIGHT_BITS) -> int:
             f"{allowed.stop - 1}, got {bits!r}"
         )
     return bits
+
+
+def check_full_grid_bits(full_grid_bits: object) -> int:
+    """``full_grid_bits`` if it is a whole number from 0 to 8, else a ValueError."""
+    if (
+        isinstance(full_grid_bits, bool)
+        or not isinstance(full_grid_bits, int)
+        or not 0 <= full_grid_bits <= 8
+    ):
+        raise InputError(
+            f"full_grid_bits: expected a whole number from 0 (torch.ao's scale at every "
+            f"width) to 8, got {full_grid_bits!r}"
+        )
+    return full_grid_bits
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -115,11 +134,17 @@ def parse_layer_bits(text: str, names: list[str] | None = None) -> dict[str, int
 
 
 def weight_qparams(
-    weight: torch.Tensor, bits: int, per_channel: bool = True, clipping: str = "minmax"
+    weight: torch.Tensor,
+    bits: int,
+    per_channel: bool = True,
+    clipping: str = "minmax",
+    full_grid_bits: int = FULL_GRID_BITS,
 ) -> QParams:
     """Symmetric B-bit qparams for a Linear weight [out, in] (see the module docstring):
-    one scale per output channel (``per_channel``) or one for the tensor."""
+    one scale per output channel (``per_channel``) or one for the tensor; the full-grid
+    scale c / 2^(B-1) when ``bits <= full_grid_bits``, torch.ao's c / ((2^B - 1) / 2) above."""
     check_bits(bits, "bits")
+    check_full_grid_bits(full_grid_bits)
     if clipping not in CLIPPINGS:
         raise InputError(f"clipping: expected one of {', '.join(CLIPPINGS)}, got {clipping!r}")
     quant_min, quant_max = bit_range(bits, torch.int8)
@@ -128,7 +153,7 @@ def weight_qparams(
     largest = torch.max(-low, high)
 
     def grid(clip: torch.Tensor) -> QParams:
-        if bits <= FULL_GRID_BITS:
+        if bits <= full_grid_bits:
             # S = c / 2^(B-1): -c lands on quant_min, so all 2^B levels are reachable.
             scale = torch.max(clip.float() / 2 ** (bits - 1), torch.tensor(EPS))
             zero_point = torch.zeros_like(scale, dtype=torch.int64)
@@ -158,7 +183,8 @@ def weight_qparams(
 @dataclass(frozen=True)
 class LowBitSettings:
     """How to quantize: bits per layer (``weight_bits``, overridden by ``layer_bits``),
-    activation bits, rounding and clipping method, bias correction, granularity, and the
+    activation bits, rounding and clipping method, bias correction, granularity, the widest
+    weights that use the full-grid scale (``full_grid_bits``, module docstring), and the
     arguments of AdaRound (its ``seed`` included)."""
 
     weight_bits: int = 8
@@ -169,9 +195,11 @@ class LowBitSettings:
     per_channel: bool = True
     layer_bits: Mapping[str, int] = field(default_factory=dict)
     adaround_kwargs: Mapping[str, object] = field(default_factory=dict)
+    full_grid_bits: int = FULL_GRID_BITS
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
+        check_full_grid_bits(self.full_grid_bits)
         check_bits(self.activation_bits, "activation_bits", ACTIVATION_BITS)
         if self.rounding not in ROUNDINGS:
             raise InputError(
@@ -238,7 +266,15 @@ def quantize_weights(
 ) -> QuantizedWeights:
     """Quantize every Linear weight of ``model`` as ``settings`` say, layer by layer (see
     the module docstring). ``images`` (calibration images) are needed for GPTQ, AdaRound
-    and bias correction; ``model`` itself is not changed."""
+    and bias correction; ``model`` itself is not changed. A model with convolutions is
+    refused: their weights would stay at 8 bits while the result claims fewer."""
+    convolutions = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if convolutions:
+        raise InputError(
+            f"model: the low-bit path quantizes Linear layers only, and this model has "
+            f"Conv2d layers ({', '.join(convolutions)}); quantize it with the 8-bit path "
+            "(ptqlib.ptq.post_training_quantize)"
+        )
     names = linear_names(model)
     unknown = sorted(set(settings.layer_bits) - set(names))
     if unknown:
@@ -255,7 +291,11 @@ def quantize_weights(
     for name in names:
         layer = working.get_submodule(name)
         qparams = weight_qparams(
-            layer.weight, settings.bits_for(name), settings.per_channel, settings.clipping
+            layer.weight,
+            settings.bits_for(name),
+            settings.per_channel,
+            settings.clipping,
+            settings.full_grid_bits,
         )
         inputs = layer_inputs(working, name, images) if needs_data else None
         q = _round(layer.weight.detach(), inputs, qparams, settings)

@@ -50,9 +50,9 @@ The function you write for each checker, with its arguments in this order:
   the exact L2 error of a candidate histogram range (notebook 03);
 - :func:`check_mcnemar_p_value`: ``(gained, lost) -> p``, McNemar's exact two-sided p-value
   (notebook 05);
-- notebook 06: :func:`check_pack_two_bit`, :func:`check_bias_shift`,
-  :func:`check_gptq_column`, :func:`check_adaround_loss`, :func:`check_per_tensor_scale`;
-- notebook 07: :func:`check_fold_batchnorm`, :func:`check_padded_accumulator`;
+- notebook 06: :func:`check_pack_two_bit`, :func:`check_relu_mean`,
+  :func:`check_gptq_column`, :func:`check_adaround_loss`, :func:`check_step_gain_db`;
+- notebook 07: :func:`check_fold_into_next`, :func:`check_border_error`;
 - notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
   :func:`check_qdq_reading`;
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
@@ -108,7 +108,7 @@ from ptqlib.classroom.checkers.accumulator_terms import (
     check_folded_constant,
 )
 from ptqlib.classroom.checkers.c_export import check_double_rounding, check_live_bytes
-from ptqlib.classroom.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
+from ptqlib.classroom.checkers.cnn import check_border_error, check_fold_into_next
 from ptqlib.classroom.checkers.core import Case, run_cases
 from ptqlib.classroom.checkers.debugging import check_cle_scales, check_find_culprit
 from ptqlib.classroom.checkers.deploy import (
@@ -140,10 +140,10 @@ from ptqlib.classroom.checkers.integer_layer import (
 from ptqlib.classroom.checkers.l2_search import check_l2_error
 from ptqlib.classroom.checkers.low_bit import (
     check_adaround_loss,
-    check_bias_shift,
     check_gptq_column,
     check_pack_two_bit,
-    check_per_tensor_scale,
+    check_relu_mean,
+    check_step_gain_db,
 )
 from ptqlib.classroom.checkers.number_formats import (
     check_decode_e4m3,
@@ -203,12 +203,12 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     int8_conversion.REQUANTIZE,
     evaluation.MCNEMAR_P_VALUE,
     low_bit.PACK_TWO_BIT,
-    low_bit.BIAS_SHIFT,
+    low_bit.RELU_MEAN,
     low_bit.GPTQ_COLUMN,
     low_bit.ADAROUND_LOSS,
-    low_bit.PER_TENSOR_SCALE,
-    cnn.FOLD_BATCHNORM,
-    cnn.PADDED_ACCUMULATOR,
+    low_bit.STEP_GAIN_DB,
+    cnn.FOLD_INTO_NEXT,
+    cnn.BORDER_ERROR,
     deploy.QUANTIZE_LINEAR,
     deploy.REQUANTIZE_FLOAT32,
     deploy.QDQ_READING,
@@ -230,15 +230,15 @@ __all__ = [
     "changed_digits",
     "check_adaround_loss",
     "check_affine_accumulator",
-    "check_bias_shift",
+    "check_border_error",
     "check_cle_scales",
     "check_decode_e4m3",
     "check_dequantize",
     "check_double_rounding",
     "check_find_culprit",
     "check_fixed_point_multiplier",
+    "check_fold_into_next",
     "check_folded_constant",
-    "check_fold_batchnorm",
     "check_gptq_column",
     "check_hardest_digits",
     "check_int32_bias",
@@ -253,18 +253,18 @@ __all__ = [
     "check_mx_scale_code",
     "check_observer_choice",
     "check_pack_two_bit",
-    "check_padded_accumulator",
     "check_per_channel_qparams",
     "check_per_channel_scales",
-    "check_per_tensor_scale",
     "check_qdq_reading",
     "check_qparams",
     "check_quantization_points",
     "check_quantize",
     "check_quantize_linear",
+    "check_relu_mean",
     "check_requantize",
     "check_requantize_float32",
     "check_sqnr_db",
+    "check_step_gain_db",
     "check_symmetric_qparams",
     "check_three_sigma_observer",
     "check_zero_point_correction",

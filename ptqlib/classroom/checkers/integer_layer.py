@@ -13,8 +13,10 @@ The functions a student writes, with their arguments in this order:
 
 When an answer is wrong, the checker also tries the classic mistakes (the wrong scale, the
 wrong sign, clamping the ReLU at 0 instead of Z_y...) and, if one of them reproduces the
-answer exactly, names it. The references are written out here in plain tensor arithmetic;
-``tests/test_checkers_int8_conversion.py`` proves they equal :mod:`ptqlib.int8_model`.
+answer exactly, names it. The bias and correction references are written out here in plain
+tensor arithmetic; the whole layer's requantizes with ptqlib's own ``requantize`` (integer
+layers are built in one place); ``tests/test_checkers_int8_conversion.py`` proves them equal
+to :mod:`ptqlib.int8_model`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ptqlib.classroom.checkers.core import (
 )
 from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
+from ptqlib.integer_arithmetic import requantize
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -296,14 +299,15 @@ def _integer_layer_reference(
         acc = sum_k (q_x,k - Z_x) q_w,k + q_b
         q_y = clamp(((acc M0 + 2^(n-1)) >> n) + Z_y, lo, 127),  lo = Z_y with a ReLU, else -128
 
+    The accumulator as its definition reads, the second line by ptqlib's own
+    :func:`~ptqlib.integer_arithmetic.requantize` (the one the integer layers run).
     ``lowest`` overrides ``lo`` (used only to build the classic mistakes)."""
-    accumulator = (q_x.to(torch.int64) - input_zero_point) @ q_w.to(torch.int64).T + q_b.to(
-        torch.int64
-    )
-    rounded = (accumulator * multiplier + (1 << (shift - 1))) >> shift
+    centred = q_x.to(torch.int64) - input_zero_point
+    accumulator = centred @ q_w.to(torch.int64).T + q_b.to(torch.int64)
     if lowest is None:
         lowest = output_zero_point if relu else INT8_MIN
-    return (rounded + output_zero_point).clamp(max(lowest, INT8_MIN), INT8_MAX)
+    lowest = max(lowest, INT8_MIN)
+    return requantize(accumulator, multiplier, shift, output_zero_point, lowest, INT8_MAX)
 
 
 HINT_LAYER = (

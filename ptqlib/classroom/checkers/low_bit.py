@@ -1,5 +1,6 @@
 """Known-answer checkers for the exercises of notebook 06 (when PTQ breaks): packing 2-bit
-values, bias correction's shift, one GPTQ column, AdaRound's loss, a per-tensor B-bit scale.
+values, the mean of a rectified Gaussian (data-free bias correction), one GPTQ column,
+AdaRound's loss, the full grid's step gain.
 
 Each checker calls the student's function on fixed cases and compares with ptqlib's answer
 (``ptqlib.classroom.checkers`` does the running and the failure messages). A function that still
@@ -24,7 +25,6 @@ from ptqlib.classroom.checkers.core import (
 )
 from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.lowbit.rounding import rectified_sigmoid
-from ptqlib.lowbit.weights import weight_qparams
 from ptqlib.packing import pack
 
 
@@ -84,67 +84,75 @@ def check_pack_two_bit(student_fn: Callable[..., Any]) -> None:
     run_exercise(PACK_TWO_BIT, student_fn)
 
 
-def _bias_shift(
-    weight: torch.Tensor, quantized_weight: torch.Tensor, inputs: torch.Tensor
-) -> torch.Tensor:
-    """Bias correction's shift E[W~ x] - E[W x] = (W~ - W) E[x] over the rows of ``inputs``."""
-    return (quantized_weight - weight) @ inputs.mean(dim=0)
+# --- Data-free bias correction: E[ReLU(z)] (exercise 2) -------------------------------------
 
 
-def bias_shift_cases() -> list[Case]:
+def _relu_mean(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """E[ReLU(z)] for z ~ N(beta, gamma^2): sigma phi(beta/sigma) + beta Phi(beta/sigma),
+    sigma = |gamma| (DFQ, Nagel et al. 2019, appendix C; the white paper's section 3.3).
+    ``tests/test_checkers_low_bit.py`` compares it with a sampled mean."""
+    beta, sigma = beta.to(torch.float64), gamma.to(torch.float64).abs()
+    t = beta / sigma
+    density = torch.exp(-0.5 * t**2) / (2 * torch.pi) ** 0.5
+    return sigma * density + beta * torch.special.ndtr(t)
+
+
+def _relu_mean_case(name: str, beta: list[float] | torch.Tensor, gamma, hint: str) -> Case:
+    beta = torch.as_tensor(beta, dtype=torch.float32)
+    gamma = torch.as_tensor(gamma, dtype=torch.float32)
+    return Case(name, (("beta", beta), ("gamma", gamma)), _relu_mean(beta, gamma), hint)
+
+
+def relu_mean_cases() -> list[Case]:
     generator = torch.Generator().manual_seed(60)
-    weight = torch.randn(4, 6, generator=generator)
-    quantized = torch.round(weight * 2) / 2
-    inputs = torch.rand(50, 6, generator=generator)
-    identity = torch.eye(3)
     return [
-        Case(
-            "no rounding error, no shift",
-            (("weight", identity), ("quantized_weight", identity), ("inputs", torch.ones(5, 3))),
-            torch.zeros(3),
-            "W~ = W gives a shift of exactly 0",
+        _relu_mean_case(
+            "beta = 0, gamma = 1",
+            [0.0],
+            [1.0],
+            "half the mass is cut to 0; the other half has mean sigma * sqrt(2/pi): "
+            "E = sigma * phi(0) = 0.3989",
         ),
-        Case(
-            "one weight rounded up by 0.5, input always 2",
-            (
-                ("weight", torch.tensor([[1.0, 0.0]])),
-                ("quantized_weight", torch.tensor([[1.5, 0.0]])),
-                ("inputs", torch.tensor([[2.0, 7.0], [2.0, -7.0]])),
-            ),
-            torch.tensor([1.0]),
-            "(1.5 - 1.0) * mean(x_0) = 0.5 * 2 = 1; the second input has weight error 0",
+        _relu_mean_case(
+            "a channel far below zero and one far above",
+            [-8.0, 8.0],
+            [1.0, 1.0],
+            "beta far below 0: almost every z is cut, E ~ 0; far above: the ReLU does nothing, "
+            "E ~ beta",
         ),
-        Case(
-            "a 4x6 layer rounded to halves",
-            (("weight", weight), ("quantized_weight", quantized), ("inputs", inputs)),
-            _bias_shift(weight, quantized, inputs),
-            "average the output error over the rows (images), one number per output",
+        _relu_mean_case(
+            "a negative gamma",
+            [0.5, -0.3],
+            [-2.0, 0.7],
+            "BatchNorm's gamma may be negative: the standard deviation of z is |gamma|",
+        ),
+        _relu_mean_case(
+            "16 channels",
+            torch.randn(16, generator=generator),
+            torch.rand(16, generator=generator) * 2 + 0.1,
+            "E[ReLU(z)] = sigma phi(beta / sigma) + beta Phi(beta / sigma): neither beta nor "
+            "ReLU(beta)",
         ),
     ]
 
 
-def draw_bias_shift_cases(generator: torch.Generator) -> list[Case]:
-    """Random layers rounded to random grids, random inputs."""
-    hint = "average the output error over the rows (images), one number per output"
+def draw_relu_mean_cases(generator: torch.Generator) -> list[Case]:
+    """Random channels: means from -3 to 3, standard deviations from 0.1 to 3, either sign."""
+    hint = "E[ReLU(z)] = sigma phi(beta / sigma) + beta Phi(beta / sigma), sigma = |gamma|"
     cases = []
     for _ in range(3):
-        out_features, in_features = (int(n) for n in torch.randint(2, 8, (2,), generator=generator))
-        weight = torch.randn(out_features, in_features, generator=generator)
-        step = float(draw_uniform(generator, 0.1, 1.0))
-        quantized = torch.round(weight / step) * step
-        inputs = torch.rand(
-            int(torch.randint(5, 60, (), generator=generator)), in_features, generator=generator
-        )
-        arguments = (("weight", weight), ("quantized_weight", quantized), ("inputs", inputs))
-        name = f"a random {out_features}x{in_features} layer rounded to steps of {step:.3f}"
-        cases.append(Case(name, arguments, _bias_shift(weight, quantized, inputs), hint))
+        channels = int(torch.randint(1, 20, (), generator=generator))
+        beta = draw_uniform(generator, -3.0, 3.0, (channels,))
+        sign = torch.where(torch.rand(channels, generator=generator) < 0.2, -1.0, 1.0)
+        gamma = sign * draw_uniform(generator, 0.1, 3.0, (channels,))
+        cases.append(_relu_mean_case(f"{channels} random channels", beta, gamma, hint))
     return cases
 
 
-def check_bias_shift(student_fn: Callable[..., Any]) -> None:
-    """Check ``student_fn(weight, quantized_weight, inputs) -> shift``: the mean over the
-    rows of ``inputs`` [N, in] of ``x W~^T - x W^T``, one value per output (float)."""
-    run_exercise(BIAS_SHIFT, student_fn)
+def check_relu_mean(student_fn: Callable[..., Any]) -> None:
+    """Check ``student_fn(beta, gamma) -> mean``: E[ReLU(z)] for z ~ N(beta, gamma^2), one
+    value per channel (float): the expected input of a layer after BatchNorm + ReLU."""
+    run_exercise(RELU_MEAN, student_fn)
 
 
 # --- GPTQ: one column (exercise 3) -----------------------------------------------------------
@@ -326,52 +334,40 @@ def check_adaround_loss(student_fn: Callable[..., Any]) -> None:
     run_exercise(ADAROUND_LOSS, student_fn)
 
 
-# --- Per-tensor low-bit scale (exercise 5) ---------------------------------------------------
+# --- The full grid's step gain (exercise 5) -------------------------------------------------
 
 
-def _per_tensor_scale_case(name: str, weight: torch.Tensor, bits: int, hint: str) -> Case:
-    expected = weight_qparams(weight, bits, per_channel=False).scale
-    return Case(name, (("weight", weight), ("bits", bits)), expected, hint)
+def _step_gain_db(bits: int) -> torch.Tensor:
+    """-20 log10(1 - 2^-B): the SQNR the full-grid scale c / 2^(B-1) gains over torch.ao's
+    c / ((2^B - 1) / 2) by its finer step alone. ``tests/test_checkers_low_bit.py`` derives
+    it from the two scales of ``ptqlib.lowbit.weights.weight_qparams``."""
+    return -20 * torch.log10(torch.tensor(1 - 2.0**-bits, dtype=torch.float64))
 
 
-def per_tensor_scale_cases() -> list[Case]:
-    generator = torch.Generator().manual_seed(65)
-    gaussian = torch.randn(8, 16, generator=generator)
+def step_gain_cases() -> list[Case]:
+    hints = {
+        2: "the scales differ by (2^B - 1)/2 / 2^(B-1) = 3/4 at 2 bits; the noise power scales "
+        "with S^2, so the gain is 20 log10 of the step ratio (not 10 log10)",
+        4: "at 4 bits the step ratio is 15/16: a gain of about half a dB",
+        8: "at 8 bits the ratio is 255/256: a few hundredths of a dB, positive",
+    }
     return [
-        _per_tensor_scale_case(
-            "2 bits, the largest |w| negative",
-            torch.tensor([[0.5, -2.0], [1.0, 0.25]]),
-            2,
-            "S = max|w| / 2^(B-1): -max|w| lands exactly on -2^(B-1)",
-        ),
-        _per_tensor_scale_case(
-            "3 bits, a Gaussian layer", gaussian, 3, "one scale for the whole tensor: max over all"
-        ),
-        _per_tensor_scale_case(
-            "4 bits, a Gaussian layer", gaussian * 0.1, 4, "at 4 bits divide by 2^3 = 8, not 7.5"
-        ),
+        Case(f"{bits} bits", (("bits", bits),), _step_gain_db(bits), hint)
+        for bits, hint in hints.items()
     ]
 
 
-def draw_per_tensor_scale_cases(generator: torch.Generator) -> list[Case]:
-    """Random weights of random shapes and magnitudes, 2 to 4 bits."""
-    hint = "S = max|w| / 2^(B-1) over the whole tensor"
-    cases = []
-    for bits in (2, 3, 4):
-        shape = tuple(int(n) for n in torch.randint(1, 12, (2,), generator=generator))
-        weight = torch.randn(shape, generator=generator) * float(draw_uniform(generator, 0.01, 3))
-        cases.append(
-            _per_tensor_scale_case(
-                f"{bits} bits, a random {list(shape)} weight", weight, bits, hint
-            )
-        )
-    return cases
+def draw_step_gain_cases(generator: torch.Generator) -> list[Case]:
+    """Widths drawn from 2 to 8."""
+    hint = "gain = 20 log10(S_torch.ao / S_full) = -20 log10((2^B - 1) / 2^B)"
+    widths = torch.randint(2, 9, (3,), generator=generator).tolist()
+    return [Case(f"{bits} bits", (("bits", bits),), _step_gain_db(bits), hint) for bits in widths]
 
 
-def check_per_tensor_scale(student_fn: Callable[..., Any]) -> None:
-    """Check ``student_fn(weight, bits) -> scale``: one B-bit weight scale (B <= 4) for the
-    whole tensor, as section 1 of notebook 06 defines it."""
-    run_exercise(PER_TENSOR_SCALE, student_fn)
+def check_step_gain_db(student_fn: Callable[..., Any]) -> None:
+    """Check ``student_fn(bits) -> dB``: the weight-SQNR gain the full grid's finer step
+    predicts over torch.ao's scale for B-bit weights (a positive float)."""
+    run_exercise(STEP_GAIN_DB, student_fn)
 
 
 PACK_TWO_BIT = Exercise(
@@ -383,14 +379,13 @@ PACK_TWO_BIT = Exercise(
     compare=compare_integers,
     answers=("ptqlib.packing.pack", "ptqlib.packing.pack_entry"),
 )
-BIAS_SHIFT = Exercise(
-    id="bias_shift",
+RELU_MEAN = Exercise(
+    id="relu_mean",
     notebook="06_when_ptq_breaks",
-    function="bias_shift",
-    cases=bias_shift_cases,
-    draw=draw_bias_shift_cases,
+    function="relu_mean",
+    cases=relu_mean_cases,
+    draw=draw_relu_mean_cases,
     compare=_compare_close,
-    answers=("ptqlib.lowbit.weights.output_shift",),
 )
 GPTQ_COLUMN = Exercise(
     id="gptq_column",
@@ -410,12 +405,11 @@ ADAROUND_LOSS = Exercise(
     compare=_compare_loss,
     answers=("ptqlib.lowbit.rounding.adaround", "ptqlib.lowbit.rounding.reconstruction_error"),
 )
-PER_TENSOR_SCALE = Exercise(
-    id="per_tensor_scale",
+STEP_GAIN_DB = Exercise(
+    id="step_gain_db",
     notebook="06_when_ptq_breaks",
-    function="per_tensor_scale",
-    cases=per_tensor_scale_cases,
-    draw=draw_per_tensor_scale_cases,
+    function="step_gain_db",
+    cases=step_gain_cases,
+    draw=draw_step_gain_cases,
     compare=_compare_close,
-    answers=("ptqlib.lowbit.weights.weight_qparams",),
 )

@@ -1,0 +1,372 @@
+"""Correct at the edges: all-zero output channels, every stride, replaced buffers, empty
+batches, bad files and odd options. Each test pins one behaviour that broke before it was
+written; the degenerate models and the random-model fuzz are in ``test_parity_matrix.py``."""
+
+import argparse
+import os
+import stat
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from degenerate_models import issue_zero_row_linear
+from int64_reference import reference_integers
+from torch import nn
+
+import ptqlib.int8_gemm as int8_gemm
+from ptqlib.app.cli import build_parser, main
+from ptqlib.app.commands import quantize_settings
+from ptqlib.app.quantize import QuantizeSettings, check_settings, checkpoint_meta
+from ptqlib.batchnorm import fold_model
+from ptqlib.calibration import calibrate
+from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.data import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
+from ptqlib.errors import InputError
+from ptqlib.fake_quant import simulate
+from ptqlib.fast import FastInt8Model
+from ptqlib.int8_checkpoint import int8_state, load_int8
+from ptqlib.int8_gemm import int8_matmul
+from ptqlib.int8_model import Int8Model, convert, with_requantization
+from ptqlib.lowbit.rounding import ADAROUND_ITERATIONS, ADAROUND_SEED
+from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
+from ptqlib.models import MODELS, SimpleNet, SmallCNN, fold_input_normalization
+
+GEMMS = pytest.mark.parametrize("use_int8_gemm", [True, False], ids=["int8_gemm", "float_gemm"])
+MODES = ("fixed_point", "float32")
+
+
+def random_images(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(count, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) * 3 - 0.4
+
+
+def calibrated_simplenet(seed: int = 0, **convert_arguments) -> Int8Model:
+    torch.manual_seed(seed)
+    model = SimpleNet().eval()
+    qparams = calibrate(model, random_images(128), "minmax", progress=False).qparams
+    return convert(model, qparams, **convert_arguments)
+
+
+# --- the fast path on an all-zero output channel -----------------------------------------------
+
+
+@GEMMS
+@pytest.mark.parametrize("output_zero_point", [170, 20])
+def test_an_all_zero_output_channel_keeps_the_teaching_paths_integers(
+    output_zero_point, use_int8_gemm
+):
+    """Row 0 all zero: S_w = EPS and a shift of 58. Before, the fast path's folded constants
+    wrapped around in int64: 106 instead of 170 everywhere (Z_y = 170), an OverflowError
+    (Z_y = 20)."""
+    for mode in MODES:
+        model = with_requantization(issue_zero_row_linear(output_zero_point), mode)
+        assert int(model.integer_layers()[0].shift[0]) == 58
+        images = torch.rand(9, 16, generator=torch.Generator().manual_seed(1)) * 6 - 1.8
+        expected = reference_integers(model, images)
+        assert torch.equal(model.quantized_logits(images).long(), expected)
+        fast = FastInt8Model(model, use_int8_gemm=use_int8_gemm)
+        assert torch.equal(fast.quantized_logits(images).long(), expected), mode
+
+
+@pytest.mark.parametrize("pruned", [("fc3", 9), ("fc1", 5)])
+def test_a_pruned_simplenet_is_not_refused_by_the_fast_path(pruned):
+    """A pruned class (fc3 row 9) or hidden unit (fc1 row 5): the fast path refused the model
+    ("the fast path's int64 sum could overflow") that the teaching path runs."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    with torch.no_grad():
+        getattr(model, pruned[0]).weight[pruned[1]] = 0
+    qparams = calibrate(model, random_images(128), "minmax", progress=False).qparams
+    int8_model = convert(model, qparams)
+    images = random_images(20, seed=1)
+    fast = FastInt8Model(int8_model)
+    assert torch.equal(fast.quantized_logits(images), int8_model.quantized_logits(images))
+
+
+# --- the simulation takes every option of convert ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"weight_range": (-127, 127)},
+        {"requantization": "float32"},
+        {"pixel_input": True},
+        {"pixel_input": True, "requantization": "float32", "weight_range": (-127, 127)},
+        {"per_channel": False, "weight_range": (-64, 63)},
+    ],
+    ids=["weight_range", "float32", "pixel_input", "all_three", "per_tensor"],
+)
+def test_simulate_takes_every_option_of_convert_and_equals_it(options):
+    """``simulate`` had no ``weight_range``, ``pixel_input`` or ``requantization``: with
+    ``weight_range=(-127, 127)`` only 63.6% of the logits were equal, with pixels 86.4%."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    images = random_images(96)
+    if options.get("pixel_input"):
+        model = fold_input_normalization(model)
+        images = torch.round((images * 0.3081 + 0.1307) * 255).clamp(0, 255)
+    qparams = calibrate(model, images[:64], "minmax", progress=False).qparams
+    expected = convert(model, qparams, **options).quantized_logits(images[64:]).long()
+    simulated = simulate(model, qparams, **options)
+    assert torch.equal(simulated.quantized_logits(images[64:]), expected)
+
+
+# --- int8_matmul: every stride -----------------------------------------------------------------
+
+
+def blas_reads_right(matrix: torch.Tensor) -> bool:
+    """How a BLAS-style GEMM (oneDNN, MKL) reads an operand from its pointer and strides: a
+    unit column stride means row-major with leading dimension ``stride(0) >= C``; else a
+    unit row stride means column-major with leading dimension ``stride(1) >= R``. An operand
+    it cannot read that way, or reads with a leading dimension that is too small, is
+    misread."""
+    rows, columns = matrix.shape
+    row_stride, column_stride = matrix.stride()
+    if column_stride == 1:
+        return row_stride >= columns
+    return row_stride == 1 and column_stride >= rows
+
+
+def odd_layouts(generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Legal ``(carriers [N, K], weight_t [K, out])`` pairs whose strides are not the usual."""
+
+    def integers(*shape):
+        return torch.randint(-128, 128, shape, dtype=torch.int8, generator=generator)
+
+    weight = integers(9, 4)
+    row = integers(1, 9)
+    one_input = integers(7, 1)  # a Linear with in_features == 1: weight [7, 1]
+    return {
+        "in_features 1: weight.t() is [1, 7] with strides (1, 1)": (integers(5, 1), one_input.t()),
+        "a [1, K] row with strides (1, 1)": (torch.as_strided(row.clone(), (1, 9), (1, 1)), weight),
+        "rows repeated by expand (stride 0)": (row.expand(6, 9), weight),
+        "overlapping rows (as_strided)": (integers(40).as_strided((5, 9), (3, 1)), weight),
+        "every other column": (integers(5, 18)[:, ::2], weight),
+        "a weight column repeated by expand": (integers(5, 3), integers(3, 1).expand(3, 4)),
+        "the usual: weight.t() of a [4, 9] weight": (integers(5, 9), integers(4, 9).t()),
+    }
+
+
+@pytest.fixture
+def strict_int_mm(monkeypatch):
+    """torch._int_mm, refusing an operand a BLAS would misread (:func:`blas_reads_right`).
+    On a CPU without VNNI _int_mm is a plain loop that reads any stride right: there the
+    layouts are what the tests check; on a VNNI CPU the integers too."""
+    real_int_mm = torch._int_mm
+
+    def checked(carriers, weight_t):
+        assert blas_reads_right(carriers) and blas_reads_right(weight_t)
+        return real_int_mm(carriers, weight_t)
+
+    monkeypatch.setattr(torch, "_int_mm", checked)
+
+
+@GEMMS
+def test_int8_matmul_is_exact_for_every_stride(use_int8_gemm, strict_int_mm):
+    """Every operand reaches torch._int_mm in a layout a BLAS reads right, and the sums equal
+    an int64 product."""
+    for name, (carriers, weight_t) in odd_layouts(torch.Generator().manual_seed(0)).items():
+        exact = carriers.long() @ weight_t.long()
+        found = int8_matmul(carriers, weight_t, use_int8_gemm=use_int8_gemm)
+        assert found.dtype == torch.int32 and torch.equal(found.long(), exact), name
+
+
+def test_usual_layouts_are_not_copied():
+    from ptqlib.int8_gemm import has_gemm_layout
+
+    weight = torch.zeros(4, 9, dtype=torch.int8)
+    assert has_gemm_layout(weight) and has_gemm_layout(weight.t())
+    assert has_gemm_layout(weight[:1].t())  # [9, 1], strides (1, 9): column-major
+    assert not has_gemm_layout(torch.zeros(9, 1, dtype=torch.int8).t())  # [1, 9], (1, 1)
+
+
+@GEMMS
+def test_a_layer_with_one_input_is_exact_on_both_paths(use_int8_gemm, strict_int_mm, monkeypatch):
+    """``in_features == 1``: the teaching path multiplies by weight.t(), [1, out] with
+    strides (1, 1), which oneDNN's _int_mm misreads (errors up to 2e9)."""
+    monkeypatch.setattr(int8_gemm, "default_uses_int8_gemm", lambda: use_int8_gemm)
+    model = nn.Sequential(nn.Linear(1, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    inputs = torch.linspace(-2, 2, 11).reshape(11, 1)
+    int8_model = convert(model, calibrate(model, inputs, "minmax", progress=False))
+    expected = reference_integers(int8_model, inputs)
+    assert torch.equal(int8_model.quantized_logits(inputs).long(), expected)
+    fast = FastInt8Model(int8_model, use_int8_gemm=use_int8_gemm)
+    assert torch.equal(fast.quantized_logits(inputs).long(), expected)
+
+
+# --- the fast path's staleness check -----------------------------------------------------------
+
+
+def test_the_fast_path_notices_every_replaced_buffer():
+    """A buffer replaced by a new tensor (version 0) that lands at the address of the one the
+    constants were folded from: an ``id()`` stamp missed it in about half of the cases."""
+    model = calibrated_simplenet()
+    images = random_images(16, seed=2)
+    fast = FastInt8Model(model, use_int8_gemm=False)
+    layer = model.integer_layers()[1]
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        fast.quantized_logits(images)  # folds the constants from the current bias
+        values = torch.randint(-3000, 3000, layer.bias.shape, generator=generator)
+        layer.bias = torch.zeros_like(values, dtype=torch.int32)  # frees the folded one
+        layer.bias = values.to(torch.int32)  # may land where the folded one was
+        assert torch.equal(fast.quantized_logits(images), model.quantized_logits(images))
+
+
+# --- bad input: one clear error, never a traceback ---------------------------------------------
+
+
+def write_idx(path, magic: int, shape: tuple[int, ...], payload: bytes) -> None:
+    header = struct.pack(">i", magic) + struct.pack(f">{len(shape)}i", *shape)
+    path.write_bytes(header + payload)
+
+
+def test_an_idx_file_with_no_images_is_one_clear_error(tmp_path):
+    """Zero images (and zero labels): a RuntimeError from ``labels.max()`` before."""
+    write_idx(tmp_path / "train-images-idx3-ubyte", IMAGES_MAGIC, (0, 28, 28), b"")
+    write_idx(tmp_path / "train-labels-idx1-ubyte", LABELS_MAGIC, (0,), b"")
+    with pytest.raises(InputError, match="holds no images"):
+        load_mnist(tmp_path, splits=("train",), download=False, verbose=False)
+
+
+def test_metadata_that_is_not_a_dict_is_one_clear_error(tmp_path, capsys):
+    """An INT8 checkpoint whose ``meta`` is a list: ``layer-errors`` died with an
+    AttributeError (``meta.get``)."""
+    state = {"kind": "int8", **int8_state(calibrated_simplenet()), "meta": ["not", "a", "dict"]}
+    path = save_checkpoint(state, tmp_path / "odd_meta.pt")
+    with pytest.raises(InputError, match="not a dict"):
+        load_int8(path)
+    assert main(["layer-errors", "--checkpoint", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "not a dict" in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("pixels", [True, False])
+def test_an_empty_batch_is_refused_alike_by_both_paths(pixels):
+    """Before, the teaching path raised and the fast path returned an empty tensor for a
+    batch of 0 raw pixel images."""
+    model = calibrated_simplenet(pixel_input=True) if pixels else calibrated_simplenet()
+    empty = torch.zeros(0, 1, 28, 28, dtype=torch.uint8 if pixels else torch.float32)
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match="at least one image"):
+            runner(empty)
+
+
+# --- options that were ignored or checked late ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fp32_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fp32")
+    torch.manual_seed(0)
+    return {
+        "simplenet": save_fp32(SimpleNet().eval(), folder / "simplenet.pt"),
+        "cnn": save_fp32(SmallCNN().eval(), folder / "cnn.pt"),
+    }
+
+
+def test_quantize_refuses_to_overwrite_its_fp32_checkpoint(fp32_files):
+    """``--out`` naming the FP32 checkpoint overwrote it and reported "1.00x smaller"."""
+    source = fp32_files["simplenet"]
+    same_file = source.parent / ".." / source.parent.name / source.name
+    for out in (source, same_file):
+        with pytest.raises(InputError, match="would overwrite it"):
+            check_settings(QuantizeSettings(checkpoint=source, out=out))
+
+
+def test_equalize_without_a_conv_pair_is_refused_before_any_data(fp32_files, tmp_path):
+    """SmallCNN has a max-pool between its convolutions: no pair to equalize. Before, the
+    settings passed and the run failed after loading the data."""
+    settings = QuantizeSettings(fp32_files["cnn"], tmp_path / "int8.pt", equalize=True)
+    with pytest.raises(InputError, match="no Conv2d -> ReLU -> Conv2d pair"):
+        check_settings(settings)
+
+
+def test_the_library_low_bit_path_refuses_a_cnn():
+    """``quantize_low_bit`` on a folded CNN quantized only ``fc`` and left every conv at 8
+    bits while reporting W2."""
+    torch.manual_seed(0)
+    folded = fold_model(SmallCNN().eval())
+    with pytest.raises(InputError, match="Linear layers only"):
+        quantize_low_bit(folded, random_images(20), LowBitSettings(weight_bits=2))
+
+
+def test_every_quantize_option_reaches_the_settings(fp32_files, tmp_path):
+    """``--pixel-input`` was parsed and dropped; ``--requantization`` did not exist."""
+    arguments = build_parser().parse_args(
+        ["quantize", "--checkpoint", str(fp32_files["simplenet"]), "--out", "x.pt"]
+        + ["--requantization", "float32", "--pixel-input", "--per-tensor", "--seed", "7"]
+        + ["--adaround-iterations", "9", "--rounding", "adaround", "--observer", "minmax"]
+    )
+    settings = quantize_settings(arguments)
+    assert settings.requantization == "float32" and settings.pixel_input
+    assert not settings.bits.per_channel and settings.bits.rounding == "adaround"
+    assert settings.bits.adaround_kwargs == {"seed": 7, "iterations": 9}
+    assert settings.observer == "minmax"
+    default = build_parser().parse_args(["quantize", "--checkpoint", "a.pt", "--out", "b.pt"])
+    assert quantize_settings(default).requantization == "fixed_point"
+
+
+def test_the_checkpoint_records_adarounds_seed_and_iterations(fp32_files, tmp_path):
+    """Without them an AdaRound checkpoint could not be made again from its metadata."""
+    bits = LowBitSettings(rounding="adaround", adaround_kwargs={"seed": 7, "iterations": 9})
+    settings = QuantizeSettings(fp32_files["simplenet"], tmp_path / "int8.pt", bits=bits)
+    meta = checkpoint_meta(settings, "simplenet", calibrated_simplenet(), seconds=1.0)
+    assert meta["seed"] == 7 and meta["adaround_iterations"] == 9
+    defaults = QuantizeSettings(fp32_files["simplenet"], tmp_path / "int8.pt")
+    meta = checkpoint_meta(defaults, "simplenet", calibrated_simplenet(), seconds=1.0)
+    assert meta["seed"] == ADAROUND_SEED and meta["adaround_iterations"] == ADAROUND_ITERATIONS
+
+
+@pytest.mark.parametrize(
+    "model, runtime",
+    [("cnn", "c"), ("dwcnn", "onnxruntime"), ("dwcnn", "pt2e"), ("dwcnn", "c"), ("cnn", "pt2e")],
+)
+def test_bench_refuses_a_runtime_model_pair_before_any_work(model, runtime, capsys):
+    """``cnn --runtime c`` and every runtime with ``dwcnn`` built (and might train)
+    everything first. The data directory does not exist: the refusal comes before it."""
+    arguments = ["bench", "--model", model, "--runtime", runtime, "--data-dir", "/nonexistent"]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert f"--runtime {runtime}: implemented for --model" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_bench_help_names_every_model():
+    bench = next(
+        action.choices["bench"]
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    model_help = next(action.help for action in bench._actions if action.dest == "model")
+    assert all(name in model_help for name in MODELS)
+
+
+def test_fold_input_normalization_refuses_a_model_that_does_not_start_with_linear():
+    """On SmallCNN it folded into ``fc``, the last layer (logits off by 0.44)."""
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match="its first layer is a Conv2d"):
+        fold_input_normalization(fold_model(SmallCNN().eval()))
+    folded = fold_input_normalization(nn.Sequential(nn.Linear(4, 2, bias=False)))
+    assert folded[0].bias is not None  # the shift went into a new bias
+
+
+# --- writing a checkpoint ----------------------------------------------------------------------
+
+
+def test_save_checkpoint_sets_the_files_mode_without_touching_the_umask(tmp_path, monkeypatch):
+    """It flipped the process-wide umask to read it (not thread-safe)."""
+    previous = os.umask(0o027)
+    try:
+
+        def forbidden(mask):
+            raise AssertionError("save_checkpoint changed the process umask")
+
+        monkeypatch.setattr(os, "umask", forbidden)
+        path = save_fp32(SimpleNet(), tmp_path / "model.pt")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 under the umask 0o027
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
