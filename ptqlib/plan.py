@@ -13,7 +13,7 @@ are built from the same plan, so they cannot disagree about what is quantized wh
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -144,8 +144,20 @@ def weight_qparams_for(
     weight's own min/max: a weight is fixed, so its min/max observer sees all of it at
     once. The integer engine needs symmetric int8 weights (zero-point 0), so an entry that
     is not is an error.
-    ``weight_range`` (e.g. ``RESTRICTED_WEIGHT_RANGE``), if given, is required as well.
+    ``weight_range`` (e.g. ``RESTRICTED_WEIGHT_RANGE``), if given, is required as well. A
+    channel whose weights are all 0 gets a usable scale (:func:`_zero_channels_on_a_usable_scale`).
     """
+    found = _weight_qparams(name, weight, qparams, per_channel, weight_range)
+    return _zero_channels_on_a_usable_scale(found, weight)
+
+
+def _weight_qparams(
+    name: str,
+    weight: torch.Tensor,
+    qparams: Mapping[str, QParams],
+    per_channel: bool,
+    weight_range: tuple[int, int] | None,
+) -> QParams:
     found = qparams.get(f"{name}.weight")
     wanted_axis = 0 if per_channel else None
     other_range = weight_range is not None and (
@@ -163,6 +175,29 @@ def weight_qparams_for(
             f"(zero-point 0), got {found}; use a symmetric int8 weight observer"
         )
     return found
+
+
+def _zero_channels_on_a_usable_scale(qparams: QParams, weight: torch.Tensor) -> QParams:
+    """``qparams`` with a usable scale for every output channel whose weights are all 0 (a
+    pruned channel, or a BatchNorm with gamma = 0 folded in).
+
+    Such a channel has no range, so an observer gives it the smallest scale (EPS). Its weights
+    are exactly 0 at any scale, but the scale also sets its bias's grid ``S_x S_w``, on which
+    int32 holds no bias above 2^31 EPS S_x (about 256 S_x: a pruned class keeping a bias of a
+    few units does not fit), and its multiplier ``M = S_x S_w / S_y``. It gets the largest
+    scale of the layer's other channels instead (1 when every weight is 0): its integers stay
+    0 and its bias is quantized on its neighbours' grid."""
+    rows = weight.detach().reshape(len(weight), -1)
+    if qparams.axis is None:
+        if bool((rows != 0).any()):
+            return qparams
+        return replace(qparams, scale=torch.ones_like(qparams.scale))
+    dead = (rows == 0).all(dim=1)
+    if not bool(dead.any()):
+        return qparams
+    live = qparams.scale[~dead]
+    usable = live.max() if len(live) else torch.tensor(1.0, dtype=qparams.scale.dtype)
+    return replace(qparams, scale=torch.where(dead, usable, qparams.scale))
 
 
 def plan_conversion(

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -79,6 +79,7 @@ def test_equalizing_one_pair_keeps_the_outputs_and_equalizes_the_ranges(seed, ch
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), spread=st.floats(1.0, 1000.0))
+@example(seed=420, spread=2.0)
 def test_sweeps_keep_the_outputs_of_a_chain(seed, spread):
     model = chain(seed, 5, spread)
     images = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(seed))
@@ -87,9 +88,12 @@ def test_sweeps_keep_the_outputs_of_a_chain(seed, spread):
     assert set(scales) == {"0", "2"}
     tolerance = 1e-4 * max(1.0, float(reference.abs().max()))
     assert torch.allclose(equalized(images), reference, atol=tolerance)
-    # after the sweeps the first layer's channel ranges are far closer than the spread
-    ranges = output_ranges(equalized[0])
-    assert float(ranges.max() / ranges.min()) < max(2.0, spread**0.5 * 1.01)
+    # after the sweeps every pair is balanced: each channel's output range in the first layer
+    # equals its input range in the next (what CLE converges to; the spread ratio itself need
+    # not shrink when it is small, e.g. seed 420 with spread 2.0 ends at 2.05)
+    for first, second in ((0, 2), (2, 4)):
+        balanced = output_ranges(equalized[first]), input_ranges(equalized[second])
+        assert torch.allclose(*balanced, rtol=1e-4)
 
 
 def test_cle_on_the_folded_depthwise_cnn_keeps_its_logits():
@@ -159,7 +163,7 @@ def test_bias_absorption_matters_when_an_activation_sits_far_from_zero():
         network = nn.Sequential(OrderedDict(children)).eval()
         qparams = calibrated_activation_qparams(network, images)
         quantized = partially_quantized(network, qparams, activations=["2"])
-        return float((quantized(images) - reference.flatten(1)).abs().mean())
+        return float((quantized(images) - reference.detach().flatten(1)).abs().mean())
 
     # the same 256 levels now cover [0, ~3] instead of [0, ~11.5]
     assert error_with_quantized_activation(absorbed) < error_with_quantized_activation(folded) / 2
