@@ -56,8 +56,8 @@ The function you write for each checker, with its arguments in this order:
 - notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
   :func:`check_qdq_reading`;
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
-- notebook 10: :func:`check_requantize_c` (your C function, compiled and run),
-  :func:`check_arena_bytes`;
+- notebook 10: :func:`check_double_rounding` (CMSIS-NN's requantization),
+  :func:`check_live_bytes`;
 - notebook 12: :func:`check_decode_e4m3`, :func:`check_mx_scale_code`,
   :func:`check_kmeans_step`.
 
@@ -107,7 +107,7 @@ from ptqlib.classroom.checkers.accumulator_terms import (
     check_affine_accumulator,
     check_folded_constant,
 )
-from ptqlib.classroom.checkers.c_export import check_arena_bytes, check_requantize_c
+from ptqlib.classroom.checkers.c_export import check_double_rounding, check_live_bytes
 from ptqlib.classroom.checkers.cnn import check_border_error, check_fold_into_next
 from ptqlib.classroom.checkers.core import Case, run_cases
 from ptqlib.classroom.checkers.debugging import check_cle_scales, check_find_culprit
@@ -214,8 +214,8 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     deploy.QDQ_READING,
     debugging.CLE_SCALES,
     debugging.FIND_CULPRIT,
-    c_export.REQUANTIZE_C,
-    c_export.ARENA_BYTES,
+    c_export.DOUBLE_ROUNDING,
+    c_export.LIVE_BYTES,
     number_formats.DECODE_E4M3,
     number_formats.MX_SCALE_CODE,
     number_formats.KMEANS_STEP,
@@ -230,11 +230,11 @@ __all__ = [
     "changed_digits",
     "check_adaround_loss",
     "check_affine_accumulator",
-    "check_arena_bytes",
     "check_border_error",
     "check_cle_scales",
     "check_decode_e4m3",
     "check_dequantize",
+    "check_double_rounding",
     "check_find_culprit",
     "check_fixed_point_multiplier",
     "check_fold_into_next",
@@ -247,6 +247,7 @@ __all__ = [
     "check_l2_error",
     "check_kmeans_step",
     "check_linear_parameters",
+    "check_live_bytes",
     "check_mcnemar_p_value",
     "check_moving_average_range",
     "check_mx_scale_code",
@@ -261,7 +262,6 @@ __all__ = [
     "check_quantize_linear",
     "check_relu_mean",
     "check_requantize",
-    "check_requantize_c",
     "check_requantize_float32",
     "check_sqnr_db",
     "check_step_gain_db",
