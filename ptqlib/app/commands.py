@@ -117,11 +117,13 @@ def run_evaluate_firmware(args: argparse.Namespace) -> int:
     """``evaluate --checkpoint DIR --target cortex-m4``: a directory written by ``export
     --target``, built, run in QEMU on the test split and stress images, every output compared
     with ptqlib (``ptqlib.deploy.mcu.parity``)."""
+    from ptqlib.deploy.mcu import tools
     from ptqlib.deploy.mcu.emulator import LinkError
     from ptqlib.deploy.mcu.firmware import verify_firmware
     from ptqlib.deploy.mcu.parity import check_firmware, check_line
 
     manifest = verify_firmware(args.checkpoint)
+    tools.require_tools()
     if manifest["target"] != args.target:
         raise InputError(
             f"--target {args.target}: {args.checkpoint} holds firmware for {manifest['target']}"
