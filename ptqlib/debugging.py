@@ -63,7 +63,7 @@ def weight_qparams(weight: torch.Tensor, per_channel: bool) -> QParams:
     return qparams_from_range(low, high, torch.int8, True, axis=axis)
 
 
-def activation_qparams(
+def calibrated_activation_qparams(
     model: nn.Sequential, images: torch.Tensor, observer: str = "minmax"
 ) -> dict[str, QParams]:
     """Uint8 affine qparams of every quantization point of the folded ``model``
@@ -237,7 +237,7 @@ def debug_model(
     reference = predict(model, split)
     report = DebugReport(float((reference == split.labels).float().mean()))
     folded = fold_model(model)
-    qparams = activation_qparams(folded, images, observer)
+    qparams = calibrated_activation_qparams(folded, images, observer)
     layers, points = weighted_layers(folded), list(qparams)
 
     def run(name, network, network_qparams, weights=(), activations=(), per_channel=False):
@@ -263,7 +263,7 @@ def debug_model(
         run(
             "histogram activation range, per-tensor",
             folded,
-            activation_qparams(folded, images, "histogram"),
+            calibrated_activation_qparams(folded, images, "histogram"),
             layers,
             points,
         ),
@@ -275,7 +275,7 @@ def debug_model(
             ("CLE, per-tensor", equalized),
             ("CLE + bias absorption, per-tensor", dfq),
         ):
-            network_qparams = activation_qparams(network, images, observer)
+            network_qparams = calibrated_activation_qparams(network, images, observer)
             report.fixes.insert(-1, run(name, network, network_qparams, layers, points))
     report.culprit, report.diagnosis = _diagnose(report)
     return report

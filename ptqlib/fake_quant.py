@@ -20,14 +20,13 @@ from torch.nn import functional
 
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.plan import Step, WeightedStep, bias_of, plan_conversion
-from ptqlib.quantization import QParams, dequantize
-from ptqlib.quantization import quantize as quantize_tensor
+from ptqlib.quantization import QParams, dequantize, quantize
 
 
 def _dequantized_weight(step: WeightedStep) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight as the integers represent it and the real bias S_x S_w q_b, in float64."""
     layer = step.layer
-    weight_q = quantize_tensor(layer.weight.detach(), step.weight_qparams)
+    weight_q = quantize(layer.weight.detach(), step.weight_qparams)
     weight = dequantize(weight_q, step.weight_qparams).double()
     bias_q = quantize_bias(bias_of(layer), step.input_qparams.scale, step.weight_qparams.scale)
     bias = bias_q.double() * step.input_qparams.scale.double() * step.weight_qparams.scale.double()
@@ -53,7 +52,7 @@ class FakeQuantModel(nn.Module):
     def quantized_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The logits' integers (int64) as the simulation finds them."""
         qparams = self.input_qparams
-        q = quantize_tensor(images, qparams).long()
+        q = quantize(images, qparams).long()
         for step in self.steps:
             if isinstance(step, nn.Flatten):
                 q = step(q)

@@ -21,7 +21,7 @@ and the weights ``conv1.weight``, ``conv2.weight``, ``fc.weight`` (of the folded
 
 The same rule covers SimpleNet (``[fc1, relu1], [fc2, relu2], [fc3]``): every Linear with
 the ReLU after it is one step. ``ptqlib.calibration`` observes exactly these points, and
-``ptqlib.calibration.calibrate_fused`` folds the BatchNorms first. Order matters: fold,
+``ptqlib.ptq.calibrate_fused`` folds the BatchNorms first. Order matters: fold,
 *then* calibrate. The weight observers must see the folded weights
 W' = W gamma / sqrt(var + eps), whose ranges differ per channel from W's (notebook 07).
 """

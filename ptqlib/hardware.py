@@ -76,7 +76,7 @@ def int8_gemm_is_fast() -> bool:
     With AVX-512 VNNI (AMX machines have it too) PyTorch sends it to oneDNN's int8 GEMM,
     measured 9x faster than the float32 GEMM at batch 1024 on a Xeon. On an AVX2-only CPU
     it runs a plain C++ loop, measured 26x slower. Other CPUs (AVX-VNNI laptops, ARM) were
-    not measured, so they are treated as slow: ``ptqlib.integer_arithmetic.int8_matmul``
+    not measured, so they are treated as slow: ``ptqlib.int8_gemm.int8_matmul``
     then computes the same int32 sums with an exact float GEMM instead. Both give the same
     integers; only speed differs.
     """

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptqlib.checkpoints import fp32_from_payload, load_checkpoint, save_checkpoint
+from ptqlib.checkpoints import load_checkpoint, save_checkpoint
 from ptqlib.errors import InputError
 from ptqlib.int8_layers import (
     DTYPE_NAMES,
@@ -33,7 +33,7 @@ from ptqlib.int8_layers import (
 )
 from ptqlib.int8_model import Int8Model
 from ptqlib.integer_arithmetic import Requantization, requantization_mode
-from ptqlib.lowbit.packing import PACKED_KEY, pack_entry, unpack_entry
+from ptqlib.packing import PACKED_KEY, pack_entry, unpack_entry
 from ptqlib.quantization import QParams
 
 
@@ -115,7 +115,7 @@ def _weighted_entry(
 
 
 def _packed(state: dict[str, Any]) -> dict[str, Any]:
-    """The state with every sub-8-bit weight packed into bytes (``ptqlib.lowbit.packing``); the
+    """The state with every sub-8-bit weight packed into bytes (``ptqlib.packing``); the
     int8 weights left and the packed bytes then share one storage each again (a view keeps
     its whole storage alive in the file, packed layers included). All 8-bit: unchanged."""
     layers = [pack_entry(e) if e["type"] == "linear" else e for e in state["layers"]]
@@ -340,7 +340,7 @@ def int8_model_from_state(state: dict[str, Any]) -> Int8Model:
     return Int8Model(input_qparams, layers, mode).eval()
 
 
-def _int8_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Int8Model:
+def int8_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Int8Model:
     """The model of a loaded payload; a bad field is named with the file it came from.
     Only InputError (a field found invalid) is caught: anything else is a bug."""
     try:
@@ -352,13 +352,5 @@ def _int8_from_payload(payload: dict[str, Any], path: str | os.PathLike) -> Int8
 def load_int8(path: str | os.PathLike) -> tuple[Int8Model, dict]:
     """Load an INT8 checkpoint written by :func:`save_int8`: the model (in eval mode) and meta."""
     payload = load_checkpoint(path, expected_kind="int8")
-    return _int8_from_payload(payload, path), payload.get("meta", {})
+    return int8_from_payload(payload, path), payload.get("meta", {})
 
-
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, str, dict]:
-    """Load an FP32 or an INT8 checkpoint: ``(model, kind, meta)``, kind "fp32" or "int8"."""
-    payload = load_checkpoint(path)
-    if payload["kind"] == "int8":
-        return _int8_from_payload(payload, path), "int8", payload.get("meta", {})
-    model, meta = fp32_from_payload(payload, path)
-    return model, "fp32", meta

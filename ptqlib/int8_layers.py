@@ -21,7 +21,7 @@ model computes ORT's integers exactly (notebook 08).
 **Carriers.** ``torch._int_mm`` multiplies int8 by int8. A uint8 activation q (0..255)
 therefore travels between layers as the int8 value ``c = q - 128`` (its *carrier*); an int8
 activation is its own carrier. Since ``q - Z_x = c - (Z_x - 128)``, the sum splits into
-``sum_k c_k q_w,k`` (the int8 GEMM, ``integer_arithmetic.int8_matmul``) and
+``sum_k c_k q_w,k`` (the int8 GEMM, ``int8_gemm.int8_matmul``) and
 ``(128 - Z_x) sum_k q_w,k``, the *carrier correction* (``carrier_correction()``), one
 integer per output channel.
 
@@ -63,6 +63,7 @@ from torch import nn
 from torch.nn import functional
 
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import carrier_of, int8_channelwise_dot, int8_matmul, to_carrier
 from ptqlib.int8_pooling import (  # noqa: F401  (the integer layers, importable from here)
     Int8GlobalAvgPool2d,
     Int8MaxPool2d,
@@ -72,18 +73,13 @@ from ptqlib.int8_pooling import (  # noqa: F401  (the integer layers, importable
 )
 from ptqlib.integer_arithmetic import (
     Requantization,
-    carrier_of,
     check_accumulator_fits,
     fixed_point_multiplier,
-    float32_multiplier,
-    int8_channelwise_dot,
-    int8_matmul,
     requantization_mode,
     requantize,
-    requantize_float32,
-    to_carrier,
     zero_point_correction,
 )
+from ptqlib.ort_arithmetic import float32_multiplier, requantize_float32
 from ptqlib.quantization import QParams
 
 DTYPE_NAMES = {torch.uint8: "uint8", torch.int8: "int8"}

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ptqlib.calibration import calibrate_fused
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import carrier_of, from_carrier, to_carrier
 from ptqlib.int8_layers import (
     DTYPE_NAMES,
     Int8Conv2d,
@@ -34,24 +34,10 @@ from ptqlib.int8_layers import (
     Int8Step,
     activation_qparams_from,
 )
-from ptqlib.integer_arithmetic import (
-    Requantization,
-    carrier_of,
-    from_carrier,
-    quantize_bias,
-    quantize_by_division,
-    requantization_mode,
-    to_carrier,
-)
-from ptqlib.plan import (
-    RESTRICTED_WEIGHT_RANGE,
-    Step,
-    WeightedStep,
-    bias_of,
-    plan_conversion,
-)
-from ptqlib.quantization import QParams
-from ptqlib.quantization import quantize as quantize_tensor
+from ptqlib.integer_arithmetic import Requantization, quantize_bias, requantization_mode
+from ptqlib.ort_arithmetic import quantize_by_division
+from ptqlib.plan import Step, WeightedStep, bias_of, plan_conversion
+from ptqlib.quantization import RESTRICTED_WEIGHT_RANGE, QParams, quantize
 
 # Raw pixels as the input (a model from ptqlib.models.fold_input_normalization): S = 1, Z = 0,
 # so the quantized input is the uint8 pixel itself.
@@ -121,7 +107,7 @@ class Int8Model(nn.Module):
         if self.requantization == Requantization.FLOAT32:
             quantized = quantize_by_division(images.float(), qparams)
         else:
-            quantized = quantize_tensor(images.float(), qparams)
+            quantized = quantize(images.float(), qparams)
         return to_carrier(quantized, qparams.dtype)
 
     def integer_forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,7 +149,7 @@ def integer_layer(step: Step, requantization: Requantization) -> nn.Module:
     if not isinstance(step, WeightedStep):
         return step  # Flatten works on carriers as it is
     weights = dict(
-        weight=quantize_tensor(step.layer.weight.detach(), step.weight_qparams),
+        weight=quantize(step.layer.weight.detach(), step.weight_qparams),
         bias=quantize_bias(
             bias_of(step.layer), step.input_qparams.scale, step.weight_qparams.scale
         ),
@@ -229,23 +215,3 @@ def convert(
     first = next(step for step in steps if isinstance(step, WeightedStep))
     return Int8Model(first.input_qparams, layers, requantization).eval()
 
-
-def quantize_cnn(
-    model: nn.Sequential,
-    images: torch.Tensor,
-    activation_observer: str = "histogram",
-    per_channel: bool = True,
-    activation_kwargs: dict | None = None,
-    progress: bool = True,
-) -> tuple[Int8Model, nn.Sequential, dict[str, QParams]]:
-    """The whole PTQ of a CNN with BatchNorm (notebook 07): fold, calibrate the fused points
-    on ``images`` (:func:`ptqlib.calibration.calibrate_fused`), convert. Returns the INT8
-    model, the folded float model and the qparams."""
-    folded, calibration = calibrate_fused(
-        model,
-        images,
-        activation_observer=activation_observer,
-        activation_kwargs=activation_kwargs,
-        progress=progress,
-    )
-    return convert(folded, calibration.qparams, per_channel), folded, calibration.qparams

@@ -25,6 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ptqlib.catalog import MODEL_NAMES
 from ptqlib.data import MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from ptqlib.errors import InputError
 
@@ -172,7 +173,7 @@ class DepthwiseCNN(nn.Sequential):
 
 
 # The models ptqlib can train and quantize, by the name checkpoints and the CLI use.
-MODELS = {"simplenet": SimpleNet, "cnn": SmallCNN, "dwcnn": DepthwiseCNN}
+MODELS = dict(zip(MODEL_NAMES, (SimpleNet, SmallCNN, DepthwiseCNN), strict=True))
 
 
 def build_model(name: str) -> nn.Sequential:

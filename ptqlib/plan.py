@@ -33,11 +33,6 @@ SUPPORTED_NAMES = (
     "Linear, Conv2d (plain or depthwise), ReLU (after either), MaxPool2d, "
     "AdaptiveAvgPool2d(1) (global average pool), Flatten"
 )
-# The weight grid ONNX Runtime's quantizer uses (S_w = max|w| / 127), for convert's
-# ``weight_range``; torch's own (-128..127) is the default.
-RESTRICTED_WEIGHT_RANGE = (-127, 127)
-
-
 @dataclass(frozen=True)
 class WeightedStep:
     """One Linear or Conv2d of the float model with everything its integer version needs.
@@ -76,7 +71,7 @@ def _check_supported(name: str, module: nn.Module) -> None:
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         raise InputError(
             f"layer {name!r} is a BatchNorm: fold it first (ptqlib.batchnorm.fold_model, or "
-            "calibrate with ptqlib.calibration.calibrate_fused, which folds)"
+            "quantize with ptqlib.ptq.post_training_quantize, which folds)"
         )
     if not isinstance(module, SUPPORTED_LAYERS):
         raise InputError(
@@ -118,7 +113,8 @@ def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
     return bias.detach() if bias is not None else torch.zeros(layer.weight.shape[0])
 
 
-def activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
+def _stored_activation_qparams(qparams: Mapping[str, QParams], key: str, role: str) -> QParams:
+    """The per-tensor qparams of one activation, looked up in calibration's ``qparams``."""
     if key not in qparams:
         raise InputError(
             f"qparams: no entry for {key!r} ({role}); the model is uncalibrated or was "
@@ -193,7 +189,7 @@ def plan_conversion(
         raise InputError("model: has no Linear layer; it must end with one (the logits)")
 
     steps: list[Step] = []
-    current = activation_qparams(qparams, "input", "the model's input")
+    current = _stored_activation_qparams(qparams, "input", "the model's input")
     index = 0
     while index < len(children):
         name, module = children[index]
@@ -212,7 +208,7 @@ def plan_conversion(
         following = children[index + 1] if index + 1 < len(children) else None
         relu_name = following[0] if following and isinstance(following[1], nn.ReLU) else None
         output_key = relu_name or name
-        output = activation_qparams(qparams, output_key, f"the output of {output_key}")
+        output = _stored_activation_qparams(qparams, output_key, f"the output of {output_key}")
         weight = weight_qparams_for(
             name, module.weight.detach(), qparams, per_channel, weight_range
         )

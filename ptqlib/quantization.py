@@ -98,6 +98,12 @@ def bit_range(bits: int, dtype: torch.dtype = torch.uint8) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
+# The restricted symmetric int8 grid: -127..127, S = max|w| / 127, so that -w is exactly as
+# representable as w. ONNX Runtime's quantizer, TFLite and CMSIS-NN put weights on it; torch's
+# own symmetric grid is the full -128..127 (notebook 02).
+RESTRICTED_WEIGHT_RANGE = (-127, 127)
+
+
 @dataclass(frozen=True)
 class QParams:
     """Everything needed to quantize one tensor: r = scale * (q - zero_point).

@@ -22,32 +22,28 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ptqlib.catalog import (  # noqa: F401  (the defaults, importable from here)
+    DEFAULT_EPOCHS,
+    DEFAULT_EPOCHS_BY_MODEL,
+    DEFAULT_RECIPE,
+    DEFAULT_SEED,
+)
 from ptqlib.checkpoints import load_fp32, save_fp32
 from ptqlib.data import MNIST, MNISTSplit
 from ptqlib.errors import InputError
 from ptqlib.models import MODELS, SimpleNet, build_model
 from ptqlib.paths import artifacts_dir
 
-DEFAULT_EPOCHS = 10
-DEFAULT_SEED = 0
 BATCH_SIZE = 64
 LEARNING_RATE = 1e-3
-# SmallCNN (notebook 07) learns faster per epoch and costs more per epoch than SimpleNet.
-CNN_EPOCHS = 4
-# DepthwiseCNN (notebook 09): 8 epochs, the setting its "hot" recipe breaks with.
-DEPTHWISE_EPOCHS = 8
-DEFAULT_EPOCHS_BY_MODEL = {
-    "simplenet": DEFAULT_EPOCHS,
-    "cnn": CNN_EPOCHS,
-    "dwcnn": DEPTHWISE_EPOCHS,
-}
+CNN_EPOCHS = DEFAULT_EPOCHS_BY_MODEL["cnn"]
+DEPTHWISE_EPOCHS = DEFAULT_EPOCHS_BY_MODEL["dwcnn"]
 # SmallCNN trains on one thread. Its many small convolution, BatchNorm and pooling kernels
 # gain little from a second thread, and on a busy 2-core machine every multi-threaded kernel
 # waits for a scheduler slice for its second thread (measured: 35 ms per step on one thread,
 # 430 ms on two while other jobs ran). One thread also makes its weights independent of the
 # caller's thread setting. SimpleNet keeps the caller's setting (its cached weights stay).
 TRAIN_THREADS = {"cnn": 1, "dwcnn": 1}
-DEFAULT_RECIPE = "default"
 
 
 @dataclass(frozen=True)
@@ -63,8 +59,9 @@ class Recipe:
 
 
 ADAM = Recipe("adam", LEARNING_RATE)
-# The recipes of each model, by name. DepthwiseCNN's "default" is a sensible one (Adam with a
-# cosine schedule): per-tensor INT8 loses little. "hot" is SGD, momentum 0.9, lr 2.0, cosine.
+# The recipes of each model, by name (the names are listed in ptqlib.catalog too, for the
+# command line). DepthwiseCNN's "default" is a sensible one (Adam with a cosine schedule):
+# per-tensor INT8 loses little. "hot" is SGD, momentum 0.9, lr 2.0, cosine.
 RECIPES: dict[str, dict[str, Recipe]] = {
     "simplenet": {"default": ADAM},
     "cnn": {"default": ADAM},

@@ -14,7 +14,11 @@ import torch
 
 from conftest import assert_one_line_error, run_cli
 from ptqlib.calibration import calibrate
-from ptqlib.checkers.c_export import REFERENCE_REQUANTIZE_C, check_arena_bytes, check_requantize_c
+from ptqlib.classroom.checkers.c_export import (
+    REFERENCE_REQUANTIZE_C,
+    check_arena_bytes,
+    check_requantize_c,
+)
 from ptqlib.data import calibration_images, normalise
 from ptqlib.deploy.c_budget import arena_bytes, flash_bytes
 from ptqlib.deploy.c_export import export_c, fold_layer

@@ -1,4 +1,5 @@
-"""Tests for ptqlib.checkers: right answers pass, typical student mistakes fail clearly."""
+"""Tests for ptqlib.classroom.checkers: right answers pass, typical student mistakes fail
+clearly."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ptqlib import checkers
-from ptqlib.checkers import (
+from ptqlib.classroom import checkers
+from ptqlib.classroom.checkers import (
     check_dequantize,
     check_fixed_point_multiplier,
     check_qparams,
@@ -346,7 +347,7 @@ def test_the_message_shows_the_inputs_even_if_the_student_changed_them_in_place(
 
 
 def test_checkers_live_in_the_module_of_their_notebook():
-    from ptqlib.checkers import int8_conversion, quantization_math
+    from ptqlib.classroom.checkers import int8_conversion, quantization_math
 
     for checker in (check_qparams, check_quantize, check_dequantize):
         assert checker.__module__ == quantization_math.__name__
@@ -355,7 +356,7 @@ def test_checkers_live_in_the_module_of_their_notebook():
 
 
 def test_a_new_checker_can_be_built_from_the_core(capsys):
-    from ptqlib.checkers.core import Case, compare_integers, run_cases
+    from ptqlib.classroom.checkers.core import Case, compare_integers, run_cases
 
     x = torch.tensor([-2, 0, 3])
     cases = [Case("negative and positive integers", (("x", x),), 2 * x, "multiply by 2")]

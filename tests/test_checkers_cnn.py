@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
+from ptqlib.classroom.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 
 
 def right_fold(weight, bias, mean, var, gamma, beta, eps):

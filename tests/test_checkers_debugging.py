@@ -4,7 +4,7 @@ skeleton that still raises NotImplementedError as not attempted."""
 import pytest
 import torch
 
-from ptqlib.checkers.debugging import check_cle_scales, check_find_culprit
+from ptqlib.classroom.checkers.debugging import check_cle_scales, check_find_culprit
 
 
 def right_scales(weight1, weight2, depthwise):

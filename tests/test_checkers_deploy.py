@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from ptqlib.checkers.deploy import (
+from ptqlib.classroom.checkers.deploy import (
     _qdq_roles,
     check_qdq_reading,
     check_quantize_linear,

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from ptqlib.checkers import check_mcnemar_p_value
-from ptqlib.checkers.evaluation import mcnemar_cases
+from ptqlib.classroom.checkers import check_mcnemar_p_value
+from ptqlib.classroom.checkers.evaluation import mcnemar_cases
 from ptqlib.evaluation import PairedComparison, mcnemar_p_value, paired_comparison
 
 

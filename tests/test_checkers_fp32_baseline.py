@@ -1,4 +1,4 @@
-"""Tests for ptqlib.checkers.fp32_baseline (notebook 01): parameter count, INT8 size and
+"""Tests for ptqlib.classroom.checkers.fp32_baseline (notebook 01): parameter count, INT8 size and
 the hardest digits. A correct implementation passes; each classic mistake fails, naming
 the case and the hint that explains it; the untouched skeleton is reported, not raised."""
 
@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from ptqlib.checkers import check_hardest_digits, check_int8_bytes, check_linear_parameters
-from ptqlib.checkers.fp32_baseline import int8_bytes_cases
+from ptqlib.classroom.checkers import (
+    check_hardest_digits,
+    check_int8_bytes,
+    check_linear_parameters,
+)
+from ptqlib.classroom.checkers.fp32_baseline import int8_bytes_cases
 from ptqlib.models import SimpleNet, count_parameters
 
 

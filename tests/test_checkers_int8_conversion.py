@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from ptqlib import checkers
-from ptqlib.checkers import (
+from ptqlib.classroom import checkers
+from ptqlib.classroom.checkers import (
     check_fixed_point_multiplier,
     check_int32_bias,
     check_integer_layer,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ptqlib.checkers.low_bit import (
+from ptqlib.classroom.checkers.low_bit import (
     _adaround_loss,
     _gptq_column,
     check_adaround_loss,
@@ -79,8 +79,10 @@ def test_right_answers_pass(checker, solution, capsys):
         # The error as w - q, forgetting the scale (the slip notebook 06 once printed).
         (
             check_gptq_column,
-            lambda w, hinv, j, s, lo, hi: gptq_column(w, hinv, j, s, lo, hi)[:1]
-            + (gptq_column(w, hinv, j, torch.ones_like(s), lo, hi)[1],),
+            lambda w, hinv, j, s, lo, hi: (
+                gptq_column(w, hinv, j, s, lo, hi)[:1]
+                + (gptq_column(w, hinv, j, torch.ones_like(s), lo, hi)[1],)
+            ),
             "case 1 of 3 failed",
         ),
         # No regulariser at all.

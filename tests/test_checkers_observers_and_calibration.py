@@ -1,4 +1,4 @@
-"""Tests for ptqlib.checkers.observers_and_calibration: right answers pass, the classic
+"""Tests for ptqlib.classroom.checkers.observers_and_calibration: right answers pass, the classic
 mistakes fail with their hint, untouched skeletons are 'not attempted', and the helper of
 the observer-choice activity merges calibrations into qparams that convert accepts."""
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ptqlib.calibration import calibrate
-from ptqlib.checkers import (
+from ptqlib.classroom.checkers import (
     changed_digits,
     check_moving_average_range,
     check_observer_choice,

@@ -1,4 +1,4 @@
-"""Tests for ptqlib.checkers.quantization_schemes (notebook 02): symmetric and per-channel
+"""Tests for ptqlib.classroom.checkers.quantization_schemes (notebook 02): symmetric and per-channel
 qparams and SQNR. A correct implementation passes; each classic mistake fails, naming the
 case and the hint that explains it; the untouched skeleton is reported, not raised."""
 
@@ -9,8 +9,15 @@ import math
 import pytest
 import torch
 
-from ptqlib.checkers import check_per_channel_qparams, check_sqnr_db, check_symmetric_qparams
-from ptqlib.checkers.quantization_schemes import per_channel_qparams_cases, symmetric_qparams_cases
+from ptqlib.classroom.checkers import (
+    check_per_channel_qparams,
+    check_sqnr_db,
+    check_symmetric_qparams,
+)
+from ptqlib.classroom.checkers.quantization_schemes import (
+    per_channel_qparams_cases,
+    symmetric_qparams_cases,
+)
 from ptqlib.reference.torch_eager import deprecated_api, torch_observer
 
 EPS = torch.finfo(torch.float32).eps

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from ptqlib.app.model_files import load_model
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import (
     DIGEST_KEY,
@@ -29,7 +30,7 @@ from ptqlib.deploy.onnx_export import int8_to_onnx, save_onnx
 from ptqlib.deploy.onnx_runtime import load_onnx, load_onnx_model
 from ptqlib.digests import content_digest
 from ptqlib.errors import InputError
-from ptqlib.int8_checkpoint import load_int8, load_model, save_int8
+from ptqlib.int8_checkpoint import load_int8, save_int8
 from ptqlib.int8_model import convert
 from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
 from ptqlib.models import SimpleNet

@@ -2,6 +2,8 @@
 ``python -m ptqlib`` entry point as a user runs it, in a subprocess."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +123,24 @@ def test_not_a_checkpoint(tmp_path):
     result = run_cli("evaluate", "--checkpoint", str(tmp_path / "notes.pt"))
     assert result.returncode == 2
     assert "not a readable ptqlib checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_catalog_names_what_the_library_implements():
+    """The command line lists the catalog's names (without importing torch); every one of them
+    is implemented, and nothing else is."""
+    from ptqlib import catalog
+    from ptqlib.models import MODELS
+    from ptqlib.observers import OBSERVERS
+    from ptqlib.training import RECIPES
+
+    assert tuple(MODELS) == catalog.MODEL_NAMES
+    assert tuple(OBSERVERS) == catalog.OBSERVER_NAMES
+    assert {model: tuple(recipes) for model, recipes in RECIPES.items()} == catalog.RECIPE_NAMES
+
+
+def test_the_parser_imports_no_torch():
+    """--help answers at once: building the parser imports neither torch nor the library."""
+    code = "import sys, ptqlib.app.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "False"

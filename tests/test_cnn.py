@@ -9,17 +9,17 @@ from test_convert import RecordOps  # one recorder of aten operations for both t
 from torch import nn
 from torch.nn import functional
 
-import ptqlib.integer_arithmetic as integer_arithmetic
+import ptqlib.int8_gemm as int8_gemm
 from ptqlib.batchnorm import fold_batchnorm, fold_model, fold_parameters, has_batchnorm
-from ptqlib.calibration import calibrate_fused
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import accuracy, agreement
 from ptqlib.fake_quant import simulate
 from ptqlib.fusion import fusion_groups, quantization_points
 from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d, patches
-from ptqlib.int8_model import convert, quantize_cnn
+from ptqlib.int8_model import convert
 from ptqlib.integer_arithmetic import quantize_bias
 from ptqlib.models import SmallCNN
+from ptqlib.ptq import calibrate_fused, post_training_quantize
 from ptqlib.quantization import QParams, dequantize, min_max, qparams_from_range, quantize
 from ptqlib.reference.torch_eager import (
     default_quantized_engine,
@@ -273,14 +273,27 @@ def test_int8_max_pool_commutes_with_dequantize(kernel, stride):
 # --- the whole CNN -----------------------------------------------------------------------------
 
 
+def quantize_cnn(model, images, observer, per_channel=True, activation_kwargs=None):
+    """``post_training_quantize`` as a triple: the INT8 model, the folded model, the qparams."""
+    result = post_training_quantize(
+        model,
+        images,
+        observer=observer,
+        per_channel=per_channel,
+        activation_kwargs=activation_kwargs,
+        progress=False,
+    )
+    return result.int8_model, result.folded, result.calibration.qparams
+
+
 @pytest.fixture(scope="module")
 def quantized(cnn, images):
-    return quantize_cnn(cnn, images, "minmax", progress=False)
+    return quantize_cnn(cnn, images, "minmax")
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_integer_cnn_equals_its_simulation_within_one_lsb(cnn, images, offline_data, per_channel):
-    int8_model, folded, qparams = quantize_cnn(cnn, images, "minmax", per_channel, progress=False)
+    int8_model, folded, qparams = quantize_cnn(cnn, images, "minmax", per_channel)
     test_images = offline_data.test.images
     ours = int8_model.quantized_logits(test_images).long()
     simulated = simulate(folded, qparams, per_channel).quantized_logits(test_images)
@@ -295,7 +308,7 @@ def test_int8_cnn_accuracy_is_close_to_fp32(cnn, quantized, offline_data):
 
 def test_integer_cnn_forward_is_integer_only(quantized, offline_data, monkeypatch):
     # With the int8 GEMM; the float GEMM computes the same integers (test_parity_matrix.py).
-    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
+    monkeypatch.setattr(int8_gemm, "default_uses_int8_gemm", lambda: True)
     int8_model = quantized[0]
     carriers = int8_model.quantize_input(offline_data.test.images[:4])
     with RecordOps() as recorder:
@@ -327,7 +340,7 @@ def parity_pair(cnn, images):
     # 7-bit activations on x86: FBGEMM's AVX2 kernels saturate int16 sums at 8 bits
     reduce_range = default_quantized_engine() == "x86"
     int8_model, folded, _ = quantize_cnn(
-        cnn, images, "minmax", activation_kwargs={"reduce_range": reduce_range}, progress=False
+        cnn, images, "minmax", activation_kwargs={"reduce_range": reduce_range}
     )
     return int8_model, torch_cnn_from_int8(int8_model, folded)
 
@@ -361,7 +374,7 @@ def test_torch_eager_ptq_of_the_cnn(cnn, images, offline_data):
 
 def test_int8_activations_equal_their_simulation(cnn, images, offline_data):
     int8_model, folded, qparams = quantize_cnn(
-        cnn, images, "minmax", activation_kwargs={"dtype": torch.int8}, progress=False
+        cnn, images, "minmax", activation_kwargs={"dtype": torch.int8}
     )
     assert qparams["relu1"].dtype == torch.int8 and int(qparams["relu1"].zero_point) == -128
     test_images = offline_data.test.images[:200]
@@ -383,7 +396,7 @@ def test_cnn_without_batchnorm_and_with_conv_bias_converts(images):
             fc=nn.Linear(6 * 6 * 6, 10),
         )
     ).eval()
-    int8_model, folded, qparams = quantize_cnn(model, images[:200], "minmax", progress=False)
+    int8_model, folded, qparams = quantize_cnn(model, images[:200], "minmax")
     assert list(qparams) == ["input", "relu", "fc", "conv.weight", "fc.weight"]
     test_images = images[200:300]
     ours = int8_model.quantized_logits(test_images).long()
@@ -415,7 +428,7 @@ def test_fast_path_equals_the_teaching_path(
     from ptqlib.fast import FastInt8Model
 
     int8_model, _, _ = quantize_cnn(
-        cnn, images, "minmax", per_channel, {"dtype": activation_dtype}, progress=False
+        cnn, images, "minmax", per_channel, {"dtype": activation_dtype}
     )
     test_images = offline_data.test.images
     fast = FastInt8Model(int8_model)
@@ -439,7 +452,7 @@ def test_fast_path_without_pooling_and_with_stride(images):
             fc=nn.Linear(8 * 11 * 11, 10),
         )
     ).eval()
-    int8_model, _, _ = quantize_cnn(model, images[:200], "minmax", progress=False)
+    int8_model, _, _ = quantize_cnn(model, images[:200], "minmax")
     test_images = images[200:260]
     fast = FastInt8Model(int8_model)
     assert torch.equal(fast.quantized_logits(test_images), int8_model.quantized_logits(test_images))

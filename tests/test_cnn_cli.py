@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from ptqlib.app.cli import EXIT_ERROR, main
+from ptqlib.app.model_files import load_model
 from ptqlib.app.pipeline import MODEL_NAMES, run_pipeline
 from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint, save_fp32
-from ptqlib.int8_checkpoint import load_int8, load_model
+from ptqlib.int8_checkpoint import load_int8
 from ptqlib.int8_layers import Int8Conv2d, Int8MaxPool2d
 from ptqlib.models import SimpleNet, SmallCNN
 
@@ -134,7 +135,7 @@ def test_low_bit_options_on_a_cnn_fail_before_any_work(
 
 def test_diagnose_on_an_int8_cnn_is_one_line(int8_checkpoint, capsys):
     capsys.readouterr()
-    assert main(["diagnose", "--checkpoint", str(int8_checkpoint)]) == EXIT_ERROR
+    assert main(["layer-errors", "--checkpoint", str(int8_checkpoint)]) == EXIT_ERROR
     assert "the per-layer diagnosis is implemented for simplenet only" in one_line_error(capsys)
 
 

@@ -8,17 +8,18 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import ptqlib.integer_arithmetic as integer_arithmetic
+import ptqlib.int8_gemm as int8_gemm
+from ptqlib.app.model_files import load_model
 from ptqlib.calibration import calibrate
-from ptqlib.checkers.int8_conversion import _fixed_point_multiplier_reference
 from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
-from ptqlib.int8_checkpoint import int8_state, load_int8, load_model, save_int8
+from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
+from ptqlib.int8_gemm import carrier_offset
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import convert
 from ptqlib.integer_arithmetic import (
-    carrier_offset,
     fixed_point_multiplier,
     quantize_bias,
     requantize,
@@ -227,7 +228,7 @@ def test_forward_between_quantize_and_dequantize_is_integer_only(
 ):
     # With the int8 GEMM (the float GEMM, chosen on CPUs without a fast int8 kernel,
     # computes the same integers in float; tests/test_parity_matrix.py).
-    monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda: True)
+    monkeypatch.setattr(int8_gemm, "default_uses_int8_gemm", lambda: True)
     carriers = int8_model.quantize_input(offline_data.test.images[:8])
     with RecordOps() as recorder:
         x = carriers

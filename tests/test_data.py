@@ -1,13 +1,16 @@
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 import torchvision.datasets
 
 from ptqlib.data import (
+    DOWNLOAD_FAILED_NOTE,
     MNIST_MEAN,
     MNIST_STD,
     calibration_images,
+    forget_download_failure,
     load_mnist,
     normalise,
 )
@@ -194,3 +197,56 @@ def test_without_network_the_line_says_so(tmp_path):
         assert "Error" not in data.source
     else:
         assert len(data.test) == 10_000
+
+
+def test_a_failed_download_is_noted_and_not_tried_again(tmp_path, monkeypatch):
+    """Offline, every load would wait for torchvision's mirrors again: the first failure is
+    noted in the data directory, later loads skip the download, and forgetting the note
+    (the command line's --download) tries again."""
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(1)
+        raise urllib.error.URLError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    first = load_mnist(tmp_path, splits=("test",), verbose=False)
+    second = load_mnist(tmp_path, splits=("test",), verbose=False)
+    assert len(calls) == 1 and (tmp_path / DOWNLOAD_FAILED_NOTE).is_file()
+    assert "MNIST could not be downloaded: no network" in first.source
+    assert "noted earlier; --download tries again" in second.source
+    assert torch.equal(first.test.images, second.test.images)
+    forget_download_failure(tmp_path)
+    load_mnist(tmp_path, splits=("test",), verbose=False)
+    assert len(calls) == 2
+
+
+def test_the_cli_download_option_forgets_the_failure(tmp_path, monkeypatch, capsys):
+    from ptqlib.app.cli import main
+
+    (tmp_path / DOWNLOAD_FAILED_NOTE).write_text("MNIST could not be downloaded: no network\n")
+    monkeypatch.setattr("ptqlib.app.commands.run_evaluate", lambda args: 0)  # no real work
+    arguments = ["evaluate", "--checkpoint", "x.pt", "--data-dir", str(tmp_path)]
+    assert main(arguments) == 0
+    assert (tmp_path / DOWNLOAD_FAILED_NOTE).is_file()
+    assert main([*arguments, "--download"]) == 0
+    assert not (tmp_path / DOWNLOAD_FAILED_NOTE).exists()
+
+
+def test_the_offline_sample_is_parsed_once_and_cached(tmp_path, monkeypatch):
+    """The CSV's digits are cached as tensors in artifacts/; a damaged cache is parsed again."""
+    monkeypatch.setenv("PTQLIB_OUTPUT_DIR", str(tmp_path))
+    first = load_mnist(tmp_path, download=False, verbose=False)
+    cache = tmp_path / "artifacts" / "mnist_5k.pt"
+    assert cache.is_file()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the CSV was parsed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "loadtxt", no_parsing)
+        cached = load_mnist(tmp_path, download=False, verbose=False)
+    assert first.fingerprint() == cached.fingerprint()
+    cache.write_bytes(b"not a torch file")
+    again = load_mnist(tmp_path, download=False, verbose=False)
+    assert again.fingerprint() == first.fingerprint()

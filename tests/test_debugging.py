@@ -14,7 +14,7 @@ from ptqlib.app.cli import EXIT_ERROR, main
 from ptqlib.batchnorm import fold_model
 from ptqlib.checkpoints import load_fp32
 from ptqlib.debugging import (
-    activation_qparams,
+    calibrated_activation_qparams,
     dead_channels,
     debug_model,
     format_report,
@@ -41,7 +41,7 @@ def random_folded(seed: int = 0) -> nn.Sequential:
 def test_partially_quantized_with_nothing_quantized_is_the_float_model():
     folded = random_folded()
     images = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    qparams = activation_qparams(folded, images)
+    qparams = calibrated_activation_qparams(folded, images)
     assert list(qparams)[:3] == ["input", "relu1", "dw1_relu"]
     assert torch.equal(partially_quantized(folded, qparams)(images), folded(images))
     # every point quantized: close to float, but not equal
@@ -142,7 +142,10 @@ def test_quantize_per_tensor_collapses_and_per_channel_or_cle_repairs(hot_checkp
 def test_debug_command_json_names_the_layer(hot_checkpoint, report, capsys):
     path, data_dir = hot_checkpoint
     capsys.readouterr()
-    assert main(["debug", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json"]) == 0
+    assert (
+        main(["find-culprit", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json"])
+        == 0
+    )
     found = json.loads(capsys.readouterr().out)
     assert found["culprit"] == report.culprit
     assert [trial["name"] for trial in found["steps"]][0] == "W8A8 per-tensor"

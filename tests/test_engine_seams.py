@@ -22,14 +22,15 @@ import ptqlib
 import ptqlib.int8_checkpoint as int8_checkpoint
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
-from ptqlib.checkers.integer_layer import _zero_point_correction_reference
 from ptqlib.checkpoints import save_checkpoint
+from ptqlib.classroom.checkers.integer_layer import _zero_point_correction_reference
 from ptqlib.errors import InputError
 from ptqlib.fast import FastInt8Model
 from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
+from ptqlib.int8_gemm import from_carrier, to_carrier
 from ptqlib.int8_layers import Int8Conv2d
 from ptqlib.int8_model import convert
-from ptqlib.integer_arithmetic import from_carrier, to_carrier, zero_point_correction
+from ptqlib.integer_arithmetic import zero_point_correction
 from ptqlib.models import SimpleNet, SmallCNN
 
 IMAGES = torch.rand(4096, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 3.2 - 0.42

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ptqlib.batchnorm import fold_model
-from ptqlib.debugging import activation_qparams, partially_quantized
+from ptqlib.debugging import calibrated_activation_qparams, partially_quantized
 from ptqlib.equalization import (
     absorb_biases,
     cross_layer_equalization,
@@ -149,7 +149,7 @@ def test_bias_absorption_matters_when_an_activation_sits_far_from_zero():
     assert torch.allclose(absorbed(images), reference, atol=1e-4)  # every value >= c
 
     def error_with_quantized_activation(network: nn.Sequential) -> float:
-        qparams = activation_qparams(network, images)
+        qparams = calibrated_activation_qparams(network, images)
         quantized = partially_quantized(network, qparams, activations=["2"])
         return float((quantized(images) - reference).abs().mean())
 

@@ -1,6 +1,6 @@
 """Notebooks 01 and 02 follow the instructor-kit convention for every exercise that asks for
 code: a skeleton cell (tag ``exercise``) that raises NotImplementedError, then a cell (tag
-``checker``) that calls a ``ptqlib.checkers`` function on it, then the solution (tags
+``checker``) that calls a ``ptqlib.classroom.checkers`` function on it, then the solution (tags
 ``solution`` and ``hide-cell``) that defines the same function and passes the same checker.
 The skeleton and checker cells are run here, outside Jupyter: the untouched skeleton is
 reported as not attempted, and nothing raises, so a student notebook runs top to bottom."""

@@ -6,8 +6,8 @@ import torch
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, normalise
 from ptqlib.fast import FastInt8Model
+from ptqlib.int8_gemm import exact_float_dtype, int8_matmul
 from ptqlib.int8_model import PIXEL_QPARAMS, convert
-from ptqlib.integer_arithmetic import exact_float_dtype, int8_matmul
 from ptqlib.models import fold_input_normalization
 from ptqlib.training import load_or_train_baseline
 

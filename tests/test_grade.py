@@ -18,8 +18,9 @@ import nbformat
 import pytest
 
 from conftest import REPO_ROOT, run_cli
-from ptqlib.app import cli, grade, grade_report
-from ptqlib.app.exercises import find_exercises, solved_edition, student_edition
+from ptqlib.app import cli
+from ptqlib.classroom import grade, grade_report
+from ptqlib.classroom.exercises import find_exercises, solved_edition, student_edition
 from ptqlib.data import load_mnist
 from ptqlib.errors import InputError
 from ptqlib.training import load_or_train_baseline
@@ -60,7 +61,8 @@ def code(source, *tags):
 def tiny_notebook(*cells) -> nbformat.NotebookNode:
     """A notebook whose first cell imports torch and two checkers of notebook 01."""
     imports = code(
-        "import torch\nfrom ptqlib.checkers import check_hardest_digits, check_linear_parameters"
+        "import torch\n"
+        "from ptqlib.classroom.checkers import check_hardest_digits, check_linear_parameters"
     )
     return nbformat.v4.new_notebook(cells=[imports, *cells])
 

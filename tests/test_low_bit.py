@@ -7,7 +7,6 @@ from ptqlib.checkpoints import save_checkpoint
 from ptqlib.data import calibration_images
 from ptqlib.fake_quant import simulate
 from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
-from ptqlib.lowbit.packing import bits_for_range, pack, unpack
 from ptqlib.lowbit.rounding import round_to_nearest
 from ptqlib.lowbit.weights import (
     LowBitSettings,
@@ -17,6 +16,7 @@ from ptqlib.lowbit.weights import (
     quantize_weights,
     weight_qparams,
 )
+from ptqlib.packing import bits_for_range, pack, unpack
 from ptqlib.quantization import fake_quantize, mse
 from ptqlib.training import load_or_train_baseline
 

@@ -1,4 +1,4 @@
-"""The low-bit command line, run in-process: quantize, evaluate --json, diagnose."""
+"""The low-bit command line, run in-process: quantize, evaluate --json, layer-errors."""
 
 import json
 
@@ -27,7 +27,7 @@ def run(capsys, *args):
 
 
 @pytest.mark.parametrize("rounding", ["gptq", "nearest"])
-def test_quantize_w2_then_evaluate_and_diagnose(setup, capsys, rounding):
+def test_quantize_w2_then_evaluate_and_layer_errors(setup, capsys, rounding):
     folder, fp32, data_dir = setup
     out = folder / f"w2_{rounding}.pt"
     code, stdout, stderr = run(
@@ -62,14 +62,14 @@ def test_quantize_w2_then_evaluate_and_diagnose(setup, capsys, rounding):
     assert report["activation_bits"] == 6
     assert 0.5 < report["accuracy"] <= 1.0
     code, stdout, stderr = run(
-        capsys, "diagnose", "--checkpoint", out, "--data-dir", data_dir, "--json"
+        capsys, "layer-errors", "--checkpoint", out, "--data-dir", data_dir, "--json"
     )
     assert code == 0, stderr
     layers = json.loads(stdout)["layers"]
     assert [layer["name"] for layer in layers] == ["fc1", "fc2", "fc3"]
     assert all(0 < layer["propagated"] < 40 and layer["weight_bits"] == 2 for layer in layers)
     code, stdout, _ = run(
-        capsys, "diagnose", "--checkpoint", out, "--fp32", fp32, "--data-dir", data_dir
+        capsys, "layer-errors", "--checkpoint", out, "--fp32", fp32, "--data-dir", data_dir
     )
     assert code == 0 and "propagated" in stdout and stdout.count("\n") >= 5
 
@@ -174,7 +174,7 @@ def test_unparsable_settings_give_one_line_and_exit_2(setup, capsys, extra, mess
     assert message in stderr and stderr.count("\n") == 1
 
 
-def test_diagnose_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path):
+def test_layer_errors_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path):
     folder, fp32, data_dir = setup
     out = tmp_path / "q.pt"
     code, _, stderr = run(
@@ -197,12 +197,12 @@ def test_diagnose_without_an_fp32_checkpoint_is_one_line(setup, capsys, tmp_path
     from ptqlib.checkpoints import save_checkpoint
 
     save_checkpoint(payload, out)
-    code, _, stderr = run(capsys, "diagnose", "--checkpoint", out, "--data-dir", data_dir)
+    code, _, stderr = run(capsys, "layer-errors", "--checkpoint", out, "--data-dir", data_dir)
     assert code == 2 and "give --fp32" in stderr and stderr.count("\n") == 1
 
 
-def test_diagnose_an_8_bit_checkpoint_without_fp32(setup, capsys, tmp_path):
-    """The default 8-bit quantize records its FP32 file too: diagnose needs no --fp32."""
+def test_layer_errors_an_8_bit_checkpoint_without_fp32(setup, capsys, tmp_path):
+    """The default 8-bit quantize records its FP32 file too: layer-errors needs no --fp32."""
     _, fp32, data_dir = setup
     out = tmp_path / "int8.pt"
     arguments = ["--calib", 100, "--observer", "minmax", "--data-dir", data_dir]
@@ -210,7 +210,7 @@ def test_diagnose_an_8_bit_checkpoint_without_fp32(setup, capsys, tmp_path):
     assert code == 0, stderr
     assert "weights fc1=8,fc2=8,fc3=8 (nearest, minmax clipping), activations 8 bits" in stdout
     code, stdout, stderr = run(
-        capsys, "diagnose", "--checkpoint", out, "--data-dir", data_dir, "--json"
+        capsys, "layer-errors", "--checkpoint", out, "--data-dir", data_dir, "--json"
     )
     assert code == 0, stderr
     layers = json.loads(stdout)["layers"]
@@ -244,7 +244,7 @@ def test_adaround_from_the_command_line_is_reproducible(setup, capsys):
             ["--weight-bits", "--activation-bits", "--rounding", "--bias-correction",
              "--weight-clipping", "--layer-bits", "--seed", "--adaround-iterations"],
         ),
-        ("diagnose", ["--checkpoint", "--fp32", "--data-dir", "--json"]),
+        ("layer-errors", ["--checkpoint", "--fp32", "--data-dir", "--json"]),
     ],
 )  # fmt: skip
 def test_help_documents_the_low_bit_options(capsys, command, options):

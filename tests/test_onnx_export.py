@@ -19,16 +19,16 @@ from ptqlib.deploy.onnx_runtime import (
     optimized_op_types,
     with_requantization,
 )
-from ptqlib.deploy.ort_arithmetic import (
+from ptqlib.deploy.ort_quantizer import gemm_qparams, ort_quantize_static
+from ptqlib.evaluation import agreement, predict
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import Int8Model, convert
+from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
 )
-from ptqlib.deploy.ort_quantizer import gemm_qparams, ort_quantize_static
-from ptqlib.evaluation import agreement, predict
-from ptqlib.int8_layers import Int8Linear
-from ptqlib.int8_model import RESTRICTED_WEIGHT_RANGE, Int8Model, convert
-from ptqlib.quantization import QParams, quantize
+from ptqlib.quantization import RESTRICTED_WEIGHT_RANGE, QParams, quantize
 from ptqlib.reference.pt2e import cpu_has_vnni
 from ptqlib.training import load_or_train_baseline
 

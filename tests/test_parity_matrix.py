@@ -21,7 +21,7 @@ from test_convert import RecordOps
 from test_depthwise import depthwise_cnn
 from torch import nn
 
-import ptqlib.integer_arithmetic as integer_arithmetic
+import ptqlib.int8_gemm as int8_gemm
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
 from ptqlib.fast import FastInt8Model
@@ -121,7 +121,7 @@ def test_the_teaching_path_uses_the_one_gemm_entry_point(architecture, monkeypat
     some = images()[:5]
     results, gemms = {}, {}
     for use_int8_gemm in (True, False):
-        monkeypatch.setattr(integer_arithmetic, "default_uses_int8_gemm", lambda u=use_int8_gemm: u)
+        monkeypatch.setattr(int8_gemm, "default_uses_int8_gemm", lambda u=use_int8_gemm: u)
         with RecordOps() as recorder:
             results[use_int8_gemm] = model.quantized_logits(some)
         gemms[use_int8_gemm] = [name for name, _ in recorder.calls].count("_int_mm")

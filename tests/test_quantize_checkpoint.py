@@ -7,6 +7,7 @@ import torch
 import ptqlib.app.quantize as quantize
 from ptqlib.app.quantize import QuantizeSettings, quantize_checkpoint
 from ptqlib.checkpoints import save_fp32
+from ptqlib.data import MNIST_MEAN, MNIST_STD
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import load_int8
 from ptqlib.int8_layers import Int8Step
@@ -22,6 +23,7 @@ SCHEMA = {
     "per_channel",
     "requantization",
     "equalized",
+    "pixel_input",
     "weight_bits",
     "activation_bits",
     "rounding",
@@ -46,7 +48,7 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work was done before the settings were checked")
 
-    for name in ("load_mnist", "quantize_model", "save_int8"):
+    for name in ("load_mnist", "int8_model_of", "save_int8"):
         monkeypatch.setattr(quantize, name, forbidden)
 
 
@@ -73,6 +75,34 @@ def test_quantize_checkpoint_end_to_end(tmp_path, data_dir):
     loaded, loaded_meta = load_int8(result.path)
     assert loaded_meta == meta
     assert loaded(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_pixel_input_reads_raw_pixels_and_computes_the_normalised_models_classes(
+    tmp_path, data_dir
+):
+    """With pixel_input the checkpoint takes uint8 pixels (S = 1, Z = 0) and is calibrated on
+    the same digits: its integers differ from the normalised-input model's only where the
+    input quantization differed, so nearly every prediction agrees."""
+    torch.manual_seed(0)
+    fp32_path = save_fp32(SimpleNet(), tmp_path / "fp32.pt")
+    results = {
+        pixel: quantize_checkpoint(
+            QuantizeSettings(
+                fp32_path, tmp_path / f"{pixel}.pt", "minmax", 20, data_dir=data_dir,
+                pixel_input=pixel,
+            ),
+            progress=False,
+        )
+        for pixel in (False, True)
+    }  # fmt: skip
+    pixel_model = results[True].model
+    assert pixel_model.takes_pixels and not results[False].model.takes_pixels
+    assert results[True].meta["pixel_input"] is True
+    pixels = torch.randint(0, 256, (64, 28, 28), generator=torch.Generator().manual_seed(1))
+    normalised = ((pixels.float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+    from_pixels = pixel_model(pixels.float().unsqueeze(1)).argmax(dim=1)
+    from_images = results[False].model(normalised).argmax(dim=1)
+    assert (from_pixels == from_images).float().mean() > 0.9
 
 
 def test_low_bit_and_cnn_checkpoints_share_the_schema(tmp_path, data_dir):
@@ -131,6 +161,13 @@ def test_the_requantization_reaches_every_layer(tmp_path, data_dir, model, kind,
         (SimpleNet, {"bits": LowBitSettings(layer_bits={"fc4": 4})}, "unknown layer(s) fc4"),
         (SmallCNN, {"bits": LowBitSettings(weight_bits=4)}, "holds a cnn: the low-bit options"),
         (SmallCNN, {"bits": LowBitSettings(rounding="gptq")}, "holds a cnn: the low-bit options"),
+        (SmallCNN, {"pixel_input": True}, "holds a cnn: pixel input folds the normalisation"),
+        (SimpleNet, {"pixel_input": 1}, "pixel_input: expected True or False"),
+        (
+            SimpleNet,
+            {"pixel_input": True, "bits": LowBitSettings(weight_bits=4)},
+            "pixel input is implemented for the 8-bit quantization",
+        ),
     ],
 )
 def test_every_check_comes_before_any_work(tmp_path, no_work, model, changes, message):

@@ -7,7 +7,7 @@ its outputs and execution count, so the student starts from a clean, unrun noteb
 exercise cells (tagged ``exercise``: a skeleton that raises ``NotImplementedError``) and the
 checker cells after them stay: run the checker after filling the skeleton. ``make student``
 runs this into ``student/`` (gitignored), ready to hand out. Which cells are exercises,
-checkers and solutions is defined once, in ``ptqlib.app.exercises``, which ``python -m ptqlib
+checkers and solutions is defined once, in ``ptqlib.classroom.exercises``, which ``python -m ptqlib
 grade`` reads too.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 
-from ptqlib.app.exercises import student_edition
+from ptqlib.classroom.exercises import student_edition
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,19 +13,21 @@ import argparse
 import importlib.util
 import sys
 
+# Only what --help needs: plain names and defaults. The commands import torch and the library
+# when they run (``ptqlib.app.commands``), so --help and a usage error answer at once.
 from ptqlib.app import commands
-from ptqlib.app.pipeline import BATCH_SIZES
-from ptqlib.app.quantize import ACTIVATION_OBSERVERS
-from ptqlib.deploy.mcu.targets import PARTS, TARGETS
-from ptqlib.errors import InputError
-from ptqlib.models import MODELS
-from ptqlib.training import (
+from ptqlib.catalog import (
+    ACTIVATION_OBSERVERS,
+    BATCH_SIZES,
     DEFAULT_EPOCHS,
     DEFAULT_EPOCHS_BY_MODEL,
     DEFAULT_RECIPE,
     DEFAULT_SEED,
-    RECIPES,
+    MODEL_NAMES,
+    RECIPE_NAMES,
 )
+from ptqlib.deploy.mcu.targets import PARTS, TARGETS  # plain data, no torch
+from ptqlib.errors import InputError
 
 EXIT_ERROR = 2
 
@@ -55,6 +57,12 @@ DATA_HELP = (
 
 def add_data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help=DATA_HELP)
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="try torchvision's download of MNIST again, although it failed before (without "
+        "this, a failed download is noted in the data directory and not retried)",
+    )
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +90,7 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_option(parser: argparse.ArgumentParser, help_text: str, default: str | None) -> None:
-    parser.add_argument("--model", choices=sorted(MODELS), default=default, help=help_text)
+    parser.add_argument("--model", choices=MODEL_NAMES, default=default, help=help_text)
 
 
 def add_low_bit_options(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +140,7 @@ def run_grade(args: argparse.Namespace) -> int:
             f"grade needs {' and '.join(missing)} to run notebooks; install the dev extras: "
             "pip install -e '.[dev]'"
         )
-    from ptqlib.app.grade_report import run_grade as grade_submissions
+    from ptqlib.classroom.grade_report import run_grade as grade_submissions
 
     return grade_submissions(args)
 
@@ -169,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--recipe",
         default=DEFAULT_RECIPE,
-        choices=sorted({name for recipes in RECIPES.values() for name in recipes}),
+        choices=sorted({name for names in RECIPE_NAMES.values() for name in names}),
         help="optimizer settings (default: default); dwcnn also has 'hot' (SGD, lr 2.0: "
         "notebook 09's model that breaks under per-tensor INT8)",
     )
@@ -225,46 +233,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-layer equalization (ptqlib.equalization) of the folded CNN before "
         "calibrating: a data-free repair for --per-tensor",
     )
+    quantize.add_argument(
+        "--pixel-input",
+        action="store_true",
+        help="fold the input normalisation into fc1, so the INT8 model reads raw uint8 "
+        "pixels (S = 1, Z = 0; SimpleNet, 8 bits): what the pipeline does",
+    )
     add_data_option(quantize)
     add_low_bit_options(quantize)
     quantize.set_defaults(handler=commands.run_quantize)
 
-    diagnose = subcommands.add_parser(
-        "diagnose", help="per-layer SQNR of an INT8 checkpoint against its FP32 model"
+    layer_errors = subcommands.add_parser(
+        "layer-errors",
+        help="measure a quantized checkpoint: each layer's SQNR against its FP32 model",
     )
-    diagnose.add_argument("--checkpoint", required=True, help="an INT8 checkpoint")
-    diagnose.add_argument(
+    layer_errors.add_argument("--checkpoint", required=True, help="an INT8 checkpoint")
+    layer_errors.add_argument(
         "--fp32",
         default=None,
         help="the FP32 checkpoint it was quantized from (default: the one its meta names)",
     )
-    add_data_option(diagnose)
-    diagnose.add_argument("--json", action="store_true", help="print the table as JSON")
-    diagnose.set_defaults(handler=commands.run_diagnose)
+    add_data_option(layer_errors)
+    layer_errors.add_argument("--json", action="store_true", help="print the table as JSON")
+    layer_errors.set_defaults(handler=commands.run_layer_errors)
 
-    debug = subcommands.add_parser(
-        "debug",
-        help="the PTQ debugging procedure on an FP32 checkpoint: which layer breaks and the fixes",
+    find_culprit = subcommands.add_parser(
+        "find-culprit",
+        help="experiment on an FP32 checkpoint: which layer breaks it under INT8, and the repairs",
     )
-    debug.add_argument("--checkpoint", required=True, help="an FP32 checkpoint (a CNN)")
-    debug.add_argument(
+    find_culprit.add_argument("--checkpoint", required=True, help="an FP32 checkpoint (a CNN)")
+    find_culprit.add_argument(
         "--observer",
         default="minmax",
         choices=ACTIVATION_OBSERVERS,
         help="activation observer (default minmax)",
     )
-    debug.add_argument(
+    find_culprit.add_argument(
         "--calib",
         type=positive_int,
         default=500,
         help="class-balanced training images to calibrate on (default 500)",
     )
-    debug.add_argument(
+    find_culprit.add_argument(
         "--sweeps", type=positive_int, default=20, help="CLE sweeps over all pairs (default 20)"
     )
-    add_data_option(debug)
-    debug.add_argument("--json", action="store_true", help="print the report as JSON")
-    debug.set_defaults(handler=commands.run_debug)
+    add_data_option(find_culprit)
+    find_culprit.add_argument("--json", action="store_true", help="print the report as JSON")
+    find_culprit.set_defaults(handler=commands.run_find_culprit)
 
     pipeline = subcommands.add_parser(
         "pipeline",
@@ -384,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "download", False):
+            from ptqlib.data import forget_download_failure
+
+            forget_download_failure(args.data_dir)
         return args.handler(args)
     # Bad input (a missing or broken file, a wrong setting) is reported in one line. Any other
     # exception, a TypeError included, is a bug in ptqlib: it keeps its traceback.

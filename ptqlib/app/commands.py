@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ptqlib.data import calibration_images, load_mnist
 from ptqlib.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
@@ -22,6 +21,7 @@ if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
 
 def run_train(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import save_fp32
+    from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
     from ptqlib.paths import artifacts_dir
     from ptqlib.training import DEFAULT_EPOCHS_BY_MODEL, recipe_for, train, training_meta
@@ -42,8 +42,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ptqlib.app.model_files import load_model
+    from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
-    from ptqlib.int8_checkpoint import load_model
 
     if getattr(args, "target", None):
         return run_evaluate_firmware(args)
@@ -84,6 +85,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_evaluate_c(args: argparse.Namespace) -> int:
     """``evaluate --checkpoint DIR``: a directory written by ``export --format c``, checked
     (its digest), compiled and run through ctypes; the same report as for a checkpoint."""
+    from ptqlib.data import load_mnist
     from ptqlib.deploy.c_runtime import load_c_model
     from ptqlib.evaluation import accuracy
 
@@ -117,6 +119,7 @@ def run_evaluate_firmware(args: argparse.Namespace) -> int:
     """``evaluate --checkpoint DIR --target cortex-m4``: a directory written by ``export
     --target``, built, run in QEMU on the test split and stress images, every output compared
     with ptqlib (``ptqlib.deploy.mcu.parity``)."""
+    from ptqlib.data import load_mnist
     from ptqlib.deploy.mcu import tools
     from ptqlib.deploy.mcu.emulator import LinkError
     from ptqlib.deploy.mcu.firmware import verify_firmware
@@ -178,10 +181,11 @@ def bit_widths(model, kind: str) -> dict:
     return {"weight_bits": weight_bits(model), "activation_bits": activation_bits(model)}
 
 
-def run_diagnose(args: argparse.Namespace) -> int:
+def run_layer_errors(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import load_fp32
+    from ptqlib.data import load_mnist
     from ptqlib.int8_checkpoint import load_int8
-    from ptqlib.lowbit.diagnose import diagnose, diagnosis_json, diagnosis_table
+    from ptqlib.lowbit.layer_errors import layer_error_json, layer_error_table, layer_errors
     from ptqlib.models import model_name
 
     int8_model, meta = load_int8(args.checkpoint)
@@ -198,12 +202,12 @@ def run_diagnose(args: argparse.Namespace) -> int:
             "for simplenet only"
         )
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
-    rows = diagnose(fp32, int8_model, data.test.images)
+    rows = layer_errors(fp32, int8_model, data.test.images)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "layers": diagnosis_json(rows)}))
+        print(json.dumps({"checkpoint": args.checkpoint, "layers": layer_error_json(rows)}))
     else:
         print(f"{data.describe()}\nSQNR of every layer's output against FP32:")
-        print(diagnosis_table(rows))
+        print(layer_error_table(rows))
     return 0
 
 
@@ -257,8 +261,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_debug(args: argparse.Namespace) -> int:
+def run_find_culprit(args: argparse.Namespace) -> int:
     from ptqlib.checkpoints import load_fp32
+    from ptqlib.data import calibration_images, load_mnist
     from ptqlib.debugging import debug_model, format_report
 
     model, _ = load_fp32(args.checkpoint)
@@ -273,8 +278,8 @@ def run_debug(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ptqlib.app.model_files import load_model
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
-    from ptqlib.int8_checkpoint import load_model
 
     model, kind, _ = load_model(args.checkpoint)
     target = getattr(args, "target", None)
@@ -329,7 +334,8 @@ def export_as_firmware(model, out: str, target: str, part: str | None, rounding:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from ptqlib.app.pipeline import results_markdown, run_pipeline
+    from ptqlib.app.pipeline import run_pipeline
+    from ptqlib.app.report import results_markdown
 
     results = run_pipeline(
         args.data_dir, args.calib, args.observer, args.out, args.threads, model=args.model
@@ -354,13 +360,9 @@ def check_runtimes(model: str, runtimes: list[str]) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from ptqlib.app.pipeline import (
-        build_models,
-        latency_markdown,
-        latency_rows,
-        latency_table,
-        machine_line,
-    )
+    from ptqlib.app.pipeline import build_models, latency_rows, latency_table
+    from ptqlib.app.report import latency_markdown, machine_line
+    from ptqlib.data import calibration_images, load_mnist
     from ptqlib.hardware import machine_info
 
     check_runtimes(args.model, args.runtime)

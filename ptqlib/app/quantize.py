@@ -7,11 +7,14 @@ and one metadata schema (:func:`checkpoint_meta`) for every model and every bit 
    holds, the observer, the output path and every combination of options, so that a bad
    setting costs nothing (no data loaded, no GPTQ or AdaRound run);
 2. load ``calib`` class-balanced training images (:func:`ptqlib.data.calibration_images`);
-3. quantize: calibrate and convert (8 bits), or the low-bit path of
+3. quantize: ``ptqlib.ptq.post_training_quantize`` (fold BatchNorm, calibrate, convert;
+   8 bits), after cross-layer equalization if asked, or the low-bit path of
    ``ptqlib.lowbit.weights`` (B-bit weights rounded by nearest / GPTQ / AdaRound, B-bit
-   activations); BatchNorm (the SmallCNN's) is folded first (``calibrate_fused``);
+   activations);
 4. save the INT8 model with its metadata, which names the FP32 file it came from
-   (``source_path``), so ``python -m ptqlib diagnose`` finds it without ``--fp32``.
+   (``source_path``), so ``python -m ptqlib layer-errors`` finds it without ``--fp32``.
+
+``python -m ptqlib pipeline`` is this function plus evaluation (``ptqlib.app.pipeline``).
 """
 
 from __future__ import annotations
@@ -25,22 +28,20 @@ import torch
 from torch import nn
 
 from ptqlib.batchnorm import fold_model
-from ptqlib.calibration import calibrate_fused
+from ptqlib.catalog import ACTIVATION_OBSERVERS
 from ptqlib.checkpoints import load_fp32
-from ptqlib.data import calibration_images, load_mnist
+from ptqlib.data import MNIST, calibration_images, load_mnist
 from ptqlib.equalization import cross_layer_equalization
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import save_int8
 from ptqlib.int8_layers import Int8Step
 from ptqlib.int8_model import Int8Model, convert
 from ptqlib.integer_arithmetic import requantization_mode
-from ptqlib.lowbit.packing import bits_for_range
 from ptqlib.lowbit.weights import LowBitSettings, linear_names, quantize_low_bit
 from ptqlib.models import MODELS, model_name
-from ptqlib.observers import OBSERVERS
+from ptqlib.packing import bits_for_range
+from ptqlib.ptq import post_training_quantize
 
-# Activations get one scale per tensor: every observer except the per-channel one.
-ACTIVATION_OBSERVERS = sorted(name for name in OBSERVERS if not name.startswith("per_channel"))
 EIGHT_BITS = LowBitSettings()  # the plain INT8 quantization of notebooks 03-04
 
 
@@ -56,7 +57,9 @@ class QuantizeSettings:
     weights and activations are quantized (bits, rounding, clipping, bias correction,
     per-channel scales); its defaults are the plain INT8 of notebooks 03-04. ``equalize``
     runs cross-layer equalization (``ptqlib.equalization``, notebook 09) on the folded model
-    before calibrating: 8 bits, convolutional models only.
+    before calibrating: 8 bits, convolutional models only. ``pixel_input`` folds the input
+    normalisation into the first Linear so the INT8 model reads raw uint8 pixels
+    (``ptqlib.ptq``): 8 bits, SimpleNet only.
     """
 
     checkpoint: str | os.PathLike
@@ -68,6 +71,7 @@ class QuantizeSettings:
     requantization: str = "fixed_point"
     bits: LowBitSettings = field(default_factory=LowBitSettings)
     equalize: bool = False
+    pixel_input: bool = False
 
     @property
     def low_bit(self) -> bool:
@@ -107,7 +111,14 @@ def unsupported_for_model(kind: str, settings: QuantizeSettings) -> str | None:
     if kind == "simplenet":
         if settings.equalize:
             return "equalize: SimpleNet has no Conv2d -> ReLU -> Conv2d pair to equalize"
+        if settings.pixel_input and settings.low_bit:
+            return "pixel input is implemented for the 8-bit quantization; drop --pixel-input"
         return None
+    if settings.pixel_input:
+        return (
+            "pixel input folds the normalisation into a first Linear layer, which only "
+            "simplenet has; drop --pixel-input"
+        )
     if settings.low_bit:
         return (
             "the low-bit options (--weight-bits, --activation-bits, --rounding, "
@@ -133,8 +144,9 @@ def check_settings(settings: QuantizeSettings) -> nn.Module:
     if isinstance(calib, bool) or not isinstance(calib, int) or calib < 1:
         raise InputError(f"calib: expected a positive number of images, got {calib!r}")
     requantization_mode(settings.requantization)
-    if not isinstance(settings.equalize, bool):
-        raise InputError(f"equalize: expected True or False, got {settings.equalize!r}")
+    for option in ("equalize", "pixel_input"):
+        if not isinstance(getattr(settings, option), bool):
+            raise InputError(f"{option}: expected True or False, got {getattr(settings, option)!r}")
     if not isinstance(settings.bits, LowBitSettings):
         raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
     if Path(settings.out).is_dir():
@@ -192,41 +204,56 @@ def checkpoint_meta(
         "clipping": bits.clipping,
         "bias_correction": bits.bias_correction,
         "equalized": settings.equalize,
+        "pixel_input": settings.pixel_input,
         "seconds": round(seconds, 3),
     }
 
 
-def quantize_model(
+def int8_model_of(
     model: nn.Module, images: torch.Tensor, settings: QuantizeSettings, progress: bool = True
 ) -> Int8Model:
     """The INT8 model of ``model`` (checked by :func:`check_settings`), calibrated on
-    ``images``: the low-bit path of ``ptqlib.lowbit.weights``, or notebooks 04 and 07's
-    fold (BatchNorm, if any), calibrate the fused points, convert."""
+    ``images`` (pixels with ``settings.pixel_input``): the low-bit path of
+    ``ptqlib.lowbit.weights``, or ``ptqlib.ptq.post_training_quantize``, after cross-layer
+    equalization of the folded model if ``settings.equalize``."""
     bits = settings.bits
     if settings.low_bit:
         quantized = quantize_low_bit(
             model, images, bits, observer=settings.observer, progress=progress
         )
         # Its int8_model has the default requantization: convert its grid model with ours.
-        folded, qparams = quantized.grid_model, quantized.qparams
-    else:
-        if settings.equalize:  # fold the BatchNorms, then equalize the folded convolutions
-            model, _ = cross_layer_equalization(fold_model(model))
-        folded, calibration = calibrate_fused(model, images, settings.observer, progress=progress)
-        qparams = calibration.qparams
-    return convert(
-        folded, qparams, per_channel=bits.per_channel, requantization=settings.requantization
-    )
+        return convert(
+            quantized.grid_model,
+            quantized.qparams,
+            per_channel=bits.per_channel,
+            requantization=settings.requantization,
+        )
+    if settings.equalize:  # fold the BatchNorms, then equalize the folded convolutions
+        model, _ = cross_layer_equalization(fold_model(model))
+    return post_training_quantize(
+        model,
+        images,
+        observer=settings.observer,
+        per_channel=bits.per_channel,
+        requantization=settings.requantization,
+        pixel_input=settings.pixel_input,
+        progress=progress,
+    ).int8_model
 
 
-def quantize_checkpoint(settings: QuantizeSettings, progress: bool = True) -> QuantizeResult:
+def quantize_checkpoint(
+    settings: QuantizeSettings, progress: bool = True, data: MNIST | None = None
+) -> QuantizeResult:
     """Quantize ``settings.checkpoint`` into ``settings.out`` (see the module docstring):
-    every check first, then the data, the quantization and the INT8 checkpoint."""
+    every check first, then the data (``data`` if given, else loaded from
+    ``settings.data_dir``), the quantization and the INT8 checkpoint."""
     model = check_settings(settings)
     start = time.perf_counter()
-    data = load_mnist(settings.data_dir, splits=("train",), verbose=progress)
-    images = calibration_images(data.train, settings.calib)
-    int8_model = quantize_model(model, images, settings, progress)
+    if data is None:
+        data = load_mnist(settings.data_dir, splits=("train",), verbose=progress)
+    train = data.train.pixel_values() if settings.pixel_input else data.train
+    images = calibration_images(train, settings.calib)
+    int8_model = int8_model_of(model, images, settings, progress)
     meta = checkpoint_meta(settings, model_name(model), int8_model, time.perf_counter() - start)
     path = save_int8(int8_model, settings.out, meta)
     fp32_bytes = Path(settings.checkpoint).stat().st_size

@@ -43,9 +43,10 @@ from torch import nn
 from ptqlib.data import MNIST_MEAN, MNIST_STD, normalise
 from ptqlib.deploy import c_source
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import carrier_offset
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import INT32_MAX, carrier_offset
+from ptqlib.integer_arithmetic import INT32_MAX
 from ptqlib.models import INPUT_FEATURES
 
 MANIFEST = "model.json"

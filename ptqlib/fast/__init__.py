@@ -3,7 +3,7 @@
 - ``ptqlib.fast.model``      ``FastInt8Model``: any INT8 model (MLP or CNN) with its constants
   folded; one class, following the teaching model's state
 - ``ptqlib.fast.folding``    the requantization folded into one multiply-add
-- ``ptqlib.fast.cnn``        convolutions channels last, max-pool before requantizing
+- ``ptqlib.fast.conv``      convolutions channels last, max-pool before requantizing
 - ``ptqlib.fast.profiling``  where an INT8 forward pass spends its time
 
 The parity matrix (``tests/test_parity_matrix.py``) checks it equal, integer for integer, to

@@ -32,7 +32,7 @@ arithmetic:
 ONNX Runtime's float32 requantization has nothing to fold (its M_f32 already is one
 constant, and the order of its float32 operations is part of its result), so the fast path
 runs the teaching path's ``requantize`` for it. Both modes are monotone in the accumulator,
-which lets the fast CNN max-pool before requantizing (``ptqlib.fast.cnn``).
+which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from dataclasses import dataclass
 import torch
 
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import carrier_of, gemm_weight
 from ptqlib.int8_layers import Int8Step
-from ptqlib.integer_arithmetic import Requantization, carrier_of, gemm_weight
+from ptqlib.integer_arithmetic import Requantization
 
 FLOAT64_EXACT_INTEGERS = 2**53  # every integer of at most this magnitude is a float64
 INT64_LIMIT = 2**63

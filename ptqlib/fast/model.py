@@ -2,7 +2,7 @@
 
 One class for the MLP and the CNN. :class:`FastInt8Model` computes exactly the teaching
 path's integers, with the changes of ``ptqlib.fast.folding`` (requantization folded into one
-multiply-add) and ``ptqlib.fast.cnn`` (convolutions channels last, max-pool before
+multiply-add) and ``ptqlib.fast.conv`` (convolutions channels last, max-pool before
 requantizing), plus:
 
 - **Raw pixels in.** For a model converted with ``pixel_input=True`` (input qparams S = 1,
@@ -10,7 +10,7 @@ requantizing), plus:
   ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts 128 modulo 256): no
   float work at all before the first GEMM. Float images are quantized by the teaching path's
   own ``quantize_input``.
-- **The right GEMM for this CPU**: ``integer_arithmetic.int8_matmul``, ``torch._int_mm`` or
+- **The right GEMM for this CPU**: ``int8_gemm.int8_matmul``, ``torch._int_mm`` or
   the exact float GEMM (``use_int8_gemm``; default: whichever is fast here).
 
 **State.** Like the teaching path, the fast path follows the model's state: it holds the
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from ptqlib.errors import InputError
-from ptqlib.fast.cnn import conv_products, max_pool_channels_last
+from ptqlib.fast.conv import conv_products, max_pool_channels_last
 from ptqlib.fast.folding import FoldedStep, fold, requantize_folded
+from ptqlib.int8_gemm import default_uses_int8_gemm, int8_matmul
 from ptqlib.int8_layers import (
     Int8Conv2d,
     Int8GlobalAvgPool2d,
@@ -37,7 +38,6 @@ from ptqlib.int8_layers import (
     rounded_mean,
 )
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import default_uses_int8_gemm, int8_matmul
 
 SIGN_BIT = torch.tensor(0x80, dtype=torch.uint8)  # a tensor: XOR with it is ~3x faster than 128
 FAST_LAYERS = (Int8Linear, Int8Conv2d, Int8MaxPool2d, Int8GlobalAvgPool2d, nn.Flatten)

@@ -18,9 +18,9 @@ from ptqlib.data import normalise
 from ptqlib.evaluation import time_interleaved
 from ptqlib.fast.folding import requantize_folded
 from ptqlib.fast.model import FastInt8Model
+from ptqlib.int8_gemm import int8_matmul
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import int8_matmul
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ by its name in :data:`OBSERVERS`.
 
 from __future__ import annotations
 
+from ptqlib.catalog import OBSERVER_NAMES
 from ptqlib.errors import InputError
 from ptqlib.observers.base import Observer, ObserverSettings
 from ptqlib.observers.histogram import (
@@ -49,15 +50,21 @@ __all__ = [
 
 # --- the registry ------------------------------------------------------------------------
 
-OBSERVERS: dict[str, type[Observer]] = {
-    "minmax": MinMaxObserver,
-    "moving_average_minmax": MovingAverageMinMaxObserver,
-    "per_channel_minmax": PerChannelMinMaxObserver,
-    "histogram": HistogramObserver,
-    "percentile": PercentileObserver,
-    "entropy": EntropyObserver,
-    "mse": MSEObserver,
-}
+OBSERVERS: dict[str, type[Observer]] = dict(
+    zip(
+        OBSERVER_NAMES,  # ptqlib.catalog: the names, for the command line
+        (
+            MinMaxObserver,
+            MovingAverageMinMaxObserver,
+            PerChannelMinMaxObserver,
+            HistogramObserver,
+            PercentileObserver,
+            EntropyObserver,
+            MSEObserver,
+        ),
+        strict=True,
+    )
+)
 
 
 def make_observer(name: str, **kwargs: object) -> Observer:

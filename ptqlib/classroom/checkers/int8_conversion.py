@@ -2,9 +2,9 @@
 
 The answers come from the plain references below (float64 requantization, ``math.frexp``
 for the multiplier), not from :mod:`ptqlib.integer_arithmetic`, so the library's own
-integer path can be checked against them too; see :mod:`ptqlib.checkers`. The checkers of
+integer path can be checked against them too; see :mod:`ptqlib.classroom.checkers`. The checkers of
 the int32 bias, the zero-point correction and a whole integer layer are in
-:mod:`ptqlib.checkers.integer_layer`.
+:mod:`ptqlib.classroom.checkers.integer_layer`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import (
+from ptqlib.classroom.checkers.core import (
     Case,
     WrongAnswer,
     as_integer,

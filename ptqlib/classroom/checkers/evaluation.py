@@ -1,6 +1,7 @@
 """Checkers for notebook 05 (evaluation): judging two models on the same digits.
 
-The answers come from :func:`ptqlib.evaluation.mcnemar_p_value`; see :mod:`ptqlib.checkers`.
+The answers come from :func:`ptqlib.evaluation.mcnemar_p_value`; see
+:mod:`ptqlib.classroom.checkers`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ptqlib.checkers.core import Case, WrongAnswer, as_float, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, run_cases
 from ptqlib.evaluation import mcnemar_p_value
 
 P_VALUE_TOLERANCE = 1e-9

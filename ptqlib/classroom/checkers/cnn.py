@@ -1,7 +1,7 @@
 """Known-answer checkers for notebook 07's exercises (BatchNorm folding, zero-point padding).
 
-As with ``ptqlib.checkers``: write your own function, hand it to the checker, and it runs it
-on a few hand-picked cases whose answers come from ptqlib. It prints one ``PASS`` line, or
+As with ``ptqlib.classroom.checkers``: write your own function, hand it to the checker, and it
+runs it on a few hand-picked cases whose answers come from ptqlib. It prints one ``PASS`` line, or
 raises ``AssertionError`` naming the first case that fails, what was expected, what your
 function returned and a hint about the usual mistake behind that case. A function that
 still raises ``NotImplementedError`` (the exercise skeleton) is reported as not attempted
@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional
 
 from ptqlib.batchnorm import fold_parameters
-from ptqlib.checkers.core import Case, WrongAnswer, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, run_cases
 
 # Folded weights are float32 products: a right answer agrees to float rounding.
 FOLD_RELATIVE_TOLERANCE = 1e-5
@@ -32,8 +32,8 @@ FOLD_RELATIVE_TOLERANCE = 1e-5
 def _run(
     checker: str, student_fn: Callable, cases: list[Case], compare: Callable[[Any, Any], str]
 ) -> None:
-    """``ptqlib.checkers.core.run_cases`` with a ``compare(got, expected)`` that returns ""
-    when right, else the problem."""
+    """``checkers.core.run_cases`` with a ``compare(got, expected)`` that returns "" when right,
+    else the problem."""
 
     def raise_problem(case: Case, got: Any) -> None:
         problem = compare(got, case.expected)

@@ -1,6 +1,6 @@
 """Known-answer checkers for notebook 10: the requantization in C, and the arena size.
 
-    from ptqlib.checkers.c_export import check_requantize_c, check_arena_bytes
+    from ptqlib.classroom.checkers.c_export import check_requantize_c, check_arena_bytes
 
 - :func:`check_requantize_c`: your C function (a string, or a Python function returning
   it) ``int32_t requantize(int32_t acc, int32_t multiplier, int32_t shift, int32_t
@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import Case, WrongAnswer, as_integer, compare_integers, run_cases
+from ptqlib.classroom.checkers.core import (
+    Case,
+    WrongAnswer,
+    as_integer,
+    compare_integers,
+    run_cases,
+)
 from ptqlib.deploy.c_budget import arena_bytes
 from ptqlib.deploy.c_runtime import find_compiler
 from ptqlib.integer_arithmetic import requantize

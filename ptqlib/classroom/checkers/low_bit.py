@@ -2,7 +2,7 @@
 values, bias correction's shift, one GPTQ column, AdaRound's loss, a per-tensor B-bit scale.
 
 Each checker calls the student's function on fixed cases and compares with ptqlib's answer
-(``ptqlib.checkers`` does the running and the failure messages). A function that still
+(``ptqlib.classroom.checkers`` does the running and the failure messages). A function that still
 raises ``NotImplementedError`` is reported as "not attempted yet", not as a failure, so the
 notebook runs top to bottom before the exercises are done.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import (
+from ptqlib.classroom.checkers.core import (
     Case,
     WrongAnswer,
     _check_tensor,
@@ -22,9 +22,9 @@ from ptqlib.checkers.core import (
     compare_integers,
     run_cases,
 )
-from ptqlib.lowbit.packing import pack
 from ptqlib.lowbit.rounding import rectified_sigmoid
 from ptqlib.lowbit.weights import weight_qparams
+from ptqlib.packing import pack
 
 
 def _compare_close(case: Case, got: Any) -> None:

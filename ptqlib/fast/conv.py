@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
+from ptqlib.int8_gemm import int8_channelwise_dot, int8_matmul
 from ptqlib.int8_layers import Int8Conv2d, max_of_windows
-from ptqlib.integer_arithmetic import int8_channelwise_dot, int8_matmul
 
 
 def conv_products(x: torch.Tensor, conv: Int8Conv2d, weight_t: torch.Tensor) -> torch.Tensor:

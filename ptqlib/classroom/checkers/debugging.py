@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import Case, WrongAnswer, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, run_cases
 from ptqlib.equalization import equalization_scales
 
 # Scales are ratios of float32 ranges: a right answer agrees to float rounding.

@@ -1,7 +1,7 @@
 """Checkers for notebook 02 (quantization math): qparams, quantize and dequantize.
 
 Each checker runs a student's function on hand-picked cases whose answers come from
-:mod:`ptqlib.quantization` (bit-exact with PyTorch); see :mod:`ptqlib.checkers`.
+:mod:`ptqlib.quantization` (bit-exact with PyTorch); see :mod:`ptqlib.classroom.checkers`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import (
+from ptqlib.classroom.checkers.core import (
     Case,
     WrongAnswer,
     as_float,

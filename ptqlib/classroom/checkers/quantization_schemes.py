@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import Case, WrongAnswer, as_float, as_pair, run_cases
-from ptqlib.checkers.quantization_math import compare_qparams
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_pair, run_cases
+from ptqlib.classroom.checkers.quantization_math import compare_qparams
 from ptqlib.quantization import fake_quantize, min_max, qparams_from_range, sqnr_db
 
 # A wrong answer is off by at least one part in 254; float round-off is far below this.

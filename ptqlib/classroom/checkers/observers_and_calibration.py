@@ -1,6 +1,6 @@
 """Checkers for notebook 03 (observers and calibration), and the helper of its activity.
 
-The checkers (see :mod:`ptqlib.checkers` for how a checker reports):
+The checkers (see :mod:`ptqlib.classroom.checkers` for how a checker reports):
 
 - :func:`check_moving_average_range`: ``(batches, averaging_constant) -> (low, high)``, the
   range a moving-average min/max observer ends with;
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ptqlib.calibration import Calibration, calibrate
-from ptqlib.checkers.core import Case, WrongAnswer, as_float, as_pair, describe, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_float, as_pair, describe, run_cases
 from ptqlib.data import MNISTSplit
 from ptqlib.errors import InputError
 from ptqlib.evaluation import predict

@@ -1,9 +1,9 @@
 """Known-answer checkers for notebook 08: compute the way ONNX Runtime does.
 
-Same use as :mod:`ptqlib.checkers` (one ``PASS`` line, or an ``AssertionError`` naming the
+Same use as :mod:`ptqlib.classroom.checkers` (one ``PASS`` line, or an ``AssertionError`` naming the
 first failing case, its inputs, the expected answer and a hint)::
 
-    from ptqlib.checkers.deploy import check_quantize_linear, check_requantize_float32
+    from ptqlib.classroom.checkers.deploy import check_quantize_linear, check_requantize_float32
 
 - :func:`check_quantize_linear`: ``(x, scale, zero_point, quant_min, quant_max) -> q``,
   ONNX's QuantizeLinear: ``x / scale`` in float32 (a division, not a product with 1/scale),
@@ -18,7 +18,7 @@ Unlike the checkers of notebooks 02-04, these cases sit *on* the values where th
 shortcuts differ (ties, float64 instead of float32, 1/S instead of /S): being within one
 step is not enough here, the integers must be ORT's exactly. A function that still raises
 ``NotImplementedError`` (the notebook's skeleton) is reported as not attempted, not failed
-(``ptqlib.checkers.core.run_cases``).
+(``ptqlib.classroom.checkers.core.run_cases``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ptqlib.checkers.core import Case, WrongAnswer, compare_integers, run_cases
-from ptqlib.deploy.ort_arithmetic import (
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, run_cases
+from ptqlib.ort_arithmetic import (
     float32_multiplier,
     quantize_by_division,
     requantize_float32,
@@ -130,7 +130,7 @@ def check_quantize_linear(student_fn: Callable[..., Any]) -> None:
 
 def check_requantize_float32(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(acc, input_scale, weight_scale, output_scale, zero_point, quant_min,
-    quant_max) -> q``: ORT's requantization (see ``ptqlib.deploy.ort_arithmetic``)."""
+    quant_max) -> q``: ORT's requantization (see ``ptqlib.ort_arithmetic``)."""
     run_cases("check_requantize_float32", student_fn, requantize_float32_cases(), compare_integers)
 
 

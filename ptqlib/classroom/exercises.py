@@ -7,7 +7,7 @@ The notebooks mark an exercise with three cell tags::
     [exercise]  def affine_qparams(...):        the skeleton the student fills in;
                     # YOUR CODE HERE            it raises NotImplementedError until then
                     raise NotImplementedError
-    [checker]   check_qparams(affine_qparams)   runs the matching ptqlib.checkers function:
+    [checker]   check_qparams(affine_qparams)   runs the matching checker function:
                                                 PASS, NOT ATTEMPTED, or an AssertionError
                                                 whose message ends with a hint
     [solution]  # Solution 1 ...                the model answer; not in the student edition
@@ -28,7 +28,7 @@ import nbformat
 EXERCISE_TAG = "exercise"
 CHECKER_TAG = "checker"
 SOLUTION_TAG = "solution"
-# A checker cell calls one or more ptqlib.checkers functions, e.g. check_qparams(my_fn) or
+# A checker cell calls one or more ptqlib.classroom.checkers functions, e.g. check_qparams(my_fn) or
 # checkers.check_int32_bias(my_fn); their names name the exercise.
 CHECKER_CALL = re.compile(r"\b(check_\w+)\s*\(")
 

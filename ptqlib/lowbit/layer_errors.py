@@ -40,17 +40,17 @@ from torch import nn
 
 from ptqlib.errors import InputError
 from ptqlib.evaluation import mcnemar_p_value
+from ptqlib.int8_gemm import from_carrier
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
-from ptqlib.integer_arithmetic import from_carrier
-from ptqlib.lowbit.packing import bits_for_range
 from ptqlib.lowbit.rounding import round_to_nearest
 from ptqlib.lowbit.weights import layer_inputs, linear_names, weight_qparams
+from ptqlib.packing import bits_for_range
 from ptqlib.quantization import dequantize, fake_quantize, sqnr_db
 
 
 @dataclass(frozen=True)
-class LayerDiagnosis:
+class LayerError:
     """One layer's bit widths and its four SQNRs in dB (see the module docstring)."""
 
     name: str
@@ -91,7 +91,7 @@ def integer_outputs(int8_model: Int8Model, images: torch.Tensor) -> dict[str, to
 
 
 @torch.no_grad()
-def diagnose(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> list[LayerDiagnosis]:
+def layer_errors(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> list[LayerError]:
     """The four SQNRs of every layer of ``int8_model`` against ``fp32`` on ``images``."""
     layers = _linears(int8_model)
     names = linear_names(fp32)
@@ -114,7 +114,7 @@ def diagnose(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> li
         )
         activations = _float_layer(x_q, module.weight, module.bias, layer.relu)
         rows.append(
-            LayerDiagnosis(
+            LayerError(
                 name=layer.name,
                 weight_bits=bits_for_range(*layer.weight_range),
                 activation_bits=bits_for_range(
@@ -131,7 +131,7 @@ def diagnose(fp32: nn.Module, int8_model: Int8Model, images: torch.Tensor) -> li
     return rows
 
 
-def diagnosis_table(rows: Sequence[LayerDiagnosis]) -> str:
+def layer_error_table(rows: Sequence[LayerError]) -> str:
     """The diagnosis as a plain-text table, one line per layer."""
     lines = [
         f"{'layer':6s} {'W bits':>6s} {'A bits':>6s} {'propagated':>11s} {'alone':>8s} "
@@ -145,7 +145,7 @@ def diagnosis_table(rows: Sequence[LayerDiagnosis]) -> str:
     return "\n".join(lines)
 
 
-def diagnosis_json(rows: Sequence[LayerDiagnosis]) -> list[dict]:
+def layer_error_json(rows: Sequence[LayerError]) -> list[dict]:
     return [
         {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()} for r in rows
     ]

@@ -9,7 +9,7 @@ cell, in order, each cell with a time limit. A cell that raises does not stop th
 student who got exercise 1 wrong is still graded on exercise 2); a cell that runs past the
 limit, or a kernel that dies, stops that notebook and grading goes on with the next one.
 
-The exercises are the cells tagged ``checker`` (see :mod:`ptqlib.app.exercises`, the
+The exercises are the cells tagged ``checker`` (see :mod:`ptqlib.classroom.exercises`, the
 definition ``make student`` uses too). Each gets one outcome, from its checker cell's run:
 
 - ``passed``: the checker printed PASS;
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import nbformat
 
-from ptqlib.app.exercises import CHECKER_TAG, Exercise, find_exercises, tags
+from ptqlib.classroom.exercises import CHECKER_TAG, Exercise, find_exercises, tags
 from ptqlib.errors import InputError
 from ptqlib.paths import OUTPUT_DIR_ENV, REPO_ROOT, artifacts_dir
 

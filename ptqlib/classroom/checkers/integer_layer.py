@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ptqlib.checkers.core import Case, WrongAnswer, compare_integers, run_cases
-from ptqlib.checkers.int8_conversion import _fixed_point_multiplier_reference
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers, run_cases
+from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
 
 INT8_MIN, INT8_MAX = -128, 127
 

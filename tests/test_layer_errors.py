@@ -7,11 +7,11 @@ import torch
 
 from ptqlib.data import calibration_images
 from ptqlib.evaluation import predict
-from ptqlib.lowbit.diagnose import (
+from ptqlib.lowbit.layer_errors import (
     MixedPrecisionPoint,
     best_under_budget,
-    diagnose,
-    diagnosis_table,
+    layer_error_table,
+    layer_errors,
     mixed_precision_points,
     packed_weight_bytes,
     paired_flips,
@@ -19,8 +19,8 @@ from ptqlib.lowbit.diagnose import (
     sensitivity,
     weight_quantized_copy,
 )
-from ptqlib.lowbit.qat import qat_finetune, straight_through
 from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
+from ptqlib.qat import qat_finetune, straight_through
 from ptqlib.training import load_or_train_baseline
 
 
@@ -38,7 +38,7 @@ def images(offline_data):
 def test_diagnosis_finds_the_low_bit_layer(baseline, images, offline_data):
     settings = LowBitSettings(weight_bits=8, layer_bits={"fc2": 2})
     quantized = quantize_low_bit(baseline, images, settings, observer="minmax")
-    rows = diagnose(baseline, quantized.int8_model, offline_data.test.images[:300])
+    rows = layer_errors(baseline, quantized.int8_model, offline_data.test.images[:300])
     by_name = {row.name: row for row in rows}
     assert [row.weight_bits for row in rows] == [8, 2, 8]
     assert by_name["fc1"].alone > 30
@@ -48,14 +48,14 @@ def test_diagnosis_finds_the_low_bit_layer(baseline, images, offline_data):
     assert by_name["fc2"].alone < by_name["fc1"].alone - 15
     # fc3 is fine alone, but inherits fc2's error.
     assert by_name["fc3"].propagated < by_name["fc3"].alone - 10
-    assert len(diagnosis_table(rows).splitlines()) == 4
+    assert len(layer_error_table(rows).splitlines()) == 4
 
 
 def test_diagnosis_refuses_a_model_of_other_layers(baseline, images, offline_data):
     quantized = quantize_low_bit(baseline, images, LowBitSettings(), observer="minmax")
     quantized.int8_model.layers[1].name = "other"
     with pytest.raises(ValueError, match="not the FP32 model's"):
-        diagnose(baseline, quantized.int8_model, offline_data.test.images[:10])
+        layer_errors(baseline, quantized.int8_model, offline_data.test.images[:10])
 
 
 def test_paired_flips_counts_and_mcnemar_p_value():

@@ -1,7 +1,7 @@
 """The grade sheet of ``python -m ptqlib grade``: a CSV (student, notebook, exercise, outcome,
 detail), a table of students × exercises on the terminal, or JSON; and the command itself.
 
-Running the notebooks and deciding each outcome is :mod:`ptqlib.app.grade`.
+Running the notebooks and deciding each outcome is :mod:`ptqlib.classroom.grade`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ptqlib.app.grade import (
+from ptqlib.classroom.grade import (
     ANSWERED,
     DEFAULT_HANDOUT,
     DEFAULT_TIMEOUT_S,

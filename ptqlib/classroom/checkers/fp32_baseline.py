@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptqlib.checkers.core import Case, WrongAnswer, as_integer, run_cases
+from ptqlib.classroom.checkers.core import Case, WrongAnswer, as_integer, run_cases
 from ptqlib.models import SimpleNet
 
 # Storage of one value: INT8 weights take 1 byte, biases stay int32 (4 bytes).

@@ -6,7 +6,7 @@ function on a few hand-picked cases whose answers come from :mod:`ptqlib.quantiz
 naming the first case that fails: the inputs, the expected answer, what your function
 returned, and a hint about the usual mistake behind that case::
 
-    from ptqlib.checkers import check_qparams
+    from ptqlib.classroom.checkers import check_qparams
 
     def my_qparams(min_val, max_val, quant_min, quant_max):
         ...
@@ -57,42 +57,40 @@ and fixed-point code round halves up or away from zero. The two differ only on e
 ties, so every case here keeps ``v`` at least 0.001 away from a tie (``tests/
 test_checkers.py`` verifies that): any correct rounding to the nearest integer passes.
 
-One module per notebook topic: ``ptqlib.checkers.fp32_baseline`` (notebook 01: parameter
-count, INT8 size, hardest digits), ``ptqlib.checkers.quantization_math`` (notebook 02: qparams,
-quantize, dequantize), ``ptqlib.checkers.quantization_schemes`` (notebook 02: symmetric and
-per-channel qparams, SQNR), ``ptqlib.checkers.int8_conversion`` and
-``ptqlib.checkers.integer_layer`` (notebook 04), ``ptqlib.checkers.observers_and_calibration``
-(03), ``ptqlib.checkers.evaluation`` (05), ``ptqlib.checkers.low_bit`` (06),
-``ptqlib.checkers.cnn`` (07), ``ptqlib.checkers.deploy`` (08), ``ptqlib.checkers.debugging``
-(09) and ``ptqlib.checkers.c_export`` (10). The expected answers come
-from ptqlib itself or from private functions that the tests compare with ptqlib; no solution
-is exported. ``ptqlib.checkers.core`` holds what they share
-(:class:`~ptqlib.checkers.core.Case`, :func:`~ptqlib.checkers.core.run_cases` and the
-comparisons), ready for a checker of your own.
+One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline``
+(notebook 01: parameter count, INT8 size, hardest digits), ``quantization_math`` (notebook
+02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
+per-channel qparams, SQNR), ``observers_and_calibration`` (03), ``int8_conversion`` and
+``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08),
+``debugging`` (09) and ``c_export`` (10). The expected answers come from ptqlib itself or
+from private functions that the tests compare with ptqlib; no solution is exported.
+``core`` holds what they share (:class:`~ptqlib.classroom.checkers.core.Case`,
+:func:`~ptqlib.classroom.checkers.core.run_cases` and the comparisons), ready for a checker
+of your own.
 """
 
-from ptqlib.checkers.c_export import check_arena_bytes, check_requantize_c
-from ptqlib.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
-from ptqlib.checkers.core import Case, run_cases
-from ptqlib.checkers.debugging import check_cle_scales, check_find_culprit
-from ptqlib.checkers.deploy import (
+from ptqlib.classroom.checkers.c_export import check_arena_bytes, check_requantize_c
+from ptqlib.classroom.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
+from ptqlib.classroom.checkers.core import Case, run_cases
+from ptqlib.classroom.checkers.debugging import check_cle_scales, check_find_culprit
+from ptqlib.classroom.checkers.deploy import (
     check_qdq_reading,
     check_quantize_linear,
     check_requantize_float32,
 )
-from ptqlib.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
-from ptqlib.checkers.fp32_baseline import (
+from ptqlib.classroom.checkers.evaluation import check_mcnemar_p_value, mcnemar_cases
+from ptqlib.classroom.checkers.fp32_baseline import (
     check_hardest_digits,
     check_int8_bytes,
     check_linear_parameters,
 )
-from ptqlib.checkers.int8_conversion import (
+from ptqlib.classroom.checkers.int8_conversion import (
     check_fixed_point_multiplier,
     check_requantize,
     fixed_point_cases,
     requantize_cases,
 )
-from ptqlib.checkers.integer_layer import (
+from ptqlib.classroom.checkers.integer_layer import (
     check_int32_bias,
     check_integer_layer,
     check_zero_point_correction,
@@ -100,14 +98,14 @@ from ptqlib.checkers.integer_layer import (
     integer_layer_cases,
     zero_point_correction_cases,
 )
-from ptqlib.checkers.low_bit import (
+from ptqlib.classroom.checkers.low_bit import (
     check_adaround_loss,
     check_bias_shift,
     check_gptq_column,
     check_pack_two_bit,
     check_per_tensor_scale,
 )
-from ptqlib.checkers.observers_and_calibration import (
+from ptqlib.classroom.checkers.observers_and_calibration import (
     ObserverChoiceResult,
     changed_digits,
     check_moving_average_range,
@@ -117,7 +115,7 @@ from ptqlib.checkers.observers_and_calibration import (
     check_three_sigma_observer,
     evaluate_observer_choice,
 )
-from ptqlib.checkers.quantization_math import (
+from ptqlib.classroom.checkers.quantization_math import (
     check_dequantize,
     check_qparams,
     check_quantize,
@@ -125,7 +123,7 @@ from ptqlib.checkers.quantization_math import (
     qparams_cases,
     quantize_cases,
 )
-from ptqlib.checkers.quantization_schemes import (
+from ptqlib.classroom.checkers.quantization_schemes import (
     check_per_channel_qparams,
     check_sqnr_db,
     check_symmetric_qparams,

@@ -1,0 +1,23 @@
+"""Any ptqlib checkpoint, FP32 or INT8, loaded by reading what the file says it holds.
+
+The commands that take ``--checkpoint`` (``evaluate``, ``export``) accept either kind; the
+file's ``kind`` field (``ptqlib.checkpoints``) decides which loader reads it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from ptqlib.checkpoints import fp32_from_payload, load_checkpoint
+from ptqlib.int8_checkpoint import int8_from_payload
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, str, dict]:
+    """Load an FP32 or an INT8 checkpoint: ``(model, kind, meta)``, kind "fp32" or "int8"."""
+    payload = load_checkpoint(path)
+    if payload["kind"] == "int8":
+        return int8_from_payload(payload, path), "int8", payload.get("meta", {})
+    model, meta = fp32_from_payload(payload, path)
+    return model, "fp32", meta

@@ -1,0 +1,118 @@
+"""The one GEMM entry point: int8 carriers times int8 weights, summed exactly in int32.
+
+**Carriers.** ``torch._int_mm`` multiplies int8 by int8, so a uint8 activation q (0..255)
+travels between layers as the int8 *carrier* ``c = q - 128`` (an int8 activation is its own
+carrier): :func:`to_carrier` and :func:`from_carrier`. Since ``q - Z_x = c - (Z_x - 128)``,
+``sum_k (q_x,k - Z_x) q_w,k = sum_k c_k q_w,k + (128 - Z_x) sum_k q_w,k``: the int8 GEMM
+plus ``ptqlib.integer_arithmetic.zero_point_correction`` taken at ``Z_x - 128``, the
+*carrier correction*.
+
+**One GEMM.** Every integer product goes through :func:`int8_matmul`, which picks
+``torch._int_mm`` where oneDNN has a fast int8 kernel (AVX-512 VNNI, AMX) and an exact float
+GEMM of the same integers elsewhere (see its docstring for why the float sums are exact). A
+depthwise convolution has no single GEMM: :func:`int8_channelwise_dot`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ptqlib.hardware import int8_gemm_is_fast
+
+
+def carrier_offset(dtype: torch.dtype) -> int:
+    """What is subtracted from an activation's integer to carry it as int8: 128 for uint8
+    (0..255 becomes -128..127), 0 for int8."""
+    return 128 if dtype == torch.uint8 else 0
+
+
+def carrier_of(integer: int, dtype: torch.dtype) -> int:
+    """The carrier of one integer of ``dtype``'s range (a zero-point, a clamp bound)."""
+    return int(integer) - carrier_offset(dtype)
+
+
+def to_carrier(integers: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An activation's integers ``q`` (of ``dtype``'s range, any integer tensor) as int8
+    carriers ``q - offset``."""
+    return (integers.to(torch.int16) - carrier_offset(dtype)).to(torch.int8)
+
+
+def from_carrier(carriers: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Int8 carriers back to the activation's integers ``c + offset``, in ``dtype``."""
+    return (carriers.to(torch.int16) + carrier_offset(dtype)).to(dtype)
+
+
+# --- the one GEMM entry point -----------------------------------------------------------------
+
+FLOAT32_EXACT_INTEGERS = 2**24  # every integer of at most this magnitude is a float32
+# |c q_w| <= 128 * 128 = 2^14 for int8 carriers and int8 weights.
+LARGEST_PRODUCT = 128 * 128
+
+
+@functools.cache
+def default_uses_int8_gemm() -> bool:
+    """Whether this CPU's ``torch._int_mm`` is fast (``ptqlib.hardware.int8_gemm_is_fast``),
+    asked once: the answer cannot change while the process runs."""
+    return int8_gemm_is_fast()
+
+
+def exact_float_dtype(depth: int) -> torch.dtype:
+    """The float type that sums ``depth`` int8 x int8 products exactly, in any order.
+
+    Every product is an integer of magnitude at most 2^14 and every partial sum (however a
+    blocked, vectorised GEMM orders them) is an integer of magnitude at most
+    ``depth * 2^14``. float32 holds every integer up to 2^24, so for ``depth <= 1024`` no
+    addition rounds; deeper sums use float64 (exact up to 2^53, beyond any int32 sum)."""
+    return torch.float32 if depth * LARGEST_PRODUCT <= FLOAT32_EXACT_INTEGERS else torch.float64
+
+
+def gemm_weight(weight_t: torch.Tensor, use_int8_gemm: bool | None = None) -> torch.Tensor:
+    """An int8 ``[K, out]`` weight in the form :func:`int8_matmul` multiplies it: itself for
+    ``torch._int_mm``, or its values in :func:`exact_float_dtype` for the float GEMM. The fast
+    path converts once; the teaching path converts on each call."""
+    use_int8_gemm = default_uses_int8_gemm() if use_int8_gemm is None else use_int8_gemm
+    if use_int8_gemm:
+        return weight_t
+    return weight_t.to(exact_float_dtype(weight_t.shape[0]))
+
+
+def int8_matmul(
+    carriers: torch.Tensor, weight_t: torch.Tensor, use_int8_gemm: bool | None = None
+) -> torch.Tensor:
+    """``sum_k c_k w_k``: int8 carriers ``[N, K]`` times int8 weights ``[K, out]``, as int32.
+
+    Which GEMM computes it is a question of speed only; the integers are the same:
+
+    - ``torch._int_mm`` (``use_int8_gemm=True``; the default where oneDNN has a fast int8
+      kernel, AVX-512 VNNI or AMX). One guard: a dimension of size 1 may have any stride,
+      and PyTorch calls such a tensor contiguous whatever it is; but oneDNN's int8 GEMM
+      misreads a ``[1, K]`` input whose row stride is not K (torch 2.14.1; ``torch.compile``
+      produces such tensors, see the README's "Known issues"). Copying the row costs nothing.
+    - an exact float GEMM of the same integers (``use_int8_gemm=False``; the default
+      elsewhere, where ``_int_mm`` is a scalar loop): float32 while ``K <= 1024``, float64
+      beyond (:func:`exact_float_dtype`). ``weight_t`` may already be that float tensor
+      (:func:`gemm_weight`), as the fast path keeps it.
+    """
+    if weight_t.is_floating_point():
+        use_int8_gemm = False
+    elif use_int8_gemm is None:
+        use_int8_gemm = default_uses_int8_gemm()
+    if use_int8_gemm:
+        if carriers.shape[0] == 1 and carriers.stride() != (carriers.shape[1], 1):
+            carriers = torch.empty(carriers.shape, dtype=carriers.dtype).copy_(carriers)
+        return torch._int_mm(carriers, weight_t)
+    weight_t = gemm_weight(weight_t, use_int8_gemm=False)
+    return torch.mm(carriers.to(weight_t.dtype), weight_t).to(torch.int32)
+
+
+def int8_channelwise_dot(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``acc[m, c] = sum_k rows[m, c, k] w[c, k]``: one short dot product per channel, int32.
+
+    This is a depthwise convolution's product: each output channel sees only its own input
+    channel, so the filters do not form one ``[K, out]`` matrix and there is no single GEMM.
+    ``rows`` are int8 carriers ``[M, C, kh kw]``, ``weight`` int8 ``[C, kh kw]``. The
+    products are widened to int32 first (an int8 product would wrap) and summed exactly.
+    """
+    return (rows.to(torch.int32) * weight.to(torch.int32)).sum(dim=2, dtype=torch.int32)
