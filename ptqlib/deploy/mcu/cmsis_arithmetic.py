@@ -33,11 +33,10 @@ from collections.abc import Mapping
 import torch
 
 from ptqlib.errors import InputError
+from ptqlib.int8_gemm import to_carrier
 from ptqlib.int8_layers import Int8Linear, Int8Step
 from ptqlib.int8_model import Int8Model, convert
-from ptqlib.integer_arithmetic import to_carrier
-from ptqlib.plan import RESTRICTED_WEIGHT_RANGE
-from ptqlib.quantization import QParams
+from ptqlib.quantization import RESTRICTED_WEIGHT_RANGE, QParams
 
 # The right shifts arm_nn_divide_by_power_of_two accepts (its mask 2^exponent - 1 is an int32).
 MAX_RIGHT_SHIFT = 30

@@ -29,7 +29,7 @@ from ptqlib.deploy.mcu.emulator import FirmwareBuild, LinkError, build_firmware,
 from ptqlib.deploy.mcu.firmware import REFERENCE, verify_firmware
 from ptqlib.deploy.mcu.memory import MemoryUse, memory_use, section_sizes
 from ptqlib.deploy.mcu.work import instructions_per_inference
-from ptqlib.int8_checkpoint import load_model
+from ptqlib.int8_checkpoint import load_int8
 
 STRESS_SEED = 0
 
@@ -93,9 +93,9 @@ def firmware_inputs(kind: str, pixels: torch.Tensor) -> torch.Tensor:
 
 def reference_outputs(directory: Path, manifest: dict, kernel: str, pixels: torch.Tensor):
     """The outputs the firmware must reproduce, in its own domain (INT8: the C's uint8)."""
-    model, kind, _ = load_model(directory / REFERENCE)
-    if kind == "fp32":  # the same C, compiled for this computer
-        return load_c_model(directory).run(firmware_inputs(kind, pixels))
+    if manifest["kind"] == "fp32":  # the same C, compiled for this computer
+        return load_c_model(directory).run(firmware_inputs("fp32", pixels))
+    model, _ = load_int8(directory / REFERENCE)
     if kernel == "dsp" and manifest["rounding"] == "double":
         model = with_double_rounding(model)
     images = pixels if model.takes_pixels else normalise(pixels.reshape(-1, 28, 28))
