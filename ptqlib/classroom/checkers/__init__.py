@@ -50,7 +50,9 @@ The function you write for each checker, with its arguments in this order:
   :func:`check_qdq_reading`;
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
 - notebook 10: :func:`check_requantize_c` (your C function, compiled and run),
-  :func:`check_arena_bytes`.
+  :func:`check_arena_bytes`;
+- notebook 11: :func:`check_pack_for_smlad`, :func:`check_map_constants`,
+  :func:`check_energy_per_inference`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -62,8 +64,9 @@ One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline
 02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
 per-channel qparams, SQNR), ``observers_and_calibration`` (03), ``int8_conversion`` and
 ``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08),
-``debugging`` (09) and ``c_export`` (10). The expected answers come from ptqlib itself or
-from private functions that the tests compare with ptqlib; no solution is exported.
+``debugging`` (09), ``c_export`` (10) and ``microcontroller`` (11). The expected answers
+come from ptqlib itself or from private functions that the tests compare with ptqlib; no
+solution is exported.
 ``core`` holds what they share (:class:`~ptqlib.classroom.checkers.core.Case`,
 :func:`~ptqlib.classroom.checkers.core.run_cases` and the comparisons), ready for a checker
 of your own.
@@ -105,6 +108,11 @@ from ptqlib.classroom.checkers.low_bit import (
     check_pack_two_bit,
     check_per_tensor_scale,
 )
+from ptqlib.classroom.checkers.microcontroller import (
+    check_energy_per_inference,
+    check_map_constants,
+    check_pack_for_smlad,
+)
 from ptqlib.classroom.checkers.observers_and_calibration import (
     ObserverChoiceResult,
     changed_digits,
@@ -138,6 +146,7 @@ __all__ = [
     "check_bias_shift",
     "check_cle_scales",
     "check_dequantize",
+    "check_energy_per_inference",
     "check_find_culprit",
     "check_fixed_point_multiplier",
     "check_fold_batchnorm",
@@ -147,9 +156,11 @@ __all__ = [
     "check_int8_bytes",
     "check_integer_layer",
     "check_linear_parameters",
+    "check_map_constants",
     "check_mcnemar_p_value",
     "check_moving_average_range",
     "check_observer_choice",
+    "check_pack_for_smlad",
     "check_pack_two_bit",
     "check_padded_accumulator",
     "check_per_channel_qparams",

@@ -11,7 +11,8 @@ and target-agnostic):
 - ``startup.c``, ``semihosting.c``/``.h`` and ``<part>.ld`` (``ptqlib.deploy.mcu.startup``);
 - ``<prefix>_dsp.c`` for an INT8 model: the same model with the DSP instructions
   (``ptqlib.deploy.mcu.dsp_kernel``), with ptqlib's rounding or CMSIS-NN's two;
-- ``reference.pt``: the model it was exported from, so ``evaluate`` can compare integers;
+- ``reference.pt`` (INT8): the model it was exported from, so ``evaluate`` can compare
+  integers (FP32 is compared with the same C compiled for the host);
 - ``BUILD``: the compile and run commands; ``firmware.json``: what ``ptqlib`` needs to build,
   run and check it, with the SHA-256 of every file.
 
@@ -30,7 +31,6 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib.checkpoints import save_fp32
 from ptqlib.deploy.c_export import export_c, input_lookup_table, int8_c_layers, verify_directory
 from ptqlib.deploy.c_source import REQUANTIZE_C
 from ptqlib.deploy.mcu import cmsis_arithmetic, dsp_kernel, startup
@@ -269,9 +269,6 @@ def export_firmware(
         files[f"{prefix}_dsp.c"] = dsp_kernel.dsp_source(
             prefix, layers, inputs, lookup, requantize_c, note
         )
-        save_int8(model, directory / REFERENCE)
-    else:
-        save_fp32(model, directory / REFERENCE)
     for name, text in files.items():
         (directory / name).write_text(text)
     kernels = kernels_of(prefix, kind, rounding)
@@ -286,7 +283,9 @@ def export_firmware(
         + f"# Run (reads {INPUTS_FILE}, writes {OUTPUTS_FILE} and {REPORT_FILE}):\n"
         + " ".join(run) + "\n"
     )  # fmt: skip
-    names = sorted([*files, REFERENCE])
+    if kind == "int8":  # FP32 is checked against the same C compiled for the host
+        save_int8(model, directory / REFERENCE)
+    names = sorted([*files, *([REFERENCE] if kind == "int8" else [])])
     manifest = {
         "format": FORMAT,
         "version": 1,

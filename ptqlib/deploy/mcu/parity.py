@@ -80,6 +80,7 @@ class KernelCheck:
     stack_bytes_used: int
     memory: MemoryUse
     build: FirmwareBuild
+    report: dict[str, int]  # what the firmware measured (ptqlib.deploy.mcu.firmware)
     seconds: float
 
 
@@ -122,6 +123,7 @@ def check_kernel(directory: Path, manifest: dict, kernel: str, test: MNISTSplit)
         stack_bytes_used=run.report["stack_bytes_used"],
         memory=memory_use(section_sizes(build.elf)),
         build=build,
+        report=run.report,
         seconds=run.seconds,
     )
 
