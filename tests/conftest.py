@@ -274,3 +274,28 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevToolsPipe]:
     pipe = DevToolsPipe(CHROMIUM, profile, profile.parent / "chromium.log")
     yield pipe
     pipe.close()
+
+
+@pytest.fixture(scope="session")
+def simplenet_c(tmp_path_factory, offline_data) -> dict:
+    """The cached FP32 SimpleNet (``fp32``), its INT8 model on raw pixels (``int8``:
+    normalisation folded, calibrated on 200 digits) and both exported as C (``fp32_dir``,
+    ``int8_dir``). Tests copy the directories before changing them."""
+    from ptqlib.calibration import calibrate
+    from ptqlib.data import calibration_images
+    from ptqlib.deploy.c_export import export_c
+    from ptqlib.int8_model import convert
+    from ptqlib.models import fold_input_normalization
+
+    folder = tmp_path_factory.mktemp("simplenet-c")
+    fp32, _ = load_or_train_baseline(offline_data, progress=False)
+    pixel_model = fold_input_normalization(fp32)
+    pixels = calibration_images(offline_data.train.pixel_values(), 200)
+    calibration = calibrate(pixel_model, pixels, progress=False)
+    int8 = convert(pixel_model, calibration.qparams, pixel_input=True)
+    return {
+        "fp32": fp32,
+        "int8": int8,
+        "fp32_dir": export_c(fp32, folder / "fp32", "simplenet").directory,
+        "int8_dir": export_c(int8, folder / "int8", "simplenet").directory,
+    }

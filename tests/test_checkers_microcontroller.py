@@ -65,7 +65,8 @@ def energy(cycles, microamps_per_mhz, volts):
 
 def test_the_expected_map_answers_by_hand():
     plain = section_contents(MAP_PLAIN, ".rodata")
-    assert plain["fc1_weight"] == 128 * 784 and plain["input_lut"] == 256 and plain["main"] == 87
+    assert plain["simplenet_int8_fc1_weight"] == 128 * 784 and plain["main"] == 87
+    assert plain["simplenet_int8_fc3_shift"] == 10 and len(plain) == 7
     assert "simplenet_int8_forward" not in plain and "input" not in plain
     assert section_contents(MAP_DSP, ".bss") == {"input_pairs": 0x620}
 

@@ -44,6 +44,7 @@ from ptqlib.evaluation import accuracy
 from ptqlib.int8_checkpoint import load_int8
 from ptqlib.int8_model import convert
 from ptqlib.integer_arithmetic import requantize
+from ptqlib.ptq import post_training_quantize
 
 HAS_TOOLS = not tools.missing_tools()
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -132,6 +133,32 @@ def test_dsp_kernel_is_bit_exact_on_ragged_layers(tmp_path, offline_data):
         assert check.test.all_identical and check.stress.all_identical, kernel
 
 
+def test_a_small_cnn_in_firmware_is_bit_exact(tmp_path, offline_data):
+    """Convolution (zero-point padding, stride 2), depthwise, max-pool, global average pool:
+    every logit of 20 digits and 10 stress images in QEMU; a CNN gets the portable C only,
+    its activation arena on a stack sized for it."""
+    torch.manual_seed(0)
+    channels = 4
+    model = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, channels, 3, stride=2, padding=1, bias=False),
+        bn1=nn.BatchNorm2d(channels), relu1=nn.ReLU(),
+        dw1=nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        bn2=nn.BatchNorm2d(channels), relu2=nn.ReLU(), pool1=nn.MaxPool2d(2),
+        pw1=nn.Conv2d(channels, 8, 1, bias=False), bn3=nn.BatchNorm2d(8), relu3=nn.ReLU(),
+        pool2=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 10),
+    ))  # fmt: skip
+    images = calibration_images(offline_data.train, 100)
+    int8_model = post_training_quantize(model.eval(), images, progress=False).int8_model
+    manifest = export_firmware(
+        int8_model, tmp_path / "cnn", M4, part_named(None, M4), model_name="cnn"
+    )
+    assert list(manifest["kernels"]) == ["plain"] and not manifest["linear_only"]
+    test = MNISTSplit(offline_data.test.images[:20], offline_data.test.labels[:20])
+    check = check_firmware(tmp_path / "cnn", test, noise=8)["plain"]
+    assert check.test.all_identical and check.stress.all_identical
+    assert 14 * 14 * channels < check.stack_bytes_used < check.memory.stack
+
+
 def test_cmsis_double_rounding_by_hand():
     """M0 = 2^30, n = 33 (M = 1/8, CMSIS-NN shift -2): 19/8 = 2.375 rounds to 2 once, but to
     2.5 (doubling high multiply: 10) and then away from zero to 3 twice; -20/8 = -2.5 rounds
@@ -169,16 +196,18 @@ def test_cmsis_conventions_in_the_firmware(tmp_path, quantized_checkpoints, offl
 
 def test_linker_figures_from_a_real_map_file(firmware):
     """size -A and the map file agree: the constants are the weights, biases and tables;
-    the DSP firmware's packed fc1 is 128 x 784 bytes; RAM = .data + .bss + .stack."""
+    the DSP firmware's packed fc1 is 128 x 784 bytes, the pixel table 256;
+    RAM = .data + .bss + .stack."""
     build = build_firmware(firmware, "dsp")
     sizes = section_sizes(build.elf)
     use = memory_use(sizes)
     map_text = build.map_file.read_text()
     rodata = section_contents(map_text, ".rodata")
-    assert rodata["fc1_packed"] == 128 * 784 and "input_lut" in rodata
+    assert rodata["simplenet_int8_fc1_packed"] == 128 * 784
+    assert rodata["simplenet_int8_input_table"] == 256
     assert sum(rodata.values()) <= sizes[".rodata"] < sum(rodata.values()) + 64  # + alignment
     assert section_contents(map_text, ".bss")["input_pairs"] == 784 // 2 * 4
-    assert use.ram == sizes[".data"] + sizes[".bss"] + 8192 and use.flash < 128 * 1024
+    assert use.ram == sizes[".data"] + sizes[".bss"] + sizes[".stack"] and use.flash < 128 * 1024
     assert {entry.output_section for entry in map_entries(map_text)} >= {".text", ".rodata"}
 
 

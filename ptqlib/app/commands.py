@@ -281,7 +281,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ptqlib.app.model_files import load_model
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
 
-    model, kind, _ = load_model(args.checkpoint)
+    model, kind, meta = load_model(args.checkpoint)
+    model_name = meta.get("model") if isinstance(meta, dict) else None
     target = getattr(args, "target", None)
     if target is None and (
         getattr(args, "part", None) or getattr(args, "rounding", "single") != "single"
@@ -290,9 +291,9 @@ def run_export(args: argparse.Namespace) -> int:
     if target is not None:
         if getattr(args, "format", "onnx") != "c":
             raise InputError("--target writes C firmware: give --format c too")
-        return export_as_firmware(model, args.out, target, args.part, args.rounding)
+        return export_as_firmware(model, args.out, target, args.part, args.rounding, model_name)
     if getattr(args, "format", "onnx") == "c":
-        return export_as_c(model, args.out)
+        return export_as_c(model, args.out, model_name)
     onnx_model = int8_to_onnx(model) if kind == "int8" else fp32_to_onnx(model)
     path = save_onnx(onnx_model, args.out)
     print(
@@ -302,32 +303,35 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_as_c(model, out: str) -> int:
+def export_as_c(model, out: str, model_name: str | None = None) -> int:
     """``export --format c``: the loaded model as C99 in the directory ``out``."""
     from ptqlib.deploy.c_export import export_c
 
-    exported = export_c(model, out)
+    exported = export_c(model, out, model_name)
+    files = ", ".join(sorted(path.name for path in exported.directory.iterdir()))
     print(
-        f"wrote {exported.directory}: {exported.prefix}.h, {exported.prefix}.c, main.c, "
-        f"BUILD, model.json (the {exported.kind.upper()} model as C99)\n"
+        f"wrote {exported.directory}: {files} (the {exported.kind.upper()} model as C99)\n"
         f"build the program with: cd {exported.directory} && {exported.build}"
     )
     return 0
 
 
-def export_as_firmware(model, out: str, target: str, part: str | None, rounding: str) -> int:
+def export_as_firmware(
+    model, out: str, target: str, part: str | None, rounding: str, model_name: str | None
+) -> int:
     """``export --format c --target cortex-m4``: the model's C plus Cortex-M firmware."""
     from ptqlib.deploy.mcu.firmware import export_firmware
     from ptqlib.deploy.mcu.targets import part_named, target_named
 
     core = target_named(target)
     chip = part_named(part, core)
-    manifest = export_firmware(model, out, core, chip, rounding)
+    manifest = export_firmware(model, out, core, chip, rounding, model_name)
     kernels = ", ".join(f"firmware_{name}.elf" for name in manifest["kernels"])
     print(
         f"wrote {out}: {manifest['prefix']}.h/.c and the firmware for {chip.label}, "
         f"{core.name} ({len(manifest['files'])} files, firmware.json)\n"
-        f"build {kernels} with the commands in {Path(out) / 'BUILD'}, or check them in QEMU: "
+        f"build {kernels} with the commands in {Path(out) / 'FIRMWARE_BUILD'}, or check them "
+        "in QEMU: "
         f"python -m ptqlib evaluate --checkpoint {out} --target {core.name}"
     )
     return 0

@@ -4,9 +4,13 @@
 - ``ptqlib.deploy.onnx_runtime``    running and checking it in ONNX Runtime
 - ``ptqlib.deploy.onnx_figure``     drawing an ONNX graph
 - ``ptqlib.deploy.ort_quantizer``   ONNX Runtime's own ``quantize_static``, for comparison
-- ``ptqlib.deploy.c_export``        the model as one dependency-free C file pair (notebook 10)
-- ``ptqlib.deploy.c_source``        the C text it writes (integer kernels, VNNI path, main.c)
+- ``ptqlib.deploy.c_export``        the model as dependency-free C files, their digest (notebook 10)
+- ``ptqlib.deploy.c_graph``         the layers as the C computes them: shapes, folded constants
+- ``ptqlib.deploy.c_source``        the portable C kernels (Linear, conv, depthwise, pools)
+- ``ptqlib.deploy.c_files``         the header, the portable source, main.c
+- ``ptqlib.deploy.c_memory``        the liveness plan of the activations (the arena)
 - ``ptqlib.deploy.c_runtime``       compiling it with the system C compiler, calling it via ctypes
+- ``ptqlib.deploy.c_cache``         the private per-user cache of compiled libraries
 - ``ptqlib.deploy.c_latency``       PyTorch, ONNX Runtime and C timed in one interleaved run
 - ``ptqlib.deploy.c_budget``        flash, RAM (the arena) and an energy estimate per inference
 - ``ptqlib.deploy.mcu``             the C as Cortex-M firmware, run in QEMU (notebook 11)

@@ -24,7 +24,9 @@ from pathlib import Path
 from ptqlib.errors import InputError
 
 C_TYPE_BYTES = {"int8_t": 1, "uint8_t": 1, "int32_t": 4, "float": 4}
-CONST_ARRAY = re.compile(r"static const (int8_t|uint8_t|int32_t|float) \w+\[(\d+)\]")
+# A constant array as the header declares it: "extern const int8_t name[n]" (or, in exports
+# before the constants moved to the .c, "static const ...").
+CONST_ARRAY = re.compile(r"(?:static|extern) const (int8_t|uint8_t|int32_t|float) \w+\[(\d+)\]")
 
 # Two microcontroller classes as examples of budgets (real parts vary widely): a Cortex-M4
 # class part with 256 KB flash and 64 KB RAM, a Cortex-M7 class part with 2 MB and 512 KB.
@@ -42,7 +44,7 @@ RAPL_ROOT = Path("/sys/class/powercap")
 
 
 def flash_bytes(directory: str | os.PathLike) -> int:
-    """Bytes of all ``static const`` arrays in the exported header of ``directory``."""
+    """Bytes of all constant arrays the exported header of ``directory`` declares."""
     headers = list(Path(directory).glob("*.h"))
     if len(headers) != 1:
         raise InputError(

@@ -1,23 +1,27 @@
 """Compile an exported C model and call it from Python (notebook 10).
 
-:func:`compile_library` builds ``<prefix>.c`` with the system C compiler (``$CC``, else
-``cc``, ``gcc`` or ``clang``) into a shared library, cached in the temp directory by the
-hash of the source and the flags, so a second build costs nothing. :class:`CModel` loads it
-with ``ctypes`` and passes the data pointers of contiguous tensors straight to
-``<prefix>_forward``: no copy, no framework in between.
+:func:`compile_library` builds one source of an export with the system C compiler (``$CC``,
+else ``cc``, ``gcc`` or ``clang``) into a shared library, kept in a private per-user cache
+(``ptqlib.deploy.c_cache``) under the hash of the source digest, the compiler and the flags,
+so a second build costs nothing. :class:`CModel` loads it with ``ctypes`` and passes the
+data pointers of contiguous tensors straight to ``<prefix>_forward``: no copy.
 
-Builds of the same INT8 file: ``"native"`` (``-march=native``: the AVX-512 VNNI
-intrinsics where the CPU has them), ``"portable"`` (the same flags with ``__AVX512VNNI__``
-undefined: the plain loops, which gcc still vectorizes for this CPU) and ``"avx2"``
-(``-march=x86-64-v3``: the code an AVX2-only CPU gets; x86 only).
+Builds (``variant``) of one export, all with the flags of ``BUILD``:
+
+- ``"portable"``: ``<prefix>.c``, the plain loops any compiler builds (which the compiler
+  still vectorizes for this CPU under ``-march=native``);
+- ``"avx2"``: ``<prefix>_avx2.c``, the kernels written for x86 AVX2 + FMA (models of Linear
+  layers; a CPU without AVX2 and FMA cannot build it);
+- ``"native"``: the fastest build this CPU can run: ``avx2`` where the export has it and the
+  compiler targets AVX2 and FMA under ``-march=native``, else ``portable``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -26,31 +30,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ptqlib.deploy.c_cache import cache_directory, store_library, verified_library
 from ptqlib.deploy.c_export import BUILD_FLAGS, verify_directory
 from ptqlib.errors import InputError
 
-VARIANTS = {
-    "native": ("-mprefer-vector-width=512",),
-    "portable": ("-mprefer-vector-width=512", "-U__AVX512VNNI__"),
-    # What an AVX2-only CPU compiles (x86-64-v3 replaces -march=native): the portable loops.
-    # It runs on any newer x86 CPU too, so its integers can be checked here.
-    "avx2": ("-march=x86-64-v3",),
-}
-# The x86-only flags: elsewhere (ARM...) a build keeps -march=native and the portable loops.
-X86_ONLY = ("-mprefer-vector-width=512", "-march=x86-64-v3")
+VARIANTS = ("native", "portable", "avx2")
 LIBRARY_FLAGS = ("-shared", "-fPIC")
 COMPILE_TIMEOUT_SECONDS = 120
-
-
-def variant_flags(variant: str) -> list[str]:
-    """The compiler flags of a build ``variant`` on this machine."""
-    if variant not in VARIANTS:
-        raise InputError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        return list(VARIANTS[variant])
-    if variant == "avx2":
-        raise InputError(f"variant: 'avx2' builds for x86, this is {platform.machine()}")
-    return [flag for flag in VARIANTS[variant] if flag not in X86_ONLY]
 
 
 def find_compiler() -> str:
@@ -63,28 +49,57 @@ def find_compiler() -> str:
     raise InputError("no C compiler found (install gcc)")
 
 
-def cache_directory() -> Path:
-    directory = Path(tempfile.gettempdir()) / "ptqlib-c-cache"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+@functools.lru_cache(maxsize=8)
+def native_macros(compiler: str) -> frozenset[str]:
+    """The macros the compiler predefines under ``-march=native`` (``__AVX2__``, ...)."""
+    command = [compiler, "-march=native", "-dM", "-E", "-x", "c", os.devnull]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.splitlines()
+    return frozenset(line.split()[1] for line in lines if line.startswith("#define "))
 
 
-def compile_library(directory: str | os.PathLike, variant: str = "native") -> Path:
-    """The shared library of the exported C in ``directory`` (checked by its digest),
-    compiled with the flags of ``variant`` (one of VARIANTS), from the cache if built
-    before. A compiler error is an InputError carrying the compiler's first lines."""
-    flags = [*BUILD_FLAGS, *variant_flags(variant), *LIBRARY_FLAGS]
+def native_targets() -> dict[str, bool]:
+    """What ``-march=native`` targets here: ``{"avx2": ..., "avx512_vnni": ...}``."""
+    macros = native_macros(find_compiler())
+    return {
+        "avx2": {"__AVX2__", "__FMA__"} <= macros,
+        "avx512_vnni": {"__AVX512VNNI__", "__AVX512BW__"} <= macros,
+    }
+
+
+def build_source(manifest: dict, variant: str) -> str:
+    """The source file a build ``variant`` compiles (module docstring)."""
+    if variant not in VARIANTS:
+        raise InputError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    builds = manifest["builds"]
+    if variant == "native":
+        variant = "avx2" if "avx2" in builds and native_targets()["avx2"] else "portable"
+    if variant not in builds:
+        raise InputError(
+            f"variant: {variant!r}; this export has the builds {', '.join(sorted(builds))}"
+        )
+    return builds[variant]
+
+
+def compile_library(
+    directory: str | os.PathLike, variant: str = "native", extra_flags: tuple[str, ...] = ()
+) -> Path:
+    """The shared library of one build ``variant`` of the export in ``directory`` (checked
+    by its digest first), from the cache if built before. A compiler error is an InputError
+    carrying the compiler's first lines."""
     directory = Path(directory)
     manifest = verify_directory(directory)
+    source = directory / build_source(manifest, variant)
     compiler = find_compiler()
-    source = directory / f"{manifest['prefix']}.c"
-    recipe = "\0".join([compiler, *flags, manifest["digest"]])
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:24]
-    library = cache_directory() / f"{manifest['prefix']}-{variant}-{key}.so"
-    if library.is_file():
+    flags = [*BUILD_FLAGS, *LIBRARY_FLAGS, *extra_flags]
+    recipe = {"compiler": compiler, "flags": flags, "source": source.name}
+    key = hashlib.sha256(recipe_key(recipe, manifest["digest"]).encode()).hexdigest()[:24]
+    cache = cache_directory()
+    library = cache / f"{source.stem}-{key}.so"
+    if verified_library(library, manifest["digest"]):
         return library
-    # Build under a unique name, then rename: another process never loads half a file.
-    with tempfile.TemporaryDirectory(dir=cache_directory()) as scratch:
+    # Build under a unique name in the private cache, then rename: no half-written file.
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
         partial = Path(scratch) / library.name
         command = [compiler, *flags, "-I", str(directory), "-o", str(partial), str(source)]
         result = subprocess.run(
@@ -93,8 +108,13 @@ def compile_library(directory: str | os.PathLike, variant: str = "native") -> Pa
         if result.returncode != 0:
             first_lines = " | ".join(result.stderr.strip().splitlines()[:3])
             raise InputError(f"{source}: the C compiler failed: {first_lines}")
-        os.replace(partial, library)
+        store_library(partial, library, manifest["digest"], recipe)
     return library
+
+
+def recipe_key(recipe: dict, digest: str) -> str:
+    """What a library depends on: compiler, flags, source file and the export's digest."""
+    return "\0".join([recipe["compiler"], *recipe["flags"], recipe["source"], digest])
 
 
 class CModel(nn.Module):
@@ -108,6 +128,7 @@ class CModel(nn.Module):
         self.directory = Path(directory)
         self.manifest = verify_directory(self.directory)
         self.variant = variant
+        self.source = build_source(self.manifest, variant)
         self.kind = self.manifest["kind"]
         self.library_path = compile_library(self.directory, variant)
         self._library = ctypes.CDLL(str(self.library_path))
@@ -125,7 +146,7 @@ class CModel(nn.Module):
         """The C forward on ``batch`` (``[N, ...]`` with ``inputs`` values per image, of the
         input dtype): uint8 logits in the C's domain (INT8) or float logits (FP32), written
         into ``out`` if given (``[N, outputs]``, contiguous; saves an allocation per call)."""
-        size = batch.shape[0]
+        size = batch.shape[0] if batch.dim() else 0
         if batch.dtype != self.input_dtype or batch.numel() != size * self.inputs:
             raise InputError(
                 f"batch: expected {self.input_dtype} images of {self.inputs} values, got "
@@ -133,12 +154,16 @@ class CModel(nn.Module):
             )
         if out is None:
             out = torch.empty((size, self.outputs), dtype=self.input_dtype)
-        elif out.shape != (size, self.outputs) or out.dtype != self.input_dtype:
+        elif (
+            out.shape != (size, self.outputs)
+            or out.dtype != self.input_dtype
+            or not out.is_contiguous()
+        ):
             raise InputError(
                 f"out: expected a contiguous {self.input_dtype} tensor {(size, self.outputs)}, "
                 f"got {out.dtype} {tuple(out.shape)}"
+                + ("" if out.is_contiguous() else " (not contiguous)")
             )
-        out = out.contiguous()  # not a copy when it already is (then C writes into it)
         batch = batch.contiguous()
         self._forward(batch.data_ptr(), out.data_ptr(), size)
         return out
@@ -162,7 +187,7 @@ class CModel(nn.Module):
         return (logits.float() - zero_point) * self.manifest["output_scale"]
 
     def extra_repr(self) -> str:
-        return f"{self.manifest['prefix']}, {self.variant} build"
+        return f"{self.manifest['prefix']}, {self.variant} build ({self.source})"
 
 
 def load_c_model(directory: str | os.PathLike, variant: str = "native") -> CModel:
@@ -170,14 +195,6 @@ def load_c_model(directory: str | os.PathLike, variant: str = "native") -> CMode
     if not Path(directory).is_dir():
         raise InputError(f"checkpoint: {directory} is not a directory")
     return CModel(directory, variant)
-
-
-def native_build_has_vnni() -> bool:
-    """Whether ``-march=native`` defines ``__AVX512VNNI__`` here: then the native build of an
-    INT8 export compiles its VNNI path (else the portable loops, e.g. on AVX2-only CPUs)."""
-    command = [find_compiler(), "-march=native", "-dM", "-E", "-x", "c", os.devnull]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    return "__AVX512VNNI__" in result.stdout and "__AVX512BW__" in result.stdout
 
 
 def compiler_version() -> str:

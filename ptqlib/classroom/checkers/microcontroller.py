@@ -59,7 +59,7 @@ def check_pack_for_smlad(student_fn: Callable[[torch.Tensor], torch.Tensor]) -> 
 MAP_PLAIN = """\
 Linker script and memory map
 
-.text           0x00000000      0x5bc
+.text           0x00000000      0x4dc
  *(.vectors)
  .vectors       0x00000000       0x40 startup.o
  *(.text*)
@@ -67,57 +67,62 @@ Linker script and memory map
                 0x00000040      0x13c firmware.o
                 0x00000040                main
  .text.simplenet_int8_forward
-                0x000002f0      0x2cc simplenet_int8.o
-                0x000002f0                simplenet_int8_forward
+                0x00000274      0x268 simplenet_int8.o
+                0x00000274                simplenet_int8_forward
 
-.rodata         0x000005bc    0x1b33c
+.rodata         0x000004dc    0x1b378
  *(.rodata*)
  .rodata.main.str1.4
-                0x000005bc       0x57 firmware.o
- *fill*         0x00000613        0x1
- .rodata.fc3_shift
-                0x0000065c        0xa simplenet_int8.o
- *fill*         0x00000666        0x2
- .rodata.fc3_multiplier
-                0x00000668       0x28 simplenet_int8.o
- .rodata.fc3_bias
-                0x00000690       0x28 simplenet_int8.o
- .rodata.fc3_weight
-                0x000006b8      0x280 simplenet_int8.o
- .rodata.fc2_weight
-                0x00000b78     0x2000 simplenet_int8.o
- .rodata.fc1_weight
-                0x00002ff8    0x18800 simplenet_int8.o
- .rodata.input_lut
-                0x0001b7f8      0x100 simplenet_int8.o
-                0x0001b8f8                        . = ALIGN (0x4)
+                0x000004dc       0x57 firmware.o
+ *fill*         0x00000533        0x1
+ .rodata.simplenet_int8_fc3_requantization
+                0x0000057c       0x14 simplenet_int8.o
+ .rodata.simplenet_int8_fc3_shift
+                0x000005b8        0xa simplenet_int8.o
+                0x000005b8                simplenet_int8_fc3_shift
+ *fill*         0x000005c2        0x2
+ .rodata.simplenet_int8_fc3_bias
+                0x000005ec       0x28 simplenet_int8.o
+                0x000005ec                simplenet_int8_fc3_bias
+ .rodata.simplenet_int8_fc3_weight
+                0x00000614      0x280 simplenet_int8.o
+                0x00000614                simplenet_int8_fc3_weight
+ .rodata.simplenet_int8_fc2_weight
+                0x00000ad4     0x2000 simplenet_int8.o
+                0x00000ad4                simplenet_int8_fc2_weight
+ .rodata.simplenet_int8_fc1_weight
+                0x00002f74    0x18800 simplenet_int8.o
+                0x00002f74                simplenet_int8_fc1_weight
+                0x0001b854                        . = ALIGN (0x4)
 
-.bss            0x20000000      0x31c
- .bss.input.0   0x20000000      0x310 firmware.o
- .bss.output.1  0x20000310        0xa firmware.o
+.bss            0x20000c24      0x31c load address 0x0001b878
+ *(.bss*)
+ .bss.output.0  0x20000c24        0xa firmware.o
+ .bss.input.1   0x20000c30      0x310 firmware.o
 """
 
 MAP_DSP = """\
 Linker script and memory map
 
-.text           0x00000000      0x644
- .text.linear_layer_dsp
-                0x00000300      0x214 simplenet_int8_dsp.o
+.text           0x00000000      0x5f0
+ .text.linear_layer_dsp.constprop.0
+                0x00000304      0x1f8 simplenet_int8_dsp.o
 
-.rodata         0x00000644    0x1b2bc
+.rodata         0x000005f0    0x1b3bc
  *(.rodata*)
- .rodata.fc3_packed
-                0x00000644      0x300 simplenet_int8_dsp.o
- .rodata.fc2_packed
-                0x00000944     0x2000 simplenet_int8_dsp.o
- .rodata.fc1_packed
-                0x00002944    0x18800 simplenet_int8_dsp.o
- .rodata.fc1_bias
-                0x0001b144      0x200 simplenet_int8_dsp.o
+ .rodata.simplenet_int8_fc3_packed
+                0x00000a2c      0x300 simplenet_int8_dsp.o
+ .rodata.simplenet_int8_fc2_packed
+                0x00000d2c     0x2000 simplenet_int8_dsp.o
+ .rodata.simplenet_int8_fc1_packed
+                0x00002d2c    0x18800 simplenet_int8_dsp.o
+ .rodata.simplenet_int8_fc1_bias
+                0x0001b52c      0x200 simplenet_int8.o
+                0x0001b52c                simplenet_int8_fc1_bias
 
-.bss            0x20000000      0x940
+.bss            0x20000c24      0x940
  .bss.input_pairs
-                0x20000000      0x620 simplenet_int8_dsp.o
+                0x20000c24      0x620 simplenet_int8_dsp.o
 """
 
 

@@ -35,12 +35,10 @@ unchanged: bit for bit with ptqlib.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from ptqlib.deploy import c_source
-from ptqlib.deploy.c_export import Int8CLayer
+from ptqlib.deploy.c_files import activation_plan
+from ptqlib.deploy.c_graph import CLayer
 from ptqlib.errors import InputError
 
 ROWS_PER_BLOCK = 4  # output rows that share every load of the input pairs
@@ -149,28 +147,25 @@ static const uint32_t *dot_four_rows(const uint32_t *weights, int32_t groups, in
 /* y = requantize(W x + bias) for `count` images, four output rows at a time. `packed` holds
  * the weights interleaved at export: per block of four rows and group of four inputs, one
  * word per row. */
-static void linear_layer_dsp(const uint8_t *x, int32_t count, const uint32_t *packed,
-                             const int32_t *bias, const int32_t *multiplier,
-                             const int8_t *shift, int32_t zero_point, int32_t lowest,
-                             int32_t highest, int32_t in, int32_t out, uint8_t *y)
+static void linear_layer_dsp(const uint8_t *x, const uint32_t *packed, const int32_t *bias,
+                             const int32_t *multiplier, const int8_t *shift, int32_t zero_point,
+                             int32_t lowest, int32_t highest, int32_t in, int32_t out,
+                             uint8_t *y)
 {
     const int32_t groups = (in + 3) / 4;
-    for (int32_t t = 0; t < count; t++, x += in, y += out) {
-        widen_input(x, in);
-        const uint32_t *weights = packed;
-        for (int32_t o = 0; o < out; o += 4) {
-            int32_t sums[4];
-            weights = dot_four_rows(weights, groups, sums);
-            for (int32_t r = 0; r < 4 && o + r < out; r++)
-                y[o + r] = requantize(sums[r] + bias[o + r], multiplier[o + r], shift[o + r],
-                                      zero_point, lowest, highest);
-        }
+    widen_input(x, in);
+    for (int32_t o = 0; o < out; o += 4) {
+        int32_t sums[4];
+        packed = dot_four_rows(packed, groups, sums);
+        for (int32_t r = 0; r < 4 && o + r < out; r++)
+            y[o + r] = requantize(sums[r] + bias[o + r], multiplier[o + r], shift[o + r],
+                                  zero_point, lowest, highest);
     }
 }
 """
 
 
-def packed_array(name: str, layer: Int8CLayer) -> str:
+def packed_array(name: str, layer: CLayer) -> str:
     """The packed weights of ``layer`` as ``static const uint32_t name[]``, one line per
     group: the four words (four rows) that one pass of the inner loop reads."""
     packed = pack_weights_for_smlad(layer.weight)
@@ -180,57 +175,72 @@ def packed_array(name: str, layer: Int8CLayer) -> str:
         "    " + ", ".join(f"PACK4({', '.join(map(str, word))})" for word in line) + ","
         for line in rows
     ]
-    in_features = layer.weight.shape[1]
     return (
         f"/* {layer.name}: {blocks} blocks of 4 rows x {groups} groups of 4 inputs "
-        f"({layer.out_features} x {in_features}, zero-padded) */\n"
+        f"({layer.outputs} x {layer.inputs}, zero-padded) */\n"
         f"static const uint32_t {name}[{blocks * groups * ROWS_PER_BLOCK}] = {{\n"
         + "\n".join(lines)
         + "\n};\n"
     )
 
 
-def dsp_layer_call(layer: c_source.CLayerNames, source: str, target: str) -> str:
-    upper = layer.upper
-    return (
-        f"        linear_layer_dsp({source}, count, {layer.prefix}_packed, {layer.prefix}_bias,\n"
-        f"                         {layer.prefix}_multiplier, {layer.prefix}_shift, "
-        f"{upper}_OUTPUT_ZERO_POINT,\n"
-        f"                         {upper}_LOWEST, {upper}_HIGHEST, {upper}_IN, {upper}_OUT, "
-        f"{target});\n"
-    )
+def forward_text(prefix: str, layers: list[CLayer], lookup: bool) -> str:
+    """``<prefix>_dsp_forward``: one image at a time (a microcontroller's batch), the
+    activations in one arena at the offsets of the export's liveness plan."""
+    buffers, plan = activation_plan(layers, "int8", lookup)
+    lines = [
+        "/* One image at a time; its activations in one arena, at the offsets of the same\n"
+        f" * liveness plan as {prefix}.c. */\n"
+        f"void {prefix}_dsp_forward(const uint8_t *input, uint8_t *output, int32_t batch)\n{{\n"
+        f"    uint8_t arena[{max(plan.size, 1)}];\n"
+    ]
+    for buffer in buffers:
+        lines.append(f"    uint8_t *const {buffer.name} = arena + {plan.offsets[buffer.name]};\n")
+    lines.append("    for (int32_t t = 0; t < batch; t++) {\n")
+    lines.append(f"        const uint8_t *image = input + (size_t)t * {layers[0].inputs};\n")
+    source = "image"
+    if lookup:
+        lines.append(
+            f"        for (int32_t k = 0; k < {layers[0].inputs}; k++)  /* pixel -> u */\n"
+            f"            input_u[k] = {prefix}_input_table[image[k]];\n"
+        )
+        source = "input_u"
+    for index, layer in enumerate(layers):
+        last = index == len(layers) - 1
+        target = f"output + (size_t)t * {layer.outputs}" if last else f"out_{layer.name}"
+        name = f"{prefix}_{layer.name}"
+        lines.append(
+            f"        linear_layer_dsp({source}, {name}_packed, {name}_bias, {name}_multiplier,\n"
+            f"                         {name}_shift, {layer.output_zero_point}, {layer.lowest}, "
+            f"{layer.highest}, {layer.inputs}, {layer.outputs},\n"
+            f"                         {target});\n"
+        )
+        source = target
+    lines.append("    }\n}\n")
+    return "".join(lines)
 
 
 def dsp_source(
-    prefix: str,
-    layers: list[Int8CLayer],
-    inputs: int,
-    lookup: bool,
-    requantize_c: str,
-    rounding_note: str,
+    prefix: str, layers: list[CLayer], lookup: bool, requantize_c: str, note: str
 ) -> str:
-    """``<prefix>_dsp.c``: the DSP layer, the packed weights and
-    ``<prefix>_dsp_forward``, with the biases, multipliers and macros of ``<prefix>.h``.
-    ``requantize_c`` defines ``requantize`` (ptqlib's single rounding or CMSIS-NN's two)."""
-    in_features = [inputs] + [layer.out_features for layer in layers[:-1]]
-    max_groups = max(-(-size // WEIGHTS_PER_WORD) for size in in_features)
-    arrays = "\n".join(
-        packed_array(f"{c_source.CLayerNames(layer.name).prefix}_packed", layer) for layer in layers
-    )
-    sizes = [(layer.name, layer.out_features) for layer in layers]
-    call: Callable = dsp_layer_call
-    forward = c_source.forward_function(
-        f"{prefix}_dsp", inputs, layers[-1].out_features, sizes, "uint8_t", lookup, call, 1
-    )
+    """``<prefix>_dsp.c``: the DSP layer, the packed weights and ``<prefix>_dsp_forward``,
+    with the biases, multipliers and input table that ``<prefix>.c`` defines (declared in
+    ``<prefix>.h``). ``requantize_c`` defines ``requantize`` (ptqlib's single rounding or
+    CMSIS-NN's two). A model of Linear layers only."""
+    if any(layer.kind != "linear" for layer in layers):
+        kinds = sorted({layer.kind for layer in layers} - {"linear"})
+        raise InputError(f"model: the DSP kernel implements Linear layers; this one has {kinds}")
+    max_groups = max(-(-layer.inputs // WEIGHTS_PER_WORD) for layer in layers)
+    arrays = "\n".join(packed_array(f"{prefix}_{layer.name}_packed", layer) for layer in layers)
     return (
         f"/* {prefix}_dsp.c: the INT8 model with the Cortex-M DSP instructions SXTB16 and "
         "SMLAD\n * (generated by ptqlib; Armv7E-M: Cortex-M4, M7, M33). Same integers as "
-        f"{prefix}.c:\n * the biases, multipliers and clamps come from {prefix}.h; the "
-        f"weights are repacked here.\n * Requantization: {rounding_note}. */\n"
-        f'#include <arm_acle.h>\n#include "{prefix}.h"\n\n'
+        f"{prefix}.c, whose\n * biases, multipliers and table it uses; the weights are "
+        f"repacked here.\n * Requantization: {note}. */\n"
+        f'#include <stddef.h>\n#include <arm_acle.h>\n#include "{prefix}.h"\n\n'
         "#if !defined(__ARM_FEATURE_DSP)\n"
         "#error this file needs the Armv7E-M DSP instructions (-mcpu=cortex-m4 or cortex-m7)\n"
         "#endif\n\n"
         f"#define MAX_INPUT_GROUPS {max_groups}\n\n{requantize_c}\n{DSP_LAYER_C}\n{PACK4_C}\n"
-        f"{arrays}\n{forward}"
+        f"{arrays}\n{forward_text(prefix, layers, lookup)}"
     )

@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptqlib.deploy.c_runtime import cache_directory
+from ptqlib.deploy.c_cache import cache_directory, store_library, verified_library
 from ptqlib.deploy.mcu import tools
 from ptqlib.deploy.mcu.firmware import (
     INPUTS_FILE,
     OUTPUTS_FILE,
     REPORT_FIELDS,
     REPORT_FILE,
+    Kernel,
     compile_command,
-    kernels_of,
     qemu_command,
     verify_firmware,
 )
@@ -67,9 +67,9 @@ class FirmwareBuild:
 
 def linker_messages(stderr: str, elf: Path) -> list[str]:
     """The linker's lines of a failed link (after its ``ld: ``), with the output file's
-    temporary path shortened to ``firmware.elf``."""
+    path (a cache entry) written ``firmware.elf``."""
     lines = [line.split("ld: ", 1)[1] for line in stderr.splitlines() if "ld: " in line]
-    return [line.replace(str(elf), elf.name) for line in lines]
+    return [line.replace(str(elf), "firmware.elf") for line in lines]
 
 
 def build_firmware(directory: str | os.PathLike, kernel: str = "plain") -> FirmwareBuild:
@@ -78,41 +78,39 @@ def build_firmware(directory: str | os.PathLike, kernel: str = "plain") -> Firmw
     tools.require_tools(tools.COMPILER)
     directory = Path(directory)
     manifest = verify_firmware(directory)
-    kernels = {k.name: k for k in kernels_of(manifest["prefix"], manifest["kind"],
-                                             manifest["rounding"])}  # fmt: skip
-    if kernel not in kernels:
-        raise InputError(f"kernel: expected one of {', '.join(kernels)}, got {kernel!r}")
+    if kernel not in manifest["kernels"]:
+        raise InputError(
+            f"kernel: expected one of {', '.join(manifest['kernels'])}, got {kernel!r}"
+        )
+    entry = manifest["kernels"][kernel]
+    chosen = Kernel(kernel, tuple(entry["sources"]), entry["forward"], entry["description"])
     target, part = TARGETS[manifest["target"]], PARTS[manifest["part"]]
-    recipe = compile_command(target, part, manifest["prefix"], kernels[kernel], "x.elf", "x.map")
+    recipe = compile_command(target, part, manifest["prefix"], chosen, "x.elf", "x.map")
+    # The key covers the files (their digest) and the command: two firmware never share a path.
     key = hashlib.sha256("\0".join([*recipe, manifest["digest"]]).encode()).hexdigest()[:24]
-    output = cache_directory() / "firmware" / f"{manifest['prefix']}-{kernel}-{key}"
-    elf, map_file = output / "firmware.elf", output / "firmware.map"
-    if elf.is_file() and map_file.is_file():
+    # The private per-user cache of c_cache: a firmware's semihosting can write host files,
+    # so a cached ELF is run only if its bytes hash to the record written when it was built.
+    elf = cache_directory() / f"{manifest['prefix']}-{kernel}-{key}.elf"
+    map_file = elf.with_suffix(".map")
+    if verified_library(elf, manifest["digest"]) and map_file.is_file():
         return FirmwareBuild(directory, kernel, elf, map_file, manifest)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a fresh directory, then rename: another process never sees half a build.
-    with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
-        work = Path(scratch) / "build"
-        work.mkdir()
+    with tempfile.TemporaryDirectory(dir=cache_directory()) as scratch:
+        built, built_map = Path(scratch) / elf.name, Path(scratch) / map_file.name
         command = compile_command(
-            target, part, manifest["prefix"], kernels[kernel],
-            str(work / "firmware.elf"), str(work / "firmware.map"),
-        )  # fmt: skip
+            target, part, manifest["prefix"], chosen, str(built), str(built_map)
+        )
         result = subprocess.run(
             command, cwd=directory, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS
         )
         if result.returncode != 0:
-            lines = linker_messages(result.stderr, work / "firmware.elf")
+            lines = linker_messages(result.stderr, built)
             overflows = [line for line in lines if "overflowed by" in line]
             if overflows:
                 raise LinkError(f"{part.label}: the firmware does not fit: {overflows[0]}", lines)
             first = " | ".join(result.stderr.strip().splitlines()[:3])
             raise InputError(f"{directory}: arm-none-eabi-gcc failed: {first}")
-        try:
-            os.replace(work, output)
-        except OSError:  # another process finished the same build first
-            if not output.is_dir():
-                raise
+        os.replace(built_map, map_file)
+        store_library(built, elf, manifest["digest"], {"command": command})
     return FirmwareBuild(directory, kernel, elf, map_file, manifest)
 
 
@@ -168,6 +166,11 @@ def run_firmware(build: FirmwareBuild, images: torch.Tensor) -> FirmwareRun:
         values = np.fromfile(scratch / OUTPUTS_FILE, dtype=dtype)
         words = struct.unpack(f"<{len(REPORT_FIELDS)}I", (scratch / REPORT_FILE).read_bytes())
     report = dict(zip(REPORT_FIELDS, words, strict=True))
+    if report["stack_bytes_used"] >= report["stack_bytes"]:
+        raise InputError(
+            f"the {build.kernel} firmware used all {report['stack_bytes']:,} bytes of its stack: "
+            "it may have overflowed"
+        )
     if report["images"] != len(images) or values.size != len(images) * outputs:
         raise InputError(
             f"the firmware answered {report['images']} of {len(images)} images "

@@ -9,12 +9,13 @@ and target-agnostic):
   semihosting, runs the model on each, writes its outputs to ``outputs.bin`` and what it
   measured to ``report.bin``: the SysTick ticks of every inference and the stack used;
 - ``startup.c``, ``semihosting.c``/``.h`` and ``<part>.ld`` (``ptqlib.deploy.mcu.startup``);
-- ``<prefix>_dsp.c`` for an INT8 model: the same model with the DSP instructions
+- ``<prefix>_dsp.c`` for an INT8 model of Linear layers: the same model with the DSP instructions
   (``ptqlib.deploy.mcu.dsp_kernel``), with ptqlib's rounding or CMSIS-NN's two;
 - ``reference.pt`` (INT8): the model it was exported from, so ``evaluate`` can compare
   integers (FP32 is compared with the same C compiled for the host);
-- ``BUILD``: the compile and run commands; ``firmware.json``: what ``ptqlib`` needs to build,
-  run and check it, with the SHA-256 of every file.
+- ``FIRMWARE_BUILD``: the compile and run commands (``BUILD`` is the export's, for the host);
+  ``firmware.json``: what ``ptqlib`` needs to build, run and check it, with the SHA-256 of
+  every file.
 
 Each firmware (a *kernel*: ``plain`` for the portable C, ``dsp`` for the DSP layer) is one
 ``arm-none-eabi-gcc`` call: freestanding (no C library), ``-O2``, each function and array
@@ -31,7 +32,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib.deploy.c_export import export_c, input_lookup_table, int8_c_layers, verify_directory
+from ptqlib.deploy.c_export import export_c, verify_directory
+from ptqlib.deploy.c_files import activation_plan
+from ptqlib.deploy.c_graph import fp32_graph, input_lookup_table, int8_graph
 from ptqlib.deploy.c_source import REQUANTIZE_C
 from ptqlib.deploy.mcu import cmsis_arithmetic, dsp_kernel, startup
 from ptqlib.deploy.mcu.targets import Part, Target
@@ -40,6 +43,7 @@ from ptqlib.int8_checkpoint import save_int8
 from ptqlib.int8_model import Int8Model
 
 MANIFEST = "firmware.json"
+BUILD_FILE = "FIRMWARE_BUILD"  # BUILD is the export's, for the host
 FORMAT = "ptqlib-firmware"
 REFERENCE = "reference.pt"
 INPUTS_FILE, OUTPUTS_FILE, REPORT_FILE = "inputs.bin", "outputs.bin", "report.bin"
@@ -61,6 +65,9 @@ COMPILER = "arm-none-eabi-gcc"
 COMPILER_FLAGS = (
     "-std=c99",
     "-O2",
+    # As the host build (c_export.BUILD_FLAGS): a + b * c as one fused multiply-add, so FP32
+    # sums round the same way on the Cortex-M's FPU as on the host.
+    "-ffp-contract=fast",
     "-ffreestanding",
     "-nostdlib",
     "-ffunction-sections",
@@ -184,13 +191,14 @@ def firmware_source(prefix: str, kind: str, inputs: int, outputs: int) -> str:
     )
 
 
-def kernels_of(prefix: str, kind: str, rounding: str) -> list[Kernel]:
-    """The firmware an export builds: the portable C, and for INT8 the DSP layer."""
+def kernels_of(prefix: str, kind: str, rounding: str, linear_only: bool) -> list[Kernel]:
+    """The firmware an export builds: the portable C, and for an INT8 model of Linear layers
+    the DSP layer."""
     plain = Kernel(
         "plain", (f"{prefix}.c",), f"{prefix}_forward",
         "FP32 on the FPU" if kind == "fp32" else "INT8, portable C",
     )  # fmt: skip
-    if kind != "int8":
+    if kind != "int8" or not linear_only:
         return [plain]
     dsp = Kernel(
         "dsp", (f"{prefix}.c", f"{prefix}_dsp.c"), f"{prefix}_dsp_forward",
@@ -234,7 +242,7 @@ def export_firmware(
     target: Target,
     part: Part,
     rounding: str = "single",
-    model_name: str = "simplenet",
+    model_name: str | None = None,
 ) -> dict:
     """Write ``model`` (an Int8Model or an FP32 SimpleNet) as firmware for ``part`` into
     ``directory``; returns the manifest. ``rounding`` is the DSP layer's requantization:
@@ -250,39 +258,41 @@ def export_firmware(
     directory, prefix = exported.directory, exported.prefix
     model_manifest = verify_directory(directory)
     inputs, outputs = model_manifest["inputs"], model_manifest["outputs"]
+    linear_only = all(entry.startswith("linear ") for entry in model_manifest["layers"])
+    layers = int8_graph(model) if kind == "int8" else fp32_graph(model)
+    lookup = kind == "int8" and input_lookup_table(model) is not None
+    _, arena = activation_plan(layers, kind, lookup)  # the forward's activations, on the stack
     files = {
         "firmware.c": firmware_source(prefix, kind, inputs, outputs),
         "startup.c": startup.STARTUP_C,
         "semihosting.c": startup.SEMIHOSTING_C,
         "semihosting.h": startup.SEMIHOSTING_H,
-        f"{part.name}.ld": startup.linker_script(part),
+        f"{part.name}.ld": startup.linker_script(part, startup.stack_bytes_for(arena.size)),
     }
-    if kind == "int8":
-        layers = int8_c_layers(model)
+    if kind == "int8" and linear_only:
         if rounding == "double":
             for layer in layers:
                 cmsis_arithmetic.check_double_rounding_shifts(layer.name, layer.shift)
             requantize_c, note = cmsis_arithmetic.DOUBLE_ROUNDING_C, "CMSIS-NN's two roundings"
         else:
             requantize_c, note = REQUANTIZE_C, f"ptqlib's single rounding, as in {prefix}.c"
-        lookup = input_lookup_table(model) is not None
-        files[f"{prefix}_dsp.c"] = dsp_kernel.dsp_source(
-            prefix, layers, inputs, lookup, requantize_c, note
-        )
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    kernels = kernels_of(prefix, kind, rounding)
+        files[f"{prefix}_dsp.c"] = dsp_kernel.dsp_source(prefix, layers, lookup, requantize_c, note)
+    elif rounding == "double":
+        raise InputError("rounding: 'double' is the DSP kernel's, for models of Linear layers")
+    kernels = kernels_of(prefix, kind, rounding, linear_only)
     commands = [
         compile_command(target, part, prefix, k, f"firmware_{k.name}.elf", f"firmware_{k.name}.map")
         for k in kernels
     ]
     run = qemu_command(target, f"firmware_{kernels[0].name}.elf")
-    (directory / "BUILD").write_text(
+    files[BUILD_FILE] = (
         f"# Firmware for {part.label}, {target.description}.\n"
         + "".join(" ".join(command) + "\n" for command in commands)
         + f"# Run (reads {INPUTS_FILE}, writes {OUTPUTS_FILE} and {REPORT_FILE}):\n"
         + " ".join(run) + "\n"
     )  # fmt: skip
+    for name, text in files.items():
+        (directory / name).write_text(text)
     if kind == "int8":  # FP32 is checked against the same C compiled for the host
         save_int8(model, directory / REFERENCE)
     names = sorted([*files, *([REFERENCE] if kind == "int8" else [])])
@@ -294,6 +304,7 @@ def export_firmware(
         "kind": kind,
         "prefix": prefix,
         "rounding": rounding,
+        "linear_only": linear_only,
         "inputs": inputs,
         "outputs": outputs,
         "kernels": {

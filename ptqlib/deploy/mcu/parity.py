@@ -7,9 +7,10 @@ kernel, :func:`check_firmware` builds it, streams the test split and a few stres
 - INT8: every logit integer against ``Int8Model.quantized_logits`` (against the
   double-rounding model of ``ptqlib.deploy.mcu.cmsis_arithmetic`` for a DSP kernel exported
   with ``rounding="double"``), so "identical" means bit for bit;
-- FP32: every float against the same C file compiled for this computer (``c_runtime``):
-  the Cortex-M4's FPU and the host's SSE both round each float32 operation the IEEE way,
-  and the C fixes the order of the sums, so the floats are identical too.
+- FP32: every float against the same C file compiled for this computer (``c_runtime``'s
+  portable build): the Cortex-M4's FPU and the host's both round each float32 operation
+  the IEEE way, both fuse ``a + b * c`` (``-ffp-contract=fast``), and the C fixes the order
+  of the sums, so the floats are identical too.
 
 A difference is reported in one line: which image, which output, both values.
 """
@@ -95,7 +96,7 @@ def firmware_inputs(kind: str, pixels: torch.Tensor) -> torch.Tensor:
 def reference_outputs(directory: Path, manifest: dict, kernel: str, pixels: torch.Tensor):
     """The outputs the firmware must reproduce, in its own domain (INT8: the C's uint8)."""
     if manifest["kind"] == "fp32":  # the same C, compiled for this computer
-        return load_c_model(directory).run(firmware_inputs("fp32", pixels))
+        return load_c_model(directory, "portable").run(firmware_inputs("fp32", pixels))
     model, _ = load_int8(directory / REFERENCE)
     if kernel == "dsp" and manifest["rounding"] == "double":
         model = with_double_rounding(model)
@@ -104,11 +105,14 @@ def reference_outputs(directory: Path, manifest: dict, kernel: str, pixels: torc
     return (logits.to(torch.int16) + 128).to(torch.uint8) if logits.dtype == torch.int8 else logits
 
 
-def check_kernel(directory: Path, manifest: dict, kernel: str, test: MNISTSplit) -> KernelCheck:
-    """Build ``kernel``, run the test split and the stress images, compare (see module)."""
+def check_kernel(
+    directory: Path, manifest: dict, kernel: str, test: MNISTSplit, noise: int = 64
+) -> KernelCheck:
+    """Build ``kernel``, run the test split and the stress images (all black, all white and
+    ``noise`` of noise), compare (see module)."""
     build = build_firmware(directory, kernel)
     pixels = test.pixels().reshape(len(test), -1)
-    stress = stress_pixels()
+    stress = stress_pixels(noise)
     run = run_firmware(build, firmware_inputs(manifest["kind"], torch.cat([pixels, stress])))
     got_test, got_stress = run.outputs[: len(pixels)], run.outputs[len(pixels) :]
     expected = reference_outputs(directory, manifest, kernel, torch.cat([pixels, stress]))
@@ -129,16 +133,20 @@ def check_kernel(directory: Path, manifest: dict, kernel: str, test: MNISTSplit)
 
 
 def check_firmware(
-    directory: str | os.PathLike, test: MNISTSplit, kernels: list[str] | None = None
+    directory: str | os.PathLike,
+    test: MNISTSplit,
+    kernels: list[str] | None = None,
+    noise: int = 64,
 ) -> dict[str, KernelCheck | LinkError]:
-    """Every kernel of the firmware in ``directory`` checked on ``test`` (see module); a
-    kernel that does not fit its part gives the linker's error instead."""
+    """Every kernel of the firmware in ``directory`` checked on ``test`` and the stress
+    images (see module; ``noise`` images of noise); a kernel that does not fit its part
+    gives the linker's error instead."""
     directory = Path(directory)
     manifest = verify_firmware(directory)
     results: dict[str, KernelCheck | LinkError] = {}
     for kernel in kernels or list(manifest["kernels"]):
         try:
-            results[kernel] = check_kernel(directory, manifest, kernel, test)
+            results[kernel] = check_kernel(directory, manifest, kernel, test, noise)
         except LinkError as error:
             results[kernel] = error
     return results
