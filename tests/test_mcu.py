@@ -119,15 +119,19 @@ def test_smlad_packing_computes_the_matrix_product():
     assert torch.equal(sums[:7], weight.to(torch.int64) @ x.to(torch.int64))
 
 
-def test_dsp_kernel_is_bit_exact_on_ragged_layers(tmp_path, offline_data):
-    """784 -> 7 -> 5: rows and inputs that are not multiples of 4 (zero padding) and an int8
-    output, every logit of 40 digits and 66 stress images identical in QEMU."""
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_dsp_kernel_is_bit_exact_on_ragged_layers(tmp_path, offline_data, target):
+    """784 -> 7 -> 5: rows and inputs that are not multiples of 4 (zero padding), every
+    logit of 40 digits and 66 stress images identical in QEMU, on a Cortex-M4 and an M7."""
     torch.manual_seed(0)
     layers = {"flatten": nn.Flatten(), "fc1": nn.Linear(784, 7), "relu1": nn.ReLU()}
     model = nn.Sequential(OrderedDict({**layers, "fc2": nn.Linear(7, 5)}))
     images = calibration_images(offline_data.train, 200)
     int8_model = convert(model, calibrate(model, images, progress=False).qparams)
-    export_firmware(int8_model, tmp_path / "ragged", M4, part_named(None, M4), model_name="tiny")
+    core = TARGETS[target]
+    export_firmware(
+        int8_model, tmp_path / "ragged", core, part_named(None, core), model_name="tiny"
+    )
     test = MNISTSplit(offline_data.test.images[:40], offline_data.test.labels[:40])
     for kernel, check in check_firmware(tmp_path / "ragged", test).items():
         assert check.test.all_identical and check.stress.all_identical, kernel

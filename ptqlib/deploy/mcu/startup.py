@@ -7,12 +7,12 @@ No operating system and no C library: these few dozen lines of C are all that ru
 - **Vector table** (``startup.c``). At reset the core reads two words at address 0: the
   initial stack pointer and the address of the reset handler; the next words are the
   handlers of the faults (Armv7-M Architecture Reference Manual, B1.5.3).
-- **Reset handler**. C assumes that initialised globals hold their values and the others
-  are zero. Their initial values are stored in flash (``.data``'s load address), so the
-  handler copies them to RAM and zeroes ``.bss``; it enables the FPU (coprocessors CP10 and
-  CP11 in the CPACR register at 0xE000ED88, then ``dsb; isb``) before any float code runs;
-  and it fills the stack with a known word ("painting"), so that the firmware can later see
-  how deep the stack went.
+- **Reset handler**. It first enables the FPU (coprocessors CP10 and CP11 in the CPACR
+  register at 0xE000ED88, then ``dsb; isb``), before any float instruction can run. C
+  assumes that initialised globals hold their values and the others are zero. Their initial
+  values are stored in flash (``.data``'s load address), so the handler copies them to RAM
+  and zeroes ``.bss``; and it fills the stack with a known word ("painting"), so that the
+  firmware can later see how deep the stack went.
 - **Semihosting** (``semihosting.c``). ``bkpt 0xab`` with an operation number in r0 and a
   pointer to its arguments in r1 stops the core and asks the debugger (here QEMU) to do the
   operation on the host: open, read, write and close host files, exit with a status (Arm's
@@ -82,6 +82,10 @@ uint32_t stack_bytes(void)
 
 __attribute__((noreturn)) void reset_handler(void)
 {{
+    /* First, full access to the FPU (CP10 and CP11), in effect after the barriers: compiled
+     * for the hard-float ABI, even this function may use a floating-point register. */
+    CPACR |= 0xFu << 20;
+    __asm__ volatile("dsb\\n\\tisb" ::: "memory");
     uint32_t *stack_pointer;
     __asm__ volatile("mov %0, sp" : "=r"(stack_pointer));
     /* Paint the stack below this function's own frame (64 bytes spared). */
@@ -89,9 +93,6 @@ __attribute__((noreturn)) void reset_handler(void)
     /* Initialised globals: copy their values from flash. The others: zero. */
     for (uint32_t *from = _data_load, *to = _data_start; to < _data_end;) *to++ = *from++;
     for (uint32_t *to = _bss_start; to < _bss_end;) *to++ = 0;
-    /* Full access to the FPU (CP10 and CP11), in effect after the barriers. */
-    CPACR |= 0xFu << 20;
-    __asm__ volatile("dsb\\n\\tisb" ::: "memory");
     semihosting_exit(main());
     for (;;) {{}}
 }}
