@@ -103,12 +103,16 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
 @torch.no_grad()
 def time_interleaved(
     functions: dict[str, Callable[[], object]],
     threads: int = 2,
     repeats: int = 21,
     min_seconds_per_repeat: float = 0.02,
+    clock: str = "wall",
 ) -> dict[str, list[float]]:
     """Milliseconds per call of each function, one sample per repeat, measured interleaved.
 
@@ -118,25 +122,48 @@ def time_interleaved(
     ratio stays honest — on an idle machine. Where another process competes for the cores,
     every multi-threaded operator may wait a scheduler time slice (milliseconds) for its
     threads, so models with many small operators suffer most: benchmark on an idle machine.
+
+    ``clock`` "wall" measures elapsed time; "thread" the CPU time of the calling thread
+    (``time.thread_time``): the time the work itself took, not the time spent waiting for a
+    core that other processes hold. It sees only this thread's work, so it needs
+    ``threads=1`` (and functions that start no threads of their own).
     """
     if repeats < 3:
         raise InputError(f"repeats: expected at least 3 to report quartiles, got {repeats}")
+    if clock not in CLOCKS or (clock == "thread" and threads != 1):
+        raise InputError(
+            f"clock: expected 'wall', or 'thread' with threads=1; got {clock!r} with "
+            f"{threads} threads"
+        )
+    now = CLOCKS[clock]
     samples: dict[str, list[float]] = {name: [] for name in functions}
     with torch_threads(threads):
         calls = {}
         for name, function in functions.items():
-            start = time.perf_counter()
+            start = now()
             for _ in range(3):  # warm-up: first calls allocate and pick kernels
                 function()
-            per_call = (time.perf_counter() - start) / 3
+            per_call = (now() - start) / 3
             calls[name] = max(1, math.ceil(min_seconds_per_repeat / max(per_call, 1e-7)))
         for _ in range(repeats):
             for name, function in functions.items():
-                start = time.perf_counter()
+                start = now()
                 for _ in range(calls[name]):
                     function()
-                samples[name].append((time.perf_counter() - start) / calls[name] * 1000.0)
+                samples[name].append((now() - start) / calls[name] * 1000.0)
     return samples
+
+
+def latency_call(model: nn.Module, pixels: torch.Tensor) -> Callable[[], object]:
+    """The call to time for ``model`` on the digits ``pixels`` (uint8 ``[N, 28, 28]``): the
+    model on what it takes (the pixels for a model with ``takes_pixels``, else the
+    normalised images), or the model's own ``latency_call`` where it has one (the exported
+    C: its call bound to buffers allocated once, without the torch wrapper)."""
+    if hasattr(model, "latency_call"):
+        return model.latency_call(pixels)
+    if getattr(model, "takes_pixels", False):
+        return functools.partial(model, pixels.unsqueeze(1))
+    return functools.partial(model, normalise(pixels))
 
 
 def compare_latency(
@@ -146,30 +173,41 @@ def compare_latency(
     repeats: int = 21,
     min_seconds_per_repeat: float = 0.02,
     seed: int = 0,
+    clock: str = "wall",
 ) -> dict[str, Latency]:
     """Latency of each model on the same random batch of ``batch_size`` images, timed with
-    :func:`time_interleaved`: the median and quartiles over ``repeats``. A model that takes
-    raw pixels (``model.takes_pixels``) gets the uint8 pixels, the others the normalised
-    float images of the same pixels: each model starts from what it needs."""
+    :func:`time_interleaved`: the median and quartiles over ``repeats``. Each model starts
+    from what it needs (:func:`latency_call`)."""
     if batch_size < 1:
         raise InputError(f"batch_size: expected a positive number of images, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8, generator=generator)
-    images = normalise(pixels)
     for model in models.values():
         model.eval()
-    functions = {
-        name: functools.partial(
-            model, pixels.unsqueeze(1) if getattr(model, "takes_pixels", False) else images
-        )
-        for name, model in models.items()
-    }
-    samples = time_interleaved(functions, threads, repeats, min_seconds_per_repeat)
+    functions = {name: latency_call(model, pixels) for name, model in models.items()}
+    samples = time_interleaved(functions, threads, repeats, min_seconds_per_repeat, clock)
     results = {}
     for name, times in samples.items():
         q1, median, q3 = statistics.quantiles(times, n=4)
         results[name] = Latency(batch_size, threads, median, q1, q3, repeats)
     return results
+
+
+def latency_table(
+    models: dict[str, nn.Module],
+    batch_sizes: tuple[int, ...] = (1, 64, 1024),
+    threads: int = 2,
+    repeats: int = 21,
+    min_seconds_per_repeat: float = 0.02,
+    clock: str = "wall",
+) -> dict[int, dict[str, Latency]]:
+    """``table[batch_size][model]``: :func:`compare_latency` at each batch size."""
+    return {
+        batch_size: compare_latency(
+            models, batch_size, threads, repeats, min_seconds_per_repeat, clock=clock
+        )
+        for batch_size in batch_sizes
+    }
 
 
 @dataclass(frozen=True)

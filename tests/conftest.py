@@ -299,3 +299,100 @@ def simplenet_c(tmp_path_factory, offline_data) -> dict:
         "fp32_dir": export_c(fp32, folder / "fp32", "simplenet").directory,
         "int8_dir": export_c(int8, folder / "int8", "simplenet").directory,
     }
+
+
+# A C program for the sanitizer tests: runs a model's forward function over every image of a
+# file, in chunks of each batch size given, with the input and the output of every call
+# ending right before a PROT_NONE page (gcc's ASan does not see every vector load; the page
+# does). Compiled with -DHEADER, -DELEMENT, -DFORWARD, -DINPUTS, -DOUTPUTS.
+GUARD_PAGE_DRIVER_C = r"""
+#define _DEFAULT_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include HEADER
+
+static void *against_guard(size_t bytes, void **base, size_t *mapped)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t pages = (bytes + page - 1) / page + 1;
+    uint8_t *memory = mmap(NULL, pages * page, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED || mprotect(memory + (pages - 1) * page, page, PROT_NONE) != 0)
+        exit(3);
+    *base = memory;
+    *mapped = pages * page;
+    return memory + (pages - 1) * page - bytes;
+}
+
+int main(int argc, char **argv)
+{
+    FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb");
+    if (!in || !out) return 2;
+    fseek(in, 0, SEEK_END);
+    const long bytes = ftell(in);
+    rewind(in);
+    const long images = bytes / (long)(sizeof(ELEMENT) * INPUTS);
+    ELEMENT *all = malloc((size_t)bytes), *result = malloc(sizeof(ELEMENT) * OUTPUTS * images);
+    if (!all || !result || fread(all, 1, (size_t)bytes, in) != (size_t)bytes) return 2;
+    fclose(in);
+    for (int a = 3; a < argc; a++) {
+        const long batch = atol(argv[a]);
+        void *x_base, *y_base;
+        size_t x_mapped, y_mapped;
+        ELEMENT *x = against_guard(sizeof(ELEMENT) * INPUTS * batch, &x_base, &x_mapped);
+        ELEMENT *y = against_guard(sizeof(ELEMENT) * OUTPUTS * batch, &y_base, &y_mapped);
+        for (long first = 0; first < images; first += batch) {
+            const long count = images - first < batch ? images - first : batch;
+            ELEMENT *xc = x + (batch - count) * INPUTS, *yc = y + (batch - count) * OUTPUTS;
+            memcpy(xc, all + first * INPUTS, sizeof(ELEMENT) * INPUTS * count);
+            FORWARD(xc, yc, (int32_t)count);
+            memcpy(result + first * OUTPUTS, yc, sizeof(ELEMENT) * OUTPUTS * count);
+        }
+        fwrite(result, sizeof(ELEMENT), (size_t)(OUTPUTS * images), out);
+        munmap(x_base, x_mapped);
+        munmap(y_base, y_mapped);
+    }
+    fclose(out);
+    free(all);
+    free(result);
+    return 0;
+}
+"""
+
+
+def run_guarded(directory, source: str, kind: str, images, batches, tmp_path, flags=()):
+    """Compile ``source`` of the export in ``directory`` with the guard-page driver and
+    ASan + UBSan (every error fatal), run it on ``images`` (``[N, inputs]`` uint8 or float)
+    at each of ``batches``: one ``[N, outputs]`` tensor per batch size."""
+    from ptqlib.deploy.c_export import BUILD_FLAGS, verify_directory
+    from ptqlib.deploy.c_runtime import find_compiler
+
+    manifest = verify_directory(directory)
+    prefix, element = manifest["prefix"], "uint8_t" if kind == "int8" else "float"
+    driver = tmp_path / "driver.c"
+    driver.write_text(GUARD_PAGE_DRIVER_C)
+    program = tmp_path / f"{source}.guarded"
+    command = [
+        find_compiler(), *[flag for flag in BUILD_FLAGS if flag != "-O3"], "-O1", "-g",
+        "-fsanitize=address,undefined", "-fno-sanitize-recover=all", *flags,
+        f'-DHEADER="{prefix}.h"', f"-DELEMENT={element}", f"-DFORWARD={prefix}_forward",
+        f"-DINPUTS={manifest['inputs']}", f"-DOUTPUTS={manifest['outputs']}",
+        "-I", str(directory), "-o", str(program), str(driver), str(directory / source),
+    ]  # fmt: skip
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    images.contiguous().numpy().tofile(tmp_path / "images.bin")
+    result = subprocess.run(
+        [str(program), str(tmp_path / "images.bin"), str(tmp_path / "out.bin"),
+         *map(str, batches)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    dtype = torch.uint8 if kind == "int8" else torch.float32
+    raw = torch.from_file(str(tmp_path / "out.bin"), size=len(batches) * len(images) * manifest[
+        "outputs"], dtype=dtype)  # fmt: skip
+    return list(raw.reshape(len(batches), len(images), manifest["outputs"]))

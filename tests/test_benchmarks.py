@@ -72,8 +72,10 @@ def test_bench_c_prints_its_table(no_mnist, capsys):
         pytest.skip("no C compiler (CI installs gcc, and there this test runs)")
     benchmark("bench_c").main(["--smoke"])
     out = capsys.readouterr().out
-    assert "C INT8 integers equal to ptqlib's on the whole test split: True" in out
-    assert "batch 64: C INT8 native / C FP32" in out
+    assert "C int8 portable: integers equal to ptqlib's on the whole test split: True" in out
+    assert "False" not in out
+    assert "| int8 portable |" in out and "batch   64: INT8/FP32 portable" in out
+    assert "| C int8 portable |" in out and "torch wrapper |" in out
 
 
 def test_digest_overhead_prints_its_table(capsys):

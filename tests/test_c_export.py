@@ -340,3 +340,16 @@ def test_refuses_what_the_c_does_not_implement(simplenet_c, tmp_path):
         export_c(pooled, tmp_path / "pool")
     with pytest.raises(InputError, match="C export supports Linear, Conv2d"):
         export_c(nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Sigmoid()), tmp_path / "s")
+
+
+@pytest.mark.slow
+def test_bench_adds_c_rows(cli):
+    result = run_cli(
+        "bench", "--runtime", "c", "--batch-sizes", "1", "--calib", "100",
+        "--observer", "minmax", "--threads", "1", "--data-dir", str(cli["data"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert {"c_fp32_portable", "c_int8_portable"} <= set(names)
+    assert ("c_int8_avx2" in names) is native_targets()["avx2"]

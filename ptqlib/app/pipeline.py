@@ -31,7 +31,7 @@ from ptqlib.app.report import results_markdown
 from ptqlib.catalog import BATCH_SIZES
 from ptqlib.data import MNIST, calibration_images, load_mnist
 from ptqlib.errors import InputError
-from ptqlib.evaluation import Latency, agreement, compare_latency, predict
+from ptqlib.evaluation import Latency, agreement, latency_table, predict
 from ptqlib.fast import FastInt8Model
 from ptqlib.hardware import machine_info
 from ptqlib.models import MODELS
@@ -109,19 +109,6 @@ def build_models(
         "torch_reduce_range": str(engine == "x86"),
     }
     return models, sizes, setup
-
-
-def latency_table(
-    models: dict[str, nn.Module],
-    batch_sizes: tuple[int, ...] = BATCH_SIZES,
-    threads: int = 2,
-    repeats: int = 21,
-) -> dict[int, dict[str, Latency]]:
-    """``table[batch_size][model]``: the models' latencies, timed interleaved."""
-    return {
-        batch_size: compare_latency(models, batch_size, threads=threads, repeats=repeats)
-        for batch_size in batch_sizes
-    }
 
 
 def latency_rows(table: dict[int, dict[str, Latency]]) -> dict[str, dict[str, dict]]:

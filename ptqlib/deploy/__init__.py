@@ -9,8 +9,11 @@
 - ``ptqlib.deploy.c_source``        the portable C kernels (Linear, conv, depthwise, pools)
 - ``ptqlib.deploy.c_files``         the header, the portable source, main.c
 - ``ptqlib.deploy.c_memory``        the liveness plan of the activations (the arena)
-- ``ptqlib.deploy.c_runtime``       compiling it with the system C compiler, calling it via ctypes
+- ``ptqlib.deploy.c_avx2``          the same forward pass with packed weights for x86 AVX2 + FMA
+- ``ptqlib.deploy.c_runtime``       compiling it with the system C compiler, calling it from Python
+- ``ptqlib.deploy.c_call``          the light call: a CPython extension, pointers checked once
 - ``ptqlib.deploy.c_cache``         the private per-user cache of compiled libraries
+- ``ptqlib.deploy.c_peaks``         the measured peaks of one core, instruction counts of a build
 - ``ptqlib.deploy.c_latency``       PyTorch, ONNX Runtime and C timed in one interleaved run
 - ``ptqlib.deploy.c_budget``        flash, RAM (the arena) and an energy estimate per inference
 - ``ptqlib.deploy.mcu``             the C as Cortex-M firmware, run in QEMU (notebook 11)

@@ -6,6 +6,8 @@ writes, for a model named ``simplenet`` (every C name starts with ``<model>_<kin
 
 - ``simplenet_int8.h``: the interface and the constants declared (``ptqlib.deploy.c_files``);
 - ``simplenet_int8.c``: the constants defined once and the portable loops: any C compiler;
+- ``simplenet_int8_avx2.c`` (models of Linear layers): the same forward pass with the weights
+  packed for x86 AVX2 and FMA (``ptqlib.deploy.c_avx2``);
 - ``main.c`` (classify one digit from a file), ``BUILD`` (one build command per source) and
   ``model.json`` (what ``ptqlib.deploy.c_runtime`` needs to call it from Python).
 
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from ptqlib.data import MNIST_MEAN, MNIST_STD
+from ptqlib.deploy import c_avx2
 from ptqlib.deploy.c_files import digest_line, header_text, main_text, source_text
 from ptqlib.deploy.c_graph import (
     c_prefix,
@@ -140,6 +143,9 @@ def export_c(
         "main.c": main_text(prefix, kind, inputs, outputs, MNIST_MEAN, MNIST_STD),
     }
     builds = {"portable": f"{prefix}.c"}
+    if linear_only:
+        builds["avx2"] = f"{prefix}_avx2.c"
+        bodies[builds["avx2"]] = c_avx2.source_text(prefix, kind, layers, lookup)
     bodies["BUILD"] = build_file(prefix, builds)
     manifest: dict = {
         "format": FORMAT,

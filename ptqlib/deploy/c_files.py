@@ -18,7 +18,7 @@ from ptqlib.deploy.c_memory import ArenaPlan, chain_buffers, plan_arena
 from ptqlib.deploy.c_source import float_call, int8_call, kernels_text, layer_objects
 
 # How many numbers per line in the arrays: readable rows of about 100 characters.
-NUMBERS_PER_LINE = {"int8_t": 20, "uint8_t": 20, "int16_t": 16, "int32_t": 8, "float": 6}
+NUMBERS_PER_LINE = {"int8_t": 20, "uint8_t": 20, "int32_t": 8, "int64_t": 4, "float": 6}
 ELEMENT = {"int8": "uint8_t", "fp32": "float"}
 ELEMENT_BYTES = {"int8": 1, "fp32": 4}
 
@@ -26,7 +26,8 @@ ELEMENT_BYTES = {"int8": 1, "fp32": 4}
 def c_number(value: float | int, ctype: str) -> str:
     """One value as a C literal; floats with 9 significant digits (exact for float32)."""
     if ctype == "float":
-        return f"{float(value):.9g}f"
+        text = f"{float(value):.9g}"
+        return f"{text}f" if any(mark in text for mark in ".e") else f"{text}.0f"
     return str(int(value))
 
 

@@ -72,3 +72,12 @@ def chain_buffers(sizes: list[int], names: list[str] | None = None) -> list[Buff
         Buffer(name, size, index, index + 1)
         for index, (name, size) in enumerate(zip(names, sizes, strict=True))
     ]
+
+
+def live_bytes(buffers: list[Buffer]) -> int:
+    """The most bytes alive at one step: ``max_t sum(size of the buffers alive at t)``.
+    No plan can use less; for a chain it is the largest pair of neighbours."""
+    steps = {step for buffer in buffers for step in (buffer.first, buffer.last)}
+    return max(
+        (sum(b.size for b in buffers if b.first <= step <= b.last) for step in steps), default=0
+    )

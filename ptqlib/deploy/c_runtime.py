@@ -25,12 +25,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ptqlib.data import normalise
 from ptqlib.deploy.c_cache import cache_directory, store_library, verified_library
+from ptqlib.deploy.c_call import extension_call
 from ptqlib.deploy.c_export import BUILD_FLAGS, verify_directory
 from ptqlib.errors import InputError
 
@@ -90,31 +93,41 @@ def compile_library(
     directory = Path(directory)
     manifest = verify_directory(directory)
     source = directory / build_source(manifest, variant)
+    flags = (*BUILD_FLAGS, *LIBRARY_FLAGS, *extra_flags)
+    return cached_build(source, flags, manifest["digest"], directory)
+
+
+def compile_text(text: str, name: str, flags: tuple[str, ...] = ()) -> Path:
+    """A shared library of the C ``text`` (``-std=c99`` and ``flags``), from the cache."""
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="ptqlib-c-") as scratch:
+        source = Path(scratch) / f"{name}.c"
+        source.write_text(text)
+        return cached_build(source, ("-std=c99", *LIBRARY_FLAGS, *flags), digest, Path(scratch))
+
+
+def cached_build(source: Path, flags: tuple[str, ...], digest: str, include: Path) -> Path:
+    """``source`` (whose content has the SHA-256 ``digest``) compiled with ``flags``: the
+    library in the private cache, built there (under a unique name, then renamed: no process
+    loads half a file) unless a verified one is there already."""
     compiler = find_compiler()
-    flags = [*BUILD_FLAGS, *LIBRARY_FLAGS, *extra_flags]
-    recipe = {"compiler": compiler, "flags": flags, "source": source.name}
-    key = hashlib.sha256(recipe_key(recipe, manifest["digest"]).encode()).hexdigest()[:24]
+    recipe = {"compiler": compiler, "flags": list(flags), "source": source.name}
+    key = hashlib.sha256("\0".join([compiler, *flags, source.name, digest]).encode())
     cache = cache_directory()
-    library = cache / f"{source.stem}-{key}.so"
-    if verified_library(library, manifest["digest"]):
+    library = cache / f"{source.stem}-{key.hexdigest()[:24]}.so"
+    if verified_library(library, digest):
         return library
-    # Build under a unique name in the private cache, then rename: no half-written file.
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         partial = Path(scratch) / library.name
-        command = [compiler, *flags, "-I", str(directory), "-o", str(partial), str(source)]
+        command = [compiler, *flags, "-I", str(include), "-o", str(partial), str(source)]
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS
         )
         if result.returncode != 0:
             first_lines = " | ".join(result.stderr.strip().splitlines()[:3])
             raise InputError(f"{source}: the C compiler failed: {first_lines}")
-        store_library(partial, library, manifest["digest"], recipe)
+        store_library(partial, library, digest, recipe)
     return library
-
-
-def recipe_key(recipe: dict, digest: str) -> str:
-    """What a library depends on: compiler, flags, source file and the export's digest."""
-    return "\0".join([recipe["compiler"], *recipe["flags"], recipe["source"], digest])
 
 
 class CModel(nn.Module):
@@ -123,7 +136,9 @@ class CModel(nn.Module):
     (:meth:`quantized_logits`; ``forward`` dequantizes them, ``S_y (q - Z_y)``). FP32:
     normalised float images in, float logits out."""
 
-    def __init__(self, directory: str | os.PathLike, variant: str = "native") -> None:
+    def __init__(
+        self, directory: str | os.PathLike, variant: str = "native", use_extension: bool = True
+    ) -> None:
         super().__init__()
         self.directory = Path(directory)
         self.manifest = verify_directory(self.directory)
@@ -135,6 +150,8 @@ class CModel(nn.Module):
         self._forward = getattr(self._library, f"{self.manifest['prefix']}_forward")
         self._forward.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
         self._forward.restype = None
+        self.function_address = ctypes.cast(self._forward, ctypes.c_void_p).value
+        self._call = extension_call() if use_extension else None
         self.inputs, self.outputs = self.manifest["inputs"], self.manifest["outputs"]
         self.input_dtype = torch.uint8 if self.kind == "int8" else torch.float32
 
@@ -142,10 +159,10 @@ class CModel(nn.Module):
     def takes_pixels(self) -> bool:
         return self.kind == "int8"
 
-    def run(self, batch: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The C forward on ``batch`` (``[N, ...]`` with ``inputs`` values per image, of the
-        input dtype): uint8 logits in the C's domain (INT8) or float logits (FP32), written
-        into ``out`` if given (``[N, outputs]``, contiguous; saves an allocation per call)."""
+    def checked(self, batch: torch.Tensor, out: torch.Tensor | None) -> tuple:
+        """``(batch, out, size)`` ready for the C: ``batch`` of the input dtype with
+        ``inputs`` values per image (made contiguous), ``out`` given (``[N, outputs]``,
+        contiguous: the C writes into its memory) or allocated."""
         size = batch.shape[0] if batch.dim() else 0
         if batch.dtype != self.input_dtype or batch.numel() != size * self.inputs:
             raise InputError(
@@ -164,9 +181,45 @@ class CModel(nn.Module):
                 f"got {out.dtype} {tuple(out.shape)}"
                 + ("" if out.is_contiguous() else " (not contiguous)")
             )
-        batch = batch.contiguous()
-        self._forward(batch.data_ptr(), out.data_ptr(), size)
+        return batch.contiguous(), out, size
+
+    def run(self, batch: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The C forward on ``batch`` (``[N, ...]`` with ``inputs`` values per image, of the
+        input dtype): uint8 logits in the C's domain (INT8) or float logits (FP32), written
+        into ``out`` if given (``[N, outputs]``, contiguous; saves an allocation per call)."""
+        batch, out, size = self.checked(batch, out)
+        if self._call is not None:
+            self._call(self.function_address, batch.data_ptr(), out.data_ptr(), size)
+        else:
+            self._forward(batch.data_ptr(), out.data_ptr(), size)
         return out
+
+    def bind(self, batch: torch.Tensor, out: torch.Tensor | None = None) -> Callable[[], None]:
+        """A call of the C forward on these two tensors, checked now and never again: each
+        call runs the C on ``batch``'s current values and writes into ``out`` (the lightest
+        call from Python; ``ptqlib.deploy.c_call``). ``batch`` must be contiguous: the call
+        reads its memory, so fill it in place (``batch.copy_(...)``) between calls."""
+        if not batch.is_contiguous():
+            raise InputError("batch: expected a contiguous tensor (the call reads its memory)")
+        batch, out, size = self.checked(batch, out)
+        keep = (batch, out)  # held by the call: their memory outlives it
+        if self._call is not None:
+            return functools.partial(
+                self._call, self.function_address, batch.data_ptr(), out.data_ptr(), size, keep
+            )
+        forward, pointers = self._forward, (batch.data_ptr(), out.data_ptr(), size)
+        return lambda keep=keep: forward(*pointers)
+
+    def inputs_of(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What this model takes for the digits ``pixels`` (uint8 ``[N, 28, 28]``): the
+        pixels (INT8) or the normalised images (FP32), one contiguous row per image."""
+        images = pixels if self.kind == "int8" else normalise(pixels)
+        return images.reshape(len(pixels), -1).contiguous()
+
+    def latency_call(self, pixels: torch.Tensor) -> Callable[[], None]:
+        """The C call to time on ``pixels`` (``ptqlib.evaluation.latency_call``): bound to
+        its input and an output allocated once, as an application calls it."""
+        return self.bind(self.inputs_of(pixels))
 
     def quantized_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """INT8 only: the logits' integers in their own dtype, as

@@ -113,9 +113,7 @@ def _int8_linear_nodes(builder: _GraphBuilder, layer: Int8Linear, x_q: str) -> s
     bias_zero = builder.constant(
         f"{name}_bias_zero_point", np.zeros(layer.out_features, dtype=np.int32)
     )
-    bias = builder.node(
-        "DequantizeLinear", [bias_q, bias_scale, bias_zero], f"{name}_bias", axis=0
-    )
+    bias = builder.node("DequantizeLinear", [bias_q, bias_scale, bias_zero], f"{name}_bias", axis=0)
     y = builder.node("Gemm", [x, weight, bias], f"{name}_output", transB=1)
     if layer.relu:
         y = builder.node("Relu", [y], f"{name}_relu")
@@ -247,4 +245,3 @@ def save_onnx(onnx_model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     onnx.save(stamped, temporary)
     os.replace(temporary, path)
     return path
-

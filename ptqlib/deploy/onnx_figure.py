@@ -45,19 +45,25 @@ def _describe(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str:
 def _box(axis: plt.Axes, x: float, y: float, title: str, detail: str, colour: str) -> None:
     axis.add_patch(
         FancyBboxPatch(
-            (x - BOX_WIDTH / 2, y - BOX_HEIGHT / 2), BOX_WIDTH, BOX_HEIGHT,
-            boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=colour, edgecolor="#555555",
+            (x - BOX_WIDTH / 2, y - BOX_HEIGHT / 2),
+            BOX_WIDTH,
+            BOX_HEIGHT,
+            boxstyle="round,pad=0.02,rounding_size=0.12",
+            facecolor=colour,
+            edgecolor="#555555",
         )
     )
-    axis.text(x, y + (0.12 if detail else 0), title, ha="center", va="center", fontsize=8.5,
-              weight="bold")
+    axis.text(
+        x, y + (0.12 if detail else 0), title, ha="center", va="center", fontsize=8.5, weight="bold"
+    )
     if detail:
         axis.text(x, y - 0.16, detail, ha="center", va="center", fontsize=6.3)
 
 
 def _arrow(axis: plt.Axes, start: tuple[float, float], end: tuple[float, float]) -> None:
-    axis.annotate("", xy=end, xytext=start,
-                  arrowprops={"arrowstyle": "->", "color": "#444444", "lw": 0.9})
+    axis.annotate(
+        "", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "#444444", "lw": 0.9}
+    )
 
 
 def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
@@ -71,8 +77,14 @@ def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
     _box(axis, 0.0, 0.0, graph.input[0].name, "float32 [batch, 1, 28, 28]", "white")
     for row, node in enumerate(main, start=1):
         y = -row * ROW_HEIGHT
-        _box(axis, 0.0, y, node.op_type, _describe(node, constants),
-             COLOURS.get(node.op_type, "#eeeeee"))
+        _box(
+            axis,
+            0.0,
+            y,
+            node.op_type,
+            _describe(node, constants),
+            COLOURS.get(node.op_type, "#eeeeee"),
+        )
         for name in node.input:
             if name in position and position[name][0] == 0.0:
                 _arrow(axis, (0.0, position[name][1] - BOX_HEIGHT / 2), (0.0, y + BOX_HEIGHT / 2))
@@ -80,8 +92,14 @@ def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
         feeding = [n for n in side if any(output in node.input for output in n.output)]
         for index, feeder in enumerate(feeding):
             side_y = y + (0.45 - 0.9 * index) * ROW_HEIGHT if len(feeding) > 1 else y
-            _box(axis, SIDE_X, side_y, feeder.op_type, _describe(feeder, constants),
-                 COLOURS.get(feeder.op_type, "#eeeeee"))
+            _box(
+                axis,
+                SIDE_X,
+                side_y,
+                feeder.op_type,
+                _describe(feeder, constants),
+                COLOURS.get(feeder.op_type, "#eeeeee"),
+            )
             _arrow(axis, (SIDE_X - BOX_WIDTH / 2, side_y), (BOX_WIDTH / 2, y))
     bottom = -(len(main) + 1) * ROW_HEIGHT
     output = graph.output[0].name

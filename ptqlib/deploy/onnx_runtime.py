@@ -208,8 +208,6 @@ def with_requantization(model: Int8Model, requantization: str) -> Int8Model:
     return Int8Model(model.input_qparams, layers, requantization).eval()
 
 
-
-
 @dataclass(frozen=True)
 class LayerParity:
     """How the integers of one quantized tensor compare between ptqlib and ORT."""

@@ -49,8 +49,8 @@ The function you write for each checker, with its arguments in this order:
 - notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
   :func:`check_qdq_reading`;
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
-- notebook 10: :func:`check_requantize_c` (your C function, compiled and run),
-  :func:`check_arena_bytes`;
+- notebook 10: :func:`check_double_rounding` (CMSIS-NN's requantization),
+  :func:`check_live_bytes`;
 - notebook 11: :func:`check_pack_for_smlad`, :func:`check_map_constants`,
   :func:`check_energy_per_inference`.
 
@@ -72,7 +72,7 @@ solution is exported.
 of your own.
 """
 
-from ptqlib.classroom.checkers.c_export import check_arena_bytes, check_requantize_c
+from ptqlib.classroom.checkers.c_export import check_double_rounding, check_live_bytes
 from ptqlib.classroom.checkers.cnn import check_fold_batchnorm, check_padded_accumulator
 from ptqlib.classroom.checkers.core import Case, run_cases
 from ptqlib.classroom.checkers.debugging import check_cle_scales, check_find_culprit
@@ -142,10 +142,10 @@ __all__ = [
     "ObserverChoiceResult",
     "changed_digits",
     "check_adaround_loss",
-    "check_arena_bytes",
     "check_bias_shift",
     "check_cle_scales",
     "check_dequantize",
+    "check_double_rounding",
     "check_energy_per_inference",
     "check_find_culprit",
     "check_fixed_point_multiplier",
@@ -156,6 +156,7 @@ __all__ = [
     "check_int8_bytes",
     "check_integer_layer",
     "check_linear_parameters",
+    "check_live_bytes",
     "check_map_constants",
     "check_mcnemar_p_value",
     "check_moving_average_range",
@@ -172,7 +173,6 @@ __all__ = [
     "check_quantize",
     "check_quantize_linear",
     "check_requantize",
-    "check_requantize_c",
     "check_requantize_float32",
     "check_sqnr_db",
     "check_symmetric_qparams",
