@@ -39,6 +39,8 @@ Alternative flows, backends and tooling are one level down:
 - ``ptqlib.deploy``              ONNX export, ONNX Runtime, ORT's quantizer; the model as C
   (``c_export``, ``c_runtime``; notebook 10)
 - ``ptqlib.reference``           PyTorch's own PTQ (torch.ao eager mode, torchao PT2E)
+- ``ptqlib.formats``             number formats beyond integers: FP8, MX, NVFP4, group-wise
+  INT4, codebooks; their checkpoint and the hardware that runs them (notebook 12)
 - ``ptqlib.app``                 the command line (``cli``, ``commands``), ``quantize``,
   ``pipeline``, ``report``, ``model_files``
 - ``ptqlib.classroom``           the tools of a class: ``checkers`` (known-answer checks of a

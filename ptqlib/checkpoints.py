@@ -2,9 +2,10 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 ``torch.load(..., weights_only=True)``: no pickled code runs when a file is opened.
-Two kinds of file: ``"fp32"`` (a SimpleNet or SmallCNN state_dict, here) and ``"int8"``
-(the INT8 model, ``ptqlib.int8_checkpoint``). Every file names its ``kind`` ("fp32" or
-"int8") and a ``format_version``; an FP32 file of a SmallCNN also says ``"model": "cnn"``.
+Three kinds of file: ``"fp32"`` (a SimpleNet or SmallCNN state_dict, here), ``"int8"``
+(the INT8 model, ``ptqlib.int8_checkpoint``) and ``"formats"`` (a model in a number format
+such as MXFP4, ``ptqlib.formats.checkpoint``). Every file names its ``kind`` and a
+``format_version``; an FP32 file of a SmallCNN also says ``"model": "cnn"``.
 Writing is atomic: a temporary file in the same folder, then a rename, so an
 interrupted save never leaves half a checkpoint behind.
 
@@ -65,7 +66,8 @@ UNREADABLE_FILE_ERRORS = (
     AttributeError,
     OSError,
 )
-KINDS = ("fp32", "int8")
+KINDS = ("fp32", "int8", "formats")
+KIND_NAMES = {"fp32": "an FP32", "int8": "an INT8", "formats": "a number-format"}
 # What an FP32 file without a "model" field holds: SimpleNet (see save_fp32).
 DEFAULT_MODEL = "simplenet"
 MODEL_DESCRIPTIONS = {
@@ -172,8 +174,8 @@ def load_checkpoint(path: str | os.PathLike, expected_kind: str | None = None) -
         )
     if expected_kind is not None and payload["kind"] != expected_kind:
         raise InputError(
-            f"{path} is an {payload['kind'].upper()} checkpoint, but an "
-            f"{expected_kind.upper()} checkpoint is needed here"
+            f"{path} is {KIND_NAMES[payload['kind']]} checkpoint, but "
+            f"{KIND_NAMES[expected_kind]} checkpoint is needed here"
         )
     # What the caller saved (and the format_version); the digest has done its work.
     return {key: value for key, value in payload.items() if key != DIGEST_KEY}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -50,33 +51,42 @@ NUMPY_UNSUPPORTED = {
 
 def canonical(value: Any, tensors: list[torch.Tensor]) -> Any:
     """``value`` as JSON-ready lists ``[type, content]``, each tensor appended to ``tensors``
-    and written as ``["tensor", dtype, shape, index]`` (its bytes are hashed separately)."""
-    # bool before int: True is an int in Python.
+    and written as ``["tensor", dtype, shape, index]`` (its bytes are hashed separately).
+
+    Types are matched exactly, not by ``isinstance``: a subclass of str, int or float (numpy's
+    float64, torch's version string) would be pickled as its own class, which a
+    ``weights_only`` load refuses, so saving it would write a file that cannot be read."""
+    kind = type(value)
     if value is None:
         return ["none"]
-    if isinstance(value, bool):
+    if kind is bool:  # before int: True is an int in Python
         return ["bool", value]
-    if isinstance(value, int):
+    if kind is int:
         return ["int", value]
-    if isinstance(value, float):
+    if kind is float:
         return ["float", value.hex()]  # exact, and defined for inf and nan
-    if isinstance(value, str):
+    if kind is str:
         return ["str", value]
-    if isinstance(value, bytes):
+    if kind is bytes:
         return ["bytes", value.hex()]
-    if isinstance(value, (list, tuple)):
+    if kind in (list, tuple):
         items = [canonical(item, tensors) for item in value]
-        return ["list" if isinstance(value, list) else "tuple", items]
-    if isinstance(value, dict):  # a dict or an OrderedDict (a state_dict): sorted by key
-        if not all(isinstance(key, str) for key in value):
+        return ["list" if kind is list else "tuple", items]
+    if kind in (dict, OrderedDict):  # a state_dict is an OrderedDict: sorted by key
+        if not all(type(key) is str for key in value):
             raise InputError("payload: a checkpoint's dicts have strings as keys")
         return ["dict", [[key, canonical(value[key], tensors)] for key in sorted(value)]]
-    if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+    if kind in (torch.Tensor, torch.nn.Parameter) and value.layout == torch.strided:
         tensors.append(value)
         return ["tensor", str(value.dtype), list(value.shape), len(tensors) - 1]
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     raise InputError(
         f"payload: a checkpoint holds dicts, lists, tuples, strings, numbers, None and dense "
-        f"tensors, not a {type(value).__name__}"
+        f"tensors (of exactly these types), not a {name}"
     )
 
 

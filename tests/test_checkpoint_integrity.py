@@ -11,6 +11,7 @@ data, which torch.load alone accepts, is refused too.
 import random
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -32,6 +33,7 @@ from ptqlib.digests import content_digest
 from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import load_int8, save_int8
 from ptqlib.int8_model import convert
+from ptqlib.integer_arithmetic import Requantization
 from ptqlib.lowbit.weights import LowBitSettings, quantize_low_bit
 from ptqlib.models import SimpleNet
 
@@ -291,3 +293,18 @@ def test_the_digest_tells_apart_what_a_reader_would():
     assert content_digest({"w": weights.t().contiguous().t(), "scale": 0.5, "bits": 8}) == digest
     with pytest.raises(InputError, match="not a set"):
         content_digest({"x": {1, 2}})
+
+
+@pytest.mark.parametrize(
+    "value", [torch.__version__, np.float64(0.5), np.int64(3), Requantization.FLOAT32]
+)
+def test_a_value_a_safe_load_would_refuse_is_refused_when_saving(tmp_path, value):
+    """A subclass of str, int or float is pickled as its own class, which torch.load with
+    weights_only=True refuses: saving it would write a file nobody can read. It is refused
+    before anything is written."""
+    path = tmp_path / "model.pt"
+    with pytest.raises(InputError, match="of exactly these types"):
+        save_fp32(SimpleNet(), path, {"note": value})
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    save_fp32(SimpleNet(), path, {"note": str(value) if isinstance(value, str) else 1.0})
+    assert load_fp32(path)[1]["note"] in (str(value), 1.0)

@@ -25,9 +25,11 @@ from ptqlib.catalog import (
     DEFAULT_SEED,
     MODEL_NAMES,
     RECIPE_NAMES,
+    RECIPE_SEEDS,
 )
 from ptqlib.deploy.mcu.targets import PARTS, TARGETS  # plain data, no torch
 from ptqlib.errors import InputError
+from ptqlib.formats import FORMAT_NAMES
 
 EXIT_ERROR = 2
 
@@ -171,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--seed",
         type=int,
-        default=DEFAULT_SEED,
-        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED})",
+        default=None,
+        help=f"seed for initialisation and shuffling (default {DEFAULT_SEED}; "
+        f"{RECIPE_SEEDS[('dwcnn', 'hot')]} for dwcnn's hot recipe, the seed of notebook 09's "
+        "shipped model)",
     )
     train.add_argument(
         "--recipe",
@@ -190,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=commands.run_train)
 
     evaluate = subcommands.add_parser(
-        "evaluate", help="test accuracy of an FP32 or INT8 checkpoint"
+        "evaluate", help="test accuracy of an FP32, INT8 or number-format checkpoint"
     )
     evaluate.add_argument(
         "--checkpoint",
@@ -214,10 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=commands.run_evaluate)
 
     quantize = subcommands.add_parser(
-        "quantize", help="calibrate an FP32 checkpoint and write the INT8 model"
+        "quantize",
+        help="calibrate an FP32 checkpoint and write the INT8 model (or, with --format, the "
+        "model in a number format)",
     )
     quantize.add_argument("--checkpoint", required=True, help="the FP32 checkpoint to quantize")
-    quantize.add_argument("--out", required=True, help="where to write the INT8 checkpoint")
+    quantize.add_argument("--out", required=True, help="where to write the checkpoint")
+    quantize.add_argument(
+        "--format",
+        default=None,
+        choices=FORMAT_NAMES,
+        help="a number format instead of INT8 (notebook 12): the weights, and the activations "
+        "of the formats meant for them (fp8-e4m3, mx*, nvfp4), calibrated on --calib images",
+    )
     add_calibration_options(quantize)
     add_model_option(
         quantize, "the model the checkpoint must hold (default: the one it records)", None
@@ -247,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         "layer-errors",
         help="measure a quantized checkpoint: each layer's SQNR against its FP32 model",
     )
-    layer_errors.add_argument("--checkpoint", required=True, help="an INT8 checkpoint")
+    layer_errors.add_argument(
+        "--checkpoint", required=True, help="an INT8 checkpoint, or one written with --format"
+    )
     layer_errors.add_argument(
         "--fp32",
         default=None,

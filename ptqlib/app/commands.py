@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported inside the handlers, so --help answers at once
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ptqlib.catalog import default_seed
     from ptqlib.checkpoints import save_fp32
     from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
@@ -29,8 +30,9 @@ def run_train(args: argparse.Namespace) -> int:
     recipe_for(args.model, args.recipe)  # a recipe the model lacks fails before any work
     data = load_mnist(args.data_dir)
     epochs = args.epochs or DEFAULT_EPOCHS_BY_MODEL[args.model]
-    result = train(data, epochs=epochs, seed=args.seed, model=args.model, recipe=args.recipe)
-    meta = training_meta(result, data, epochs, args.seed, args.recipe)
+    seed = default_seed(args.model, args.recipe) if args.seed is None else args.seed
+    result = train(data, epochs=epochs, seed=seed, model=args.model, recipe=args.recipe)
+    meta = training_meta(result, data, epochs, seed, args.recipe)
     stem = args.model if args.recipe == "default" else f"{args.model}_{args.recipe}"
     out = args.out or artifacts_dir() / f"{stem}_fp32.pt"
     path = save_fp32(result.model, out, meta)
@@ -43,6 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ptqlib.app.model_files import load_model
+    from ptqlib.checkpoints import KIND_NAMES
     from ptqlib.data import load_mnist
     from ptqlib.evaluation import accuracy
 
@@ -57,7 +60,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model = load_onnx_model(args.checkpoint)
         kind = model.kind
     else:
-        model, kind, _ = load_model(args.checkpoint)
+        model, kind, meta = load_model(args.checkpoint)
     data = load_mnist(args.data_dir, splits=("test",), verbose=False)
     # With --json, stdout holds only the JSON object; the data line goes to stderr.
     print(data.describe(), file=sys.stderr if args.json else sys.stdout)
@@ -71,14 +74,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "runtime": "onnxruntime" if is_onnx else "pytorch",
         **({} if is_onnx else bit_widths(model, kind)),
     }
+    if kind == "formats":  # what the file holds and how its arithmetic ran
+        result.update(
+            format=meta["format"],
+            weight_bits=meta["bits_per_weight"],
+            activation_bits=meta["activation_bits"],
+            arithmetic=meta["arithmetic"],
+        )
     if args.json:
         print(json.dumps(result))
     else:
         what = "ONNX model, run in ONNX Runtime" if is_onnx else "checkpoint"
         print(
-            f"loaded an {kind.upper()} {what} ({result['size_bytes']:,} bytes): test accuracy "
-            f"{result['accuracy']:.2%} on {result['n_test']:,} digits"
+            f"loaded {KIND_NAMES[kind]} {what} "
+            f"({result['size_bytes']:,} bytes): test accuracy {result['accuracy']:.2%} on "
+            f"{result['n_test']:,} digits"
         )
+        if kind == "formats":
+            inputs = " and activations" if meta["activations"] else ""
+            print(
+                f"{meta['format']} weights{inputs} ({meta['bits_per_weight']:.3f} bits per "
+                f"weight); arithmetic {meta['arithmetic']}"
+            )
     return 0
 
 
@@ -182,12 +199,17 @@ def bit_widths(model, kind: str) -> dict:
 
 
 def run_layer_errors(args: argparse.Namespace) -> int:
-    from ptqlib.checkpoints import load_fp32
+    from ptqlib.checkpoints import load_checkpoint, load_fp32
     from ptqlib.data import load_mnist
     from ptqlib.int8_checkpoint import load_int8
     from ptqlib.lowbit.layer_errors import layer_error_json, layer_error_table, layer_errors
     from ptqlib.models import model_name
 
+    if load_checkpoint(args.checkpoint)["kind"] == "formats":
+        from ptqlib.formats.command import layer_error_report
+
+        print(layer_error_report(args.checkpoint, args.fp32, args.data_dir, args.json))
+        return 0
     int8_model, meta = load_int8(args.checkpoint)
     # quantize records the FP32 file it read (source_path); --fp32 overrides it.
     fp32_path = args.fp32 or meta.get("source_path")
@@ -208,6 +230,36 @@ def run_layer_errors(args: argparse.Namespace) -> int:
     else:
         print(f"{data.describe()}\nSQNR of every layer's output against FP32:")
         print(layer_error_table(rows))
+    return 0
+
+
+# The options of the INT8 quantization, with their defaults: --format refuses them.
+INT8_OPTIONS = {
+    "observer": "histogram",
+    "per_tensor": False,
+    "equalize": False,
+    "pixel_input": False,
+    "weight_bits": 8,
+    "activation_bits": 8,
+    "rounding": "nearest",
+    "bias_correction": False,
+    "weight_clipping": "minmax",
+    "layer_bits": None,
+}
+
+
+def run_quantize_format(args: argparse.Namespace) -> int:
+    """``quantize --format NAME``: ``ptqlib.formats.command.quantize_to_format``."""
+    from ptqlib.formats.command import quantize_to_format
+
+    given = [name for name, default in INT8_OPTIONS.items() if getattr(args, name) != default]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise InputError(f"--format {args.format}: {options} set the INT8 quantization; drop it")
+    result = quantize_to_format(
+        args.checkpoint, args.out, args.format, args.calib, args.model, args.data_dir
+    )
+    print(result.summary())
     return 0
 
 
@@ -244,6 +296,8 @@ def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
 def run_quantize(args: argparse.Namespace) -> int:
     from ptqlib.app import quantize
 
+    if args.format is not None:
+        return run_quantize_format(args)
     settings = quantize_settings(args)
     result = quantize.quantize_checkpoint(settings)
     meta = result.meta
@@ -282,6 +336,11 @@ def run_export(args: argparse.Namespace) -> int:
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
 
     model, kind, meta = load_model(args.checkpoint)
+    if kind == "formats":
+        raise InputError(
+            f"{args.checkpoint} holds a model in a number format, which export does not "
+            "write; export its FP32 checkpoint or an INT8 one"
+        )
     model_name = meta.get("model") if isinstance(meta, dict) else None
     target = getattr(args, "target", None)
     if target is None and (

@@ -52,7 +52,9 @@ The function you write for each checker, with its arguments in this order:
 - notebook 10: :func:`check_double_rounding` (CMSIS-NN's requantization),
   :func:`check_live_bytes`;
 - notebook 11: :func:`check_pack_for_smlad`, :func:`check_map_constants`,
-  :func:`check_energy_per_inference`.
+  :func:`check_energy_per_inference`;
+- notebook 12: :func:`check_decode_e4m3`, :func:`check_mx_scale_code`,
+  :func:`check_kmeans_step`.
 
 Rounding: PyTorch rounds halves to even (``torch.round(2.5) == 2``); ``floor(v + 0.5)``
 and fixed-point code round halves up or away from zero. The two differ only on exact
@@ -64,9 +66,9 @@ One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline
 02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
 per-channel qparams, SQNR), ``observers_and_calibration`` (03), ``int8_conversion`` and
 ``integer_layer`` (04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08),
-``debugging`` (09), ``c_export`` (10) and ``microcontroller`` (11). The expected answers
-come from ptqlib itself or from private functions that the tests compare with ptqlib; no
-solution is exported.
+``debugging`` (09), ``c_export`` (10), ``microcontroller`` (11) and ``number_formats``
+(12). The expected answers come from ptqlib itself or from private functions that the tests
+compare with ptqlib; no solution is exported.
 ``core`` holds what they share (:class:`~ptqlib.classroom.checkers.core.Case`,
 :func:`~ptqlib.classroom.checkers.core.run_cases` and the comparisons), ready for a checker
 of your own.
@@ -113,6 +115,11 @@ from ptqlib.classroom.checkers.microcontroller import (
     check_map_constants,
     check_pack_for_smlad,
 )
+from ptqlib.classroom.checkers.number_formats import (
+    check_decode_e4m3,
+    check_kmeans_step,
+    check_mx_scale_code,
+)
 from ptqlib.classroom.checkers.observers_and_calibration import (
     ObserverChoiceResult,
     changed_digits,
@@ -144,6 +151,7 @@ __all__ = [
     "check_adaround_loss",
     "check_bias_shift",
     "check_cle_scales",
+    "check_decode_e4m3",
     "check_dequantize",
     "check_double_rounding",
     "check_energy_per_inference",
@@ -155,11 +163,13 @@ __all__ = [
     "check_int32_bias",
     "check_int8_bytes",
     "check_integer_layer",
+    "check_kmeans_step",
     "check_linear_parameters",
     "check_live_bytes",
     "check_map_constants",
     "check_mcnemar_p_value",
     "check_moving_average_range",
+    "check_mx_scale_code",
     "check_observer_choice",
     "check_pack_for_smlad",
     "check_pack_two_bit",
