@@ -105,3 +105,16 @@ def test_the_skeleton_is_reported_not_attempted(capsys):
     for checker in (check_pack_for_smlad, check_map_constants, check_energy_per_inference):
         checker(skeleton)
         assert "NOT ATTEMPTED" in capsys.readouterr().out
+
+
+def test_notebook_10s_double_rounding_answers_are_cmsis_nn_arithmetic():
+    """The private answers of notebook 10's check_double_rounding equal
+    ptqlib.deploy.mcu.cmsis_arithmetic.arm_nn_requantize (the model notebook 11 runs in the
+    firmware) on every case of the checker."""
+    from ptqlib.classroom.checkers.c_export import double_rounding_cases
+    from ptqlib.deploy.mcu.cmsis_arithmetic import arm_nn_requantize
+
+    for case in double_rounding_cases():
+        arguments = dict(case.arguments)
+        got = arm_nn_requantize(arguments["acc"], arguments["multiplier"], 31 - arguments["shift"])
+        assert torch.equal(got, case.expected), case.name
