@@ -6,6 +6,9 @@ run in QEMU, bit for bit with ptqlib.
 - ``ptqlib.deploy.mcu.startup``           vector table, reset handler, semihosting, linker script
 - ``ptqlib.deploy.mcu.dsp_kernel``        the layer with SXTB16 + SMLAD, weights packed at export
 - ``ptqlib.deploy.mcu.cmsis_arithmetic``  CMSIS-NN's conventions: int8, -127..127, two roundings
-- ``ptqlib.deploy.mcu.firmware``          the export: model C + firmware files + BUILD
+- ``ptqlib.deploy.mcu.firmware``          the export: the model's C + firmware files + the build
 - ``ptqlib.deploy.mcu.emulator``          building with arm-none-eabi-gcc, running in QEMU
+- ``ptqlib.deploy.mcu.parity``            every output of the firmware against ptqlib
+- ``ptqlib.deploy.mcu.memory``            flash and RAM from arm-none-eabi-size and the map file
+- ``ptqlib.deploy.mcu.work``              instructions counted, cycles and energy estimated
 """
