@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, run_cli
 from ptqlib.app.cli import main
 from ptqlib.calibration import calibrate
 from ptqlib.data import MNISTSplit, calibration_images
-from ptqlib.deploy.mcu import tools
+from ptqlib.deploy.mcu import emulator, startup, tools
 from ptqlib.deploy.mcu.cmsis_arithmetic import (
     arm_nn_requantize,
     cmsis_nn_model,
@@ -27,7 +27,7 @@ from ptqlib.deploy.mcu.cmsis_arithmetic import (
     with_double_rounding,
 )
 from ptqlib.deploy.mcu.dsp_kernel import input_pairs, pack_weights_for_smlad
-from ptqlib.deploy.mcu.emulator import LinkError, build_firmware
+from ptqlib.deploy.mcu.emulator import LinkError, build_firmware, run_firmware
 from ptqlib.deploy.mcu.firmware import export_firmware, verify_firmware
 from ptqlib.deploy.mcu.memory import (
     map_entries,
@@ -135,6 +135,37 @@ def test_dsp_kernel_is_bit_exact_on_ragged_layers(tmp_path, offline_data, target
     test = MNISTSplit(offline_data.test.images[:40], offline_data.test.labels[:40])
     for kernel, check in check_firmware(tmp_path / "ragged", test).items():
         assert check.test.all_identical and check.stress.all_identical, kernel
+
+
+def tiny_int8_model(offline_data, hidden: int = 7):
+    """A calibrated 784 -> hidden -> 5 Int8Model (a ragged width: zero padding in the DSP)."""
+    torch.manual_seed(0)
+    layers = {"flatten": nn.Flatten(), "fc1": nn.Linear(784, hidden), "relu1": nn.ReLU()}
+    model = nn.Sequential(OrderedDict({**layers, "fc2": nn.Linear(hidden, 5)}))
+    images = calibration_images(offline_data.train, 200)
+    return convert(model, calibrate(model, images, progress=False).qparams)
+
+
+def test_a_stack_overflow_faults_and_says_so(tmp_path, offline_data, monkeypatch):
+    """With a stack too small for the firmware, the first push below RAM hits the MPU guard:
+    QEMU exits at once with the fault handler's message (without the guard QEMU's board reads
+    zeros below RAM and the firmware hangs)."""
+    monkeypatch.setattr(startup, "stack_bytes_for", lambda arena_bytes: 256)
+    monkeypatch.setattr(emulator, "RUN_TIMEOUT_SECONDS", 30)  # a hang fails in 30 s
+    export_firmware(tiny_int8_model(offline_data), tmp_path / "fw", M4, part_named(None, M4))
+    for kernel in ("plain", "dsp"):
+        with pytest.raises(InputError, match="status 3 in QEMU: fault: stack overflow"):
+            run_firmware(build_firmware(tmp_path / "fw", kernel), torch.zeros(2, 784).byte())
+
+
+def test_a_hanging_emulator_is_stopped_in_one_line(firmware, monkeypatch):
+    """QEMU that never returns is killed after RUN_TIMEOUT_SECONDS: an InputError, not a
+    subprocess traceback."""
+    build = build_firmware(firmware, "plain")
+    monkeypatch.setattr(emulator, "qemu_command", lambda target, elf: ["sleep", "30"])
+    monkeypatch.setattr(emulator, "RUN_TIMEOUT_SECONDS", 1)
+    with pytest.raises(InputError, match="did not finish 3 images in 1 s"):
+        run_firmware(build, torch.zeros(3, 784).byte())
 
 
 def test_a_small_cnn_in_firmware_is_bit_exact(tmp_path, offline_data):

@@ -99,9 +99,15 @@ def build_firmware(directory: str | os.PathLike, kernel: str = "plain") -> Firmw
         command = compile_command(
             target, part, manifest["prefix"], chosen, str(built), str(built_map)
         )
-        result = subprocess.run(
-            command, cwd=directory, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS
-        )
+        try:
+            result = subprocess.run(
+                command, cwd=directory, capture_output=True, text=True,
+                timeout=BUILD_TIMEOUT_SECONDS,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise InputError(
+                f"{directory}: arm-none-eabi-gcc took more than {BUILD_TIMEOUT_SECONDS} s"
+            ) from None
         if result.returncode != 0:
             lines = linker_messages(result.stderr, built)
             overflows = [line for line in lines if "overflowed by" in line]
@@ -152,9 +158,16 @@ def run_firmware(build: FirmwareBuild, images: torch.Tensor) -> FirmwareRun:
         (scratch / INPUTS_FILE).write_bytes(data)
         command = qemu_command(TARGETS[manifest["target"]], str(build.elf))
         started = time.perf_counter()
-        result = subprocess.run(
-            command, cwd=scratch, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
-        )
+        try:
+            result = subprocess.run(
+                command, cwd=scratch, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS
+            )
+        except subprocess.TimeoutExpired:
+            raise InputError(
+                f"the {build.kernel} firmware did not finish {len(images):,} images in "
+                f"{RUN_TIMEOUT_SECONDS} s of QEMU: it hangs, or runs far more instructions "
+                "than expected"
+            ) from None
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             said = " | ".join((result.stdout + result.stderr).strip().splitlines()[:2])

@@ -8,11 +8,22 @@ No operating system and no C library: these few dozen lines of C are all that ru
   initial stack pointer and the address of the reset handler; the next words are the
   handlers of the faults (Armv7-M Architecture Reference Manual, B1.5.3).
 - **Reset handler**. It first enables the FPU (coprocessors CP10 and CP11 in the CPACR
-  register at 0xE000ED88, then ``dsb; isb``), before any float instruction can run. C
-  assumes that initialised globals hold their values and the others are zero. Their initial
-  values are stored in flash (``.data``'s load address), so the handler copies them to RAM
-  and zeroes ``.bss``; and it fills the stack with a known word ("painting"), so that the
-  firmware can later see how deep the stack went.
+  register at 0xE000ED88) and the stack guard (below), then ``dsb; isb``, before any float
+  instruction can run. C assumes that initialised globals hold their values and the others
+  are zero. Their initial values are stored in flash (``.data``'s load address), so the
+  handler copies them to RAM and zeroes ``.bss``; and it fills the stack with a known word
+  ("painting"), so that the firmware can later see how deep the stack went.
+- **Stack guard**. The stack sits at the bottom of RAM (0x20000000) and grows down. Below
+  RAM a real part has reserved addresses that raise a bus fault, but QEMU's MPS2 boards read
+  zeros there and ignore writes, so an overflow would run on with garbage and hang. The
+  reset handler therefore has the MPU (Armv7-M ARM, B3.5) forbid every access to
+  0x10000000..0x1FFFFFFF (region 0; the default memory map stays in force elsewhere,
+  PRIVDEFENA): the first push past ``_stack_bottom`` faults, on a chip and in QEMU alike.
+- **Fault handler**. A fault stacks eight words on the current stack, which after an
+  overflow is in the guard, so the handler (``naked``: no C prologue) first moves the stack
+  pointer back to ``_stack_top``, then reports through semihosting, from the MemManage
+  status (CFSR's MSTKERR, MMARVALID and MMFAR, B3.2.15), whether the stack overflowed, and
+  exits with status 3.
 - **Semihosting** (``semihosting.c``). ``bkpt 0xab`` with an operation number in r0 and a
   pointer to its arguments in r1 stops the core and asks the debugger (here QEMU) to do the
   operation on the host: open, read, write and close host files, exit with a status (Arm's
@@ -21,8 +32,8 @@ No operating system and no C library: these few dozen lines of C are all that ru
 - **Linker script** (``<part>.ld``). The ``MEMORY`` regions are the part's flash and RAM;
   code and constants go to flash, variables and the stack to RAM. A program that does not
   fit is refused by the linker: ``region `FLASH' overflowed by N bytes``. The stack comes
-  first in RAM: grown past its end it leaves RAM (below 0x20000000 nothing answers) and the
-  core faults, where a stack above the variables would silently overwrite them.
+  first in RAM: grown past its end it leaves RAM for the guard and the core faults, where a
+  stack above the variables would silently overwrite them.
 """
 
 from __future__ import annotations
@@ -47,9 +58,27 @@ extern uint32_t _stack_bottom[], _stack_top[];
 int main(void);
 void semihosting_exit(int32_t status);
 void semihosting_print(const char *text);
+void fault_report(void);
 
 #define STACK_PAINT 0x{STACK_PAINT:08X}u
 #define CPACR (*(volatile uint32_t *)0xE000ED88u)  /* coprocessor access control */
+/* The MPU (Armv7-M ARM, B3.5): control, region number, base address, attributes and size. */
+#define MPU_CTRL (*(volatile uint32_t *)0xE000ED94u)
+#define MPU_RNR (*(volatile uint32_t *)0xE000ED98u)
+#define MPU_RBAR (*(volatile uint32_t *)0xE000ED9Cu)
+#define MPU_RASR (*(volatile uint32_t *)0xE000EDA0u)
+#define GUARD_BASE 0x10000000u /* the guard: 0x10000000..0x1FFFFFFF, just below RAM */
+#define GUARD_SIZE_LOG2 28u    /* 256 MB: a region is 2^k bytes, aligned to its size */
+#define GUARD_BYTES (1u << GUARD_SIZE_LOG2)
+#define RASR_XN (1u << 28)     /* no instruction fetch; AP (bits 26:24) = 0: no access */
+#define RASR_ENABLE 1u
+#define CTRL_PRIVDEFENA (1u << 2) /* the default memory map outside the regions */
+#define CTRL_ENABLE 1u
+/* What a fault left (B3.2.15): MemManage status in CFSR, and the address it concerns. */
+#define CFSR (*(volatile uint32_t *)0xE000ED28u)
+#define MMFAR (*(volatile uint32_t *)0xE000ED34u)
+#define CFSR_MSTKERR (1u << 4)   /* the exception's own stacking hit the guard */
+#define CFSR_MMARVALID (1u << 7) /* MMFAR holds the faulting address */
 
 /* The compiler may call these two for copies and clears: with no C library, they are ours. */
 void *memcpy(void *destination, const void *source, size_t count)
@@ -85,6 +114,12 @@ __attribute__((noreturn)) void reset_handler(void)
     /* First, full access to the FPU (CP10 and CP11), in effect after the barriers: compiled
      * for the hard-float ABI, even this function may use a floating-point register. */
     CPACR |= 0xFu << 20;
+    /* The stack guard: MPU region 0 over the addresses below RAM, no access (AP = 0), no
+     * execution (XN); the default memory map everywhere else (PRIVDEFENA). */
+    MPU_RNR = 0;
+    MPU_RBAR = GUARD_BASE;
+    MPU_RASR = RASR_XN | (GUARD_SIZE_LOG2 - 1u) << 1 | RASR_ENABLE; /* size: 2^(SIZE+1) */
+    MPU_CTRL = CTRL_PRIVDEFENA | CTRL_ENABLE;
     __asm__ volatile("dsb\\n\\tisb" ::: "memory");
     uint32_t *stack_pointer;
     __asm__ volatile("mov %0, sp" : "=r"(stack_pointer));
@@ -97,11 +132,26 @@ __attribute__((noreturn)) void reset_handler(void)
     for (;;) {{}}
 }}
 
-__attribute__((noreturn)) static void fault_handler(void)
+/* Called by fault_handler on a fresh stack: say what happened, exit with status 3. */
+__attribute__((noreturn, used)) void fault_report(void)
 {{
-    semihosting_print("fault: the firmware crashed (bad address, stack overflow, or FPU off)\\n");
+    const uint32_t status = CFSR;
+    const int in_guard = (status & CFSR_MSTKERR) ||
+                         ((status & CFSR_MMARVALID) && MMFAR - GUARD_BASE < GUARD_BYTES);
+    semihosting_print(in_guard ? "fault: stack overflow (the stack grew past _stack_bottom)\\n"
+                               : "fault: the firmware crashed (bad address or instruction)\\n");
     semihosting_exit(3);
     for (;;) {{}}
+}}
+
+/* Every fault comes here. After a stack overflow the stack pointer is in the guard, so
+ * before any C code runs (naked: no prologue pushes anything) it goes back to the top. */
+__attribute__((naked, noreturn)) static void fault_handler(void)
+{{
+    __asm__ volatile("movw r0, #:lower16:_stack_top\\n\\t"
+                     "movt r0, #:upper16:_stack_top\\n\\t"
+                     "mov  sp, r0\\n\\t"
+                     "b    fault_report");
 }}
 
 /* The first 16 entries: the initial stack pointer, then the system exception handlers
@@ -252,8 +302,8 @@ SECTIONS
         *(.ARM.exidx*)
     }} > FLASH
 
-    .stack (NOLOAD) :          /* first in RAM: the stack grows down from _stack_top, and */
-    {{                          /* past _stack_bottom it leaves RAM, a fault, not corruption */
+    .stack (NOLOAD) :          /* first in RAM: the stack grows down from _stack_top; past */
+    {{                          /* _stack_bottom is the MPU's guard: a fault, not corruption */
         _stack_bottom = .;
         . += STACK_BYTES;
         _stack_top = .;
