@@ -4,6 +4,7 @@ roundings (by hand and in the firmware), the linker's figures from a real map fi
 FP32 overflow, the instruction counts' calibration, and the one-line errors. Without
 arm-none-eabi-gcc and qemu-system-arm these tests skip locally and fail in CI (CI=true)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,7 +43,8 @@ from ptqlib.deploy.mcu.work import disassemble, hot_loop, loop_estimate
 from ptqlib.errors import InputError
 from ptqlib.evaluation import accuracy
 from ptqlib.int8_checkpoint import load_int8
-from ptqlib.int8_model import convert
+from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_model import Int8Model, convert
 from ptqlib.integer_arithmetic import requantize
 from ptqlib.ptq import post_training_quantize
 
@@ -156,6 +158,19 @@ def test_a_stack_overflow_faults_and_says_so(tmp_path, offline_data, monkeypatch
     for kernel in ("plain", "dsp"):
         with pytest.raises(InputError, match="status 3 in QEMU: fault: stack overflow"):
             run_firmware(build_firmware(tmp_path / "fw", kernel), torch.zeros(2, 784).byte())
+
+
+def test_a_refused_export_writes_nothing(tmp_path, offline_data):
+    """A model the double rounding cannot take (a multiplier above 1: n < 31) is refused
+    before any file is written, not after the model's C files."""
+    model = tiny_int8_model(offline_data)
+    fc2 = model.layers[-1]
+    louder = dataclasses.replace(fc2.output_qparams, scale=fc2.output_scale * 2**-12)
+    arguments = (fc2.weight, fc2.bias, fc2.weight_qparams, fc2.input_qparams, louder)
+    model = Int8Model(model.input_qparams, [*model.layers[:-1], Int8Linear(*arguments, False)])
+    with pytest.raises(InputError, match="shifts n = 2"):
+        export_firmware(model, tmp_path / "fw", M4, part_named(None, M4), rounding="double")
+    assert not (tmp_path / "fw").exists()
 
 
 def test_a_hanging_emulator_is_stopped_in_one_line(firmware, monkeypatch):

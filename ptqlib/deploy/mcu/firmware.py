@@ -254,12 +254,18 @@ def export_firmware(
     kind = "int8" if isinstance(model, Int8Model) else "fp32"
     if kind == "fp32" and rounding != "single":
         raise InputError("rounding: 'double' is an INT8 requantization; this is an FP32 model")
+    # Everything that can refuse the model is checked before a file is written.
+    layers = int8_graph(model) if kind == "int8" else fp32_graph(model)
+    linear_only = all(layer.kind == "linear" for layer in layers)
+    if rounding == "double":
+        if not linear_only:
+            raise InputError("rounding: 'double' is the DSP kernel's, for models of Linear layers")
+        for layer in layers:
+            cmsis_arithmetic.check_double_rounding_shifts(layer.name, layer.shift)
     exported = export_c(model, directory, model_name)
     directory, prefix = exported.directory, exported.prefix
     model_manifest = verify_directory(directory)
     inputs, outputs = model_manifest["inputs"], model_manifest["outputs"]
-    linear_only = all(entry.startswith("linear ") for entry in model_manifest["layers"])
-    layers = int8_graph(model) if kind == "int8" else fp32_graph(model)
     lookup = kind == "int8" and input_lookup_table(model) is not None
     _, arena = activation_plan(layers, kind, lookup)  # the forward's activations, on the stack
     files = {
@@ -271,14 +277,10 @@ def export_firmware(
     }
     if kind == "int8" and linear_only:
         if rounding == "double":
-            for layer in layers:
-                cmsis_arithmetic.check_double_rounding_shifts(layer.name, layer.shift)
             requantize_c, note = cmsis_arithmetic.DOUBLE_ROUNDING_C, "CMSIS-NN's two roundings"
         else:
             requantize_c, note = REQUANTIZE_C, f"ptqlib's single rounding, as in {prefix}.c"
         files[f"{prefix}_dsp.c"] = dsp_kernel.dsp_source(prefix, layers, lookup, requantize_c, note)
-    elif rounding == "double":
-        raise InputError("rounding: 'double' is the DSP kernel's, for models of Linear layers")
     kernels = kernels_of(prefix, kind, rounding, linear_only)
     commands = [
         compile_command(target, part, prefix, k, f"firmware_{k.name}.elf", f"firmware_{k.name}.map")
