@@ -284,6 +284,27 @@ def test_instruction_counts_are_calibrated_and_the_loops_are_what_the_docs_say(f
     assert plain.macs == 1 and len(plain.instructions) <= 6
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"rounding": "double"}, "manifest changed since export"),  # would blame the firmware
+        ({"part": "nrf52840"}, "manifest changed since export"),
+        ({"kernels": {}}, "manifest changed since export"),  # would check nothing, exit 0
+        ({"part": None}, "field part missing or of the wrong type"),  # was a KeyError
+        ({"files": 5}, "field files missing or of the wrong type"),  # was a TypeError
+        ({"version": 1}, "written by another ptqlib"),
+    ],
+)
+def test_an_edited_manifest_is_refused_in_one_line(firmware, tmp_path, edit, message):
+    edited = tmp_path / "edited"
+    shutil.copytree(firmware, edited)
+    manifest = json.loads((edited / "firmware.json").read_text())
+    manifest.update(edit)
+    (edited / "firmware.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=message):
+        verify_firmware(edited)
+
+
 def test_missing_tools_and_changed_files_are_one_line(
     firmware, quantized_checkpoints, tmp_path, monkeypatch, capsys
 ):

@@ -45,6 +45,13 @@ from ptqlib.int8_model import Int8Model
 MANIFEST = "firmware.json"
 BUILD_FILE = "FIRMWARE_BUILD"  # BUILD is the export's, for the host
 FORMAT = "ptqlib-firmware"
+VERSION = 2  # 2: the digest covers the manifest's own fields
+# The manifest's fields and their JSON types (the digest then vouches for their values).
+MANIFEST_FIELDS = {
+    "target": str, "part": str, "kind": str, "prefix": str, "rounding": str,
+    "linear_only": bool, "inputs": int, "outputs": int, "kernels": dict, "files": list,
+    "digest": str,
+}  # fmt: skip
 REFERENCE = "reference.pt"
 INPUTS_FILE, OUTPUTS_FILE, REPORT_FILE = "inputs.bin", "outputs.bin", "report.bin"
 # report.bin: these uint32 values, in this order (firmware.c writes them from one struct).
@@ -228,10 +235,12 @@ def qemu_command(target: Target, elf: str) -> list[str]:
             "-kernel", elf]  # fmt: skip
 
 
-def files_digest(directory: Path, names: list[str]) -> str:
-    """SHA-256 of the named files' bytes, each preceded by its name."""
-    digest = hashlib.sha256()
-    for name in sorted(names):
+def files_digest(directory: Path, manifest: dict) -> str:
+    """SHA-256 of the manifest's fields (all but the digest itself) and of the bytes of every
+    file it names, each preceded by its name: editing either is seen."""
+    fields = {key: value for key, value in manifest.items() if key != "digest"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + b"\0")
+    for name in sorted(manifest["files"]):
         digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -300,7 +309,7 @@ def export_firmware(
     names = sorted([*files, *([REFERENCE] if kind == "int8" else [])])
     manifest = {
         "format": FORMAT,
-        "version": 1,
+        "version": VERSION,
         "target": target.name,
         "part": part.name,
         "kind": kind,
@@ -314,8 +323,8 @@ def export_firmware(
             for k in kernels
         },
         "files": names,
-        "digest": files_digest(directory, names),
     }
+    manifest["digest"] = files_digest(directory, manifest)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -334,12 +343,23 @@ def verify_firmware(directory: str | os.PathLike) -> dict:
         raise InputError(f"{directory / MANIFEST}: not valid JSON ({error})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{directory / MANIFEST}: not a ptqlib firmware manifest")
+    if manifest.get("version") != VERSION:
+        raise InputError(f"{directory / MANIFEST}: written by another ptqlib; export again")
+    malformed = [
+        key for key, kind in MANIFEST_FIELDS.items() if not isinstance(manifest.get(key), kind)
+    ]
+    if malformed or not all(isinstance(name, str) for name in manifest["files"]):
+        raise InputError(
+            f"{directory / MANIFEST}: field {', '.join(malformed) or 'files'} missing or of the "
+            "wrong type; export again"
+        )
     verify_directory(directory)
     missing = [name for name in manifest["files"] if not (directory / name).is_file()]
     if missing:
         raise InputError(f"{directory}: {', '.join(missing)} missing; export again")
-    if files_digest(directory, manifest["files"]) != manifest["digest"]:
+    if files_digest(directory, manifest) != manifest["digest"]:
         raise InputError(
-            f"{directory}: the firmware files changed since export (SHA-256 differs); export again"
+            f"{directory}: the firmware or its manifest changed since export (SHA-256 differs); "
+            "export again"
         )
     return manifest
