@@ -271,6 +271,20 @@ def test_fp32_does_not_fit_the_small_part(tmp_path, quantized_checkpoints):
     assert weights - 128 * 1024 < overflow_bytes(caught.value.lines) < weights
 
 
+def test_evaluate_fails_a_firmware_that_does_not_link(tmp_path, quantized_checkpoints, capsys):
+    """evaluate --target on FP32 firmware for the 128 KB part: the linker's message in one
+    line, and exit status 1 (nothing was checked), not 0. The command printed by export
+    quotes a directory with a space."""
+    out = tmp_path / "fp32 firmware"
+    data = ["--data-dir", str(quantized_checkpoints["data"])]
+    export = ["export", "--checkpoint", str(quantized_checkpoints["fp32"]), "--format", "c"]
+    assert main([*export, "--target", "cortex-m4", "--out", str(out)]) == 0
+    assert f"--checkpoint '{out}' --target" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(out), "--target", "cortex-m4", *data]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "overflowed by" in line][0].startswith("plain: does not")
+
+
 def test_instruction_counts_are_calibrated_and_the_loops_are_what_the_docs_say(firmware):
     """The calibration loop of 1,000,000 instructions reads as a whole number of ticks; the
     DSP inner loop is 21 instructions for 16 MACs, the plain one 5 for 1."""
