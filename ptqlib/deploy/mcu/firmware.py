@@ -121,7 +121,8 @@ uint32_t stack_bytes(void);
 
 static uint32_t ticks_between(uint32_t start, uint32_t end)
 {{
-    return (start - end) & SYSTICK_MASK; /* it counts down, and wraps at 24 bits */
+    /* It counts down and wraps at 24 bits: right for fewer than 2^24 ticks apart. */
+    return (start - end) & SYSTICK_MASK;
 }}
 
 /* A loop of exactly 2 * CALIBRATION_PASSES instructions (subs, bne), to read how many

@@ -5,7 +5,10 @@
 nanosecond per instruction executed, and SysTick counts that clock (25 MHz on mps2-an386:
 one tick per 40 instructions). The firmware reads SysTick around each inference and times a
 loop of a known number of instructions to check the ratio. QEMU does not model the
-pipeline, wait states or caches: these are **instructions, not cycles**.
+pipeline, wait states or caches: these are **instructions, not cycles**. SysTick is a 24-bit
+down-counter: the difference of two readings is right for an inference of fewer than 2^24
+ticks (671 million instructions here; SmallCNN takes 16 million), and a longer one would
+be undercounted by a multiple of 2^24 ticks.
 
 **Cycles, estimated.** Arm's Cortex-M4 Technical Reference Manual (r0p1, Table 3-1 and the
 FPU's Table 7-1) gives each instruction's cycles with zero wait states: most take 1; a load
