@@ -19,7 +19,7 @@ export OMP_NUM_THREADS ?= 2
 # The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lab docs student clean print-python
+.PHONY: run test lab docs student clean print-python mcu-tools
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || { test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 1; }; \
@@ -54,6 +54,21 @@ lab: $(INSTALLED)
 ## student: the notebooks without solutions and outputs, in student/ (to hand out)
 student: $(INSTALLED)
 	$(BIN)/python tools/make_student.py --out student
+
+## mcu-tools: the Arm cross-compiler and QEMU that notebook 11 builds and runs firmware with
+MCU_PACKAGES := gcc-arm-none-eabi qemu-system-arm
+MCU_ELSEWHERE := install arm-none-eabi-gcc (Arm GNU Toolchain, or brew install arm-none-eabi-gcc) \
+	and qemu-system-arm (qemu.org, or brew install qemu), then check: make mcu-tools
+mcu-tools:
+	@if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then \
+		echo "arm-none-eabi-gcc and qemu-system-arm are installed"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y --no-install-recommends $(MCU_PACKAGES); \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+		sudo apt-get update && sudo apt-get install -y --no-install-recommends $(MCU_PACKAGES); \
+	else \
+		echo "no apt-get here: $(MCU_ELSEWHERE)" >&2; exit 1; \
+	fi
 
 ## print-python: the Python that would create .venv (see PYTHON above)
 print-python:

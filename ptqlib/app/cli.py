@@ -27,6 +27,7 @@ from ptqlib.catalog import (
     RECIPE_NAMES,
     RECIPE_SEEDS,
 )
+from ptqlib.deploy.mcu.targets import PARTS, TARGETS  # plain data, no torch
 from ptqlib.errors import InputError
 from ptqlib.formats import FORMAT_NAMES
 
@@ -212,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON object on stdout (accuracy, n_test, kind, size_bytes, runtime)",
     )
+    evaluate.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        default=None,
+        help="a directory written by export --target: build its firmware with arm-none-eabi-gcc, "
+        "run the test split in QEMU and compare every output with ptqlib (notebook 11)",
+    )
     evaluate.set_defaults(handler=commands.run_evaluate)
 
     quantize = subcommands.add_parser(
@@ -325,6 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="onnx (default) or c: a dependency-free C99 header + source, main.c and BUILD "
         "written into the directory --out (notebook 10)",
+    )
+    export.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        default=None,
+        help="with --format c: also write Cortex-M firmware (startup, semihosting, linker "
+        "script, the DSP kernel for INT8) for this core, run in QEMU (notebook 11)",
+    )
+    export.add_argument(
+        "--part",
+        choices=sorted(PARTS),
+        default=None,
+        help="with --target: the chip whose flash and RAM the linker script holds (default "
+        "stm32l412kb for cortex-m4, stm32f767zi for cortex-m7)",
+    )
+    export.add_argument(
+        "--rounding",
+        choices=["single", "double"],
+        default="single",
+        help="with --target: the DSP kernel's requantization: single (ptqlib's, = CMSIS-NN with "
+        "CMSIS_NN_USE_SINGLE_ROUNDING) or double (CMSIS-NN's default arm_nn_requantize)",
     )
     export.set_defaults(handler=commands.run_export)
 

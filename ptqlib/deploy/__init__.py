@@ -1,4 +1,4 @@
-"""Deployment (notebooks 08 and 10): the INT8 model outside PyTorch.
+"""Deployment (notebooks 08, 10 and 11): the INT8 model outside PyTorch.
 
 - ``ptqlib.deploy.onnx_export``     the INT8 model as an ONNX QDQ graph
 - ``ptqlib.deploy.onnx_runtime``    running and checking it in ONNX Runtime
@@ -17,4 +17,5 @@
 - ``ptqlib.deploy.c_peaks``         the measured peaks of one core, instruction counts of a build
 - ``ptqlib.deploy.c_latency``       PyTorch, ONNX Runtime and C timed in one interleaved run
 - ``ptqlib.deploy.c_budget``        flash, RAM (the arena) and an energy estimate per inference
+- ``ptqlib.deploy.mcu``             the C as Cortex-M firmware, run in QEMU (notebook 11)
 """

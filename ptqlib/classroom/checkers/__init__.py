@@ -58,6 +58,8 @@ The function you write for each checker, with its arguments in this order:
 - notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
 - notebook 10: :func:`check_double_rounding` (CMSIS-NN's requantization),
   :func:`check_live_bytes`;
+- notebook 11: :func:`check_pack_for_smlad`, :func:`check_map_constants`,
+  :func:`check_energy_per_inference`;
 - notebook 12: :func:`check_decode_e4m3`, :func:`check_mx_scale_code`,
   :func:`check_kmeans_step`.
 
@@ -72,8 +74,9 @@ One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline
 per-channel qparams, SQNR), ``observers_and_calibration``, ``l2_search`` and
 ``observer_choice`` (03), ``int8_conversion``, ``integer_layer`` and ``accumulator_terms``
 (04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08), ``debugging``
-(09), ``c_export`` (10) and ``number_formats`` (12). The expected answers come from ptqlib
-itself or from private functions that the tests compare with ptqlib; no solution is exported.
+(09), ``c_export`` (10), ``microcontroller`` (11) and ``number_formats`` (12). The expected
+answers come from ptqlib itself or from private functions that the tests compare with
+ptqlib; no solution is exported.
 
 Each exercise is defined once, as an
 :class:`~ptqlib.classroom.checkers.exercise.Exercise` (its id, notebook, function name,
@@ -97,6 +100,7 @@ from ptqlib.classroom.checkers import (
     integer_layer,
     l2_search,
     low_bit,
+    microcontroller,
     number_formats,
     observer_choice,
     observers_and_calibration,
@@ -144,6 +148,11 @@ from ptqlib.classroom.checkers.low_bit import (
     check_pack_two_bit,
     check_relu_mean,
     check_step_gain_db,
+)
+from ptqlib.classroom.checkers.microcontroller import (
+    check_energy_per_inference,
+    check_map_constants,
+    check_pack_for_smlad,
 )
 from ptqlib.classroom.checkers.number_formats import (
     check_decode_e4m3,
@@ -216,6 +225,9 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     debugging.FIND_CULPRIT,
     c_export.DOUBLE_ROUNDING,
     c_export.LIVE_BYTES,
+    microcontroller.PACK_FOR_SMLAD,
+    microcontroller.MAP_CONSTANTS,
+    microcontroller.ENERGY_PER_INFERENCE,
     number_formats.DECODE_E4M3,
     number_formats.MX_SCALE_CODE,
     number_formats.KMEANS_STEP,
@@ -235,6 +247,7 @@ __all__ = [
     "check_decode_e4m3",
     "check_dequantize",
     "check_double_rounding",
+    "check_energy_per_inference",
     "check_find_culprit",
     "check_fixed_point_multiplier",
     "check_fold_into_next",
@@ -248,10 +261,12 @@ __all__ = [
     "check_kmeans_step",
     "check_linear_parameters",
     "check_live_bytes",
+    "check_map_constants",
     "check_mcnemar_p_value",
     "check_moving_average_range",
     "check_mx_scale_code",
     "check_observer_choice",
+    "check_pack_for_smlad",
     "check_pack_two_bit",
     "check_per_channel_qparams",
     "check_per_channel_scales",
