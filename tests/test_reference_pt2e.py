@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images
@@ -74,3 +75,11 @@ def test_compiled_pt2e_model(setup, offline_data):
     compiled = result.model(offline_data.test.images[:64])
     assert (compiled.argmax(1) == eager.argmax(1)).float().mean() >= 0.95
     assert (compiled - eager).abs().max() < 0.5  # the same integers up to a rounding or two
+    # ptqlib.evaluation.predict calls .eval(). On an exported graph the first .eval()
+    # rewrites its code; after compilation that made dynamo compile again on the next call,
+    # outside the freezing patch, so the INT8 kernels were no longer fused (dequantize +
+    # FP32 addmm). pt2e_quantize moves the graph to eval mode before it is compiled.
+    graphs = counters["stats"]["unique_graphs"]
+    result.model.eval()
+    result.model(offline_data.test.images[:64])
+    assert counters["stats"]["unique_graphs"] == graphs
