@@ -22,7 +22,10 @@ COLOURS = {
     "Relu": "#f6e39a",
     "Flatten": "#dddddd",
 }
-ROW_HEIGHT, BOX_WIDTH, BOX_HEIGHT, SIDE_X = 1.0, 2.9, 0.72, 3.4
+ROW_HEIGHT, BOX_WIDTH, BOX_HEIGHT = 1.0, 2.9, 0.72
+# The constants' boxes are wider: their line ("W: uint8 [128x784], Z=128, per channel")
+# is the longest, and must stay inside its box.
+SIDE_BOX_WIDTH, SIDE_X = 4.0, 4.05
 
 
 def _describe(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str:
@@ -44,22 +47,31 @@ def _describe(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str:
     return ", ".join(details)
 
 
-def _box(axis: plt.Axes, x: float, y: float, title: str, detail: str, colour: str) -> None:
+def _box(
+    axis: plt.Axes, x: float, y: float, title: str, detail: str, colour: str,
+    width: float = BOX_WIDTH,
+) -> None:  # fmt: skip
     axis.add_patch(
         FancyBboxPatch(
-            (x - BOX_WIDTH / 2, y - BOX_HEIGHT / 2), BOX_WIDTH, BOX_HEIGHT,
-            boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=colour, edgecolor="#555555",
+            (x - width / 2, y - BOX_HEIGHT / 2),
+            width,
+            BOX_HEIGHT,
+            boxstyle="round,pad=0.02,rounding_size=0.12",
+            facecolor=colour,
+            edgecolor="#555555",
         )
     )
-    axis.text(x, y + (0.12 if detail else 0), title, ha="center", va="center", fontsize=8.5,
-              weight="bold")
+    axis.text(
+        x, y + (0.12 if detail else 0), title, ha="center", va="center", fontsize=8.5, weight="bold"
+    )
     if detail:
         axis.text(x, y - 0.16, detail, ha="center", va="center", fontsize=6.3)
 
 
 def _arrow(axis: plt.Axes, start: tuple[float, float], end: tuple[float, float]) -> None:
-    axis.annotate("", xy=end, xytext=start,
-                  arrowprops={"arrowstyle": "->", "color": "#444444", "lw": 0.9})
+    axis.annotate(
+        "", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": "#444444", "lw": 0.9}
+    )
 
 
 def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
@@ -73,8 +85,14 @@ def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
     _box(axis, 0.0, 0.0, graph.input[0].name, "float32 [batch, 1, 28, 28]", "white")
     for row, node in enumerate(main, start=1):
         y = -row * ROW_HEIGHT
-        _box(axis, 0.0, y, node.op_type, _describe(node, constants),
-             COLOURS.get(node.op_type, "#eeeeee"))
+        _box(
+            axis,
+            0.0,
+            y,
+            node.op_type,
+            _describe(node, constants),
+            COLOURS.get(node.op_type, "#eeeeee"),
+        )
         for name in node.input:
             if name in position and position[name][0] == 0.0:
                 _arrow(axis, (0.0, position[name][1] - BOX_HEIGHT / 2), (0.0, y + BOX_HEIGHT / 2))
@@ -82,14 +100,21 @@ def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
         feeding = [n for n in side if any(output in node.input for output in n.output)]
         for index, feeder in enumerate(feeding):
             side_y = y + (0.45 - 0.9 * index) * ROW_HEIGHT if len(feeding) > 1 else y
-            _box(axis, SIDE_X, side_y, feeder.op_type, _describe(feeder, constants),
-                 COLOURS.get(feeder.op_type, "#eeeeee"))
-            _arrow(axis, (SIDE_X - BOX_WIDTH / 2, side_y), (BOX_WIDTH / 2, y))
+            _box(
+                axis,
+                SIDE_X,
+                side_y,
+                feeder.op_type,
+                _describe(feeder, constants),
+                COLOURS.get(feeder.op_type, "#eeeeee"),
+                SIDE_BOX_WIDTH,
+            )
+            _arrow(axis, (SIDE_X - SIDE_BOX_WIDTH / 2, side_y), (BOX_WIDTH / 2, y))
     bottom = -(len(main) + 1) * ROW_HEIGHT
     output = graph.output[0].name
     _box(axis, 0.0, bottom, output, "float32 [batch, 10]", "white")
     _arrow(axis, (0.0, bottom + ROW_HEIGHT - BOX_HEIGHT / 2), (0.0, bottom + BOX_HEIGHT / 2))
-    axis.set_xlim(-BOX_WIDTH / 2 - 0.2, SIDE_X + BOX_WIDTH / 2 + 0.2)
+    axis.set_xlim(-BOX_WIDTH / 2 - 0.2, SIDE_X + SIDE_BOX_WIDTH / 2 + 0.2)
     axis.set_ylim(bottom - 0.6, 0.6)
     axis.set_aspect("equal")
     axis.axis("off")
