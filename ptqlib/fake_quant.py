@@ -3,10 +3,11 @@
 *Fake quantization* rounds a real tensor to the grid of its qparams and maps it straight back
 to reals, ``fake_quantize(x) = S (clamp(round(x / S) + Z) - Z)``: the values are float, but
 only the ones the integers could represent. :class:`FakeQuantModel` runs an INT8 model's
-network in float64 with a chosen set of quantization points on the grid: every layer's
-weights or some of them, the activations (the input and each fused step's output, named as
+network in float with a chosen set of quantization points on the grid: every layer's weights
+or some of them, the activations (the input and each fused step's output, named as
 ``ptqlib.fusion`` names them) or some of them. Everything else is the float model's own
-arithmetic. Three uses, one code:
+arithmetic, in float32 (with nothing quantized it *is* the float model). Three uses, one
+code:
 
 - **the whole model** (:func:`simulate`, notebooks 04 and 07): everything quantized. It then
   equals the integer model on every logit, and needs none of its devices: no carriers, no
@@ -25,8 +26,8 @@ values ``q_x - Z_x`` and ``q_w``: integers, which float64 sums exactly (every su
 below 2^53). If the output is quantized, ``y / S_y = M acc`` is rounded as the integer layer
 rounds it (``Int8Step.output_integers``: M0 2^-n with ties upwards, or ONNX Runtime's
 float32). A layer with a float input or float weights has no integer accumulator: it
-computes ``y`` in float64 with the float bias, and a quantized output is
-``quantize(y)``, the rounding of ``ptqlib.quantization``. A max-pool picks values; a global
+computes ``y`` in float32 with the float bias, and a quantized output is ``quantize(y)``, the
+rounding of ``ptqlib.quantization``. A max-pool picks values; a global
 average pool of integers rounds its mean back to the grid as the integer pool does.
 """
 
@@ -61,10 +62,10 @@ class Activation:
         self.values, self.qparams = values, qparams
 
     def real(self) -> torch.Tensor:
-        """The real values, float64: ``S (q - Z)`` on a grid."""
+        """The real values in float32, the float model's precision: ``S (q - Z)`` on a grid."""
         if self.qparams is None:
             return self.values
-        return (self.values - self.qparams.zero_point).double() * self.qparams.scale.double()
+        return dequantize(self.values, self.qparams)
 
     def centred(self) -> torch.Tensor:
         """``q - Z`` as float64 (integers): the grid values a layer's accumulator sums."""
@@ -90,7 +91,7 @@ def _chosen(names: Collection[str] | None, valid: list[str], what: str) -> set[s
 
 
 class FakeQuantModel(nn.Module):
-    """An INT8 model's network simulated in float64, quantized where chosen (module
+    """An INT8 model's network simulated in float, quantized where chosen (module
     docstring): ``weights`` (layer names; None: every layer) and ``activations`` (point
     names, ``"input"`` and each fused step's output; None: every point). ``float_model``
     supplies the float weights, biases and point names where something is left float; with
@@ -135,7 +136,7 @@ class FakeQuantModel(nn.Module):
 
     def _input(self, images: torch.Tensor) -> Activation:
         if "input" not in self.quantized_points:
-            return Activation(images.double(), None)
+            return Activation(images.float(), None)
         qparams = self.int8_model.input_qparams
         # The model's own input quantization (x (1 / S), or x / S for ORT's arithmetic).
         carriers = self.int8_model.quantize_input(images)
@@ -143,7 +144,7 @@ class FakeQuantModel(nn.Module):
 
     def _float_parameters(self, step: Int8Step) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.float_model.get_submodule(step.name)
-        return layer.weight.detach().double(), bias_of(layer).double()
+        return layer.weight.detach(), bias_of(layer)
 
     def _weighted(self, step: Int8Step, x: Activation) -> Activation:
         """One fused step (module docstring, "How a layer's output is rounded")."""
@@ -168,11 +169,12 @@ class FakeQuantModel(nn.Module):
                     integers.movedim(-1, 1) if conv else integers, step.output_qparams
                 )
             scale = step.input_scale.double() * step.weight_scale.double()
-            y = accumulator.double() * (scale.reshape(-1, 1, 1) if conv and scale.dim() else scale)
-        else:
+            scale = scale.reshape(-1, 1, 1) if conv and scale.dim() else scale
+            y = (accumulator.double() * scale).float()
+        else:  # in float32, as the float model computes
             weight, bias = self._float_parameters(step)
             if quantized_weights:
-                weight = dequantize(step.weight, step.weight_qparams).double()
+                weight = dequantize(step.weight, step.weight_qparams)
             y = apply(x.real(), weight, bias)
         if step.relu:
             y = torch.relu(y)
@@ -195,7 +197,7 @@ class FakeQuantModel(nn.Module):
                 x = Activation(pooled if x.qparams is None else pooled.long(), x.qparams)
             elif isinstance(layer, Int8GlobalAvgPool2d):
                 if x.qparams is None:
-                    x = Activation(x.values.mean(dim=(2, 3), keepdim=True), None)
+                    x = Activation(functional.adaptive_avg_pool2d(x.values, 1), None)
                 else:  # the mean rounded back to the grid, ties upwards
                     x = Activation(rounded_mean(x.values, (2, 3)), x.qparams)
             else:  # Flatten
@@ -215,7 +217,7 @@ class FakeQuantModel(nn.Module):
         last = self.int8_model.integer_layers()[-1]
         logits = self.layer_outputs(images)[last.name]
         if logits.qparams is None:
-            return logits.values.float()
+            return logits.values
         return dequantize(logits.values, logits.qparams)
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import ptqlib.fast.profiling as profiling
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, normalise
 from ptqlib.fast import FastInt8Model
@@ -128,3 +129,17 @@ def test_int64_requantization_where_float64_would_round():
         assert torch.equal(
             fast.quantized_logits(images[:size]), teaching.quantized_logits(images[:size])
         )
+
+
+def test_gemm_speedup_is_fp32_time_over_int8_time(monkeypatch):
+    """The bound bench prints: above 1 when the int8 GEMM path is the faster one."""
+    called = {}
+
+    def fake_timing(functions, threads, repeats):
+        for name, function in functions.items():
+            called[name] = function()  # each runs once: the real GEMMs, on small tensors
+        return {"fp32": [4.0, 5.0, 6.0], "int8": [1.0, 2.0, 9.0]}
+
+    monkeypatch.setattr(profiling, "time_interleaved", fake_timing)
+    assert profiling.gemm_speedup(batch_size=3, depth=5, outputs=2) == 5.0 / 2.0
+    assert called["fp32"].shape == called["int8"].shape == (3, 2)

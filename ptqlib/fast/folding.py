@@ -175,7 +175,9 @@ def requantize_folded(product: torch.Tensor, step: Int8Step, folded: FoldedStep)
     (FLOAT64), int64 (INT64) or int8 (TEACHING). The next GEMM converts them to its own type
     anyway, so they are not narrowed here."""
     if folded.arithmetic == FoldedArithmetic.FLOAT64:  # exact: see the module docstring
-        scaled = product.double().mul_(folded.multiplier).add_(folded.constant)
+        # N'_j + g A'_j in one operation: every value it meets is exact, so a fused
+        # multiply-add and a multiply then an add give the same float64.
+        scaled = torch.addcmul(folded.constant, product.double(), folded.multiplier)
         return scaled.floor_().clamp_(folded.lowest, folded.highest)
     if folded.arithmetic == FoldedArithmetic.INT64:
         scaled = product.long().mul_(folded.multiplier).add_(folded.constant)

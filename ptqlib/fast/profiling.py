@@ -5,7 +5,8 @@ three stages: turning the images into int8 carriers, the int8 GEMMs (or the exac
 GEMMs), and everything else, which is requantization (zero-point correction, bias, multiply,
 shift, clamp, casts). :func:`time_split` times the whole pass, the input stage alone and the
 GEMMs alone, interleaved in one run (``ptqlib.evaluation.time_interleaved``), and reports the
-requantization as the difference.
+requantization as the difference. :func:`gemm_speedup` measures how much faster the int8 GEMM
+path is than the FP32 GEMM on this CPU: the bound of the fast path's speed-up over FP32.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ptqlib.data import normalise
 from ptqlib.evaluation import time_interleaved
 from ptqlib.fast.folding import requantize_folded
 from ptqlib.fast.model import FastInt8Model
-from ptqlib.int8_gemm import int8_matmul
+from ptqlib.int8_gemm import default_uses_int8_gemm, gemm_weight, int8_matmul
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
 
@@ -86,3 +87,39 @@ def time_split(
     )
     median = {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
     return TimeSplit(median["total"], median["input"], median["gemm"])
+
+
+def gemm_speedup(
+    batch_size: int = 1024,
+    depth: int = 784,
+    outputs: int = 128,
+    use_int8_gemm: bool | None = None,
+    threads: int = 2,
+    repeats: int = 21,
+) -> float:
+    """How many times faster this CPU's int8 GEMM path is than its FP32 GEMM, on SimpleNet's
+    first layer (``[batch_size, depth] x [depth, outputs]``): the median time of
+    ``torch.mm`` on float32 over that of ``int8_matmul`` as the fast path calls it
+    (``torch._int_mm`` where it is fast, else the exact float GEMM), interleaved.
+
+    The GEMMs are most of both models' work at a large batch, and the fast path adds its
+    input quantization and requantization to the GEMM, so this ratio bounds the speed-up
+    over FP32 the eager fast path can reach: about 1 where the "int8" GEMM is an exact float32
+    GEMM of the same size."""
+    use_int8_gemm = default_uses_int8_gemm() if use_int8_gemm is None else use_int8_gemm
+    generator = torch.Generator().manual_seed(0)
+    carriers = torch.randint(-128, 128, (batch_size, depth), dtype=torch.int8, generator=generator)
+    weight_t = torch.randint(-128, 128, (depth, outputs), dtype=torch.int8, generator=generator)
+    weight_t = gemm_weight(weight_t, use_int8_gemm)
+    gemm_input = carriers.to(weight_t.dtype)  # the type the fast path keeps its carriers in
+    images, weights = torch.randn(batch_size, depth), torch.randn(depth, outputs)
+    samples = time_interleaved(
+        {
+            "fp32": lambda: torch.mm(images, weights),
+            "int8": lambda: int8_matmul(gemm_input, weight_t, use_int8_gemm, exact_floats=True),
+        },
+        threads=threads,
+        repeats=repeats,
+    )
+    median = {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
+    return median["fp32"] / median["int8"]
