@@ -253,8 +253,10 @@ def mcnemar_p_value(fixed: int, broken: int) -> float:
     Two models scored on the *same* digits are judged by the digits where they differ: if
     both were equally good, each of the ``n = fixed + broken`` changed digits would be a fair
     coin flip, so the two-sided p-value is ``min(1, 2 P[Binomial(n, 1/2) <= min(fixed,
-    broken)])``. A small value (say below 0.05) means a real difference; digits both models
-    got right or both got wrong say nothing about which is better.
+    broken)])``. A small value (say below 0.05) says such a lopsided split would be rare if
+    neither model were better; a large one says these digits cannot tell the two apart, not
+    that they are equally good. Digits both models got right or both got wrong say nothing
+    about which is better.
     """
     for value, name in ((fixed, "fixed"), (broken, "broken")):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -49,6 +49,26 @@ def requantize_rounding_half_up(acc, input_scale, weight_scale, output_scale, ze
     return (torch.floor(acc.float() * multiplier + 0.5).long() + zero_point).clamp(lo, hi)
 
 
+def requantize_with_reciprocal(acc, input_scale, weight_scale, output_scale, zero_point, lo, hi):
+    multiplier = float32(input_scale) * float32(weight_scale) * (1 / float32(output_scale))
+    return (torch.round(acc.float() * multiplier).long() + zero_point).clamp(lo, hi)
+
+
+def requantize_other_order(acc, input_scale, weight_scale, output_scale, zero_point, lo, hi):
+    multiplier = float32(input_scale) * (float32(weight_scale) / float32(output_scale))
+    return (torch.round(acc.float() * multiplier).long() + zero_point).clamp(lo, hi)
+
+
+def requantize_float64_multiplier(acc, input_scale, weight_scale, output_scale, zero_point, lo, hi):
+    multiplier = float32(input_scale * weight_scale / output_scale)
+    return (torch.round(acc.float() * multiplier).long() + zero_point).clamp(lo, hi)
+
+
+def requantize_dequantizing_first(acc, input_scale, weight_scale, output_scale, zero_point, lo, hi):
+    real = acc.float() * (float32(input_scale) * float32(weight_scale))
+    return (torch.round(real / float32(output_scale)).long() + zero_point).clamp(lo, hi)
+
+
 def test_ort_arithmetic_passes(capsys):
     check_quantize_linear(quantize_dividing)
     check_requantize_float32(requantize_in_float32)
@@ -61,6 +81,12 @@ def test_ort_arithmetic_passes(capsys):
         (check_quantize_linear, quantize_multiplying),
         (check_requantize_float32, requantize_in_float64),
         (check_requantize_float32, requantize_rounding_half_up),
+        # Each computes M (or the product) in another order than ORT: one bit of M, and an
+        # integer now and then (these passed when the cases held only float64 near misses).
+        (check_requantize_float32, requantize_with_reciprocal),
+        (check_requantize_float32, requantize_other_order),
+        (check_requantize_float32, requantize_float64_multiplier),
+        (check_requantize_float32, requantize_dequantizing_first),
     ],
 )
 def test_near_misses_fail_with_a_hint(checker, near_miss):

@@ -57,10 +57,22 @@ def step_gain_db(bits):
     return 20 * math.log10(2**bits / (2**bits - 1))
 
 
+def gptq_column_as_gptqs_code(weight, hessian_inverse, column, scale, quant_min, quant_max):
+    """GPTQ's reference code subtracts the update from column j too: it then holds S q."""
+    q, updated = gptq_column(weight, hessian_inverse, column, scale, quant_min, quant_max)
+    updated[:, column] = scale * q
+    return q, updated
+
+
+def gptq_column_without_clamp(weight, hessian_inverse, column, scale, quant_min, quant_max):
+    return gptq_column(weight, hessian_inverse, column, scale, -(2**31), 2**31)
+
+
 @pytest.mark.parametrize(
     "checker, solution",
     [
         (check_pack_two_bit, pack_two_bit),
+        (check_gptq_column, gptq_column_as_gptqs_code),
         (check_relu_mean, relu_mean),
         (check_gptq_column, gptq_column),
         (check_adaround_loss, adaround_loss),
@@ -81,6 +93,10 @@ def test_right_answers_pass(checker, solution, capsys):
             lambda v: pack_two_bit(v.flip(0)).flip(0) if len(v) % 4 == 0 else pack_two_bit(v) + 1,
             "case 1 of 4 failed",
         ),
+        # The right values, but one int64 (8 bytes) per byte: nothing is packed.
+        (check_pack_two_bit, lambda v: pack_two_bit(v).long(), "case 1 of 4 failed"),
+        # round(w / S) not clamped to the grid: 2 where the grid ends at 1.
+        (check_gptq_column, gptq_column_without_clamp, "case 4 of 4 failed"),
         # The ReLU of the mean instead of the mean of the ReLU.
         (check_relu_mean, lambda beta, gamma: beta.clamp(min=0), "case 1 of 4 failed"),
         # gamma used as the standard deviation with its sign.
@@ -96,7 +112,7 @@ def test_right_answers_pass(checker, solution, capsys):
                 gptq_column(w, hinv, j, s, lo, hi)[:1]
                 + (gptq_column(w, hinv, j, torch.ones_like(s), lo, hi)[1],)
             ),
-            "case 1 of 3 failed",
+            "case 1 of 4 failed",
         ),
         # No regulariser at all.
         (check_adaround_loss, lambda w, v, s, x, lam, b: adaround_loss(w, v, s, x, 0, b), "case 2"),

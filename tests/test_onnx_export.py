@@ -416,4 +416,19 @@ def test_graph_figure_draws_one_box_per_node(baseline, calibration):
     texts = [text.get_text() for text in axis.texts]
     assert texts.count("QGemm") == 0 and texts.count("Gemm") == 3
     assert "W: uint8 [128x784], Z=128, per channel" in texts
+    # Every line of text lies inside a box, at the size the notebook draws it.
+    figure.set_size_inches(7.2, 10.5)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [patch.get_window_extent(renderer) for patch in axis.patches]
+    for text in axis.texts:
+        if not text.get_text():
+            continue  # an arrow
+        extent = text.get_window_extent(renderer)
+        inside = [
+            box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0
+            and extent.y1 <= box.y1
+            for box in boxes
+        ]  # fmt: skip
+        assert any(inside), text.get_text()
     plt.close(figure)

@@ -22,7 +22,10 @@ COLOURS = {
     "Relu": "#f6e39a",
     "Flatten": "#dddddd",
 }
-ROW_HEIGHT, BOX_WIDTH, BOX_HEIGHT, SIDE_X = 1.0, 2.9, 0.72, 3.4
+ROW_HEIGHT, BOX_WIDTH, BOX_HEIGHT = 1.0, 2.9, 0.72
+# The constants' boxes are wider: their line ("W: uint8 [128x784], Z=128, per channel")
+# is the longest, and must stay inside its box.
+SIDE_BOX_WIDTH, SIDE_X = 4.0, 4.05
 
 
 def _describe(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str:
@@ -44,11 +47,14 @@ def _describe(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> str:
     return ", ".join(details)
 
 
-def _box(axis: plt.Axes, x: float, y: float, title: str, detail: str, colour: str) -> None:
+def _box(
+    axis: plt.Axes, x: float, y: float, title: str, detail: str, colour: str,
+    width: float = BOX_WIDTH,
+) -> None:  # fmt: skip
     axis.add_patch(
         FancyBboxPatch(
-            (x - BOX_WIDTH / 2, y - BOX_HEIGHT / 2),
-            BOX_WIDTH,
+            (x - width / 2, y - BOX_HEIGHT / 2),
+            width,
             BOX_HEIGHT,
             boxstyle="round,pad=0.02,rounding_size=0.12",
             facecolor=colour,
@@ -101,13 +107,14 @@ def draw_onnx_graph(onnx_model: onnx.ModelProto, axis: plt.Axes) -> None:
                 feeder.op_type,
                 _describe(feeder, constants),
                 COLOURS.get(feeder.op_type, "#eeeeee"),
+                SIDE_BOX_WIDTH,
             )
-            _arrow(axis, (SIDE_X - BOX_WIDTH / 2, side_y), (BOX_WIDTH / 2, y))
+            _arrow(axis, (SIDE_X - SIDE_BOX_WIDTH / 2, side_y), (BOX_WIDTH / 2, y))
     bottom = -(len(main) + 1) * ROW_HEIGHT
     output = graph.output[0].name
     _box(axis, 0.0, bottom, output, "float32 [batch, 10]", "white")
     _arrow(axis, (0.0, bottom + ROW_HEIGHT - BOX_HEIGHT / 2), (0.0, bottom + BOX_HEIGHT / 2))
-    axis.set_xlim(-BOX_WIDTH / 2 - 0.2, SIDE_X + BOX_WIDTH / 2 + 0.2)
+    axis.set_xlim(-BOX_WIDTH / 2 - 0.2, SIDE_X + SIDE_BOX_WIDTH / 2 + 0.2)
     axis.set_ylim(bottom - 0.6, 0.6)
     axis.set_aspect("equal")
     axis.axis("off")

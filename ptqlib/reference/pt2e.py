@@ -107,8 +107,14 @@ def pt2e_quantize(
             for start in range(0, len(images), batch_size):
                 prepared(images[start : start + batch_size].float())
         converted = convert_pt2e(prepared)
-        # Lets ptqlib.evaluation call .eval() on it (a no-op for a graph without dropout/BN).
+        # Lets ptqlib.evaluation call .eval() on it. The first .eval() rewrites the graph's
+        # code (torchao swaps dropout/BatchNorm patterns and recompiles the module, even
+        # when it has neither); done after torch.compile, dynamo would compile the new code
+        # again on the next call, outside CompiledModel's freezing patch, and the INT8
+        # kernels would no longer be fused. So the graph goes to eval mode here, once;
+        # later .eval() calls change nothing.
         allow_exported_model_train_eval(converted)
+        converted.eval()
     return converted
 
 

@@ -91,6 +91,50 @@ def draw_quantize_linear_cases(generator: torch.Generator) -> list[Case]:
     ]
 
 
+# At most this many accumulators are searched for those where a shortcut differs from ORT.
+SEARCHED_ACCUMULATORS = 2**22
+
+
+def _shortcuts(scales: list[torch.Tensor]) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The usual near misses of ORT's float32 requantization, each ``acc -> round(...)``:
+    other orders of the three float32 scales, a float64 multiplier rounded to float32, and
+    dequantizing first (``acc S_x S_w``, then divided by ``S_y``)."""
+    input_scale, weight_scale, output_scale = scales
+    product = input_scale * weight_scale
+    multipliers = {
+        "M = S_x S_w (1 / S_y)": product * (1 / output_scale),
+        "M = S_x (S_w / S_y)": input_scale * (weight_scale / output_scale),
+        "M in float64, then float32": torch.tensor(
+            float(input_scale) * float(weight_scale) / float(output_scale), dtype=torch.float32
+        ),
+    }
+    shortcuts = {
+        name: (lambda acc, m=multiplier: torch.round(acc.float() * m))
+        for name, multiplier in multipliers.items()
+    }
+    shortcuts["acc S_x S_w, then / S_y"] = lambda acc: torch.round(
+        (acc.float() * product) / output_scale
+    )
+    return shortcuts
+
+
+def _where_shortcuts_differ(
+    scales: list[torch.Tensor], multiplier: torch.Tensor, zero_point: int, per_shortcut: int = 2
+) -> torch.Tensor:
+    """Accumulators whose output lands in 0..255 and where a shortcut of :func:`_shortcuts`
+    gives another integer than ORT's arithmetic (``per_shortcut`` of each, where any)."""
+    low = int((-zero_point - 1) / float(multiplier)) - 1
+    high = int((256 - zero_point) / float(multiplier)) + 1
+    step = max(1, -(-(high - low) // SEARCHED_ACCUMULATORS))
+    candidates = torch.arange(low, high, step, dtype=torch.int32)
+    ort = requantize_float32(candidates, multiplier, zero_point, 0, 255)
+    found = []
+    for shortcut in _shortcuts(scales).values():
+        result = (shortcut(candidates).to(torch.int64) + zero_point).clamp(0, 255)
+        found.append(candidates[result != ort][:per_shortcut])
+    return torch.cat(found)
+
+
 def _requantize_float32_case(
     input_scale: float, weight_scale: float, output_scale: float, zero_point: int
 ) -> Case:
@@ -105,7 +149,11 @@ def _requantize_float32_case(
     ort = torch.round(accumulators.float() * multiplier).double()
     differ = accumulators[exact != ort][:6]
     chosen = torch.cat(
-        [differ, torch.tensor([1, 3, -3, 5, 2**31 - 1, -(2**31)], dtype=torch.int32)]
+        [
+            differ,
+            _where_shortcuts_differ(scales, multiplier, zero_point),
+            torch.tensor([1, 3, -3, 5, 2**31 - 1, -(2**31)], dtype=torch.int32),
+        ]
     )
     arguments = (
         ("acc", chosen),
@@ -121,18 +169,23 @@ def _requantize_float32_case(
         arguments,
         requantize_float32(chosen, multiplier, zero_point, 0, 255),
         "M = float32(float32(S_x * S_w) / S_y); then float32(acc) * M in float32, "
-        "round half to even, add Z_y, clamp. float64 or 1/S_y gives other integers here",
+        "round half to even, add Z_y, clamp. float64, 1/S_y, another order of the scales "
+        "or dequantizing first gives other integers here",
     )
 
 
 def requantize_float32_cases() -> list[Case]:
-    """Accumulators where float32 and float64 multipliers round differently, and ties."""
+    """Accumulators where float32 and float64 multipliers round differently, where other
+    orders of the scales do (:func:`_shortcuts`), and ties."""
     return [
         _requantize_float32_case(*row)
         for row in (
             (0.0127, 0.00097, 0.0655, 0),
             (0.0655, 0.0012, 0.1254, 103),
             (0.5, 1.0, 1.0, 128),  # M = 0.5: odd accumulators are exact ties
+            # Scales whose M differs by a bit in every other order: 1/S_y, S_x (S_w / S_y),
+            # float64 then float32 (see _shortcuts); the case includes where that shows.
+            (0.0952, 0.00058, 0.1056, 0),
         )
     ]
 

@@ -78,6 +78,17 @@ def draw_pack_cases(generator: torch.Generator) -> list[Case]:
     return cases
 
 
+def _compare_bytes(case: Case, got: Any) -> None:
+    """The packed values as bytes: a uint8 tensor (an int64 one holds eight bytes per value,
+    which is what packing avoids), equal to ``case.expected``."""
+    if isinstance(got, torch.Tensor) and got.dtype != torch.uint8:
+        raise WrongAnswer(
+            f"expected bytes, a torch.uint8 tensor, got dtype {got.dtype}: every element of "
+            "that type takes more than one byte (convert with .to(torch.uint8))"
+        )
+    compare_integers(case, got)
+
+
 def check_pack_two_bit(student_fn: Callable[..., Any]) -> None:
     """Check ``student_fn(values) -> bytes``: values 0..3 (int64, 1-d), four per byte, the
     first value in the lowest two bits, the last byte padded with zeros; a uint8 tensor."""
@@ -178,9 +189,16 @@ def _gptq_column(
     return q.to(torch.int64), updated
 
 
-def _gptq_arguments(seed: int, out_features: int, in_features: int, column: int) -> tuple:
+def _gptq_arguments(
+    seed: int, out_features: int, in_features: int, column: int, at_the_top: bool = False
+) -> tuple:
+    """A random layer, its damped inverse Hessian and 2-bit scales. ``at_the_top``: the
+    first row's largest |w| is positive and in ``column``, so w / S = 2 there, one above the
+    grid's top level: only a clamp brings it back."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator, dtype=torch.float64)
+    if at_the_top:
+        weight[0, column] = 1.5 * weight[0].abs().max()
     inputs = torch.rand(40, in_features, generator=generator, dtype=torch.float64)
     hessian = 2 * inputs.T @ inputs / len(inputs) + 0.01 * torch.eye(in_features)
     scale = weight.abs().amax(dim=1) / 2  # 2-bit grid: S = max|w| / 2^(B-1)
@@ -196,7 +214,7 @@ def _gptq_arguments(seed: int, out_features: int, in_features: int, column: int)
 
 def gptq_column_cases() -> list[Case]:
     cases = []
-    for name, (seed, out_features, in_features, column), hint in [
+    for name, (seed, out_features, in_features, column, *extra), hint in [
         (
             "the first column of a 3x4 layer",
             (61, 3, 4, 0),
@@ -205,15 +223,21 @@ def gptq_column_cases() -> list[Case]:
         (
             "a middle column: earlier columns stay as they are",
             (62, 4, 6, 2),
-            "only the columns k > j move; columns before j and column j itself do not",
+            "only the columns k > j move; the columns before j do not (column j may keep w_j "
+            "or hold S q)",
         ),
         (
             "the last column: nothing left to update",
             (63, 2, 5, 4),
             "after the last column there is no later column: the weight is returned unchanged",
         ),
+        (
+            "a weight at +max|w| of its row: w / S = 2, above the grid",
+            (64, 3, 5, 1, True),
+            "round(w / S) can land outside quant_min..quant_max: clamp it to the grid",
+        ),
     ]:
-        arguments = _gptq_arguments(seed, out_features, in_features, column)
+        arguments = _gptq_arguments(seed, out_features, in_features, column, *extra)
         expected = _gptq_column(*(value for _, value in arguments))
         cases.append(Case(name, arguments, expected, hint))
     return cases
@@ -227,7 +251,9 @@ def draw_gptq_column_cases(generator: torch.Generator) -> list[Case]:
         seed = int(torch.randint(2**31, (), generator=generator))
         out_features, in_features = (int(n) for n in torch.randint(2, 7, (2,), generator=generator))
         column = {"first": 0, "middle": in_features // 2, "last": in_features - 1}[where]
-        arguments = _gptq_arguments(seed, out_features, in_features, column)
+        # The middle column holds a weight above the grid: a clamp is needed.
+        at_the_top = where == "middle"
+        arguments = _gptq_arguments(seed, out_features, in_features, column, at_the_top)
         expected = _gptq_column(*(value for _, value in arguments))
         name = f"the {where} column of a random {out_features}x{in_features} layer"
         cases.append(Case(name, arguments, expected, hint))
@@ -235,10 +261,21 @@ def draw_gptq_column_cases(generator: torch.Generator) -> list[Case]:
 
 
 def _compare_gptq_column(case: Case, got: Any) -> None:
+    """q exactly; the later columns to float precision. Column j itself may stay w_j or
+    become S q: GPTQ's own code subtracts the update from columns j, j+1, ..., which leaves
+    S q in column j (err / [H^-1]_jj times [H^-1]_jj is the whole error)."""
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise WrongAnswer(f"your function should return a pair (q, weight), got {got!r}")
-    compare_integers(Case(case.name, case.arguments, case.expected[0], case.hint), got[0])
-    _compare_close(Case(case.name, case.arguments, case.expected[1], case.hint), got[1])
+    expected_q, expected_weight = case.expected
+    compare_integers(Case(case.name, case.arguments, expected_q, case.hint), got[0])
+    arguments = dict(case.arguments)
+    column, scale = arguments["column"], arguments["scale"]
+    if isinstance(got[1], torch.Tensor) and got[1].shape == expected_weight.shape:
+        on_the_grid = (scale * expected_q).to(torch.float64)
+        if torch.allclose(got[1][:, column].to(torch.float64), on_the_grid, rtol=1e-5, atol=1e-6):
+            expected_weight = expected_weight.clone()
+            expected_weight[:, column] = on_the_grid.to(expected_weight.dtype)
+    _compare_close(Case(case.name, case.arguments, expected_weight, case.hint), got[1])
 
 
 def check_gptq_column(student_fn: Callable[..., Any]) -> None:
@@ -376,7 +413,7 @@ PACK_TWO_BIT = Exercise(
     function="pack_two_bit",
     cases=pack_cases,
     draw=draw_pack_cases,
-    compare=compare_integers,
+    compare=_compare_bytes,
     answers=("ptqlib.packing.pack", "ptqlib.packing.pack_entry"),
 )
 RELU_MEAN = Exercise(
