@@ -210,7 +210,7 @@ def check_map_constants(student_fn: Callable[[str], dict[str, int]]) -> None:
 
 def compare_microjoules(case: Case, got: Any) -> None:
     got = as_float(got, "the energy in µJ")
-    if abs(got - case.expected) > 1e-9 * max(1.0, abs(case.expected)):
+    if not abs(got - case.expected) <= 1e-9 * max(1.0, abs(case.expected)):  # NaN fails
         raise WrongAnswer(f"expected {case.expected:.6g} µJ, got {got:.6g}")
 
 
