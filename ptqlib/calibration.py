@@ -119,7 +119,7 @@ def _run_batches(model: nn.Module, images: torch.Tensor, batch_size: int, progre
     try:
         model.eval()  # calibrate the model as it will run: dropout off, batch-norm frozen
         batches = images.split(batch_size)
-        bar = tqdm(batches, desc="calibrating", unit="batch", disable=not progress)
+        bar = tqdm(batches, desc="calibrating", unit="batch", ncols=80, disable=not progress)
         with torch.no_grad():
             for batch in bar:
                 try:

@@ -152,7 +152,7 @@ def _train_loop(
 
     result = TrainResult(model)
     start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc="training", unit="epoch", disable=not progress)
+    bar = tqdm(range(1, epochs + 1), desc="training", unit="epoch", ncols=80, disable=not progress)
     for epoch in bar:
         model.train()
         total_loss, correct, seen = 0.0, 0, 0

@@ -43,7 +43,7 @@ from ptqlib.deploy.mcu.work import disassemble, hot_loop, loop_estimate
 from ptqlib.errors import InputError
 from ptqlib.evaluation import accuracy
 from ptqlib.int8_checkpoint import load_int8
-from ptqlib.int8_layers import Int8Linear
+from ptqlib.int8_layers import rebuilt
 from ptqlib.int8_model import Int8Model, convert
 from ptqlib.integer_arithmetic import requantize
 from ptqlib.ptq import post_training_quantize
@@ -166,8 +166,8 @@ def test_a_refused_export_writes_nothing(tmp_path, offline_data):
     model = tiny_int8_model(offline_data)
     fc2 = model.layers[-1]
     louder = dataclasses.replace(fc2.output_qparams, scale=fc2.output_scale * 2**-12)
-    arguments = (fc2.weight, fc2.bias, fc2.weight_qparams, fc2.input_qparams, louder)
-    model = Int8Model(model.input_qparams, [*model.layers[:-1], Int8Linear(*arguments, False)])
+    louder_fc2 = rebuilt(fc2, output_qparams=louder)
+    model = Int8Model(model.input_qparams, [*model.layers[:-1], louder_fc2])
     with pytest.raises(InputError, match="shifts n = 2"):
         export_firmware(model, tmp_path / "fw", M4, part_named(None, M4), rounding="double")
     assert not (tmp_path / "fw").exists()

@@ -112,8 +112,7 @@ def with_double_rounding(model: Int8Model) -> Int8Model:
     for layer in model.layers:
         if isinstance(layer, Int8Linear):
             check_double_rounding_shifts(layer.name, layer.shift)
-            arguments = [layer.weight, layer.bias, layer.weight_qparams, layer.input_qparams]
-            layer = DoubleRoundingLinear(*arguments, layer.output_qparams, layer.relu, layer.name)
+            layer = DoubleRoundingLinear(**layer.construction_arguments())
         elif isinstance(layer, Int8Step):
             raise InputError(
                 f"model: double rounding is implemented for Linear models; got a "

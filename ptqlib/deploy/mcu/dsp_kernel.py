@@ -129,7 +129,7 @@ static const uint32_t *dot_four_rows(const uint32_t *weights, int32_t groups, in
     uint32_t x02, x13, w0, w1, half;
     __asm__ volatile(
         "1:\\n\\t"
-        "ldrd   %[x02], %[x13], [%[pairs]], #8\\n\\t"  /* the group's input pairs */
+        "ldrd   %[x02], %[x13], [%[pairs]], #8\\n\\t"  /* input pairs */
         "ldrd   %[w0], %[w1], [%[weights]], #8\\n\\t"  /* rows 0 and 1 */
         ROW("w0", "acc0") ROW("w1", "acc1")
         "ldrd   %[w0], %[w1], [%[weights]], #8\\n\\t"  /* rows 2 and 3 */

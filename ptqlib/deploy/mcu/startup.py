@@ -113,14 +113,16 @@ uint32_t stack_bytes(void)
 
 __attribute__((noreturn)) void reset_handler(void)
 {{
-    /* First, full access to the FPU (CP10 and CP11), in effect after the barriers:
-     * compiled for the hard-float ABI, even this function may use a float register. */
+    /* First, full access to the FPU (CP10 and CP11), in effect after the
+     * barriers: compiled for the hard-float ABI, even this function may use a
+     * float register. */
     CPACR |= 0xFu << 20;
-    /* The stack guard: MPU region 0 over the addresses below RAM, no access (AP = 0),
-     * no execution (XN); the default memory map everywhere else (PRIVDEFENA). */
+    /* The stack guard: MPU region 0 over the addresses below RAM, no access
+     * (AP = 0), no execution (XN); the default memory map everywhere else
+     * (PRIVDEFENA). The region's size is 2^(SIZE+1) bytes. */
     MPU_RNR = 0;
     MPU_RBAR = GUARD_BASE;
-    MPU_RASR = RASR_XN | (GUARD_SIZE_LOG2 - 1u) << 1 | RASR_ENABLE; /* 2^(SIZE+1) */
+    MPU_RASR = RASR_XN | (GUARD_SIZE_LOG2 - 1u) << 1 | RASR_ENABLE;
     MPU_CTRL = CTRL_PRIVDEFENA | CTRL_ENABLE;
     __asm__ volatile("dsb\\n\\tisb" ::: "memory");
     uint32_t *stack_pointer;
@@ -161,7 +163,8 @@ __attribute__((naked, noreturn)) static void fault_handler(void)
 /* The first 16 entries: the initial stack pointer, then the system exception handlers
  * (Armv7-M ARM, B1.5.3); the linker script puts this table at address 0. */
 typedef void (*handler)(void);
-__attribute__((section(".vectors"), used)) static const handler vector_table[16] = {{
+__attribute__((section(".vectors"), used))
+static const handler vector_table[16] = {{
     (handler)_stack_top, /* initial stack pointer */
     reset_handler,
     fault_handler, /* NMI */
@@ -308,14 +311,14 @@ SECTIONS
         *(.ARM.exidx*)
     }} > FLASH
 
-    .stack (NOLOAD) :          /* first in RAM: it grows down from _stack_top, and */
+    .stack (NOLOAD) :          /* first in RAM: grows down from _stack_top, and */
     {{                          /* past _stack_bottom the MPU guard faults */
         _stack_bottom = .;
         . += STACK_BYTES;
         _stack_top = .;
     }} > RAM
 
-    .data :                    /* initialised variables: kept in flash, copied to RAM */
+    .data :                    /* initialised variables: in flash, copied to RAM */
     {{
         _data_start = .;
         *(.data*)
