@@ -85,7 +85,23 @@ def int8_gemm_is_fast() -> bool:
     integers; only speed differs.
     """
     # AVX-VNNI alone was not measured (see above): AVX-512 VNNI only.
-    return cpu_has_vnni(avx512_only=True) and torch.backends.mkldnn.is_available()
+    fast = cpu_has_vnni(avx512_only=True) and torch.backends.mkldnn.is_available()
+    return fast and onednn_keeps_vnni()
+
+
+# oneDNN's ISA names (its ONEDNN_MAX_CPU_ISA variable) that still include an int8 dot product
+# without int16 saturation: VNNI, and the later ISAs that contain it.
+VNNI_ISA_WORDS = ("VNNI", "AMX", "BF16", "FP16", "AVX10")
+
+
+def onednn_keeps_vnni(environ: dict[str, str] | None = None) -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below VNNI (e.g. ``AVX2``). PyTorch still
+    sends ``_int_mm`` to oneDNN because the CPU has VNNI, and oneDNN's capped int8 kernel then
+    returns wrong integers (pytorch/pytorch#136746): the exact float GEMM is used instead."""
+    cap = (os.environ if environ is None else environ).get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap in ("", "ALL", "DEFAULT"):
+        return True
+    return any(word in cap for word in VNNI_ISA_WORDS)
 
 
 def int8_summary() -> str:

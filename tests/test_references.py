@@ -40,3 +40,14 @@ def test_one_vnni_predicate(monkeypatch):
         # _int_mm counts as fast with AVX-512 VNNI only, through the same predicate.
         avx512 = flags.get("avx512_vnni", False) and torch.backends.mkldnn.is_available()
         assert hardware.int8_gemm_is_fast() is avx512, flags
+        # oneDNN capped below VNNI computes wrong integers: the exact float GEMM instead.
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert hardware.int8_gemm_is_fast() is False, flags
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+
+
+def test_a_onednn_cap_below_vnni_is_noticed():
+    for cap, keeps in [("", True), ("ALL", True), ("avx512_core_vnni", True),
+                       ("AVX512_CORE_AMX", True), ("AVX2_VNNI", True), ("AVX2", False),
+                       ("AVX512_CORE", False), ("SSE41", False)]:  # fmt: skip
+        assert hardware.onednn_keeps_vnni({"ONEDNN_MAX_CPU_ISA": cap}) is keeps, cap
