@@ -148,6 +148,18 @@ def tiny_int8_model(offline_data, hidden: int = 7):
     return convert(model, calibrate(model, images, progress=False).qparams)
 
 
+def test_firmware_of_other_weights_has_another_digest(tmp_path):
+    """The firmware's digest (the build cache's key) covers the model's C: two FP32 exports
+    that differ only in a weight never share a cached ELF."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 3))
+    first = export_firmware(model, tmp_path / "a", M4, part_named(None, M4))
+    with torch.no_grad():
+        model[1].weight[0, 0] += 1.0
+    second = export_firmware(model, tmp_path / "b", M4, part_named(None, M4))
+    assert first["digest"] != second["digest"]
+
+
 def test_a_stack_overflow_faults_and_says_so(tmp_path, offline_data, monkeypatch):
     """With a stack too small for the firmware, the first push below RAM hits the MPU guard:
     QEMU exits at once with the fault handler's message (without the guard QEMU's board reads

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ptqlib.deploy.c_export import export_c, verify_directory
+from ptqlib.deploy.c_export import export_c, read_manifest, verify_directory
 from ptqlib.deploy.c_files import activation_plan
 from ptqlib.deploy.c_graph import fp32_graph, input_lookup_table, int8_graph
 from ptqlib.deploy.c_source import REQUANTIZE_C
@@ -45,7 +45,7 @@ from ptqlib.int8_model import Int8Model
 MANIFEST = "firmware.json"
 BUILD_FILE = "FIRMWARE_BUILD"  # BUILD is the export's, for the host
 FORMAT = "ptqlib-firmware"
-VERSION = 2  # 2: the digest covers the manifest's own fields
+VERSION = 3  # 2: the digest covers the manifest's own fields; 3: and the model's C
 # The manifest's fields and their JSON types (the digest then vouches for their values).
 MANIFEST_FIELDS = {
     "target": str, "part": str, "kind": str, "prefix": str, "rounding": str,
@@ -237,10 +237,13 @@ def qemu_command(target: Target, elf: str) -> list[str]:
 
 
 def files_digest(directory: Path, manifest: dict) -> str:
-    """SHA-256 of the manifest's fields (all but the digest itself) and of the bytes of every
-    file it names, each preceded by its name: editing either is seen."""
+    """SHA-256 of the manifest's fields (all but the digest itself), of the model's C export
+    (the digest of its ``model.json``) and of the bytes of every file it names, each preceded
+    by its name: editing either is seen, and a firmware of other weights has another digest
+    (the build cache is keyed by it)."""
     fields = {key: value for key, value in manifest.items() if key != "digest"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + b"\0")
+    digest.update(str(read_manifest(directory)["digest"]).encode() + b"\0")
     for name in sorted(manifest["files"]):
         digest.update(name.encode() + b"\0" + (directory / name).read_bytes() + b"\0")
     return digest.hexdigest()
