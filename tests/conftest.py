@@ -364,10 +364,13 @@ int main(int argc, char **argv)
 """
 
 
-def run_guarded(directory, source: str, kind: str, images, batches, tmp_path, flags=()):
+def run_guarded(
+    directory, source: str, kind: str, images, batches, tmp_path, flags=(), compiler=None
+):
     """Compile ``source`` of the export in ``directory`` with the guard-page driver and
     ASan + UBSan (every error fatal), run it on ``images`` (``[N, inputs]`` uint8 or float)
-    at each of ``batches``: one ``[N, outputs]`` tensor per batch size."""
+    at each of ``batches``: one ``[N, outputs]`` tensor per batch size. ``compiler``: the
+    system's C compiler unless named (clang's UBSan sees pointer arithmetic gcc's misses)."""
     from ptqlib.deploy.c_export import BUILD_FLAGS, verify_directory
     from ptqlib.deploy.c_runtime import find_compiler
 
@@ -377,7 +380,7 @@ def run_guarded(directory, source: str, kind: str, images, batches, tmp_path, fl
     driver.write_text(GUARD_PAGE_DRIVER_C)
     program = tmp_path / f"{source}.guarded"
     command = [
-        find_compiler(), *[flag for flag in BUILD_FLAGS if flag != "-O3"], "-O1", "-g",
+        compiler or find_compiler(), *[flag for flag in BUILD_FLAGS if flag != "-O3"], "-O1", "-g",
         "-fsanitize=address,undefined", "-fno-sanitize-recover=all", *flags,
         f'-DHEADER="{prefix}.h"', f"-DELEMENT={element}", f"-DFORWARD={prefix}_forward",
         f"-DINPUTS={manifest['inputs']}", f"-DOUTPUTS={manifest['outputs']}",

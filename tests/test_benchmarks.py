@@ -76,6 +76,9 @@ def test_bench_c_prints_its_table(no_mnist, capsys):
     assert "False" not in out
     assert "| int8 portable |" in out and "batch   64: INT8/FP32 portable" in out
     assert "| C int8 portable |" in out and "torch wrapper |" in out
+    assert (
+        "SimpleNet: 109,184 multiply-accumulates per image (the AVX2 kernels compute 109,568" in out
+    )
 
 
 def test_digest_overhead_prints_its_table(capsys):

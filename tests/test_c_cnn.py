@@ -96,6 +96,22 @@ def test_cnn_clean_under_sanitizers_against_a_guard_page(cnns, tmp_path, name):
         assert torch.equal(got, expected)
 
 
+@pytest.mark.skipif(
+    shutil.which("clang") is None and os.environ.get("CI", "").lower() != "true",
+    reason="no clang (apt-get install clang libclang-rt-14-dev); CI=true makes this fail",
+)
+def test_convolution_under_clangs_pointer_overflow_check(cnns, tmp_path):
+    """clang's UBSan checks pointer arithmetic (C99 6.5.6p8: a pointer may not leave its
+    array, even unread); the convolution once formed one for every tap in the padding."""
+    generator = torch.Generator().manual_seed(3)
+    pixels = torch.randint(0, 256, (2, 784), dtype=torch.uint8, generator=generator)
+    expected = cnns["cnn"]["int8"].quantized_logits(normalise(pixels.reshape(-1, 28, 28)))
+    for got in run_guarded(
+        cnns["cnn"]["int8_dir"], "cnn_int8.c", "int8", pixels, (2,), tmp_path, compiler="clang"
+    ):
+        assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("name", ["cnn", "dwcnn"])
 @pytest.mark.parametrize("kind", ["int8", "fp32"])
 def test_liveness_plan_is_the_ram_of_the_generated_code(cnns, tmp_path, name, kind):

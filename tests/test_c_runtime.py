@@ -18,7 +18,12 @@ from ptqlib.deploy.c_latency import (
     kernel_table,
     latency_markdown,
 )
-from ptqlib.deploy.c_peaks import INSTRUCTIONS, instruction_counts, measure_peaks
+from ptqlib.deploy.c_peaks import (
+    INSTRUCTIONS,
+    instruction_counts,
+    measure_peaks,
+    peaks_library,
+)
 from ptqlib.deploy.c_runtime import CModel, load_c_model, native_targets
 from ptqlib.errors import InputError
 from ptqlib.evaluation import time_interleaved
@@ -70,6 +75,10 @@ def test_peaks_and_instruction_counts(simplenet_c):
         assert all(peak.macs_per_second > 1e8 for peak in peaks.values())
         counts = instruction_counts(load_c_model(simplenet_c["fp32_dir"], "avx2").library_path)
         assert counts["vfmadd231ps"] > 0 and counts["vmulps"] == 0
+        # every peak starts from zeroed registers and ends with clean upper halves
+        peaks_counts = instruction_counts(peaks_library()._name)
+        assert peaks_counts["vpxor"] >= 14 * len(INSTRUCTIONS)
+        assert peaks_counts["vzeroupper"] >= len(INSTRUCTIONS)
     else:
         assert peaks == {}
 

@@ -264,7 +264,13 @@ def block_function(kind: str, images: int, panel_count: int) -> str:
             out.append(f"{indent}}}\n")
         return out
 
-    lines.append(f"    for (; k + {split} <= steps; k += {split}) {{\n")
+    # The main loop ends at a multiple of split: with `k + split <= steps` gcc assumed k
+    # could wrap around and warned that the tail loop "invokes undefined behavior".
+    if split > 1:
+        lines.append(f"    const size_t whole = steps - steps % {split};\n")
+        lines.append(f"    for (; k < whole; k += {split}) {{\n")
+    else:
+        lines.append("    for (; k < steps; k++) {\n")
     for s in range(split):
         lines.append("        {\n")
         lines += step_lines(s, "            ", f"k + {s}")

@@ -55,14 +55,22 @@ static double thread_seconds(void)
 #define MADDUBSW(i) "vpmaddubsw %%ymm14, %%ymm15, %%ymm" #i "\\n\\t"
 #define FMA(i) "vfmadd231ps %%ymm14, %%ymm15, %%ymm" #i "\\n\\t"
 
-/* Seconds of this thread's CPU time for `iterations` x 12 of one instruction. */
-#define PEAK(name, body)                                           \\
-    double peak_##name(long iterations)                            \\
-    {                                                              \\
-        const double start = thread_seconds();                     \\
-        for (long i = 0; i < iterations; i++)                      \\
-            __asm__ volatile(TWELVE(body) ::: CLOBBERS);           \\
-        return thread_seconds() - start;                           \\
+#define ZERO(i) "vpxor %%xmm" #i ", %%xmm" #i ", %%xmm" #i "\\n\\t"
+
+/* Seconds of this thread's CPU time for `iterations` x 12 of one instruction. The
+ * registers start at 0: bits left over by other code can be subnormal floats, on which an
+ * FMA takes a slow microcode assist on some CPUs. vzeroupper at the end: upper halves left
+ * dirty slow the SSE code that runs next on some CPUs. */
+#define PEAK(name, body)                                                        \\
+    double peak_##name(long iterations)                                         \\
+    {                                                                           \\
+        const double start = thread_seconds();                                  \\
+        __asm__ volatile(TWELVE(ZERO) ZERO(14) ZERO(15)                         \\
+                         ::: CLOBBERS, "xmm14", "xmm15");                       \\
+        for (long i = 0; i < iterations; i++)                                   \\
+            __asm__ volatile(TWELVE(body) ::: CLOBBERS);                        \\
+        __asm__ volatile("vzeroupper" ::: CLOBBERS, "xmm14", "xmm15");          \\
+        return thread_seconds() - start;                                        \\
     }
 
 PEAK(maddwd_add, MADDWD_ADD)

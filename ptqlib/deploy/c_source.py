@@ -136,8 +136,10 @@ static void conv_layer(const uint8_t *restrict x, int32_t count,
                             const int32_t ix = ox * s->stride_w + kx - s->pad_w;
                             const int inside = iy >= 0 && iy < s->height &&
                                                ix >= 0 && ix < s->width;
-                            const uint8_t *in =
-                                image + ((size_t)iy * s->width + ix) * channels;
+                            /* C99 6.5.6p8: no pointer outside the image */
+                            const size_t at = inside ?
+                                ((size_t)iy * s->width + ix) * channels : 0;
+                            const uint8_t *in = image + at;
                             for (int32_t c = 0; c < channels; c++, w++) {
                                 const int32_t u = inside ? in[c] : pad;
                                 acc += u * (int32_t)*w;
