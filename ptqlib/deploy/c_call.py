@@ -5,7 +5,7 @@ converts each argument by its declared type and releases and retakes the interpr
 and the checks of ``CModel.run`` (dtypes, shapes, contiguity, two ``data_ptr()`` calls) cost
 more than the kernel. Two things make the call light:
 
-- **A 30-line CPython extension** (:data:`CALL_C`, ``METH_FASTCALL``): ``call(function,
+- **A small CPython extension** (:data:`CALL_C`, ``METH_FASTCALL``): ``call(function,
   input, output, batch, keep)`` turns three integers into pointers and calls the forward
   function; the interpreter lock is released only for batches large enough to be worth it.
   It is compiled once per Python version into the private compile cache (it needs
