@@ -23,10 +23,18 @@ def test_the_shipped_model_loads_and_names_its_origin():
     assert pretrained_path("dwcnn_hot").stat().st_size < 60_000
 
 
+def test_the_sensible_contrast_model_names_its_origin():
+    model, meta = load_pretrained("dwcnn_default")
+    assert isinstance(model, DepthwiseCNN)
+    assert "recipe" not in meta and meta["seed"] == 2 and meta["epochs"] == 8
+    assert meta["command"] == "python -m ptqlib train --model dwcnn --recipe default --seed 2"
+    assert pretrained_path("dwcnn_default").stat().st_size < 60_000
+
+
 def test_an_unknown_name_is_one_clear_error():
     with pytest.raises(InputError, match="no shipped checkpoint 'resnet'"):
         pretrained_path("resnet")
-    assert list(PRETRAINED) == ["dwcnn_hot"]
+    assert list(PRETRAINED) == ["dwcnn_hot", "dwcnn_default"]
 
 
 def test_training_the_hot_recipe_defaults_to_the_story_seed():
@@ -35,13 +43,10 @@ def test_training_the_hot_recipe_defaults_to_the_story_seed():
     assert default_seed("dwcnn") == default_seed("simplenet") == 0
 
 
-def test_per_tensor_int8_breaks_the_shipped_model_and_per_channel_repairs_it(offline_data):
-    """The story of notebook 09, on the weights every reader gets: per-tensor INT8 at chance,
-    per-channel within two points of FP32."""
-    model, _ = load_pretrained("dwcnn_hot")
+def int8_accuracies(model, offline_data) -> tuple[float, dict[bool, float]]:
+    """FP32 accuracy and INT8 accuracy per tensor (False) and per channel (True)."""
     images = calibration_images(offline_data.train, 200)
     test = MNISTSplit(offline_data.test.images[:400], offline_data.test.labels[:400])
-    fp32 = accuracy(model, test)
     by_granularity = {
         per_channel: accuracy(
             FastInt8Model(  # the teaching path's integers, quickly (the parity matrix)
@@ -53,6 +58,19 @@ def test_per_tensor_int8_breaks_the_shipped_model_and_per_channel_repairs_it(off
         )
         for per_channel in (False, True)
     }
+    return accuracy(model, test), by_granularity
+
+
+def test_per_tensor_int8_breaks_the_shipped_model_and_per_channel_repairs_it(offline_data):
+    """The story of notebook 09, on the weights every reader gets: per-tensor INT8 at chance,
+    per-channel within two points of FP32."""
+    fp32, by_granularity = int8_accuracies(load_pretrained("dwcnn_hot")[0], offline_data)
     assert fp32 > 0.93
     assert by_granularity[False] < 0.2
     assert by_granularity[True] > fp32 - 0.02
+
+
+def test_per_tensor_int8_does_not_break_the_sensibly_trained_model(offline_data):
+    fp32, by_granularity = int8_accuracies(load_pretrained("dwcnn_default")[0], offline_data)
+    assert fp32 > 0.93
+    assert by_granularity[False] > fp32 - 0.02

@@ -1,4 +1,4 @@
-"""Weights that ship with ptqlib: notebook 09's DepthwiseCNN, the same on every CPU.
+"""Weights that ship with ptqlib: notebook 09's two DepthwiseCNNs, the same on every CPU.
 
 Training is deterministic on one machine but not across CPUs (their floating-point kernels
 sum in different orders), and the depthwise CNN of notebook 09 was trained "too hot" on
@@ -10,6 +10,9 @@ command, the CPU and the torch version that trained it.
 
 - ``dwcnn_hot_fp32.pt``: ``python -m ptqlib train --model dwcnn --recipe hot --seed 2`` on
   the offline sample (4,000 training digits)
+- ``dwcnn_default_fp32.pt``: the same network, seed and data with the sensible recipe,
+  ``python -m ptqlib train --model dwcnn --recipe default --seed 2``: the contrast that
+  per-tensor INT8 does not break
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 from ptqlib.checkpoints import load_fp32
 from ptqlib.errors import InputError
 
-PRETRAINED = {"dwcnn_hot": "dwcnn_hot_fp32.pt"}
+PRETRAINED = {"dwcnn_hot": "dwcnn_hot_fp32.pt", "dwcnn_default": "dwcnn_default_fp32.pt"}
 
 
 def pretrained_path(name: str) -> Path:

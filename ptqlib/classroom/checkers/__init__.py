@@ -55,7 +55,8 @@ The function you write for each checker, with its arguments in this order:
 - notebook 07: :func:`check_fold_into_next`, :func:`check_border_error`;
 - notebook 08: :func:`check_quantize_linear`, :func:`check_requantize_float32`,
   :func:`check_qdq_reading`;
-- notebook 09: :func:`check_cle_scales`, :func:`check_find_culprit`;
+- notebook 09: :func:`check_cle_scales`, :func:`check_zeroed_filters`,
+  :func:`check_steps_since_dead`;
 - notebook 10: :func:`check_double_rounding` (CMSIS-NN's requantization),
   :func:`check_live_bytes`;
 - notebook 11: :func:`check_pack_for_smlad`, :func:`check_map_constants`,
@@ -114,7 +115,11 @@ from ptqlib.classroom.checkers.accumulator_terms import (
 from ptqlib.classroom.checkers.c_export import check_double_rounding, check_live_bytes
 from ptqlib.classroom.checkers.cnn import check_border_error, check_fold_into_next
 from ptqlib.classroom.checkers.core import Case, run_cases
-from ptqlib.classroom.checkers.debugging import check_cle_scales, check_find_culprit
+from ptqlib.classroom.checkers.debugging import (
+    check_cle_scales,
+    check_steps_since_dead,
+    check_zeroed_filters,
+)
 from ptqlib.classroom.checkers.deploy import (
     check_qdq_reading,
     check_quantize_linear,
@@ -222,7 +227,8 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     deploy.REQUANTIZE_FLOAT32,
     deploy.QDQ_READING,
     debugging.CLE_SCALES,
-    debugging.FIND_CULPRIT,
+    debugging.ZEROED_FILTERS,
+    debugging.STEPS_SINCE_DEAD,
     c_export.DOUBLE_ROUNDING,
     c_export.LIVE_BYTES,
     microcontroller.PACK_FOR_SMLAD,
@@ -248,7 +254,6 @@ __all__ = [
     "check_dequantize",
     "check_double_rounding",
     "check_energy_per_inference",
-    "check_find_culprit",
     "check_fixed_point_multiplier",
     "check_fold_into_next",
     "check_folded_constant",
@@ -279,10 +284,12 @@ __all__ = [
     "check_requantize",
     "check_requantize_float32",
     "check_sqnr_db",
+    "check_steps_since_dead",
     "check_step_gain_db",
     "check_symmetric_qparams",
     "check_three_sigma_observer",
     "check_zero_point_correction",
+    "check_zeroed_filters",
     "dequantize_cases",
     "evaluate_observer_choice",
     "fixed_point_cases",
