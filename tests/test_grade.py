@@ -24,9 +24,9 @@ import pytest
 
 from conftest import REPO_ROOT
 from ptqlib.app import cli
-from ptqlib.classroom import grade, grade_report
+from ptqlib.classroom import grade, grade_report, submission
 from ptqlib.classroom.cells import solved_edition, student_edition
-from ptqlib.classroom.sandbox import isolation_problem
+from ptqlib.classroom.sandbox import SandboxRun, isolation_problem
 from ptqlib.classroom.submission import read_cells
 from ptqlib.errors import InputError
 from ptqlib.paths import artifacts_dir
@@ -659,6 +659,34 @@ def test_a_submission_is_read_whatever_its_nbformat_minor_and_refused_if_not_a_n
         path.write_text(text, errors="surrogateescape")
         with pytest.raises(InputError, match="not"):
             read_cells(path)
+
+
+def test_a_notebook_too_big_to_read_in_the_graders_process_is_refused(tmp_path):
+    # Reading a cell as Python costs the grader about 7 s and 360 MB a megabyte of code, and
+    # finding the checker cells went through every cell for each one tagged checker.
+    path = tmp_path / "alice.ipynb"
+    many = notebook(*(code("x = 1", "checker") for _ in range(submission.MAX_CELLS + 1)))
+    huge = notebook(code("x = 1\n" * (submission.MAX_CODE_CHARS // 6 + 1)))
+    for original, reason in ((many, "cells, more than"), (huge, "characters of code")):
+        nbformat.write(original, path)
+        with pytest.raises(InputError, match=reason):
+            read_cells(path)
+
+
+def test_a_name_or_a_report_the_grader_cannot_read_is_a_row_not_a_crash(tmp_path):
+    # A file name in Latin-1 (from a zip made on another system) used to stop the whole run
+    # when the CSV was written; a report with 1e400 (infinity) where a cell number goes, too.
+    folder = tmp_path / "hand-in"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"\xe9l\xe8ve.pdf"), "wb") as file:
+        file.write(b"%PDF")
+    rows = grade.grade_folder(folder, sandboxed=False)
+    assert [(row.student, row.outcome) for row in rows] == [("\\udce9l\\udce8ve", "not a notebook")]
+    grade_report.write_csv(rows, tmp_path / "grades.csv")
+    assert grade.clean("raised \ud800") == "raised \\ud800"
+    report = b'{"cells": {}, "ran": [1e400], "stopped": null, "stopped_at": null, "answers": {}}'
+    run = grade.read_report(SandboxRun(report, None, ""))
+    assert run.problem == "the grading runner gave no report (no message)"
 
 
 def test_the_sheet_is_safe_in_a_spreadsheet_and_written_whole(tmp_path):

@@ -17,10 +17,12 @@ what the answers cannot:
   starting processes; a ``check_...`` function of its own. None of these appears in the
   series' notebooks (``tests/test_flags.py`` checks every one, solved and unsolved).
 
-What the flags cannot see: names built at run time (``getattr(module, "qparams_" +
-"from_range")``, code fetched from a string or a file) and anything done by a cell that
-imports a helper under an innocent name. Read the flagged notebooks; a clean one is not
-proof of honest work.
+``getattr``, ``__dict__`` and ``globals()`` are flagged as hiding what runs, but what such a
+lookup reaches is not known: nor is what a name built at run time reaches another way
+(``operator.attrgetter``, a helper in a module of the student's), code fetched from a string
+or a file, or PyTorch's own implementation of an answer (``torch.ao.quantization``'s
+observers compute qparams too). Read the flagged notebooks; a clean one is not proof of
+honest work.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from ptqlib.classroom.checkers.exercise import Exercise, OpenQuestion
 from ptqlib.classroom.submission import Cell, parse
 
 # Builtins and modules whose use hides what a function runs.
-HIDING_BUILTINS = ("exec", "eval", "compile", "__import__", "globals", "vars", "open")
+HIDING_BUILTINS = ("exec", "eval", "compile", "__import__", "globals", "vars", "open",
+                   "getattr")  # fmt: skip
+# Attributes that reach a module's or a function's names by a string.
+HIDING_ATTRIBUTES = ("__dict__", "__globals__", "__builtins__")
 HIDING_MODULES = ("importlib", "sys.modules", "inspect", "pickle", "marshal", "ctypes",
                   "subprocess", "os.system", "gc")  # fmt: skip
 # Anywhere in a notebook: code run from text, or objects found at run time.
@@ -137,21 +142,78 @@ def _references(node: ast.AST) -> Iterator[str]:
 
 
 def _definitions(cells: list[Cell], before: int) -> dict[str, ast.AST]:
-    """The last top-level definition of each name in the cells above ``before``."""
+    """The last definition of each name the cells above ``before`` make at their top level,
+    also inside ``if``, ``for``, ``while``, ``try`` and ``with`` blocks and by ``:=`` (not
+    inside functions or classes: those are their own)."""
     found: dict[str, ast.AST] = {}
     for cell in cells[:before]:
         tree = parse(cell.source) if cell.kind == "code" else None
-        for statement in tree.body if tree is not None else []:
-            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                found[statement.name] = statement
-            elif isinstance(statement, (ast.Assign, ast.AnnAssign)):
-                targets = (
-                    statement.targets if isinstance(statement, ast.Assign) else [statement.target]
-                )
-                for target in targets:
-                    if isinstance(target, ast.Name):
-                        found[target.id] = statement
+        for statement in _module_level(tree.body if tree is not None else []):
+            for name in _bound_names(statement):
+                found[name] = statement
     return found
+
+
+def _local_names(definition: ast.AST) -> set[str]:
+    """The parameters and variables of a definition's functions and methods, and the names
+    it assigns: its own, not the notebook's of the same name."""
+    names = {node.arg for node in ast.walk(definition) if isinstance(node, ast.arg)}
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def _module_level(statements: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """``statements`` and those nested in their blocks, but not in function or class bodies."""
+    for statement in statements:
+        yield statement
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            inner = getattr(statement, block, None)
+            if isinstance(inner, list):
+                yield from _module_level([item for item in inner if isinstance(item, ast.AST)])
+
+
+def _bound_names(statement: ast.stmt) -> Iterator[str]:
+    """The names ``statement`` itself binds (not the statements of its blocks)."""
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield statement.name
+        return
+    if isinstance(statement, ast.ExceptHandler):
+        return
+    targets: list[ast.AST] = []
+    if isinstance(statement, ast.Assign):
+        targets = list(statement.targets)
+    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
+        targets = [statement.target]
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        targets = [item.optional_vars for item in statement.items if item.optional_vars]
+    blocks = {id(item) for block in ("body", "orelse", "finalbody", "handlers")
+              for item in getattr(statement, block, None) or []}  # fmt: skip
+    walrus = [
+        node.target for node in _walk_outside(statement, blocks) if isinstance(node, ast.NamedExpr)
+    ]
+    for target in targets + walrus:
+        for node in ast.walk(target):  # a, (b, c) = ...
+            if isinstance(node, ast.Name):
+                yield node.id
+
+
+def _walk_outside(node: ast.AST, skipped: set[int]) -> Iterator[ast.AST]:
+    """ast.walk of ``node`` without the subtrees whose id is in ``skipped`` and without
+    function and class bodies."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        yield current
+        for child in ast.iter_child_nodes(current):
+            if id(child) in skipped:
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            pending.append(child)
 
 
 def exercise_flags(cells: list[Cell], exercise: Exercise | OpenQuestion, before: int) -> list[str]:
@@ -169,6 +231,7 @@ def exercise_flags(cells: list[Cell], exercise: Exercise | OpenQuestion, before:
         if name in seen or name not in definitions:
             continue
         seen.add(name)
+        local = _local_names(definitions[name])
         for reference in _references(definitions[name]):
             qualified = imports.resolve(reference)
             final = qualified.rsplit(".", 1)[-1]
@@ -183,8 +246,11 @@ def exercise_flags(cells: list[Cell], exercise: Exercise | OpenQuestion, before:
                 hiding = reference
             if hiding is not None:
                 flags[f"uses {hiding} (hides what it runs)"] = None
-            if reference in definitions and reference not in imports.names:
-                pending.append(reference)  # a function of the notebook it calls
+            if reference.rsplit(".", 1)[-1] in HIDING_ATTRIBUTES:
+                flags[f"uses {reference} (hides what it runs)"] = None
+            head = reference.partition(".")[0]  # Tools.helper: read the class Tools too
+            if head in definitions and head not in imports.names and head not in local:
+                pending.append(head)  # a function (or class, or value) of the notebook
     return list(flags)
 
 
@@ -230,7 +296,7 @@ def _tampering(tree: ast.Module, imports: Imports) -> Iterator[str]:
                     yield problem
     for reference in _references(tree):
         hiding = imports.imported(reference, RUNTIME_LOOKUPS)
-        if reference in ("exec", "eval", "compile", "__import__"):
+        if reference in ("exec", "eval", "compile", "__import__", "globals"):
             hiding = reference
         if hiding is not None and not hiding.startswith("importlib.metadata"):
             yield f"hides what it runs ({hiding})"

@@ -105,8 +105,11 @@ class NotebookRun:
 
 
 def clean(text: str) -> str:
-    """One line without control characters (terminal escapes), at most DETAIL_CHARS."""
-    text = CONTROL.sub(" ", str(text)).strip()
+    """One line without control characters (terminal escapes), at most DETAIL_CHARS, that
+    UTF-8 can write: a file name in another encoding, or a kernel's message with a lone
+    surrogate (``"\\ud800"``), keeps a ``\\udce9`` escape instead of stopping the CSV."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = CONTROL.sub(" ", text).strip()
     return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
 
 
@@ -144,7 +147,8 @@ def read_report(run: SandboxRun) -> NotebookRun:
             stopped_at=None if data["stopped_at"] is None else int(data["stopped_at"]),
             answers={str(key): str(text) for key, text in data["answers"].items()},
         )
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    # OverflowError: int() of a float the JSON wrote as 1e400 (infinity)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
         last = (run.errors.strip().splitlines() or ["no message"])[-1]
         problem = run.problem or "the grading runner gave no report"
         return NotebookRun(problem=clean(f"{problem} ({last})"))
