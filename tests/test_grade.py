@@ -689,6 +689,28 @@ def test_a_name_or_a_report_the_grader_cannot_read_is_a_row_not_a_crash(tmp_path
     assert run.problem == "the grading runner gave no report (no message)"
 
 
+def test_a_grader_bug_on_one_notebook_is_its_row_and_the_others_are_graded(
+    tmp_path, monkeypatch, capsys
+):
+    for name in ("alice.pdf", "bob.pdf"):
+        (tmp_path / name).write_bytes(b"%PDF")
+    real = grade.grade_notebook
+
+    def failing_on_alice(student, *arguments):
+        if student == "alice":
+            raise RuntimeError("a bug")
+        return real(student, *arguments)
+
+    monkeypatch.setattr(grade, "grade_notebook", failing_on_alice)
+    rows = grade.grade_folder(tmp_path, sandboxed=False)
+    assert [(row.student, row.outcome) for row in rows] == [
+        ("alice", grade.NOT_RUN),
+        ("bob", "not a notebook"),
+    ]
+    assert "RuntimeError('a bug')" in rows[0].detail
+    assert "Traceback" in capsys.readouterr().err
+
+
 def test_the_sheet_is_safe_in_a_spreadsheet_and_written_whole(tmp_path):
     rows = [grade.Grade("=cmd|' /C calc'!A0", "a.ipynb", "qparams", "failed", "-2+3")]
     out = tmp_path / "grades.csv"

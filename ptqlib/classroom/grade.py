@@ -28,7 +28,7 @@ flags`). Problems of the whole notebook get a row with the exercise ``(notebook)
 notebook``, ``no exercises``, ``wrong notebook``, ``checker edited``, ``checker missing``,
 ``suspicious`` (code that only makes sense against a grader), ``cell error`` (a cell that
 raised; cell numbers count every cell from 1, markdown included), ``timed out``,
-``kernel died`` and ``not run`` (the sandbox itself failed).
+``kernel died`` and ``not run`` (the sandbox itself failed, or the grader: a bug).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import secrets
 import stat
 import sys
 import tempfile
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,7 +343,12 @@ def grade_folder(
         student, name, path = submission
         if progress:
             print(f"grading {clean(student)}: {clean(name)}", file=sys.stderr, flush=True)
-        return grade_notebook(student, name, path, limits, sandboxed)
+        try:
+            return grade_notebook(student, name, path, limits, sandboxed)
+        except Exception as error:  # noqa: BLE001 - a bug must not cost the class its sheet
+            traceback.print_exc()
+            detail = f"the grader failed on it (a bug: please report it): {error!r}"
+            return [Grade(clean(student), clean(name), WHOLE_NOTEBOOK, NOT_RUN, clean(detail))]
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return [row for rows in pool.map(grade, submissions) for row in rows]
