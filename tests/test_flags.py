@@ -168,6 +168,12 @@ def test_names_looked_up_by_string_are_flagged_as_hiding_what_runs():
     # a name put into the notebook by globals() in another cell
     hidden = cells_of("globals().update(helper=print)", "def affine_qparams(*a):\n    helper(*a)")
     assert notebook_flags(hidden) == ["cell 1: hides what it runs (globals)"]
+    # a clean def whose code is then swapped for another function's
+    swapped = cells_of(
+        "def affine_qparams(*a):\n    return 1.0, 0",
+        "affine_qparams.__code__ = (lambda *a: (0.5, 0)).__code__",
+    )
+    assert notebook_flags(swapped) == ["cell 2: patches affine_qparams.__code__"]
 
 
 def test_a_variable_of_the_function_named_like_a_notebook_value_is_its_own():

@@ -711,6 +711,29 @@ def test_a_grader_bug_on_one_notebook_is_its_row_and_the_others_are_graded(
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_a_definition_above_a_later_copy_of_the_checker_is_flagged_too():
+    # The last collection's answers count: ptqlib's answer defined after the checker cell
+    # and collected by a copy of it further down passed without a flag.
+    cells = [
+        submission.Cell(0, "code", IMPORTS_02, ()),
+        submission.Cell(1, "code", "def affine_qparams(*a):\n    return 1.0, 0", ("exercise",)),
+        submission.Cell(2, "code", CHECKERS["qparams"], ("checker",)),
+        submission.Cell(
+            3,
+            "code",
+            "from ptqlib.quantization import qparams_from_range\n"
+            "def affine_qparams(*a):\n    return qparams_from_range(*a)",
+            (),
+        ),
+        submission.Cell(4, "code", CHECKERS["qparams"], ()),
+    ]
+    match = submission.match_notebook(cells, "alice.ipynb")
+    assert sorted(match.checks) == [2, 4]
+    (qparams,) = [each for each in match.exercises if each.id == "qparams"]
+    flags = grade.answer_flags(qparams, match, cells)
+    assert flags == ["uses ptqlib.quantization.qparams_from_range"]
+
+
 def test_the_sheet_is_safe_in_a_spreadsheet_and_written_whole(tmp_path):
     rows = [grade.Grade("=cmd|' /C calc'!A0", "a.ipynb", "qparams", "failed", "-2+3")]
     out = tmp_path / "grades.csv"

@@ -13,7 +13,7 @@ what the answers cannot:
 - :func:`notebook_flags`: code anywhere in the notebook that only makes sense against a
   grader: patching builtins, ptqlib or ``torch.Tensor``; IPython exception handlers and
   input transformers; reading stack frames; comparison methods of its own or a
-  ``torch.Tensor`` subclass; reading ``/proc``, the grading folder or notebook files;
+  ``torch.Tensor`` subclass; a function's ``__code__`` swapped; reading ``/proc``, the grading folder or notebook files;
   starting processes; a ``check_...`` function of its own. None of these appears in the
   series' notebooks (``tests/test_flags.py`` checks every one, solved and unsolved).
 
@@ -56,6 +56,8 @@ GRADER_HOOKS = {
 }
 COMPARISONS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__",
                "__hash__", "__index__", "__int__", "__float__", "__torch_function__"}  # fmt: skip
+# What replaces a function's code without a def the flags would read.
+REPLACED_INSIDES = {"__code__", "__call__", "__defaults__", "__kwdefaults__", "__class__"}
 PATCHED_ROOTS = ("builtins", "__builtins__", "ptqlib", "torch.Tensor", "IPython")
 PROCESSES = ("os.fork", "os.setsid", "os.kill", "os.killpg", "subprocess", "multiprocessing",
              "signal", "threading", "os.system", "os.exec", "os.spawn", "os.popen")  # fmt: skip
@@ -316,7 +318,7 @@ def _patched(target: ast.AST, imports: Imports, through_call: bool = False) -> I
     qualified = imports.resolve(name)
     if any(qualified == root or qualified.startswith(root + ".") for root in PATCHED_ROOTS):
         yield f"patches {qualified}"
-    elif name.rsplit(".", 1)[-1] in COMPARISONS:
+    elif name.rsplit(".", 1)[-1] in COMPARISONS | REPLACED_INSIDES:
         yield f"patches {qualified}"
 
 

@@ -191,8 +191,7 @@ def grade_notebook(
     rows = []
     for exercise in match.exercises:
         outcome, detail = grade_exercise(exercise, cases.get(exercise.id, []), run, match, cells)
-        checked_at = first_check(match, exercise.id, len(cells))
-        flags = exercise_flags(cells, exercise, checked_at)
+        flags = answer_flags(exercise, match, cells)
         if flags and outcome in (PASSED, FAILED, ANSWERED):
             detail = "; ".join(filter(None, [detail, "flag: " + "; ".join(flags)]))
         rows.append(row(exercise.id, outcome, detail))
@@ -227,10 +226,15 @@ def _cell_name(index: int | None, cell_count: int) -> str:
     return f"cell {index + 1}" if index < cell_count else "the checks after the last cell"
 
 
-def first_check(match: Match, exercise_id: str, cell_count: int) -> int:
-    """The first cell that checks the exercise (after the last one if none does)."""
-    checking = [index for index, ids in match.checks.items() if exercise_id in ids]
-    return min(checking, default=cell_count)
+def answer_flags(exercise: Exercise | OpenQuestion, match: Match, cells: list[Cell]) -> list[str]:
+    """The flags on every definition of the exercise's function its answers may come from:
+    the one above each cell that collects them (a copy of the checker cell further down
+    collects again, and the last answers count), or above the end if none does."""
+    checking = sorted(index for index, ids in match.checks.items() if exercise.id in ids)
+    flags: dict[str, None] = {}
+    for index in checking or [len(cells)]:
+        flags.update(dict.fromkeys(exercise_flags(cells, exercise, index)))
+    return list(flags)
 
 
 def grade_exercise(
