@@ -13,8 +13,9 @@ what the answers cannot:
 - :func:`notebook_flags`: code anywhere in the notebook that only makes sense against a
   grader: patching builtins, ptqlib or ``torch.Tensor``; IPython exception handlers and
   input transformers; reading stack frames; comparison methods of its own or a
-  ``torch.Tensor`` subclass; a function's ``__code__`` swapped; reading ``/proc``, the grading folder or notebook files;
-  starting processes; a ``check_...`` function of its own. None of these appears in the
+  ``torch.Tensor`` subclass; a function's ``__code__`` swapped; reading ``/proc``, the
+  grading folder or notebook files; starting processes; a ``check_...`` function of its
+  own. None of these appears in the
   series' notebooks (``tests/test_flags.py`` checks every one, solved and unsolved).
 
 ``getattr``, ``__dict__`` and ``globals()`` are flagged as hiding what runs, but what such a
