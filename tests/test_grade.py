@@ -684,6 +684,13 @@ def test_a_name_or_a_report_the_grader_cannot_read_is_a_row_not_a_crash(tmp_path
     assert [(row.student, row.outcome) for row in rows] == [("\\udce9l\\udce8ve", "not a notebook")]
     grade_report.write_csv(rows, tmp_path / "grades.csv")
     assert grade.clean("raised \ud800") == "raised \\ud800"
+    # os.walk recursed: ~1,000 nested folders stopped the run; now deep folders are not read
+    deep = folder / "bob" / "/".join("a" * (grade.MAX_FOLDER_DEPTH + 8))
+    deep.mkdir(parents=True)
+    (deep / "02.ipynb").write_text("{}")
+    rows = grade.grade_folder(folder, sandboxed=False)
+    assert [row.student for row in rows] == ["\\udce9l\\udce8ve", "bob"]
+    assert rows[1].outcome == "not a notebook" and "not a regular file" in rows[1].detail
     report = b'{"cells": {}, "ran": [1e400], "stopped": null, "stopped_at": null, "answers": {}}'
     run = grade.read_report(SandboxRun(report, None, ""))
     assert run.problem == "the grading runner gave no report (no message)"

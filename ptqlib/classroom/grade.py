@@ -79,6 +79,7 @@ NOT_RUN = "not run"
 WHOLE_NOTEBOOK = "(notebook)"  # the exercise column of a row about the whole notebook
 DETAIL_CHARS = 400
 STOPS = (None, TIMED_OUT, NOTEBOOK_TIMED_OUT, KERNEL_DIED)
+MAX_FOLDER_DEPTH = 32  # below a hand-in's folder; deeper folders are rows, not read
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
@@ -121,6 +122,9 @@ def find_submissions(folder: Path) -> list[tuple[str, str, Path]]:
     found = []
     for root, folders, files in os.walk(folder):  # does not follow links to folders
         folders[:] = sorted(name for name in folders if not name.startswith("."))
+        if len(Path(root).relative_to(folder).parts) >= MAX_FOLDER_DEPTH:
+            # os.walk recurses: a hand-in of ~1,000 nested folders stopped the whole run.
+            files, folders[:] = files + folders, []  # each a row: "not a regular file"
         for name in sorted(files):
             path = Path(root) / name
             relative = path.relative_to(folder)
@@ -168,7 +172,7 @@ def grade_notebook(
 
     try:
         if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
-            raise InputError("not a regular file (a link, a device...)")
+            raise InputError("not a regular file (a link, a folder, a device...)")
         cells = read_cells(path)
     except (InputError, OSError) as error:
         return [row(WHOLE_NOTEBOOK, NOT_A_NOTEBOOK, str(error))]
