@@ -174,6 +174,16 @@ def test_names_looked_up_by_string_are_flagged_as_hiding_what_runs():
         "affine_qparams.__code__ = (lambda *a: (0.5, 0)).__code__",
     )
     assert notebook_flags(swapped) == ["cell 2: patches affine_qparams.__code__"]
+    # code run by IPython, which the flags cannot parse
+    magics = cells_of(
+        "get_ipython().ex('from ptqlib.quantization import qparams_from_range as f')",
+        "!python make_helper.py\n%run helper.py\n%timeit 1 + 1",
+    )
+    assert notebook_flags(magics) == [
+        "cell 1: hides what it runs (get_ipython)",
+        "cell 2: runs code the flags cannot read (!python)",
+        "cell 2: runs code the flags cannot read (%run)",
+    ]
 
 
 def test_a_variable_of_the_function_named_like_a_notebook_value_is_its_own():

@@ -15,8 +15,9 @@ what the answers cannot:
   input transformers; reading stack frames; comparison methods of its own or a
   ``torch.Tensor`` subclass; a function's ``__code__`` swapped; reading ``/proc``, the
   grading folder or notebook files; starting processes; a ``check_...`` function of its
-  own. None of these appears in the
-  series' notebooks (``tests/test_flags.py`` checks every one, solved and unsolved).
+  own; shell commands and magics that run code (``!``, ``%run``), ``get_ipython()``. None
+  of these appears in the series' notebooks (``tests/test_flags.py`` checks every one,
+  solved and unsolved).
 
 ``getattr``, ``__dict__`` and ``globals()`` are flagged as hiding what runs, but what such a
 lookup reaches is not known: nor is what a name built at run time reaches another way
@@ -43,6 +44,9 @@ HIDING_MODULES = ("importlib", "sys.modules", "inspect", "pickle", "marshal", "c
                   "subprocess", "os.system", "gc")  # fmt: skip
 # Anywhere in a notebook: code run from text, or objects found at run time.
 RUNTIME_LOOKUPS = ("importlib", "sys.modules", "marshal", "ctypes", "gc")
+# IPython magics that run code from a file, a string or a shell.
+RUNNING_MAGICS = {"run", "load", "sx", "system", "sh", "bash", "script", "python", "python3",
+                  "writefile", "file", "macro", "rerun", "recall", "loadpy"}  # fmt: skip
 # Attributes only a cheat touches: IPython's hooks and stack frames.
 GRADER_HOOKS = {
     "set_custom_exc": "an IPython exception handler",
@@ -265,9 +269,20 @@ def notebook_flags(cells: list[Cell]) -> list[str]:
         tree = parse(cell.source) if cell.kind == "code" else None
         if tree is None:
             continue
-        for problem in _tampering(tree, imports):
+        for problem in [*_running_magics(cell.source), *_tampering(tree, imports)]:
             flags[f"cell {cell.index + 1}: {problem}"] = None
     return list(flags)
+
+
+def _running_magics(source: str) -> Iterator[str]:
+    """IPython lines that run code the flags cannot read (``parse`` leaves them out):
+    shell commands (``!python x.py``) and magics such as ``%run``."""
+    for line in source.splitlines():
+        words = line.strip().split(maxsplit=1)
+        if not words or not words[0].startswith(("!", "%")):
+            continue
+        if words[0].startswith("!") or words[0].lstrip("%") in RUNNING_MAGICS:
+            yield f"runs code the flags cannot read ({words[0][:20]})"
 
 
 def _tampering(tree: ast.Module, imports: Imports) -> Iterator[str]:
@@ -299,7 +314,7 @@ def _tampering(tree: ast.Module, imports: Imports) -> Iterator[str]:
                     yield problem
     for reference in _references(tree):
         hiding = imports.imported(reference, RUNTIME_LOOKUPS)
-        if reference in ("exec", "eval", "compile", "__import__", "globals"):
+        if reference in ("exec", "eval", "compile", "__import__", "globals", "get_ipython"):
             hiding = reference
         if hiding is not None and not hiding.startswith("importlib.metadata"):
             yield f"hides what it runs ({hiding})"
