@@ -640,7 +640,7 @@ def test_attacks_on_classmates_and_the_grader_find_nothing(graded_class):
     assert not Path("/tmp/pwned").exists()
     assert ("cell error", "cell 2: {'not': 'text'}: [1, 2]") in frank["(notebook)"]
     assert only(graded_class["rows"], "link", "(notebook)") == (
-        "not a notebook", "not a regular file (a link, a device...)"
+        "not a notebook", "not a regular file (a link, a folder, a device...)"
     )  # fmt: skip
 
 
