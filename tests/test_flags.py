@@ -119,6 +119,12 @@ def test_a_variable_named_like_a_module_is_not_a_flag():
             "import ptqlib.quantization as q\ntry:\n    def affine_qparams(*a):\n"
             "        return q.qparams_from_range(*a)\nexcept Exception:\n    pass",
         ],
+        # an attribute set on the function afterwards binds no new definition
+        [
+            "import ptqlib.quantization as q\n"
+            "def affine_qparams(*a):\n    return q.qparams_from_range(*a)",
+            "affine_qparams.note, (x, *rest) = 'mine', (1, 2)",
+        ],
         # a helper bound by := or a for loop
         [
             "import ptqlib.quantization as q\n[helper := q.qparams_from_range]",

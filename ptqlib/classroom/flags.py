@@ -202,10 +202,15 @@ def _bound_names(statement: ast.stmt) -> Iterator[str]:
     walrus = [
         node.target for node in _walk_outside(statement, blocks) if isinstance(node, ast.NamedExpr)
     ]
-    for target in targets + walrus:
-        for node in ast.walk(target):  # a, (b, c) = ...
-            if isinstance(node, ast.Name):
-                yield node.id
+    pending = targets + walrus
+    while pending:  # a, (b, *c) = ...; not f.x = ... or d[k] = ..., which bind no name
+        target = pending.pop()
+        if isinstance(target, ast.Name):
+            yield target.id
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            pending.extend(target.elts)
+        elif isinstance(target, ast.Starred):
+            pending.append(target.value)
 
 
 def _walk_outside(node: ast.AST, skipped: set[int]) -> Iterator[ast.AST]:
