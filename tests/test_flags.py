@@ -104,6 +104,36 @@ def test_a_variable_named_like_a_module_is_not_a_flag():
         ],
         # the function is ptqlib's itself
         ["from ptqlib.quantization import qparams_from_range as affine_qparams"],
+        # a method of a class of the notebook
+        [
+            "from ptqlib.quantization import qparams_from_range\nclass Tools:\n"
+            "    @staticmethod\n    def q(*a):\n        return qparams_from_range(*a)",
+            "affine_qparams = Tools.q",
+        ],
+        # defined inside an if, a try or a with block
+        [
+            "import ptqlib.quantization as q\nif True:\n"
+            "    def affine_qparams(*a):\n        return q.qparams_from_range(*a)",
+        ],
+        [
+            "import ptqlib.quantization as q\ntry:\n    def affine_qparams(*a):\n"
+            "        return q.qparams_from_range(*a)\nexcept Exception:\n    pass",
+        ],
+        # an attribute set on the function afterwards binds no new definition
+        [
+            "import ptqlib.quantization as q\n"
+            "def affine_qparams(*a):\n    return q.qparams_from_range(*a)",
+            "affine_qparams.note, (x, *rest) = 'mine', (1, 2)",
+        ],
+        # a helper bound by := or a for loop
+        [
+            "import ptqlib.quantization as q\n[helper := q.qparams_from_range]",
+            "def affine_qparams(*a):\n    return helper(*a)",
+        ],
+        [
+            "import ptqlib.quantization as q\nfor helper in [q.qparams_from_range]:\n    pass",
+            "def affine_qparams(*a):\n    return helper(*a)",
+        ],
     ],
 )
 def test_calling_ptqlibs_answer_is_flagged_however_it_is_imported(cells):
@@ -126,5 +156,45 @@ def test_a_function_of_the_students_own_with_an_answers_name_is_not_flagged():
     cells = cells_of(
         "def qparams_from_range(a, b):\n    return (b - a) / 255, 0",
         "def affine_qparams(a, b, c, d):\n    return qparams_from_range(a, b)",
+    )
+    assert exercise_flags(cells, QPARAMS, 2) == []
+
+
+def test_names_looked_up_by_string_are_flagged_as_hiding_what_runs():
+    by_getattr = cells_of(
+        "import ptqlib.quantization as q",
+        "def affine_qparams(*a):\n    return getattr(q, 'qparams_from' + '_range')(*a)",
+    )
+    assert exercise_flags(by_getattr, QPARAMS, 2) == ["uses getattr (hides what it runs)"]
+    by_dict = cells_of(
+        "import ptqlib.quantization as q",
+        "def affine_qparams(*a):\n    return q.__dict__['qparams_from_range'](*a)",
+    )
+    assert exercise_flags(by_dict, QPARAMS, 2) == ["uses q.__dict__ (hides what it runs)"]
+    # a name put into the notebook by globals() in another cell
+    hidden = cells_of("globals().update(helper=print)", "def affine_qparams(*a):\n    helper(*a)")
+    assert notebook_flags(hidden) == ["cell 1: hides what it runs (globals)"]
+    # a clean def whose code is then swapped for another function's
+    swapped = cells_of(
+        "def affine_qparams(*a):\n    return 1.0, 0",
+        "affine_qparams.__code__ = (lambda *a: (0.5, 0)).__code__",
+    )
+    assert notebook_flags(swapped) == ["cell 2: patches affine_qparams.__code__"]
+    # code run by IPython, which the flags cannot parse
+    magics = cells_of(
+        "get_ipython().ex('from ptqlib.quantization import qparams_from_range as f')",
+        "!python make_helper.py\n%run helper.py\n%timeit 1 + 1",
+    )
+    assert notebook_flags(magics) == [
+        "cell 1: hides what it runs (get_ipython)",
+        "cell 2: runs code the flags cannot read (!python)",
+        "cell 2: runs code the flags cannot read (%run)",
+    ]
+
+
+def test_a_variable_of_the_function_named_like_a_notebook_value_is_its_own():
+    cells = cells_of(
+        "import ptqlib.quantization as q\nfor scale in [q.qparams_from_range]:\n    pass",
+        "def affine_qparams(a, b, c, d):\n    scale = (b - a) / (d - c)\n    return scale, 0",
     )
     assert exercise_flags(cells, QPARAMS, 2) == []

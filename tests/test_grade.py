@@ -24,9 +24,9 @@ import pytest
 
 from conftest import REPO_ROOT
 from ptqlib.app import cli
-from ptqlib.classroom import grade, grade_report
+from ptqlib.classroom import grade, grade_report, submission
 from ptqlib.classroom.cells import solved_edition, student_edition
-from ptqlib.classroom.sandbox import isolation_problem
+from ptqlib.classroom.sandbox import SandboxRun, isolation_problem
 from ptqlib.classroom.submission import read_cells
 from ptqlib.errors import InputError
 from ptqlib.paths import artifacts_dir
@@ -640,7 +640,7 @@ def test_attacks_on_classmates_and_the_grader_find_nothing(graded_class):
     assert not Path("/tmp/pwned").exists()
     assert ("cell error", "cell 2: {'not': 'text'}: [1, 2]") in frank["(notebook)"]
     assert only(graded_class["rows"], "link", "(notebook)") == (
-        "not a notebook", "not a regular file (a link, a device...)"
+        "not a notebook", "not a regular file (a link, a folder, a device...)"
     )  # fmt: skip
 
 
@@ -659,6 +659,86 @@ def test_a_submission_is_read_whatever_its_nbformat_minor_and_refused_if_not_a_n
         path.write_text(text, errors="surrogateescape")
         with pytest.raises(InputError, match="not"):
             read_cells(path)
+
+
+def test_a_notebook_too_big_to_read_in_the_graders_process_is_refused(tmp_path):
+    # Reading a cell as Python costs the grader about 7 s and 360 MB a megabyte of code, and
+    # finding the checker cells went through every cell for each one tagged checker.
+    path = tmp_path / "alice.ipynb"
+    many = notebook(*(code("x = 1", "checker") for _ in range(submission.MAX_CELLS + 1)))
+    huge = notebook(code("x = 1\n" * (submission.MAX_CODE_CHARS // 6 + 1)))
+    for original, reason in ((many, "cells, more than"), (huge, "characters of code")):
+        nbformat.write(original, path)
+        with pytest.raises(InputError, match=reason):
+            read_cells(path)
+
+
+def test_a_name_or_a_report_the_grader_cannot_read_is_a_row_not_a_crash(tmp_path):
+    # A file name in Latin-1 (from a zip made on another system) used to stop the whole run
+    # when the CSV was written; a report with 1e400 (infinity) where a cell number goes, too.
+    folder = tmp_path / "hand-in"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"\xe9l\xe8ve.pdf"), "wb") as file:
+        file.write(b"%PDF")
+    rows = grade.grade_folder(folder, sandboxed=False)
+    assert [(row.student, row.outcome) for row in rows] == [("\\udce9l\\udce8ve", "not a notebook")]
+    grade_report.write_csv(rows, tmp_path / "grades.csv")
+    assert grade.clean("raised \ud800") == "raised \\ud800"
+    # os.walk recursed: ~1,000 nested folders stopped the run; now deep folders are not read
+    deep = folder / "bob" / "/".join("a" * (grade.MAX_FOLDER_DEPTH + 8))
+    deep.mkdir(parents=True)
+    (deep / "02.ipynb").write_text("{}")
+    rows = grade.grade_folder(folder, sandboxed=False)
+    assert [row.student for row in rows] == ["\\udce9l\\udce8ve", "bob"]
+    assert rows[1].outcome == "not a notebook" and "not a regular file" in rows[1].detail
+    report = b'{"cells": {}, "ran": [1e400], "stopped": null, "stopped_at": null, "answers": {}}'
+    run = grade.read_report(SandboxRun(report, None, ""))
+    assert run.problem == "the grading runner gave no report (no message)"
+
+
+def test_a_grader_bug_on_one_notebook_is_its_row_and_the_others_are_graded(
+    tmp_path, monkeypatch, capsys
+):
+    for name in ("alice.pdf", "bob.pdf"):
+        (tmp_path / name).write_bytes(b"%PDF")
+    real = grade.grade_notebook
+
+    def failing_on_alice(student, *arguments):
+        if student == "alice":
+            raise RuntimeError("a bug")
+        return real(student, *arguments)
+
+    monkeypatch.setattr(grade, "grade_notebook", failing_on_alice)
+    rows = grade.grade_folder(tmp_path, sandboxed=False)
+    assert [(row.student, row.outcome) for row in rows] == [
+        ("alice", grade.NOT_RUN),
+        ("bob", "not a notebook"),
+    ]
+    assert "RuntimeError('a bug')" in rows[0].detail
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_definition_above_a_later_copy_of_the_checker_is_flagged_too():
+    # The last collection's answers count: ptqlib's answer defined after the checker cell
+    # and collected by a copy of it further down passed without a flag.
+    cells = [
+        submission.Cell(0, "code", IMPORTS_02, ()),
+        submission.Cell(1, "code", "def affine_qparams(*a):\n    return 1.0, 0", ("exercise",)),
+        submission.Cell(2, "code", CHECKERS["qparams"], ("checker",)),
+        submission.Cell(
+            3,
+            "code",
+            "from ptqlib.quantization import qparams_from_range\n"
+            "def affine_qparams(*a):\n    return qparams_from_range(*a)",
+            (),
+        ),
+        submission.Cell(4, "code", CHECKERS["qparams"], ()),
+    ]
+    match = submission.match_notebook(cells, "alice.ipynb")
+    assert sorted(match.checks) == [2, 4]
+    (qparams,) = [each for each in match.exercises if each.id == "qparams"]
+    flags = grade.answer_flags(qparams, match, cells)
+    assert flags == ["uses ptqlib.quantization.qparams_from_range"]
 
 
 def test_the_sheet_is_safe_in_a_spreadsheet_and_written_whole(tmp_path):

@@ -232,3 +232,17 @@ def test_groups_left_by_a_grader_that_is_gone_are_removed():
     sandbox.ControlGroup.create(limits).kill_and_remove()
     assert not any(folder.exists() for folder in stale)
     assert left_groups() == []
+
+
+def test_a_group_that_could_not_be_removed_leaves_the_next_notebook_its_limits():
+    limits = Limits()
+    first = sandbox.ControlGroup.create(limits)
+    if first is None:
+        pytest.skip("this process may not create a control group")
+    try:
+        second = sandbox.ControlGroup.create(limits)  # the same thread, the first still there
+        assert second is not None
+        second.kill_and_remove()
+    finally:
+        first.kill_and_remove()
+    assert left_groups() == []

@@ -13,14 +13,18 @@ what the answers cannot:
 - :func:`notebook_flags`: code anywhere in the notebook that only makes sense against a
   grader: patching builtins, ptqlib or ``torch.Tensor``; IPython exception handlers and
   input transformers; reading stack frames; comparison methods of its own or a
-  ``torch.Tensor`` subclass; reading ``/proc``, the grading folder or notebook files;
-  starting processes; a ``check_...`` function of its own. None of these appears in the
-  series' notebooks (``tests/test_flags.py`` checks every one, solved and unsolved).
+  ``torch.Tensor`` subclass; a function's ``__code__`` swapped; reading ``/proc``, the
+  grading folder or notebook files; starting processes; a ``check_...`` function of its
+  own; shell commands and magics that run code (``!``, ``%run``), ``get_ipython()``. None
+  of these appears in the series' notebooks (``tests/test_flags.py`` checks every one,
+  solved and unsolved).
 
-What the flags cannot see: names built at run time (``getattr(module, "qparams_" +
-"from_range")``, code fetched from a string or a file) and anything done by a cell that
-imports a helper under an innocent name. Read the flagged notebooks; a clean one is not
-proof of honest work.
+``getattr``, ``__dict__`` and ``globals()`` are flagged as hiding what runs, but what such a
+lookup reaches is not known: nor is what a name built at run time reaches another way
+(``operator.attrgetter``, a helper in a module of the student's), code fetched from a string
+or a file, or PyTorch's own implementation of an answer (``torch.ao.quantization``'s
+observers compute qparams too). Read the flagged notebooks; a clean one is not proof of
+honest work.
 """
 
 from __future__ import annotations
@@ -32,11 +36,17 @@ from ptqlib.classroom.checkers.exercise import Exercise, OpenQuestion
 from ptqlib.classroom.submission import Cell, parse
 
 # Builtins and modules whose use hides what a function runs.
-HIDING_BUILTINS = ("exec", "eval", "compile", "__import__", "globals", "vars", "open")
+HIDING_BUILTINS = ("exec", "eval", "compile", "__import__", "globals", "vars", "open",
+                   "getattr")  # fmt: skip
+# Attributes that reach a module's or a function's names by a string.
+HIDING_ATTRIBUTES = ("__dict__", "__globals__", "__builtins__")
 HIDING_MODULES = ("importlib", "sys.modules", "inspect", "pickle", "marshal", "ctypes",
                   "subprocess", "os.system", "gc")  # fmt: skip
 # Anywhere in a notebook: code run from text, or objects found at run time.
 RUNTIME_LOOKUPS = ("importlib", "sys.modules", "marshal", "ctypes", "gc")
+# IPython magics that run code from a file, a string or a shell.
+RUNNING_MAGICS = {"run", "load", "sx", "system", "sh", "bash", "script", "python", "python3",
+                  "writefile", "file", "macro", "rerun", "recall", "loadpy"}  # fmt: skip
 # Attributes only a cheat touches: IPython's hooks and stack frames.
 GRADER_HOOKS = {
     "set_custom_exc": "an IPython exception handler",
@@ -51,6 +61,8 @@ GRADER_HOOKS = {
 }
 COMPARISONS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__",
                "__hash__", "__index__", "__int__", "__float__", "__torch_function__"}  # fmt: skip
+# What replaces a function's code without a def the flags would read.
+REPLACED_INSIDES = {"__code__", "__call__", "__defaults__", "__kwdefaults__", "__class__"}
 PATCHED_ROOTS = ("builtins", "__builtins__", "ptqlib", "torch.Tensor", "IPython")
 PROCESSES = ("os.fork", "os.setsid", "os.kill", "os.killpg", "subprocess", "multiprocessing",
              "signal", "threading", "os.system", "os.exec", "os.spawn", "os.popen")  # fmt: skip
@@ -137,21 +149,83 @@ def _references(node: ast.AST) -> Iterator[str]:
 
 
 def _definitions(cells: list[Cell], before: int) -> dict[str, ast.AST]:
-    """The last top-level definition of each name in the cells above ``before``."""
+    """The last definition of each name the cells above ``before`` make at their top level,
+    also inside ``if``, ``for``, ``while``, ``try`` and ``with`` blocks and by ``:=`` (not
+    inside functions or classes: those are their own)."""
     found: dict[str, ast.AST] = {}
     for cell in cells[:before]:
         tree = parse(cell.source) if cell.kind == "code" else None
-        for statement in tree.body if tree is not None else []:
-            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                found[statement.name] = statement
-            elif isinstance(statement, (ast.Assign, ast.AnnAssign)):
-                targets = (
-                    statement.targets if isinstance(statement, ast.Assign) else [statement.target]
-                )
-                for target in targets:
-                    if isinstance(target, ast.Name):
-                        found[target.id] = statement
+        for statement in _module_level(tree.body if tree is not None else []):
+            for name in _bound_names(statement):
+                found[name] = statement
     return found
+
+
+def _local_names(definition: ast.AST) -> set[str]:
+    """The parameters and variables of a definition's functions and methods, and the names
+    it assigns: its own, not the notebook's of the same name."""
+    names = {node.arg for node in ast.walk(definition) if isinstance(node, ast.arg)}
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def _module_level(statements: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """``statements`` and those nested in their blocks, but not in function or class bodies."""
+    for statement in statements:
+        yield statement
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            inner = getattr(statement, block, None)
+            if isinstance(inner, list):
+                yield from _module_level([item for item in inner if isinstance(item, ast.AST)])
+
+
+def _bound_names(statement: ast.stmt) -> Iterator[str]:
+    """The names ``statement`` itself binds (not the statements of its blocks)."""
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield statement.name
+        return
+    if isinstance(statement, ast.ExceptHandler):
+        return
+    targets: list[ast.AST] = []
+    if isinstance(statement, ast.Assign):
+        targets = list(statement.targets)
+    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
+        targets = [statement.target]
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        targets = [item.optional_vars for item in statement.items if item.optional_vars]
+    blocks = {id(item) for block in ("body", "orelse", "finalbody", "handlers")
+              for item in getattr(statement, block, None) or []}  # fmt: skip
+    walrus = [
+        node.target for node in _walk_outside(statement, blocks) if isinstance(node, ast.NamedExpr)
+    ]
+    pending = targets + walrus
+    while pending:  # a, (b, *c) = ...; not f.x = ... or d[k] = ..., which bind no name
+        target = pending.pop()
+        if isinstance(target, ast.Name):
+            yield target.id
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            pending.extend(target.elts)
+        elif isinstance(target, ast.Starred):
+            pending.append(target.value)
+
+
+def _walk_outside(node: ast.AST, skipped: set[int]) -> Iterator[ast.AST]:
+    """ast.walk of ``node`` without the subtrees whose id is in ``skipped`` and without
+    function and class bodies."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        yield current
+        for child in ast.iter_child_nodes(current):
+            if id(child) in skipped:
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            pending.append(child)
 
 
 def exercise_flags(cells: list[Cell], exercise: Exercise | OpenQuestion, before: int) -> list[str]:
@@ -169,6 +243,7 @@ def exercise_flags(cells: list[Cell], exercise: Exercise | OpenQuestion, before:
         if name in seen or name not in definitions:
             continue
         seen.add(name)
+        local = _local_names(definitions[name])
         for reference in _references(definitions[name]):
             qualified = imports.resolve(reference)
             final = qualified.rsplit(".", 1)[-1]
@@ -183,8 +258,11 @@ def exercise_flags(cells: list[Cell], exercise: Exercise | OpenQuestion, before:
                 hiding = reference
             if hiding is not None:
                 flags[f"uses {hiding} (hides what it runs)"] = None
-            if reference in definitions and reference not in imports.names:
-                pending.append(reference)  # a function of the notebook it calls
+            if reference.rsplit(".", 1)[-1] in HIDING_ATTRIBUTES:
+                flags[f"uses {reference} (hides what it runs)"] = None
+            head = reference.partition(".")[0]  # Tools.helper: read the class Tools too
+            if head in definitions and head not in imports.names and head not in local:
+                pending.append(head)  # a function (or class, or value) of the notebook
     return list(flags)
 
 
@@ -196,9 +274,20 @@ def notebook_flags(cells: list[Cell]) -> list[str]:
         tree = parse(cell.source) if cell.kind == "code" else None
         if tree is None:
             continue
-        for problem in _tampering(tree, imports):
+        for problem in [*_running_magics(cell.source), *_tampering(tree, imports)]:
             flags[f"cell {cell.index + 1}: {problem}"] = None
     return list(flags)
+
+
+def _running_magics(source: str) -> Iterator[str]:
+    """IPython lines that run code the flags cannot read (``parse`` leaves them out):
+    shell commands (``!python x.py``) and magics such as ``%run``."""
+    for line in source.splitlines():
+        words = line.strip().split(maxsplit=1)
+        if not words or not words[0].startswith(("!", "%")):
+            continue
+        if words[0].startswith("!") or words[0].lstrip("%") in RUNNING_MAGICS:
+            yield f"runs code the flags cannot read ({words[0][:20]})"
 
 
 def _tampering(tree: ast.Module, imports: Imports) -> Iterator[str]:
@@ -230,7 +319,7 @@ def _tampering(tree: ast.Module, imports: Imports) -> Iterator[str]:
                     yield problem
     for reference in _references(tree):
         hiding = imports.imported(reference, RUNTIME_LOOKUPS)
-        if reference in ("exec", "eval", "compile", "__import__"):
+        if reference in ("exec", "eval", "compile", "__import__", "globals", "get_ipython"):
             hiding = reference
         if hiding is not None and not hiding.startswith("importlib.metadata"):
             yield f"hides what it runs ({hiding})"
@@ -250,7 +339,7 @@ def _patched(target: ast.AST, imports: Imports, through_call: bool = False) -> I
     qualified = imports.resolve(name)
     if any(qualified == root or qualified.startswith(root + ".") for root in PATCHED_ROOTS):
         yield f"patches {qualified}"
-    elif name.rsplit(".", 1)[-1] in COMPARISONS:
+    elif name.rsplit(".", 1)[-1] in COMPARISONS | REPLACED_INSIDES:
         yield f"patches {qualified}"
 
 

@@ -28,7 +28,7 @@ flags`). Problems of the whole notebook get a row with the exercise ``(notebook)
 notebook``, ``no exercises``, ``wrong notebook``, ``checker edited``, ``checker missing``,
 ``suspicious`` (code that only makes sense against a grader), ``cell error`` (a cell that
 raised; cell numbers count every cell from 1, markdown included), ``timed out``,
-``kernel died`` and ``not run`` (the sandbox itself failed).
+``kernel died`` and ``not run`` (the sandbox itself failed, or the grader: a bug).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import secrets
 import stat
 import sys
 import tempfile
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ NOT_RUN = "not run"
 WHOLE_NOTEBOOK = "(notebook)"  # the exercise column of a row about the whole notebook
 DETAIL_CHARS = 400
 STOPS = (None, TIMED_OUT, NOTEBOOK_TIMED_OUT, KERNEL_DIED)
+MAX_FOLDER_DEPTH = 32  # below a hand-in's folder; deeper folders are rows, not read
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
@@ -105,8 +107,11 @@ class NotebookRun:
 
 
 def clean(text: str) -> str:
-    """One line without control characters (terminal escapes), at most DETAIL_CHARS."""
-    text = CONTROL.sub(" ", str(text)).strip()
+    """One line without control characters (terminal escapes), at most DETAIL_CHARS, that
+    UTF-8 can write: a file name in another encoding, or a kernel's message with a lone
+    surrogate (``"\\ud800"``), keeps a ``\\udce9`` escape instead of stopping the CSV."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = CONTROL.sub(" ", text).strip()
     return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
 
 
@@ -117,6 +122,9 @@ def find_submissions(folder: Path) -> list[tuple[str, str, Path]]:
     found = []
     for root, folders, files in os.walk(folder):  # does not follow links to folders
         folders[:] = sorted(name for name in folders if not name.startswith("."))
+        if len(Path(root).relative_to(folder).parts) >= MAX_FOLDER_DEPTH:
+            # os.walk recurses: a hand-in of ~1,000 nested folders stopped the whole run.
+            files, folders[:] = files + folders, []  # each a row: "not a regular file"
         for name in sorted(files):
             path = Path(root) / name
             relative = path.relative_to(folder)
@@ -144,7 +152,8 @@ def read_report(run: SandboxRun) -> NotebookRun:
             stopped_at=None if data["stopped_at"] is None else int(data["stopped_at"]),
             answers={str(key): str(text) for key, text in data["answers"].items()},
         )
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    # OverflowError: int() of a float the JSON wrote as 1e400 (infinity)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
         last = (run.errors.strip().splitlines() or ["no message"])[-1]
         problem = run.problem or "the grading runner gave no report"
         return NotebookRun(problem=clean(f"{problem} ({last})"))
@@ -163,7 +172,7 @@ def grade_notebook(
 
     try:
         if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
-            raise InputError("not a regular file (a link, a device...)")
+            raise InputError("not a regular file (a link, a folder, a device...)")
         cells = read_cells(path)
     except (InputError, OSError) as error:
         return [row(WHOLE_NOTEBOOK, NOT_A_NOTEBOOK, str(error))]
@@ -186,8 +195,7 @@ def grade_notebook(
     rows = []
     for exercise in match.exercises:
         outcome, detail = grade_exercise(exercise, cases.get(exercise.id, []), run, match, cells)
-        checked_at = first_check(match, exercise.id, len(cells))
-        flags = exercise_flags(cells, exercise, checked_at)
+        flags = answer_flags(exercise, match, cells)
         if flags and outcome in (PASSED, FAILED, ANSWERED):
             detail = "; ".join(filter(None, [detail, "flag: " + "; ".join(flags)]))
         rows.append(row(exercise.id, outcome, detail))
@@ -222,10 +230,15 @@ def _cell_name(index: int | None, cell_count: int) -> str:
     return f"cell {index + 1}" if index < cell_count else "the checks after the last cell"
 
 
-def first_check(match: Match, exercise_id: str, cell_count: int) -> int:
-    """The first cell that checks the exercise (after the last one if none does)."""
-    checking = [index for index, ids in match.checks.items() if exercise_id in ids]
-    return min(checking, default=cell_count)
+def answer_flags(exercise: Exercise | OpenQuestion, match: Match, cells: list[Cell]) -> list[str]:
+    """The flags on every definition of the exercise's function its answers may come from:
+    the one above each cell that collects them (a copy of the checker cell further down
+    collects again, and the last answers count), or above the end if none does."""
+    checking = sorted(index for index, ids in match.checks.items() if exercise.id in ids)
+    flags: dict[str, None] = {}
+    for index in checking or [len(cells)]:
+        flags.update(dict.fromkeys(exercise_flags(cells, exercise, index)))
+    return list(flags)
 
 
 def grade_exercise(
@@ -338,7 +351,12 @@ def grade_folder(
         student, name, path = submission
         if progress:
             print(f"grading {clean(student)}: {clean(name)}", file=sys.stderr, flush=True)
-        return grade_notebook(student, name, path, limits, sandboxed)
+        try:
+            return grade_notebook(student, name, path, limits, sandboxed)
+        except Exception as error:  # noqa: BLE001 - a bug must not cost the class its sheet
+            traceback.print_exc()
+            detail = f"the grader failed on it (a bug: please report it): {error!r}"
+            return [Grade(clean(student), clean(name), WHOLE_NOTEBOOK, NOT_RUN, clean(detail))]
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return [row for rows in pool.map(grade, submissions) for row in rows]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -329,7 +330,9 @@ class ControlGroup:
 
     @classmethod
     def create(cls, limits: Limits) -> ControlGroup | None:
-        name = f"ptqlib-grade-{os.getpid()}-{threading.get_ident()}-{id(limits)}"
+        # A name of its own: a group left by the previous notebook of this thread (not yet
+        # empty when it was to be removed) must not leave the next one without limits.
+        name = f"ptqlib-grade-{os.getpid()}-{secrets.token_hex(8)}"
         own = _own_cgroups()
         if "" in own:  # cgroup v2
             base = Path("/sys/fs/cgroup") / own[""].lstrip("/")

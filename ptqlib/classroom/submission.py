@@ -34,6 +34,11 @@ CHECKER_EDITED = "checker edited"
 CHECKER_MISSING = "checker missing"
 NOTEBOOK_NUMBER = re.compile(r"(?<!\d)(\d\d)_")
 MAX_NOTEBOOK_BYTES = 50 * 2**20
+# The grader reads every code cell as Python several times, in its own process and without
+# a time limit: about 7 s and 360 MB a megabyte of code. The series' notebooks have under
+# 100 cells and 40,000 characters of code.
+MAX_CELLS = 1000
+MAX_CODE_CHARS = 500_000
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,15 @@ def read_cells(path: Path) -> list[Cell]:
     cells = raw.get("cells")
     if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
         raise InputError("not a valid notebook: 'cells' is not a list of cells")
-    return [_cell(index, cell) for index, cell in enumerate(cells)]
+    if len(cells) > MAX_CELLS:
+        raise InputError(f"{len(cells):,} cells, more than the {MAX_CELLS:,} the grader reads")
+    read = [_cell(index, cell) for index, cell in enumerate(cells)]
+    code = sum(len(cell.source) for cell in read if cell.kind == "code")
+    if code > MAX_CODE_CHARS:
+        raise InputError(
+            f"{code:,} characters of code, more than the {MAX_CODE_CHARS:,} the grader reads"
+        )
+    return read
 
 
 def _cell(index: int, cell: dict) -> Cell:
@@ -145,7 +158,7 @@ def _named_notebook(file_name: str, series: dict) -> str | None:
 def _exercises_above(cells: list[Cell], index: int, exercises: list) -> list[str]:
     """The exercises whose function the closest exercise cell above ``index`` defines."""
     for cell in reversed(cells[:index]):
-        if EXERCISE_TAG in cell.tags:
+        if EXERCISE_TAG in cell.tags and cell.kind == "code":
             defined = defined_names(cell.source)
             return [exercise.id for exercise in exercises if exercise.function in defined]
     return []
