@@ -291,6 +291,44 @@ def test_an_empty_batch_is_refused_alike_by_both_paths(pixels):
             runner(empty)
 
 
+def small_cnn_model() -> Int8Model:
+    """A conv (3 x 3, no padding), max-pool 2, global average pool, Linear: images smaller
+    than 4 x 4 leave the max-pool without a window."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    ).eval()
+    images = torch.rand(8, 1, 10, 10)
+    return convert(model, calibrate(model, images, "minmax", progress=False))
+
+
+@pytest.mark.parametrize(
+    "architecture, shape, message",
+    [
+        ("mlp", (3, 1, 27, 27), r"layer 'fc1': expected input \[N, 784\], got \(3, 729\)"),
+        ("mlp", (3, 2, 28, 28), r"layer 'fc1': expected input \[N, 784\], got \(3, 1568\)"),
+        ("cnn", (3, 2, 10, 10), r"layer '0': expected input \[N, 1, H, W\], got \(3, 2, 10"),
+        ("cnn", (3, 10, 10), r"layer '0': expected input \[N, 1, H, W\], got \(3, 10, 10\)"),
+        ("cnn", (3, 1, 2, 2), "an input of 2 x 2 pixels is smaller than its kernel 3 x 3"),
+        ("cnn", (3, 1, 4, 3), "max-pool: expected integers .* of at least 2 x 2 pixels"),
+    ],
+)
+def test_images_of_the_wrong_shape_are_one_clear_error_on_both_paths(architecture, shape, message):
+    """Before, the teaching path named the layer and the fast path raised torch's
+    RuntimeError ("mat1 and mat2 shapes cannot be multiplied", "permute(sparse_coo)"); an
+    image smaller than a kernel was a RuntimeError from ``unfold`` on both."""
+    model = calibrated_simplenet() if architecture == "mlp" else small_cnn_model()
+    images = torch.rand(shape)
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match=message):
+            runner(images)
+
+
 # --- options that were ignored or checked late ------------------------------------------------
 
 
