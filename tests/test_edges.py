@@ -351,6 +351,21 @@ def test_quantize_refuses_to_overwrite_its_fp32_checkpoint(fp32_files):
             check_settings(QuantizeSettings(checkpoint=source, out=out))
 
 
+@pytest.mark.parametrize("export_format", ["onnx", "c"])
+def test_export_refuses_to_overwrite_its_checkpoint(fp32_files, tmp_path, capsys, export_format):
+    """``export --checkpoint X --out X`` replaced the checkpoint with the ONNX file (exit 0)."""
+    source = tmp_path / "model.pt"
+    source.write_bytes(fp32_files["simplenet"].read_bytes())
+    before = source.read_bytes()
+    same_file = tmp_path / ".." / tmp_path.name / "model.pt"
+    arguments = ["export", "--checkpoint", str(source), "--out", str(same_file)]
+    assert main([*arguments, "--format", export_format]) == 2
+    error = capsys.readouterr().err
+    assert "is the checkpoint being read (--checkpoint)" in error
+    assert len(error.strip().splitlines()) == 1
+    assert source.read_bytes() == before
+
+
 def test_equalize_without_a_conv_pair_is_refused_before_any_data(fp32_files, tmp_path):
     """SmallCNN has a max-pool between its convolutions: no pair to equalize. Before, the
     settings passed and the run failed after loading the data."""
