@@ -150,7 +150,10 @@ class Int8Step(nn.Module):
         real_multiplier = (
             self.input_scale.double() * self.weight_scale.double() / self.output_scale.double()
         )
-        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
+        try:
+            multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
+        except InputError as error:  # name the layer whose scales these are
+            raise InputError(f"layer {name!r}: M = S_x S_w / S_y: {error}") from error
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
         if self.requantization == Requantization.FLOAT32:
