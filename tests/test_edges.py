@@ -21,12 +21,12 @@ from ptqlib.app.commands import quantize_settings
 from ptqlib.app.quantize import QuantizeSettings, check_settings, checkpoint_meta
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
-from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint, save_fp32
 from ptqlib.data import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
 from ptqlib.errors import InputError
 from ptqlib.fake_quant import simulate
 from ptqlib.fast import FastInt8Model
-from ptqlib.int8_checkpoint import int8_state, load_int8
+from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
 from ptqlib.int8_gemm import int8_matmul
 from ptqlib.int8_model import Int8Model, convert, with_requantization
 from ptqlib.lowbit.rounding import ADAROUND_ITERATIONS, ADAROUND_SEED
@@ -329,6 +329,116 @@ def test_images_of_the_wrong_shape_are_one_clear_error_on_both_paths(architectur
             runner(images)
 
 
+# --- hand-edited files: the attacker recomputes the digest -------------------------------------
+
+
+def edited(path: Path, edit, out: Path) -> Path:
+    """The checkpoint at ``path`` changed by ``edit(payload)`` and saved again with a
+    correct digest, as someone editing the file by hand would do."""
+    payload = load_checkpoint(path)
+    payload.pop("format_version")
+    edit(payload)
+    return save_checkpoint(payload, out)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.update(model=["cnn"]), r"unknown model \['cnn'\]"),  # was a TypeError
+        (
+            lambda p: p["state_dict"].update({"fc1.weight": p["state_dict"]["fc1.weight"].long()}),
+            r"state_dict\['fc1.weight'\] is torch.int64, expected torch.float32",
+        ),
+        (
+            lambda p: p["state_dict"].update({"fc1.bias": torch.zeros(128, dtype=torch.complex64)}),
+            r"state_dict\['fc1.bias'\] is torch.complex64",
+        ),
+        (
+            lambda p: p["state_dict"].update({"fc9.weight": torch.zeros(1)}),
+            'Unexpected key\\(s\\) in state_dict: "fc9.weight"',
+        ),
+    ],
+    ids=["model-not-a-string", "int64-weight", "complex-bias", "extra-key"],
+)
+def test_an_edited_fp32_checkpoint_is_refused_by_name(fp32_files, tmp_path, edit, message):
+    """Before: a TypeError (unhashable list); int64 and complex tensors loaded silently (cast,
+    the imaginary part dropped); an extra key said only "Error(s) in loading state_dict"."""
+    path = edited(fp32_files["simplenet"], edit, tmp_path / "edited.pt")
+    with pytest.raises(InputError, match=message):
+        load_fp32(path)
+
+
+def flatten_entry(payload: dict) -> dict:
+    return payload["layers"][0]
+
+
+def first_linear(payload: dict) -> dict:
+    return payload["layers"][1]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: first_linear(p).update(weight_range=[-8, 7]),  # 8-bit weights, "4-bit"
+            "weight must hold integers within its weight_range -8..7",
+        ),
+        (lambda p: flatten_entry(p).update(start_dim=0), "start_dim and end_dim must be dims"),
+        (lambda p: flatten_entry(p).update(start_dim=5), "start_dim and end_dim must be dims"),
+        (lambda p: flatten_entry(p).update(start_dim=True), "start_dim and end_dim must be dims"),
+        (lambda p: first_linear(p)["output"].update(zero_point=True), "zero-point True"),
+        (
+            lambda p: p["layers"][-1].update(
+                {key: p["layers"][-1][key][:0] for key in ("weight", "bias", "weight_scale")}
+            ),
+            "found no weights",
+        ),
+        (
+            lambda p: first_linear(p)["output"].update(scale=1e-45),
+            r"layer 'fc1': M = S_x S_w / S_y: real_multiplier",
+        ),
+    ],
+    ids=[
+        "weights-beyond-range",
+        "flatten-0",
+        "flatten-5",
+        "flatten-bool",
+        "zero-point-bool",
+        "no-output-channels",
+        "scale-underflow",
+    ],
+)
+def test_an_edited_int8_checkpoint_is_refused_by_name(tmp_path, edit, message):
+    """Each loaded before and failed later: at run time with an IndexError / TypeError /
+    RuntimeError (Flatten), in the fast path (``max()`` of nothing: a layer without outputs),
+    or never (8-bit weights recorded as 4-bit reach the C manifest's bit count)."""
+    path = edited(
+        save_int8(calibrated_simplenet(), tmp_path / "int8.pt"), edit, tmp_path / "edited.pt"
+    )
+    with pytest.raises(InputError, match=message):
+        load_int8(path)
+
+
+def test_non_finite_weights_are_named_before_calibrating():
+    """Before: "MinMaxObserver input: the tensor contains NaN or Inf", naming no layer."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    with torch.no_grad():
+        model.fc2.bias[3] = float("nan")
+    with pytest.raises(InputError, match="model: fc2.bias holds NaN or Inf"):
+        calibrate(model, random_images(8), "minmax", progress=False)
+
+
+def test_a_batchnorm_that_cannot_fold_is_named():
+    """running_var + eps = 0 divided by 0 when folding: NaN weights, refused later as
+    "MinMaxObserver input: ... NaN or Inf"."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, eps=0.0)).eval()
+    with torch.no_grad():
+        model[1].running_var[1] = 0.0
+    with pytest.raises(InputError, match="layer '1': running_var: var \\+ eps must be positive"):
+        fold_model(model)
+
+
 # --- options that were ignored or checked late ------------------------------------------------
 
 
@@ -397,6 +507,29 @@ def test_every_quantize_option_reaches_the_settings(fp32_files, tmp_path):
     assert settings.observer == "minmax"
     default = build_parser().parse_args(["quantize", "--checkpoint", "a.pt", "--out", "b.pt"])
     assert quantize_settings(default).requantization == "fixed_point"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--adaround-iterations", "5"], "--adaround-iterations 5: set AdaRound, which runs only"),
+        (["--seed", "3", "--rounding", "gptq"], "--seed 3: set AdaRound, which runs only"),
+        (
+            ["--format", "mxfp4", "--requantization", "float32"],
+            "--format mxfp4: --requantization set the INT8 quantization",
+        ),
+    ],
+    ids=["iterations-without-adaround", "seed-with-gptq", "requantization-with-format"],
+)
+def test_quantize_refuses_an_option_it_would_ignore(fp32_files, tmp_path, capsys, options, message):
+    """Each ran to the end (exit 0) and ignored the option. The data directory does not
+    exist: the refusal comes before any work, and no file is written."""
+    out = tmp_path / "out.pt"
+    arguments = ["quantize", "--checkpoint", str(fp32_files["simplenet"]), "--out", str(out)]
+    assert main([*arguments, "--data-dir", "/nonexistent", *options]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_the_checkpoint_records_adarounds_seed_and_iterations(fp32_files, tmp_path):
