@@ -476,6 +476,19 @@ def test_export_refuses_to_overwrite_its_checkpoint(fp32_files, tmp_path, capsys
     assert source.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", ["quantize", "export"])
+def test_an_out_below_a_file_is_refused_before_any_work(fp32_files, capsys, command):
+    """``quantize --out model.pt/int8.pt`` loaded the data and calibrated, then failed on
+    ``mkdir`` ("[Errno 17] File exists"), naming no option."""
+    source = fp32_files["simplenet"]
+    arguments = [command, "--checkpoint", str(source), "--out", str(source / "out.pt")]
+    extra = ["--data-dir", "/nonexistent"] if command == "quantize" else []
+    assert main([*arguments, *extra]) == 2
+    error = capsys.readouterr().err
+    assert f"lies below {source}, which is a file" in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_equalize_without_a_conv_pair_is_refused_before_any_data(fp32_files, tmp_path):
     """SmallCNN has a max-pool between its convolutions: no pair to equalize. Before, the
     settings passed and the run failed after loading the data."""

@@ -352,10 +352,10 @@ def run_find_culprit(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ptqlib.app.model_files import check_out_is_not_checkpoint, load_model
+    from ptqlib.app.model_files import check_out_path, load_model
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
 
-    check_out_is_not_checkpoint(args.out, args.checkpoint, "the exported model")
+    check_out_path(args.out, args.checkpoint, "the exported model")
     model, kind, meta = load_model(args.checkpoint)
     if kind == "formats":
         raise InputError(

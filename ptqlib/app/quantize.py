@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptqlib.app.model_files import check_out_is_not_checkpoint
+from ptqlib.app.model_files import check_out_path
 from ptqlib.batchnorm import fold_model
 from ptqlib.catalog import ACTIVATION_OBSERVERS
 from ptqlib.checkpoints import load_fp32
@@ -153,7 +153,7 @@ def check_settings(settings: QuantizeSettings) -> nn.Module:
         raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
     if Path(settings.out).is_dir():
         raise InputError(f"out: {settings.out} is a directory; expected a file name")
-    check_out_is_not_checkpoint(settings.out, settings.checkpoint, "the quantized model")
+    check_out_path(settings.out, settings.checkpoint, "the quantized model")
     model, _ = load_fp32(settings.checkpoint, expected_model=settings.model)
     kind = model_name(model)
     problem = unsupported_for_model(kind, settings)
