@@ -489,6 +489,16 @@ def test_an_out_below_a_file_is_refused_before_any_work(fp32_files, capsys, comm
     assert len(error.strip().splitlines()) == 1
 
 
+def test_evaluate_target_on_a_checkpoint_file_names_the_option(fp32_files, capsys):
+    """``evaluate --checkpoint model.pt --target cortex-m4`` said "[Errno 20] Not a
+    directory: 'model.pt/firmware.json'"."""
+    source = fp32_files["simplenet"]
+    assert main(["evaluate", "--checkpoint", str(source), "--target", "cortex-m4"]) == 2
+    error = capsys.readouterr().err
+    assert f"{source} is a file; --target runs a firmware directory" in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_equalize_without_a_conv_pair_is_refused_before_any_data(fp32_files, tmp_path):
     """SmallCNN has a max-pool between its convolutions: no pair to equalize. Before, the
     settings passed and the run failed after loading the data."""
