@@ -291,6 +291,20 @@ def test_an_empty_batch_is_refused_alike_by_both_paths(pixels):
             runner(empty)
 
 
+def test_pixels_given_to_a_model_of_normalised_images_are_refused_on_both_paths():
+    """uint8 pixels read as floats 0..255 saturated the input quantization: every input
+    integer at its maximum, logits computed without a word."""
+    model = calibrated_simplenet()
+    pixels = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match="uint8 pixels, but this model takes normalised"):
+            runner(pixels)
+    pixel_model = calibrated_simplenet(pixel_input=True)
+    assert torch.equal(
+        FastInt8Model(pixel_model).quantized_logits(pixels), pixel_model.quantized_logits(pixels)
+    )
+
+
 def small_cnn_model() -> Int8Model:
     """A conv (3 x 3, no padding), max-pool 2, global average pool, Linear: images smaller
     than 4 x 4 leave the max-pool without a window."""

@@ -200,7 +200,7 @@ class FastInt8Model(nn.Module):
     def _input_carriers(self, images: torch.Tensor, folded: FoldedModel) -> torch.Tensor:
         """The teaching path's input carriers (module docstring), as floats for the float
         GEMM and int8 for ``_int_mm``; uint8 pixels by flipping their top bit."""
-        check_batch(images)
+        check_batch(images, folded.pixels)
         if images.dtype == torch.uint8 and folded.pixels:
             carriers = torch.bitwise_xor(images, SIGN_BIT).view(torch.int8)
             return carriers if self.use_int8_gemm else carriers.float()
