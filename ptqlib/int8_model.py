@@ -182,11 +182,15 @@ def integer_layer(step: Step, requantization: Requantization) -> nn.Module:
         return Int8GlobalAvgPool2d()
     if not isinstance(step, WeightedStep):
         return step  # Flatten works on carriers as it is
+    try:
+        bias = quantize_bias(
+            bias_of(step.layer), step.input_qparams.scale, step.weight_qparams.scale
+        )
+    except InputError as error:  # say which layer's bias
+        raise InputError(f"layer {step.name!r}: {error}") from error
     weights = dict(
         weight=quantize(step.layer.weight.detach(), step.weight_qparams),
-        bias=quantize_bias(
-            bias_of(step.layer), step.input_qparams.scale, step.weight_qparams.scale
-        ),
+        bias=bias,
         weight_qparams=step.weight_qparams,
         input_qparams=step.input_qparams,
         output_qparams=step.output_qparams,

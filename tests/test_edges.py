@@ -115,6 +115,18 @@ def test_a_pruned_row_keeps_its_bias(per_channel):
         assert torch.allclose(real, torch.full_like(real, 30.0), atol=float(fc3.output_scale))
 
 
+def test_a_bias_beyond_int32_names_its_layer():
+    """A bias that alone overflows int32 at S_x S_w: the refusal said "bias: does not fit in
+    int32", naming no layer of the model."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    with torch.no_grad():
+        model.fc2.bias[0] = 1e7
+    qparams = calibrate(model, random_images(32), "minmax", progress=False).qparams
+    with pytest.raises(InputError, match="layer 'fc2': bias: does not fit in int32"):
+        convert(model, qparams)
+
+
 # --- the simulation takes every option of convert ------------------------------------------
 
 
