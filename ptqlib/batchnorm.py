@@ -78,7 +78,15 @@ def fold_parameters(
             )
     if bias is None:
         bias = torch.zeros(channels, dtype=weight.dtype)
-    factor = gamma.double() / torch.sqrt(running_var.double() + eps)  # k_c
+    variance = running_var.double() + eps
+    if not bool((variance > 0).all()):  # NaN too
+        channel = int(torch.nonzero(~(variance > 0))[0])
+        raise InputError(
+            f"running_var: var + eps must be positive to fold (folding divides by its square "
+            f"root), got {float(variance[channel]):g} in channel {channel}; set that running "
+            "variance to a positive value or eps > 0"
+        )
+    factor = gamma.double() / torch.sqrt(variance)  # k_c
     # k_c multiplies every weight of filter c: shape [C, 1, 1, 1] for a conv, [C, 1] for a Linear.
     per_filter = factor.reshape(channels, *([1] * (weight.dim() - 1)))
     folded_weight = weight.double() * per_filter
@@ -163,7 +171,10 @@ def fold_model(model: nn.Sequential) -> nn.Sequential:
                 f"layer {name!r}: a BatchNorm folds only into the Conv2d or Linear right "
                 f"before it, but it {after}"
             )
-        folded[previous_name] = fold_batchnorm(previous, module)
+        try:
+            folded[previous_name] = fold_batchnorm(previous, module)
+        except InputError as error:  # say which BatchNorm of the model it is
+            raise InputError(f"layer {name!r}: {error}") from error
     return nn.Sequential(folded).eval()
 
 

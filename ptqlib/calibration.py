@@ -190,6 +190,12 @@ def _check_arguments(model: nn.Module, images: torch.Tensor, batch_size: int) ->
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     check_finite(images, "images")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"model: {name} holds NaN or Inf, so every activation after it would too; "
+                "calibrate a model with finite weights (a diverged training run? retrain it)"
+            )
     if images.dim() < 2:
         raise InputError(
             f"images: expected a batch [N, ...] of at least 2 dimensions, got shape "

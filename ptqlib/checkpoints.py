@@ -210,7 +210,7 @@ def fp32_from_payload(
     """:func:`load_fp32` for a payload already loaded (and checked) by :func:`load_checkpoint`
     from ``path`` (named in errors): a caller that has it need not read the file twice."""
     name = payload.get("model", DEFAULT_MODEL)
-    if name not in MODEL_DESCRIPTIONS:
+    if not isinstance(name, str) or name not in MODEL_DESCRIPTIONS:
         raise InputError(
             f"{path}: unknown model {name!r}; expected one of {sorted(MODEL_DESCRIPTIONS)}"
         )
@@ -220,10 +220,23 @@ def fp32_from_payload(
             f"{MODEL_DESCRIPTIONS.get(expected_model, repr(expected_model))} asked for"
         )
     model = build_model(name)
+    state = payload.get("state_dict")
+    expected = model.state_dict()
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key in expected and getattr(value, "dtype", None) != expected[key].dtype:
+                raise InputError(
+                    f"{path} does not hold a {MODEL_DESCRIPTIONS[name]}: state_dict[{key!r}] "
+                    f"is {getattr(value, 'dtype', type(value).__name__)}, expected "
+                    f"{expected[key].dtype} (the file was edited?)"
+                )
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as error:
+        # torch's message lists the missing and unexpected keys on lines of their own.
+        reason = " ".join(line.strip() for line in str(error).splitlines()[1:])
         raise InputError(
-            f"{path} does not hold a {MODEL_DESCRIPTIONS[name]}: {str(error).splitlines()[0]}"
+            f"{path} does not hold a {MODEL_DESCRIPTIONS[name]}: "
+            f"{reason or str(error).splitlines()[0]}"
         ) from error
     return model.eval(), payload.get("meta", {})

@@ -156,7 +156,7 @@ def _activation_from_entry(entry: Any, where: str) -> QParams:
     )
     info = torch.iinfo(dtype)
     _require(
-        all(isinstance(v, int) for v in (zero_point, quant_min, quant_max))
+        all(type(v) is int for v in (zero_point, quant_min, quant_max))
         and info.min <= quant_min <= zero_point <= quant_max <= info.max
         and quant_min < quant_max,
         f"{where}: zero-point {zero_point!r} and range {quant_min!r}..{quant_max!r} "
@@ -197,6 +197,12 @@ def _weighted_fields(entry: dict, weight: torch.Tensor, where: str) -> dict[str,
         and all(isinstance(v, int) for v in weight_range)
         and -128 <= weight_range[0] < 0 < weight_range[1] <= 127,
         f"{where}: weight_range must be [quant_min, quant_max] of int8 around 0",
+    )
+    low, high = weight_range
+    _require(
+        weight.numel() > 0 and low <= int(weight.min()) and int(weight.max()) <= high,
+        f"{where}: weight must hold integers within its weight_range {low}..{high} (found "
+        + (f"{int(weight.min())}..{int(weight.max())})" if weight.numel() else "no weights)"),
     )
     _require(isinstance(entry.get("relu"), bool), f"{where}: relu must be True or False")
     weight_qparams = QParams(
@@ -294,9 +300,15 @@ def _conv_from_entry(
 
 def _flatten_from_entry(entry: dict, where: str) -> nn.Flatten:
     start_dim, end_dim = entry.get("start_dim"), entry.get("end_dim")
+    # Dims of [N, C, H, W] after the batch (start_dim 0 would flatten the images together).
     _require(
-        isinstance(start_dim, int) and isinstance(end_dim, int),
-        f"{where}: start_dim and end_dim must be integers, got {start_dim!r}, {end_dim!r}",
+        type(start_dim) is int
+        and type(end_dim) is int
+        and 1 <= start_dim <= 3
+        and -4 <= end_dim <= 3
+        and start_dim <= end_dim % 4,
+        f"{where}: start_dim and end_dim must be dims 1..3 of [N, C, H, W] (as nn.Flatten() "
+        f"has them: 1, -1), got {start_dim!r}, {end_dim!r}",
     )
     return nn.Flatten(start_dim, end_dim)
 
@@ -344,4 +356,3 @@ def load_int8(path: str | os.PathLike) -> tuple[Int8Model, dict]:
     """Load an INT8 checkpoint written by :func:`save_int8`: the model (in eval mode) and meta."""
     payload = load_checkpoint(path, expected_kind="int8")
     return int8_from_payload(payload, path), payload.get("meta", {})
-

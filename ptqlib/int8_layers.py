@@ -92,6 +92,12 @@ def activation_qparams_from(
     return QParams(scale, zero_point, like.quant_min, like.quant_max, like.dtype)
 
 
+def check_carriers(x: torch.Tensor, name: str) -> None:
+    """Refuse an input to layer ``name`` that is not int8 carriers."""
+    if x.dtype != torch.int8:
+        raise InputError(f"layer {name!r}: expected int8 carriers, got {x.dtype}")
+
+
 class Int8Step(nn.Module):
     """What every integer layer (Int8Linear, Int8Conv2d) stores and derives: one fused step
     of the plan, int8 carriers in, int8 carriers out.
@@ -144,7 +150,10 @@ class Int8Step(nn.Module):
         real_multiplier = (
             self.input_scale.double() * self.weight_scale.double() / self.output_scale.double()
         )
-        multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
+        try:
+            multiplier, shift = fixed_point_multiplier(real_multiplier.expand(len(self.weight)))
+        except InputError as error:  # name the layer whose scales these are
+            raise InputError(f"layer {name!r}: M = S_x S_w / S_y: {error}") from error
         self.register_buffer("multiplier", multiplier)
         self.register_buffer("shift", shift)
         if self.requantization == Requantization.FLOAT32:
@@ -254,13 +263,19 @@ class Int8Linear(Int8Step):
         """A Linear's weight already is the matrix ``[out, in]``."""
         return self.weight
 
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse an input that is not ``[N, in_features]``: the teaching path and the fast
+        path (``ptqlib.fast``) both ask this before multiplying."""
+        if len(shape) != 2 or shape[1] != self.in_features:
+            raise InputError(
+                f"layer {self.name!r}: expected input [N, {self.in_features}], got "
+                f"{tuple(shape)} (images of another size than the model was built for?)"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """int8 carriers ``[N, in]`` to int8 carriers ``[N, out]``, in integers."""
-        if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.int8:
-            raise InputError(
-                f"layer {self.name!r}: expected input [N, {self.in_features}] "
-                f"of int8 carriers, got {x.dtype} {tuple(x.shape)}"
-            )
+        check_carriers(x, self.name)
+        self.check_input_shape(tuple(x.shape))
         # acc = sum_k (q_x,k - Z_x) q_w,k + q_b: the int8 GEMM, the carrier
         # correction and the int32 bias, all int32.
         accumulator = int8_matmul(x, self.weight.t())
@@ -339,22 +354,40 @@ class Int8Conv2d(Int8Step):
     def depthwise(self) -> bool:
         return self.groups > 1
 
+    def check_input_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The output's height and width for an input of ``shape`` ``[N, C, H, W]``:
+        ``(H + 2 p - k) // s + 1`` each. Refuses the wrong channel count and an image
+        smaller than the kernel (with the padding); both paths ask this."""
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise InputError(
+                f"layer {self.name!r}: expected input [N, {self.in_channels}, H, W], got "
+                f"{tuple(shape)}"
+            )
+        sizes = [
+            (size + 2 * pad - kernel) // stride + 1
+            for size, pad, kernel, stride in zip(
+                shape[2:], self.padding, self.kernel_size, self.stride, strict=True
+            )
+        ]
+        if min(sizes) < 1:
+            raise InputError(
+                f"layer {self.name!r}: an input of {shape[2]} x {shape[3]} pixels is smaller "
+                f"than its kernel {self.kernel_size[0]} x {self.kernel_size[1]} (padding "
+                f"{self.padding}); give it larger images"
+            )
+        return sizes[0], sizes[1]
+
     def construction_arguments(self) -> dict[str, object]:
         """:meth:`Int8Step.construction_arguments` and the convolution's geometry."""
         geometry = {"stride": self.stride, "padding": self.padding, "groups": self.groups}
         return {**super().construction_arguments(), **geometry}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.int8:
-            raise InputError(
-                f"layer {self.name!r}: expected input [N, {self.in_channels}, H, W] of int8 "
-                f"carriers, got {x.dtype} {tuple(x.shape)}"
-            )
+        check_carriers(x, self.name)
+        out_h, out_w = self.check_input_shape(tuple(x.shape))
         pad_h, pad_w = self.padding
         # Pad with the integer of the real 0 (see the module docstring), not with 0.
         padded = functional.pad(x, (pad_w, pad_w, pad_h, pad_h), value=self.zero_carrier())
-        out_h = (padded.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
-        out_w = (padded.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
         # acc = sum_k (q_x,k - Z_x) q_w,k + q_b for every output pixel and channel (columns),
         # then requantize per channel.
         accumulator = conv_accumulators(patches(padded, self.kernel_size, self.stride), self)

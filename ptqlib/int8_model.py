@@ -45,14 +45,21 @@ from ptqlib.quantization import RESTRICTED_WEIGHT_RANGE, QParams, quantize
 PIXEL_QPARAMS = QParams(torch.tensor(1.0), torch.tensor(0, dtype=torch.int64), 0, 255, torch.uint8)
 
 
-def check_batch(images: object) -> None:
-    """Raise a clear error unless ``images`` is a tensor holding at least one image: what
-    both paths (teaching and fast) say about an empty batch."""
+def check_batch(images: object, takes_pixels: bool) -> None:
+    """Raise a clear error unless ``images`` is a tensor holding at least one image, and
+    holds uint8 pixels only for a model that takes pixels (``takes_pixels``): what both
+    paths (teaching and fast) say about an empty batch or the wrong kind of input."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
     if images.dim() == 0 or len(images) == 0:
         raise InputError(
             f"images: expected a batch of at least one image, got shape {tuple(images.shape)}"
+        )
+    if images.dtype == torch.uint8 and not takes_pixels:
+        # Read as floats 0..255, they would saturate the input quantization without a word.
+        raise InputError(
+            "images: uint8 pixels, but this model takes normalised float images; give it "
+            "ptqlib.data.normalise(pixels), or convert with pixel_input=True"
         )
 
 
@@ -115,7 +122,7 @@ class Int8Model(nn.Module):
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Float images to int8 carriers: ``quantize(x) - offset``, with the division this
         model's ``requantization`` prescribes."""
-        check_batch(images)
+        check_batch(images, self.takes_pixels)
         qparams = self.input_qparams
         if self.requantization == Requantization.FLOAT32:
             quantized = quantize_by_division(images.float(), qparams)
@@ -175,11 +182,15 @@ def integer_layer(step: Step, requantization: Requantization) -> nn.Module:
         return Int8GlobalAvgPool2d()
     if not isinstance(step, WeightedStep):
         return step  # Flatten works on carriers as it is
+    try:
+        bias = quantize_bias(
+            bias_of(step.layer), step.input_qparams.scale, step.weight_qparams.scale
+        )
+    except InputError as error:  # say which layer's bias
+        raise InputError(f"layer {step.name!r}: {error}") from error
     weights = dict(
         weight=quantize(step.layer.weight.detach(), step.weight_qparams),
-        bias=quantize_bias(
-            bias_of(step.layer), step.input_qparams.scale, step.weight_qparams.scale
-        ),
+        bias=bias,
         weight_qparams=step.weight_qparams,
         input_qparams=step.input_qparams,
         output_qparams=step.output_qparams,

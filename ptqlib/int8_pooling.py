@@ -53,11 +53,20 @@ class Int8MaxPool2d(nn.Module):
         self.stride = int_pair(kernel_size if stride is None else stride, "stride", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_floating_point():
-            raise InputError(
-                f"max-pool: expected integers [N, C, H, W], got {x.dtype} {tuple(x.shape)}"
-            )
+        if x.is_floating_point():
+            raise InputError(f"max-pool: expected integers, got {x.dtype}")
+        self.check_input_shape(tuple(x.shape))
         return max_of_windows(x, self.kernel_size, self.stride)
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse an input that is not ``[N, C, H, W]`` with at least one window (no
+        padding: H and W at least the kernel's); the teaching and the fast path both ask."""
+        if len(shape) != 4 or shape[2] < self.kernel_size[0] or shape[3] < self.kernel_size[1]:
+            raise InputError(
+                f"max-pool: expected integers [N, C, H, W] of at least "
+                f"{self.kernel_size[0]} x {self.kernel_size[1]} pixels (its kernel), got "
+                f"{tuple(shape)}; give the model larger images"
+            )
 
     def extra_repr(self) -> str:
         return f"kernel {self.kernel_size}, stride {self.stride}, on integers"

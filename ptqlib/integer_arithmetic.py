@@ -58,7 +58,11 @@ def fixed_point_multiplier(
     """
     real_multiplier = torch.as_tensor(real_multiplier, dtype=torch.float64)
     if not bool(torch.isfinite(real_multiplier).all()) or bool((real_multiplier <= 0).any()):
-        raise InputError(f"real_multiplier: expected positive finite values, got {real_multiplier}")
+        bad = real_multiplier[~(torch.isfinite(real_multiplier) & (real_multiplier > 0))]
+        raise InputError(
+            f"real_multiplier: expected positive finite values, got {float(bad.flatten()[0]):g} "
+            "(a scale that underflows or overflows float32?)"
+        )
     fraction, exponent = torch.frexp(real_multiplier)
     multiplier = torch.round(fraction * 2.0**MULTIPLIER_BITS).to(torch.int64)
     exponent = exponent.to(torch.int64)

@@ -113,7 +113,8 @@ def unpack_entry(entry: dict[str, Any]) -> dict[str, Any]:
         and isinstance(found.get("data"), torch.Tensor)
         and isinstance(found.get("shape"), list)
         and len(found["shape"]) == 2
-        and all(isinstance(size, int) and size > 0 for size in found["shape"])
+        and all(type(size) is int and size > 0 for size in found["shape"])
+        and "weight" not in entry  # one weight: packed or not, never both
         and isinstance(weight_range, list)
         and len(weight_range) == 2
         and all(isinstance(v, int) for v in weight_range)

@@ -3,11 +3,12 @@ weights never produce.
 
 A pruned output channel (all-zero weights, so S_w = EPS and a shift n of 56-62), a dead ReLU
 feeding a BatchNorm (gamma = 0, or a running variance near 0 that folding turns into huge
-weights), one-wide layers (``in_features == 1`` included), constant inputs, input scales from
-1e-6 to 1e3, zero-points at both ends of their range, both requantizations. Every member is a
-model the teaching path runs; the parity matrix (``test_parity_matrix.py``) checks the
-teaching path, the fast path and the int64 reference (``int64_reference.py``) equal on it,
-bit for bit, and the C export's tests can take the same members.
+weights; negative gammas, a large eps), one-wide layers (``in_features == 1`` included),
+constant inputs, input scales from 1e-6 to 1e3, zero-points at both ends of their range, odd
+kernels, strides and paddings, equal weights, both requantizations. Every member is a model
+the teaching path runs; the parity matrix (``test_parity_matrix.py``) checks the teaching
+path, the fast path and the int64 reference (``int64_reference.py``) equal on it, bit for
+bit, and the C export's tests can take the same members.
 
 ``degenerate_family(requantization)`` returns the members as :class:`DegenerateCase`
 (name, the teaching-path model, images to run it on). Everything is seeded and small; the
@@ -247,6 +248,47 @@ def one_channel_cnn(seed: int) -> nn.Sequential:
     ).eval()
 
 
+def odd_geometry_cnn(seed: int) -> nn.Sequential:
+    """Non-square kernels, strides and paddings that do not divide the image: a (1, 3)
+    kernel with stride (3, 1) and padding (2, 0), a depthwise 3 x 3 with stride 5 and
+    padding 2, a (2, 3) kernel with stride (2, 3), on 9 x 7 images of two channels."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, (1, 3), stride=(3, 1), padding=(2, 0)),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=5, padding=2, groups=4),
+        nn.Conv2d(4, 3, (2, 3), stride=(2, 3), padding=(1, 2)),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    ).eval()
+
+
+def signed_batchnorm_cnn(seed: int) -> nn.Sequential:
+    """Conv -> BN with negative gammas (folding flips those filters' signs) -> ReLU ->
+    depthwise -> BN with eps = 10 (it dominates the variance) -> pool -> Linear whose
+    weights are all equal (one value: every channel's scale is its own max)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(1, 3, 3, padding=1),
+            bn1=nn.BatchNorm2d(3),
+            relu1=nn.ReLU(),
+            dw=nn.Conv2d(3, 3, 3, groups=3),
+            bn2=nn.BatchNorm2d(3, eps=10.0),
+            gap=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(3, 4),
+        )
+    ).eval()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.tensor([-1.5, 0.5, -0.1]))
+        model.bn2.bias.uniform_(-0.3, 0.3)
+        model.fc.weight.fill_(-0.25)
+    return model
+
+
 def depthwise_cnn_with_dead_channel(seed: int) -> nn.Sequential:
     """Notebook 09's DepthwiseCNN with gamma = 0 in channel 3 of ``dw2_bn`` (a pruned
     channel), BatchNorm folded."""
@@ -314,6 +356,17 @@ def fixed_point_family() -> tuple[DegenerateCase, ...]:
             model = convert(folded, calibration.qparams, per_channel)
             name = f"batchnorm-gamma0-{gamma_zero}-var0-{tiny_variance}-per-channel-{per_channel}"
             add(name, model, small[:5])
+
+    two_channel = torch.rand(12, 2, 9, 7, generator=_generator(5)) * 2 - 0.5
+    for dtype in (torch.uint8, torch.int8):
+        model = _converted(odd_geometry_cnn(seed=0), two_channel, dtype)
+        add(f"odd-geometry-cnn-{dtype}", model, two_channel[:4])
+    folded, calibration = calibrate_fused(
+        signed_batchnorm_cnn(seed=0), small, "minmax", progress=False
+    )
+    for per_channel in (True, False):
+        model = convert(folded, calibration.qparams, per_channel)
+        add(f"batchnorm-negative-gamma-eps10-per-channel-{per_channel}", model, small[:5])
 
     # The DepthwiseCNN ends with a global average pool: 12 x 12 images keep it small.
     patches = torch.rand(8, 1, 12, 12, generator=_generator(4)) * 3.2 - 0.42

@@ -110,16 +110,31 @@ def test_every_file_is_in_the_digest(simplenet_c, tmp_path):
             load_c_model(broken)
 
 
-def test_manifest_is_checked_against_the_header(simplenet_c, tmp_path):
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"outputs": 1}, "outputs = 1, but the header defines"),
+        # Before: compiled a file outside the export (not covered by the digest).
+        ({"builds": {"portable": "../other/simplenet_int8.c"}}, "must name files of the export"),
+        ({"output_zero_point": "z"}, "output_zero_point 'z' must be 0..255"),
+        ({"output_dtype": "int4"}, "output_dtype 'int4' must be uint8 or int8"),
+        ({"output_scale": -1.0}, "output_scale -1.0 must be a positive number"),
+        ({"tile": 0}, "tile 0 must be a whole number >= 1"),
+    ],
+    ids=["outputs", "build-outside", "zero-point", "dtype", "scale", "tile"],
+)
+def test_manifest_is_checked_against_the_header(simplenet_c, tmp_path, edit, message):
     """A manifest rewritten with a consistent digest still has to agree with the header's
-    #defines on the sizes Python passes to the C."""
+    #defines on the sizes Python passes to the C, compile only the export's own files, and
+    hold an output dtype, zero-point and scale of their type and range (a string
+    zero-point was a TypeError at the first dequantization)."""
     from ptqlib.deploy.c_export import export_digest
 
     broken = tmp_path / "broken"
     shutil.copytree(simplenet_c["int8_dir"], broken)
     manifest = json.loads((broken / "model.json").read_text())
     old = manifest["digest"]
-    manifest["outputs"] = 1
+    manifest.update(edit)
     bodies = {}
     for name in manifest["files"]:
         if name != "model.json":
@@ -131,7 +146,7 @@ def test_manifest_is_checked_against_the_header(simplenet_c, tmp_path):
             path = broken / name
             path.write_text(path.read_text().replace(old, manifest["digest"], 1))
     (broken / "model.json").write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match="outputs = 1, but the header defines"):
+    with pytest.raises(InputError, match=message):
         verify_directory(broken)
 
 

@@ -21,12 +21,12 @@ from ptqlib.app.commands import quantize_settings
 from ptqlib.app.quantize import QuantizeSettings, check_settings, checkpoint_meta
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
-from ptqlib.checkpoints import save_checkpoint, save_fp32
+from ptqlib.checkpoints import load_checkpoint, load_fp32, save_checkpoint, save_fp32
 from ptqlib.data import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
 from ptqlib.errors import InputError
 from ptqlib.fake_quant import simulate
 from ptqlib.fast import FastInt8Model
-from ptqlib.int8_checkpoint import int8_state, load_int8
+from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8
 from ptqlib.int8_gemm import int8_matmul
 from ptqlib.int8_model import Int8Model, convert, with_requantization
 from ptqlib.lowbit.rounding import ADAROUND_ITERATIONS, ADAROUND_SEED
@@ -113,6 +113,18 @@ def test_a_pruned_row_keeps_its_bias(per_channel):
     if per_channel:
         real = int8_model(images)[:, 9]
         assert torch.allclose(real, torch.full_like(real, 30.0), atol=float(fc3.output_scale))
+
+
+def test_a_bias_beyond_int32_names_its_layer():
+    """A bias that alone overflows int32 at S_x S_w: the refusal said "bias: does not fit in
+    int32", naming no layer of the model."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    with torch.no_grad():
+        model.fc2.bias[0] = 1e7
+    qparams = calibrate(model, random_images(32), "minmax", progress=False).qparams
+    with pytest.raises(InputError, match="layer 'fc2': bias: does not fit in int32"):
+        convert(model, qparams)
 
 
 # --- the simulation takes every option of convert ------------------------------------------
@@ -291,6 +303,168 @@ def test_an_empty_batch_is_refused_alike_by_both_paths(pixels):
             runner(empty)
 
 
+def test_pixels_given_to_a_model_of_normalised_images_are_refused_on_both_paths():
+    """uint8 pixels read as floats 0..255 saturated the input quantization: every input
+    integer at its maximum, logits computed without a word."""
+    model = calibrated_simplenet()
+    pixels = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match="uint8 pixels, but this model takes normalised"):
+            runner(pixels)
+    pixel_model = calibrated_simplenet(pixel_input=True)
+    assert torch.equal(
+        FastInt8Model(pixel_model).quantized_logits(pixels), pixel_model.quantized_logits(pixels)
+    )
+
+
+def small_cnn_model() -> Int8Model:
+    """A conv (3 x 3, no padding), max-pool 2, global average pool, Linear: images smaller
+    than 4 x 4 leave the max-pool without a window."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    ).eval()
+    images = torch.rand(8, 1, 10, 10)
+    return convert(model, calibrate(model, images, "minmax", progress=False))
+
+
+@pytest.mark.parametrize(
+    "architecture, shape, message",
+    [
+        ("mlp", (3, 1, 27, 27), r"layer 'fc1': expected input \[N, 784\], got \(3, 729\)"),
+        ("mlp", (3, 2, 28, 28), r"layer 'fc1': expected input \[N, 784\], got \(3, 1568\)"),
+        ("cnn", (3, 2, 10, 10), r"layer '0': expected input \[N, 1, H, W\], got \(3, 2, 10"),
+        ("cnn", (3, 10, 10), r"layer '0': expected input \[N, 1, H, W\], got \(3, 10, 10\)"),
+        ("cnn", (3, 1, 2, 2), "an input of 2 x 2 pixels is smaller than its kernel 3 x 3"),
+        ("cnn", (3, 1, 4, 3), "max-pool: expected integers .* of at least 2 x 2 pixels"),
+    ],
+)
+def test_images_of_the_wrong_shape_are_one_clear_error_on_both_paths(architecture, shape, message):
+    """Before, the teaching path named the layer and the fast path raised torch's
+    RuntimeError ("mat1 and mat2 shapes cannot be multiplied", "permute(sparse_coo)"); an
+    image smaller than a kernel was a RuntimeError from ``unfold`` on both."""
+    model = calibrated_simplenet() if architecture == "mlp" else small_cnn_model()
+    images = torch.rand(shape)
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match=message):
+            runner(images)
+
+
+# --- hand-edited files: the attacker recomputes the digest -------------------------------------
+
+
+def edited(path: Path, edit, out: Path) -> Path:
+    """The checkpoint at ``path`` changed by ``edit(payload)`` and saved again with a
+    correct digest, as someone editing the file by hand would do."""
+    payload = load_checkpoint(path)
+    payload.pop("format_version")
+    edit(payload)
+    return save_checkpoint(payload, out)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.update(model=["cnn"]), r"unknown model \['cnn'\]"),  # was a TypeError
+        (
+            lambda p: p["state_dict"].update({"fc1.weight": p["state_dict"]["fc1.weight"].long()}),
+            r"state_dict\['fc1.weight'\] is torch.int64, expected torch.float32",
+        ),
+        (
+            lambda p: p["state_dict"].update({"fc1.bias": torch.zeros(128, dtype=torch.complex64)}),
+            r"state_dict\['fc1.bias'\] is torch.complex64",
+        ),
+        (
+            lambda p: p["state_dict"].update({"fc9.weight": torch.zeros(1)}),
+            'Unexpected key\\(s\\) in state_dict: "fc9.weight"',
+        ),
+    ],
+    ids=["model-not-a-string", "int64-weight", "complex-bias", "extra-key"],
+)
+def test_an_edited_fp32_checkpoint_is_refused_by_name(fp32_files, tmp_path, edit, message):
+    """Before: a TypeError (unhashable list); int64 and complex tensors loaded silently (cast,
+    the imaginary part dropped); an extra key said only "Error(s) in loading state_dict"."""
+    path = edited(fp32_files["simplenet"], edit, tmp_path / "edited.pt")
+    with pytest.raises(InputError, match=message):
+        load_fp32(path)
+
+
+def flatten_entry(payload: dict) -> dict:
+    return payload["layers"][0]
+
+
+def first_linear(payload: dict) -> dict:
+    return payload["layers"][1]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: first_linear(p).update(weight_range=[-8, 7]),  # 8-bit weights, "4-bit"
+            "weight must hold integers within its weight_range -8..7",
+        ),
+        (lambda p: flatten_entry(p).update(start_dim=0), "start_dim and end_dim must be dims"),
+        (lambda p: flatten_entry(p).update(start_dim=5), "start_dim and end_dim must be dims"),
+        (lambda p: flatten_entry(p).update(start_dim=True), "start_dim and end_dim must be dims"),
+        (lambda p: first_linear(p)["output"].update(zero_point=True), "zero-point True"),
+        (
+            lambda p: p["layers"][-1].update(
+                {key: p["layers"][-1][key][:0] for key in ("weight", "bias", "weight_scale")}
+            ),
+            "found no weights",
+        ),
+        (
+            lambda p: first_linear(p)["output"].update(scale=1e-45),
+            r"layer 'fc1': M = S_x S_w / S_y: real_multiplier",
+        ),
+    ],
+    ids=[
+        "weights-beyond-range",
+        "flatten-0",
+        "flatten-5",
+        "flatten-bool",
+        "zero-point-bool",
+        "no-output-channels",
+        "scale-underflow",
+    ],
+)
+def test_an_edited_int8_checkpoint_is_refused_by_name(tmp_path, edit, message):
+    """Each loaded before and failed later: at run time with an IndexError / TypeError /
+    RuntimeError (Flatten), in the fast path (``max()`` of nothing: a layer without outputs),
+    or never (8-bit weights recorded as 4-bit reach the C manifest's bit count)."""
+    path = edited(
+        save_int8(calibrated_simplenet(), tmp_path / "int8.pt"), edit, tmp_path / "edited.pt"
+    )
+    with pytest.raises(InputError, match=message):
+        load_int8(path)
+
+
+def test_non_finite_weights_are_named_before_calibrating():
+    """Before: "MinMaxObserver input: the tensor contains NaN or Inf", naming no layer."""
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    with torch.no_grad():
+        model.fc2.bias[3] = float("nan")
+    with pytest.raises(InputError, match="model: fc2.bias holds NaN or Inf"):
+        calibrate(model, random_images(8), "minmax", progress=False)
+
+
+def test_a_batchnorm_that_cannot_fold_is_named():
+    """running_var + eps = 0 divided by 0 when folding: NaN weights, refused later as
+    "MinMaxObserver input: ... NaN or Inf"."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, eps=0.0)).eval()
+    with torch.no_grad():
+        model[1].running_var[1] = 0.0
+    with pytest.raises(InputError, match="layer '1': running_var: var \\+ eps must be positive"):
+        fold_model(model)
+
+
 # --- options that were ignored or checked late ------------------------------------------------
 
 
@@ -311,6 +485,44 @@ def test_quantize_refuses_to_overwrite_its_fp32_checkpoint(fp32_files):
     for out in (source, same_file):
         with pytest.raises(InputError, match="would overwrite it"):
             check_settings(QuantizeSettings(checkpoint=source, out=out))
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "c"])
+def test_export_refuses_to_overwrite_its_checkpoint(fp32_files, tmp_path, capsys, export_format):
+    """``export --checkpoint X --out X`` replaced the checkpoint with the ONNX file (exit 0)."""
+    source = tmp_path / "model.pt"
+    source.write_bytes(fp32_files["simplenet"].read_bytes())
+    before = source.read_bytes()
+    same_file = tmp_path / ".." / tmp_path.name / "model.pt"
+    arguments = ["export", "--checkpoint", str(source), "--out", str(same_file)]
+    assert main([*arguments, "--format", export_format]) == 2
+    error = capsys.readouterr().err
+    assert "is the checkpoint being read (--checkpoint)" in error
+    assert len(error.strip().splitlines()) == 1
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["quantize", "export"])
+def test_an_out_below_a_file_is_refused_before_any_work(fp32_files, capsys, command):
+    """``quantize --out model.pt/int8.pt`` loaded the data and calibrated, then failed on
+    ``mkdir`` ("[Errno 17] File exists"), naming no option."""
+    source = fp32_files["simplenet"]
+    arguments = [command, "--checkpoint", str(source), "--out", str(source / "out.pt")]
+    extra = ["--data-dir", "/nonexistent"] if command == "quantize" else []
+    assert main([*arguments, *extra]) == 2
+    error = capsys.readouterr().err
+    assert f"lies below {source}, which is a file" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_evaluate_target_on_a_checkpoint_file_names_the_option(fp32_files, capsys):
+    """``evaluate --checkpoint model.pt --target cortex-m4`` said "[Errno 20] Not a
+    directory: 'model.pt/firmware.json'"."""
+    source = fp32_files["simplenet"]
+    assert main(["evaluate", "--checkpoint", str(source), "--target", "cortex-m4"]) == 2
+    error = capsys.readouterr().err
+    assert f"{source} is a file; --target runs a firmware directory" in error
+    assert len(error.strip().splitlines()) == 1
 
 
 def test_equalize_without_a_conv_pair_is_refused_before_any_data(fp32_files, tmp_path):
@@ -344,6 +556,29 @@ def test_every_quantize_option_reaches_the_settings(fp32_files, tmp_path):
     assert settings.observer == "minmax"
     default = build_parser().parse_args(["quantize", "--checkpoint", "a.pt", "--out", "b.pt"])
     assert quantize_settings(default).requantization == "fixed_point"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--adaround-iterations", "5"], "--adaround-iterations 5: set AdaRound, which runs only"),
+        (["--seed", "3", "--rounding", "gptq"], "--seed 3: set AdaRound, which runs only"),
+        (
+            ["--format", "mxfp4", "--requantization", "float32"],
+            "--format mxfp4: --requantization set the INT8 quantization",
+        ),
+    ],
+    ids=["iterations-without-adaround", "seed-with-gptq", "requantization-with-format"],
+)
+def test_quantize_refuses_an_option_it_would_ignore(fp32_files, tmp_path, capsys, options, message):
+    """Each ran to the end (exit 0) and ignored the option. The data directory does not
+    exist: the refusal comes before any work, and no file is written."""
+    out = tmp_path / "out.pt"
+    arguments = ["quantize", "--checkpoint", str(fp32_files["simplenet"]), "--out", str(out)]
+    assert main([*arguments, "--data-dir", "/nonexistent", *options]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_the_checkpoint_records_adarounds_seed_and_iterations(fp32_files, tmp_path):

@@ -124,10 +124,21 @@ def test_packing_shrinks_the_saved_file_in_proportion(baseline, images, tmp_path
     assert sizes[8] - sizes[2] == pytest.approx(weights * 3 / 4, abs=200)
 
 
-def test_damaged_packed_weights_are_a_clear_error(baseline, images, tmp_path):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda entry: entry["packed_weight"].update(bits=3),
+        # A bool size was a TypeError from reshape.
+        lambda entry: entry["packed_weight"].update(shape=[True, 784 * 128]),
+        # Two weights: the packed one silently won.
+        lambda entry: entry.update(weight=torch.zeros(128, 784, dtype=torch.int8)),
+    ],
+    ids=["bits", "bool-size", "packed-and-unpacked"],
+)
+def test_damaged_packed_weights_are_a_clear_error(baseline, images, tmp_path, damage):
     model = quantize_low_bit(baseline, images, LowBitSettings(weight_bits=2)).int8_model
     state = int8_state(model)
-    state["layers"][1]["packed_weight"]["bits"] = 3
+    damage(state["layers"][1])
     save_checkpoint({"kind": "int8", **state, "meta": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="packed weight is damaged"):
         load_int8(tmp_path / "bad.pt")

@@ -432,3 +432,14 @@ def test_graph_figure_draws_one_box_per_node(baseline, calibration):
         ]  # fmt: skip
         assert any(inside), text.get_text()
     plt.close(figure)
+
+
+def test_a_model_that_does_not_take_an_mnist_image_is_refused():
+    """The graph's input is ``[batch, 1, 28, 28]``: a model whose first Linear takes 16
+    features failed inside onnx's shape inference (InferenceError, "Dimension mismatch")."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 3)).eval()
+    inputs = torch.randn(20, 16)
+    int8_model = convert(model, calibrate(model, inputs, "minmax", progress=False))
+    with pytest.raises(InputError, match="layer '0' takes 16 features; the ONNX graph's input"):
+        int8_to_onnx(int8_model)

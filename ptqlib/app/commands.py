@@ -250,7 +250,10 @@ INT8_OPTIONS = {
     "layer_bits": None,
     "seed": 0,
     "adaround_iterations": 400,
+    "requantization": "fixed-point",
 }
+# The options that only AdaRound reads.
+ADAROUND_OPTIONS = ("seed", "adaround_iterations")
 
 
 def run_quantize_format(args: argparse.Namespace) -> int:
@@ -273,6 +276,16 @@ def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
     from ptqlib.app.quantize import QuantizeSettings
     from ptqlib.lowbit.weights import LowBitSettings, parse_layer_bits
 
+    ignored = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ADAROUND_OPTIONS
+        if getattr(args, name) != INT8_OPTIONS[name]
+    ]
+    if ignored and args.rounding != "adaround":
+        raise InputError(
+            f"{', '.join(ignored)}: set AdaRound, which runs only with --rounding adaround "
+            f"(not {args.rounding}); add that or drop them"
+        )
     layer_bits = {}
     if args.layer_bits is not None:
         layer_bits = parse_layer_bits(args.layer_bits)  # names: checked against the model
@@ -339,9 +352,10 @@ def run_find_culprit(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ptqlib.app.model_files import load_model
+    from ptqlib.app.model_files import check_out_path, load_model
     from ptqlib.deploy.onnx_export import OPSET, fp32_to_onnx, int8_to_onnx, save_onnx
 
+    check_out_path(args.out, args.checkpoint, "the exported model")
     model, kind, meta = load_model(args.checkpoint)
     if kind == "formats":
         raise InputError(

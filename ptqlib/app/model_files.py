@@ -7,11 +7,28 @@ file's ``kind`` field (``ptqlib.checkpoints``) decides which loader reads it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from torch import nn
 
 from ptqlib.checkpoints import fp32_from_payload, load_checkpoint
+from ptqlib.errors import InputError
 from ptqlib.int8_checkpoint import int8_from_payload
+
+
+def check_out_path(out: str | os.PathLike, checkpoint: str | os.PathLike, written: str) -> None:
+    """Refuse, before any work, an ``--out`` that names the ``--checkpoint`` a command reads
+    (the same file by any path: writing ``written`` there would destroy the model it was
+    made from) or lies below a file (no folder can be made there)."""
+    out = Path(out)
+    if out.resolve() == Path(checkpoint).resolve():
+        raise InputError(
+            f"out: {out} is the checkpoint being read (--checkpoint); writing {written} there "
+            "would overwrite it: give another file name"
+        )
+    blocking = next((parent for parent in out.parents if parent.is_file()), None)
+    if blocking is not None:
+        raise InputError(f"out: {out} lies below {blocking}, which is a file; expected a folder")
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, str, dict]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ptqlib.app.model_files import check_out_path
 from ptqlib.batchnorm import fold_model
 from ptqlib.catalog import ACTIVATION_OBSERVERS
 from ptqlib.checkpoints import load_fp32
@@ -152,11 +153,7 @@ def check_settings(settings: QuantizeSettings) -> nn.Module:
         raise InputError(f"bits: expected a LowBitSettings, got {type(settings.bits).__name__}")
     if Path(settings.out).is_dir():
         raise InputError(f"out: {settings.out} is a directory; expected a file name")
-    if Path(settings.out).resolve() == Path(settings.checkpoint).resolve():
-        raise InputError(
-            f"out: {settings.out} is the FP32 checkpoint being quantized; writing the INT8 "
-            "model there would overwrite it: give another file name"
-        )
+    check_out_path(settings.out, settings.checkpoint, "the quantized model")
     model, _ = load_fp32(settings.checkpoint, expected_model=settings.model)
     kind = model_name(model)
     problem = unsupported_for_model(kind, settings)

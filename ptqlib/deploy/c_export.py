@@ -214,7 +214,37 @@ def read_manifest(directory: Path) -> dict:
             f"{directory / MANIFEST}: not a ptqlib C export manifest (version {VERSION}); "
             "export again"
         )
+    check_manifest_fields(directory, manifest)
     return manifest
+
+
+def check_manifest_fields(directory: Path, manifest: dict) -> None:
+    """The fields Python acts on, each of its type and range: the sources it compiles (files
+    of the export, so covered by the digest), the kind, the tile and the output's dtype,
+    zero-point and scale (which turn the C's bytes into ptqlib's integers and logits)."""
+    builds, files = manifest["builds"], manifest["files"]
+    problems = []
+    if not (isinstance(builds, dict) and builds and all(v in files for v in builds.values())):
+        problems.append(f"builds {builds!r} must name files of the export ({', '.join(files)})")
+    if manifest["kind"] not in ("int8", "fp32"):
+        problems.append(f"kind {manifest['kind']!r} must be 'int8' or 'fp32'")
+    if type(manifest.get("tile")) is not int or manifest["tile"] < 1:
+        problems.append(f"tile {manifest.get('tile')!r} must be a whole number >= 1")
+    if manifest["kind"] == "int8":
+        scale = manifest.get("output_scale")
+        if manifest.get("output_dtype") not in ("uint8", "int8"):
+            problems.append(f"output_dtype {manifest.get('output_dtype')!r} must be uint8 or int8")
+        if type(manifest.get("output_zero_point")) is not int or not (
+            0 <= manifest["output_zero_point"] <= 255
+        ):
+            problems.append(
+                f"output_zero_point {manifest.get('output_zero_point')!r} must be 0..255 "
+                "(the C's uint8 domain)"
+            )
+        if not isinstance(scale, float) or not 0 < scale < float("inf"):
+            problems.append(f"output_scale {scale!r} must be a positive number")
+    if problems:
+        raise InputError(f"{directory / MANIFEST}: {'; '.join(problems)}; export again")
 
 
 def verify_directory(directory: str | os.PathLike) -> dict:

@@ -178,6 +178,12 @@ def _check_exportable(model: Int8Model) -> list[Int8Linear]:
             raise InputError("model: ONNX export supports Flatten only before the first Linear")
         if not isinstance(layer, (nn.Flatten, Int8Linear)):
             raise InputError(f"model: cannot export a {type(layer).__name__} layer to ONNX")
+    pixels = IMAGE_SHAPE[1] * IMAGE_SHAPE[2] * IMAGE_SHAPE[3]
+    if linears[0].in_features != pixels:  # the graph's input is the MNIST image
+        raise InputError(
+            f"model: layer {linears[0].name!r} takes {linears[0].in_features} features; the "
+            f"ONNX graph's input is a {IMAGE_SHAPE[2]} x {IMAGE_SHAPE[3]} image ({pixels} values)"
+        )
     return linears
 
 

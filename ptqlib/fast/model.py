@@ -140,6 +140,14 @@ class FoldedModel:
         )
 
 
+def nchw_shape(x: torch.Tensor, channels_last: bool) -> tuple[int, ...]:
+    """The shape of activations as the teaching path has them, ``[N, C, H, W]``, from the
+    fast path's ``[N, H, W, C]`` (``channels_last``) or ``[N, C, H, W]``."""
+    if channels_last:
+        return (x.shape[0], x.shape[3], x.shape[1], x.shape[2])
+    return tuple(x.shape)
+
+
 class FastInt8Model(nn.Module):
     """An :class:`~ptqlib.int8_model.Int8Model` (MLP or CNN), folded for speed: same input,
     same integers, same float logits (module docstring). ``use_int8_gemm`` picks the GEMM:
@@ -192,7 +200,7 @@ class FastInt8Model(nn.Module):
     def _input_carriers(self, images: torch.Tensor, folded: FoldedModel) -> torch.Tensor:
         """The teaching path's input carriers (module docstring), as floats for the float
         GEMM and int8 for ``_int_mm``; uint8 pixels by flipping their top bit."""
-        check_batch(images)
+        check_batch(images, folded.pixels)
         if images.dtype == torch.uint8 and folded.pixels:
             carriers = torch.bitwise_xor(images, SIGN_BIT).view(torch.int8)
             return carriers if self.use_int8_gemm else carriers.float()
@@ -220,10 +228,14 @@ class FastInt8Model(nn.Module):
         for planned in folded.plan:
             layer, step = planned.layer, planned.folded
             if isinstance(layer, Int8Linear):
+                layer.check_input_shape(tuple(x.shape))  # the teaching path's error
                 weight_t = step.weight_t
                 product = int8_matmul(x.to(weight_t.dtype), weight_t, exact_floats=True)
                 x = requantize_folded(product, layer, step)
             elif isinstance(layer, Int8Conv2d):
+                out_size = layer.check_input_shape(nchw_shape(x, planned.channels_last))
+                if planned.pool is not None:
+                    planned.pool.check_input_shape((len(x), layer.out_channels, *out_size))
                 if not planned.channels_last:
                     x = x.permute(0, 2, 3, 1)
                 product = conv_products(x, layer, step)
@@ -232,6 +244,7 @@ class FastInt8Model(nn.Module):
                     product = max_pool_channels_last(product, pool.kernel_size, pool.stride)
                 x = requantize_folded(product, layer, step)
             elif isinstance(layer, Int8MaxPool2d):
+                layer.check_input_shape(nchw_shape(x, planned.channels_last))
                 if planned.channels_last:
                     x = max_pool_channels_last(x, layer.kernel_size, layer.stride)
                 else:

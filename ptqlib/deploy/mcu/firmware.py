@@ -337,6 +337,11 @@ def verify_firmware(directory: str | os.PathLike) -> dict:
     """The firmware manifest of ``directory``, after checking the model's C files (their
     digest, ``verify_directory``) and every firmware file (the manifest's digest)."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(
+            f"{directory} is a file; --target runs a firmware directory written by export "
+            "--format c --target cortex-m4"
+        )
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except FileNotFoundError:
