@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from ptqlib.checkpoints import save_fp32
-from ptqlib.data import load_mnist
+from ptqlib.data import DOWNLOAD_FAILED_NOTE, load_mnist
 from ptqlib.training import load_or_train_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,14 +75,24 @@ def offline_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quantized_checkpoints(tmp_path_factory, offline_data) -> dict:
+def offline_data_dir(tmp_path_factory) -> Path:
+    """A data directory without MNIST in which a failed download is already noted: commands
+    given ``--data-dir`` read the offline sample at once, on any network, without importing
+    torchvision to try again (``tests/test_data.py`` tests the attempt and its note). Tests
+    add no files to it."""
+    folder = tmp_path_factory.mktemp("offline-data")
+    (folder / DOWNLOAD_FAILED_NOTE).write_text("MNIST could not be downloaded: no network\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def quantized_checkpoints(tmp_path_factory, offline_data, offline_data_dir) -> dict:
     """The cached FP32 baseline (``baseline``) saved as a checkpoint (``fp32``), quantized by
-    ``python -m ptqlib quantize`` in-process (``int8``), with ``data`` an empty data
-    directory (so the CLI reads the offline sample). Tests copy these files before changing
-    them."""
+    ``python -m ptqlib quantize`` in-process (``int8``), with ``data`` the
+    :func:`offline_data_dir` (so the CLI reads the offline sample). Tests copy these files
+    before changing them."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    data_dir = folder / "empty-data"  # no IDX files: the offline sample
-    data_dir.mkdir()
+    data_dir = offline_data_dir
     baseline, meta = load_or_train_baseline(offline_data, progress=False)
     paths = {"fp32": save_fp32(baseline, folder / "fp32.pt", meta), "data": data_dir}
     paths["int8"] = folder / "int8.pt"

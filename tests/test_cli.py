@@ -13,11 +13,10 @@ from ptqlib.checkpoints import load_fp32
 from ptqlib.models import SimpleNet
 
 
-def test_train_saves_a_checkpoint_from_the_offline_sample(tmp_path):
-    empty = tmp_path / "empty-data"
-    empty.mkdir()
+def test_train_saves_a_checkpoint_from_the_offline_sample(tmp_path, offline_data_dir):
     path = tmp_path / "fp32.pt"
-    result = run_main("train", "--epochs", "1", "--data-dir", str(empty), "--out", str(path))
+    data_dir = str(offline_data_dir)
+    result = run_main("train", "--epochs", "1", "--data-dir", data_dir, "--out", str(path))
     assert result.returncode == 0, result.stderr
     assert "offline sample" in result.stdout and "saved" in result.stdout
     model, meta = load_fp32(path)
