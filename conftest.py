@@ -43,6 +43,31 @@ def pytest_configure(config):
         _state["output_dir"] = tempfile.mkdtemp(prefix="ptqlib-test-output-")
         os.environ["PTQLIB_OUTPUT_DIR"] = _state["output_dir"]
     _state["tree"] = tree_state()
+    if hasattr(config, "workerinput"):
+        one_thread_per_worker()
+
+
+def one_thread_per_worker() -> None:
+    """In an xdist worker, torch runs the tests on one thread: two workers share two cores,
+    and two threads each would slow both down. Training keeps the thread count it was given
+    (OMP_NUM_THREADS, 2 in make test): its float sums, and so the weights, depend on it, and
+    the models the tests train land in the cache where the notebooks (whose kernels keep
+    OMP_NUM_THREADS) find them and print what their committed outputs show."""
+    import torch
+
+    import ptqlib.training
+
+    threads, train = torch.get_num_threads(), ptqlib.training.train
+
+    def train_on_the_given_threads(*args, **kwargs):
+        torch.set_num_threads(threads)
+        try:
+            return train(*args, **kwargs)
+        finally:
+            torch.set_num_threads(1)
+
+    ptqlib.training.train = train_on_the_given_threads
+    torch.set_num_threads(1)
 
 
 # --- make test runs two pytest-xdist workers (-n 2 --dist loadfile) ---------------------------
