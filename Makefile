@@ -41,10 +41,11 @@ docs: $(INSTALLED)
 	$(BIN)/sphinx-build -b html -c docs . docs/_build/html
 	@echo "Open docs/_build/html/index.html in a browser."
 
-## test: ruff, the unit tests and nbval over the notebooks
+## test: ruff, the unit tests and nbval over the notebooks, in two processes (pytest-xdist; a
+## file or notebook stays in one process, see conftest.py)
 test: $(INSTALLED)
 	$(BIN)/ruff check ptqlib tests benchmarks docs tools conftest.py
-	$(BIN)/pytest tests notebooks --nbval-lax --nbval-current-env \
+	$(BIN)/pytest tests notebooks -n 2 --dist loadfile --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg
 
 ## lab: open JupyterLab in the project's environment

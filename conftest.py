@@ -43,6 +43,94 @@ def pytest_configure(config):
         _state["output_dir"] = tempfile.mkdtemp(prefix="ptqlib-test-output-")
         os.environ["PTQLIB_OUTPUT_DIR"] = _state["output_dir"]
     _state["tree"] = tree_state()
+    if hasattr(config, "workerinput"):
+        one_thread_per_worker()
+
+
+def one_thread_per_worker() -> None:
+    """In an xdist worker, torch runs the tests on one thread: two workers share two cores,
+    and two threads each would slow both down. Training keeps the thread count it was given
+    (OMP_NUM_THREADS, 2 in make test): its float sums, and so the weights, depend on it, and
+    the models the tests train land in the cache where the notebooks (whose kernels keep
+    OMP_NUM_THREADS) find them and print what their committed outputs show."""
+    import torch
+
+    import ptqlib.training
+
+    threads, train = torch.get_num_threads(), ptqlib.training.train
+
+    def train_on_the_given_threads(*args, **kwargs):
+        torch.set_num_threads(threads)
+        try:
+            return train(*args, **kwargs)
+        finally:
+            torch.set_num_threads(1)
+
+    ptqlib.training.train = train_on_the_given_threads
+    torch.set_num_threads(1)
+
+
+# --- make test runs two pytest-xdist workers (-n 2 --dist loadfile) ---------------------------
+# A file's tests, and a notebook's cells, run in one worker: module fixtures run once and a
+# notebook's cells share their kernel. These files share a worker, because they share work or
+# would see each other's: the Sphinx build (the session fixture ``site``); the hot
+# DepthwiseCNN, trained once by test_debugging and found in the cache by notebook 09; the
+# grader and the sandbox, which both list the control groups and processes a grading leaves.
+SHARED_WORKER = {
+    "tests/test_docs.py": "site",
+    "tests/test_browser.py": "site",
+    "tests/test_debugging.py": "depthwise",
+    "notebooks/09_when_8bit_ptq_breaks.ipynb": "depthwise",
+    "tests/test_grade.py": "grading",
+    "tests/test_sandbox.py": "grading",
+}
+# The groups that take longest start first, so that no worker is left with a long one at the
+# end (the order only changes the time; ``pytest --durations`` shows what takes long).
+LONGEST_FIRST = [
+    "grading",
+    "depthwise",
+    "tests/test_parity_matrix.py",
+    "tests/test_onnx_cli.py",
+    "tests/test_mcu.py",
+    "tests/test_jupyterlab.py",
+    "notebooks/05_evaluation.ipynb",
+    "notebooks/07_convolutions_and_batchnorm.ipynb",
+    "notebooks/08_deploy.ipynb",
+    "site",
+]
+
+
+def worker_group(path: str) -> str:
+    """The unit of work of a file (its path from the repository root) under --dist loadfile."""
+    return SHARED_WORKER.get(path, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with the files of SHARED_WORKER in one unit of work each, in the order
+    the workers collected them (see pytest_collection_modifyitems)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedWorkerScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST's order, not the test counts
+    return SharedWorkerScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # only xdist's workers collect for the schedule
+        return
+    rank = {group: index for index, group in enumerate(LONGEST_FIRST)}
+
+    def order(item) -> int:
+        path = Path(item.path).resolve().relative_to(REPO_ROOT).as_posix()
+        return rank.get(worker_group(path), len(rank))
+
+    items.sort(key=order)  # stable: a file's tests keep their order
 
 
 def pytest_collectstart(collector):

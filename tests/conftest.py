@@ -1,9 +1,11 @@
 """Shared fixtures and helpers for the tests (no test module imports another)."""
 
+import contextlib
 import fcntl
 import functools
 import gzip
 import http.server
+import io
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ import pytest
 import torch
 
 from ptqlib.checkpoints import save_fp32
-from ptqlib.data import load_mnist
+from ptqlib.data import DOWNLOAD_FAILED_NOTE, load_mnist
 from ptqlib.training import load_or_train_baseline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +41,27 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """``python -m ptqlib ARGS`` in this process (``ptqlib.app.cli.main``): exit status, stdout
+    and stderr, like :func:`run_cli` without the seconds of starting Python and importing
+    torch. The few tests that need a real process (the entry point itself, or stderr exactly
+    as a user sees it, import-time warnings included) use :func:`run_cli`."""
+    from ptqlib.app.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors and --help
+            status = exit_.code
+    return subprocess.CompletedProcess(
+        ["python", "-m", "ptqlib", *args], status, stdout.getvalue(), stderr.getvalue()
+    )
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
-    """A run of :func:`run_cli` that failed as bad input should: exit 2, one line on stderr
-    containing ``message``, no traceback."""
+    """A run of :func:`run_cli` or :func:`run_main` that failed as bad input should: exit 2,
+    one line on stderr containing ``message``, no traceback."""
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -55,18 +75,28 @@ def offline_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quantized_checkpoints(tmp_path_factory, offline_data) -> dict:
+def offline_data_dir(tmp_path_factory) -> Path:
+    """A data directory without MNIST in which a failed download is already noted: commands
+    given ``--data-dir`` read the offline sample at once, on any network, without importing
+    torchvision to try again (``tests/test_data.py`` tests the attempt and its note). Tests
+    add no files to it."""
+    folder = tmp_path_factory.mktemp("offline-data")
+    (folder / DOWNLOAD_FAILED_NOTE).write_text("MNIST could not be downloaded: no network\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def quantized_checkpoints(tmp_path_factory, offline_data, offline_data_dir) -> dict:
     """The cached FP32 baseline (``baseline``) saved as a checkpoint (``fp32``), quantized by
-    ``python -m ptqlib quantize`` as a user runs it (``int8``), with ``data`` an empty data
-    directory (so the CLI reads the offline sample). Tests copy these files before changing
-    them."""
+    ``python -m ptqlib quantize`` in-process (``int8``), with ``data`` the
+    :func:`offline_data_dir` (so the CLI reads the offline sample). Tests copy these files
+    before changing them."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    data_dir = folder / "empty-data"  # no IDX files: the offline sample
-    data_dir.mkdir()
+    data_dir = offline_data_dir
     baseline, meta = load_or_train_baseline(offline_data, progress=False)
     paths = {"fp32": save_fp32(baseline, folder / "fp32.pt", meta), "data": data_dir}
     paths["int8"] = folder / "int8.pt"
-    result = run_cli(
+    result = run_main(
         "quantize", "--checkpoint", str(paths["fp32"]), "--out", str(paths["int8"]),
         "--calib", "200", "--data-dir", str(data_dir),
     )  # fmt: skip

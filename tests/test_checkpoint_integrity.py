@@ -5,7 +5,8 @@ ONNX model) is damaged in three ways, seeded: bytes changed at random positions,
 cut short, a block copied in from elsewhere in the file or from another file. Every load
 must either give exactly the original contents or refuse with an InputError (the CLI's one
 line and exit 2): no silent change, no traceback. A single byte changed inside a tensor's
-data, which torch.load alone accepts, is refused too.
+data, which torch.load alone accepts, is refused too. The mutants are loaded by the library;
+a few damaged files go through ``python -m ptqlib evaluate`` (in-process, ``main([...])``).
 """
 
 import random
@@ -16,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_main
 from ptqlib.app.model_files import load_model
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import (
@@ -256,17 +257,16 @@ def test_the_cli_refuses_damaged_files_in_one_line(files, tmp_path, kind, damage
         damaged[start : start + 512] = data[:512]
     path = tmp_path / f"{damage}{files[kind].suffix}"
     path.write_bytes(damaged)
-    result = run_cli("evaluate", "--checkpoint", str(path))
+    result = run_main("evaluate", "--checkpoint", str(path))
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert str(path) in line and "corrupt" in line and "Traceback" not in result.stderr
 
 
-def test_the_cli_evaluates_an_old_checkpoint_with_one_note(files, tmp_path):
+def test_the_cli_evaluates_an_old_checkpoint_with_one_note(files, tmp_path, offline_data_dir):
     old = old_format_copy(files["int8"], tmp_path)
-    empty = tmp_path / "no-mnist-here"  # the offline sample
-    empty.mkdir()
-    result = run_cli("evaluate", "--checkpoint", str(old), "--data-dir", str(empty), "--json")
+    data_dir = str(offline_data_dir)
+    result = run_main("evaluate", "--checkpoint", str(old), "--data-dir", data_dir, "--json")
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "unchecked" in line]
     assert len(notes) == 1 and notes[0].startswith("note: "), result.stderr

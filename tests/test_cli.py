@@ -7,25 +7,25 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from ptqlib.app.cli import EXIT_ERROR, main
+from ptqlib.checkpoints import load_fp32
+from ptqlib.models import SimpleNet
 
 
-@pytest.fixture(scope="module")
-def fp32_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli")
-    empty = folder / "empty-data"
-    empty.mkdir()
-    path = folder / "fp32.pt"
-    result = run_cli("train", "--epochs", "2", "--data-dir", str(empty), "--out", str(path))
+def test_train_saves_a_checkpoint_from_the_offline_sample(tmp_path, offline_data_dir):
+    path = tmp_path / "fp32.pt"
+    data_dir = str(offline_data_dir)
+    result = run_main("train", "--epochs", "1", "--data-dir", data_dir, "--out", str(path))
     assert result.returncode == 0, result.stderr
     assert "offline sample" in result.stdout and "saved" in result.stdout
-    return path, empty
+    model, meta = load_fp32(path)
+    assert isinstance(model, SimpleNet) and meta["epochs"] == 1 and meta["n_train"] == 4000
 
 
-def test_evaluate_json(fp32_checkpoint):
-    path, data_dir = fp32_checkpoint
-    result = run_cli("evaluate", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json")
+def test_evaluate_json(quantized_checkpoints):
+    path, data_dir = quantized_checkpoints["fp32"], quantized_checkpoints["data"]
+    result = run_main("evaluate", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # stdout holds exactly one JSON object
     assert report["kind"] == "fp32" and report["n_test"] == 1000
@@ -33,10 +33,10 @@ def test_evaluate_json(fp32_checkpoint):
     assert report["size_bytes"] == path.stat().st_size
 
 
-def test_quantize_then_evaluate_int8(fp32_checkpoint, tmp_path):
-    path, data_dir = fp32_checkpoint
+def test_quantize_then_evaluate_int8(quantized_checkpoints, tmp_path):
+    path, data_dir = quantized_checkpoints["fp32"], quantized_checkpoints["data"]
     out = tmp_path / "int8.pt"
-    result = run_cli(
+    result = run_main(
         "quantize",
         "--checkpoint",
         str(path),
@@ -51,16 +51,26 @@ def test_quantize_then_evaluate_int8(fp32_checkpoint, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert out.is_file() and "smaller than FP32" in result.stdout
-    result = run_cli("evaluate", "--checkpoint", str(out), "--data-dir", str(data_dir), "--json")
+    result = run_main("evaluate", "--checkpoint", str(out), "--data-dir", str(data_dir), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["kind"] == "int8" and report["size_bytes"] == out.stat().st_size
     assert report["size_bytes"] * 3.5 < path.stat().st_size
     assert 0.8 < report["accuracy"] <= 1.0
-    text = run_cli("evaluate", "--checkpoint", str(out), "--data-dir", str(data_dir)).stdout
+    text = run_main("evaluate", "--checkpoint", str(out), "--data-dir", str(data_dir)).stdout
     assert "loaded an INT8 checkpoint" in text
-    result = run_cli("quantize", "--checkpoint", str(out), "--out", str(tmp_path / "again.pt"))
+    result = run_main("quantize", "--checkpoint", str(out), "--out", str(tmp_path / "again.pt"))
     assert result.returncode == 2 and "is an INT8 checkpoint, but an FP32" in result.stderr
+
+
+def test_python_m_ptqlib_evaluates_a_checkpoint(quantized_checkpoints):
+    """The real entry point, in a new process as a user runs it: exit 0, one JSON object on
+    stdout, nothing on stderr (no warning at import, no download attempt)."""
+    path, data_dir = quantized_checkpoints["int8"], quantized_checkpoints["data"]
+    result = run_cli("evaluate", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kind"] == "int8"
+    assert "Traceback" not in result.stderr
 
 
 def run_in_process(args, capsys) -> tuple[int, str, str]:

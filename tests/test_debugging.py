@@ -4,7 +4,9 @@ names the depthwise layer whose BatchNorm folding did it, and the repairs hold.
 
 The outcome is asserted qualitatively (below 50%, within a point), not as exact numbers."""
 
+import contextlib
 import copy
+import io
 import json
 
 import pytest
@@ -13,8 +15,9 @@ from torch import nn
 
 from ptqlib.app.cli import EXIT_ERROR, main
 from ptqlib.batchnorm import fold_model
-from ptqlib.checkpoints import load_fp32
+from ptqlib.checkpoints import load_fp32, save_fp32
 from ptqlib.debugging import (
+    DebugReport,
     calibrated_activation_qparams,
     dead_channels,
     debug_model,
@@ -27,6 +30,7 @@ from ptqlib.int8_model import convert
 from ptqlib.models import DepthwiseCNN
 from ptqlib.plan import is_depthwise
 from ptqlib.quantization import fake_quantize, min_max, qparams_from_range
+from ptqlib.training import DEPTHWISE_EPOCHS, load_or_train_baseline
 
 SEED = 2  # notebook 09's pinned seed
 
@@ -88,24 +92,69 @@ def test_dead_channels_are_never_positive():
 
 
 @pytest.fixture(scope="module")
-def hot_checkpoint(tmp_path_factory):
-    """``train --model dwcnn --recipe hot`` as a user runs it, on the offline digits."""
-    folder = tmp_path_factory.mktemp("dwcnn-cli")
-    empty = folder / "empty-data"
-    empty.mkdir()
-    path = folder / "dwcnn_hot_fp32.pt"
-    arguments = ["train", "--model", "dwcnn", "--recipe", "hot", "--seed", str(SEED)]
-    assert main([*arguments, "--data-dir", str(empty), "--out", str(path)]) == 0
-    return path, empty
+def hot_checkpoint(tmp_path_factory, offline_data, offline_data_dir):
+    """The model ``train --model dwcnn --recipe hot`` trains on the offline digits (the same
+    call of ``ptqlib.training.train``, see the test below), from the session's cache, where
+    notebook 09 finds it too, saved as a checkpoint."""
+    model, meta = load_or_train_baseline(
+        offline_data, epochs=DEPTHWISE_EPOCHS, seed=SEED, model="dwcnn", recipe="hot",
+        progress=False,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("dwcnn-cli") / "dwcnn_hot_fp32.pt"
+    return save_fp32(model, path, meta), offline_data_dir
+
+
+def test_train_dwcnn_hot_is_the_cached_training(monkeypatch, offline_data_dir, tmp_path):
+    """``train --model dwcnn --recipe hot`` trains with notebook 09's epochs and seed and
+    records the recipe: the model the fixture above loads from the cache. (Training it here
+    again would take a minute; the call is recorded instead, one epoch of it real.)"""
+    import ptqlib.training
+
+    calls = []
+
+    def one_epoch(data, **settings):
+        calls.append(settings)
+        return real_train(data, **{**settings, "epochs": 1})
+
+    real_train = ptqlib.training.train
+    monkeypatch.setattr(ptqlib.training, "train", one_epoch)
+    path = tmp_path / "hot.pt"
+    arguments = ["train", "--model", "dwcnn", "--recipe", "hot", "--out", str(path)]
+    assert main([*arguments, "--data-dir", str(offline_data_dir)]) == 0
+    assert calls == [{"epochs": DEPTHWISE_EPOCHS, "seed": SEED, "model": "dwcnn", "recipe": "hot"}]
+    model, meta = load_fp32(path, expected_model="dwcnn")
+    assert isinstance(model, DepthwiseCNN) and meta["recipe"] == "hot" and meta["seed"] == SEED
 
 
 @pytest.fixture(scope="module")
-def report(hot_checkpoint, offline_data):
-    from ptqlib.data import calibration_images
+def culprit_run(hot_checkpoint) -> tuple[DebugReport, dict]:
+    """``find-culprit --json`` on the hot checkpoint, in-process, once: the report its call of
+    ``debug_model`` returned (recorded on the way) and the JSON it printed. The procedure takes
+    tens of seconds, so the library's report and the command's output come from one run."""
+    import ptqlib.debugging
 
-    model, meta = load_fp32(hot_checkpoint[0], expected_model="dwcnn")
-    assert meta["recipe"] == "hot"
-    return debug_model(model, calibration_images(offline_data.train, 500), offline_data.test)
+    path, data_dir = hot_checkpoint
+    reports = []
+
+    def recorded(*args, **kwargs):
+        reports.append(debug_model(*args, **kwargs))
+        return reports[-1]
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(ptqlib.debugging, "debug_model", recorded)
+        arguments = ["find-culprit", "--checkpoint", str(path), "--data-dir", str(data_dir)]
+        assert main([*arguments, "--json"]) == 0
+    (report,) = reports
+    return report, json.loads(printed.getvalue())
+
+
+@pytest.fixture(scope="module")
+def report(culprit_run, hot_checkpoint) -> DebugReport:
+    """The debugging procedure on the hot DepthwiseCNN with the command's defaults (minmax,
+    500 class-balanced calibration images, the 1,000 test digits)."""
+    assert load_fp32(hot_checkpoint[0], expected_model="dwcnn")[1]["recipe"] == "hot"
+    return culprit_run[0]
 
 
 def test_the_report_names_a_depthwise_layer_with_a_dead_channel(report, hot_checkpoint):
@@ -154,15 +203,13 @@ def test_quantize_per_tensor_collapses_and_per_channel_or_cle_repairs(hot_checkp
     assert fp32 - accuracies["per-tensor after CLE"] < 0.01  # for this seed (not for all)
 
 
-def test_debug_command_json_names_the_layer(hot_checkpoint, report, capsys):
-    path, data_dir = hot_checkpoint
-    capsys.readouterr()
-    assert (
-        main(["find-culprit", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json"])
-        == 0
-    )
-    found = json.loads(capsys.readouterr().out)
-    assert found["culprit"] == report.culprit
+def test_debug_command_json_names_the_layer(hot_checkpoint, culprit_run):
+    report, found = culprit_run
+    assert found == {
+        "checkpoint": str(hot_checkpoint[0]),
+        **json.loads(json.dumps(report.to_dict())),
+    }
+    assert found["culprit"] == report.culprit and report.culprit
     assert [trial["name"] for trial in found["steps"]][0] == "W8A8 per-tensor"
 
 

@@ -9,16 +9,15 @@
 
 Defect 2 (one GEMM entry point) is ``tests/test_parity_matrix.py::
 test_the_teaching_path_uses_the_one_gemm_entry_point``; the parity matrix covers 1 and 6 in
-every mode too.
+every mode too (6, the fast path following ``load_state_dict``, only there). Defect 1 keeps
+its test here: on the matrix's images the two requantizations of the MLP agree, on these
+they do not, so only this test would catch a fast path that ignored the mode.
 """
-
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import ptqlib
 import ptqlib.int8_checkpoint as int8_checkpoint
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
@@ -73,17 +72,6 @@ def test_defect_3_one_convert_for_the_mlp_and_the_cnn():
     qparams = calibrate(folded, IMAGES[:64], "minmax", progress=False).qparams
     int8_cnn = convert(folded, qparams, requantization="float32")
     assert isinstance(int8_cnn.layers[0], Int8Conv2d) and int8_cnn.requantization == "float32"
-    assert not (Path(ptqlib.__file__).parent / "int8_cnn.py").exists()  # no second convert
-
-
-def test_defect_6_the_fast_path_follows_load_state_dict():
-    model, other = simple_net(seed=0), simple_net(seed=1)
-    fast = FastInt8Model(model)
-    before = fast.quantized_logits(IMAGES[:100])
-    model.load_state_dict(other.state_dict())
-    after = fast.quantized_logits(IMAGES[:100])
-    assert not torch.equal(before, after)
-    assert torch.equal(after, other.quantized_logits(IMAGES[:100]))
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
@@ -106,8 +94,6 @@ def test_defect_7_zero_point_correction_means_minus_zx_sum_qw():
     # The carriers' correction is the zero-point correction at Z_x - 128 ...
     carried = zero_point_correction(first.weight, zero_point - 128)
     assert torch.equal(first.carrier_correction(), carried)
-    # ... and is no longer called zero_point_correction.
-    assert not hasattr(first, "zero_point_correction")
 
 
 def conv_state() -> dict:

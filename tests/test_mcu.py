@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, run_main
 from ptqlib.app.cli import main
 from ptqlib.calibration import calibrate
 from ptqlib.data import MNISTSplit, calibration_images
@@ -74,7 +74,7 @@ def firmware(tmp_path_factory, quantized_checkpoints):
 def test_export_and_evaluate_give_every_logit_of_ptqlib(firmware, quantized_checkpoints):
     """``evaluate --target``: both kernels reproduce every logit integer of the whole test
     split and of the stress images, and so ptqlib's accuracy."""
-    result = run_cli(
+    result = run_main(
         "evaluate", "--checkpoint", str(firmware), "--target", "cortex-m4", "--json",
         "--data-dir", str(quantized_checkpoints["data"]),
     )  # fmt: skip

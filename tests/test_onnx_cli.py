@@ -1,11 +1,12 @@
-"""The deployment commands as a user runs them: quantize -> export -> evaluate in ONNX Runtime."""
+"""The deployment commands, in-process (``main([...])``): quantize -> export -> evaluate in ONNX
+Runtime. ``tests/test_cli.py`` runs the real ``python -m ptqlib`` in a new process."""
 
 import json
 
 import onnx
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_main
 from ptqlib.app.pipeline import MODEL_NAMES
 from ptqlib.data import calibration_images, load_mnist
 from ptqlib.deploy.onnx_runtime import load_onnx_model
@@ -23,7 +24,7 @@ def files(tmp_path_factory, quantized_checkpoints):
     paths = dict(quantized_checkpoints)
     for kind in ("int8", "fp32"):
         paths[f"{kind}_onnx"] = folder / f"{kind}.onnx"
-        result = run_cli(
+        result = run_main(
             "export", "--checkpoint", str(paths[kind]), "--out", str(paths[f"{kind}_onnx"])
         )
         assert result.returncode == 0, result.stderr
@@ -32,7 +33,7 @@ def files(tmp_path_factory, quantized_checkpoints):
 
 
 def evaluate_json(path, data_dir):
-    result = run_cli("evaluate", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json")
+    result = run_main("evaluate", "--checkpoint", str(path), "--data-dir", str(data_dir), "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -76,24 +77,24 @@ def test_bad_onnx_files_give_one_line_and_exit_2(files, tmp_path, offline_data):
         (foreign, "not written by `python -m ptqlib export`"),
         (tmp_path / "missing.onnx", "does not exist"),
     ]:
-        assert_one_line_error(run_cli("evaluate", "--checkpoint", str(path)), message)
+        assert_one_line_error(run_main("evaluate", "--checkpoint", str(path)), message)
 
 
 def test_export_errors(files, tmp_path):
     out = tmp_path / "no" / "such" / "dir" / "model.onnx"
-    result = run_cli("export", "--checkpoint", str(files["int8"]), "--out", str(out))
+    result = run_main("export", "--checkpoint", str(files["int8"]), "--out", str(out))
     assert_one_line_error(result, "No such file or directory")
     assert str(out.parent) in result.stderr and not out.parent.exists()
-    result = run_cli("export", "--checkpoint", str(files["int8"]), "--out", str(tmp_path))
+    result = run_main("export", "--checkpoint", str(files["int8"]), "--out", str(tmp_path))
     assert_one_line_error(result, "is a directory")
-    result = run_cli("export", "--checkpoint", str(files["int8_onnx"]), "--out", "x.onnx")
+    result = run_main("export", "--checkpoint", str(files["int8_onnx"]), "--out", "x.onnx")
     assert_one_line_error(result, "not a readable ptqlib checkpoint")
-    assert "--checkpoint" in run_cli("export", "--help").stdout
+    assert "--checkpoint" in run_main("export", "--help").stdout
 
 
 @pytest.mark.slow
 def test_bench_adds_onnx_runtime_and_pt2e_rows(files):
-    result = run_cli(
+    result = run_main(
         "bench",
         "--runtime",
         "onnxruntime",

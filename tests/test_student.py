@@ -50,12 +50,26 @@ def exercise_pairs(notebook):
             yield cell, following
 
 
+# The notebooks whose setup cell only loads the cached SimpleNet baseline: the others train
+# CNNs or build whole pipelines in theirs (minutes). Every notebook's skeletons are still
+# reported as not attempted on the grader's path and its checker cells call the registered
+# exercises (tests/test_exercise_protocol.py); nbval runs every checker cell on its solution.
+RUN_IN_A_FRESH_NAMESPACE = [
+    "01_fp32_baseline.ipynb",
+    "02_quantization_math.ipynb",
+    "03_observers_and_calibration.ipynb",
+    "04_int8_conversion.ipynb",
+    "06_when_ptq_breaks.ipynb",
+]
+
+
 def test_skeletons_fail_their_checkers_until_filled(student_notebooks):
-    """Run each notebook's imports and setup cell (what an instructor runs in a fresh
-    kernel), then every skeleton and its checker: the checker must report the exercise as
-    not attempted, never PASS."""
+    """Run a notebook's imports and setup cell (what an instructor runs in a fresh kernel),
+    then every skeleton and its checker: the checker must report the exercise as not
+    attempted, never PASS."""
     exercises = 0
-    for name, notebook in student_notebooks.items():
+    for name in RUN_IN_A_FRESH_NAMESPACE:
+        notebook = student_notebooks[name]
         code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
         namespace: dict = {}
         setup = [cell for cell in code_cells[1:] if "setup" in tags(cell)]
