@@ -166,11 +166,13 @@ def environment(grading: Path, work: Path) -> dict[str, str]:
 def bwrap_options(host: Path, limits: Limits) -> list[str]:
     """bubblewrap's options for the runner's sandbox; the grading folder is /grading."""
     grading = SANDBOX_GRADING
-    command = [*namespace_options(), *readonly_binds()]
+    # The private /tmp first: a repository or virtual environment under /tmp is then bound
+    # on top of it (mounted after, it would hide them: "execvp .../python: No such file").
+    command = [*namespace_options(), "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    command += readonly_binds()
     command += ["--proc", "/proc", "--dev", "/dev"]
-    for memory in ("/tmp", "/dev/shm"):  # bubblewrap's /dev is a tmpfs of half the RAM
-        command += ["--size", str(limits.tmp_bytes), "--tmpfs", memory]
-    command += ["--remount-ro", "/dev"]
+    # bubblewrap's /dev is a tmpfs of half the RAM: /dev/shm gets the same cap as /tmp.
+    command += ["--size", str(limits.tmp_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     command += ["--ro-bind", str(host / "in"), str(grading / "in")]
     command += ["--ro-bind-try", str(artifacts_dir()), str(grading / "cache")]
     command += ["--size", str(limits.work_bytes), "--tmpfs", str(grading / "work")]
