@@ -29,8 +29,9 @@ from ptqlib.errors import InputError
 from ptqlib.int8_model import convert
 from ptqlib.models import DepthwiseCNN
 from ptqlib.plan import is_depthwise
+from ptqlib.pretrained import pretrained_path
 from ptqlib.quantization import fake_quantize, min_max, qparams_from_range
-from ptqlib.training import DEPTHWISE_EPOCHS, load_or_train_baseline
+from ptqlib.training import DEPTHWISE_EPOCHS
 
 SEED = 2  # notebook 09's pinned seed
 
@@ -92,22 +93,17 @@ def test_dead_channels_are_never_positive():
 
 
 @pytest.fixture(scope="module")
-def hot_checkpoint(tmp_path_factory, offline_data, offline_data_dir):
-    """The model ``train --model dwcnn --recipe hot`` trains on the offline digits (the same
-    call of ``ptqlib.training.train``, see the test below), from the session's cache, where
-    notebook 09 finds it too, saved as a checkpoint."""
-    model, meta = load_or_train_baseline(
-        offline_data, epochs=DEPTHWISE_EPOCHS, seed=SEED, model="dwcnn", recipe="hot",
-        progress=False,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("dwcnn-cli") / "dwcnn_hot_fp32.pt"
-    return save_fp32(model, path, meta), offline_data_dir
+def hot_checkpoint(offline_data_dir):
+    """Notebook 09's hot DepthwiseCNN as ptqlib ships it (``ptqlib.pretrained``: what
+    ``train --model dwcnn --recipe hot`` trained, see the test below), so the collapse and
+    the repairs below are the same on every CPU."""
+    return pretrained_path("dwcnn_hot"), offline_data_dir
 
 
 def test_train_dwcnn_hot_is_the_cached_training(monkeypatch, offline_data_dir, tmp_path):
     """``train --model dwcnn --recipe hot`` trains with notebook 09's epochs and seed and
-    records the recipe: the model the fixture above loads from the cache. (Training it here
-    again would take a minute; the call is recorded instead, one epoch of it real.)"""
+    records the recipe: the recipe of the shipped model the fixture above loads. (Training
+    it here again would take a minute; the call is recorded instead, one epoch of it real.)"""
     import ptqlib.training
 
     calls = []
@@ -214,7 +210,6 @@ def test_debug_command_json_names_the_layer(hot_checkpoint, culprit_run):
 
 
 def test_equalize_refuses_simplenet_in_one_line(tmp_path, capsys):
-    from ptqlib.checkpoints import save_fp32
     from ptqlib.models import SimpleNet
 
     path = save_fp32(SimpleNet(), tmp_path / "mlp.pt")
