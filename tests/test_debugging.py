@@ -8,6 +8,7 @@ import contextlib
 import copy
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -93,11 +94,14 @@ def test_dead_channels_are_never_positive():
 
 
 @pytest.fixture(scope="module")
-def hot_checkpoint(offline_data_dir):
+def hot_checkpoint(tmp_path_factory, offline_data_dir):
     """Notebook 09's hot DepthwiseCNN as ptqlib ships it (``ptqlib.pretrained``: what
     ``train --model dwcnn --recipe hot`` trained, see the test below), so the collapse and
-    the repairs below are the same on every CPU."""
-    return pretrained_path("dwcnn_hot"), offline_data_dir
+    the repairs below are the same on every CPU; copied to a temporary folder, where the
+    commands write their outputs beside it."""
+    path = tmp_path_factory.mktemp("dwcnn-cli") / "dwcnn_hot_fp32.pt"
+    shutil.copyfile(pretrained_path("dwcnn_hot"), path)
+    return path, offline_data_dir
 
 
 def test_train_dwcnn_hot_is_the_cached_training(monkeypatch, offline_data_dir, tmp_path):
