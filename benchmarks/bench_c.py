@@ -29,7 +29,7 @@ from torch import nn
 
 from ptqlib.calibration import calibrate
 from ptqlib.data import calibration_images, load_mnist
-from ptqlib.deploy.c_avx2 import PANEL, padded_inputs, panels
+from ptqlib.deploy.c_avx2_packing import PANEL, padded_inputs, panels
 from ptqlib.deploy.c_graph import int8_graph
 from ptqlib.deploy.c_latency import (
     REFERENCE,

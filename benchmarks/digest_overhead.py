@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         args.repeats = 3
     if args.repeats < 1:
         parser.error(f"--repeats: expected a positive number, got {args.repeats}")
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved runs")
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved runs"
+    )
     print("| file | bytes | whole load (ms) | digest check (ms) | check / load | fastest runs |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
@@ -97,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             load_ms = statistics.median(loads) * 1e3
             check_ms = statistics.median(checks) * 1e3
             fastest = min(checks) / min(loads)
-            print(f"| {label} | {path.stat().st_size:,} | {load_ms:.3f} | {check_ms:.3f} "
-                  f"| {check_ms / load_ms:.1%} | {fastest:.1%} |")
+            print(
+                f"| {label} | {path.stat().st_size:,} | {load_ms:.3f} | {check_ms:.3f} "
+                f"| {check_ms / load_ms:.1%} | {fastest:.1%} |"
+            )
 
 
 if __name__ == "__main__":

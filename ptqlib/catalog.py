@@ -41,5 +41,6 @@ def default_seed(model: str, recipe: str = DEFAULT_RECIPE) -> int:
     """The seed ``python -m ptqlib train`` uses for ``model`` and ``recipe`` unless given one."""
     return RECIPE_SEEDS.get((model, recipe), DEFAULT_SEED)
 
+
 # python -m ptqlib pipeline and bench: the batch sizes timed by default.
 BATCH_SIZES = (1, 64, 1024)

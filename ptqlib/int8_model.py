@@ -252,4 +252,3 @@ def convert(
     layers = [integer_layer(step, requantization) for step in steps]
     first = next(step for step in steps if isinstance(step, WeightedStep))
     return Int8Model(first.input_qparams, layers, requantization).eval()
-

@@ -33,6 +33,8 @@ SUPPORTED_NAMES = (
     "Linear, Conv2d (plain or depthwise), ReLU (after either), MaxPool2d, "
     "AdaptiveAvgPool2d(1) (global average pool), Flatten"
 )
+
+
 @dataclass(frozen=True)
 class WeightedStep:
     """One Linear or Conv2d of the float model with everything its integer version needs.

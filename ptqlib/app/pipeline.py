@@ -176,4 +176,3 @@ def run_pipeline(
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results
-

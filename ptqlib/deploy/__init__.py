@@ -11,6 +11,7 @@
 - ``ptqlib.deploy.c_files``         the header, the portable source, main.c
 - ``ptqlib.deploy.c_memory``        the liveness plan of the activations (the arena)
 - ``ptqlib.deploy.c_avx2``          the same forward pass with packed weights for x86 AVX2 + FMA
+- ``ptqlib.deploy.c_avx2_packing``  its packed weights, requantization constants and arena
 - ``ptqlib.deploy.c_runtime``       compiling it with the system C compiler, calling it from Python
 - ``ptqlib.deploy.c_call``          the light call: a CPython extension, pointers checked once
 - ``ptqlib.deploy.c_cache``         the private per-user cache of compiled libraries

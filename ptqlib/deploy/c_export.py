@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ptqlib.data import MNIST_MEAN, MNIST_STD
-from ptqlib.deploy import c_avx2
+from ptqlib.deploy import c_avx2, c_avx2_packing
 from ptqlib.deploy.c_files import (
     activation_plan,
     digest_line,
@@ -153,7 +153,7 @@ def export_c(
     if linear_only:
         builds["avx2"] = f"{prefix}_avx2.c"
         bodies[builds["avx2"]] = c_avx2.source_text(prefix, kind, layers, lookup)
-        arena["avx2"] = c_avx2.activation_plan(layers, kind)[1].size
+        arena["avx2"] = c_avx2_packing.activation_plan(layers, kind)[1].size
     bodies["BUILD"] = build_file(prefix, builds)
     manifest: dict = {
         "format": FORMAT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from ptqlib.deploy.c_avx2 import PANEL, pack_weights
+from ptqlib.deploy.c_avx2_packing import PANEL, pack_weights
 
 
 def packed_order(outputs: int, inputs: int) -> torch.Tensor:
