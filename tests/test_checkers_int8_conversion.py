@@ -16,6 +16,7 @@ from ptqlib.classroom.checkers import (
     check_integer_layer,
     check_zero_point_correction,
     integer_layer,
+    integer_layer_parts,
 )
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.integer_arithmetic import fixed_point_multiplier, quantize_bias
@@ -137,9 +138,9 @@ def test_the_layer_reference_equals_int8_linear(relu):
     assert torch.equal(got.to(torch.int8), expected)
     assert int(output_qparams.zero_point) != 0 and len(set(got.flatten().tolist())) > 50
     # The correction a carrier-free int8 input needs is the library's too.
+    reference = integer_layer_parts._zero_point_correction_reference
     assert torch.equal(
-        integer_layer._zero_point_correction_reference(q_w, int(input_qparams.zero_point)).int(),
-        layer.carrier_correction(),
+        reference(q_w, int(input_qparams.zero_point)).int(), layer.carrier_correction()
     )
 
 

@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from ptqlib.classroom.checkers.low_bit import (
-    _adaround_loss,
-    _gptq_column,
     _relu_mean,
     _step_gain_db,
-    check_adaround_loss,
-    check_gptq_column,
     check_pack_two_bit,
     check_relu_mean,
     check_step_gain_db,
+)
+from ptqlib.classroom.checkers.low_bit_rounding import (
+    _adaround_loss,
+    _gptq_column,
+    check_adaround_loss,
+    check_gptq_column,
 )
 from ptqlib.lowbit.rounding import (
     GPTQ_DAMPENING,

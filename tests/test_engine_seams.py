@@ -22,7 +22,7 @@ import ptqlib.int8_checkpoint as int8_checkpoint
 from ptqlib.batchnorm import fold_model
 from ptqlib.calibration import calibrate
 from ptqlib.checkpoints import save_checkpoint
-from ptqlib.classroom.checkers.integer_layer import _zero_point_correction_reference
+from ptqlib.classroom.checkers.integer_layer_parts import _zero_point_correction_reference
 from ptqlib.errors import InputError
 from ptqlib.fast import FastInt8Model
 from ptqlib.int8_checkpoint import int8_state, load_int8, save_int8

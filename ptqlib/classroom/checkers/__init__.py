@@ -73,9 +73,10 @@ One module per notebook topic, in ``ptqlib.classroom.checkers``: ``fp32_baseline
 (notebook 01: parameter count, INT8 size, hardest digits), ``quantization_math`` (notebook
 02: qparams, quantize, dequantize), ``quantization_schemes`` (notebook 02: symmetric and
 per-channel qparams, SQNR), ``observers_and_calibration``, ``l2_search`` and
-``observer_choice`` (03), ``int8_conversion``, ``integer_layer`` and ``accumulator_terms``
-(04), ``evaluation`` (05), ``low_bit`` (06), ``cnn`` (07), ``deploy`` (08), ``debugging``
-(09), ``c_export`` (10), ``microcontroller`` (11) and ``number_formats`` (12). The expected
+``observer_choice`` (03), ``int8_conversion``, ``integer_layer``, ``integer_layer_parts``
+and ``accumulator_terms`` (04), ``evaluation`` (05), ``low_bit`` and ``low_bit_rounding``
+(06), ``cnn`` (07), ``deploy`` (08), ``debugging`` (09), ``c_export`` (10),
+``microcontroller`` (11) and ``number_formats`` (12). The expected
 answers come from ptqlib itself or from private functions that the tests compare with
 ptqlib; no solution is exported.
 
@@ -99,8 +100,10 @@ from ptqlib.classroom.checkers import (
     fp32_baseline,
     int8_conversion,
     integer_layer,
+    integer_layer_parts,
     l2_search,
     low_bit,
+    low_bit_rounding,
     microcontroller,
     number_formats,
     observer_choice,
@@ -138,22 +141,20 @@ from ptqlib.classroom.checkers.int8_conversion import (
     fixed_point_cases,
     requantize_cases,
 )
-from ptqlib.classroom.checkers.integer_layer import (
+from ptqlib.classroom.checkers.integer_layer import check_integer_layer, integer_layer_cases
+from ptqlib.classroom.checkers.integer_layer_parts import (
     check_int32_bias,
-    check_integer_layer,
     check_zero_point_correction,
     int32_bias_cases,
-    integer_layer_cases,
     zero_point_correction_cases,
 )
 from ptqlib.classroom.checkers.l2_search import check_l2_error
 from ptqlib.classroom.checkers.low_bit import (
-    check_adaround_loss,
-    check_gptq_column,
     check_pack_two_bit,
     check_relu_mean,
     check_step_gain_db,
 )
+from ptqlib.classroom.checkers.low_bit_rounding import check_adaround_loss, check_gptq_column
 from ptqlib.classroom.checkers.microcontroller import (
     check_energy_per_inference,
     check_map_constants,
@@ -212,14 +213,14 @@ EXERCISES: tuple[Exercise | OpenQuestion, ...] = (
     integer_layer.INTEGER_LAYER,
     # Practice checkers, in no notebook:
     observers_and_calibration.PER_CHANNEL_SCALES,
-    integer_layer.INT32_BIAS,
-    integer_layer.ZERO_POINT_CORRECTION,
+    integer_layer_parts.INT32_BIAS,
+    integer_layer_parts.ZERO_POINT_CORRECTION,
     int8_conversion.REQUANTIZE,
     evaluation.MCNEMAR_P_VALUE,
     low_bit.PACK_TWO_BIT,
     low_bit.RELU_MEAN,
-    low_bit.GPTQ_COLUMN,
-    low_bit.ADAROUND_LOSS,
+    low_bit_rounding.GPTQ_COLUMN,
+    low_bit_rounding.ADAROUND_LOSS,
     low_bit.STEP_GAIN_DB,
     cnn.FOLD_INTO_NEXT,
     cnn.BORDER_ERROR,

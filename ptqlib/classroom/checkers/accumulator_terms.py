@@ -32,30 +32,9 @@ from typing import Any
 
 import torch
 
-from ptqlib.classroom.checkers.core import Case, WrongAnswer, compare_integers
+from ptqlib.classroom.checkers.core import Case, named_mistake
 from ptqlib.classroom.checkers.exercise import Exercise, run_exercise
 from ptqlib.classroom.checkers.int8_conversion import _fixed_point_multiplier_reference
-
-
-def _named_mistake(
-    case: Case, got: Any, mistakes: dict[str, torch.Tensor], dtype: torch.dtype | None, why: str
-) -> None:
-    """``compare_integers``, naming the mistake an exactly wrong answer reproduces, then the
-    dtype check (``dtype`` None: any integer dtype)."""
-    try:
-        compare_integers(case, got)
-    except WrongAnswer as wrong:
-        if isinstance(got, torch.Tensor) and got.shape == case.expected.shape:
-            for mistake, answer in mistakes.items():
-                if not torch.equal(answer, case.expected) and torch.equal(
-                    got.to(torch.int64), answer.to(torch.int64)
-                ):
-                    message = f"{wrong}; your answer is exactly what you get if you {mistake}"
-                    raise WrongAnswer(message) from None
-        raise
-    if dtype is not None and got.dtype != dtype:
-        raise WrongAnswer(f"the values are right but the dtype is {got.dtype}: {why}")
-
 
 # --- exercise 2: the accumulator with affine weights -------------------------------------------
 
@@ -164,7 +143,7 @@ def _affine_mistakes(arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _compare_affine(case: Case, got: Any) -> None:
-    _named_mistake(case, got, _affine_mistakes(case.arguments), None, "")
+    named_mistake(case, got, _affine_mistakes(case.arguments), None, "")
 
 
 def check_affine_accumulator(student_fn: Callable[..., Any]) -> None:
@@ -272,7 +251,7 @@ def _folded_mistakes(arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _compare_folded(case: Case, got: Any) -> None:
-    _named_mistake(
+    named_mistake(
         case,
         got,
         _folded_mistakes(case.arguments),

@@ -135,6 +135,50 @@ def compare_floats(case: Case, got: Any) -> None:
         raise WrongAnswer(_first_difference(got, expected, close))
 
 
+def compare_close(case: Case, got: Any) -> None:
+    """Float results, right to 1e-5 relative (plus 1e-6 absolute, for the zeros)."""
+    if isinstance(got, (int, float)) and not isinstance(got, bool):
+        got = torch.tensor(float(got), dtype=torch.float64)  # a plain number is fine too
+    got = _check_tensor(got, case.expected, "float").to(torch.float64)
+    expected = case.expected.to(torch.float64)
+    close = (got - expected).abs() <= 1e-5 * expected.abs() + 1e-6
+    if not bool(close.all()):
+        raise WrongAnswer(_first_difference(got, expected, close))
+
+
+def named_mistake(
+    case: Case, got: Any, mistakes: dict[str, torch.Tensor], dtype: torch.dtype | None, why: str
+) -> None:
+    """``compare_integers``, naming the mistake an exactly wrong answer reproduces, then the
+    dtype check (``dtype`` None: any integer dtype)."""
+    try:
+        compare_integers(case, got)
+    except WrongAnswer as wrong:
+        if isinstance(got, torch.Tensor) and got.shape == case.expected.shape:
+            for mistake, answer in mistakes.items():
+                if not torch.equal(answer, case.expected) and torch.equal(
+                    got.to(torch.int64), answer.to(torch.int64)
+                ):
+                    message = f"{wrong}; your answer is exactly what you get if you {mistake}"
+                    raise WrongAnswer(message) from None
+        raise
+    if dtype is not None and got.dtype != dtype:
+        raise WrongAnswer(f"the values are right but the dtype is {got.dtype}: {why}")
+
+
+def comparing_mistakes(
+    dtype: torch.dtype, why: str, mistakes: Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+) -> Callable[[Case, Any], None]:
+    """An exercise's comparison: :func:`named_mistake` with the mistakes that
+    ``mistakes(arguments)`` computes for the case, and the answer's ``dtype`` (``why`` says
+    why)."""
+
+    def compare(case: Case, got: Any) -> None:
+        named_mistake(case, got, mistakes(dict(case.arguments)), dtype, why)
+
+    return compare
+
+
 def describe(value: Any) -> str:
     """A short, readable form of an argument or a result (floats to 7 significant digits)."""
     if isinstance(value, torch.Tensor):
