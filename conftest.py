@@ -48,25 +48,16 @@ def pytest_configure(config):
 
 
 def one_thread_per_worker() -> None:
-    """In an xdist worker, torch runs the tests on one thread: two workers share two cores,
-    and two threads each would slow both down. Training keeps the thread count it was given
-    (OMP_NUM_THREADS, 2 in make test): its float sums, and so the weights, depend on it, and
-    the models the tests train land in the cache where the notebooks (whose kernels keep
-    OMP_NUM_THREADS) find them and print what their committed outputs show."""
+    """In an xdist worker, torch and every notebook kernel the worker starts run on one
+    thread: two workers share two cores, and two threads each slow both down many times
+    over (measured: 5 epochs of SimpleNet in two processes at once took 32 s each on two
+    threads, 1.8 s on one), because each thread waits for the other at every kernel. A
+    model trained here may therefore differ in its last bits from the committed outputs,
+    trained on OMP_NUM_THREADS=2: the cells whose output nbval compares print nothing
+    that depends on them, as they must across CPUs too."""
     import torch
 
-    import ptqlib.training
-
-    threads, train = torch.get_num_threads(), ptqlib.training.train
-
-    def train_on_the_given_threads(*args, **kwargs):
-        torch.set_num_threads(threads)
-        try:
-            return train(*args, **kwargs)
-        finally:
-            torch.set_num_threads(1)
-
-    ptqlib.training.train = train_on_the_given_threads
+    os.environ["OMP_NUM_THREADS"] = "1"  # the notebook kernels inherit it
     torch.set_num_threads(1)
 
 
