@@ -46,7 +46,8 @@ def conv_products(x: torch.Tensor, conv: Int8Conv2d, folded: FoldedStep) -> torc
         by_channel = rows.view(len(rows), conv.in_channels, -1)
         product = int8_channelwise_dot(by_channel, conv.weight_matrix())
     else:
-        product = int8_matmul(rows, folded.weight_t, exact_floats=True)
+        use_int8_gemm = not folded.weight_t.is_floating_point()  # as the fold chose
+        product = int8_matmul(rows, folded.weight_t, use_int8_gemm, exact_floats=True)
     return product.view(batch, out_h, out_w, conv.out_channels)
 
 

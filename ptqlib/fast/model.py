@@ -230,7 +230,9 @@ class FastInt8Model(nn.Module):
             if isinstance(layer, Int8Linear):
                 layer.check_input_shape(tuple(x.shape))  # the teaching path's error
                 weight_t = step.weight_t
-                product = int8_matmul(x.to(weight_t.dtype), weight_t, exact_floats=True)
+                product = int8_matmul(
+                    x.to(weight_t.dtype), weight_t, self.use_int8_gemm, exact_floats=True
+                )
                 x = requantize_folded(product, layer, step)
             elif isinstance(layer, Int8Conv2d):
                 out_size = layer.check_input_shape(nchw_shape(x, planned.channels_last))
@@ -276,4 +278,4 @@ class FastInt8Model(nn.Module):
         them, so ``ptqlib.evaluation`` works unchanged."""
         carriers, folded = self._carriers(images)
         last = folded.last
-        return (carriers.float() - last.output_zero_carrier) * last.output_scale
+        return carriers.float().sub_(last.output_zero_carrier).mul_(last.output_scale)
