@@ -51,7 +51,12 @@ def check_batch(images: object, takes_pixels: bool) -> None:
     paths (teaching and fast) say about an empty batch or the wrong kind of input."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
-    if images.dim() == 0 or images.shape[0] == 0:  # (len() of a tensor is slower Python)
+    if images.dim() < 2:
+        raise InputError(
+            f"images: expected a batch of images [N, ...], got shape {tuple(images.shape)}; "
+            "for one image, add the batch dimension: images.unsqueeze(0)"
+        )
+    if images.shape[0] == 0:  # (len() of a tensor is slower Python)
         raise InputError(
             f"images: expected a batch of at least one image, got shape {tuple(images.shape)}"
         )

@@ -303,6 +303,33 @@ def test_an_empty_batch_is_refused_alike_by_both_paths(pixels):
             runner(empty)
 
 
+def test_one_image_without_its_batch_dimension_is_one_clear_error():
+    """A 1-d image (784 values) was an IndexError from deep inside torch on both paths."""
+    model = calibrated_simplenet()
+    for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
+        with pytest.raises(InputError, match=r"batch of images \[N, \.\.\.\].*unsqueeze"):
+            runner(torch.rand(784))
+
+
+def test_the_fast_path_follows_a_model_whose_scales_changed_dtype():
+    """An adversarial review found two ways the fast path's float numbers left the teaching
+    path's: the model's scales in half precision (``model.half()``: 1 / S was computed in
+    float32, the teaching path computes it in S's dtype) and a replaced float64 output scale
+    of shape [1] (the logits were dequantized in place in float32; ``(q - Z) * S`` is float64
+    there)."""
+    images = torch.rand(70, 784)
+    for dtype_change in ("half", "bfloat16", "double"):
+        model = calibrated_simplenet()
+        fast = FastInt8Model(model, use_int8_gemm=True)
+        getattr(model, dtype_change)()
+        assert torch.equal(fast.integer_forward(images), model.integer_forward(images))
+    model = issue_zero_row_linear(output_zero_point=3)
+    fast = FastInt8Model(model, use_int8_gemm=False)
+    model.integer_layers()[-1].output_scale = torch.tensor([0.1234567891], dtype=torch.float64)
+    x = torch.linspace(-1.0, 4.0, 32).reshape(2, 16)
+    assert fast(x).dtype == model(x).dtype == torch.float64 and torch.equal(fast(x), model(x))
+
+
 def test_pixels_given_to_a_model_of_normalised_images_are_refused_on_both_paths():
     """uint8 pixels read as floats 0..255 saturated the input quantization: every input
     integer at its maximum, logits computed without a word."""

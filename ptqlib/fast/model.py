@@ -112,9 +112,11 @@ class FoldedModel:
         qparams = model.input_qparams
         self.pixels = model.takes_pixels
         self.divide = model.requantization == Requantization.FLOAT32
-        # The teaching path's own float32 numbers: 1 / S as torch computes it, and S.
+        # The teaching path's own numbers: S in float32 for the division (ORT's arithmetic),
+        # and 1 / S computed in S's own dtype, as ``quantize`` does (float32, unless the
+        # model was converted with .double() or .half()).
         self.input_scale = qparams.scale.to(torch.float32).clone()
-        self.inverse_input_scale = 1.0 / self.input_scale
+        self.inverse_input_scale = 1.0 / qparams.scale
         self.input_zero_carrier = carrier_of(int(qparams.zero_point), qparams.dtype)
         self.input_lowest = carrier_of(qparams.quant_min, qparams.dtype)
         self.input_highest = carrier_of(qparams.quant_max, qparams.dtype)
@@ -278,4 +280,4 @@ class FastInt8Model(nn.Module):
         them, so ``ptqlib.evaluation`` works unchanged."""
         carriers, folded = self._carriers(images)
         last = folded.last
-        return carriers.float().sub_(last.output_zero_carrier).mul_(last.output_scale)
+        return (carriers.float() - last.output_zero_carrier) * last.output_scale
