@@ -345,5 +345,5 @@ def input_lookup_table(model: Int8Model) -> torch.Tensor | None:
     if is_pixel_input(model.input_qparams):
         return None
     pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)
-    carriers = model.quantize_input(normalise(pixels).reshape(256))
+    carriers = model.quantize_input(normalise(pixels).reshape(256, 1)).flatten()  # 256 values
     return (carriers.to(torch.int16) + 128).to(torch.uint8)
