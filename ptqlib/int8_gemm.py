@@ -111,7 +111,7 @@ def int8_matmul(
       and strides as a row-major or column-major matrix, and PyTorch hands it legal tensors
       that are neither: a dimension of size 1 may have any stride (``weight.t()`` of a layer
       with one input is ``[1, out]`` with strides (1, 1); ``torch.compile`` makes ``[1, K]``
-      rows with stride (1, 1), see the README's "Known issues"), ``expand`` gives stride 0,
+      rows with stride (1, 1)), ``expand`` gives stride 0,
       ``as_strided`` overlapping rows. oneDNN misreads them (torch 2.14.1), so every operand
       without a :func:`has_gemm_layout` is copied first; the usual ones are not.
     - an exact float GEMM of the same integers (``use_int8_gemm=False``; the default
