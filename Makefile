@@ -14,7 +14,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
-# One thread count for every run, so timings and results are comparable between runs.
+# One thread count for every run, so timings and results are comparable between runs (make
+# test's two pytest processes, and the notebook kernels they start, use one each: conftest.py).
 export OMP_NUM_THREADS ?= 2
 # The notebooks run on the project kernel: put .venv first on PATH for jupyter and make.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
