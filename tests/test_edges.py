@@ -3,6 +3,7 @@ batches, bad files and odd options. Each test pins one behaviour that broke befo
 written; the degenerate models and the random-model fuzz are in ``test_parity_matrix.py``."""
 
 import argparse
+import math
 import os
 import stat
 import struct
@@ -309,6 +310,25 @@ def test_one_image_without_its_batch_dimension_is_one_clear_error():
     for runner in (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False)):
         with pytest.raises(InputError, match=r"batch of images \[N, \.\.\.\].*unsqueeze"):
             runner(torch.rand(784))
+
+
+def test_non_finite_images_are_refused_as_the_teaching_path_refuses_them():
+    """The fast path tests a batch's sum for NaN and Inf and runs the teaching path's full
+    check only when the sum is not finite: a NaN or Inf anywhere is the same clear error,
+    and finite images whose float32 sum overflows (3e38 each) are not refused."""
+    model = calibrated_simplenet()
+    runners = (model, FastInt8Model(model, use_int8_gemm=True), FastInt8Model(model, False))
+    for bad in (math.nan, math.inf, -math.inf):
+        images = torch.rand(3, 784)
+        images[2, 700] = bad
+        for runner in runners:
+            with pytest.raises(InputError, match="x: the tensor contains NaN or Inf"):
+                runner(images)
+    huge = torch.full((2, 784), 3e38)
+    huge[1] = -3e38
+    assert not math.isfinite(huge.sum())
+    for fast in runners[1:]:
+        assert torch.equal(fast.integer_forward(huge), model.integer_forward(huge))
 
 
 def test_the_fast_path_follows_a_model_whose_scales_changed_dtype():

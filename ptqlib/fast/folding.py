@@ -80,7 +80,7 @@ class FoldedStep:
     lowest: int  # clamp bounds of the output's carriers
     highest: int
     input_zero_carrier: int  # Z_x - offset: what a conv pads with
-    output_zero_carrier: int  # Z_y - offset
+    output_zero_carrier: torch.Tensor  # Z_y - offset, 0-d float32 (a cheaper call than an int)
     output_scale: torch.Tensor  # S_y (float32), to dequantize the logits
 
 
@@ -164,7 +164,9 @@ def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
         lowest,
         highest,
         input_zero_carrier=step.zero_carrier(),
-        output_zero_carrier=carrier_of(int(step.output_zero_point), step.output_dtype),
+        output_zero_carrier=torch.tensor(
+            float(carrier_of(int(step.output_zero_point), step.output_dtype))
+        ),
         output_scale=step.output_scale.clone(),
     )
 
