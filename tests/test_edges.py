@@ -331,6 +331,61 @@ def test_non_finite_images_are_refused_as_the_teaching_path_refuses_them():
         assert torch.equal(fast.integer_forward(huge), model.integer_forward(huge))
 
 
+def test_sparse_images_get_the_teaching_paths_error():
+    """The finite-sum shortcut reads only a plain dense tensor: a sparse one went past it and
+    failed later with another error than the teaching path's."""
+    model = calibrated_simplenet()
+    sparse = torch.rand(2, 784).to_sparse()
+    with pytest.raises(NotImplementedError) as teaching:
+        model(sparse)
+    for use_int8_gemm in (True, False):
+        with pytest.raises(NotImplementedError) as fast:
+            FastInt8Model(model, use_int8_gemm)(sparse)
+        assert str(fast.value) == str(teaching.value)
+
+
+@GEMMS
+def test_fast_input_quantization_edges_found_by_review(use_int8_gemm):
+    """An adversarial review of the 0-d zero-point tensors: a zero-point carrier above 2^24
+    with a float64 input scale (float64 carriers: a float32 Z' rounded it), zero-points
+    made under a ``meta`` default device (``add_`` of a meta tensor silently added nothing),
+    an input scale whose 1 / S overflows after ``.half()`` (0 * inf = NaN, which only the
+    teaching path's own conversion turns into its integers), and constants folded under
+    ``inference_mode`` used by images that require grad."""
+    torch.manual_seed(0)
+    net = SimpleNet().eval()
+    images = torch.rand(64, 1, 28, 28) * 3 - 0.4
+    model = convert(net, calibrate(net, images, "minmax", progress=False).qparams)
+    integers = model.quantize_input(images[:4]).reshape(4, 784).double() + 128
+    model.input_scale = torch.tensor([0.75], dtype=torch.float64)
+    model.input_zero_point = torch.tensor(2**24 + 129)  # Z' = 2^24 + 1: not a float32
+    x = ((integers - 2**24 - 129) * 0.75).float()
+    fast = FastInt8Model(model, use_int8_gemm)
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+
+    model = with_requantization(calibrated_simplenet(), "float32")
+    with torch.device("meta"):
+        fast = FastInt8Model(model, use_int8_gemm)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+    assert torch.equal(fast(x), model(x))
+
+    constant = calibrate(net, torch.zeros(8, 1, 28, 28), "minmax", progress=False)
+    model = convert(net, constant.qparams)
+    model.half()  # S_x = EPS: 1 / S_x is inf in float16
+    x = torch.zeros(3, 1, 28, 28)
+    x[1] = 0.5
+    fast = FastInt8Model(model, use_int8_gemm)
+    assert torch.equal(fast.quantize_input(x), model.quantize_input(x))
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+
+    model = calibrated_simplenet()
+    with torch.inference_mode():
+        fast = FastInt8Model(model, use_int8_gemm)
+    x = torch.rand(2, 784, requires_grad=True)
+    assert torch.equal(fast(x), model(x))
+
+
 def test_the_fast_path_follows_a_model_whose_scales_changed_dtype():
     """An adversarial review found two ways the fast path's float numbers left the teaching
     path's: the model's scales in half precision (``model.half()``: 1 / S was computed in

@@ -80,7 +80,7 @@ class FoldedStep:
     lowest: int  # clamp bounds of the output's carriers
     highest: int
     input_zero_carrier: int  # Z_x - offset: what a conv pads with
-    output_zero_carrier: torch.Tensor  # Z_y - offset, 0-d float32 (a cheaper call than an int)
+    output_zero_carrier: torch.Tensor  # Z_y - offset, 0-d (zero_tensor)
     output_scale: torch.Tensor  # S_y (float32), to dequantize the logits
 
 
@@ -147,6 +147,13 @@ def _fixed_point_folding(
     return FoldedArithmetic.TEACHING, None, None, None
 
 
+def zero_tensor(zero_point: int, device: torch.device) -> torch.Tensor:
+    """A zero-point (carrier) to add to or subtract from float carriers, as a 0-d float64
+    tensor on its buffer's device: a 0-d tensor does not promote the other operand's dtype,
+    so the result is the one the Python int gives, and the call is about 2 us cheaper."""
+    return torch.tensor(float(zero_point), dtype=torch.float64, device=device)
+
+
 def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
     """One teaching-path step's GEMM weight and folded constants, from its buffers now."""
     weight_t = gemm_weight(step.weight_matrix().t().contiguous(), use_int8_gemm)
@@ -164,8 +171,9 @@ def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
         lowest,
         highest,
         input_zero_carrier=step.zero_carrier(),
-        output_zero_carrier=torch.tensor(
-            float(carrier_of(int(step.output_zero_point), step.output_dtype))
+        output_zero_carrier=zero_tensor(
+            carrier_of(int(step.output_zero_point), step.output_dtype),
+            step.output_zero_point.device,
         ),
         output_scale=step.output_scale.clone(),
     )

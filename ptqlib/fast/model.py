@@ -38,7 +38,7 @@ from torch import nn
 
 from ptqlib.errors import InputError
 from ptqlib.fast.conv import conv_products, max_pool_channels_last
-from ptqlib.fast.folding import FoldedStep, fold, requantize_folded
+from ptqlib.fast.folding import FoldedStep, fold, requantize_folded, zero_tensor
 from ptqlib.int8_gemm import carrier_of, default_uses_int8_gemm, int8_matmul
 from ptqlib.int8_layers import (
     Int8Conv2d,
@@ -118,11 +118,15 @@ class FoldedModel:
         # model was converted with .double() or .half()).
         self.input_scale = qparams.scale.to(torch.float32).clone()
         self.inverse_input_scale = 1.0 / qparams.scale
-        # Added as a 0-d float32 tensor: the same float32 addition as adding the Python int,
-        # at a third of the call's cost (with an int, add_ makes a tensor of it and converts
-        # that to float32 on every call: 2 of its 3 us in the profiler).
-        self.input_zero_carrier = torch.tensor(
-            float(carrier_of(int(qparams.zero_point), qparams.dtype))
+        # A scale whose 1 / S overflows (S = EPS after .half()) makes 0 * inf = NaN, which
+        # only the teaching path's own conversion turns into its integers: it quantizes then.
+        self.teaching_input = not bool(torch.isfinite(self.inverse_input_scale).all())
+        # Z' added as a 0-d float64 tensor: it does not promote the float32 carriers, so the
+        # addition is the one the Python int gave (float32, or exact in float64 carriers), at
+        # a third of the call's cost (with an int, add_ makes a tensor of it and converts
+        # that on every call: 2 of its 3 us in the profiler).
+        self.input_zero_carrier = zero_tensor(
+            carrier_of(int(qparams.zero_point), qparams.dtype), qparams.zero_point.device
         )
         self.input_lowest = carrier_of(qparams.quant_min, qparams.dtype)
         self.input_highest = carrier_of(qparams.quant_max, qparams.dtype)
@@ -146,6 +150,12 @@ class FoldedModel:
             and tuple(map(VERSION, buffers)) == self.versions
             and (model.requantization, *map(REQUANTIZATION, self.integer_steps)) == self.modes
         )
+
+
+def finite_test_sum(x: torch.Tensor) -> float:
+    """The sum of ``x`` as a number, without recording it for autograd (images that
+    require grad would warn when turned into a number)."""
+    return float((x.detach() if x.requires_grad else x).sum())
 
 
 def nchw_shape(x: torch.Tensor, channels_last: bool) -> tuple[int, ...]:
@@ -173,7 +183,10 @@ class FastInt8Model(nn.Module):
         for layer in self.model.layers:
             if not isinstance(layer, FAST_LAYERS):
                 raise InputError(f"model: the fast path cannot run a {type(layer).__name__}")
-        return FoldedModel(self.model, self.use_int8_gemm)
+        # Normal tensors even when folded under torch.inference_mode(): the constants are
+        # kept, and a later call with images that require grad must be able to use them.
+        with torch.inference_mode(False):
+            return FoldedModel(self.model, self.use_int8_gemm)
 
     def current(self) -> FoldedModel:
         """The folded constants of the model's state now, folded again if it changed."""
@@ -212,11 +225,16 @@ class FastInt8Model(nn.Module):
         if images.dtype == torch.uint8 and folded.pixels:
             carriers = torch.bitwise_xor(images, SIGN_BIT).view(torch.int8)
             return carriers if self.use_int8_gemm else carriers.float()
+        if folded.teaching_input:
+            carriers = self.model.quantize_input(images)
+            return carriers if self.use_int8_gemm else carriers.float()
         x = images.float()
         # The errors of the teaching path's quantize, on the same input. A finite sum means
         # finite values (a NaN or Inf makes the sum NaN or Inf): one reduction, and the full
-        # check only when it cannot tell (empty, or a sum of huge values overflowed).
-        if x.numel() == 0 or not math.isfinite(x.sum()):
+        # check when it cannot tell (empty, a sum of huge values overflowed, or not a plain
+        # dense tensor: a sparse or masked one sums only some values).
+        plain = type(x) is torch.Tensor and x.layout == torch.strided
+        if not plain or x.numel() == 0 or not math.isfinite(finite_test_sum(x)):
             check_finite(x, "x")
         # One new tensor, then in place: a batch of images is megabytes, and every fresh
         # allocation of that size costs page faults.
