@@ -50,7 +50,7 @@ from enum import StrEnum
 
 import torch
 
-from ptqlib.int8_gemm import carrier_of, gemm_weight
+from ptqlib.int8_gemm import FLOAT32_EXACT_INTEGERS, carrier_of, gemm_weight
 from ptqlib.int8_layers import Int8Step
 from ptqlib.integer_arithmetic import Requantization
 
@@ -148,10 +148,13 @@ def _fixed_point_folding(
 
 
 def zero_tensor(zero_point: int, device: torch.device) -> torch.Tensor:
-    """A zero-point (carrier) to add to or subtract from float carriers, as a 0-d float64
-    tensor on its buffer's device: a 0-d tensor does not promote the other operand's dtype,
-    so the result is the one the Python int gives, and the call is about 2 us cheaper."""
-    return torch.tensor(float(zero_point), dtype=torch.float64, device=device)
+    """A zero-point (carrier) to add to or subtract from float carriers, as a 0-d tensor on
+    its buffer's device: float32 where that holds it exactly (a 0-d tensor does not promote
+    the carriers' dtype, so the result is the one the Python int gives, and the call is
+    about 2 us cheaper), else int64, which torch converts just as it converts the int."""
+    if abs(zero_point) <= FLOAT32_EXACT_INTEGERS:
+        return torch.tensor(float(zero_point), dtype=torch.float32, device=device)
+    return torch.tensor(zero_point, dtype=torch.int64, device=device)
 
 
 def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:

@@ -121,10 +121,8 @@ class FoldedModel:
         # A scale whose 1 / S overflows (S = EPS after .half()) makes 0 * inf = NaN, which
         # only the teaching path's own conversion turns into its integers: it quantizes then.
         self.teaching_input = not bool(torch.isfinite(self.inverse_input_scale).all())
-        # Z' added as a 0-d float64 tensor: it does not promote the float32 carriers, so the
-        # addition is the one the Python int gave (float32, or exact in float64 carriers), at
-        # a third of the call's cost (with an int, add_ makes a tensor of it and converts
-        # that on every call: 2 of its 3 us in the profiler).
+        # Z' as a 0-d tensor (zero_tensor): with a Python int, add_ makes a tensor of it and
+        # converts that on every call, 2 of its 3 us in the profiler.
         self.input_zero_carrier = zero_tensor(
             carrier_of(int(qparams.zero_point), qparams.dtype), qparams.zero_point.device
         )
