@@ -386,6 +386,44 @@ def test_fast_input_quantization_edges_found_by_review(use_int8_gemm):
     assert torch.equal(fast(x), model(x))
 
 
+@GEMMS
+def test_zero_points_beyond_float32_and_inference_buffers_found_by_review(use_int8_gemm):
+    """A second review: with a uint8 input zero-point Z above 2^24, folding the carrier
+    offset into Z (``fl(Z - 128)`` against the teaching path's ``fl(Z) - 128``) changed
+    the integers; an output zero-point near the int64 minimum made the fast path fail where
+    the teaching path's integer_forward works (Z - 128 is no int64); a fractional zero-point
+    buffer was truncated; a buffer replaced under ``inference_mode`` (no version) crashed
+    the fast path's state check."""
+    x = torch.full((1, 784), -16777116.0)
+    model = calibrated_simplenet()
+    model.input_scale = torch.tensor(1.0)
+    model.input_zero_point = torch.tensor(2**24 + 1)
+    fast = FastInt8Model(model, use_int8_gemm)
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+
+    x = torch.rand(3, 784)
+    model = calibrated_simplenet()
+    with torch.no_grad():
+        model.integer_layers()[-1].output_zero_point.fill_(-(2**63))
+    fast = FastInt8Model(model, use_int8_gemm)
+    assert torch.equal(fast.quantized_logits(x), model.quantized_logits(x))
+
+    model = calibrated_simplenet()
+    model.input_zero_point = torch.tensor(-3.7)
+    assert torch.equal(
+        FastInt8Model(model, use_int8_gemm).quantize_input(x), model.quantize_input(x)
+    )
+
+    model = calibrated_simplenet()
+    fast = FastInt8Model(model, use_int8_gemm)
+    with torch.inference_mode():
+        model.input_scale = torch.tensor(0.02)
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+    with torch.inference_mode():
+        model.input_scale.fill_(0.03)  # an in-place write that bumps no version
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+
+
 def test_the_fast_path_follows_a_model_whose_scales_changed_dtype():
     """An adversarial review found two ways the fast path's float numbers left the teaching
     path's: the model's scales in half precision (``model.half()``: 1 / S was computed in

@@ -80,7 +80,7 @@ class FoldedStep:
     lowest: int  # clamp bounds of the output's carriers
     highest: int
     input_zero_carrier: int  # Z_x - offset: what a conv pads with
-    output_zero_carrier: torch.Tensor  # Z_y - offset, 0-d (zero_tensor)
+    output_zero_carrier: torch.Tensor | int  # Z_y - offset (zero_operand)
     output_scale: torch.Tensor  # S_y (float32), to dequantize the logits
 
 
@@ -147,14 +147,14 @@ def _fixed_point_folding(
     return FoldedArithmetic.TEACHING, None, None, None
 
 
-def zero_tensor(zero_point: int, device: torch.device) -> torch.Tensor:
-    """A zero-point (carrier) to add to or subtract from float carriers, as a 0-d tensor on
-    its buffer's device: float32 where that holds it exactly (a 0-d tensor does not promote
-    the carriers' dtype, so the result is the one the Python int gives, and the call is
-    about 2 us cheaper), else int64, which torch converts just as it converts the int."""
+def zero_operand(zero_point: int, device: torch.device) -> torch.Tensor | int:
+    """A zero-point (carrier) to add to or subtract from float carriers: a 0-d float32 tensor
+    on its buffer's device where float32 holds it exactly (a 0-d tensor does not promote the
+    carriers' dtype, so the result is the one the Python int gives, and the call is about
+    2 us cheaper), else the Python int itself, as the teaching path uses it."""
     if abs(zero_point) <= FLOAT32_EXACT_INTEGERS:
         return torch.tensor(float(zero_point), dtype=torch.float32, device=device)
-    return torch.tensor(zero_point, dtype=torch.int64, device=device)
+    return zero_point
 
 
 def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
@@ -174,7 +174,7 @@ def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
         lowest,
         highest,
         input_zero_carrier=step.zero_carrier(),
-        output_zero_carrier=zero_tensor(
+        output_zero_carrier=zero_operand(
             carrier_of(int(step.output_zero_point), step.output_dtype),
             step.output_zero_point.device,
         ),

@@ -24,7 +24,11 @@ teaching model and, on every call, checks that the model still has the layers, t
 objects (held here, not their ``id()``, which a new tensor can reuse) and the buffer
 versions it folded its constants from (every in-place write, ``load_state_dict`` included,
 bumps a tensor's version). If anything changed, it folds again before computing. So
-``load_state_dict`` on the teaching model changes the fast path's results too.
+``load_state_dict`` on the teaching model changes the fast path's results too. Two writes
+leave no version to check. ``buffer.data = ...`` swaps the data under the same tensor and
+version and is not seen: assign the buffer itself instead. A buffer that is an inference
+tensor (made under ``torch.inference_mode()``) has no version at all: with one among the
+buffers, the fast path folds on every call.
 """
 
 from __future__ import annotations
@@ -38,8 +42,13 @@ from torch import nn
 
 from ptqlib.errors import InputError
 from ptqlib.fast.conv import conv_products, max_pool_channels_last
-from ptqlib.fast.folding import FoldedStep, fold, requantize_folded, zero_tensor
-from ptqlib.int8_gemm import carrier_of, default_uses_int8_gemm, int8_matmul
+from ptqlib.fast.folding import FoldedStep, fold, requantize_folded, zero_operand
+from ptqlib.int8_gemm import (
+    FLOAT32_EXACT_INTEGERS,
+    carrier_of,
+    default_uses_int8_gemm,
+    int8_matmul,
+)
 from ptqlib.int8_layers import (
     Int8Conv2d,
     Int8GlobalAvgPool2d,
@@ -105,7 +114,10 @@ class FoldedModel:
         # several times as much on every call.
         self.buffer_dicts = tuple(module._buffers for module in (model, *self.integer_steps))
         self.buffers = self._buffers_now()
-        self.versions = tuple(map(VERSION, self.buffers))
+        # An inference tensor (made under torch.inference_mode()) has no version to watch:
+        # with one among the buffers, the fast path folds again on every call.
+        self.watchable = not any(buffer.is_inference() for buffer in self.buffers)
+        self.versions = tuple(map(VERSION, self.buffers)) if self.watchable else ()
         self.modes = (model.requantization, *map(REQUANTIZATION, self.integer_steps))
         self.steps = {id(step): fold(step, use_int8_gemm) for step in self.integer_steps}
         self.plan = plan_layers(self.layers, self.steps)
@@ -118,14 +130,20 @@ class FoldedModel:
         # model was converted with .double() or .half()).
         self.input_scale = qparams.scale.to(torch.float32).clone()
         self.inverse_input_scale = 1.0 / qparams.scale
-        # A scale whose 1 / S overflows (S = EPS after .half()) makes 0 * inf = NaN, which
-        # only the teaching path's own conversion turns into its integers: it quantizes then.
-        self.teaching_input = not bool(torch.isfinite(self.inverse_input_scale).all())
-        # Z' as a 0-d tensor (zero_tensor): with a Python int, add_ makes a tensor of it and
-        # converts that on every call, 2 of its 3 us in the profiler.
-        self.input_zero_carrier = zero_tensor(
-            carrier_of(int(qparams.zero_point), qparams.dtype), qparams.zero_point.device
+        # Folding the carrier offset into Z is exact while Z and Z' = Z - offset are exact
+        # float32 numbers; and a scale whose 1 / S overflows (S = EPS after .half()) makes
+        # 0 * inf = NaN, which only the teaching path's own conversion turns into its
+        # integers. Outside those bounds the fast path runs the teaching path's quantization.
+        zero_point = int(qparams.zero_point)
+        zero_carrier = carrier_of(zero_point, qparams.dtype)
+        exact_zero = float(qparams.zero_point) == zero_point and (
+            max(abs(zero_point), abs(zero_carrier)) <= FLOAT32_EXACT_INTEGERS
         )
+        finite_inverse = bool(torch.isfinite(self.inverse_input_scale).all())
+        self.teaching_input = not (exact_zero and finite_inverse)
+        # Z' as a 0-d tensor: with a Python int, add_ makes a tensor of it and converts that
+        # on every call, 2 of its 3 us in the profiler.
+        self.input_zero_carrier = zero_operand(zero_carrier, qparams.zero_point.device)
         self.input_lowest = carrier_of(qparams.quant_min, qparams.dtype)
         self.input_highest = carrier_of(qparams.quant_max, qparams.dtype)
 
@@ -135,7 +153,7 @@ class FoldedModel:
     def is_current(self, model: Int8Model) -> bool:
         """Whether ``model`` still has the layers, buffer objects, versions and modes these
         constants were folded from. Runs on every call: C-level loops (``map``) only."""
-        if model._modules.get("layers") is not self.layer_list:
+        if not self.watchable or model._modules.get("layers") is not self.layer_list:
             return False
         layers = self.layer_list._modules.values()
         if len(layers) != len(self.layers) or not all(map(operator.is_, layers, self.layers)):
