@@ -9,7 +9,9 @@ requantizing), plus:
   (``clamp(round(x (1 / S)) + Z)``, or ``round(x / S)`` for ORT's arithmetic), then subtracts
   the carrier offset. Here the offset is folded into the zero-point and the clamp,
   ``clamp(round(x (1 / S)) + Z', lo', hi')`` with ``Z' = Z - offset``: the same float32
-  operations, the same integers (exact: every integer involved is below 2^24).
+  operations, the same integers (exact: every integer involved is below 2^24). A model
+  outside that (a hand-set Z beyond 2^24, or 1 / S overflowing after ``.half()``) gets the
+  teaching path's own quantization.
 - **Raw pixels in.** For a model converted with ``pixel_input=True`` (input qparams S = 1,
   Z = 0, uint8), a uint8 image already is the quantized input; its carrier ``p - 128`` is
   ``p XOR 0x80`` read as int8 (flipping the top bit of a byte subtracts 128 modulo 256): no
