@@ -150,8 +150,8 @@ def _fixed_point_folding(
 def zero_operand(zero_point: int, device: torch.device) -> torch.Tensor | int:
     """A zero-point (carrier) to add to or subtract from float carriers: a 0-d float32 tensor
     on its buffer's device where float32 holds it exactly (a 0-d tensor does not promote the
-    carriers' dtype, so the result is the one the Python int gives, and the call is about
-    2 us cheaper), else the Python int itself, as the teaching path uses it."""
+    carriers' dtype, so the result is the one the Python int gives, and the call was about
+    2 us cheaper on an Intel Xeon), else the Python int itself, as the teaching path uses it."""
     if abs(zero_point) <= FLOAT32_EXACT_INTEGERS:
         return torch.tensor(float(zero_point), dtype=torch.float32, device=device)
     return zero_point

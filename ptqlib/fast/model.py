@@ -144,7 +144,7 @@ class FoldedModel:
         finite_inverse = bool(torch.isfinite(self.inverse_input_scale).all())
         self.teaching_input = not (exact_zero and finite_inverse)
         # Z' as a 0-d tensor: with a Python int, add_ makes a tensor of it and converts that
-        # on every call, 2 of its 3 us in the profiler.
+        # on every call (2 of its 3 us in the profiler on an Intel Xeon, torch 2.14.1).
         self.input_zero_carrier = zero_operand(zero_carrier, qparams.zero_point.device)
         self.input_lowest = carrier_of(qparams.quant_min, qparams.dtype)
         self.input_highest = carrier_of(qparams.quant_max, qparams.dtype)
