@@ -170,14 +170,17 @@ def test_degenerate_models_agree_with_the_int64_reference(mode):
     cases = degenerate_family(mode)
     for case in cases:
         assert_all_paths_equal(case.model, case.images, case.name)
-    # The family reaches every arithmetic of the fast path's requantization.
+    # The family reaches every arithmetic of the fast path's requantization, and int64 both
+    # with one shift for the layer and with one per channel.
     if mode == "fixed_point":
-        arithmetics = {
-            FastInt8Model(case.model).folded(step).arithmetic
+        folded = [
+            FastInt8Model(case.model).folded(step)
             for case in cases
             for step in case.model.integer_layers()
-        }
-        assert arithmetics == set(FoldedArithmetic)
+        ]
+        assert {step.arithmetic for step in folded} == set(FoldedArithmetic)
+        int64_shifts = {s.shift.dim() for s in folded if s.arithmetic == FoldedArithmetic.INT64}
+        assert int64_shifts == {0, 1}
 
 
 def random_mlp(generator: torch.Generator) -> tuple[nn.Sequential, list[int]]:
