@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional
 
 from ptqlib.fast.folding import FoldedStep
-from ptqlib.int8_gemm import int8_channelwise_dot, int8_matmul
+from ptqlib.int8_gemm import gemm_product, int8_channelwise_dot
 from ptqlib.int8_layers import Int8Conv2d, max_of_windows
 
 
@@ -46,8 +46,7 @@ def conv_products(x: torch.Tensor, conv: Int8Conv2d, folded: FoldedStep) -> torc
         by_channel = rows.view(len(rows), conv.in_channels, -1)
         product = int8_channelwise_dot(by_channel, conv.weight_matrix())
     else:
-        use_int8_gemm = not folded.weight_t.is_floating_point()  # as the fold chose
-        product = int8_matmul(rows, folded.weight_t, use_int8_gemm, exact_floats=True)
+        product = gemm_product(rows, folded.weight_t)
     return product.view(batch, out_h, out_w, conv.out_channels)
 
 

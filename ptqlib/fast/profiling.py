@@ -11,6 +11,8 @@ path is than the FP32 GEMM on this CPU: the bound of the fast path's speed-up ov
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +21,7 @@ from ptqlib.data import normalise
 from ptqlib.evaluation import time_interleaved
 from ptqlib.fast.folding import requantize_folded
 from ptqlib.fast.model import FastInt8Model
-from ptqlib.int8_gemm import default_uses_int8_gemm, gemm_weight, int8_matmul
+from ptqlib.int8_gemm import default_uses_int8_gemm, gemm_product, gemm_weight, int8_matmul
 from ptqlib.int8_layers import Int8Linear
 from ptqlib.int8_model import Int8Model
 
@@ -37,10 +39,10 @@ class TimeSplit:
         return max(self.total_ms - self.input_ms - self.gemm_ms, 0.0)
 
 
-def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list:
-    """``(carriers, weight_t, exact_floats)`` per Linear: the arguments of its GEMM
-    (``int8_matmul``, the one entry point) on that layer's real input, as each path calls it
-    (the fast path keeps the float GEMM's sums as floats)."""
+def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list[Callable]:
+    """One call per Linear: its GEMM on that layer's real input, as each path calls it (the
+    teaching path ``int8_matmul``; the fast path ``gemm_product`` with its prepared weight,
+    on the previous layer's output as it is, which keeps the float GEMM's sums as floats)."""
     calls, x = [], carriers
     if isinstance(model, FastInt8Model):
         for layer in model.model.layers:
@@ -48,13 +50,12 @@ def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list:
                 x = layer(x)
                 continue
             folded = model.folded(layer)
-            argument = x.to(folded.weight_t.dtype)  # what the fast path hands the GEMM
-            calls.append((argument, folded.weight_t, True))
-            x = requantize_folded(int8_matmul(argument, folded.weight_t), layer, folded)
+            calls.append(functools.partial(gemm_product, x, folded.weight_t))
+            x = requantize_folded(gemm_product(x, folded.weight_t), layer, folded)
         return calls
     for layer in model.layers:
         if isinstance(layer, Int8Linear):
-            calls.append((x, layer.weight.t(), False))
+            calls.append(functools.partial(int8_matmul, x, layer.weight.t()))
         x = layer(x)
     return calls
 
@@ -73,8 +74,8 @@ def time_split(
     gemms = _gemms(model, carriers)
 
     def all_gemms() -> None:
-        for x, weight, exact_floats in gemms:
-            int8_matmul(x, weight, exact_floats=exact_floats)
+        for gemm in gemms:
+            gemm()
 
     samples = time_interleaved(
         {
@@ -99,7 +100,7 @@ def gemm_speedup(
 ) -> float:
     """How many times faster this CPU's int8 GEMM path is than its FP32 GEMM, on SimpleNet's
     first layer (``[batch_size, depth] x [depth, outputs]``): the median time of
-    ``torch.mm`` on float32 over that of ``int8_matmul`` as the fast path calls it
+    ``torch.mm`` on float32 over that of ``gemm_product`` as the fast path calls it
     (``torch._int_mm`` where it is fast, else the exact float GEMM), interleaved.
 
     The GEMMs are most of both models' work at a large batch, and the fast path adds its
@@ -116,7 +117,7 @@ def gemm_speedup(
     samples = time_interleaved(
         {
             "fp32": lambda: torch.mm(images, weights),
-            "int8": lambda: int8_matmul(gemm_input, weight_t, use_int8_gemm, exact_floats=True),
+            "int8": lambda: gemm_product(gemm_input, weight_t),
         },
         threads=threads,
         repeats=repeats,
