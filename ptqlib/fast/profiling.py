@@ -42,7 +42,7 @@ class TimeSplit:
 def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list[Callable]:
     """One call per Linear: its GEMM on that layer's real input, as each path calls it (the
     teaching path ``int8_matmul``; the fast path ``gemm_product`` with its prepared weight,
-    on the previous layer's output as it is, which keeps the float GEMM's sums as floats)."""
+    which keeps the float GEMM's sums as floats)."""
     calls, x = [], carriers
     if isinstance(model, FastInt8Model):
         for layer in model.model.layers:
@@ -50,8 +50,9 @@ def _gemms(model: Int8Model | FastInt8Model, carriers: torch.Tensor) -> list[Cal
                 x = layer(x)
                 continue
             folded = model.folded(layer)
-            calls.append(functools.partial(gemm_product, x, folded.weight_t))
-            x = requantize_folded(gemm_product(x, folded.weight_t), layer, folded)
+            argument = x.to(folded.weight_t.dtype)  # the GEMM's own type, converted before
+            calls.append(functools.partial(gemm_product, argument, folded.weight_t))
+            x = requantize_folded(gemm_product(argument, folded.weight_t), layer, folded)
         return calls
     for layer in model.layers:
         if isinstance(layer, Int8Linear):
