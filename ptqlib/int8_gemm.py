@@ -124,14 +124,14 @@ def int8_matmul(
 
 
 def gemm_product(carriers: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Carriers ``[N, K]`` times a weight made by :func:`gemm_weight`: for an int8 weight,
-    ``torch._int_mm`` of int8 carriers (int32 sums; carriers without a
-    :func:`has_gemm_layout` copied first); else ``torch.mm`` of the carriers' values (int8,
-    or floats holding those integers) in the weight's float type, whose sums are exact
+    """Carriers ``[N, K]`` times a weight made by :func:`gemm_weight`. An integer weight:
+    ``torch._int_mm`` (int32 sums; it refuses what is not int8; carriers without a
+    :func:`has_gemm_layout` copied first). A float weight: ``torch.mm`` of the carriers'
+    values (int8, or floats holding those integers) in its type, whose sums are exact
     integers (:func:`exact_float_dtype`), returned in that type: the fast path goes on in
     float. (``.to(dtype=...)``: 1.8 us a call at batch 1 against 2.3 us for ``.to(dtype)``,
     on an Intel Xeon with torch 2.14.1.)"""
-    if weight.dtype == torch.int8:
+    if not weight.is_floating_point():
         return torch._int_mm(with_gemm_layout(carriers), weight)
     return torch.mm(carriers.to(dtype=weight.dtype), weight)
 

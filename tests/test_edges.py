@@ -424,6 +424,44 @@ def test_zero_points_beyond_float32_and_inference_buffers_found_by_review(use_in
     assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
 
 
+@GEMMS
+def test_prepared_weights_and_live_buffer_views_found_by_review(use_int8_gemm):
+    """A third review, of the fast path keeping its GEMM weights prepared and watching its
+    buffers through live dict views: the views made the fast model impossible to deep-copy,
+    pickle or ``torch.save``; an integer weight other than int8 went to an int16 GEMM that
+    wrapped silently where ``torch._int_mm`` refuses it; and ``torch.compile`` traced the
+    refold's Python integers for minutes (now not traced: a refold under compile still
+    gives the teaching path's integers)."""
+    import copy
+    import io
+    import pickle
+
+    x = torch.rand(3, 784)
+    model = calibrated_simplenet()
+    fast = FastInt8Model(model, use_int8_gemm)
+    twin = copy.deepcopy(fast)
+    with torch.no_grad():
+        twin.model.integer_layers()[0].bias.add_(3000)
+    assert torch.equal(twin.integer_forward(x), twin.model.integer_forward(x))
+    assert not torch.equal(twin.integer_forward(x), fast.integer_forward(x))
+    assert torch.equal(pickle.loads(pickle.dumps(fast)).integer_forward(x), fast.integer_forward(x))
+    saved = io.BytesIO()
+    torch.save(fast, saved)
+    saved.seek(0)
+    assert torch.equal(torch.load(saved, weights_only=False)(x), model(x))
+
+    carriers = torch.ones(2, 3, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="int8"):
+        int8_matmul(carriers, torch.full((3, 4), 300, dtype=torch.int16), use_int8_gemm=True)
+
+    compiled = torch.compile(fast.integer_forward, backend="eager")
+    assert torch.equal(compiled(x), model.integer_forward(x))
+    with torch.no_grad():
+        model.integer_layers()[1].bias.add_(5000)
+    model.integer_layers()[2].shift = model.integer_layers()[2].shift - 1
+    assert torch.equal(compiled(x), model.integer_forward(x))
+
+
 def test_the_fast_path_follows_a_model_whose_scales_changed_dtype():
     """An adversarial review found two ways the fast path's float numbers left the teaching
     path's: the model's scales in half precision (``model.half()``: 1 / S was computed in

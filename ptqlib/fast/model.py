@@ -116,9 +116,8 @@ class FoldedModel:
         self.integer_steps = tuple(layer for layer in self.layers if isinstance(layer, Int8Step))
         # Live views of the modules' own buffer dicts: module.buffers() walks the module
         # tree and costs several times as much on every call.
-        self.buffer_views = tuple(
-            module._buffers.values() for module in (model, *self.integer_steps)
-        )
+        self.buffer_dicts = tuple(module._buffers for module in (model, *self.integer_steps))
+        self.buffer_views = tuple(buffers.values() for buffers in self.buffer_dicts)
         self.buffers = list(itertools.chain(*self.buffer_views))
         # An inference tensor (made under torch.inference_mode()) has no version to watch:
         # with one among the buffers, the fast path folds again on every call.
@@ -152,6 +151,14 @@ class FoldedModel:
         self.input_zero_carrier = zero_operand(zero_carrier, qparams.zero_point.device)
         self.input_lowest = carrier_of(qparams.quant_min, qparams.dtype)
         self.input_highest = carrier_of(qparams.quant_max, qparams.dtype)
+
+    # Dict views cannot be pickled (copy.deepcopy, torch.save): made again from the dicts.
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in vars(self).items() if name != "buffer_views"}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self.buffer_views = tuple(buffers.values() for buffers in self.buffer_dicts)
 
     def is_current(self, model: Int8Model) -> bool:
         """Whether ``model`` still has the layers, buffer objects, versions and modes these
@@ -199,6 +206,9 @@ class FastInt8Model(nn.Module):
         self.use_int8_gemm = default_uses_int8_gemm() if use_int8_gemm is None else use_int8_gemm
         self._folded = self._fold()  # refuses an unsupported layer now, not at the first call
 
+    # Folding is Python integer arithmetic on the buffers' values, done once per state:
+    # torch.compile runs it as it is instead of tracing it (tracing took minutes).
+    @torch.compiler.disable
     def _fold(self) -> FoldedModel:
         for layer in self.model.layers:
             if not isinstance(layer, FAST_LAYERS):
