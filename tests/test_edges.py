@@ -462,6 +462,51 @@ def test_prepared_weights_and_live_buffer_views_found_by_review(use_int8_gemm):
     assert torch.equal(compiled(x), model.integer_forward(x))
 
 
+@GEMMS
+def test_hand_set_requantization_and_state_found_by_review(use_int8_gemm):
+    """Older behaviour the third review found. Hand-set buffers: a negative M0 (the bound
+    went negative, float64 was chosen and rounded; with a max-pool after the conv, pooling
+    before requantizing took the wrong maximum), a shift of 0 (the fold raised), an M0 of
+    2^39 (the teaching path's int64 wraps, the folded constants did not): each layer now
+    gets the teaching path's own requantize, and such a conv pools after. State: a
+    fused ReLU switched off, a buffer registered as None (the fold raised), and another
+    Int8Model sharing the same layers assigned to ``fast.model`` (its input qparams were
+    not seen)."""
+    from degenerate_models import zero_channel_cnn
+
+    cnn_model = zero_channel_cnn(seed=0)
+    images = torch.rand(16, 1, 10, 10)
+    cnn = convert(cnn_model, calibrate(cnn_model, images, "minmax", progress=False).qparams)
+    conv = cnn.integer_layers()[0]
+    with torch.no_grad():
+        conv.multiplier[:2] *= -1
+    fast = FastInt8Model(cnn, use_int8_gemm)
+    assert fast.folded(conv).arithmetic == "the teaching path's requantize"
+    assert torch.equal(fast.integer_forward(images), cnn.integer_forward(images))
+
+    x = torch.rand(5, 784) * 3 - 0.4
+    for multiplier, shift in ((-(2**30), 40), (2**30, 0), (2**39, 58)):
+        model = calibrated_simplenet()
+        fast = FastInt8Model(model, use_int8_gemm)
+        with torch.no_grad():
+            model.integer_layers()[1].multiplier[0] = multiplier
+            model.integer_layers()[1].shift[0] = shift
+            model.integer_layers()[1].bias[0] = -(2**26)
+        assert torch.equal(fast.integer_forward(x), model.integer_forward(x)), multiplier
+
+    model = calibrated_simplenet()
+    fast = FastInt8Model(model, use_int8_gemm)
+    fast(x)
+    model.integer_layers()[0].relu = False
+    model.integer_layers()[1].register_buffer("unused", None)
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+    other = calibrated_simplenet()
+    other.layers = model.layers
+    other.input_zero_point = torch.tensor(40)
+    fast.model = other
+    assert torch.equal(fast.integer_forward(x), other.integer_forward(x))
+
+
 def test_the_fast_path_follows_a_model_whose_scales_changed_dtype():
     """An adversarial review found two ways the fast path's float numbers left the teaching
     path's: the model's scales in half precision (``model.half()``: 1 / S was computed in

@@ -14,7 +14,8 @@ layers (it reads their buffers) with three changes that leave every integer unch
    ``max(requantize(acc)) = requantize(max(acc))`` over a window: the same argument as
    max-pooling integers. A conv followed by a 2x2 pool requantizes a quarter of the values.
    The max-pool is the teaching path's :func:`~ptqlib.int8_layers.max_of_windows`, on a
-   channels-last view.
+   channels-last view. (Hand-set buffers can break the premise, a negative M or integers
+   that wrap: ``ptqlib.fast.folding.teaching_integers_are_exact``; such a conv pools after.)
 3. **Folded requantization** (``ptqlib.fast.folding``), as for a Linear.
 """
 

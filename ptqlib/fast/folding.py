@@ -41,8 +41,16 @@ But its g is 0 for every input, so its output is one constant, the teaching path
 
 ONNX Runtime's float32 requantization has nothing to fold (its M_f32 already is one
 constant, and the order of its float32 operations is part of its result), so the fast path
-runs the teaching path's ``requantize`` for it too. Every mode is monotone in the
-accumulator, which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``).
+runs the teaching path's ``requantize`` for it too.
+
+**Exact integers only.** The identities above hold for exact integer arithmetic. Conversion
+makes layers whose teaching path computes exactly that (int32 accumulators that cannot wrap,
+0 <= M0 < 2^31, 1 <= n <= 62), but hand-set buffers can hold anything: where
+:func:`teaching_integers_are_exact` says the teaching path's int32 or int64 could wrap, or M0
+or n is outside that range, the layer gets the teaching path's own ``requantize``. Where it
+holds, every mode is non-decreasing in the accumulator (with M_f32 >= 0 in ONNX Runtime's),
+which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``); elsewhere it
+pools after, as the teaching path does.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from ptqlib.int8_layers import Int8Step
 from ptqlib.integer_arithmetic import Requantization
 
 FLOAT64_EXACT_INTEGERS = 2**53  # every integer of at most this magnitude is a float64
+INT32_LIMIT = 2**31
 INT64_LIMIT = 2**63
 SMALL_OUTPUT = 8192  # values: requantize_folded's one fused call up to here (64 KB of float64)
 
@@ -85,6 +94,7 @@ class FoldedStep:
     input_zero_carrier: int  # Z_x - offset: what a conv pads with
     output_zero_carrier: torch.Tensor | int  # Z_y - offset (zero_operand)
     output_scale: torch.Tensor  # S_y (float32), to dequantize the logits
+    monotone: bool  # exact integers, non-decreasing in g: a max-pool may come first
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,31 @@ def channel_constants(step: Int8Step) -> list[ChannelConstants]:
     return channels
 
 
+def teaching_integers_are_exact(step: Int8Step) -> bool:
+    """Whether the teaching path's requantization of ``step`` is exact integer arithmetic for
+    every input (module docstring, "Exact integers only"): its int32 accumulators ``g + d_j``
+    cannot wrap, and in fixed point ``M0_j >= 0``, ``1 <= n_j <= 62`` and its int64
+    ``(g + d_j) M0_j + 2^(n_j - 1)`` cannot wrap either (an all-zero row's one value is the
+    teaching path's own); in ONNX Runtime's mode, ``M_f32 >= 0``."""
+    largest_gs = (128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)).tolist()
+    offsets = (step.carrier_correction() + step.bias).tolist()
+    largest_accumulators = [g + abs(d) for g, d in zip(largest_gs, offsets, strict=True)]
+    if max(largest_accumulators) >= INT32_LIMIT:
+        return False
+    if step.requantization == Requantization.FLOAT32:
+        return bool((step.float32_multiplier >= 0).all())
+    return all(
+        g == 0 or (m >= 0 and 1 <= n <= 62 and a * m + (1 << (n - 1)) < INT64_LIMIT)
+        for g, a, m, n in zip(
+            largest_gs,
+            largest_accumulators,
+            step.multiplier.tolist(),
+            step.shift.tolist(),
+            strict=True,
+        )
+    )
+
+
 def _fixed_point_folding(
     step: Int8Step,
 ) -> tuple[FoldedArithmetic, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -176,10 +211,11 @@ def zero_operand(zero_point: int, device: torch.device) -> torch.Tensor | int:
 def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
     """One teaching-path step's GEMM weight and folded constants, from its buffers now."""
     weight_t = gemm_weight(step.weight_matrix().t().contiguous(), use_int8_gemm)
-    if step.requantization == Requantization.FLOAT32:
-        arithmetic, multiplier, constant, shift = FoldedArithmetic.TEACHING, None, None, None
-    else:
+    exact = teaching_integers_are_exact(step)
+    if exact and step.requantization == Requantization.FIXED_POINT:
         arithmetic, multiplier, constant, shift = _fixed_point_folding(step)
+    else:
+        arithmetic, multiplier, constant, shift = FoldedArithmetic.TEACHING, None, None, None
     lowest, highest = (carrier_of(bound, step.output_dtype) for bound in step.output_range())
     return FoldedStep(
         weight_t,
@@ -195,6 +231,7 @@ def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
             step.output_zero_point.device,
         ),
         output_scale=step.output_scale.clone(),
+        monotone=exact,
     )
 
 

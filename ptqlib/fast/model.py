@@ -24,14 +24,17 @@ requantizing), plus:
 
 **State.** Like the teaching path, the fast path follows the model's state. It holds the
 teaching model and, on every call, checks that the model still has the layers, the buffer
-objects (held here, not their ``id()``, which a new tensor can reuse) and the buffer
-versions it folded its constants from (every in-place write, ``load_state_dict`` included,
-bumps a tensor's version). If anything changed, it folds again before computing. So
-``load_state_dict`` on the teaching model changes the fast path's results too. Two writes
-leave no version to check. ``buffer.data = ...`` swaps the data under the same tensor and
-version and is not seen: assign the buffer itself instead. A buffer that is an inference
-tensor (made under ``torch.inference_mode()``) has no version at all: with one among the
-buffers, the fast path folds on every call.
+objects (held here, not their ``id()``, which a new tensor can reuse), the buffer versions
+and the steps' requantization modes and ReLU flags it folded its constants from (every
+in-place write, ``load_state_dict`` included, bumps a tensor's version). If anything
+changed, it folds again before computing. So ``load_state_dict`` on the teaching model
+changes the fast path's results too. Some writes leave nothing to check: ``buffer.data =
+...`` swaps the data under the same tensor and version, a write through ``buffer.numpy()``
+bumps no version, and buffers deleted and registered again under each other's names are the
+same objects in the same order (checking the names too would cost about 1 us a call). Assign
+the buffer itself instead. A buffer that is an inference tensor (made under
+``torch.inference_mode()``) has no version at all: with one among the buffers, the fast path
+folds on every call.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ FAST_LAYERS = (Int8Linear, Int8Conv2d, Int8MaxPool2d, Int8GlobalAvgPool2d, nn.Fl
 
 
 VERSION = operator.attrgetter("_version")
-REQUANTIZATION = operator.attrgetter("requantization")
+STEP_FLAGS = operator.attrgetter("requantization", "relu")  # read by the fold, not buffers
 
 
 @dataclass(frozen=True)
@@ -87,14 +90,17 @@ class PlannedLayer:
 
 
 def plan_layers(layers: tuple[nn.Module, ...], steps: dict[int, FoldedStep]) -> list[PlannedLayer]:
-    """The layers as the fast path runs them: a conv absorbs the max-pool after it."""
+    """The layers as the fast path runs them: a conv absorbs the max-pool after it where its
+    requantization is non-decreasing (``FoldedStep.monotone``)."""
     plan, channels_last, index = [], False, 0
     while index < len(layers):
         layer = layers[index]
         following = layers[index + 1] if index + 1 < len(layers) else None
         pool = (
             following
-            if isinstance(layer, Int8Conv2d) and isinstance(following, Int8MaxPool2d)
+            if isinstance(layer, Int8Conv2d)
+            and isinstance(following, Int8MaxPool2d)
+            and steps[id(layer)].monotone
             else None
         )
         plan.append(PlannedLayer(layer, steps.get(id(layer)), pool, channels_last))
@@ -119,11 +125,13 @@ class FoldedModel:
         self.buffer_dicts = tuple(module._buffers for module in (model, *self.integer_steps))
         self.buffer_views = tuple(buffers.values() for buffers in self.buffer_dicts)
         self.buffers = list(itertools.chain(*self.buffer_views))
+        self.tensors = [buffer for buffer in self.buffers if buffer is not None]
         # An inference tensor (made under torch.inference_mode()) has no version to watch:
         # with one among the buffers, the fast path folds again on every call.
-        self.watchable = not any(buffer.is_inference() for buffer in self.buffers)
-        self.versions = list(map(VERSION, self.buffers)) if self.watchable else []
-        self.modes = (model.requantization, *map(REQUANTIZATION, self.integer_steps))
+        self.watchable = not any(tensor.is_inference() for tensor in self.tensors)
+        self.versions = list(map(VERSION, self.tensors)) if self.watchable else []
+        self.model = model
+        self.modes = (model.requantization, *map(STEP_FLAGS, self.integer_steps))
         self.steps = {id(step): fold(step, use_int8_gemm) for step in self.integer_steps}
         self.plan = plan_layers(self.layers, self.steps)
         self.last = self.steps[id(self.integer_steps[-1])]
@@ -163,7 +171,11 @@ class FoldedModel:
     def is_current(self, model: Int8Model) -> bool:
         """Whether ``model`` still has the layers, buffer objects, versions and modes these
         constants were folded from. Runs on every call: C-level loops (``map``) only."""
-        if not self.watchable or model._modules.get("layers") is not self.layer_list:
+        if (
+            not self.watchable
+            or model is not self.model
+            or model._modules.get("layers") is not self.layer_list
+        ):
             return False
         layers = self.layer_list._modules.values()
         if len(layers) != len(self.layers) or not all(map(operator.is_, layers, self.layers)):
@@ -174,8 +186,8 @@ class FoldedModel:
         return (
             len(buffers) == len(self.buffers)
             and all(map(operator.is_, buffers, self.buffers))
-            and list(map(VERSION, self.buffers)) == self.versions
-            and (model.requantization, *map(REQUANTIZATION, self.integer_steps)) == self.modes
+            and list(map(VERSION, self.tensors)) == self.versions
+            and (model.requantization, *map(STEP_FLAGS, self.integer_steps)) == self.modes
         )
 
 
@@ -301,7 +313,7 @@ class FastInt8Model(nn.Module):
                 if not planned.channels_last:
                     x = x.permute(0, 2, 3, 1)
                 product = conv_products(x, layer, step)
-                if planned.pool is not None:  # pool first: requantize is monotone
+                if planned.pool is not None:  # pool first: requantize is non-decreasing
                     pool = planned.pool
                     product = max_pool_channels_last(product, pool.kernel_size, pool.stride)
                 x = requantize_folded(product, layer, step)
