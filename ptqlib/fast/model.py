@@ -114,7 +114,7 @@ def plan_layers(layers: tuple[nn.Module, ...], steps: dict[int, FoldedStep]) -> 
 
 class FoldedModel:
     """Everything the fast path computes with, folded from the teaching model's state once,
-    and that state (layers, buffer objects, versions, modes) to tell when it is stale."""
+    and that state (model, layers, buffer objects, versions, flags) to tell when it is stale."""
 
     def __init__(self, model: Int8Model, use_int8_gemm: bool) -> None:
         self.layer_list = model.layers
@@ -131,7 +131,7 @@ class FoldedModel:
         self.watchable = not any(tensor.is_inference() for tensor in self.tensors)
         self.versions = list(map(VERSION, self.tensors)) if self.watchable else []
         self.model = model
-        self.modes = (model.requantization, *map(STEP_FLAGS, self.integer_steps))
+        self.flags = (model.requantization, *map(STEP_FLAGS, self.integer_steps))
         self.steps = {id(step): fold(step, use_int8_gemm) for step in self.integer_steps}
         self.plan = plan_layers(self.layers, self.steps)
         self.last = self.steps[id(self.integer_steps[-1])]
@@ -169,8 +169,9 @@ class FoldedModel:
         self.buffer_views = tuple(buffers.values() for buffers in self.buffer_dicts)
 
     def is_current(self, model: Int8Model) -> bool:
-        """Whether ``model`` still has the layers, buffer objects, versions and modes these
-        constants were folded from. Runs on every call: C-level loops (``map``) only."""
+        """Whether ``model`` is the model these constants were folded from, with the same
+        layers, buffer objects, versions and flags. Runs on every call: C-level loops
+        (``map``) only."""
         if (
             not self.watchable
             or model is not self.model
@@ -187,7 +188,7 @@ class FoldedModel:
             len(buffers) == len(self.buffers)
             and all(map(operator.is_, buffers, self.buffers))
             and list(map(VERSION, self.tensors)) == self.versions
-            and (model.requantization, *map(STEP_FLAGS, self.integer_steps)) == self.modes
+            and (model.requantization, *map(STEP_FLAGS, self.integer_steps)) == self.flags
         )
 
 
