@@ -21,6 +21,7 @@ import functools
 
 import torch
 
+from ptqlib.errors import InputError
 from ptqlib.hardware import int8_gemm_is_fast
 
 
@@ -92,6 +93,8 @@ def gemm_weight(weight_t: torch.Tensor, use_int8_gemm: bool | None = None) -> to
     layout oneDNN reads (:func:`with_gemm_layout`) for ``torch._int_mm``, or its values in
     :func:`exact_float_dtype` for the float GEMM. The fast path converts once; the teaching
     path, through :func:`int8_matmul`, on each call."""
+    if weight_t.dtype != torch.int8:  # both GEMMs would take other integers: say so
+        raise InputError(f"weight: expected int8 values, got {weight_t.dtype}")
     use_int8_gemm = default_uses_int8_gemm() if use_int8_gemm is None else use_int8_gemm
     if use_int8_gemm:
         return with_gemm_layout(weight_t)

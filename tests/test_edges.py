@@ -451,8 +451,9 @@ def test_prepared_weights_and_live_buffer_views_found_by_review(use_int8_gemm):
     assert torch.equal(torch.load(saved, weights_only=False)(x), model(x))
 
     carriers = torch.ones(2, 3, dtype=torch.int8)
-    with pytest.raises(RuntimeError, match="int8"):
-        int8_matmul(carriers, torch.full((3, 4), 300, dtype=torch.int16), use_int8_gemm=True)
+    for use_int8_gemm_here in (True, False):
+        with pytest.raises(InputError, match="weight: expected int8 values, got torch.int16"):
+            int8_matmul(carriers, torch.full((3, 4), 300, dtype=torch.int16), use_int8_gemm_here)
 
     compiled = torch.compile(fast.integer_forward, backend="eager")
     assert torch.equal(compiled(x), model.integer_forward(x))
@@ -468,7 +469,9 @@ def test_hand_set_requantization_and_state_found_by_review(use_int8_gemm):
     went negative, float64 was chosen and rounded; with a max-pool after the conv, pooling
     before requantizing took the wrong maximum), a shift of 0 (the fold raised), an M0 of
     2^39 (the teaching path's int64 wraps, the folded constants did not): each layer now
-    gets the teaching path's own requantize, and such a conv pools after. State: a
+    gets the teaching path's own requantize, and such a conv pools after; so does one whose
+    ONNX Runtime multiplier makes float32(acc) M_f32 overflow int64, and a layer whose
+    multiplier or shift is not one integer per channel (float64, one value). State: a
     fused ReLU switched off, a buffer registered as None (the fold raised), and another
     Int8Model sharing the same layers assigned to ``fast.model`` (its input qparams were
     not seen)."""
@@ -484,7 +487,20 @@ def test_hand_set_requantization_and_state_found_by_review(use_int8_gemm):
     assert fast.folded(conv).arithmetic == "the teaching path's requantize"
     assert torch.equal(fast.integer_forward(images), cnn.integer_forward(images))
 
+    float32_cnn = with_requantization(cnn, "float32")
+    with torch.no_grad():  # float32(acc) M_f32 beyond 2^63: the conversion to int64 wraps
+        float32_cnn.integer_layers()[0].float32_multiplier.fill_(1e15)
+    fast = FastInt8Model(float32_cnn, use_int8_gemm)
+    assert torch.equal(fast.integer_forward(images), float32_cnn.integer_forward(images))
+
     x = torch.rand(5, 784) * 3 - 0.4
+    model = calibrated_simplenet()  # buffers of other types than conversion makes
+    fast = FastInt8Model(model, use_int8_gemm)
+    model.integer_layers()[0].shift = model.integer_layers()[0].shift.double()
+    model.integer_layers()[1].multiplier = model.integer_layers()[1].multiplier[:1].clone()
+    assert torch.equal(fast.integer_forward(x), model.integer_forward(x))
+    model.integer_layers()[2].requantization = "float32"  # without its float32_multiplier
+    assert torch.equal(fast.quantize_input(x), model.quantize_input(x))
     for multiplier, shift in ((-(2**30), 40), (2**30, 0), (2**39, 58)):
         model = calibrated_simplenet()
         fast = FastInt8Model(model, use_int8_gemm)

@@ -48,9 +48,10 @@ makes layers whose teaching path computes exactly that (int32 accumulators that 
 0 <= M0 < 2^31, 1 <= n <= 62), but hand-set buffers can hold anything: where
 :func:`teaching_integers_are_exact` says the teaching path's int32 or int64 could wrap, or M0
 or n is outside that range, the layer gets the teaching path's own ``requantize``. Where it
-holds, every mode is non-decreasing in the accumulator (with M_f32 >= 0 in ONNX Runtime's),
-which lets the fast CNN max-pool before requantizing (``ptqlib.fast.conv``); elsewhere it
-pools after, as the teaching path does.
+holds, every mode is non-decreasing in the accumulator (in ONNX Runtime's, with M_f32 >= 0
+and products far below 2^63, where its float-to-int64 conversion would wrap), which lets
+the fast CNN max-pool before requantizing (``ptqlib.fast.conv``); elsewhere it pools after,
+as the teaching path does.
 """
 
 from __future__ import annotations
@@ -143,21 +144,53 @@ def channel_constants(step: Int8Step) -> list[ChannelConstants]:
     return channels
 
 
+def _per_channel_integers(tensor: object, channels: int) -> bool:
+    """Whether a hand-editable buffer is what conversion makes: ``channels`` integers."""
+    return (
+        isinstance(tensor, torch.Tensor)
+        and tensor.shape == (channels,)
+        and not tensor.is_floating_point()
+        and not tensor.is_complex()
+        and tensor.dtype != torch.bool
+    )
+
+
 def teaching_integers_are_exact(step: Int8Step) -> bool:
-    """Whether the teaching path's requantization of ``step`` is exact integer arithmetic for
-    every input (module docstring, "Exact integers only"): its int32 accumulators ``g + d_j``
-    cannot wrap, and in fixed point ``M0_j >= 0``, ``1 <= n_j <= 62`` and its int64
-    ``(g + d_j) M0_j + 2^(n_j - 1)`` cannot wrap either (an all-zero row's one value is the
-    teaching path's own); in ONNX Runtime's mode, ``M_f32 >= 0``."""
+    """Whether the teaching path's requantization of ``step`` is exact arithmetic,
+    non-decreasing in the accumulator, for every input (module docstring, "Exact integers
+    only"): its int32 accumulators ``g + d_j`` cannot wrap; in fixed point, M0 and n are
+    one integer per channel with ``M0_j >= 0``, ``1 <= n_j <= 62``, and its int64
+    ``(g + d_j) M0_j + 2^(n_j - 1)``, shifted, plus Z_y, cannot wrap either (an all-zero
+    row's one value is the teaching path's own); in ONNX Runtime's mode, ``M_f32 >= 0`` and
+    ``float32(acc) M_f32 + Z_y`` far below 2^63 (its conversion to int64 would wrap)."""
     largest_gs = (128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)).tolist()
     offsets = (step.carrier_correction() + step.bias).tolist()
     largest_accumulators = [g + abs(d) for g, d in zip(largest_gs, offsets, strict=True)]
+    largest_zero_point = abs(int(step.output_zero_point))
     if max(largest_accumulators) >= INT32_LIMIT:
         return False
     if step.requantization == Requantization.FLOAT32:
-        return bool((step.float32_multiplier >= 0).all())
+        multiplier = getattr(step, "float32_multiplier", None)
+        if not isinstance(multiplier, torch.Tensor) or not multiplier.is_floating_point():
+            return False
+        if not bool((multiplier >= 0).all()):  # NaN too
+            return False
+        largest = max(largest_accumulators) * float(multiplier.max()) + largest_zero_point
+        return largest < INT64_LIMIT // 2  # float32 rounding: far from 2^63, not at it
+    channels = len(largest_gs)
+    if not (
+        _per_channel_integers(step.multiplier, channels)
+        and _per_channel_integers(step.shift, channels)
+    ):
+        return False
     return all(
-        g == 0 or (m >= 0 and 1 <= n <= 62 and a * m + (1 << (n - 1)) < INT64_LIMIT)
+        g == 0
+        or (
+            m >= 0
+            and 1 <= n <= 62
+            and a * m + (1 << (n - 1)) < INT64_LIMIT
+            and ((a * m + (1 << (n - 1))) >> n) + largest_zero_point < INT64_LIMIT
+        )
         for g, a, m, n in zip(
             largest_gs,
             largest_accumulators,
