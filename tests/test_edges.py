@@ -430,8 +430,8 @@ def test_prepared_weights_and_live_buffer_views_found_by_review(use_int8_gemm):
     buffers through live dict views: the views made the fast model impossible to deep-copy,
     pickle or ``torch.save``; an integer weight other than int8 went to an int16 GEMM that
     wrapped silently where ``torch._int_mm`` refuses it; and ``torch.compile`` traced the
-    refold's Python integers for minutes (now not traced: a refold under compile still
-    gives the teaching path's integers)."""
+    refold's Python integers for minutes (while compiling, a refold now gives every layer
+    the teaching path's requantize: seconds, and the same integers)."""
     import copy
     import io
     import pickle

@@ -244,7 +244,11 @@ def zero_operand(zero_point: int, device: torch.device) -> torch.Tensor | int:
 def fold(step: Int8Step, use_int8_gemm: bool) -> FoldedStep:
     """One teaching-path step's GEMM weight and folded constants, from its buffers now."""
     weight_t = gemm_weight(step.weight_matrix().t().contiguous(), use_int8_gemm)
-    exact = teaching_integers_are_exact(step)
+    # While torch.compile traces this fold, its Python integers are symbolic, and the
+    # checks and shifts below grew expressions for minutes: there every layer gets the
+    # teaching path's requantize (same integers; compiling rather than tracing the fold
+    # needs torch.compiler.disable, whose import of torch._dynamo costs 1.4 s a process).
+    exact = not torch.compiler.is_compiling() and teaching_integers_are_exact(step)
     if exact and step.requantization == Requantization.FIXED_POINT:
         arithmetic, multiplier, constant, shift = _fixed_point_folding(step)
     else:

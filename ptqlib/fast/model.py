@@ -219,9 +219,6 @@ class FastInt8Model(nn.Module):
         self.use_int8_gemm = default_uses_int8_gemm() if use_int8_gemm is None else use_int8_gemm
         self._folded = self._fold()  # refuses an unsupported layer now, not at the first call
 
-    # Folding is Python integer arithmetic on the buffers' values, done once per state:
-    # torch.compile runs it as it is instead of tracing it (tracing took minutes).
-    @torch.compiler.disable
     def _fold(self) -> FoldedModel:
         for layer in self.model.layers:
             if not isinstance(layer, FAST_LAYERS):
