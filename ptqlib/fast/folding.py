@@ -120,10 +120,17 @@ class ChannelConstants:
         )
 
 
+def _bounds_and_offsets(step: Int8Step) -> tuple[list[int], torch.Tensor]:
+    """Per output channel: ``G_j = 128 sum_k |q_w,k|``, a bound of the GEMM's ``|g|`` for
+    int8 carriers, and ``d_j`` = carrier correction + bias (int32, as the teaching path adds
+    them)."""
+    largest_gs = (128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)).tolist()
+    return largest_gs, step.carrier_correction() + step.bias
+
+
 def channel_constants(step: Int8Step) -> list[ChannelConstants]:
     """The fixed-point step's folded constants, channel by channel (module docstring)."""
-    largest_gs = (128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)).tolist()
-    offsets = step.carrier_correction() + step.bias  # d_j, int32 (the accumulator fits)
+    largest_gs, offsets = _bounds_and_offsets(step)
     # What every channel gives for g = 0: the output of an all-zero row, whatever its input.
     constant_outputs = step.requantize(offsets.unsqueeze(0))[0].tolist()
     output_zero_point = carrier_of(int(step.output_zero_point), step.output_dtype)
@@ -163,9 +170,8 @@ def teaching_integers_are_exact(step: Int8Step) -> bool:
     ``(g + d_j) M0_j + 2^(n_j - 1)``, shifted, plus Z_y, cannot wrap either (an all-zero
     row's one value is the teaching path's own); in ONNX Runtime's mode, ``M_f32 >= 0`` and
     ``float32(acc) M_f32 + Z_y`` far below 2^63 (its conversion to int64 would wrap)."""
-    largest_gs = (128 * step.weight_matrix().to(torch.int64).abs().sum(dim=1)).tolist()
-    offsets = (step.carrier_correction() + step.bias).tolist()
-    largest_accumulators = [g + abs(d) for g, d in zip(largest_gs, offsets, strict=True)]
+    largest_gs, offsets = _bounds_and_offsets(step)
+    largest_accumulators = [g + abs(d) for g, d in zip(largest_gs, offsets.tolist(), strict=True)]
     largest_zero_point = abs(int(step.output_zero_point))
     if max(largest_accumulators) >= INT32_LIMIT:
         return False
@@ -183,22 +189,17 @@ def teaching_integers_are_exact(step: Int8Step) -> bool:
         and _per_channel_integers(step.shift, channels)
     ):
         return False
-    return all(
-        g == 0
-        or (
-            m >= 0
-            and 1 <= n <= 62
-            and a * m + (1 << (n - 1)) < INT64_LIMIT
-            and ((a * m + (1 << (n - 1))) >> n) + largest_zero_point < INT64_LIMIT
-        )
-        for g, a, m, n in zip(
-            largest_gs,
-            largest_accumulators,
-            step.multiplier.tolist(),
-            step.shift.tolist(),
-            strict=True,
-        )
-    )
+    for g, a, m, n in zip(
+        largest_gs, largest_accumulators, step.multiplier.tolist(), step.shift.tolist(), strict=True
+    ):
+        if g == 0:  # an all-zero row: its one value is the teaching path's own
+            continue
+        if m < 0 or not 1 <= n <= 62:
+            return False
+        rounded = a * m + (1 << (n - 1))  # the largest |acc M0 + 2^(n - 1)|
+        if rounded >= INT64_LIMIT or (rounded >> n) + largest_zero_point >= INT64_LIMIT:
+            return False
+    return True
 
 
 def _fixed_point_folding(
